@@ -1,0 +1,356 @@
+"""The builder: turns an uploaded code archive into a package directory and a Python environment.
+
+A build unpacks the archive into `root/packages/<build_id>/`, finds the directory holding
+`deployment.py` (or the handler's module), gets a virtualenv for its requirements.txt from
+`root/envs/<hash>/` (creating it with uv when missing) and imports the code once in that
+environment to catch errors before any instance is started.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+import uuid
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import uv
+
+MAX_UNPACKED_BYTES = 2 << 30  # 2 GiB: defuses zip bombs
+MAX_MEMBERS = 100_000  # so does this, for archives of millions of empty files
+IMPORT_CHECK_TIMEOUT_S = 120.0
+LOG_STEP_MAX_CHARS = 100_000  # of one step's output kept in the build log
+DEFAULT_MODULE = "deployment"
+NOT_AN_ARCHIVE = "The uploaded file is not a valid zip or tar.gz archive"
+_RESULT_MARKER = "__modelbay_build_check__"
+_BUILD_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# Requirement lines that point at files in the package: their env cannot be shared by content.
+_LOCAL_REQUIREMENT = re.compile(r"^(-r|-c|-e|--requirement|--constraint|--editable|\.|/)|file:")
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    ok: bool
+    log: str  # the build log (what a user reads when the build fails: the tail says why)
+    package_dir: Path | None  # the unpacked code: the directory holding deployment.py
+    python: Path | None  # the interpreter of the environment to run it with
+    has_request_method: bool = False
+    has_requests_method: bool = False
+
+
+class BuildFailed(Exception):
+    """A build step failed because of the user's package; the message ends the log."""
+
+
+# Runs inside the built environment: argv = package_dir, module, function ("" for a Deployment class).
+_CHECK_SCRIPT = f"""
+import json, os, sys
+pkg, module, func = sys.argv[1], sys.argv[2], sys.argv[3]
+sys.path[:0] = [pkg, os.path.join(pkg, "libraries")]
+__import__(module)  # not importlib.import_module: its frames would clutter the traceback
+mod = sys.modules[module]
+if func:
+    if not callable(getattr(mod, func, None)):
+        sys.exit(f"{{module}}.py has no function {{func!r}}")
+    found = {{"request": False, "requests": False}}
+else:
+    cls = getattr(mod, "Deployment", None)
+    if not isinstance(cls, type):
+        sys.exit(f"{{module}}.py has no class 'Deployment'")
+    found = {{m: callable(getattr(cls, m, None)) for m in ("request", "requests")}}
+    if not (found["request"] or found["requests"]):
+        print("Warning: class 'Deployment' has neither a request() nor a requests() method")
+sys.stdout.flush()
+print("\\n{_RESULT_MARKER}" + json.dumps(found), flush=True)
+"""
+
+
+def normalise_requirements(text: str) -> list[str]:
+    """requirements.txt lines without comments, blanks and order: what decides the environment."""
+    lines = (re.sub(r"(^|\s)#.*$", "", line).strip() for line in text.splitlines())
+    return sorted(line for line in lines if line)
+
+
+class Builder:
+    def __init__(self, root: Path, *, uv_cache_dir: Path | None = None, build_timeout_s: float = 1800.0) -> None:
+        self.root = Path(root).absolute()
+        self.packages = self.root / "packages"
+        self.envs = self.root / "envs"
+        self.uv_cache_dir = uv_cache_dir
+        self.build_timeout_s = build_timeout_s
+        self._uv = uv.find_uv_bin()
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    def build(self, archive: Path, build_id: str, *, handler: str | None = None) -> BuildResult:
+        """Blocking; the server runs it in a worker thread. Never raises for bad user input: returns ok=False with a log."""
+        if not _BUILD_ID.match(build_id):
+            raise ValueError(f"invalid build id {build_id!r}")  # a server bug, not a user error
+        log: list[str] = []
+        target = self.packages / build_id
+        try:
+            module, func = _parse_handler(handler)
+            log.append("Unpacking the deployment package...")
+            self._unpack(Path(archive), target)
+            package_dir = _find_code_root(target, module)
+            log.append(f"Found {_module_file(module)} in {package_dir.relative_to(target).as_posix() or '.'}")
+            python = self._environment(package_dir, build_id, log)
+            log.append(f"Checking {_module_file(module)}...")
+            found = _check_import(python, package_dir, module, func, log)
+        except BuildFailed as e:
+            shutil.rmtree(target, ignore_errors=True)
+            log.append(f"Build failed: {e}")
+            return BuildResult(ok=False, log="\n".join(log) + "\n", package_dir=None, python=None)
+        except BaseException:
+            shutil.rmtree(target, ignore_errors=True)
+            raise
+        log.append("Build succeeded")
+        return BuildResult(
+            ok=True,
+            log="\n".join(log) + "\n",
+            package_dir=package_dir,
+            python=python,
+            has_request_method=found["request"],
+            has_requests_method=found["requests"],
+        )
+
+    # -- unpacking -------------------------------------------------------------------------
+
+    def _unpack(self, archive: Path, target: Path) -> None:
+        """Extracts into a fresh temporary dir, then renames it to `target`."""
+        self.packages.mkdir(parents=True, exist_ok=True)
+        tmp = self.packages / f".tmp-{target.name}-{uuid.uuid4().hex}"
+        tmp.mkdir()
+        try:
+            if zipfile.is_zipfile(archive):
+                _unpack_zip(archive, tmp)
+            elif _is_tar(archive):
+                _unpack_tar(archive, tmp)
+            else:
+                raise BuildFailed(NOT_AN_ARCHIVE)
+            shutil.rmtree(target, ignore_errors=True)  # a rebuild under the same id replaces it
+            tmp.rename(target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    # -- environments ----------------------------------------------------------------------
+
+    def _environment(self, package_dir: Path, build_id: str, log: list[str]) -> Path:
+        """The python of the env for this package's requirements.txt, created unless it exists."""
+        req_file = package_dir / "requirements.txt"
+        req_text = req_file.read_text(errors="replace") if req_file.is_file() else ""
+        reqs = normalise_requirements(req_text)
+        key = [sys.version, *reqs]
+        if any(_LOCAL_REQUIREMENT.search(r) for r in reqs):
+            key.append(f"build:{build_id}")  # refers to files in this package: do not share
+        env_hash = hashlib.sha256("\n".join(key).encode()).hexdigest()[:32]
+        final = self.envs / env_hash
+        with self._lock(env_hash):
+            if (final / "bin" / "python").exists():
+                log.append(f"Reusing environment {env_hash}")
+                return final / "bin" / "python"
+            log.append(f"Creating environment {env_hash}...")
+            self.envs.mkdir(parents=True, exist_ok=True)
+            tmp = self.envs / f".tmp-{env_hash}-{uuid.uuid4().hex}"
+            deadline = time.monotonic() + self.build_timeout_s
+            try:
+                # --relocatable: scripts keep working after the rename below.
+                self._run_uv(["venv", "--quiet", "--relocatable", "--python", sys.executable, str(tmp)], package_dir, deadline, log)
+                if reqs:
+                    log.append("Installing requirements.txt...")
+                    self._run_uv(
+                        ["pip", "install", "--python", str(tmp / "bin" / "python"), "-r", str(req_file)],
+                        package_dir,
+                        deadline,
+                        log,
+                    )
+                tmp.rename(final)  # atomic: a half-built env never appears under its hash
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        return final / "bin" / "python"
+
+    def _lock(self, env_hash: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(env_hash, threading.Lock())
+
+    def _run_uv(self, args: list[str], cwd: Path, deadline: float, log: list[str]) -> None:
+        env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "CONDA_PREFIX", "PYTHONPATH")}
+        env.update(NO_COLOR="1", UV_PYTHON_DOWNLOADS="never", UV_NO_PROGRESS="1")
+        if self.uv_cache_dir is not None:
+            env["UV_CACHE_DIR"] = str(self.uv_cache_dir)
+        code, output = _run([self._uv, *args], cwd=cwd, env=env, timeout=max(0.0, deadline - time.monotonic()))
+        log.extend(_tail(output))
+        if code is None:
+            raise BuildFailed(f"building the environment took longer than {self.build_timeout_s:g} s")
+        if code != 0:
+            what = "install requirements.txt" if args[0] == "pip" else "create the environment"
+            raise BuildFailed(f"could not {what} (uv exited with code {code}); see the output above")
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def _parse_handler(handler: str | None) -> tuple[str, str]:
+    """ "main:handler" -> ("main", "handler"); None -> ("deployment", "") meaning a Deployment class."""
+    if handler is None:
+        return DEFAULT_MODULE, ""
+    module, _, func = handler.partition(":")
+    func = func or "handler"
+    ident = r"[A-Za-z_][A-Za-z0-9_]*"
+    if not re.fullmatch(rf"{ident}(\.{ident})*", module) or not re.fullmatch(ident, func):
+        raise BuildFailed(f"invalid handler {handler!r}: expected 'module:function', e.g. 'main:handler'")
+    return module, func
+
+
+def _module_file(module: str) -> str:
+    return module.replace(".", "/") + ".py"
+
+
+def _has_module(directory: Path, module: str) -> bool:
+    base = directory / module.replace(".", "/")
+    return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
+
+
+def _find_code_root(target: Path, module: str) -> Path:
+    if _has_module(target, module):
+        return target
+    # Zips made from a folder (ubiops.utils.zip_dir, Finder's "Compress") put everything in one.
+    holding = [d for d in target.iterdir() if d.is_dir() and _has_module(d, module)]
+    if len(holding) == 1:
+        return holding[0]
+    where = "in more than one top-level folder" if holding else "at the root of the archive or in one top-level folder"
+    raise BuildFailed(f"{_module_file(module)} was not found {where}")
+
+
+def _inside(target: Path, name: str) -> bool:
+    return (target / name).resolve().is_relative_to(target.resolve())
+
+
+def _unpack_zip(archive: Path, target: Path) -> None:
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            members = zf.infolist()
+            if len(members) > MAX_MEMBERS:
+                raise BuildFailed(f"the archive has more than {MAX_MEMBERS} files")
+            for m in members:
+                if not _inside(target, m.filename) or Path(m.filename).is_absolute():
+                    raise BuildFailed(f"the archive member {m.filename!r} would be written outside the package")
+            total = 0
+            for m in members:
+                dest = target / m.filename
+                if m.is_dir():
+                    dest.mkdir(parents=True, exist_ok=True)
+                    continue
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                # Count what is really written: header sizes may lie.
+                with zf.open(m) as src, open(dest, "wb") as out:
+                    while chunk := src.read(1 << 20):
+                        total += len(chunk)
+                        if total > MAX_UNPACKED_BYTES:
+                            raise BuildFailed(f"the archive unpacks to more than {MAX_UNPACKED_BYTES >> 20} MiB")
+                        out.write(chunk)
+                if mode := (m.external_attr >> 16) & 0o755:  # keep the executable bit of scripts
+                    dest.chmod(mode | 0o600)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, ValueError) as e:
+        raise BuildFailed(f"{NOT_AN_ARCHIVE} ({e})") from e
+    except OSError as e:  # e.g. a member that is both a file and a folder
+        raise BuildFailed(f"could not unpack the archive: {e}") from e
+
+
+def _is_tar(archive: Path) -> bool:
+    try:
+        return tarfile.is_tarfile(archive)
+    except (OSError, EOFError, tarfile.TarError):  # a truncated gzip stream
+        return False
+
+
+def _unpack_tar(archive: Path, target: Path) -> None:
+    try:
+        with tarfile.open(archive, mode="r:*") as tf:
+            members = []
+            total = 0
+            for m in tf:  # iterate rather than getmembers(): stop a bomb of entries early
+                members.append(m)
+                if len(members) > MAX_MEMBERS:
+                    raise BuildFailed(f"the archive has more than {MAX_MEMBERS} files")
+                bad = Path(m.name).is_absolute() or not _inside(target, m.name)
+                if m.issym():
+                    bad = bad or not _inside(target, str(Path(m.name).parent / m.linkname))
+                elif m.islnk():
+                    bad = bad or not _inside(target, m.linkname)
+                if bad:
+                    raise BuildFailed(f"the archive member {m.name!r} would be written outside the package")
+                if not (m.isfile() or m.isdir() or m.issym() or m.islnk()):
+                    raise BuildFailed(f"the archive member {m.name!r} is not a regular file or folder")
+                total += m.size
+                if total > MAX_UNPACKED_BYTES:
+                    raise BuildFailed(f"the archive unpacks to more than {MAX_UNPACKED_BYTES >> 20} MiB")
+            tf.extractall(target, members=members, filter="data")  # the "data" filter re-checks all of the above
+    except tarfile.FilterError as e:
+        raise BuildFailed(f"the archive member {e.tarinfo.name!r} was rejected: {e}") from e
+    except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+        raise BuildFailed(f"{NOT_AN_ARCHIVE} ({e})") from e
+
+
+def _check_import(python: Path, package_dir: Path, module: str, func: str, log: list[str]) -> dict[str, bool]:
+    """Imports the user's module in its environment; returns which request methods it has."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    code, output = _run(
+        [str(python), "-c", _CHECK_SCRIPT, str(package_dir), module, func],
+        cwd=package_dir,
+        env=env,
+        timeout=IMPORT_CHECK_TIMEOUT_S,
+    )
+    out, _, result = output.partition(f"\n{_RESULT_MARKER}")
+    log.extend(_tail(out))
+    if code is None:
+        raise BuildFailed(f"importing {_module_file(module)} took longer than {IMPORT_CHECK_TIMEOUT_S:g} s")
+    if code != 0 or not result:
+        raise BuildFailed(f"{_module_file(module)} could not be loaded (exit code {code}); see the output above")
+    found: dict[str, bool] = json.loads(result)
+    return found
+
+
+def _tail(output: str) -> list[str]:
+    """The end of a step's output, which is what says why it failed; capped so prints cannot flood the log."""
+    output = output.strip("\n")
+    if len(output) <= LOG_STEP_MAX_CHARS:
+        return output.splitlines()
+    return [f"... ({len(output) - LOG_STEP_MAX_CHARS} characters omitted)", *output[-LOG_STEP_MAX_CHARS:].splitlines()]
+
+
+def _run(cmd: list[str], *, cwd: Path, env: dict[str, str], timeout: float) -> tuple[int | None, str]:
+    """Runs cmd with stdout+stderr merged; kills its whole process group on timeout (code None)."""
+    proc = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # so that a timeout kills uv's build subprocesses too
+    )
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+        code: int | None = proc.returncode
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        code = None
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    return code, out.decode(errors="replace")
