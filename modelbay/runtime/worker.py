@@ -1,0 +1,426 @@
+"""The worker process: loads one version's package and answers requests over two pipes.
+
+Run by file path under the version's own interpreter: `python -u worker.py <read_fd>
+<write_fd>`. Stdlib only, plus `wire.py` loaded from this file's directory; it must never
+need modelbay importable. Python 3.8 compatible, since user environments vary.
+
+fd 1 and 2 are the instance's log file. During a request `sys.stdout`/`sys.stderr` write
+into that request's capture instead, which becomes the request's `logs`.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import importlib
+import importlib.util
+import inspect
+import io
+import os
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Mapping
+from typing import Any, Callable, Dict, Iterator, List, Optional, TextIO
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _load_wire() -> Any:
+    # A private module name, so a user module called `wire` is not shadowed.
+    spec = importlib.util.spec_from_file_location("_modelbay_wire", os.path.join(_HERE, "wire.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+wire = _load_wire()
+
+# Python put this file's directory first on sys.path; user code must not see our modules.
+if sys.path and os.path.abspath(sys.path[0] or os.curdir) == _HERE:
+    del sys.path[0]
+
+GENERIC_ERROR = "An exception occurred in the request. See the logs for details."
+_MAX_TRACEBACK_CHARS = 64 << 10
+
+
+# --- the control channel --------------------------------------------------------------
+
+
+class _Channel:
+    """Blocking reads in the main thread; writes from any thread (streaming updates), locked."""
+
+    def __init__(self, read_fd: int, write_fd: int) -> None:
+        self._reader = open(read_fd, "rb", buffering=1 << 16)
+        self._write_fd = write_fd
+        self._lock = threading.Lock()
+
+    def receive(self) -> Optional[Dict[str, Any]]:
+        return wire.read_message(self._reader)
+
+    def send(self, message: Dict[str, Any]) -> None:
+        self.send_body(wire.encode(message))
+
+    def send_body(self, body: bytes) -> None:
+        data = wire.frame(body)
+        with self._lock:
+            self._write_all(data)
+
+    def try_send(self, message: Dict[str, Any]) -> None:
+        """For signal handlers: skip rather than deadlock if a send is half-done."""
+        data = wire.frame(wire.encode(message))
+        if self._lock.acquire(blocking=False):
+            try:
+                self._write_all(data)
+            finally:
+                self._lock.release()
+
+    def _write_all(self, data: bytes) -> None:
+        # os.write may write part of the data (e.g. interrupted by a signal): loop.
+        view = memoryview(data)
+        while view:
+            written = os.write(self._write_fd, view)
+            view = view[written:]
+
+
+# --- log capture ----------------------------------------------------------------------
+
+
+class LogLimitExceeded(Exception):
+    """Raised from `write()` once a request has printed more than it may."""
+
+
+class _Capture:
+    """What one request prints, up to `limit` bytes."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+        self.parts: List[bytes] = []
+        self.overflowed = False  # stays set even if user code swallows the exception
+        self.message = f"The request printed more than {limit} bytes of logs; output was cut off."
+
+    def write(self, text: str) -> None:
+        self.write_bytes(text.encode("utf-8", "replace"))
+
+    def write_bytes(self, data: bytes) -> None:
+        if self.overflowed:
+            raise LogLimitExceeded(self.message)
+        room = self.limit - self.size
+        if len(data) <= room:
+            self.parts.append(data)
+            self.size += len(data)
+            return
+        self.parts.append(bytes(data[:room]))
+        self.size = self.limit
+        self.overflowed = True
+        raise LogLimitExceeded(self.message)
+
+    def note(self, text: str) -> None:
+        """Our own additions (tracebacks), outside the user's budget."""
+        self.parts.append(text[:_MAX_TRACEBACK_CHARS].encode("utf-8", "replace"))
+
+    def text(self) -> str:
+        return b"".join(self.parts).decode("utf-8", "replace")
+
+
+_capture: Optional[_Capture] = None  # the running request's capture, if any
+_current_id: Optional[str] = None  # the running request's id, if any
+
+
+class _Router(io.TextIOBase):
+    """Installed once as sys.stdout/sys.stderr, so loggers bound at import time follow it too.
+
+    Writes go to the running request's capture, or to the real stream (the log file).
+    """
+
+    def __init__(self, real: TextIO) -> None:
+        super().__init__()
+        self._real = real
+        self._buffer = _BinaryRouter(self)
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+    @property
+    def errors(self) -> str:  # type: ignore[override]
+        return "replace"
+
+    @property
+    def buffer(self) -> "_BinaryRouter":
+        return self._buffer
+
+    def write(self, text: str) -> int:  # type: ignore[override]
+        capture = _capture
+        if capture is None:
+            return self._real.write(text)
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        capture.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        if _capture is None:
+            self._real.flush()
+
+    def fileno(self) -> int:
+        return self._real.fileno()
+
+    def isatty(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+
+class _BinaryRouter(io.RawIOBase):
+    """`sys.stdout.buffer`, for code that writes bytes."""
+
+    def __init__(self, text: _Router) -> None:
+        super().__init__()
+        self._text = text
+
+    def write(self, data: Any) -> int:
+        capture = _capture
+        if capture is None:
+            real = self._text._real
+            real.flush()
+            return real.buffer.write(data)  # type: ignore[attr-defined, no-any-return]
+        capture.write_bytes(bytes(data))
+        return len(data)
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._text.fileno()
+
+
+# --- loading user code ----------------------------------------------------------------
+
+
+class _LoadError(Exception):
+    """The package does not follow the convention; the message says how."""
+
+
+def _parameters(function: Callable[..., Any]) -> List[inspect.Parameter]:
+    try:
+        return list(inspect.signature(function).parameters.values())
+    except (TypeError, ValueError):  # builtins without a signature
+        return []
+
+
+def _with_context(method: Callable[..., Any]) -> Callable[[Any, Dict[str, Any]], Any]:
+    """UbiOps rule: pass the context only to `(data, context)`-shaped methods, in their order."""
+    params = _parameters(method)
+    if len(params) == 2 and any(p.name == "context" for p in params):
+        is_context = [p.name == "context" for p in params]
+        return lambda data, context: method(*[context if c else data for c in is_context])
+    return lambda data, context: method(data)
+
+
+class _DeploymentRunner:
+    """UbiOps style: `deployment.py` with `class Deployment`."""
+
+    def __init__(self, package_dir: str, init_context: Dict[str, Any]) -> None:
+        module = importlib.import_module("deployment")
+        cls = getattr(module, "Deployment", None)
+        if not isinstance(cls, type):
+            raise _LoadError("deployment.py does not define a class named Deployment.")
+        params = _parameters(cls)
+        names = {p.name for p in params}
+        any_keyword = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+        kwargs: Dict[str, Any] = {}
+        if any_keyword or "base_directory" in names:
+            kwargs["base_directory"] = package_dir
+        if any_keyword or "context" in names:
+            kwargs["context"] = init_context
+        deployment = cls(**kwargs)
+        request = getattr(deployment, "request", None)
+        if not callable(request):
+            raise _LoadError("class Deployment has no request method.")
+        self._request = _with_context(request)
+        requests = getattr(deployment, "requests", None)
+        self._requests = _with_context(requests) if callable(requests) else None
+
+    def run(self, data: Any, context: Dict[str, Any], batch: bool) -> Any:
+        if not batch:
+            return self._request(data, context)
+        if self._requests is not None:
+            results = self._requests(data, context)
+            if not isinstance(results, list):
+                raise TypeError(f"requests() must return a list, not {type(results).__name__}")
+            return results
+        return [self._request(item, context) for item in data]
+
+
+class _AbejaRequest(Mapping):  # type: ignore[type-arg]
+    """ABEJA's request: a mapping of http_method/contents/content_type, plus `read()`."""
+
+    def __init__(self, data: Any) -> None:
+        is_text = isinstance(data, str)
+        self._fields = {
+            "http_method": "POST",
+            "contents": data,
+            "content_type": "text/plain" if is_text else "application/json",
+        }
+        self._body = data.encode("utf-8") if is_text else wire.encode(data)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._fields[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._fields)
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
+    def read(self) -> bytes:
+        return self._body
+
+
+class _HandlerRunner:
+    """ABEJA style: a `module:function` handler called as `handler(request, context)`."""
+
+    def __init__(self, handler: str) -> None:
+        module_name, _, function_name = handler.partition(":")
+        if not module_name or not function_name:
+            raise _LoadError(f"The handler {handler!r} is not of the form 'module:function'.")
+        module = importlib.import_module(module_name)
+        function = getattr(module, function_name, None)
+        if not callable(function):
+            raise _LoadError(f"Module {module_name} has no function named {function_name}.")
+        self._handler = function
+
+    def run(self, data: Any, context: Dict[str, Any], batch: bool) -> Any:
+        response = self._handler(_AbejaRequest(data), context)
+        if inspect.iscoroutine(response):  # `async def handler` is allowed too
+            import asyncio
+
+            response = asyncio.run(response)
+        if isinstance(response, dict) and {"status_code", "content_type", "content"} <= response.keys():
+            return response["content"]
+        return response
+
+
+def _load(init: Dict[str, Any]) -> Any:
+    package_dir = init["package_dir"]
+    # UbiOps convention: the package and its `libraries` dir come first on sys.path.
+    sys.path[0:0] = [package_dir, os.path.join(package_dir, "libraries")]
+    if init.get("handler"):
+        return _HandlerRunner(init["handler"])
+    return _DeploymentRunner(package_dir, init.get("init_context") or {})
+
+
+def _exception_line(exc: BaseException) -> str:
+    lines = traceback.format_exception_only(type(exc), exc)
+    return lines[-1].strip() if lines else type(exc).__name__
+
+
+# --- serving requests -----------------------------------------------------------------
+
+
+def _streaming_update(channel: _Channel, call_id: str) -> Callable[[str], None]:
+    def streaming_update(text: str) -> None:
+        if not isinstance(text, str):
+            raise TypeError(f"streaming_update() takes a str, not {type(text).__name__}")
+        if _current_id == call_id:  # drop partials sent after the request ended
+            channel.send({"type": "update", "id": call_id, "text": text})
+
+    return streaming_update
+
+
+def _serve(channel: _Channel, runner: Any, message: Dict[str, Any], log_limit: int) -> None:
+    global _capture, _current_id
+    call_id = message["id"]
+    data = message.get("data")
+    context = dict(message.get("context") or {})
+    context["streaming_update"] = _streaming_update(channel, call_id)
+    batch = isinstance(data, list) and context.get(wire.BATCH_KEY) is True
+
+    capture = _Capture(log_limit)
+    ok, result, error = True, None, None
+    _capture, _current_id = capture, call_id
+    try:
+        result = runner.run(data, context, batch)
+    except BaseException as exc:  # SystemExit from user code fails the request, not us
+        ok, result = False, None
+        public = getattr(exc, "public_error_message", None)
+        error = str(public) if public is not None else GENERIC_ERROR
+        capture.note("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    finally:
+        _capture, _current_id = None, None
+
+    if capture.overflowed:
+        ok, result, error = False, None, capture.message
+    logs = capture.text()
+    if capture.overflowed:
+        logs += "\n" + capture.message + "\n"
+    reply = {"type": "result", "id": call_id, "ok": ok, "result": result, "error": error, "logs": logs}
+    try:
+        body = wire.encode(reply)
+    except (TypeError, ValueError, UnicodeError, RecursionError) as exc:
+        reason = f"The request's result is not JSON-serialisable: {exc}"
+        reply.update(ok=False, result=None, error=reason, logs=logs + reason + "\n")
+        body = wire.encode(reply)
+    if len(body) > wire.MAX_FRAME:
+        reason = f"The request's result is too large ({len(body)} bytes; the limit is {wire.MAX_FRAME})."
+        reply.update(ok=False, result=None, error=reason, logs=logs + reason + "\n")
+        body = wire.encode(reply)
+    channel.send_body(body)
+
+
+def _install_logs_signal(channel: _Channel) -> None:
+    """On `LOGS_SIGNAL` (the server is about to kill a timed-out request) send its logs so far."""
+
+    def send_logs(signum: int, frame: Any) -> None:
+        capture, call_id = _capture, _current_id
+        if capture is not None:
+            channel.try_send({"type": "logs", "id": call_id, "logs": capture.text()})
+
+    signal.signal(wire.LOGS_SIGNAL, send_logs)
+
+
+def main(argv: List[str]) -> int:
+    read_fd, write_fd = int(argv[1]), int(argv[2])
+    for fd in (read_fd, write_fd):
+        # Subprocesses of user code must not hold the channel open (the server would miss EOF).
+        os.set_inheritable(fd, False)
+    faulthandler.enable(file=sys.__stderr__)  # segfault tracebacks land in the log file
+    channel = _Channel(read_fd, write_fd)
+    sys.stdout = _Router(sys.__stdout__)
+    sys.stderr = _Router(sys.__stderr__)
+
+    init = channel.receive()
+    if init is None or init.get("type") != "init":
+        return 2
+    try:
+        runner = _load(init)
+    except BaseException as exc:
+        traceback.print_exc()  # into the log file, which the server returns as the logs
+        if isinstance(exc, _LoadError):
+            error = str(exc)
+        else:
+            error = f"The deployment could not be loaded: {_exception_line(exc)}"
+        channel.send({"type": "start_failed", "error": error})
+        return 1
+    log_limit = int(init.get("max_log_bytes") or 1 << 20)
+    _install_logs_signal(channel)
+    channel.send({"type": "ready"})
+
+    while True:
+        message = channel.receive()
+        if message is None or message.get("type") == "stop":
+            return 0
+        if message.get("type") == "call":
+            _serve(channel, runner, message, log_limit)
+
+
+if __name__ == "__main__":
+    try:
+        code = main(sys.argv)
+    except BrokenPipeError:  # the server went away; nobody to answer
+        code = 0
+    sys.exit(code)
