@@ -1,0 +1,66 @@
+"""The ASGI application: one port for every dialect, the engine opened and closed in the lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from prometheus_client import make_asgi_app
+from starlette.exceptions import HTTPException
+
+from modelbay.core.engine import Engine
+from modelbay.core.errors import ModelbayError
+from modelbay.dialects.ubiops import errors as ubiops_errors
+from modelbay.dialects.ubiops.routes import PREFIXES as UBIOPS_PREFIXES
+from modelbay.dialects.ubiops.routes import router as ubiops_router
+from modelbay.settings import Settings
+
+#: Which dialect answers errors under which path prefixes.
+ERROR_RENDERERS: list[tuple[tuple[str, ...], Callable[[Exception], Response]]] = [
+    (UBIOPS_PREFIXES, ubiops_errors.render),
+]
+
+
+def render_error(request: Request, exc: Exception) -> Response:
+    path = request.url.path
+    for prefixes, render in ERROR_RENDERERS:
+        if path.startswith(prefixes):
+            return render(exc)
+    status = exc.status_code if isinstance(exc, HTTPException) else 400
+    message = exc.message if isinstance(exc, ModelbayError) else str(getattr(exc, "detail", exc))
+    return Response(orjson.dumps({"error": message}), status_code=status, media_type="application/json")
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build the app; the engine (store, runtime, loops) lives exactly as long as its lifespan."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = Engine(settings)
+        app.state.engine = engine
+        await engine.start()
+        try:
+            yield
+        finally:
+            await engine.close()
+
+    app = FastAPI(title="modelbay", version="0.1.0", lifespan=lifespan)
+
+    async def on_error(request: Request, exc: Exception) -> Response:
+        return render_error(request, exc)
+
+    for exc_type in (ModelbayError, RequestValidationError, HTTPException):
+        app.add_exception_handler(exc_type, on_error)
+
+    @app.get("/health")
+    async def health() -> Response:
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+    for prefix in UBIOPS_PREFIXES:
+        app.include_router(ubiops_router, prefix=prefix)
+    app.mount("/metrics", make_asgi_app())
+    return app

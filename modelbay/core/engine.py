@@ -1,0 +1,109 @@
+"""The engine: every core service wired together over one store and one runtime."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from pathlib import Path
+
+from modelbay.core.builds import Builder
+from modelbay.core.deployments import Deployments, Target
+from modelbay.core.projects import Projects
+from modelbay.core.requests import Requests
+from modelbay.core.revisions import Revisions
+from modelbay.core.scheduler import Scheduler
+from modelbay.runtime.base import InstanceSpec, Runtime
+from modelbay.runtime.local import LocalRuntime
+from modelbay.settings import Settings
+from modelbay.store.blobs import LocalBlobStore
+from modelbay.store.db import Database
+
+log = logging.getLogger(__name__)
+
+ADMIN_TOKEN_FILE = "admin_token"
+
+
+def admin_token(settings: Settings) -> tuple[str, bool]:
+    """The admin token, and whether it was generated just now (to be shown once)."""
+    if settings.admin_token:
+        return settings.admin_token, False
+    path = settings.data_dir / ADMIN_TOKEN_FILE
+    if path.exists():
+        return path.read_text().strip(), False
+    token = secrets.token_hex(20)
+    path.write_text(token + "\n")
+    path.chmod(0o600)
+    return token, True
+
+
+def open_database(settings: Settings) -> Database:
+    """Open the store and bring its schema up to date."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.sqlalchemy_url)
+    db.migrate()
+    return db
+
+
+class Engine:
+    """Owns the store, the runtime and the services; `start` and `close` bracket the server's life."""
+
+    def __init__(self, settings: Settings, runtime: Runtime | None = None) -> None:
+        self.settings = settings
+        data = settings.data_dir
+        self.db = open_database(settings)
+        token, self.admin_token_is_new = admin_token(settings)
+        self.admin_token = token
+        self.blobs = LocalBlobStore(data / "blobs")
+        self.runtime = runtime or LocalRuntime(
+            log_dir=data / "instances", start_timeout=settings.instance_start_timeout_s
+        )
+        self.scheduler = Scheduler(self.runtime, self._instance_spec)
+        self.projects = Projects(self.db, token)
+        self.deployments = Deployments(self.db, self.scheduler.version_changed)
+        self.revisions = Revisions(
+            self.db,
+            self.blobs,
+            Builder(data / "builds", uv_cache_dir=settings.uv_cache_dir),
+            self.deployments,
+            self.scheduler.version_changed,
+            workers=settings.build_workers,
+        )
+        self.requests = Requests(self.db, self.scheduler)
+
+    async def start(self) -> None:
+        """Start the loops, then settle what a previous server left behind."""
+        self.scheduler.start()
+        failed = self.requests.recover()
+        if failed:
+            log.warning("%d requests were running when the server stopped; they are marked failed", failed)
+        self.revisions.resume()
+
+    async def close(self) -> None:
+        self.revisions.close()
+        await self.scheduler.close()
+        self.db.close()
+
+    def _instance_spec(self, target: Target) -> InstanceSpec:
+        assert target.package_dir is not None and target.python is not None
+        return InstanceSpec(
+            version_id=target.version_id,
+            package_dir=Path(target.package_dir),
+            python=Path(target.python),
+            init_context={
+                "project": target.project_name,
+                "project_id": target.project_id,
+                "deployment": target.deployment_name,
+                "deployment_id": target.deployment_id,
+                "version": target.version_name,
+                "version_id": target.version_id,
+                "input_type": target.input_type,
+                "output_type": target.output_type,
+                "input_fields": list(target.input_fields),
+                "output_fields": list(target.output_fields),
+                "language": "python",
+                "environment_variables": dict(target.environment_variables),
+            },
+            environment={k: str(v) for k, v in target.environment_variables.items()},
+            handler=target.handler,
+            max_log_bytes=self.settings.max_log_bytes,
+        )

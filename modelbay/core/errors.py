@@ -1,0 +1,52 @@
+"""The core's error tree. Dialects turn these into their own status codes and bodies."""
+
+from __future__ import annotations
+
+
+class ModelbayError(Exception):
+    """Base of every error the core raises on purpose."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r})"
+
+
+class NotFound(ModelbayError):
+    """Raised when a named thing does not exist (or is not visible to the caller)."""
+
+    def __init__(self, kind: str, name: str) -> None:
+        super().__init__(f"{kind.capitalize()} '{name}' was not found")
+        self.kind = kind
+        self.name = name
+
+
+class InvalidInput(ModelbayError):
+    """Raised when the caller's input is malformed or breaks a rule; nothing was changed."""
+
+
+class Conflict(ModelbayError):
+    """Raised when the input clashes with what exists (a duplicate name, a thing in use)."""
+
+
+class Unauthorized(ModelbayError):
+    """Raised when no valid credential was given."""
+
+
+class Forbidden(ModelbayError):
+    """Raised when a valid credential reaches for another project."""
+
+
+class Unavailable(ModelbayError):
+    """Raised when a version cannot serve requests (not built, or its build failed)."""
+
+
+class StatusChanged(ModelbayError):
+    """Raised when a compare-and-set status change lost to another writer."""
+
+    def __init__(self, entity_id: str, expected: str) -> None:
+        super().__init__(f"status of {entity_id} is no longer {expected}")
+        self.entity_id = entity_id
+        self.expected = expected

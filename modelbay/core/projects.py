@@ -1,0 +1,120 @@
+"""Projects: the namespace every other thing lives in, and the tokens that reach it."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from modelbay.core.clock import utcnow
+from modelbay.core.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
+from modelbay.store.db import Database
+from modelbay.store.tables import ProjectRow
+
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}[a-z0-9]$")
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: the project a token belongs to, or the admin (project None)."""
+
+    project_id: str | None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.project_id is None
+
+    def check_access(self, project: ProjectRow) -> None:
+        """Raises `Forbidden` unless the caller may act in `project`."""
+        if not self.is_admin and self.project_id != project.id:
+            raise Forbidden(f"This token has no access to project '{project.name}'")
+
+
+@dataclass(frozen=True)
+class Credentials:
+    name: str
+    token: str
+    organization_id: str
+    datature_project_id: str
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Projects:
+    """Creates projects and resolves tokens. Token lookups are cached: they sit on every request."""
+
+    def __init__(self, db: Database, admin_token: str) -> None:
+        self._db = db
+        self._admin_hash = hash_token(admin_token)
+        self._callers: dict[str, Caller] = {}
+        self._by_name: dict[str, ProjectRow] = {}
+
+    def create(self, name: str) -> Credentials:
+        """Create a project and return its credentials; the token is shown only here."""
+        if not NAME_PATTERN.match(name):
+            raise InvalidInput(
+                "Project name must be 3-64 characters of lowercase letters, digits and dashes, "
+                "starting and ending with a letter or digit"
+            )
+        token = secrets.token_hex(20)
+        row = ProjectRow(
+            id=str(uuid.uuid4()),
+            name=name,
+            token_hash=hash_token(token),
+            organization_id=str(secrets.randbelow(9 * 10**12) + 10**12),
+            datature_project_id="proj_" + secrets.token_hex(16),
+            created_at=utcnow(),
+        )
+        try:
+            with self._db.write() as session:
+                if session.scalar(select(ProjectRow.id).where(ProjectRow.name == name)):
+                    raise Conflict(f"A project named '{name}' already exists")
+                session.add(row)
+        except IntegrityError as exc:
+            raise Conflict(f"A project named '{name}' already exists") from exc
+        return Credentials(name, token, row.organization_id, row.datature_project_id)
+
+    def authenticate(self, token: str | None) -> Caller:
+        """Resolve a token to its caller. Raises `Unauthorized` for a missing or unknown token."""
+        if not token:
+            raise Unauthorized("Authentication credentials were not provided")
+        digest = hash_token(token)
+        caller = self._callers.get(digest)
+        if caller is not None:
+            return caller
+        if secrets.compare_digest(digest, self._admin_hash):
+            caller = Caller(project_id=None)
+        else:
+            with self._db.read() as session:
+                project_id = session.scalar(select(ProjectRow.id).where(ProjectRow.token_hash == digest))
+            if project_id is None:
+                raise Unauthorized("Invalid token")
+            caller = Caller(project_id=project_id)
+        self._callers[digest] = caller
+        return caller
+
+    def get(self, caller: Caller, name: str) -> ProjectRow:
+        """The project named `name`. Raises `NotFound`, or `Forbidden` for another project's token."""
+        project = self._by_name.get(name)
+        if project is None:
+            with self._db.read() as session:
+                project = session.scalar(select(ProjectRow).where(ProjectRow.name == name))
+            if project is None:
+                raise NotFound("project", name)
+            self._by_name[name] = project
+        caller.check_access(project)
+        return project
+
+    def list(self, caller: Caller) -> list[ProjectRow]:
+        with self._db.read() as session:
+            query = select(ProjectRow).order_by(ProjectRow.name)
+            if not caller.is_admin:
+                query = query.where(ProjectRow.id == caller.project_id)
+            return list(session.scalars(query))

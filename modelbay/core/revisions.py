@@ -1,0 +1,158 @@
+"""Revisions: uploaded code archives of a version, built in the background."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import BinaryIO
+
+from sqlalchemy import select
+
+from modelbay.core.builds import Builder, BuildResult
+from modelbay.core.clock import utcnow
+from modelbay.core.deployments import Deployments
+from modelbay.core.errors import NotFound
+from modelbay.core.projects import Caller
+from modelbay.store.blobs import BlobStore
+from modelbay.store.db import Database
+from modelbay.store.tables import DeploymentRow, ProjectRow, RevisionRow, VersionRow
+
+log = logging.getLogger(__name__)
+
+#: Longest build log tail kept as a revision's error message (the UbiOps SDK caps it at 1024).
+ERROR_MESSAGE_CHARS = 1000
+
+
+class Revisions:
+    """Accepts uploads and runs their builds on a small thread pool, never on the server's loop."""
+
+    def __init__(
+        self,
+        db: Database,
+        blobs: BlobStore,
+        builder: Builder,
+        deployments: Deployments,
+        on_version_changed: Callable[[str], None],
+        workers: int = 2,
+    ) -> None:
+        self._db = db
+        self._blobs = blobs
+        self._builder = builder
+        self._deployments = deployments
+        self._on_version_changed = on_version_changed
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="build")
+
+    def upload(
+        self, caller: Caller, project: ProjectRow, deployment_name: str, version: str, archive: BinaryIO
+    ) -> tuple[RevisionRow, Future[None]]:
+        """Store an archive as a new revision of a version and start its build; the future ends with it."""
+        version_row = self._deployments.get_version(project, deployment_name, version)
+        revision_id = str(uuid.uuid4())
+        key = f"revisions/{revision_id}.archive"
+        self._blobs.put(key, archive)
+        now = utcnow()
+        revision = RevisionRow(
+            id=revision_id,
+            version_id=version_row.id,
+            status="building",
+            archive_key=key,
+            created_by="admin" if caller.is_admin else "project-token",
+            created_at=now,
+        )
+        with self._db.write() as session:
+            row = session.get(VersionRow, version_row.id)
+            if row is None:
+                raise NotFound("version", version)
+            session.add(revision)
+            row.latest_revision_id = revision_id
+            row.last_file_upload = now
+            row.status = "building"
+            row.updated_at = now
+        self._deployments.forget_targets()
+        return revision, self._pool.submit(self._build, revision_id, version_row.handler)
+
+    def get(self, project: ProjectRow, deployment_name: str, version: str, revision_id: str) -> RevisionRow:
+        version_row = self._deployments.get_version(project, deployment_name, version)
+        with self._db.read() as session:
+            row = session.get(RevisionRow, revision_id)
+        if row is None or row.version_id != version_row.id:
+            raise NotFound("revision", revision_id)
+        return row
+
+    def list(self, project: ProjectRow, deployment_name: str, version: str) -> list[RevisionRow]:
+        version_row = self._deployments.get_version(project, deployment_name, version)
+        with self._db.read() as session:
+            return list(
+                session.scalars(
+                    select(RevisionRow)
+                    .where(RevisionRow.version_id == version_row.id)
+                    .order_by(RevisionRow.created_at.desc())
+                )
+            )
+
+    def resume(self) -> None:
+        """Restart builds a previous server left unfinished."""
+        with self._db.read() as session:
+            rows = session.execute(
+                select(RevisionRow.id, VersionRow.handler)
+                .join(VersionRow, VersionRow.id == RevisionRow.version_id)
+                .where(RevisionRow.status == "building")
+            ).all()
+        for revision_id, handler in rows:
+            self._pool.submit(self._build, revision_id, handler)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _build(self, revision_id: str, handler: str | None) -> None:
+        try:
+            with self._db.read() as session:
+                revision = session.get(RevisionRow, revision_id)
+            if revision is None:  # deleted with its version meanwhile
+                return
+            result = self._builder.build(Path(self._blobs.path(revision.archive_key)), revision_id, handler=handler)
+        except Exception as exc:  # a builder bug must still end the build
+            log.exception("build of revision %s crashed", revision_id)
+            result = BuildResult(ok=False, log=f"The build crashed: {exc}", package_dir=None, python=None)
+        self._finish(revision_id, result)
+
+    def _finish(self, revision_id: str, result: BuildResult) -> None:
+        now = utcnow()
+        with self._db.write() as session:
+            revision = session.get(RevisionRow, revision_id)
+            if revision is None:
+                return
+            version = session.get(VersionRow, revision.version_id)
+            revision.finished_at = now
+            revision.build_log = result.log
+            if result.ok:
+                revision.status = "success"
+                revision.package_dir = str(result.package_dir)
+                revision.python = str(result.python)
+                revision.has_request_method = result.has_request_method
+                revision.has_requests_method = result.has_requests_method
+            else:
+                revision.status = "failed"
+                revision.error_message = _tail(result.log)
+            if version is not None and version.latest_revision_id == revision_id:
+                if result.ok:
+                    version.active_revision_id = revision_id
+                    version.status = "available"
+                else:
+                    version.status = "failed"
+                version.updated_at = now
+                deployment = session.get(DeploymentRow, version.deployment_id)
+                if deployment is not None:
+                    deployment.updated_at = now
+        self._deployments.forget_targets()
+        if result.ok:
+            # New code: instances of the old code are retired.
+            self._on_version_changed(revision.version_id)
+
+
+def _tail(text: str) -> str:
+    text = text.strip() or "The build failed without output."
+    return text if len(text) <= ERROR_MESSAGE_CHARS else "…" + text[-ERROR_MESSAGE_CHARS:]

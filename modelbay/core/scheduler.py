@@ -1,0 +1,246 @@
+"""The scheduler: hands each request an idle instance of its version, scaling instances up and down.
+
+It runs on the server's event loop and talks to instances only through `Runtime`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from modelbay.core.deployments import Target
+from modelbay.runtime.base import (
+    Call,
+    CallOutcome,
+    CallTimedOut,
+    Instance,
+    InstanceLost,
+    InstanceSpec,
+    InstanceStartFailed,
+    Runtime,
+)
+
+log = logging.getLogger(__name__)
+
+#: How often idle instances are checked against their version's `maximum_idle_time`.
+RECONCILE_PERIOD_S = 1.0
+
+#: Priorities: direct requests are served ahead of queued batch work.
+PRIORITY_DIRECT = 0
+PRIORITY_BATCH = 1
+
+
+class _Retired(Exception):
+    """The pool a waiter queued on was retired (new code or settings); wait on the new one."""
+
+
+@dataclass
+class _Pool:
+    target: Target
+    idle: list[tuple[Instance, float]] = field(default_factory=list)  # (instance, idle since), LIFO
+    busy: set[Instance] = field(default_factory=set)
+    starting: int = 0
+    waiters: tuple[deque[asyncio.Future[Instance]], ...] = field(default_factory=lambda: (deque(), deque()))
+    retired: bool = False
+    start_error: InstanceStartFailed | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.idle) + len(self.busy) + self.starting
+
+    def waiting(self) -> int:
+        return sum(1 for queue in self.waiters for fut in queue if not fut.done())
+
+    def next_waiter(self) -> asyncio.Future[Instance] | None:
+        for queue in self.waiters:
+            while queue:
+                fut = queue.popleft()
+                if not fut.done():
+                    return fut
+        return None
+
+
+class Scheduler:
+    """Routes calls to instances. `make_spec` turns a target into what the runtime starts."""
+
+    def __init__(self, runtime: Runtime, make_spec: Callable[[Target], InstanceSpec]) -> None:
+        self._runtime = runtime
+        self._make_spec = make_spec
+        self._pools: dict[str, _Pool] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reconciler: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._reconciler = asyncio.create_task(self._reconcile_forever())
+
+    async def close(self) -> None:
+        if self._reconciler is not None:
+            self._reconciler.cancel()
+        for pool in list(self._pools.values()):
+            self._retire(pool)
+        await self._runtime.close()
+
+    async def run(
+        self,
+        target: Target,
+        call: Call,
+        timeout: float,
+        priority: int = PRIORITY_DIRECT,
+        on_update: Callable[[str], None] | None = None,
+    ) -> CallOutcome:
+        """Run one call on an instance of `target` within `timeout` seconds (waiting included).
+
+        Raises `CallTimedOut`, `InstanceLost` or `InstanceStartFailed`.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            pool = self._pool(target)
+            try:
+                async with asyncio.timeout_at(asyncio.get_running_loop().time() + timeout):
+                    instance = await self._acquire(pool, priority)
+            except TimeoutError:
+                raise CallTimedOut(timeout) from None
+            except _Retired:
+                continue
+            break
+        try:
+            outcome = await self._runtime.call(instance, call, max(deadline - time.monotonic(), 0.001), on_update)
+        except (CallTimedOut, InstanceLost):
+            pool.busy.discard(instance)
+            self._spawn(self._runtime.stop(instance))
+            self._fill(pool)
+            raise
+        except BaseException:
+            # Our caller went away mid-call (cancelled): the instance's state is unknown, replace it.
+            pool.busy.discard(instance)
+            self._spawn(self._runtime.stop(instance))
+            raise
+        self._release(pool, instance)
+        return outcome
+
+    def version_changed(self, version_id: str) -> None:
+        """Retire the instances of a version whose code or settings changed. Thread-safe."""
+        if self._loop is None:
+            return
+        self._loop.call_soon_threadsafe(self._retire_version, version_id)
+
+    def instance_count(self, version_id: str) -> int:
+        pool = self._pools.get(version_id)
+        return 0 if pool is None else len(pool.idle) + len(pool.busy)
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _pool(self, target: Target) -> _Pool:
+        pool = self._pools.get(target.version_id)
+        if pool is None or pool.target is not target and pool.target != target:
+            if pool is not None:
+                self._retire(pool)
+            pool = self._pools[target.version_id] = _Pool(target)
+        return pool
+
+    async def _acquire(self, pool: _Pool, priority: int) -> Instance:
+        if pool.idle and not pool.waiting():
+            instance, _ = pool.idle.pop()
+            pool.busy.add(instance)
+            return instance
+        fut: asyncio.Future[Instance] = asyncio.get_running_loop().create_future()
+        pool.waiters[min(priority, len(pool.waiters) - 1)].append(fut)
+        self._fill(pool)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            # Timed out or abandoned just as an instance was handed over: give it back.
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self._release(pool, fut.result())
+            raise
+
+    def _release(self, pool: _Pool, instance: Instance) -> None:
+        pool.busy.discard(instance)
+        if pool.retired:
+            self._spawn(self._runtime.stop(instance))
+            return
+        waiter = pool.next_waiter()
+        if waiter is not None:
+            pool.busy.add(instance)
+            waiter.set_result(instance)
+        else:
+            pool.idle.append((instance, time.monotonic()))
+
+    def _fill(self, pool: _Pool) -> None:
+        """Start instances for waiters nobody will serve soon, up to the version's maximum."""
+        while not pool.retired and pool.waiting() > pool.starting and pool.size < pool.target.maximum_instances:
+            pool.starting += 1
+            self._spawn(self._start_instance(pool))
+
+    async def _start_instance(self, pool: _Pool) -> None:
+        try:
+            instance = await self._runtime.start(self._make_spec(pool.target))
+        except InstanceStartFailed as exc:
+            pool.starting -= 1
+            log.warning("instance of version %s failed to start: %s", pool.target.version_id, exc.message)
+            if not pool.idle and not pool.busy and not pool.starting:
+                # The code cannot load: fail the waiters rather than retry forever.
+                while (waiter := pool.next_waiter()) is not None:
+                    waiter.set_exception(exc)
+            return
+        except Exception:
+            pool.starting -= 1
+            log.exception("starting an instance of version %s crashed", pool.target.version_id)
+            return
+        pool.starting -= 1
+        if pool.retired:
+            await self._runtime.stop(instance)
+            return
+        self._release(pool, instance)
+
+    def _retire_version(self, version_id: str) -> None:
+        pool = self._pools.get(version_id)
+        if pool is not None:
+            self._retire(pool)
+
+    def _retire(self, pool: _Pool) -> None:
+        pool.retired = True
+        if self._pools.get(pool.target.version_id) is pool:
+            del self._pools[pool.target.version_id]
+        for instance, _ in pool.idle:
+            self._spawn(self._runtime.stop(instance))
+        pool.idle.clear()
+        while (waiter := pool.next_waiter()) is not None:
+            waiter.set_exception(_Retired())
+
+    def _reconcile(self) -> None:
+        now = time.monotonic()
+        for pool in list(self._pools.values()):
+            target = pool.target
+            keep = max(target.minimum_instances - len(pool.busy), 0)
+            pool.idle.sort(key=lambda item: item[1])
+            while len(pool.idle) > keep and now - pool.idle[0][1] >= target.maximum_idle_time:
+                instance, _ = pool.idle.pop(0)
+                self._spawn(self._runtime.stop(instance))
+            missing = target.minimum_instances - pool.size
+            for _ in range(max(missing, 0)):
+                pool.starting += 1
+                self._spawn(self._start_instance(pool))
+
+    async def _reconcile_forever(self) -> None:
+        while True:
+            await asyncio.sleep(RECONCILE_PERIOD_S)
+            try:
+                self._reconcile()
+            except Exception:
+                log.exception("scheduler reconcile failed")
+
+    def ensure_pool(self, target: Target) -> None:
+        """Make the scheduler keep `target`'s minimum instances warm from now on."""
+        self._pool(target)
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

@@ -1,0 +1,44 @@
+"""The one Settings object. Nothing else reads the environment for configuration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Server settings, read from `MODELBAY_*` environment variables, with embedded defaults."""
+
+    model_config = SettingsConfigDict(env_prefix="MODELBAY_", extra="ignore")
+
+    data_dir: Path = Field(Path(".modelbay"), description="Where the database, blobs, builds and logs live.")
+    host: str = Field("127.0.0.1", description="Address the server listens on.")
+    port: int = Field(8000, ge=0, le=65535, description="Port the server listens on.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default is a SQLite file in the data dir."
+    )
+    admin_token: str | None = Field(
+        None, description="Token that may act in every project; generated and kept in the data dir if unset."
+    )
+    runtime: str = Field("local", description="Where instances run: 'local' processes.")
+    uv_cache_dir: Path | None = Field(None, description="Cache of the package installer; uv's default if unset.")
+    max_log_bytes: int = Field(1 << 20, ge=1024, description="What one request may print before it is failed.")
+    max_request_bytes: int = Field(64 << 20, ge=1024, description="Largest request body accepted.")
+    instance_start_timeout_s: float = Field(120.0, gt=0, description="How long an instance may take to load.")
+    build_workers: int = Field(2, ge=1, description="Builds that run at the same time.")
+    log_level: str = Field("info", description="Server log level.")
+
+    @field_validator("runtime")
+    @classmethod
+    def _known_runtime(cls, value: str) -> str:
+        if value not in ("local",):
+            raise ValueError(f"unknown runtime {value!r}; choose 'local'")
+        return value
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'modelbay.db').resolve()}"

@@ -1,0 +1,155 @@
+"""The database: engine, migrations, sessions, and the group committer for the hot path."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+#: Most writes one group commit carries; bounds the latency of the last writer in a batch.
+GROUP_COMMIT_MAX = 512
+
+#: How long a writer waits for SQLite's write lock before giving up, in milliseconds.
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # Let SQLAlchemy, not the driver, decide when transactions begin (the begin hook below).
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    # WAL + NORMAL: a commit survives a process crash without an fsync per commit.
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cur.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    # Writers take the lock up front (BEGIN IMMEDIATE) so a read-then-write never deadlocks.
+    mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+    conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+class Database:
+    """Owns the engine. `read()` and `write()` open sessions whose transaction the caller owns."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        kwargs: dict[str, Any] = {}
+        if self.is_sqlite:
+            kwargs["connect_args"] = {"check_same_thread": False}
+        self.engine: Engine = create_engine(url, **kwargs)
+        if self.is_sqlite:
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "begin", _sqlite_begin)
+            writer_engine = self.engine.execution_options(sqlite_begin="IMMEDIATE")
+        else:
+            writer_engine = self.engine
+        self._reader = sessionmaker(self.engine, expire_on_commit=False)
+        self._writer = sessionmaker(writer_engine, expire_on_commit=False)
+        self._committer: GroupCommitter | None = None
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest migration."""
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        with self.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        with self._reader() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A write transaction, committed when the block ends without an exception."""
+        with self._writer() as session, session.begin():
+            yield session
+
+    @property
+    def committer(self) -> GroupCommitter:
+        if self._committer is None:
+            self._committer = GroupCommitter(self)
+        return self._committer
+
+    def close(self) -> None:
+        if self._committer is not None:
+            self._committer.close()
+        self.engine.dispose()
+
+
+Write = Callable[[Session], Any]
+
+
+class GroupCommitter:
+    """Runs small writes from many callers in shared transactions, on one thread.
+
+    The hot path submits its writes here: one commit carries every write queued meanwhile,
+    so many concurrent requests cost one commit, and each caller's future resolves only once
+    its write is durable.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._queue: queue.SimpleQueue[tuple[Write, Future[Any]] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
+        self._thread.start()
+
+    def submit(self, write: Write) -> Future[Any]:
+        future: Future[Any] = Future()
+        self._queue.put((write, future))
+        return future
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < GROUP_COMMIT_MAX:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            self._commit(batch)
+            if stop:
+                return
+
+    def _commit(self, batch: list[tuple[Write, Future[Any]]]) -> None:
+        try:
+            with self._db.write() as session:
+                results = [write(session) for write, _ in batch]
+        except Exception as exc:
+            # The whole transaction rolled back; one bad write must not fail its neighbours.
+            if len(batch) > 1:
+                for item in batch:
+                    self._commit([item])
+            else:
+                batch[0][1].set_exception(exc)
+            return
+        for (_, future), result in zip(batch, results):
+            future.set_result(result)

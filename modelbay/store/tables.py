@@ -1,0 +1,120 @@
+"""The stored rows. Portable types only, so the same schema runs on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: DateTime(timezone=True), dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class ProjectRow(Base):
+    __tablename__ = "projects"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    organization_id: Mapped[str] = mapped_column(String(13), unique=True)
+    datature_project_id: Mapped[str] = mapped_column(String(40), unique=True)
+    created_at: Mapped[datetime]
+
+
+class DeploymentRow(Base):
+    __tablename__ = "deployments"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(Text, default="")
+    input_type: Mapped[str] = mapped_column(String(16))
+    output_type: Mapped[str] = mapped_column(String(16))
+    input_fields: Mapped[list[Any]] = mapped_column(default=list)
+    output_fields: Mapped[list[Any]] = mapped_column(default=list)
+    labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    default_version_id: Mapped[str | None] = mapped_column(String(36))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class VersionRow(Base):
+    __tablename__ = "versions"
+    __table_args__ = (UniqueConstraint("deployment_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    deployment_id: Mapped[str] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(Text, default="")
+    labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    environment: Mapped[str] = mapped_column(String(64))
+    instance_type: Mapped[str] = mapped_column(String(64))
+    minimum_instances: Mapped[int] = mapped_column(Integer)
+    maximum_instances: Mapped[int] = mapped_column(Integer)
+    maximum_idle_time: Mapped[int] = mapped_column(Integer)  # seconds
+    request_retention_mode: Mapped[str] = mapped_column(String(16))
+    request_retention_time: Mapped[int] = mapped_column(Integer)  # seconds
+    maximum_queue_size_express: Mapped[int | None] = mapped_column(Integer)
+    maximum_queue_size_batch: Mapped[int | None] = mapped_column(Integer)
+    instance_processes: Mapped[int] = mapped_column(Integer, default=1)
+    environment_variables: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    handler: Mapped[str | None] = mapped_column(String(200))  # "module:function" code, else a Deployment class
+    status: Mapped[str] = mapped_column(String(16))  # unavailable / building / available / failed
+    active_revision_id: Mapped[str | None] = mapped_column(String(36))
+    latest_revision_id: Mapped[str | None] = mapped_column(String(36))
+    last_file_upload: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class RevisionRow(Base):
+    """One uploaded code archive of a version and its build."""
+
+    __tablename__ = "revisions"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    version_id: Mapped[str] = mapped_column(ForeignKey("versions.id", ondelete="CASCADE"), index=True)
+    status: Mapped[str] = mapped_column(String(16))  # queued / building / success / failed
+    archive_key: Mapped[str] = mapped_column(String(200))  # blob key of the upload
+    error_message: Mapped[str | None] = mapped_column(Text)
+    build_log: Mapped[str] = mapped_column(Text, default="")
+    package_dir: Mapped[str | None] = mapped_column(Text)
+    python: Mapped[str | None] = mapped_column(Text)
+    has_request_method: Mapped[bool] = mapped_column(default=False)
+    has_requests_method: Mapped[bool] = mapped_column(default=False)
+    created_by: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+
+
+class RequestRow(Base):
+    """One execution of a version: a direct or batch request, whatever dialect made it."""
+
+    __tablename__ = "requests"
+    __table_args__ = (
+        Index("ix_requests_version_created", "version_id", "created_at"),
+        Index("ix_requests_status", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    project_id: Mapped[str] = mapped_column(String(36), index=True)
+    deployment_id: Mapped[str] = mapped_column(String(36))
+    version_id: Mapped[str] = mapped_column(String(36))
+    mode: Mapped[str] = mapped_column(String(8))  # direct / batch
+    status: Mapped[str] = mapped_column(String(20))
+    priority: Mapped[int] = mapped_column(Integer, default=1)
+    timeout: Mapped[int] = mapped_column(Integer)  # seconds
+    data: Mapped[bytes | None] = mapped_column(LargeBinary)  # JSON-encoded input
+    result: Mapped[bytes | None] = mapped_column(LargeBinary)  # JSON-encoded output
+    error_message: Mapped[str | None] = mapped_column(Text)
+    logs: Mapped[str | None] = mapped_column(Text)
+    input_size: Mapped[int] = mapped_column(Integer, default=0)
+    output_size: Mapped[int] = mapped_column(Integer, default=0)
+    origin: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]

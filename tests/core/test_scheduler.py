@@ -1,0 +1,220 @@
+"""The scheduler's logic against a fake runtime: no processes, only the decisions."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modelbay.core.deployments import Target
+from modelbay.core.scheduler import PRIORITY_BATCH, PRIORITY_DIRECT, Scheduler
+from modelbay.runtime.base import (
+    Call,
+    CallOutcome,
+    CallTimedOut,
+    InstanceLost,
+    InstanceSpec,
+    InstanceStartFailed,
+    InstanceState,
+)
+
+_ids = itertools.count()
+
+
+@dataclasses.dataclass(eq=False)
+class FakeInstance:
+    id: str
+    state: InstanceState = InstanceState.IDLE
+
+
+class FakeRuntime:
+    def __init__(self) -> None:
+        self.started: list[FakeInstance] = []
+        self.stopped: list[FakeInstance] = []
+        self.gate: asyncio.Event | None = None  # when set, calls wait for it
+        self.fail_start = False
+        self.lose_next = False
+        self.order: list[str] = []
+
+    async def start(self, spec: InstanceSpec) -> FakeInstance:
+        await asyncio.sleep(0)
+        if self.fail_start:
+            raise InstanceStartFailed("ImportError: no module named nothing")
+        instance = FakeInstance(f"i{next(_ids)}")
+        self.started.append(instance)
+        return instance
+
+    async def call(self, instance: Any, call: Call, timeout: float, on_update: Callable[[str], None] | None = None) -> CallOutcome:
+        if self.lose_next:
+            self.lose_next = False
+            raise InstanceLost("The instance stopped unexpectedly (exit code 1)")
+        if self.gate is not None:
+            try:
+                await asyncio.wait_for(self.gate.wait(), timeout)
+            except TimeoutError:
+                raise CallTimedOut(timeout) from None
+        self.order.append(call.request_id)
+        return CallOutcome(ok=True, result={"by": instance.id})
+
+    async def stop(self, instance: Any) -> None:
+        self.stopped.append(instance)
+
+    async def healthy(self, instance: Any) -> bool:
+        return instance not in self.stopped
+
+    async def close(self) -> None:
+        pass
+
+
+def target(**changes: Any) -> Target:
+    base = Target(
+        project_id="p", project_name="p", deployment_id="d", deployment_name="d", version_id="v",
+        version_name="v1", input_type="plain", output_type="plain", input_fields=(), output_fields=(),
+        status="available", retention_mode="full", minimum_instances=0, maximum_instances=2,
+        maximum_idle_time=300, environment_variables={}, handler=None, package_dir="/x", python="/x/python",
+        has_requests_method=False,
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def make(runtime: FakeRuntime) -> Scheduler:
+    return Scheduler(runtime, lambda t: InstanceSpec(t.version_id, Path("/x"), Path("/x/python"), {}))  # type: ignore[arg-type]
+
+
+async def settle() -> None:
+    """Let the tasks the scheduler spawned (stops, starts) run."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def call(n: int | str) -> Call:
+    return Call(request_id=str(n), data="x")
+
+
+def test_an_idle_instance_is_reused_instead_of_starting_another() -> None:
+    async def scenario() -> None:
+        runtime = FakeRuntime()
+        sched = make(runtime)
+        first = await sched.run(target(), call(1), 5)
+        second = await sched.run(target(), call(2), 5)
+        assert first.result == second.result
+        assert len(runtime.started) == 1
+
+    asyncio.run(scenario())
+
+
+def test_concurrent_requests_start_instances_up_to_the_maximum_only() -> None:
+    async def scenario() -> None:
+        runtime = FakeRuntime()
+        runtime.gate = asyncio.Event()
+        sched = make(runtime)
+        tasks = [asyncio.create_task(sched.run(target(maximum_instances=2), call(i), 5)) for i in range(6)]
+        await asyncio.sleep(0.05)
+        assert len(runtime.started) == 2
+        runtime.gate.set()
+        results = await asyncio.gather(*tasks)
+        assert len(results) == 6 and len(runtime.started) == 2
+
+    asyncio.run(scenario())
+
+
+def test_direct_requests_are_served_before_waiting_batch_work() -> None:
+    async def scenario() -> None:
+        runtime = FakeRuntime()
+        runtime.gate = asyncio.Event()
+        sched = make(runtime)
+        t = target(maximum_instances=1)
+        busy = asyncio.create_task(sched.run(t, call("first"), 5))
+        await asyncio.sleep(0.01)
+        batch = asyncio.create_task(sched.run(t, call("batch"), 5, PRIORITY_BATCH))
+        await asyncio.sleep(0.01)
+        direct = asyncio.create_task(sched.run(t, call("direct"), 5, PRIORITY_DIRECT))
+        await asyncio.sleep(0.01)
+        runtime.gate.set()
+        await asyncio.gather(busy, batch, direct)
+        assert runtime.order == ["first", "direct", "batch"]
+
+    asyncio.run(scenario())
+
+
+def test_a_lost_instance_is_stopped_and_the_next_request_gets_a_new_one() -> None:
+    async def scenario() -> None:
+        runtime = FakeRuntime()
+        sched = make(runtime)
+        await sched.run(target(), call(1), 5)
+        runtime.lose_next = True
+        with pytest.raises(InstanceLost):
+            await sched.run(target(), call(2), 5)
+        await settle()
+        assert runtime.stopped == [runtime.started[0]]
+        await sched.run(target(), call(3), 5)
+        assert len(runtime.started) == 2
+
+    asyncio.run(scenario())
+
+
+def test_code_that_cannot_start_fails_the_waiting_request() -> None:
+    async def scenario() -> None:
+        runtime = FakeRuntime()
+        runtime.fail_start = True
+        sched = make(runtime)
+        with pytest.raises(InstanceStartFailed, match="ImportError"):
+            await sched.run(target(), call(1), 5)
+
+    asyncio.run(scenario())
+
+
+def test_waiting_longer_than_the_timeout_times_out() -> None:
+    async def scenario() -> None:
+        runtime = FakeRuntime()
+        runtime.gate = asyncio.Event()
+        sched = make(runtime)
+        t = target(maximum_instances=1)
+        busy = asyncio.create_task(sched.run(t, call(1), 5))
+        await asyncio.sleep(0.01)
+        with pytest.raises(CallTimedOut):
+            await sched.run(t, call(2), 0.05)
+        runtime.gate.set()
+        await busy
+
+    asyncio.run(scenario())
+
+
+def test_idle_instances_above_the_minimum_are_stopped_after_the_idle_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def scenario() -> None:
+        runtime = FakeRuntime()
+        runtime.gate = asyncio.Event()
+        sched = make(runtime)
+        t = target(minimum_instances=1, maximum_instances=3, maximum_idle_time=0)
+        tasks = [asyncio.create_task(sched.run(t, call(i), 5)) for i in range(3)]
+        await asyncio.sleep(0.01)
+        runtime.gate.set()
+        await asyncio.gather(*tasks)
+        assert sched.instance_count("v") == 3
+        sched._reconcile()
+        assert sched.instance_count("v") == 1
+        await settle()
+        assert len(runtime.stopped) == 2
+
+    asyncio.run(scenario())
+
+
+def test_a_changed_version_retires_its_idle_instances() -> None:
+    async def scenario() -> None:
+        runtime = FakeRuntime()
+        sched = make(runtime)
+        sched.start()
+        await sched.run(target(), call(1), 5)
+        sched.version_changed("v")
+        await asyncio.sleep(0.01)
+        assert runtime.stopped == runtime.started
+        await sched.run(target(), call(2), 5)
+        assert len(runtime.started) == 2
+        await sched.close()
+
+    asyncio.run(scenario())

@@ -1,0 +1,66 @@
+from concurrent.futures import wait
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, inspect, select, text
+
+from modelbay.core.errors import StatusChanged
+from modelbay.core.transitions import Status, transition
+from modelbay.store.db import Database
+from modelbay.store.tables import RequestRow
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Database:
+    database = Database(f"sqlite:///{tmp_path / 'test.db'}")
+    database.migrate()
+    yield database
+    database.close()
+
+
+def _request(request_id: str, status: str = "pending") -> RequestRow:
+    return RequestRow(
+        id=request_id,
+        project_id="p",
+        deployment_id="d",
+        version_id="v",
+        mode="batch",
+        status=status,
+        timeout=10,
+        origin={},
+        created_at=datetime.now(timezone.utc),
+    )
+
+
+def test_migrations_create_every_table_in_wal_mode(db: Database) -> None:
+    names = set(inspect(db.engine).get_table_names())
+    assert {"projects", "deployments", "versions", "revisions", "requests", "alembic_version"} <= names
+    with db.engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+
+
+def test_group_commit_makes_every_write_durable_and_isolates_a_failing_one(db: Database) -> None:
+    futures = [db.committer.submit(lambda s, i=i: s.add(_request(f"r{i}"))) for i in range(200)]
+    duplicate = db.committer.submit(lambda s: s.add(_request("r0")))
+    wait(futures + [duplicate], timeout=30)
+    assert all(f.exception() is None for f in futures)
+    assert duplicate.exception() is not None
+    with db.read() as session:
+        assert session.scalar(select(func.count()).select_from(RequestRow)) == 200
+
+
+def test_a_transition_is_decided_exactly_once(db: Database) -> None:
+    with db.write() as session:
+        session.add(_request("r1", "processing"))
+    with db.write() as session:
+        transition(session, "r1", Status.PROCESSING, Status.COMPLETED)
+    with pytest.raises(StatusChanged), db.write() as session:
+        transition(session, "r1", Status.PROCESSING, Status.CANCELLED_PENDING)
+    with db.read() as session:
+        assert session.get(RequestRow, "r1").status == "completed"
+
+
+def test_a_transition_that_is_not_allowed_is_refused(db: Database) -> None:
+    with pytest.raises(ValueError, match="from completed to processing"), db.write() as session:
+        transition(session, "r1", Status.COMPLETED, Status.PROCESSING)
