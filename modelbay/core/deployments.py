@@ -75,6 +75,7 @@ class Deployments:
         self._db = db
         self._on_version_changed = on_version_changed
         self._targets: dict[tuple[str, str, str | None], Target] = {}
+        self._generation = 0  # bumped on every change, so a load that raced a change is not cached
 
     # --- deployments -----------------------------------------------------------------------
 
@@ -153,7 +154,7 @@ class Deployments:
                     raise NotFound("version", fields["default_version"])
                 row.default_version_id = version.id
             row.updated_at = utcnow()
-        self._targets.clear()
+        self.forget_targets()
         return row
 
     def delete(self, project: ProjectRow, name: str) -> None:
@@ -162,7 +163,7 @@ class Deployments:
             version_ids = list(session.scalars(select(VersionRow.id).where(VersionRow.deployment_id == row.id)))
             session.execute(delete(RequestRow).where(RequestRow.deployment_id == row.id))
             session.delete(row)
-        self._targets.clear()
+        self.forget_targets()
         for version_id in version_ids:
             self._on_version_changed(version_id)
 
@@ -194,7 +195,7 @@ class Deployments:
             session.add(row)
             if deployment.default_version_id is None:
                 deployment.default_version_id = row.id
-        self._targets.clear()
+        self.forget_targets()
         return row
 
     def get_version(self, project: ProjectRow, deployment_name: str, version: str) -> VersionRow:
@@ -225,7 +226,7 @@ class Deployments:
             for key in VERSION_FIELDS:
                 setattr(row, key, values[key])
             row.updated_at = utcnow()
-        self._targets.clear()
+        self.forget_targets()
         self._on_version_changed(row.id)
         return row
 
@@ -237,7 +238,7 @@ class Deployments:
             session.delete(row)
             if deployment.default_version_id == row.id:
                 deployment.default_version_id = None
-        self._targets.clear()
+        self.forget_targets()
         self._on_version_changed(row.id)
 
     # --- serving ---------------------------------------------------------------------------
@@ -250,8 +251,10 @@ class Deployments:
         key = (project.id, deployment_name, version)
         target = self._targets.get(key)
         if target is None:
+            generation = self._generation
             target = self._load_target(project, deployment_name, version)
-            self._targets[key] = target
+            if generation == self._generation:
+                self._targets[key] = target
         return target
 
     def serving_target(self, project: ProjectRow, deployment_name: str, version: str | None) -> Target:
@@ -265,7 +268,8 @@ class Deployments:
         return target
 
     def forget_targets(self) -> None:
-        """Drop cached targets: a version's code or settings changed."""
+        """Drop cached targets: a deployment or version changed."""
+        self._generation += 1
         self._targets.clear()
 
     def _load_target(self, project: ProjectRow, deployment_name: str, version: str | None) -> Target:

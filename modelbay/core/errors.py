@@ -27,6 +27,10 @@ class InvalidInput(ModelbayError):
     """Raised when the caller's input is malformed or breaks a rule; nothing was changed."""
 
 
+class TooLarge(InvalidInput):
+    """Raised when a body or payload is larger than the server accepts."""
+
+
 class Conflict(ModelbayError):
     """Raised when the input clashes with what exists (a duplicate name, a thing in use)."""
 

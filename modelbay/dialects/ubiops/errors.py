@@ -14,6 +14,7 @@ from modelbay.core.errors import (
     ModelbayError,
     NotFound,
     StatusChanged,
+    TooLarge,
     Unauthorized,
     Unavailable,
 )
@@ -21,6 +22,7 @@ from modelbay.core.errors import (
 STATUS_OF: dict[type[ModelbayError], int] = {
     NotFound: 404,
     InvalidInput: 400,
+    TooLarge: 413,
     Conflict: 409,
     Unauthorized: 401,
     Forbidden: 403,

@@ -11,7 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from modelbay.core import environments
-from modelbay.core.errors import Forbidden, InvalidInput, NotFound
+from modelbay.core.errors import Forbidden, InvalidInput, NotFound, TooLarge
 from modelbay.core.requests import DIRECT_TIMEOUT_DEFAULT_S, DIRECT_TIMEOUT_MAX_S, check_timeout
 from modelbay.dialects.ubiops import schemas
 from modelbay.dialects.ubiops.deps import CallerDep, EngineDep, JsonObject, ProjectDep
@@ -237,9 +237,11 @@ def revisions_get(
 # --- direct requests -------------------------------------------------------------------------
 
 
-async def _request_data(request: Request, input_type: str) -> Any:
+async def _request_data(request: Request, input_type: str, limit: int) -> Any:
     """The request body as deployment input: JSON, or raw text for `text/plain` (how the SDK sends a str)."""
     raw = await request.body()
+    if len(raw) > limit:
+        raise TooLarge(f"The request body is larger than the limit of {limit} bytes")
     if request.headers.get("content-type", "").startswith("text/plain"):
         text = raw.decode("utf-8", errors="replace")
         if input_type == "plain":
@@ -260,7 +262,7 @@ async def _direct(
     timeout: int | None,
 ) -> Response:
     target = engine.deployments.serving_target(project, deployment_name, version)
-    data = await _request_data(request, target.input_type)
+    data = await _request_data(request, target.input_type, engine.settings.max_request_bytes)
     record = await engine.requests.direct(
         target,
         data,
