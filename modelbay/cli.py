@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 import uvicorn
@@ -18,7 +18,7 @@ project_app = typer.Typer(help="Manage projects.")
 app.add_typer(project_app, name="project")
 console = Console(stderr=True)
 
-DataDir = Annotated[Optional[Path], typer.Option("--data-dir", help="Data directory (default ./.modelbay).")]
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data directory (default ./.modelbay).")]
 
 
 def _settings(data_dir: Path | None, **overrides: object) -> Settings:
@@ -30,8 +30,8 @@ def _settings(data_dir: Path | None, **overrides: object) -> Settings:
 
 @app.command()
 def serve(
-    host: Annotated[Optional[str], typer.Option(help="Address to listen on.")] = None,
-    port: Annotated[Optional[int], typer.Option(help="Port to listen on.")] = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Start the server: every dialect, the scheduler and the workers, on one port."""

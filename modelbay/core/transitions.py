@@ -12,7 +12,7 @@ from modelbay.core.errors import StatusChanged
 from modelbay.store.tables import RequestRow
 
 
-class Status(str, enum.Enum):
+class Status(enum.StrEnum):
     PENDING = "pending"
     PROCESSING = "processing"
     COMPLETED = "completed"

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 
-class InstanceState(str, enum.Enum):
+class InstanceState(enum.StrEnum):
     """Lifecycle of one instance."""
 
     STARTING = "starting"  # process up, package not yet loaded

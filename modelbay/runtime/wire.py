@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import json
 import signal
-from typing import Any, BinaryIO, Dict, List, Optional
+from typing import Any, BinaryIO
 
 HEADER_SIZE = 4
 MAX_FRAME = 256 << 20  # 256 MiB: results of several MB are normal, a runaway is not
@@ -59,7 +59,7 @@ def frame(body: bytes) -> bytes:
     return len(body).to_bytes(HEADER_SIZE, "big") + body
 
 
-def encode(message: Dict[str, Any]) -> bytes:
+def encode(message: dict[str, Any]) -> bytes:
     """Encode a message with the stdlib (the server may use a faster encoder).
 
     Raises TypeError / ValueError / UnicodeEncodeError for values JSON cannot carry
@@ -69,7 +69,7 @@ def encode(message: Dict[str, Any]) -> bytes:
     return text.encode("utf-8")
 
 
-def read_message(stream: BinaryIO) -> Optional[Dict[str, Any]]:
+def read_message(stream: BinaryIO) -> dict[str, Any] | None:
     """Blocking read of one message; None at end of stream (the other side is gone)."""
     header = stream.read(HEADER_SIZE)
     if len(header) < HEADER_SIZE:
@@ -94,7 +94,7 @@ class FrameBuffer:
     def __init__(self) -> None:
         self._buffer = bytearray()
 
-    def feed(self, data: bytes) -> List[bytes]:
+    def feed(self, data: bytes) -> list[bytes]:
         """Return the complete bodies now available; keeps any partial frame for later.
 
         Raises FrameTooLarge as soon as a header announces an oversized frame.
@@ -108,7 +108,7 @@ class FrameBuffer:
             if len(data) == HEADER_SIZE + size:
                 return [data[HEADER_SIZE:]]
         buffer += data
-        bodies: List[bytes] = []
+        bodies: list[bytes] = []
         start = 0
         while len(buffer) - start >= HEADER_SIZE:
             size = int.from_bytes(buffer[start : start + HEADER_SIZE], "big")

@@ -20,8 +20,8 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Mapping
-from typing import Any, Callable, Dict, Iterator, List, Optional, TextIO
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TextIO
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -56,10 +56,10 @@ class _Channel:
         self._write_fd = write_fd
         self._lock = threading.Lock()
 
-    def receive(self) -> Optional[Dict[str, Any]]:
+    def receive(self) -> dict[str, Any] | None:
         return wire.read_message(self._reader)
 
-    def send(self, message: Dict[str, Any]) -> None:
+    def send(self, message: dict[str, Any]) -> None:
         self.send_body(wire.encode(message))
 
     def send_body(self, body: bytes) -> None:
@@ -67,7 +67,7 @@ class _Channel:
         with self._lock:
             self._write_all(data)
 
-    def try_send(self, message: Dict[str, Any]) -> None:
+    def try_send(self, message: dict[str, Any]) -> None:
         """For signal handlers: skip rather than deadlock if a send is half-done."""
         data = wire.frame(wire.encode(message))
         if self._lock.acquire(blocking=False):
@@ -97,7 +97,7 @@ class _Capture:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.size = 0
-        self.parts: List[bytes] = []
+        self.parts: list[bytes] = []
         self.overflowed = False  # stays set even if user code swallows the exception
         self.message = f"The request printed more than {limit} bytes of logs; output was cut off."
 
@@ -125,8 +125,8 @@ class _Capture:
         return b"".join(self.parts).decode("utf-8", "replace")
 
 
-_capture: Optional[_Capture] = None  # the running request's capture, if any
-_current_id: Optional[str] = None  # the running request's id, if any
+_capture: _Capture | None = None  # the running request's capture, if any
+_current_id: str | None = None  # the running request's id, if any
 
 
 class _Router(io.TextIOBase):
@@ -149,7 +149,7 @@ class _Router(io.TextIOBase):
         return "replace"
 
     @property
-    def buffer(self) -> "_BinaryRouter":
+    def buffer(self) -> _BinaryRouter:
         return self._buffer
 
     def write(self, text: str) -> int:  # type: ignore[override]
@@ -205,14 +205,14 @@ class _LoadError(Exception):
     """The package does not follow the convention; the message says how."""
 
 
-def _parameters(function: Callable[..., Any]) -> List[inspect.Parameter]:
+def _parameters(function: Callable[..., Any]) -> list[inspect.Parameter]:
     try:
         return list(inspect.signature(function).parameters.values())
     except (TypeError, ValueError):  # builtins without a signature
         return []
 
 
-def _with_context(method: Callable[..., Any]) -> Callable[[Any, Dict[str, Any]], Any]:
+def _with_context(method: Callable[..., Any]) -> Callable[[Any, dict[str, Any]], Any]:
     """UbiOps rule: pass the context only to `(data, context)`-shaped methods, in their order."""
     params = _parameters(method)
     if len(params) == 2 and any(p.name == "context" for p in params):
@@ -224,7 +224,7 @@ def _with_context(method: Callable[..., Any]) -> Callable[[Any, Dict[str, Any]],
 class _DeploymentRunner:
     """UbiOps style: `deployment.py` with `class Deployment`."""
 
-    def __init__(self, package_dir: str, init_context: Dict[str, Any]) -> None:
+    def __init__(self, package_dir: str, init_context: dict[str, Any]) -> None:
         module = importlib.import_module("deployment")
         cls = getattr(module, "Deployment", None)
         if not isinstance(cls, type):
@@ -232,7 +232,7 @@ class _DeploymentRunner:
         params = _parameters(cls)
         names = {p.name for p in params}
         any_keyword = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
-        kwargs: Dict[str, Any] = {}
+        kwargs: dict[str, Any] = {}
         if any_keyword or "base_directory" in names:
             kwargs["base_directory"] = package_dir
         if any_keyword or "context" in names:
@@ -245,7 +245,7 @@ class _DeploymentRunner:
         requests = getattr(deployment, "requests", None)
         self._requests = _with_context(requests) if callable(requests) else None
 
-    def run(self, data: Any, context: Dict[str, Any], batch: bool) -> Any:
+    def run(self, data: Any, context: dict[str, Any], batch: bool) -> Any:
         if not batch:
             return self._request(data, context)
         if self._requests is not None:
@@ -294,7 +294,7 @@ class _HandlerRunner:
             raise _LoadError(f"Module {module_name} has no function named {function_name}.")
         self._handler = function
 
-    def run(self, data: Any, context: Dict[str, Any], batch: bool) -> Any:
+    def run(self, data: Any, context: dict[str, Any], batch: bool) -> Any:
         response = self._handler(_AbejaRequest(data), context)
         if inspect.iscoroutine(response):  # `async def handler` is allowed too
             import asyncio
@@ -305,7 +305,7 @@ class _HandlerRunner:
         return response
 
 
-def _load(init: Dict[str, Any]) -> Any:
+def _load(init: dict[str, Any]) -> Any:
     package_dir = init["package_dir"]
     # UbiOps convention: the package and its `libraries` dir come first on sys.path.
     sys.path[0:0] = [package_dir, os.path.join(package_dir, "libraries")]
@@ -332,7 +332,7 @@ def _streaming_update(channel: _Channel, call_id: str) -> Callable[[str], None]:
     return streaming_update
 
 
-def _serve(channel: _Channel, runner: Any, message: Dict[str, Any], log_limit: int) -> None:
+def _serve(channel: _Channel, runner: Any, message: dict[str, Any], log_limit: int) -> None:
     global _capture, _current_id
     call_id = message["id"]
     data = message.get("data")
@@ -383,7 +383,7 @@ def _install_logs_signal(channel: _Channel) -> None:
     signal.signal(wire.LOGS_SIGNAL, send_logs)
 
 
-def main(argv: List[str]) -> int:
+def main(argv: list[str]) -> int:
     read_fd, write_fd = int(argv[1]), int(argv[2])
     for fd in (read_fd, write_fd):
         # Subprocesses of user code must not hold the channel open (the server would miss EOF).

@@ -151,5 +151,5 @@ class GroupCommitter:
             else:
                 batch[0][1].set_exception(exc)
             return
-        for (_, future), result in zip(batch, results):
+        for (_, future), result in zip(batch, results, strict=False):
             future.set_result(result)

@@ -1,5 +1,5 @@
 from concurrent.futures import wait
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -29,7 +29,7 @@ def _request(request_id: str, status: str = "pending") -> RequestRow:
         status=status,
         timeout=10,
         origin={},
-        created_at=datetime.now(timezone.utc),
+        created_at=datetime.now(UTC),
     )
 
 

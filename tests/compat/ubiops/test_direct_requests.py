@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import ubiops
 
-from tests.fixtures.packages import EXITS, HANGS, NOOP, PLAIN, PRINTS_50MB, RAISES, make_package_dir
+from tests.fixtures.packages import EXITS, HANGS, NOOP, PLAIN, PRINTS_50MB, RAISES
 
 CONTEXT_ECHO = '''
 import os
