@@ -120,7 +120,7 @@ class Deployments:
         with self._db.read() as session:
             return self._get(session, project.id, name)
 
-    def list(self, project: ProjectRow) -> list[DeploymentRow]:
+    def list_deployments(self, project: ProjectRow) -> list[DeploymentRow]:
         with self._db.read() as session:
             return list(
                 session.scalars(

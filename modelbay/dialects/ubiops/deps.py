@@ -15,9 +15,14 @@ from modelbay.store.tables import ProjectRow
 TOKEN_SCHEMES = ("token", "bearer")
 
 
-def engine_of(request: Request) -> Engine:
+def _engine(request: Request) -> Engine:
     engine: Engine = request.app.state.engine
     return engine
+
+
+async def engine_of(request: Request) -> Engine:
+    # async: FastAPI runs a plain `def` dependency on a thread, a hop the hot path can't afford
+    return _engine(request)
 
 
 async def caller_of(request: Request) -> Caller:
@@ -28,11 +33,11 @@ async def caller_of(request: Request) -> Caller:
     scheme, _, token = header.strip().partition(" ")
     if scheme.lower() not in TOKEN_SCHEMES or not token.strip():
         raise Unauthorized("Authorization header must be 'Token <token>'")
-    return engine_of(request).projects.authenticate(token.strip())
+    return _engine(request).projects.authenticate(token.strip())
 
 
 async def project_of(project_name: str, request: Request) -> ProjectRow:
-    return engine_of(request).projects.get(await caller_of(request), project_name)
+    return _engine(request).projects.get(await caller_of(request), project_name)
 
 
 async def json_body(request: Request) -> Any:

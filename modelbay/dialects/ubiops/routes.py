@@ -100,7 +100,7 @@ def deployments_create(engine: EngineDep, project: ProjectDep, body: JsonObject)
 
 @router.get("/projects/{project_name}/deployments")
 def deployments_list(engine: EngineDep, project: ProjectDep) -> Response:
-    return json([schemas.deployment(row, project.name) for row in engine.deployments.list(project)])
+    return json([schemas.deployment(row, project.name) for row in engine.deployments.list_deployments(project)])
 
 
 @router.get("/projects/{project_name}/deployments/{deployment_name}")
