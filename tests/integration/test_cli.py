@@ -1,0 +1,124 @@
+"""The `modelbay` command as an operator runs it: a real subprocess, its stdout, stderr and exit code."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from tests.fixtures.server import Server, modelbay
+from tests.integration.conftest import query, unique
+
+CREDENTIAL_KEYS = {"name", "token", "organization_id", "datature_project_id"}
+
+
+def console_script() -> str:
+    """The installed `modelbay` console script (what `pip install` puts on the PATH)."""
+    script = Path(sys.executable).parent / "modelbay"
+    assert script.exists(), f"the console script {script} is not installed"
+    return str(script)
+
+
+def one_line(text: str) -> str:
+    """CLI messages may be wrapped to the terminal width: compare them with whitespace collapsed."""
+    return " ".join(text.split())
+
+
+def projects_named(data_dir: Path, name: str) -> list[dict[str, str]]:
+    rows = query(data_dir, "SELECT name, token_hash, organization_id, datature_project_id FROM projects WHERE name = ?", name)
+    return [dict(row) for row in rows]
+
+
+def test_project_create_json_prints_exactly_one_object_with_working_credentials(server: Server) -> None:
+    name = unique("cli")
+    result = modelbay("project", "create", name, "--data-dir", str(server.data_dir), "--json")
+
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1, result.stdout
+    credentials = json.loads(lines[0])
+    assert isinstance(credentials, dict)
+    assert set(credentials) == CREDENTIAL_KEYS
+    assert credentials["name"] == name
+    assert re.fullmatch(r"[0-9]{13}", credentials["organization_id"]), credentials
+    assert credentials["datature_project_id"].startswith("proj_")
+    assert len(credentials["datature_project_id"]) > len("proj_")
+    assert isinstance(credentials["token"], str) and len(credentials["token"]) >= 20
+    assert [row["organization_id"] for row in projects_named(server.data_dir, name)] == [credentials["organization_id"]]
+    # The token works at once on the server running on that data dir.
+    response = httpx.get(
+        f"{server.url}/v2.1/projects/{name}", headers={"Authorization": f"Token {credentials['token']}"}
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["name"] == name
+
+
+def test_creating_a_project_twice_fails_clearly_and_changes_nothing(server: Server) -> None:
+    name = unique("twice")
+    first = server.create_project(name)
+    before = projects_named(server.data_dir, name)
+
+    second = modelbay("project", "create", name, "--data-dir", str(server.data_dir), "--json")
+
+    assert second.returncode != 0
+    assert second.stdout.strip() == ""
+    message = one_line(second.stderr)
+    assert name in message and "already exists" in message, second.stderr
+    assert "Traceback" not in second.stderr
+    assert projects_named(server.data_dir, name) == before
+    assert len(before) == 1
+    response = httpx.get(f"{server.url}/v2.1/projects/{name}", headers={"Authorization": f"Token {first['token']}"})
+    assert response.status_code == 200, response.text
+
+
+def test_an_invalid_project_name_is_refused_with_a_message(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    result = modelbay("project", "create", "Bad Name!", "--data-dir", str(data_dir), "--json")
+
+    assert result.returncode != 0
+    assert result.stdout.strip() == ""
+    assert "Traceback" not in result.stderr
+    assert "name" in one_line(result.stderr).lower(), result.stderr
+    assert query(data_dir, "SELECT count(*) FROM projects")[0][0] == 0
+
+
+def test_modelbay_help_lists_its_commands() -> None:
+    result = subprocess.run([console_script(), "--help"], capture_output=True, text=True, timeout=60)
+
+    assert result.returncode == 0, result.stderr
+    assert "serve" in result.stdout
+    assert "project" in result.stdout
+
+
+def test_modelbay_serve_help_lists_its_options() -> None:
+    result = subprocess.run([console_script(), "serve", "--help"], capture_output=True, text=True, timeout=60)
+
+    assert result.returncode == 0, result.stderr
+    for option in ("--host", "--port", "--data-dir"):
+        assert option in result.stdout, result.stdout
+
+
+def test_the_data_dir_comes_from_modelbay_data_dir_when_no_flag_is_given(tmp_path: Path) -> None:
+    data_dir = tmp_path / "from-env"
+    cwd = tmp_path / "cwd"  # where ./.modelbay would land if the variable were ignored
+    cwd.mkdir()
+    env = {**os.environ, "MODELBAY_DATA_DIR": str(data_dir)}
+
+    result = subprocess.run(
+        [console_script(), "project", "create", "envproject", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=120,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["name"] == "envproject"
+    assert [row["name"] for row in projects_named(data_dir, "envproject")] == ["envproject"]
+    assert not (cwd / ".modelbay").exists()

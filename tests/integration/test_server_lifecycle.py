@@ -1,0 +1,143 @@
+"""The server as an operator runs it: start, health, tokens, SIGTERM, restart on the same data dir."""
+
+from __future__ import annotations
+
+import signal
+import stat
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from tests.fixtures.packages import PLAIN
+from tests.fixtures.server import Server, wait_until
+from tests.integration.conftest import SLEEPS, alive, cmdline, deploy, descendants, query, ubiops
+
+SIGTERM_DEADLINE_S = 30.0
+
+
+def plain_request(client: httpx.Client, project: str, deployment: str, text: str) -> httpx.Response:
+    return client.post(
+        f"/projects/{project}/deployments/{deployment}/requests",
+        content=text.encode(),
+        headers={"content-type": "text/plain"},
+    )
+
+
+def test_health_answers_200_without_a_token(server: Server) -> None:
+    response = httpx.get(f"{server.url}/health")
+
+    assert response.status_code == 200
+
+
+def test_the_admin_token_is_kept_in_the_data_dir_readable_by_its_owner_only(server: Server) -> None:
+    path = server.data_dir / "admin_token"
+
+    assert path.is_file()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.read_text().strip() == server.admin_token
+    response = httpx.get(f"{server.url}/v2.1/projects", headers={"Authorization": f"Token {server.admin_token}"})
+    assert response.status_code == 200, response.text
+
+
+def test_modelbay_admin_token_overrides_the_kept_token(own_server: Callable[..., Server], tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    kept = data_dir / "admin_token"
+    kept.write_text("kept-token-0123456789abcdef\n")
+    kept.chmod(0o600)
+
+    srv = own_server(data_dir, extra_env={"MODELBAY_ADMIN_TOKEN": "env-token-0123456789abcdef"})
+
+    def projects(token: str) -> httpx.Response:
+        return httpx.get(f"{srv.url}/v2.1/projects", headers={"Authorization": f"Token {token}"})
+
+    assert projects("env-token-0123456789abcdef").status_code == 200
+    assert projects("kept-token-0123456789abcdef").status_code == 401
+    created = httpx.post(
+        f"{srv.url}/v2.1/projects",
+        json={"name": "made-by-env-admin"},
+        headers={"Authorization": "Token env-token-0123456789abcdef"},
+    )
+    assert created.status_code == 201, created.text
+
+
+def test_sigterm_lets_a_running_request_finish_then_exits_leaving_no_worker_processes(
+    own_server: Callable[..., Server],
+) -> None:
+    srv = own_server()
+    project = srv.create_project("lifecycle")
+    client = ubiops(srv, project["token"])
+    deploy(client, "lifecycle", "sleeper", SLEEPS)
+    warm = plain_request(client, "lifecycle", "sleeper", "0")  # starts a worker
+    assert warm.status_code == 200 and warm.json()["result"] == "done", warm.text
+    assert srv.process is not None
+    children = descendants(srv.process.pid)
+    assert any("worker.py" in cmdline(pid) for pid in children), {pid: cmdline(pid) for pid in children}
+    own_server.remember_children()  # type: ignore[attr-defined]
+
+    answers: dict[str, httpx.Response] = {}
+    running = threading.Thread(
+        target=lambda: answers.update(late=plain_request(client, "lifecycle", "sleeper", "2")), daemon=True
+    )
+    running.start()
+    wait_until(lambda: query(srv.data_dir, "SELECT id FROM requests WHERE status = 'processing'"), timeout=30)
+    srv.process.send_signal(signal.SIGTERM)
+    srv.process.wait(timeout=SIGTERM_DEADLINE_S)  # raises when the server outlives the deadline
+    running.join(timeout=SIGTERM_DEADLINE_S)
+    client.close()
+
+    late = answers["late"]
+    assert late.status_code == 200, late.text
+    assert late.json()["status"] == "completed" and late.json()["result"] == "done", late.text
+    statuses = [row["status"] for row in query(srv.data_dir, "SELECT status FROM requests WHERE id = ?", late.json()["id"])]
+    assert statuses == ["completed"]
+    wait_until(lambda: not alive(children), timeout=10)
+
+
+def test_a_restart_on_the_same_data_dir_keeps_the_admin_token_projects_and_built_versions(
+    own_server: Callable[..., Server],
+) -> None:
+    first = own_server()
+    admin = first.admin_token
+    project = first.create_project("survivor")
+    with ubiops(first, project["token"]) as client:
+        deploy(client, "survivor", "echo", PLAIN)
+        revisions = client.get("/projects/survivor/deployments/echo/versions/v1/revisions").json()
+    first.stop()
+
+    second = own_server(first.data_dir)
+
+    assert (second.data_dir / "admin_token").read_text().strip() == admin
+    with ubiops(second, admin) as as_admin:
+        assert "survivor" in [p["name"] for p in as_admin.get("/projects").json()]
+    with ubiops(second, project["token"]) as client:
+        assert client.get("/projects/survivor").status_code == 200
+        names = [d["name"] for d in client.get("/projects/survivor/deployments").json()]
+        assert names == ["echo"]
+        version = client.get("/projects/survivor/deployments/echo/versions/v1").json()
+        assert version["status"] == "available"
+        assert client.get("/projects/survivor/deployments/echo/versions/v1/revisions").json() == revisions
+        response = plain_request(client, "survivor", "echo", "after restart")
+        assert response.status_code == 200, response.text
+        assert response.json()["status"] == "completed"
+        assert response.json()["result"] == "after restart"
+
+
+def test_docs_answers_200(server: Server) -> None:
+    docs = httpx.get(f"{server.url}/docs")
+    spec = httpx.get(f"{server.url}/openapi.json")
+
+    assert docs.status_code == 200
+    assert "text/html" in docs.headers["content-type"]
+    assert spec.status_code == 200
+    assert any(path.startswith("/v2.1/") for path in spec.json()["paths"])
+
+
+def test_metrics_serves_prometheus_text(server: Server) -> None:
+    response = httpx.get(f"{server.url}/metrics", follow_redirects=True)
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    assert "# HELP " in response.text and "# TYPE " in response.text
