@@ -9,7 +9,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from prometheus_client import make_asgi_app
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
 from modelbay.core.engine import Engine
@@ -62,5 +62,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     for prefix in UBIOPS_PREFIXES:
         app.include_router(ubiops_router, prefix=prefix)
-    app.mount("/metrics", make_asgi_app())
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
     return app

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -48,6 +50,8 @@ def serve(
         console.print(f"admin token (shown once, kept in the data directory): [bold]{token}[/bold]")
     else:
         console.print(f"admin token: kept in {(settings.data_dir / 'admin_token').resolve()}")
+    # uvicorn drains on SIGTERM, then re-raises it; exiting 0 tells supervisors it was clean.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     uvicorn.run(
         create_app(settings),
         host=settings.host,

@@ -140,9 +140,8 @@ class Revisions:
             if version is not None and version.latest_revision_id == revision_id:
                 if result.ok:
                     version.active_revision_id = revision_id
-                    version.status = "available"
-                else:
-                    version.status = "failed"
+                # A failed build leaves a version that still has working code serving it.
+                version.status = "available" if version.active_revision_id else "failed"
                 version.updated_at = now
                 deployment = session.get(DeploymentRow, version.deployment_id)
                 if deployment is not None:
