@@ -20,7 +20,8 @@ test: install
 	$(BIN)/python -m pytest -n 2 -q
 
 bench: install
-	$(BIN)/python bench/direct_requests.py
+	@command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
+	$(BIN)/python bench/direct_requests.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .modelbay .pytest_cache
