@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException
 from modelbay.core.engine import Engine
 from modelbay.core.errors import ModelbayError
 from modelbay.dialects.ubiops import errors as ubiops_errors
+from modelbay.dialects.ubiops.requests import router as ubiops_requests_router
 from modelbay.dialects.ubiops.routes import PREFIXES as UBIOPS_PREFIXES
 from modelbay.dialects.ubiops.routes import router as ubiops_router
 from modelbay.settings import Settings
@@ -60,6 +61,8 @@ def create_app(settings: Settings) -> FastAPI:
     async def health() -> Response:
         return Response(b'{"status":"ok"}', media_type="application/json")
 
+    for prefix in UBIOPS_PREFIXES:  # request routes first: they are matched most often
+        app.include_router(ubiops_requests_router, prefix=prefix)
     for prefix in UBIOPS_PREFIXES:
         app.include_router(ubiops_router, prefix=prefix)
     @app.get("/metrics", include_in_schema=False)

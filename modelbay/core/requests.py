@@ -10,20 +10,23 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from modelbay.core.clock import utcnow
 from modelbay.core.deployments import Target
 from modelbay.core.errors import InvalidInput, StatusChanged
 from modelbay.core.fields import check_data
 from modelbay.core.scheduler import PRIORITY_DIRECT, Scheduler
-from modelbay.core.transitions import Status, transition
+from modelbay.core.transitions import REQUESTS, Status, transition
 from modelbay.runtime.base import Call, CallTimedOut, InstanceLost, InstanceStartFailed
 from modelbay.store.db import Database
 from modelbay.store.tables import RequestRow
 
 DIRECT_TIMEOUT_DEFAULT_S = 300
 DIRECT_TIMEOUT_MAX_S = 3600
+
+#: A direct request still running after this long is recorded as `processing` before it ends.
+RECORD_PROCESSING_AFTER_S = 0.05
 
 #: Most log text kept with one request; the worker already caps what it collects.
 MAX_STORED_LOG_CHARS = 1 << 20
@@ -80,40 +83,57 @@ class Requests:
         encoded = orjson.dumps(data)
         created_at = utcnow()
         keep_data = target.retention_mode == "full"
-        row = RequestRow(
-            id=request_id,
-            project_id=target.project_id,
-            deployment_id=target.deployment_id,
-            version_id=target.version_id,
-            mode="direct",
-            status=Status.PROCESSING.value,
-            priority=PRIORITY_DIRECT,
-            timeout=timeout,
-            data=encoded if keep_data else None,
-            input_size=len(encoded),
-            origin=origin,
-            created_at=created_at,
-            started_at=created_at,
-        )
+        started = {
+            "id": request_id,
+            "project_id": target.project_id,
+            "deployment_id": target.deployment_id,
+            "version_id": target.version_id,
+            "mode": "direct",
+            "status": Status.PROCESSING.value,
+            "priority": PRIORITY_DIRECT,
+            "timeout": timeout,
+            "data": encoded if keep_data else None,
+            "input_size": len(encoded),
+            "origin": origin,
+            "created_at": created_at,
+            "started_at": created_at,
+        }
         committer = self._db.committer
-        committer.submit(lambda session: session.add(row))  # durable by the time the outcome is
+        recorded = False
+
+        def record_processing() -> None:
+            nonlocal recorded
+            recorded = True
+            committer.submit(lambda conn: conn.execute(insert(REQUESTS), started))
+
+        # Most direct requests finish within milliseconds: they are written once, finished.
+        # One still running after a moment is recorded as processing, so it can be seen.
+        timer = asyncio.get_running_loop().call_later(RECORD_PROCESSING_AFTER_S, record_processing)
         call = Call(
             request_id=request_id,
             data=data,
             context={"id": request_id, "request_mode": "direct", "batch_list": as_list},
         )
-        status, result, error, logs = await self._execute(target, call, timeout, on_update)
+        try:
+            status, result, error, logs = await self._execute(target, call, timeout, on_update)
+        finally:
+            timer.cancel()
         encoded_result = orjson.dumps(result) if status is Status.COMPLETED else b""
-        values = {
+        finished = {
             "result": encoded_result if keep_data and status is Status.COMPLETED else None,
             "error_message": error,
             "logs": logs[-MAX_STORED_LOG_CHARS:] if logs else None,
             "output_size": len(encoded_result),
             "finished_at": utcnow(),
         }
-        await asyncio.wrap_future(
-            committer.submit(lambda session: transition(session, request_id, Status.PROCESSING, status, **values))
-        )
+        if recorded:
+            await committer.submit_async(
+                lambda conn: transition(conn, request_id, Status.PROCESSING, status, **finished)
+            )
+        else:
+            await committer.submit_async(
+                lambda conn: conn.execute(insert(REQUESTS), {**started, **finished, "status": status.value})
+            )
         return RequestRecord(
             id=request_id,
             deployment_name=target.deployment_name,

@@ -5,11 +5,13 @@ from __future__ import annotations
 import enum
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import Connection, Table, update
 from sqlalchemy.orm import Session
 
 from modelbay.core.errors import StatusChanged
 from modelbay.store.tables import RequestRow
+
+REQUESTS: Table = RequestRow.__table__  # type: ignore[assignment]
 
 
 class Status(enum.StrEnum):
@@ -34,7 +36,7 @@ ALLOWED: dict[Status, frozenset[Status]] = {
 }
 
 
-def transition(session: Session, request_id: str, old: Status, new: Status, **values: Any) -> None:
+def transition(conn: Connection | Session, request_id: str, old: Status, new: Status, **values: Any) -> None:
     """Move a request from `old` to `new`, writing `values` with it.
 
     Raises `ValueError` for a move that is not allowed, and `StatusChanged` when the request
@@ -42,10 +44,9 @@ def transition(session: Session, request_id: str, old: Status, new: Status, **va
     """
     if new not in ALLOWED[old]:
         raise ValueError(f"a request may not go from {old.value} to {new.value}")
-    done = session.execute(
-        update(RequestRow)
-        .where(RequestRow.id == request_id, RequestRow.status == old.value)
-        .values(status=new.value, **values)
+    # A Core statement on the table: the ORM's bulk-update bookkeeping is not needed here.
+    done = conn.execute(
+        update(REQUESTS).where(REQUESTS.c.id == request_id, REQUESTS.c.status == old.value).values(status=new.value, **values)
     )
     if done.rowcount == 0:  # type: ignore[attr-defined]
         raise StatusChanged(request_id, old.value)

@@ -1,12 +1,13 @@
+import asyncio
 from concurrent.futures import wait
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, inspect, select, text
+from sqlalchemy import func, insert, inspect, select, text
 
 from modelbay.core.errors import StatusChanged
-from modelbay.core.transitions import Status, transition
+from modelbay.core.transitions import REQUESTS, Status, transition
 from modelbay.store.db import Database
 from modelbay.store.tables import RequestRow
 
@@ -33,6 +34,19 @@ def _request(request_id: str, status: str = "pending") -> RequestRow:
     )
 
 
+def _row(request_id: str) -> dict[str, object]:
+    row = _request(request_id)
+    return {c.name: getattr(row, c.name) for c in REQUESTS.columns if getattr(row, c.name) is not None}
+
+
+def test_group_commit_resolves_loop_futures_on_their_loop(db: Database) -> None:
+    async def scenario() -> list[object]:
+        writes = [db.committer.submit_async(lambda c, i=i: c.execute(insert(REQUESTS), _row(f"a{i}")).rowcount) for i in range(50)]
+        return list(await asyncio.gather(*writes))
+
+    assert asyncio.run(scenario()) == [1] * 50
+
+
 def test_migrations_create_every_table_in_wal_mode(db: Database) -> None:
     names = set(inspect(db.engine).get_table_names())
     assert {"projects", "deployments", "versions", "revisions", "requests", "alembic_version"} <= names
@@ -41,8 +55,8 @@ def test_migrations_create_every_table_in_wal_mode(db: Database) -> None:
 
 
 def test_group_commit_makes_every_write_durable_and_isolates_a_failing_one(db: Database) -> None:
-    futures = [db.committer.submit(lambda s, i=i: s.add(_request(f"r{i}"))) for i in range(200)]
-    duplicate = db.committer.submit(lambda s: s.add(_request("r0")))
+    futures = [db.committer.submit(lambda c, i=i: c.execute(insert(REQUESTS), _row(f"r{i}"))) for i in range(200)]
+    duplicate = db.committer.submit(lambda c: c.execute(insert(REQUESTS), _row("r0")))
     wait(futures + [duplicate], timeout=30)
     assert all(f.exception() is None for f in futures)
     assert duplicate.exception() is not None

@@ -6,13 +6,12 @@ import asyncio
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, File, Request, UploadFile
+from fastapi import APIRouter, File, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from modelbay.core import environments
-from modelbay.core.errors import Forbidden, InvalidInput, NotFound, TooLarge
-from modelbay.core.requests import DIRECT_TIMEOUT_DEFAULT_S, DIRECT_TIMEOUT_MAX_S, check_timeout
+from modelbay.core.errors import Forbidden, InvalidInput, NotFound
 from modelbay.dialects.ubiops import schemas
 from modelbay.dialects.ubiops.deps import CallerDep, EngineDep, JsonObject, ProjectDep
 
@@ -232,66 +231,3 @@ def revisions_get(
     engine: EngineDep, project: ProjectDep, deployment_name: str, version: str, revision_id: str
 ) -> Response:
     return json(schemas.revision(engine.revisions.get(project, deployment_name, version, revision_id), version))
-
-
-# --- direct requests -------------------------------------------------------------------------
-
-
-async def _request_data(request: Request, input_type: str, limit: int) -> Any:
-    """The request body as deployment input: JSON, or raw text for `text/plain` (how the SDK sends a str)."""
-    raw = await request.body()
-    if len(raw) > limit:
-        raise TooLarge(f"The request body is larger than the limit of {limit} bytes")
-    if request.headers.get("content-type", "").startswith("text/plain"):
-        text = raw.decode("utf-8", errors="replace")
-        if input_type == "plain":
-            return text
-        raw = raw or b"null"
-    try:
-        return orjson.loads(raw) if raw else ""
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"The request body is not valid JSON: {exc}") from exc
-
-
-async def _direct(
-    request: Request,
-    engine: EngineDep,
-    project: ProjectDep,
-    deployment_name: str,
-    version: str | None,
-    timeout: int | None,
-) -> Response:
-    target = engine.deployments.serving_target(project, deployment_name, version)
-    data = await _request_data(request, target.input_type, engine.settings.max_request_bytes)
-    record = await engine.requests.direct(
-        target,
-        data,
-        timeout=check_timeout(timeout, DIRECT_TIMEOUT_DEFAULT_S, DIRECT_TIMEOUT_MAX_S),
-        origin={"created_by": "ubiops"},
-    )
-    return json(schemas.direct_request(record))
-
-
-@router.post("/projects/{project_name}/deployments/{deployment_name}/requests")
-async def deployment_requests_create(
-    request: Request,
-    engine: EngineDep,
-    project: ProjectDep,
-    deployment_name: str,
-    timeout: int | None = None,
-    priority: int | None = None,
-) -> Response:
-    return await _direct(request, engine, project, deployment_name, None, timeout)
-
-
-@router.post("/projects/{project_name}/deployments/{deployment_name}/versions/{version}/requests")
-async def deployment_version_requests_create(
-    request: Request,
-    engine: EngineDep,
-    project: ProjectDep,
-    deployment_name: str,
-    version: str,
-    timeout: int | None = None,
-    priority: int | None = None,
-) -> Response:
-    return await _direct(request, engine, project, deployment_name, version, timeout)
