@@ -85,10 +85,10 @@ class Projects:
         """Resolve a token to its caller. Raises `Unauthorized` for a missing or unknown token."""
         if not token:
             raise Unauthorized("Authentication credentials were not provided")
-        digest = hash_token(token)
-        caller = self._callers.get(digest)
+        caller = self._callers.get(token)
         if caller is not None:
             return caller
+        digest = hash_token(token)
         if secrets.compare_digest(digest, self._admin_hash):
             caller = Caller(project_id=None)
         else:
@@ -97,7 +97,7 @@ class Projects:
             if project_id is None:
                 raise Unauthorized("Invalid token")
             caller = Caller(project_id=project_id)
-        self._callers[digest] = caller
+        self._callers[token] = caller
         return caller
 
     def get(self, caller: Caller, name: str) -> ProjectRow:

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import insert, select
+from sqlalchemy import select
 
 from modelbay.core.clock import utcnow
 from modelbay.core.deployments import Target
@@ -19,7 +19,7 @@ from modelbay.core.fields import check_data
 from modelbay.core.scheduler import PRIORITY_DIRECT, Scheduler
 from modelbay.core.transitions import REQUESTS, Status, transition
 from modelbay.runtime.base import Call, CallTimedOut, InstanceLost, InstanceStartFailed
-from modelbay.store.db import Database
+from modelbay.store.db import Database, Insert
 from modelbay.store.tables import RequestRow
 
 DIRECT_TIMEOUT_DEFAULT_S = 300
@@ -104,7 +104,7 @@ class Requests:
         def record_processing() -> None:
             nonlocal recorded
             recorded = True
-            committer.submit(lambda conn: conn.execute(insert(REQUESTS), started))
+            committer.submit(Insert(REQUESTS, started))
 
         # Most direct requests finish within milliseconds: they are written once, finished.
         # One still running after a moment is recorded as processing, so it can be seen.
@@ -131,9 +131,7 @@ class Requests:
                 lambda conn: transition(conn, request_id, Status.PROCESSING, status, **finished)
             )
         else:
-            await committer.submit_async(
-                lambda conn: conn.execute(insert(REQUESTS), {**started, **finished, "status": status.value})
-            )
+            await committer.submit_async(Insert(REQUESTS, {**started, **finished, "status": status.value}))
         return RequestRecord(
             id=request_id,
             deployment_name=target.deployment_name,

@@ -8,12 +8,13 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, Table, create_engine, event, insert
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -83,11 +84,9 @@ class Database:
         with self._writer() as session, session.begin():
             yield session
 
-    @contextmanager
-    def write_connection(self) -> Iterator[Connection]:
-        """A Core write transaction (no ORM), committed when the block ends without an exception."""
-        with self._writer_engine.begin() as conn:
-            yield conn
+    def writer_connection(self) -> Connection:
+        """A Core connection whose transactions take the write lock up front (no ORM)."""
+        return self._writer_engine.connect()
 
     @property
     def committer(self) -> GroupCommitter:
@@ -104,6 +103,17 @@ class Database:
 Write = Callable[[Connection], Any]
 
 
+@dataclass(frozen=True)
+class Insert:
+    """A row to insert: the committer sends all rows of one table in a commit as one executemany."""
+
+    table: Table
+    row: dict[str, Any]
+
+
+Op = Write | Insert
+
+
 class GroupCommitter:
     """Runs small writes from many callers in shared transactions, on one thread.
 
@@ -115,17 +125,17 @@ class GroupCommitter:
 
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._queue: queue.SimpleQueue[tuple[Write, _Waiter] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[Op, _Waiter] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
         self._thread.start()
 
-    def submit(self, write: Write) -> Future[Any]:
+    def submit(self, write: Op) -> Future[Any]:
         """Queue a write; the returned future resolves once it is committed."""
         future: Future[Any] = Future()
         self._queue.put((write, future))
         return future
 
-    def submit_async(self, write: Write) -> asyncio.Future[Any]:
+    def submit_async(self, write: Op) -> asyncio.Future[Any]:
         """Like `submit`, for a caller on an event loop: resolved on that loop."""
         future = asyncio.get_running_loop().create_future()
         self._queue.put((write, future))
@@ -136,6 +146,12 @@ class GroupCommitter:
         self._thread.join(timeout=30)
 
     def _run(self) -> None:
+        # One connection for the thread's life: no pool checkout and reset per commit.
+        with self._db.writer_connection() as conn:
+            self._conn = conn
+            self._loop()
+
+    def _loop(self) -> None:
         while True:
             first = self._queue.get()
             if first is None:
@@ -155,10 +171,18 @@ class GroupCommitter:
             if stop:
                 return
 
-    def _commit(self, batch: list[tuple[Write, _Waiter]]) -> list[tuple[_Waiter, Any, BaseException | None]]:
+    def _commit(self, batch: list[tuple[Op, _Waiter]]) -> list[tuple[_Waiter, Any, BaseException | None]]:
         try:
-            with self._db.write_connection() as conn:
-                results = [write(conn) for write, _ in batch]
+            with self._conn.begin():
+                conn = self._conn
+                # Inserts first (they create what later writes in the batch may update).
+                rows: dict[Table, list[dict[str, Any]]] = {}
+                for op, _ in batch:
+                    if isinstance(op, Insert):
+                        rows.setdefault(op.table, []).append(op.row)
+                for table, table_rows in rows.items():
+                    conn.execute(insert(table), table_rows)
+                results = [None if isinstance(op, Insert) else op(conn) for op, _ in batch]
         except Exception as exc:
             # The whole transaction rolled back; one bad write must not fail its neighbours.
             if len(batch) > 1:
