@@ -257,12 +257,33 @@ class Deployments:
                 self._targets[key] = target
         return target
 
+    def target_of_version(self, version_id: str) -> Target:
+        """The target of a version by id (queued requests know only that). Cached; raises `NotFound`."""
+        key = ("", version_id, None)
+        target = self._targets.get(key)
+        if target is None:
+            generation = self._generation
+            with self._db.read() as session:
+                row = session.get(VersionRow, version_id)
+                deployment = session.get(DeploymentRow, row.deployment_id) if row else None
+                project = session.get(ProjectRow, deployment.project_id) if deployment else None
+            if row is None or deployment is None or project is None:
+                raise NotFound("version", version_id)
+            target = self._load_target(project, deployment.name, row.name)
+            if generation == self._generation:
+                self._targets[key] = target
+        return target
+
     def serving_target(self, project: ProjectRow, deployment_name: str, version: str | None) -> Target:
         """Like `target`, but raises `Unavailable` unless the version has built code."""
-        target = self.target(project, deployment_name, version)
+        return self.serving_target_check(self.target(project, deployment_name, version))
+
+    @staticmethod
+    def serving_target_check(target: Target) -> Target:
+        """Raises `Unavailable` unless the target has built code."""
         if target.package_dir is None:
             raise Unavailable(
-                f"Version '{target.version_name}' of deployment '{deployment_name}' has no successfully "
+                f"Version '{target.version_name}' of deployment '{target.deployment_name}' has no successfully "
                 f"built code (status: {target.status})"
             )
         return target

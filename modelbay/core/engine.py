@@ -68,17 +68,20 @@ class Engine:
             self.scheduler.version_changed,
             workers=settings.build_workers,
         )
-        self.requests = Requests(self.db, self.scheduler)
+        self.requests = Requests(self.db, self.scheduler, self.deployments)
 
     async def start(self) -> None:
         """Start the loops, then settle what a previous server left behind."""
         self.scheduler.start()
-        failed = self.requests.recover()
-        if failed:
-            log.warning("%d requests were running when the server stopped; they are marked failed", failed)
+        settled, queued = self.requests.recover()
+        if settled:
+            log.warning("%d requests were running when the server stopped; they are marked failed", settled)
+        if queued:
+            log.info("%d pending requests are queued again", queued)
         self.revisions.resume()
 
     async def close(self) -> None:
+        await self.requests.close()
         self.revisions.close()
         await self.scheduler.close()
         self.db.close()

@@ -1,8 +1,15 @@
-"""Requests: one execution of a version's code, recorded in the store."""
+"""Requests: one execution of a version's code, recorded in the store.
+
+Direct requests run at once and answer with their outcome. Batch requests are committed
+first (all or nothing), then drained from the queue. Every status change is a
+compare-and-set through `transitions.transition`, so a cancel racing a completion is
+decided exactly once.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,26 +17,38 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import select
+from sqlalchemy import Connection, delete, func, insert, select
 
 from modelbay.core.clock import utcnow
-from modelbay.core.deployments import Target
-from modelbay.core.errors import InvalidInput, StatusChanged
+from modelbay.core.deployments import Deployments, Target
+from modelbay.core.errors import InvalidInput, NotFound, StatusChanged
 from modelbay.core.fields import check_data
-from modelbay.core.scheduler import PRIORITY_DIRECT, Scheduler
-from modelbay.core.transitions import REQUESTS, Status, transition
+from modelbay.core.queue import BatchQueue, QueuedItem
+from modelbay.core.scheduler import PRIORITY_BATCH, PRIORITY_DIRECT, Scheduler
+from modelbay.core.transitions import REQUESTS, TERMINAL, Status, transition
 from modelbay.runtime.base import Call, CallTimedOut, InstanceLost, InstanceStartFailed
 from modelbay.store.db import Database, Insert
 from modelbay.store.tables import RequestRow
 
+log = logging.getLogger(__name__)
+
 DIRECT_TIMEOUT_DEFAULT_S = 300
 DIRECT_TIMEOUT_MAX_S = 3600
+BATCH_TIMEOUT_DEFAULT_S = 14400
+BATCH_TIMEOUT_MAX_S = 172800
+
+#: Most requests one batch call may create, collect, cancel or delete.
+MAX_BATCH = 250
 
 #: A direct request still running after this long is recorded as `processing` before it ends.
 RECORD_PROCESSING_AFTER_S = 0.05
 
 #: Most log text kept with one request; the worker already caps what it collects.
 MAX_STORED_LOG_CHARS = 1 << 20
+
+#: Statuses a list may filter on; `pending` and `processing` only alone.
+LISTABLE = {"completed", "failed", "cancelled", "cancelled_pending", "pending", "processing"}
+LIST_LIMIT_MAX = 1000
 
 
 @dataclass(frozen=True)
@@ -47,6 +66,14 @@ class RequestRecord:
     created_at: datetime
 
 
+@dataclass(frozen=True)
+class Outcome:
+    status: Status
+    result: Any = None
+    error: str | None = None
+    logs: str = ""
+
+
 def check_timeout(timeout: Any, default: int, maximum: int) -> int:
     """The timeout a caller asked for, defaulted and bounded; raises `InvalidInput` when out of range."""
     if timeout is None:
@@ -56,12 +83,34 @@ def check_timeout(timeout: Any, default: int, maximum: int) -> int:
     return timeout
 
 
-class Requests:
-    """Runs direct requests and records them through the group committer."""
+def check_priority(priority: Any) -> int:
+    if priority is None:
+        return 1
+    if priority not in (0, 1) or isinstance(priority, bool):
+        raise InvalidInput("priority must be 0 (high) or 1 (standard)")
+    return int(priority)
 
-    def __init__(self, db: Database, scheduler: Scheduler) -> None:
+
+def check_ids(ids: Any, what: str = "request ids") -> list[str]:
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise InvalidInput(f"The body must be a list of {what}")
+    if len(ids) > MAX_BATCH:
+        raise InvalidInput(f"At most {MAX_BATCH} {what} are allowed in one call, not {len(ids)}")
+    return list(dict.fromkeys(ids))
+
+
+class Requests:
+    """Runs requests and answers questions about them."""
+
+    def __init__(self, db: Database, scheduler: Scheduler, deployments: Deployments) -> None:
         self._db = db
         self._scheduler = scheduler
+        self._deployments = deployments
+        self.queue = BatchQueue(self._run_queued, self._drainers_for)
+        self._running: dict[str, asyncio.Task[Any]] = {}  # request id -> its call, for cancels
+        self._cancelling: set[str] = set()
+
+    # --- direct ----------------------------------------------------------------------------
 
     async def direct(
         self,
@@ -82,20 +131,9 @@ class Requests:
         request_id = str(uuid.uuid4())
         encoded = orjson.dumps(data)
         created_at = utcnow()
-        keep_data = target.retention_mode == "full"
         started = {
-            "id": request_id,
-            "project_id": target.project_id,
-            "deployment_id": target.deployment_id,
-            "version_id": target.version_id,
-            "mode": "direct",
+            **self._new_row(target, request_id, "direct", PRIORITY_DIRECT, timeout, encoded, origin, created_at),
             "status": Status.PROCESSING.value,
-            "priority": PRIORITY_DIRECT,
-            "timeout": timeout,
-            "data": encoded if keep_data else None,
-            "input_size": len(encoded),
-            "origin": origin,
-            "created_at": created_at,
             "started_at": created_at,
         }
         committer = self._db.committer
@@ -109,88 +147,375 @@ class Requests:
         # Most direct requests finish within milliseconds: they are written once, finished.
         # One still running after a moment is recorded as processing, so it can be seen.
         timer = asyncio.get_running_loop().call_later(RECORD_PROCESSING_AFTER_S, record_processing)
-        call = Call(
-            request_id=request_id,
-            data=data,
-            context={"id": request_id, "request_mode": "direct", "batch_list": as_list},
-        )
+        call = Call(request_id, data, {"id": request_id, "request_mode": "direct", "batch_list": as_list})
         try:
-            status, result, error, logs = await self._execute(target, call, timeout, on_update)
+            outcome = await self._execute(target, call, timeout, PRIORITY_DIRECT, on_update)
         finally:
             timer.cancel()
-        encoded_result = orjson.dumps(result) if status is Status.COMPLETED else b""
-        finished = {
-            "result": encoded_result if keep_data and status is Status.COMPLETED else None,
-            "error_message": error,
-            "logs": logs[-MAX_STORED_LOG_CHARS:] if logs else None,
-            "output_size": len(encoded_result),
-            "finished_at": utcnow(),
-        }
+        finished = self._finished_values(target, outcome)
         if recorded:
-            await committer.submit_async(
-                lambda conn: transition(conn, request_id, Status.PROCESSING, status, **finished)
-            )
+            status = await committer.submit_async(self._finish(request_id, outcome.status, finished))
         else:
+            status = outcome.status
             await committer.submit_async(Insert(REQUESTS, {**started, **finished, "status": status.value}))
         return RequestRecord(
             id=request_id,
             deployment_name=target.deployment_name,
             version_name=target.version_name,
             mode="direct",
-            status=status.value,
+            status=(status or Status.CANCELLED).value,
             timeout=timeout,
-            result=result,
-            error_message=error,
+            result=outcome.result if status is Status.COMPLETED else None,
+            error_message=outcome.error if status is Status.FAILED else None,
             created_at=created_at,
         )
 
-    async def _execute(
-        self, target: Target, call: Call, timeout: int, on_update: Callable[[str], None] | None
-    ) -> tuple[Status, Any, str | None, str]:
-        """Run a call and turn every way it can end into (status, result, error, logs)."""
+    # --- batch -----------------------------------------------------------------------------
+
+    async def create_batch(
+        self, target: Target, items: list[Any], *, timeout: int, priority: int, origin: dict[str, str]
+    ) -> list[RequestRecord]:
+        """Validate every item, then commit them all in one transaction and queue them.
+
+        Raises `InvalidInput` naming the first faulty item; then nothing is stored.
+        """
+        if not items:
+            raise InvalidInput("A batch needs at least one request")
+        if len(items) > MAX_BATCH:
+            raise InvalidInput(f"At most {MAX_BATCH} requests are allowed in one batch, not {len(items)}")
+        for index, item in enumerate(items):
+            try:
+                check_data(target.input_type, target.input_fields, item)
+            except InvalidInput as exc:
+                raise InvalidInput(f"Request {index} of the batch: {exc.message}") from None
+        created_at = utcnow()
+        rows = []
+        for item in items:
+            row = self._new_row(
+                target, str(uuid.uuid4()), "batch", priority, timeout, orjson.dumps(item), origin, created_at
+            )
+            rows.append({**row, "status": Status.PENDING.value})
+        await self._db.committer.submit_async(lambda conn: conn.execute(insert(REQUESTS), rows))
+        self.queue.push(
+            [
+                QueuedItem(row["id"], target.version_id, item, timeout, priority)
+                for row, item in zip(rows, items, strict=True)
+            ]
+        )
+        return [
+            RequestRecord(row["id"], target.deployment_name, target.version_name, "batch", "pending", timeout,
+                          None, None, created_at)
+            for row in rows
+        ]
+
+    def _drainers_for(self, version_id: str) -> int:
+        return self._deployments.target_of_version(version_id).maximum_instances
+
+    async def _run_queued(self, item: QueuedItem) -> None:
+        committer = self._db.committer
+        # Claimed only now, as it starts: until then it is `pending` and cancels as such.
+        if not await committer.submit_async(self._claim(item.request_id)):
+            return  # cancelled or deleted while it waited
         try:
-            outcome = await self._scheduler.run(target, call, timeout, PRIORITY_DIRECT, on_update)
+            target = self._deployments.target_of_version(item.version_id)
+        except NotFound:
+            outcome = Outcome(Status.FAILED, error="The version of this request no longer exists")
+            committer.submit(self._finish(item.request_id, outcome.status, {"error_message": outcome.error,
+                                                                             "finished_at": utcnow()}))
+            return
+        call = Call(item.request_id, item.data, {"id": item.request_id, "request_mode": "batch"})
+        outcome = await self._execute(target, call, item.timeout, PRIORITY_BATCH + item.priority)
+        # Nobody waits on a batch result: the write goes on while the next item runs.
+        done = committer.submit(self._finish(item.request_id, outcome.status, self._finished_values(target, outcome)))
+        done.add_done_callback(_log_failure)
+
+    @staticmethod
+    def _claim(request_id: str) -> Callable[[Connection], bool]:
+        def claim(conn: Connection) -> bool:
+            try:
+                transition(conn, request_id, Status.PENDING, Status.PROCESSING, started_at=utcnow())
+            except StatusChanged:
+                return False
+            return True
+
+        return claim
+
+    # --- execution -------------------------------------------------------------------------
+
+    async def _execute(
+        self,
+        target: Target,
+        call: Call,
+        timeout: int,
+        priority: int,
+        on_update: Callable[[str], None] | None = None,
+    ) -> Outcome:
+        """Run a call and turn every way it can end into an outcome."""
+        task = asyncio.ensure_future(self._scheduler.run(target, call, timeout, priority, on_update))
+        self._running[call.request_id] = task
+        try:
+            outcome = await task
         except CallTimedOut as exc:
-            return Status.FAILED, None, f"Request timed out after {timeout} seconds", exc.logs
+            return Outcome(Status.FAILED, error=f"Request timed out after {timeout} seconds", logs=exc.logs)
         except InstanceLost as exc:
-            return Status.FAILED, None, exc.message, exc.logs
+            return Outcome(Status.FAILED, error=exc.message, logs=exc.logs)
         except InstanceStartFailed as exc:
-            return Status.FAILED, None, f"The deployment could not start: {exc.message}", exc.logs
+            return Outcome(Status.FAILED, error=f"The deployment could not start: {exc.message}", logs=exc.logs)
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if call.request_id in self._cancelling and not (me is not None and me.cancelling()):
+                return Outcome(Status.CANCELLED)  # cancelled by a user, not our caller going away
+            raise
+        finally:
+            self._running.pop(call.request_id, None)
+            self._cancelling.discard(call.request_id)
         if not outcome.ok:
-            return Status.FAILED, None, outcome.error or "The request failed", outcome.logs
+            return Outcome(Status.FAILED, error=outcome.error or "The request failed", logs=outcome.logs)
         try:
             for item in outcome.result if call.context.get("batch_list") else [outcome.result]:
                 check_data(target.output_type, target.output_fields, item, "output")
         except InvalidInput as exc:
-            return Status.FAILED, None, f"The deployment returned invalid output: {exc.message}", outcome.logs
-        return Status.COMPLETED, outcome.result, None, outcome.logs
+            return Outcome(Status.FAILED, error=f"The deployment returned invalid output: {exc.message}",
+                           logs=outcome.logs)
+        return Outcome(Status.COMPLETED, outcome.result, logs=outcome.logs)
 
-    def recover(self) -> int:
-        """Settle requests a previous server left running: their instances are gone. Returns how many."""
-        with self._db.write() as session:
-            stuck = list(
-                session.scalars(
-                    select(RequestRow.id).where(
-                        RequestRow.status.in_([Status.PROCESSING.value, Status.CANCELLED_PENDING.value])
-                    )
-                )
-            )
-            for request_id in stuck:
-                row = session.get(RequestRow, request_id)
-                assert row is not None
-                old = Status(row.status)
-                new = Status.CANCELLED if old is Status.CANCELLED_PENDING else Status.FAILED
+    @staticmethod
+    def _new_row(
+        target: Target, request_id: str, mode: str, priority: int, timeout: int, encoded: bytes,
+        origin: dict[str, str], created_at: datetime,
+    ) -> dict[str, Any]:
+        return {
+            "id": request_id,
+            "project_id": target.project_id,
+            "deployment_id": target.deployment_id,
+            "version_id": target.version_id,
+            "mode": mode,
+            "priority": priority,
+            "timeout": timeout,
+            # A batch request keeps its input until it has run, whatever the retention.
+            "data": encoded if mode == "batch" or target.retention_mode == "full" else None,
+            "input_size": len(encoded),
+            "origin": origin,
+            "created_at": created_at,
+        }
+
+    @staticmethod
+    def _finished_values(target: Target, outcome: Outcome) -> dict[str, Any]:
+        keep = target.retention_mode == "full"
+        encoded = orjson.dumps(outcome.result) if outcome.status is Status.COMPLETED else b""
+        values: dict[str, Any] = {
+            "result": encoded if keep and outcome.status is Status.COMPLETED else None,
+            "error_message": outcome.error,
+            "logs": outcome.logs[-MAX_STORED_LOG_CHARS:] if outcome.logs else None,
+            "output_size": len(encoded),
+            "finished_at": utcnow(),
+        }
+        if not keep:
+            values["data"] = None
+        return values
+
+    @staticmethod
+    def _finish(request_id: str, status: Status, values: dict[str, Any]) -> Callable[[Connection], Status | None]:
+        """The write that ends a running request; a cancel that came first wins."""
+
+        def finish(conn: Connection) -> Status | None:
+            if status is not Status.CANCELLED:
                 try:
-                    transition(
-                        session,
-                        request_id,
-                        old,
-                        new,
-                        error_message=None
-                        if new is Status.CANCELLED
-                        else "The server stopped while this request was running",
-                        finished_at=utcnow(),
-                    )
+                    transition(conn, request_id, Status.PROCESSING, status, **values)
+                    return status
                 except StatusChanged:
                     pass
-        return len(stuck)
+            try:
+                transition(conn, request_id, Status.CANCELLED_PENDING, Status.CANCELLED, finished_at=utcnow())
+                return Status.CANCELLED
+            except StatusChanged:
+                return None  # deleted meanwhile
+
+        return finish
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def get(self, target: Target, request_id: str) -> RequestRow:
+        """Raises `NotFound` unless the request exists for this version."""
+        with self._db.read() as session:
+            row = session.get(RequestRow, request_id)
+        if row is None or row.version_id != target.version_id:
+            raise NotFound("request", request_id)
+        return row
+
+    def collect(self, target: Target, ids: list[str]) -> list[RequestRow]:
+        """All the requests named, or `NotFound` for the first unknown one."""
+        with self._db.read() as session:
+            rows = {
+                row.id: row
+                for row in session.scalars(
+                    select(RequestRow).where(RequestRow.id.in_(ids), RequestRow.version_id == target.version_id)
+                )
+            }
+        for request_id in ids:
+            if request_id not in rows:
+                raise NotFound("request", request_id)
+        return [rows[i] for i in ids]
+
+    def list(
+        self,
+        target: Target,
+        *,
+        status: str | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+        start_date: datetime | None = None,
+        end_date: datetime | None = None,
+        search_id: str | None = None,
+    ) -> list[RequestRow]:
+        """The version's requests, newest first, filtered as the UbiOps list does."""
+        statuses = [s.strip() for s in (status or "completed").split(",") if s.strip()]
+        unknown = [s for s in statuses if s not in LISTABLE]
+        if unknown or not statuses:
+            raise InvalidInput(f"status must be one or more of {', '.join(sorted(LISTABLE))}")
+        if len(statuses) > 1 and {"pending", "processing"} & set(statuses):
+            raise InvalidInput("'pending' and 'processing' cannot be combined with other statuses")
+        limit = 50 if limit is None else limit
+        offset = 0 if offset is None else offset
+        if not 1 <= limit <= LIST_LIMIT_MAX:
+            raise InvalidInput(f"limit must be from 1 to {LIST_LIMIT_MAX}")
+        if offset < 0:
+            raise InvalidInput("offset may not be negative")
+        query = select(RequestRow).where(RequestRow.version_id == target.version_id, RequestRow.status.in_(statuses))
+        if start_date is not None:
+            query = query.where(RequestRow.created_at >= start_date)
+        if end_date is not None:
+            query = query.where(RequestRow.created_at <= end_date)
+        if search_id:
+            query = query.where(RequestRow.id.contains(search_id, autoescape=True))
+        query = query.order_by(RequestRow.created_at.desc(), RequestRow.id).limit(limit).offset(offset)
+        with self._db.read() as session:
+            return list(session.scalars(query))
+
+    def count(self, target: Target, status: str) -> int:
+        with self._db.read() as session:
+            return int(
+                session.scalar(
+                    select(func.count())
+                    .select_from(RequestRow)
+                    .where(RequestRow.version_id == target.version_id, RequestRow.status == status)
+                )
+                or 0
+            )
+
+    # --- cancel and delete -----------------------------------------------------------------
+
+    async def cancel(self, target: Target, request_id: str) -> Status:
+        """Cancel one request: a pending one at once, a processing one once its instance stops.
+
+        Returns the status it has now; a finished request stays as it is.
+        """
+        row = self.get(target, request_id)
+        return await self._cancel(row.id, Status(row.status))
+
+    async def cancel_many(self, target: Target, ids: list[str] | None, status: str | None) -> int:
+        """Cancel the requests named, or with `ids` empty every `status` (pending or processing) one."""
+        if status is not None and status not in ("pending", "processing"):
+            raise InvalidInput("status must be 'pending' or 'processing'")
+        if ids:
+            rows = self.collect(target, ids)
+        elif status is not None:
+            rows = self.list(target, status=status, limit=LIST_LIMIT_MAX)
+            while len(rows) % LIST_LIMIT_MAX == 0 and rows:
+                more = self.list(target, status=status, limit=LIST_LIMIT_MAX, offset=len(rows))
+                if not more:
+                    break
+                rows += more
+        else:
+            raise InvalidInput("Give a list of request ids, or an empty list with status=pending|processing")
+        for row in rows:
+            if status is None or row.status == status:
+                await self._cancel(row.id, Status(row.status))
+        return len(rows)
+
+    async def _cancel(self, request_id: str, current: Status) -> Status:
+        committer = self._db.committer
+        for _ in range(3):  # the status may move under us once or twice (pending -> processing)
+            if current in TERMINAL or current is Status.CANCELLED_PENDING:
+                return current
+            new = Status.CANCELLED if current is Status.PENDING else Status.CANCELLED_PENDING
+            values = {"finished_at": utcnow()} if new is Status.CANCELLED else {}
+            try:
+                await committer.submit_async(
+                    lambda conn, old=current, new=new, values=values: transition(conn, request_id, old, new, **values)
+                )
+            except StatusChanged:
+                current = self._status(request_id)
+                continue
+            if new is Status.CANCELLED_PENDING:
+                task = self._running.get(request_id)
+                if task is not None:
+                    self._cancelling.add(request_id)
+                    task.cancel()  # the runtime stops the instance; the request's own write ends it
+                else:  # nothing of ours runs it (its server died): end it here
+                    await committer.submit_async(self._finish(request_id, Status.CANCELLED, {}))
+                    return Status.CANCELLED
+            return new
+        return current
+
+    def _status(self, request_id: str) -> Status:
+        with self._db.read() as session:
+            status = session.scalar(select(RequestRow.status).where(RequestRow.id == request_id))
+        if status is None:
+            raise NotFound("request", request_id)
+        return Status(status)
+
+    async def delete(self, target: Target, ids: list[str]) -> None:
+        """Delete requests (all or nothing: an unknown id deletes none); running ones are stopped."""
+        rows = self.collect(target, ids)
+        for row in rows:
+            task = self._running.get(row.id)
+            if task is not None:
+                self._cancelling.add(row.id)
+                task.cancel()
+        await self._db.committer.submit_async(
+            lambda conn: conn.execute(delete(REQUESTS).where(REQUESTS.c.id.in_([r.id for r in rows])))
+        )
+
+    # --- recovery --------------------------------------------------------------------------
+
+    def recover(self) -> tuple[int, int]:
+        """After a restart: settle what was running (its instance is gone) and queue what waits.
+
+        Returns (settled, queued).
+        """
+        now = utcnow()
+        with self._db.write() as session:
+            stuck = session.execute(
+                select(REQUESTS.c.id, REQUESTS.c.status).where(
+                    REQUESTS.c.status.in_([Status.PROCESSING.value, Status.CANCELLED_PENDING.value])
+                )
+            ).all()
+            for request_id, status in stuck:
+                old = Status(status)
+                if old is Status.CANCELLED_PENDING:
+                    transition(session, request_id, old, Status.CANCELLED, finished_at=now)
+                else:
+                    transition(session, request_id, old, Status.FAILED, finished_at=now,
+                               error_message="The server stopped while this request was running")
+            waiting = session.execute(
+                select(REQUESTS.c.id, REQUESTS.c.version_id, REQUESTS.c.data, REQUESTS.c.timeout, REQUESTS.c.priority)
+                .where(REQUESTS.c.status == Status.PENDING.value)
+                .order_by(REQUESTS.c.created_at, REQUESTS.c.id)
+            ).all()
+        self.queue.push(
+            [
+                QueuedItem(request_id, version_id, orjson.loads(data) if data else None, timeout, priority)
+                for request_id, version_id, data, timeout, priority in waiting
+            ]
+        )
+        return len(stuck), len(waiting)
+
+    async def close(self, grace_s: float = 30.0) -> None:
+        """Let running batch requests finish, for up to `grace_s`; what waits stays pending."""
+        await self.queue.close(grace_s)
+
+
+def _log_failure(future: Any) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("recording a request outcome failed", exc_info=future.exception())

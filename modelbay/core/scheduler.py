@@ -30,9 +30,9 @@ log = logging.getLogger(__name__)
 #: How often idle instances are checked against their version's `maximum_idle_time`.
 RECONCILE_PERIOD_S = 1.0
 
-#: Priorities: direct requests are served ahead of queued batch work.
+#: Priorities: direct requests are served ahead of queued batch work (batch priority 0, then 1).
 PRIORITY_DIRECT = 0
-PRIORITY_BATCH = 1
+PRIORITY_BATCH = 1  # + the batch request's own priority
 
 
 class _Retired(Exception):
@@ -45,7 +45,8 @@ class _Pool:
     idle: list[tuple[Instance, float]] = field(default_factory=list)  # (instance, idle since), LIFO
     busy: set[Instance] = field(default_factory=set)
     starting: int = 0
-    waiters: tuple[deque[asyncio.Future[Instance]], ...] = field(default_factory=lambda: (deque(), deque()))
+    #: One queue of waiters per priority level: direct, batch high, batch standard.
+    waiters: tuple[deque[asyncio.Future[Instance]], ...] = field(default_factory=lambda: (deque(), deque(), deque()))
     retired: bool = False
     start_error: InstanceStartFailed | None = None
 

@@ -109,6 +109,7 @@ def concrete(path: str, deployed: Deployed) -> str:
         environment_name="python3-11",
         tag="latest",
         revision_id=str(uuid.uuid4()),
+        request_id=str(uuid.uuid4()),
     )
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from modelbay.core import environments
 from modelbay.core.clock import as_utc
 from modelbay.core.requests import RequestRecord
-from modelbay.store.tables import DeploymentRow, ProjectRow, RevisionRow, VersionRow
+from modelbay.store.tables import DeploymentRow, ProjectRow, RequestRow, RevisionRow, VersionRow
 
 #: UbiOps projects belong to an organisation; a modelbay server is one.
 ORGANIZATION_NAME = "modelbay"
@@ -150,4 +152,44 @@ def direct_request(record: RequestRecord) -> dict[str, Any]:
         "result": record.result,
         "error_message": record.error_message,
         "timeout": record.timeout,
+    }
+
+
+def _decoded(raw: bytes | None) -> Any:
+    return None if raw is None else orjson.loads(raw)
+
+
+def request_list_item(row: RequestRow, deployment_name: str, version_name: str) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "deployment": deployment_name,
+        "version": version_name,
+        "status": row.status,
+        "success": row.status == "completed",
+        "time_created": iso(row.created_at),
+        "time_started": iso(row.started_at),
+        "time_completed": iso(row.finished_at),
+        "input_size": row.input_size,
+        "output_size": row.output_size if row.finished_at else None,
+        "origin": row.origin,
+    }
+
+
+def request_detail(
+    row: RequestRow, deployment_name: str, version_name: str, metadata_only: bool = False
+) -> dict[str, Any]:
+    detail = request_list_item(row, deployment_name, version_name)
+    detail.update(timeout=row.timeout, error_message=row.error_message, additional_data=None)
+    if not metadata_only:
+        detail.update(request_data=_decoded(row.data), result=_decoded(row.result))
+    return detail
+
+
+def batch_created(record: RequestRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "deployment": record.deployment_name,
+        "version": record.version_name,
+        "status": record.status,
+        "time_created": iso(record.created_at),
     }
