@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException
 from modelbay.core.engine import Engine
 from modelbay.core.errors import ModelbayError
 from modelbay.dialects.ubiops import errors as ubiops_errors
+from modelbay.dialects.ubiops.logs import router as ubiops_logs_router
 from modelbay.dialects.ubiops.requests import router as ubiops_requests_router
 from modelbay.dialects.ubiops.routes import PREFIXES as UBIOPS_PREFIXES
 from modelbay.dialects.ubiops.routes import router as ubiops_router
@@ -65,6 +66,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(ubiops_requests_router, prefix=prefix)
     for prefix in UBIOPS_PREFIXES:
         app.include_router(ubiops_router, prefix=prefix)
+        app.include_router(ubiops_logs_router, prefix=prefix)
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

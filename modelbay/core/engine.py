@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from pathlib import Path
@@ -21,6 +22,9 @@ from modelbay.store.db import Database
 log = logging.getLogger(__name__)
 
 ADMIN_TOKEN_FILE = "admin_token"
+
+#: How often requests past their retention time are removed.
+RETENTION_SWEEP_PERIOD_S = 60.0
 
 
 def admin_token(settings: Settings) -> tuple[str, bool]:
@@ -79,8 +83,21 @@ class Engine:
         if queued:
             log.info("%d pending requests are queued again", queued)
         self.revisions.resume()
+        self._sweeper = asyncio.create_task(self._sweep_forever())
+
+    async def _sweep_forever(self) -> None:
+        """Remove requests past their version's retention time, off the event loop."""
+        while True:
+            try:
+                removed = await asyncio.to_thread(self.requests.sweep_expired)
+                if removed:
+                    log.info("removed %d requests past their retention time", removed)
+            except Exception:
+                log.exception("retention sweep failed")
+            await asyncio.sleep(RETENTION_SWEEP_PERIOD_S)
 
     async def close(self) -> None:
+        self._sweeper.cancel()
         await self.requests.close()
         self.revisions.close()
         await self.scheduler.close()

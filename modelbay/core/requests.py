@@ -13,7 +13,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -28,7 +28,7 @@ from modelbay.core.scheduler import PRIORITY_BATCH, PRIORITY_DIRECT, Scheduler
 from modelbay.core.transitions import REQUESTS, TERMINAL, Status, transition
 from modelbay.runtime.base import Call, CallTimedOut, InstanceLost, InstanceStartFailed
 from modelbay.store.db import Database, Insert
-from modelbay.store.tables import RequestRow
+from modelbay.store.tables import RequestRow, VersionRow
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,11 @@ class Requests:
             "started_at": created_at,
         }
         committer = self._db.committer
+        if target.retention_mode == "none":  # nothing of it is kept: run it and answer
+            call = Call(request_id, data, {"id": request_id, "request_mode": "direct", "batch_list": as_list})
+            outcome = await self._execute(target, call, timeout, PRIORITY_DIRECT, on_update)
+            return RequestRecord(request_id, target.deployment_name, target.version_name, "direct",
+                                 outcome.status.value, timeout, outcome.result, outcome.error, created_at)
         recorded = False
 
         def record_processing() -> None:
@@ -476,6 +481,25 @@ class Requests:
         await self._db.committer.submit_async(
             lambda conn: conn.execute(delete(REQUESTS).where(REQUESTS.c.id.in_([r.id for r in rows])))
         )
+
+    # --- retention -------------------------------------------------------------------------
+
+    def sweep_expired(self) -> int:
+        """Delete finished requests older than their version's retention time; returns how many."""
+        now = utcnow()
+        removed = 0
+        with self._db.write() as session:
+            versions = session.execute(select(VersionRow.id, VersionRow.request_retention_time)).all()
+            for version_id, retention_s in versions:
+                done = session.execute(
+                    delete(REQUESTS).where(
+                        REQUESTS.c.version_id == version_id,
+                        REQUESTS.c.status.in_([s.value for s in TERMINAL]),
+                        REQUESTS.c.finished_at < now - timedelta(seconds=retention_s),
+                    )
+                )
+                removed += done.rowcount or 0
+        return removed
 
     # --- recovery --------------------------------------------------------------------------
 

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import insert, select
+
+from modelbay.core.clock import utcnow
+from modelbay.core.deployments import Deployments
+from modelbay.core.projects import Projects
+from modelbay.core.requests import Requests
+from modelbay.core.transitions import REQUESTS
+from modelbay.store.db import Database
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    database = Database(f"sqlite:///{tmp_path / 'test.db'}")
+    database.migrate()
+    yield database
+    database.close()
+
+
+def test_finished_requests_past_the_retention_time_are_swept_and_others_kept(db: Database) -> None:
+    projects = Projects(db, "admin")
+    token = projects.create("retention").token
+    project = projects.get(projects.authenticate(token), "retention")
+    deployments = Deployments(db)
+    deployments.create(project, {"name": "d", "input_type": "plain", "output_type": "plain"})
+    version = deployments.create_version(project, "d", {"name": "v1", "request_retention_time": 3600})
+    now = utcnow()
+
+    def row(request_id: str, status: str, finished_ago_s: float | None) -> dict[str, object]:
+        finished = None if finished_ago_s is None else now - timedelta(seconds=finished_ago_s)
+        return {"id": request_id, "project_id": project.id, "deployment_id": version.deployment_id,
+                "version_id": version.id, "mode": "batch", "status": status, "priority": 1, "timeout": 10,
+                "input_size": 0, "origin": {}, "created_at": now - timedelta(days=2), "finished_at": finished}
+
+    with db.write() as session:
+        session.execute(insert(REQUESTS), [
+            row("old-done", "completed", 7200), row("old-failed", "failed", 3601),
+            row("fresh", "completed", 10), row("waiting", "pending", None),
+        ])
+    assert Requests(db, None, deployments).sweep_expired() == 2  # type: ignore[arg-type]
+    with db.read() as session:
+        assert sorted(session.scalars(select(REQUESTS.c.id))) == ["fresh", "waiting"]
