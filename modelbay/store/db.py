@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -21,6 +22,9 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 #: Most writes one group commit carries; bounds the latency of the last writer in a batch.
 GROUP_COMMIT_MAX = 512
+
+#: How long a commit under load waits for more writes to carry, in seconds.
+GROUP_COMMIT_LINGER_S = 0.0005
 
 #: How long a writer waits for SQLite's write lock before giving up, in milliseconds.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -152,21 +156,27 @@ class GroupCommitter:
             self._loop()
 
     def _loop(self) -> None:
+        previous = 1
         while True:
             first = self._queue.get()
             if first is None:
                 return
             batch = [first]
             stop = False
+            # Under concurrent load (the last commit carried several writes), wait a moment
+            # for more: a commit costs far more than a row. Alone, commit at once.
+            deadline = time.monotonic() + (GROUP_COMMIT_LINGER_S if previous > 1 else 0.0)
             while len(batch) < GROUP_COMMIT_MAX:
                 try:
-                    item = self._queue.get_nowait()
+                    wait = deadline - time.monotonic()
+                    item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if item is None:
                     stop = True
                     break
                 batch.append(item)
+            previous = len(batch)
             _settle(self._commit(batch))
             if stop:
                 return
