@@ -256,10 +256,11 @@ class Requests:
         on_update: Callable[[str], None] | None = None,
     ) -> Outcome:
         """Run a call and turn every way it can end into an outcome."""
-        task = asyncio.ensure_future(self._scheduler.run(target, call, timeout, priority, on_update))
-        self._running[call.request_id] = task
+        me = asyncio.current_task()
+        assert me is not None
+        self._running[call.request_id] = me  # a cancel cancels this task while it awaits the call
         try:
-            outcome = await task
+            outcome = await self._scheduler.run(target, call, timeout, priority, on_update)
         except CallTimedOut as exc:
             return Outcome(Status.FAILED, error=f"Request timed out after {timeout} seconds", logs=exc.logs)
         except InstanceLost as exc:
@@ -267,9 +268,9 @@ class Requests:
         except InstanceStartFailed as exc:
             return Outcome(Status.FAILED, error=f"The deployment could not start: {exc.message}", logs=exc.logs)
         except asyncio.CancelledError:
-            me = asyncio.current_task()
-            if call.request_id in self._cancelling and not (me is not None and me.cancelling()):
-                return Outcome(Status.CANCELLED)  # cancelled by a user, not our caller going away
+            if call.request_id in self._cancelling and me.cancelling() == 1:
+                me.uncancel()  # cancelled by a user's cancel, not by our caller going away
+                return Outcome(Status.CANCELLED)
             raise
         finally:
             self._running.pop(call.request_id, None)

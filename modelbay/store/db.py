@@ -24,7 +24,7 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 GROUP_COMMIT_MAX = 512
 
 #: How long a commit under load waits for more writes to carry, in seconds.
-GROUP_COMMIT_LINGER_S = 0.0005
+GROUP_COMMIT_LINGER_S = 0.0
 
 #: How long a writer waits for SQLite's write lock before giving up, in milliseconds.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
