@@ -19,6 +19,7 @@ from modelbay.dialects.ubiops.logs import router as ubiops_logs_router
 from modelbay.dialects.ubiops.requests import router as ubiops_requests_router
 from modelbay.dialects.ubiops.routes import PREFIXES as UBIOPS_PREFIXES
 from modelbay.dialects.ubiops.routes import router as ubiops_router
+from modelbay.dialects.ubiops.streaming import router as ubiops_streaming_router
 from modelbay.settings import Settings
 
 #: Which dialect answers errors under which path prefixes.
@@ -64,6 +65,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     for prefix in UBIOPS_PREFIXES:  # request routes first: they are matched most often
         app.include_router(ubiops_requests_router, prefix=prefix)
+        app.include_router(ubiops_streaming_router, prefix=prefix)
     for prefix in UBIOPS_PREFIXES:
         app.include_router(ubiops_router, prefix=prefix)
         app.include_router(ubiops_logs_router, prefix=prefix)
