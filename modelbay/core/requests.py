@@ -83,6 +83,17 @@ def check_timeout(timeout: Any, default: int, maximum: int) -> int:
     return timeout
 
 
+def check_input(target: Target, data: Any) -> bool:
+    """Check direct-request input; returns whether it is a list for the code's `requests()`.
+
+    Raises `InvalidInput` naming the field.
+    """
+    as_list = isinstance(data, list) and target.input_type == "structured"
+    for item in data if as_list else [data]:
+        check_data(target.input_type, target.input_fields, item)
+    return as_list
+
+
 def check_priority(priority: Any) -> int:
     if priority is None:
         return 1
@@ -125,9 +136,7 @@ class Requests:
 
         Raises `InvalidInput` (nothing recorded) when `data` does not match the input definition.
         """
-        as_list = isinstance(data, list) and target.input_type == "structured"
-        for item in data if as_list else [data]:
-            check_data(target.input_type, target.input_fields, item)
+        as_list = check_input(target, data)
         request_id = str(uuid.uuid4())
         encoded = orjson.dumps(data)
         created_at = utcnow()

@@ -24,18 +24,21 @@ import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator
-from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from modelbay.core.deployments import Target
 from modelbay.core.engine import Engine
 from modelbay.core.errors import InvalidInput, ModelbayError
-from modelbay.core.fields import check_data
-from modelbay.core.requests import DIRECT_TIMEOUT_DEFAULT_S, DIRECT_TIMEOUT_MAX_S, RequestRecord, check_timeout
+from modelbay.core.requests import (
+    DIRECT_TIMEOUT_DEFAULT_S,
+    DIRECT_TIMEOUT_MAX_S,
+    RequestRecord,
+    check_input,
+    check_timeout,
+)
 from modelbay.dialects.ubiops import schemas
 from modelbay.dialects.ubiops.deps import caller_of
 from modelbay.dialects.ubiops.errors import status_of
@@ -71,13 +74,6 @@ def _timeout(request: Request) -> int:
     if error is not None:
         raise error
     return DIRECT_TIMEOUT_DEFAULT_S
-
-
-def _check_input(target: Target, data: Any) -> None:
-    """Refuse bad input before the stream starts, as `Requests.direct` would (a list is a batch of items)."""
-    as_list = isinstance(data, list) and target.input_type == "structured"
-    for item in data if as_list else [data]:
-        check_data(target.input_type, target.input_fields, item)
 
 
 def _update(text: str) -> bytes:
@@ -160,7 +156,7 @@ async def _stream(request: Request, version: str | None) -> Response:
         timeout = _timeout(request)
         _int_query(request, "priority")
         data = await _request_data(request, target.input_type, engine.settings.max_request_bytes)
-        _check_input(target, data)
+        check_input(target, data)
     except ModelbayError as exc:
         return _error(status_of(exc), exc.message)
     partials = _Partials()
