@@ -394,8 +394,8 @@ class Requests:
         offset = 0 if offset is None else offset
         if not 1 <= limit <= LIST_LIMIT_MAX:
             raise InvalidInput(f"limit must be from 1 to {LIST_LIMIT_MAX}")
-        if offset < 0:
-            raise InvalidInput("offset may not be negative")
+        if not 0 <= offset <= 2**63 - 1:
+            raise InvalidInput("offset must be from 0 to 2**63 - 1")
         query = select(RequestRow).where(RequestRow.version_id == target.version_id, RequestRow.status.in_(statuses))
         if start_date is not None:
             query = query.where(RequestRow.created_at >= start_date)

@@ -122,6 +122,7 @@ class Scheduler:
             # Our caller went away mid-call (cancelled): the instance's state is unknown, replace it.
             pool.busy.discard(instance)
             self._spawn(self._runtime.stop(instance))
+            self._fill(pool)  # a waiter may have queued behind the instance just lost
             raise
         self._release(pool, instance)
         return outcome

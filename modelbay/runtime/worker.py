@@ -383,6 +383,20 @@ def _install_logs_signal(channel: _Channel) -> None:
     signal.signal(wire.LOGS_SIGNAL, send_logs)
 
 
+def _exit_when_the_server_goes(read_fd: int) -> None:
+    """The server's end of our input closing while user code runs means it died: stop at once."""
+    import select
+
+    def watch() -> None:
+        poller = select.poll()
+        poller.register(read_fd, 0)  # no events asked for: only POLLHUP/POLLERR are reported
+        poller.poll()
+        if _current_id is not None:  # idle, the main thread sees EOF and stops cleanly by itself
+            os.killpg(0, signal.SIGKILL)  # the worker's own session: user subprocesses go too
+
+    threading.Thread(target=watch, name="server-watch", daemon=True).start()
+
+
 def main(argv: list[str]) -> int:
     read_fd, write_fd = int(argv[1]), int(argv[2])
     for fd in (read_fd, write_fd):
@@ -390,6 +404,7 @@ def main(argv: list[str]) -> int:
         os.set_inheritable(fd, False)
     faulthandler.enable(file=sys.__stderr__)  # segfault tracebacks land in the log file
     channel = _Channel(read_fd, write_fd)
+    _exit_when_the_server_goes(read_fd)
     sys.stdout = _Router(sys.__stdout__)
     sys.stderr = _Router(sys.__stderr__)
 

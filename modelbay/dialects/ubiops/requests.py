@@ -115,7 +115,7 @@ def _date_query(request: Request, name: str) -> datetime | None:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise InvalidInput(f"{name} must be an ISO-8601 date, not {value!r}") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _ok(body: Any = None) -> Response:
@@ -144,7 +144,8 @@ async def collect(request: Request) -> Response:
 
 async def batch_cancel(request: Request) -> Response:
     engine, target = await _target(request)
-    ids = check_ids(await _json(request) or [])
+    body = await _json(request)
+    ids = check_ids([] if body is None else body)
     count = await engine.requests.cancel_many(target, ids, request.query_params.get("status"))
     return _ok({"success": True, "cancelled": count})
 
