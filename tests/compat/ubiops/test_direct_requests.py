@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import ubiops
 
-from tests.fixtures.packages import EXITS, HANGS, NOOP, PLAIN, PRINTS_50MB, RAISES
+from tests.fixtures.packages import BATCH, EXITS, HANGS, NOOP, PLAIN, PRINTS_50MB, RAISES
 
 CONTEXT_ECHO = '''
 import os
@@ -155,3 +155,10 @@ def test_hostile_code_fails_only_its_own_request_and_the_next_one_succeeds(
     assert message in response.error_message
     assert api.deployment_requests_create(project["name"], "bad", {"x": 5}).result == {"x": 5}
     assert api.service_status().status == "ok"
+
+
+def test_a_list_of_inputs_goes_to_the_requests_method_in_one_call(api: ubiops.CoreApi, project: dict[str, str], deploy) -> None:
+    source = BATCH.replace("return [dict(item) for item in data]", "return [{'x': item['x'] * 10} for item in data]")
+    deploy("many", source)
+    response = api.deployment_requests_create(project["name"], "many", [{"x": 1}, {"x": 2}])
+    assert (response.status, response.result) == ("completed", [{"x": 10}, {"x": 20}])
