@@ -23,5 +23,9 @@ bench: install
 	@command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
 	$(BIN)/python bench/direct_requests.py $(BENCH_ARGS)
 
+.PHONY: bench-batch
+bench-batch: install
+	$(BIN)/python bench/batch_requests.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .modelbay .pytest_cache

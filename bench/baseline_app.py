@@ -1,6 +1,10 @@
-"""The baseline for bench/direct_requests.py: a bare ASGI callable, no framework, no model, no store.
+"""The baseline for bench/direct_requests.py and bench/batch_requests.py: a bare ASGI callable,
+no framework, no model, no store.
 
-Answers every POST with the JSON shape modelbay's UbiOps direct request answers
+Answers a POST to a path ending in `/requests/batch` as modelbay's UbiOps batch create does: HTTP
+201 and, for each item of the parsed JSON array (a non-array body is one item), one
+`{"id", "deployment", "version", "status": "pending", "time_created"}`. Answers every other POST
+with the JSON shape modelbay's UbiOps direct request answers
 (`{"id", "deployment", "version", "status", "success", "result", "error_message", "timeout"}`),
 echoing the parsed request body as `result`; any other method gets `{"status": "ok"}` (health).
 
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 try:
@@ -61,7 +66,28 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         body += message.get("body", b"")
         more = message.get("more_body", False)
     status = 200
-    if scope["method"] == "POST":
+    if scope["method"] == "POST" and scope["path"].endswith("/requests/batch"):
+        try:
+            data = loads(body) if body else ""
+            items = data if isinstance(data, list) else [data]
+            deployment = _deployment_name(scope["path"])
+            created = datetime.now(UTC).isoformat(timespec="milliseconds")
+            out = dumps(
+                [
+                    {
+                        "id": str(uuid.uuid4()),
+                        "deployment": deployment,
+                        "version": "v1",
+                        "status": "pending",
+                        "time_created": created,
+                    }
+                    for _ in items
+                ]
+            )
+            status = 201
+        except ValueError:
+            status, out = 400, b'{"error":"The request body is not valid JSON"}'
+    elif scope["method"] == "POST":
         try:
             data = loads(body) if body else ""
             out = dumps(

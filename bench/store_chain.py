@@ -1,0 +1,143 @@
+"""The store's share of a batch drain, in-process: no HTTP, no worker, a fresh SQLite file.
+
+A queued batch item costs two status writes through the group committer: a claim
+(`pending` -> `processing`, awaited before the item runs) and a finish (`processing` ->
+`completed`, not awaited). This times them alone, one item after another as one drainer does,
+next to an empty committer transaction, the claim written through a statement built once,
+and the same two transactions through the stdlib sqlite3 module (the floor).
+
+Run `.venv/bin/python bench/store_chain.py [--items N]`; it prints µs per item (a few seconds).
+It uses modelbay's private write helpers (`Requests._claim`, `Requests._finish`), so it follows
+what the drain does today and may need updating when they change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sqlite3
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import uvloop
+from sqlalchemy import bindparam, insert, update
+
+from modelbay.core.clock import utcnow
+from modelbay.core.requests import Requests
+from modelbay.core.transitions import REQUESTS, Status
+from modelbay.store.db import Database
+
+FINISHED = {"result": b'{"x":1}', "error_message": None, "logs": None, "output_size": 7}
+CLAIM_PREBUILT = (
+    update(REQUESTS)
+    .where(REQUESTS.c.id == bindparam("rid"), REQUESTS.c.status == Status.PENDING.value)
+    .values(status=Status.PROCESSING.value, started_at=bindparam("ts"))
+)
+
+
+def pending_rows(db: Database, n: int) -> list[str]:
+    ids = [str(uuid.uuid4()) for _ in range(n)]
+    now = utcnow()
+    rows = [
+        {
+            "id": i,
+            "project_id": "p",
+            "deployment_id": "d",
+            "version_id": "v",
+            "mode": "batch",
+            "status": "pending",
+            "priority": 1,
+            "timeout": 60,
+            "data": b'{"x":1}',
+            "input_size": 7,
+            "origin": {},
+            "created_at": now,
+        }
+        for i in ids
+    ]
+    with db.write() as session:
+        session.execute(insert(REQUESTS), rows)
+    return ids
+
+
+def timed(label: str, n: int, coro: Callable[[], Awaitable[None]]) -> None:
+    start = time.perf_counter()
+    uvloop.run(coro())
+    elapsed = time.perf_counter() - start
+    print(f"{label:<62} {elapsed / n * 1e6:6.0f} µs/item  ({n / elapsed:8,.0f} items/s)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=5000)
+    n = parser.parse_args().items
+    tmp = Path(tempfile.mkdtemp(prefix="modelbay-store-chain-"))
+    try:
+        db = Database(f"sqlite:///{tmp / 'store.db'}")
+        db.migrate()
+        committer = db.committer
+
+        async def empty() -> None:
+            for _ in range(n):
+                await committer.submit_async(lambda conn: None)
+
+        ids = pending_rows(db, n)
+
+        async def claims() -> None:
+            for rid in ids:
+                await committer.submit_async(Requests._claim(rid))
+
+        ids_prebuilt = pending_rows(db, n)
+
+        async def claims_prebuilt() -> None:
+            for rid in ids_prebuilt:
+                await committer.submit_async(
+                    lambda conn, rid=rid: conn.execute(CLAIM_PREBUILT, {"rid": rid, "ts": utcnow()})
+                )
+
+        ids_chain = pending_rows(db, n)
+
+        async def chain() -> None:  # what one drainer does, the worker call left out
+            for rid in ids_chain:
+                if not await committer.submit_async(Requests._claim(rid)):
+                    raise RuntimeError("claim failed")
+                committer.submit(Requests._finish(rid, Status.COMPLETED, {**FINISHED, "finished_at": utcnow()}))
+            await committer.submit_async(lambda conn: None)  # the last finish is committed
+
+        timed("empty committer transaction, awaited one by one", n, empty)
+        timed("claim through transition(), awaited one by one", n, claims)
+        timed("claim through a statement built once, awaited one by one", n, claims_prebuilt)
+        timed("claim (awaited) + finish (not awaited): one drainer's writes", n, chain)
+        db.close()
+
+        conn = sqlite3.connect(tmp / "store.db", isolation_level=None)
+        conn.execute("PRAGMA synchronous=NORMAL")  # as modelbay's connections (WAL is set in the file)
+        conn.execute("UPDATE requests SET status='pending'")
+        start = time.perf_counter()
+        for rid in ids_chain:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                "UPDATE requests SET status='processing', started_at=? WHERE id=? AND status='pending'",
+                ("2026-01-01 00:00:00.000000", rid),
+            )
+            conn.execute("COMMIT")
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                "UPDATE requests SET status='completed', result=?, output_size=7, finished_at=? "
+                "WHERE id=? AND status='processing'",
+                (b'{"x":1}', "2026-01-01 00:00:00.000000", rid),
+            )
+            conn.execute("COMMIT")
+        elapsed = time.perf_counter() - start
+        conn.close()
+        label = "the same two transactions through stdlib sqlite3 (the floor)"
+        print(f"{label:<62} {elapsed / n * 1e6:6.0f} µs/item  ({n / elapsed:8,.0f} items/s)")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
