@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import enum
+import functools
 from typing import Any
 
-from sqlalchemy import Connection, Table, update
+from sqlalchemy import Connection, Table, Update, bindparam, update
 from sqlalchemy.orm import Session
 
 from modelbay.core.errors import StatusChanged
@@ -36,6 +37,16 @@ ALLOWED: dict[Status, frozenset[Status]] = {
 }
 
 
+@functools.cache
+def _statement(columns: frozenset[str]) -> Update:
+    """The compare-and-set UPDATE writing `columns`, built once: building it costs more than running it."""
+    return (
+        update(REQUESTS)
+        .where(REQUESTS.c.id == bindparam("_id"), REQUESTS.c.status == bindparam("_old"))
+        .values(status=bindparam("status"), **{name: bindparam(name) for name in columns})
+    )
+
+
 def transition(conn: Connection | Session, request_id: str, old: Status, new: Status, **values: Any) -> None:
     """Move a request from `old` to `new`, writing `values` with it.
 
@@ -44,9 +55,7 @@ def transition(conn: Connection | Session, request_id: str, old: Status, new: St
     """
     if new not in ALLOWED[old]:
         raise ValueError(f"a request may not go from {old.value} to {new.value}")
-    # A Core statement on the table: the ORM's bulk-update bookkeeping is not needed here.
-    done = conn.execute(
-        update(REQUESTS).where(REQUESTS.c.id == request_id, REQUESTS.c.status == old.value).values(status=new.value, **values)
-    )
+    params = {"_id": request_id, "_old": old.value, "status": new.value, **values}
+    done = conn.execute(_statement(frozenset(values)), params)
     if done.rowcount == 0:  # type: ignore[attr-defined]
         raise StatusChanged(request_id, old.value)
