@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, delete, func, insert, select
+from sqlalchemy import Connection, delete, insert, select
 
 from modelbay.core.clock import utcnow
 from modelbay.core.deployments import Deployments, Target
@@ -406,17 +406,6 @@ class Requests:
         query = query.order_by(RequestRow.created_at.desc(), RequestRow.id).limit(limit).offset(offset)
         with self._db.read() as session:
             return list(session.scalars(query))
-
-    def count(self, target: Target, status: str) -> int:
-        with self._db.read() as session:
-            return int(
-                session.scalar(
-                    select(func.count())
-                    .select_from(RequestRow)
-                    .where(RequestRow.version_id == target.version_id, RequestRow.status == status)
-                )
-                or 0
-            )
 
     # --- cancel and delete -----------------------------------------------------------------
 

@@ -239,10 +239,6 @@ class Scheduler:
             except Exception:
                 log.exception("scheduler reconcile failed")
 
-    def ensure_pool(self, target: Target) -> None:
-        """Make the scheduler keep `target`'s minimum instances warm from now on."""
-        self._pool(target)
-
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
