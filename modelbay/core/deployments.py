@@ -248,29 +248,29 @@ class Deployments:
 
         Raises `NotFound` for an unknown deployment or version.
         """
-        key = (project.id, deployment_name, version)
-        target = self._targets.get(key)
-        if target is None:
-            generation = self._generation
-            target = self._load_target(project, deployment_name, version)
-            if generation == self._generation:
-                self._targets[key] = target
-        return target
+        return self._cached((project.id, deployment_name, version),
+                            lambda: self._load_target(project, deployment_name, version))
 
     def target_of_version(self, version_id: str) -> Target:
         """The target of a version by id (queued requests know only that). Cached; raises `NotFound`."""
-        key = ("", version_id, None)
-        target = self._targets.get(key)
-        if target is None:
-            generation = self._generation
+
+        def load() -> Target:
             with self._db.read() as session:
                 row = session.get(VersionRow, version_id)
                 deployment = session.get(DeploymentRow, row.deployment_id) if row else None
                 project = session.get(ProjectRow, deployment.project_id) if deployment else None
             if row is None or deployment is None or project is None:
                 raise NotFound("version", version_id)
-            target = self._load_target(project, deployment.name, row.name)
-            if generation == self._generation:
+            return self._load_target(project, deployment.name, row.name)
+
+        return self._cached(("", version_id, None), load)
+
+    def _cached(self, key: tuple[str, str, str | None], load: Callable[[], Target]) -> Target:
+        target = self._targets.get(key)
+        if target is None:
+            generation = self._generation
+            target = load()
+            if generation == self._generation:  # no change raced the load
                 self._targets[key] = target
         return target
 

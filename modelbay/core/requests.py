@@ -146,8 +146,8 @@ class Requests:
             "started_at": created_at,
         }
         committer = self._db.committer
+        call = Call(request_id, data, {"id": request_id, "request_mode": "direct", "batch_list": as_list})
         if target.retention_mode == "none":  # nothing of it is kept: run it and answer
-            call = Call(request_id, data, {"id": request_id, "request_mode": "direct", "batch_list": as_list})
             outcome = await self._execute(target, call, timeout, PRIORITY_DIRECT, on_update)
             return RequestRecord(request_id, target.deployment_name, target.version_name, "direct",
                                  outcome.status.value, timeout, outcome.result, outcome.error, created_at)
@@ -161,7 +161,6 @@ class Requests:
         # Most direct requests finish within milliseconds: they are written once, finished.
         # One still running after a moment is recorded as processing, so it can be seen.
         timer = asyncio.get_running_loop().call_later(RECORD_PROCESSING_AFTER_S, record_processing)
-        call = Call(request_id, data, {"id": request_id, "request_mode": "direct", "batch_list": as_list})
         try:
             outcome = await self._execute(target, call, timeout, PRIORITY_DIRECT, on_update)
         finally:

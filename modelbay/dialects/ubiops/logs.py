@@ -7,7 +7,6 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
@@ -15,6 +14,7 @@ from fastapi.responses import Response
 from modelbay.core.engine import Engine
 from modelbay.core.errors import InvalidInput
 from modelbay.core.logs import MAX_LINES, LogLine, request_log_lines
+from modelbay.dialects.ubiops import schemas
 from modelbay.dialects.ubiops.deps import caller_of
 
 router = APIRouter()
@@ -102,4 +102,4 @@ async def logs_list(request: Request, project_name: str) -> Response:
         end=_time(params.get("end"), "end"),
     )
     chosen = [line for line in lines if any(all(_holds(c, line.labels) for c in alt) for alt in alternatives)]
-    return Response(orjson.dumps([_entry(line) for line in chosen[:limit]]), media_type="application/json")
+    return schemas.respond([_entry(line) for line in chosen[:limit]])

@@ -10,7 +10,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from modelbay.core.deployments import Target
+from modelbay.core.deployments import Deployments, Target
 from modelbay.core.engine import Engine
 from modelbay.core.errors import InvalidInput, NotFound, TooLarge
 from modelbay.core.requests import (
@@ -53,28 +53,34 @@ async def _request_data(request: Request, input_type: str, limit: int) -> Any:
         raise InvalidInput(f"The request body is not valid JSON: {exc}") from exc
 
 
-async def _direct(request: Request, version: str | None) -> Response:
+async def target_of(request: Request) -> tuple[Engine, Target]:
+    """The engine and the version a request route names (the default one without `version`)."""
     engine: Engine = request.app.state.engine
     path = request.path_params
     project = engine.projects.get(await caller_of(request), path["project_name"])
-    target = engine.deployments.serving_target(project, path["deployment_name"], version)
+    return engine, engine.deployments.target(project, path["deployment_name"], path.get("version"))
+
+
+async def _direct(request: Request) -> Response:
+    engine, target = await target_of(request)
+    Deployments.serving_target_check(target)
     timeout = check_timeout(_int_query(request, "timeout"), DIRECT_TIMEOUT_DEFAULT_S, DIRECT_TIMEOUT_MAX_S)
     _int_query(request, "priority")
     data = await _request_data(request, target.input_type, engine.settings.max_request_bytes)
     record = await engine.requests.direct(target, data, timeout=timeout, origin={"created_by": "ubiops"})
-    return Response(orjson.dumps(schemas.direct_request(record)), media_type="application/json")
+    return schemas.respond(schemas.direct_request(record))
 
 
 @router.post("/projects/{project_name}/deployments/{deployment_name}/requests")
 async def deployment_requests_create(request: Request) -> Response:
     """Run a direct request on the deployment's default version. Query: `timeout`, `priority`."""
-    return await _direct(request, None)
+    return await _direct(request)
 
 
 @router.post("/projects/{project_name}/deployments/{deployment_name}/versions/{version}/requests")
 async def deployment_version_requests_create(request: Request, version: str) -> Response:
     """Run a direct request on one version. Query: `timeout`, `priority`."""
-    return await _direct(request, version)
+    return await _direct(request)
 
 
 # --- batch requests and everything read, cancelled or deleted -------------------------------
@@ -82,14 +88,6 @@ async def deployment_version_requests_create(request: Request, version: str) -> 
 
 DEPLOYMENT = "/projects/{project_name}/deployments/{deployment_name}"
 VERSION = DEPLOYMENT + "/versions/{version}"
-
-
-async def _target(request: Request) -> tuple[Engine, Target]:
-    """The engine and the version a request route names (the default one without `version`)."""
-    engine: Engine = request.app.state.engine
-    path = request.path_params
-    project = engine.projects.get(await caller_of(request), path["project_name"])
-    return engine, engine.deployments.target(project, path["deployment_name"], path.get("version"))
 
 
 async def _json(request: Request) -> Any:
@@ -119,12 +117,12 @@ def _date_query(request: Request, name: str) -> datetime | None:
 
 
 def _ok(body: Any = None) -> Response:
-    return Response(orjson.dumps(body if body is not None else {"success": True}), media_type="application/json")
+    return schemas.respond(body if body is not None else {"success": True})
 
 
 async def batch_create(request: Request) -> Response:
-    engine, target = await _target(request)
-    engine.deployments.serving_target_check(target)
+    engine, target = await target_of(request)
+    Deployments.serving_target_check(target)
     timeout = check_timeout(_int_query(request, "timeout"), BATCH_TIMEOUT_DEFAULT_S, BATCH_TIMEOUT_MAX_S)
     priority = check_priority(_int_query(request, "priority"))
     body = await _request_data(request, target.input_type, engine.settings.max_request_bytes)
@@ -132,18 +130,17 @@ async def batch_create(request: Request) -> Response:
     records = await engine.requests.create_batch(
         target, items, timeout=timeout, priority=priority, origin={"created_by": "ubiops"}
     )
-    return Response(orjson.dumps([schemas.batch_created(r) for r in records]), status_code=201,
-                    media_type="application/json")
+    return schemas.respond([schemas.batch_created(r) for r in records], 201)
 
 
 async def collect(request: Request) -> Response:
-    engine, target = await _target(request)
+    engine, target = await target_of(request)
     rows = engine.requests.collect(target, check_ids(await _json(request)))
     return _ok([schemas.request_detail(r, target.deployment_name, target.version_name) for r in rows])
 
 
 async def batch_cancel(request: Request) -> Response:
-    engine, target = await _target(request)
+    engine, target = await target_of(request)
     body = await _json(request)
     ids = check_ids([] if body is None else body)
     count = await engine.requests.cancel_many(target, ids, request.query_params.get("status"))
@@ -151,7 +148,7 @@ async def batch_cancel(request: Request) -> Response:
 
 
 async def batch_delete(request: Request) -> Response:
-    engine, target = await _target(request)
+    engine, target = await target_of(request)
     ids = check_ids(await _json(request))
     if not ids:
         raise InvalidInput("Give at least one request id to delete")
@@ -160,7 +157,7 @@ async def batch_delete(request: Request) -> Response:
 
 
 async def get(request: Request) -> Response:
-    engine, target = await _target(request)
+    engine, target = await target_of(request)
     row = engine.requests.get(target, request.path_params["request_id"])
     detail = schemas.request_detail(row, target.deployment_name, target.version_name,
                                     metadata_only=_bool_query(request, "metadata_only"))
@@ -168,7 +165,7 @@ async def get(request: Request) -> Response:
 
 
 async def list_requests(request: Request) -> Response:
-    engine, target = await _target(request)
+    engine, target = await target_of(request)
     rows = engine.requests.list(
         target,
         status=request.query_params.get("status"),
@@ -182,7 +179,7 @@ async def list_requests(request: Request) -> Response:
 
 
 async def update(request: Request) -> Response:
-    engine, target = await _target(request)
+    engine, target = await target_of(request)
     body = await _json(request)
     if not isinstance(body, dict) or body.get("status") != "cancelled":
         raise InvalidInput("The only update allowed is {\"status\": \"cancelled\"}")
@@ -193,7 +190,7 @@ async def update(request: Request) -> Response:
 
 
 async def delete_one(request: Request) -> Response:
-    engine, target = await _target(request)
+    engine, target = await target_of(request)
     await engine.requests.delete(target, [request.path_params["request_id"]])
     return Response(status_code=204)
 
@@ -208,13 +205,13 @@ def _file(request: Request, content: bytes | None, which: str, request_id: str) 
 
 
 async def input_get(request: Request) -> Response:
-    engine, target = await _target(request)
+    engine, target = await target_of(request)
     row = engine.requests.get(target, request.path_params["request_id"])
     return _file(request, row.data, "input", row.id)
 
 
 async def output_get(request: Request) -> Response:
-    engine, target = await _target(request)
+    engine, target = await target_of(request)
     row = engine.requests.get(target, request.path_params["request_id"])
     return _file(request, row.result, "output", row.id)
 

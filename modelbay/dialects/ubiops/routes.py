@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, File, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
@@ -24,8 +23,6 @@ UPLOAD_WAITS_FOR_BUILD_S = 2.0
 router = APIRouter()
 
 
-def json(body: Any, status_code: int = 200) -> Response:
-    return Response(orjson.dumps(body), status_code=status_code, media_type="application/json")
 
 
 # --- status and projects ---------------------------------------------------------------------
@@ -33,12 +30,12 @@ def json(body: Any, status_code: int = 200) -> Response:
 
 @router.get("/status")
 async def service_status() -> Response:
-    return json({"status": "ok"})
+    return schemas.respond({"status": "ok"})
 
 
 @router.get("/projects")
 def projects_list(engine: EngineDep, caller: CallerDep) -> Response:
-    return json([schemas.project(row) for row in engine.projects.list(caller)])
+    return schemas.respond([schemas.project(row) for row in engine.projects.list(caller)])
 
 
 @router.post("/projects", status_code=201)
@@ -49,12 +46,12 @@ def projects_create(engine: EngineDep, caller: CallerDep, body: JsonObject) -> R
     if not isinstance(name, str):
         raise InvalidInput("name is required")
     engine.projects.create(name)
-    return json(schemas.project(engine.projects.get(caller, name)), 201)
+    return schemas.respond(schemas.project(engine.projects.get(caller, name)), 201)
 
 
 @router.get("/projects/{project_name}")
 def projects_get(project: ProjectDep) -> Response:
-    return json(schemas.project(project))
+    return schemas.respond(schemas.project(project))
 
 
 # --- environments (built in) -----------------------------------------------------------------
@@ -68,24 +65,24 @@ def _environment(name: str) -> str:
 
 @router.get("/projects/{project_name}/environments")
 def environments_list(project: ProjectDep) -> Response:
-    return json([schemas.environment(name) for name in environments.BUILT_IN])
+    return schemas.respond([schemas.environment(name) for name in environments.BUILT_IN])
 
 
 @router.get("/projects/{project_name}/environments/{environment_name}")
 def environments_get(project: ProjectDep, environment_name: str) -> Response:
-    return json(schemas.environment(_environment(environment_name)))
+    return schemas.respond(schemas.environment(_environment(environment_name)))
 
 
 @router.get("/projects/{project_name}/environments/{environment_name}/tags")
 def environment_tags_list(project: ProjectDep, environment_name: str) -> Response:
-    return json([schemas.environment_tag(_environment(environment_name))])
+    return schemas.respond([schemas.environment_tag(_environment(environment_name))])
 
 
 @router.get("/projects/{project_name}/environments/{environment_name}/tags/{tag}")
 def environment_tags_get(project: ProjectDep, environment_name: str, tag: str) -> Response:
     if tag != "latest":
         raise NotFound("environment tag", tag)
-    return json(schemas.environment_tag(_environment(environment_name), tag))
+    return schemas.respond(schemas.environment_tag(_environment(environment_name), tag))
 
 
 # --- deployments -----------------------------------------------------------------------------
@@ -94,24 +91,24 @@ def environment_tags_get(project: ProjectDep, environment_name: str, tag: str) -
 @router.post("/projects/{project_name}/deployments", status_code=201)
 def deployments_create(engine: EngineDep, project: ProjectDep, body: JsonObject) -> Response:
     row = engine.deployments.create(project, body)
-    return json(schemas.deployment(row, project.name), 201)
+    return schemas.respond(schemas.deployment(row, project.name), 201)
 
 
 @router.get("/projects/{project_name}/deployments")
 def deployments_list(engine: EngineDep, project: ProjectDep) -> Response:
-    return json([schemas.deployment(row, project.name) for row in engine.deployments.list_deployments(project)])
+    return schemas.respond([schemas.deployment(row, project.name) for row in engine.deployments.list_deployments(project)])
 
 
 @router.get("/projects/{project_name}/deployments/{deployment_name}")
 def deployments_get(engine: EngineDep, project: ProjectDep, deployment_name: str) -> Response:
     row = engine.deployments.get(project, deployment_name)
-    return json(schemas.deployment(row, project.name, engine.deployments.default_version_name(row)))
+    return schemas.respond(schemas.deployment(row, project.name, engine.deployments.default_version_name(row)))
 
 
 @router.patch("/projects/{project_name}/deployments/{deployment_name}")
 def deployments_update(engine: EngineDep, project: ProjectDep, deployment_name: str, body: JsonObject) -> Response:
     row = engine.deployments.update(project, deployment_name, body)
-    return json(schemas.deployment(row, project.name, engine.deployments.default_version_name(row)))
+    return schemas.respond(schemas.deployment(row, project.name, engine.deployments.default_version_name(row)))
 
 
 @router.delete("/projects/{project_name}/deployments/{deployment_name}", status_code=204)
@@ -156,7 +153,7 @@ def _version_response(engine: EngineDep, project: ProjectDep, deployment_name: s
         if row.active_revision_id
         else None
     )
-    return json(schemas.version(row, deployment, active))
+    return schemas.respond(schemas.version(row, deployment, active))
 
 
 @router.post("/projects/{project_name}/deployments/{deployment_name}/versions", status_code=201)
@@ -167,14 +164,14 @@ def deployment_versions_create(
         raise InvalidInput("version is required")
     row = engine.deployments.create_version(project, deployment_name, _version_fields(body))
     deployment = engine.deployments.get(project, deployment_name)
-    return json(schemas.version(row, deployment), 201)
+    return schemas.respond(schemas.version(row, deployment), 201)
 
 
 @router.get("/projects/{project_name}/deployments/{deployment_name}/versions")
 def deployment_versions_list(engine: EngineDep, project: ProjectDep, deployment_name: str) -> Response:
     deployment = engine.deployments.get(project, deployment_name)
     rows = engine.deployments.list_versions(project, deployment_name)
-    return json([schemas.version(row, deployment) for row in rows])
+    return schemas.respond([schemas.version(row, deployment) for row in rows])
 
 
 @router.get("/projects/{project_name}/deployments/{deployment_name}/versions/{version}")
@@ -217,17 +214,17 @@ async def revisions_file_upload(
         await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(build)), UPLOAD_WAITS_FOR_BUILD_S)
     except TimeoutError:
         pass  # a slow build goes on in the background
-    return json({"success": True, "revision": revision.id, "build": revision.id})
+    return schemas.respond({"success": True, "revision": revision.id, "build": revision.id})
 
 
 @router.get(REVISIONS)
 def revisions_list(engine: EngineDep, project: ProjectDep, deployment_name: str, version: str) -> Response:
     rows = engine.revisions.list(project, deployment_name, version)
-    return json([schemas.revision(row, version) for row in rows])
+    return schemas.respond([schemas.revision(row, version) for row in rows])
 
 
 @router.get(REVISIONS + "/{revision_id}")
 def revisions_get(
     engine: EngineDep, project: ProjectDep, deployment_name: str, version: str, revision_id: str
 ) -> Response:
-    return json(schemas.revision(engine.revisions.get(project, deployment_name, version, revision_id), version))
+    return schemas.respond(schemas.revision(engine.revisions.get(project, deployment_name, version, revision_id), version))

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+from fastapi.responses import Response
 
 from modelbay.core import environments
 from modelbay.core.clock import as_utc
@@ -14,6 +15,11 @@ from modelbay.store.tables import DeploymentRow, ProjectRow, RequestRow, Revisio
 
 #: UbiOps projects belong to an organisation; a modelbay server is one.
 ORGANIZATION_NAME = "modelbay"
+
+
+def respond(body: Any, status_code: int = 200) -> Response:
+    """A JSON answer, encoded with orjson."""
+    return Response(orjson.dumps(body), status_code=status_code, media_type="application/json")
 
 
 def iso(value: datetime | None) -> str | None:

@@ -30,7 +30,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from modelbay.core.engine import Engine
+from modelbay.core.deployments import Deployments
 from modelbay.core.errors import InvalidInput, ModelbayError
 from modelbay.core.requests import (
     DIRECT_TIMEOUT_DEFAULT_S,
@@ -40,9 +40,8 @@ from modelbay.core.requests import (
     check_timeout,
 )
 from modelbay.dialects.ubiops import schemas
-from modelbay.dialects.ubiops.deps import caller_of
 from modelbay.dialects.ubiops.errors import status_of
-from modelbay.dialects.ubiops.requests import _int_query, _request_data
+from modelbay.dialects.ubiops.requests import _int_query, _request_data, target_of
 
 log = logging.getLogger(__name__)
 
@@ -147,12 +146,10 @@ async def _settle(run: asyncio.Task[RequestRecord]) -> None:
         log.error("a streaming request failed", exc_info=exc)
 
 
-async def _stream(request: Request, version: str | None) -> Response:
-    engine: Engine = request.app.state.engine
-    path = request.path_params
+async def _stream(request: Request) -> Response:
     try:
-        project = engine.projects.get(await caller_of(request), path["project_name"])
-        target = engine.deployments.serving_target(project, path["deployment_name"], version)
+        engine, target = await target_of(request)
+        Deployments.serving_target_check(target)
         timeout = _timeout(request)
         _int_query(request, "priority")
         data = await _request_data(request, target.input_type, engine.settings.max_request_bytes)
@@ -172,10 +169,10 @@ async def _stream(request: Request, version: str | None) -> Response:
 @router.post("/projects/{project_name}/deployments/{deployment_name}/requests/stream")
 async def deployment_requests_stream(request: Request) -> Response:
     """Run a direct request on the deployment's default version, streaming its partials. Query: `timeout`."""
-    return await _stream(request, None)
+    return await _stream(request)
 
 
 @router.post("/projects/{project_name}/deployments/{deployment_name}/versions/{version}/requests/stream")
 async def deployment_version_requests_stream(request: Request, version: str) -> Response:
     """Run a direct request on one version, streaming its partials. Query: `timeout`."""
-    return await _stream(request, version)
+    return await _stream(request)
