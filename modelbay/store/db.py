@@ -15,8 +15,10 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, Table, create_engine, event, insert
+from sqlalchemy import Connection, Engine, Table, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
+
+from modelbay.store.driver import driver_cursor, insert_statement
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -186,12 +188,14 @@ class GroupCommitter:
             with self._conn.begin():
                 conn = self._conn
                 # Inserts first (they create what later writes in the batch may update).
-                rows: dict[Table, list[dict[str, Any]]] = {}
+                rows: dict[tuple[Table, frozenset[str]], list[dict[str, Any]]] = {}
                 for op, _ in batch:
                     if isinstance(op, Insert):
-                        rows.setdefault(op.table, []).append(op.row)
-                for table, table_rows in rows.items():
-                    conn.execute(insert(table), table_rows)
+                        rows.setdefault((op.table, frozenset(op.row)), []).append(op.row)
+                if rows:
+                    cursor = driver_cursor(conn)
+                    for (table, columns), table_rows in rows.items():
+                        insert_statement(table, columns, conn.dialect).executemany(cursor, table_rows)
                 results = [None if isinstance(op, Insert) else op(conn) for op, _ in batch]
         except Exception as exc:
             # The whole transaction rolled back; one bad write must not fail its neighbours.

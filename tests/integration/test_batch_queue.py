@@ -169,7 +169,8 @@ def test_no_request_of_a_batch_is_lost_when_the_server_is_killed_with_sigkill(
         ids = batch(client, "crash", "sleeper", [{"x": 20000}] + [{"x": 10 + i} for i in range(29)])
 
     wait_until(lambda: (markers / "20000").exists(), timeout=30)  # its code is running
-    assert statuses(first.data_dir, ids) == ["processing"] + ["pending"] * 29
+    # and, running for longer than a moment, it is recorded as such
+    wait_until(lambda: statuses(first.data_dir, ids) == ["processing"] + ["pending"] * 29, timeout=10)
     orphans = workers(first)
     assert len(orphans) == 1, {pid: cmdline(pid) for pid in orphans}
     own_server.remember_children()  # type: ignore[attr-defined]
@@ -205,7 +206,7 @@ def test_sigterm_lets_the_running_batch_item_finish_and_a_restart_completes_the_
         deploy(client, "drain", "sleeper", source, plain=False, maximum_instances=1)
         ids = batch(client, "drain", "sleeper", [{"x": 1500}] + [{"x": 10}] * 10)
     wait_until(lambda: (markers / "1500").exists(), timeout=30)  # its code is running
-    assert statuses(first.data_dir, ids) == ["processing"] + ["pending"] * 10
+    wait_until(lambda: statuses(first.data_dir, ids) == ["processing"] + ["pending"] * 10, timeout=10)
     own_server.remember_children()  # type: ignore[attr-defined]
     children = workers(first)
 
