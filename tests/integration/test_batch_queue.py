@@ -339,7 +339,7 @@ def test_a_worker_killed_mid_request_fails_that_request_and_the_queue_goes_on(se
         version = version_id(client, name, "sleeper")
         ids = batch(client, name, "sleeper", [{"x": 20000}, {"x": 10}, {"x": 11}, {"x": 12}])
         wait_until(lambda: (markers / "20000").exists(), timeout=30)
-        assert statuses(server.data_dir, ids) == ["processing", "pending", "pending", "pending"]
+        wait_until(lambda: statuses(server.data_dir, ids) == ["processing", "pending", "pending", "pending"])
         (pid,) = workers(server, version)
 
         os.kill(pid, signal.SIGKILL)
