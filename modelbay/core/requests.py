@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import Connection, delete, select
 
 from modelbay.core.clock import utcnow
 from modelbay.core.deployments import Deployments, Target
@@ -156,7 +156,7 @@ class Requests:
         def record_processing() -> None:
             nonlocal recorded
             recorded = True
-            committer.submit(Insert(REQUESTS, started))
+            committer.submit(Insert(REQUESTS, [started]))
 
         # Most direct requests finish within milliseconds: they are written once, finished.
         # One still running after a moment is recorded as processing, so it can be seen.
@@ -170,7 +170,7 @@ class Requests:
             status = await committer.submit_async(self._finish(request_id, outcome.status, finished))
         else:
             status = outcome.status
-            await committer.submit_async(Insert(REQUESTS, {**started, **finished, "status": status.value}))
+            await committer.submit_async(Insert(REQUESTS, [{**started, **finished, "status": status.value}]))
         return RequestRecord(
             id=request_id,
             deployment_name=target.deployment_name,
@@ -208,7 +208,7 @@ class Requests:
                 target, str(uuid.uuid4()), "batch", priority, timeout, orjson.dumps(item), origin, created_at
             )
             rows.append({**row, "status": Status.PENDING.value})
-        await self._db.committer.submit_async(lambda conn: conn.execute(insert(REQUESTS), rows))
+        await self._db.committer.submit_async(Insert(REQUESTS, rows))
         self.queue.push(
             [
                 QueuedItem(row["id"], target.version_id, item, timeout, priority)
@@ -253,10 +253,10 @@ class Requests:
         values = self._finished_values(target, outcome)
         if running_from is Status.PENDING:
             values["started_at"] = started_at
-        # Nobody waits on a batch result: the write goes on while the next item runs.
-        committer.submit(self._finish(item.request_id, outcome.status, values, running_from)).add_done_callback(
-            _log_failure
-        )
+        # Nobody waits on a batch result: the write goes on while the next item runs, and may
+        # share its commit with the next few (until then, a crash leaves the item to run again).
+        finish = self._finish(item.request_id, outcome.status, values, running_from)
+        committer.submit(finish, linger=True).add_done_callback(_log_failure)
 
     @staticmethod
     def _claim(request_id: str, started_at: datetime) -> Callable[[Connection], bool]:

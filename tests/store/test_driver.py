@@ -52,7 +52,7 @@ def test_a_row_written_on_the_driver_reads_back_as_one_written_by_sqlalchemy(db:
 
 def test_inserts_of_one_commit_with_different_columns_all_land(db: Database) -> None:
     committer = db.committer
-    futures = [committer.submit(Insert(REQUESTS, _row("a"))), committer.submit(Insert(REQUESTS, _row("b", priority=0)))]
+    futures = [committer.submit(Insert(REQUESTS, [_row("a")])), committer.submit(Insert(REQUESTS, [_row("b", priority=0)]))]
     for future in futures:
         future.result(timeout=10)
     with db.read() as session:
