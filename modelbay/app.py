@@ -18,6 +18,8 @@ from modelbay.core.errors import ModelbayError
 from modelbay.dialects.ubiops import errors as ubiops_errors
 from modelbay.dialects.ubiops.direct import DirectRequests
 from modelbay.dialects.ubiops.logs import router as ubiops_logs_router
+from modelbay.dialects.ubiops.pipeline_requests import router as ubiops_pipeline_requests_router
+from modelbay.dialects.ubiops.pipelines import router as ubiops_pipelines_router
 from modelbay.dialects.ubiops.requests import router as ubiops_requests_router
 from modelbay.dialects.ubiops.routes import PREFIXES as UBIOPS_PREFIXES
 from modelbay.dialects.ubiops.routes import router as ubiops_router
@@ -72,6 +74,8 @@ def create_app(settings: Settings) -> ASGIApp:
     for prefix in UBIOPS_PREFIXES:
         app.include_router(ubiops_router, prefix=prefix)
         app.include_router(ubiops_logs_router, prefix=prefix)
+        app.include_router(ubiops_pipelines_router, prefix=prefix)
+        app.include_router(ubiops_pipeline_requests_router, prefix=prefix)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

@@ -9,6 +9,9 @@ from pathlib import Path
 
 from modelbay.core.builds import Builder
 from modelbay.core.deployments import Deployments, Target
+from modelbay.core.errors import NotFound
+from modelbay.core.pipeline_requests import PipelineRequests
+from modelbay.core.pipelines import Pipelines
 from modelbay.core.projects import Projects
 from modelbay.core.requests import Requests
 from modelbay.core.revisions import Revisions
@@ -18,6 +21,7 @@ from modelbay.runtime.local import LocalRuntime
 from modelbay.settings import Settings
 from modelbay.store.blobs import LocalBlobStore
 from modelbay.store.db import Database
+from modelbay.store.tables import ProjectRow
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +77,8 @@ class Engine:
             workers=settings.build_workers,
         )
         self.requests = Requests(self.db, self.scheduler, self.deployments)
+        self.pipelines = Pipelines(self.db)
+        self.pipeline_requests = PipelineRequests(self.db, self.pipelines, self.deployments, self.requests)
 
     async def start(self) -> None:
         """Start the loops, then settle what a previous server left behind."""
@@ -82,6 +88,11 @@ class Engine:
             log.warning("%d requests were running when the server stopped; they are marked failed", settled)
         if queued:
             log.info("%d pending requests are queued again", queued)
+        settled, queued = self.pipeline_requests.recover(self._project_of)
+        if settled:
+            log.warning("%d pipeline requests were running when the server stopped; they are marked failed", settled)
+        if queued:
+            log.info("%d pending pipeline requests are queued again", queued)
         self.revisions.resume()
         self._sweeper = asyncio.create_task(self._sweep_forever())
 
@@ -98,10 +109,18 @@ class Engine:
 
     async def close(self) -> None:
         self._sweeper.cancel()
+        await self.pipeline_requests.close()
         await self.requests.close()
         self.revisions.close()
         await self.scheduler.close()
         self.db.close()
+
+    def _project_of(self, project_id: str) -> ProjectRow:
+        with self.db.read() as session:
+            row = session.get(ProjectRow, project_id)
+        if row is None:
+            raise NotFound("project", project_id)
+        return row
 
     def _instance_spec(self, target: Target) -> InstanceSpec:
         assert target.package_dir is not None and target.python is not None

@@ -131,13 +131,16 @@ class Requests:
         timeout: int,
         origin: dict[str, str],
         on_update: Callable[[str], None] | None = None,
+        request_id: str | None = None,
     ) -> RequestRecord:
         """Run `data` on `target` now and return the finished request.
 
-        Raises `InvalidInput` (nothing recorded) when `data` does not match the input definition.
+        `request_id`: the id to give it, for a caller that may cancel it while it runs (a
+        pipeline step, see `cancel_running`). Raises `InvalidInput` (nothing recorded) when
+        `data` does not match the input definition.
         """
         as_list = check_input(target, data)
-        request_id = str(uuid.uuid4())
+        request_id = request_id or str(uuid.uuid4())
         encoded = orjson.dumps(data)
         created_at = utcnow()
         started = {
@@ -477,6 +480,16 @@ class Requests:
                 return Status.CANCELLED
             return new
         return current
+
+    async def cancel_running(self, request_id: str) -> None:
+        """Cancel a direct request this server is running, whether or not it is recorded yet."""
+        try:
+            await self._cancel(request_id, Status.PROCESSING)
+        except NotFound:  # not recorded yet: stop its call; it is then written once, cancelled
+            task = self._running.get(request_id)
+            if task is not None:
+                self._cancelling.add(request_id)
+                task.cancel()
 
     def _status(self, request_id: str) -> Status:
         with self._db.read() as session:
