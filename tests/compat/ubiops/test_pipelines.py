@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import ubiops
+from ubiops.utils.exceptions import StatusError
 
 from tests.compat.ubiops.conftest import sdk_client
 from tests.fixtures.packages import make_package_dir
@@ -113,3 +114,133 @@ def test_a_chain_of_two_deployments_answers_with_what_reaches_the_end(env: tuple
     # each step is a deployment request of its own, readable through the deployment
     first = api.deployment_version_requests_get(project, "double", steps[0].id, "v1")
     assert first.result == {"x": 10} and first.origin["pipeline_request_id"] == response.id
+
+
+def test_pipelines_list_and_get_show_fields_and_the_default_version(env: tuple[ubiops.CoreApi, str]) -> None:
+    api, project = env
+    name = make_pipeline(api, project, CHAIN_OBJECTS, CHAIN_ATTACHMENTS)
+    api.pipelines_create(project, ubiops.PipelineCreate(name=f"{name}-plain", input_type="plain", output_type="plain"))
+
+    listed = {p.name: p for p in api.pipelines_list(project)}
+    assert listed[f"{name}-plain"].input_fields == [] and listed[f"{name}-plain"].output_fields == []
+    assert [f.name for f in listed[name].input_fields] == ["x"]
+    detail = api.pipelines_get(project, name)
+    assert detail.default_version == "v1" and detail.output_type == "structured"
+
+    version = api.pipeline_versions_get(project, name, "v1")
+    assert version.request_retention_mode == "full"
+    assert [o.name for o in version.objects] == ["first", "second"] and all(o.id for o in version.objects)
+    assert version.objects[0].reference_type == "deployment" and version.objects[0].version is None
+    assert [a.destination_name for a in version.attachments] == ["first", "second", "pipeline_end"]
+    assert version.attachments[1].sources[0].mapping[0].source_field_name == "x"
+
+    api.pipelines_update(project, name, ubiops.PipelineUpdate(description="two steps"))
+    assert api.pipelines_get(project, name).description == "two steps"
+    api.pipeline_versions_delete(project, name, "v1")
+    assert api.pipelines_get(project, name).default_version is None
+    api.pipelines_delete(project, name)
+    assert name not in {p.name for p in api.pipelines_list(project)}
+
+
+@pytest.mark.parametrize(
+    ("objects", "attachments", "message"),
+    [
+        ([{"name": "a", "reference_name": "no-such"}], [attach("a", ("pipeline_start", [m("x", "x")]))],
+         "Object 'a' refers to deployment 'no-such', which does not exist"),
+        ([{"name": "a", "reference_name": "double", "version": "v9"}], [attach("a", ("pipeline_start", None))],
+         "Object 'a' refers to deployment 'double', which has no version 'v9'"),
+        ([{"name": "a", "reference_name": "double"}], [attach("zz", ("pipeline_start", None))],
+         "Attachment destination 'zz' is not an object of this version"),
+        ([{"name": "a", "reference_name": "double"}, {"name": "b", "reference_name": "double"}],
+         [attach("a", ("pipeline_start", [m("x", "x")]), ("b", [m("x", "x")])), attach("b", ("a", [m("x", "x")])),
+          attach("pipeline_end", ("b", [m("x", "y")]))],
+         "cycle"),
+        ([{"name": "a", "reference_name": "double"}, {"name": "lost", "reference_name": "double"}],
+         [attach("a", ("pipeline_start", [m("x", "x")])), attach("lost", ("a", [m("x", "x")])),
+          attach("pipeline_end", ("a", [m("x", "y")]))],
+         "Object 'lost' has no path to pipeline_end"),
+        ([{"name": "a", "reference_name": "double"}, {"name": "orphan", "reference_name": "double"}],
+         [attach("a", ("pipeline_start", [m("x", "x")])), attach("pipeline_end", ("a", [m("x", "y")]), ("orphan", []))],
+         "Object 'orphan' cannot be reached from pipeline_start"),
+        ([{"name": "a", "reference_name": "double"}],
+         [attach("a", ("pipeline_start", [m("x", "nope")])), attach("pipeline_end", ("a", [m("x", "y")]))],
+         "Object 'a' has no input field 'nope'"),
+        ([{"name": "a", "reference_name": "double"},
+          {"name": "s", "reference_type": "operator", "reference_name": "pipeline-variable",
+           "configuration": {"output_fields": [{"name": "s", "data_type": "string"}],
+                             "output_values": [{"name": "s", "value": "text"}]}}],
+         [attach("s", ("pipeline_start", None)), attach("a", ("s", [m("s", "x")])),
+          attach("pipeline_end", ("a", [m("x", "y")]))],
+         "Field 's' of 's' is string, but field 'x' of 'a' is int"),
+    ],
+    ids=["unknown-deployment", "unknown-version", "unknown-object", "cycle", "no-path-to-end", "unreachable",
+         "unknown-field", "type-mismatch"],
+)
+def test_an_invalid_version_is_refused_with_a_message_naming_the_fault(
+    env: tuple[ubiops.CoreApi, str], objects: list[dict[str, Any]], attachments: list[dict[str, Any]], message: str
+) -> None:
+    api, project = env
+    name = f"bad-{next(_count)}"
+    api.pipelines_create(project, ubiops.PipelineCreate(name=name, input_type="structured", input_fields=X,
+                                                        output_type="structured", output_fields=Y))
+    with pytest.raises(ubiops.ApiException) as error:
+        api.pipeline_versions_create(project, name, ubiops.PipelineVersionCreate(
+            version="v1", objects=objects, attachments=attachments))
+    assert error.value.status == 400
+    assert message in str(error.value.body)
+    assert api.pipeline_versions_list(project, name) == []  # nothing stored
+
+
+def test_a_sub_pipeline_runs_as_one_object_and_may_not_contain_its_parent(env: tuple[ubiops.CoreApi, str]) -> None:
+    api, project = env
+    inner = make_pipeline(api, project, CHAIN_OBJECTS, CHAIN_ATTACHMENTS)
+    outer = make_pipeline(api, project, [{"name": "inner", "reference_type": "pipeline", "reference_name": inner}], [
+        attach("inner", ("pipeline_start", [m("x", "x")])),
+        attach("pipeline_end", ("inner", [m("y", "y")])),
+    ])
+
+    response = api.pipeline_requests_create(project, outer, {"x": 1})
+
+    assert response.status == "completed", response.error_message
+    assert response.result == {"y": 3}
+    [sub] = response.pipeline_requests
+    assert sub.pipeline_object == "inner" and sub.status == "completed" and sub.sequence_id
+    inner_request = api.pipeline_requests_get(project, inner, sub.id)
+    assert [d.pipeline_object for d in inner_request.deployment_requests] == ["first", "second"]
+
+    # the inner pipeline may not take the outer one in, directly or not
+    with pytest.raises(ubiops.ApiException) as error:
+        api.pipeline_versions_create(project, inner, ubiops.PipelineVersionCreate(
+            version="v2", objects=[{"name": "loop", "reference_type": "pipeline", "reference_name": outer}],
+            attachments=[attach("loop", ("pipeline_start", [m("x", "x")])),
+                         attach("pipeline_end", ("loop", [m("y", "y")]))]))
+    assert error.value.status == 400
+    assert f"Object 'loop' makes pipeline '{inner}' contain itself (through pipeline '{outer}')" in error.value.body
+
+
+def test_a_failing_step_fails_the_pipeline_with_a_message_naming_it(env: tuple[ubiops.CoreApi, str]) -> None:
+    api, project = env
+    name = make_pipeline(api, project, CHAIN_OBJECTS, CHAIN_ATTACHMENTS)
+
+    response = api.pipeline_requests_create(project, name, {"x": -1})
+
+    assert response.status == "failed"
+    assert response.error_message == "Object 'first' failed: negative numbers are refused"
+    assert [s.pipeline_object for s in response.deployment_requests] == ["first"]
+    with pytest.raises(StatusError, match="negative numbers"):
+        ubiops.utils.wait_for_pipeline_request(api.api_client, project, name, response.id, quiet=True)
+
+
+def test_a_timeout_that_runs_out_mid_pipeline_fails_it_naming_the_running_step(
+    env: tuple[ubiops.CoreApi, str],
+) -> None:
+    api, project = env
+    name = make_pipeline(api, project, CHAIN_OBJECTS, CHAIN_ATTACHMENTS)
+
+    response = api.pipeline_requests_create(project, name, {"x": 1030}, timeout=2)
+
+    assert response.status == "failed"
+    assert response.error_message == "The pipeline request timed out after 2 seconds while object 'first' was running"
+    assert response.pipeline_timeout == 2
+    [first] = response.deployment_requests
+    assert first.status == "failed"
