@@ -244,3 +244,84 @@ def test_a_timeout_that_runs_out_mid_pipeline_fails_it_naming_the_running_step(
     assert response.pipeline_timeout == 2
     [first] = response.deployment_requests
     assert first.status == "failed"
+
+
+def operator(name: str, kind: str, **configuration: Any) -> dict[str, Any]:
+    return {"name": name, "reference_type": "operator", "reference_name": kind, "configuration": configuration}
+
+
+def test_a_fan_out_runs_one_request_per_item_and_collects_them_back(env: tuple[ubiops.CoreApi, str]) -> None:
+    api, project = env
+    xs = [{"name": "xs", "data_type": "array_int"}]
+    name = make_pipeline(api, project, [
+        operator("split", "create-subrequests", input_fields=xs, output_fields=X),
+        {"name": "double", "reference_name": "double"},
+        operator("join", "collect-subrequests", input_fields=X, output_fields=xs),
+        operator("how-many", "count-subrequests", output_fields=[{"name": "n", "data_type": "int"}]),
+    ], [
+        attach("split", ("pipeline_start", [m("xs", "xs")])),
+        attach("double", ("split", [m("x", "x")])),
+        attach("join", ("double", [m("x", "x")])),
+        attach("how-many", ("double", None)),
+        attach("pipeline_end", ("join", [m("xs", "xs")]), ("how-many", [m("n", "n")])),
+    ], inputs=xs, outputs=[*xs, {"name": "n", "data_type": "int"}])
+
+    response = api.pipeline_requests_create(project, name, {"xs": [1, 2, 3, 4]})
+
+    assert response.status == "completed", response.error_message
+    assert response.result == {"xs": [2, 4, 6, 8], "n": 4}
+    assert len(response.deployment_requests) == 4
+    assert {o.pipeline_object for o in response.operator_requests} == {"split", "join", "how-many"}
+    join = next(o for o in response.operator_requests if o.pipeline_object == "join")
+    detail = api.pipeline_version_object_requests_get(project, name, join.id, "v1")
+    assert detail.pipeline_request_id == response.id and detail.pipeline_object == "join"
+    assert detail.result == {"xs": [2, 4, 6, 8]} and detail.status == "completed"
+
+
+def test_an_if_condition_routes_each_request_to_one_branch(env: tuple[ubiops.CoreApi, str]) -> None:
+    api, project = env
+    name = make_pipeline(api, project, [
+        operator("big", "if-condition", expression="x >= 10", input_fields=X),
+        operator("small", "if-condition", expression="x < 10", input_fields=X),
+        operator("as-y", "function", expression="x * 100", input_fields=X, output_fields=Y),
+        {"name": "add", "reference_name": "add-one"},
+    ], [
+        attach("big", ("pipeline_start", [m("x", "x")])),
+        attach("small", ("pipeline_start", [m("x", "x")])),
+        attach("as-y", ("big", [m("x", "x")])),
+        attach("add", ("small", [m("x", "x")])),
+        attach("pipeline_end", ("as-y", [m("y", "y")]), ("add", [m("y", "y")])),
+    ])
+
+    big = api.pipeline_requests_create(project, name, {"x": 12})
+    small = api.pipeline_requests_create(project, name, {"x": 3})
+
+    assert (big.status, big.result) == ("completed", {"y": 1200})
+    assert big.deployment_requests == []
+    assert (small.status, small.result) == ("completed", {"y": 4})
+    assert [d.pipeline_object for d in small.deployment_requests] == ["add"]
+
+
+def test_raise_error_fails_the_request_with_its_message_and_a_variable_feeds_constants(
+    env: tuple[ubiops.CoreApi, str],
+) -> None:
+    api, project = env
+    name = make_pipeline(api, project, [
+        operator("ten", "pipeline-variable", output_fields=[{"name": "ten", "data_type": "int"}],
+                 output_values=[{"name": "ten", "value": 10}]),
+        operator("sum", "function", expression="x + ten", input_fields=[*X, {"name": "ten", "data_type": "int"}],
+                 output_fields=Y),
+        operator("negative", "if-condition", expression="x < 0", input_fields=X),
+        operator("refuse", "raise-error", input_fields=X, error_message="x must not be negative"),
+    ], [
+        attach("ten", ("pipeline_start", None)),
+        attach("sum", ("pipeline_start", [m("x", "x")]), ("ten", [m("ten", "ten")])),
+        attach("negative", ("pipeline_start", [m("x", "x")])),
+        attach("refuse", ("negative", [m("x", "x")])),
+        attach("pipeline_end", ("sum", [m("y", "y")]), ("refuse", [])),
+    ])
+
+    assert api.pipeline_requests_create(project, name, {"x": 5}).result == {"y": 15}
+    refused = api.pipeline_requests_create(project, name, {"x": -5})
+    assert refused.status == "failed"
+    assert refused.error_message == "x must not be negative"
