@@ -12,7 +12,7 @@ from ubiops.utils.exceptions import StatusError
 
 from tests.compat.ubiops.conftest import sdk_client
 from tests.fixtures.packages import make_package_dir
-from tests.fixtures.server import Server
+from tests.fixtures.server import Server, wait_until
 
 DOUBLE = '''
 import time
@@ -325,3 +325,91 @@ def test_raise_error_fails_the_request_with_its_message_and_a_variable_feeds_con
     refused = api.pipeline_requests_create(project, name, {"x": -5})
     assert refused.status == "failed"
     assert refused.error_message == "x must not be negative"
+
+
+def test_get_list_collect_input_output_and_delete_of_pipeline_requests(env: tuple[ubiops.CoreApi, str]) -> None:
+    api, project = env
+    name = make_pipeline(api, project, CHAIN_OBJECTS, CHAIN_ATTACHMENTS)
+    done = api.pipeline_requests_create(project, name, {"x": 2})
+    failed = api.pipeline_version_requests_create(project, name, "v1", {"x": -2})
+
+    detail = api.pipeline_requests_get(project, name, done.id)
+    assert detail.status == "completed" and detail.result == {"y": 5} and detail.request_data == {"x": 2}
+    assert detail.time_created is not None and detail.time_completed is not None
+    assert [d.pipeline_object for d in detail.deployment_requests] == ["first", "second"]
+    meta = api.pipeline_version_requests_get(project, name, done.id, "v1", metadata_only=True)
+    assert meta.result is None and meta.status == "completed"
+    ubiops.utils.wait_for_pipeline_version_request(api.api_client, project, name, "v1", done.id, quiet=True)
+
+    assert [r.id for r in api.pipeline_requests_list(project, name)] == [done.id]
+    assert {r.id for r in api.pipeline_requests_list(project, name, status="completed,failed")} == {done.id, failed.id}
+    assert [r.id for r in api.pipeline_requests_list(project, name, status="failed", search_id=failed.id[:8])] == [
+        failed.id]
+    collected = api.pipeline_requests_batch_get(project, name, [failed.id, done.id])
+    assert [c.status for c in collected] == ["failed", "completed"]
+    assert collected[0].error_message == "Object 'first' failed: negative numbers are refused"
+
+    assert api.pipeline_requests_output_get(project, name, done.id).json() == {"y": 5}
+    assert api.pipeline_requests_input_get(project, name, done.id).json() == {"x": 2}
+
+    with pytest.raises(ubiops.ApiException) as error:
+        api.pipeline_requests_list(project, name, status="pending,completed")
+    assert error.value.status == 400
+
+    # deleting a pipeline request deletes its deployment requests too
+    sub_id = detail.deployment_requests[0].id
+    api.pipeline_requests_delete(project, name, done.id)
+    api.pipeline_requests_batch_delete(project, name, [failed.id])
+    assert api.pipeline_requests_list(project, name, status="completed,failed") == []
+    with pytest.raises(ubiops.ApiException) as gone:
+        api.deployment_version_requests_get(project, "double", sub_id, "v1")
+    assert gone.value.status == 404
+
+
+def test_a_batch_of_pipeline_requests_runs_in_the_background_and_is_all_or_nothing(
+    env: tuple[ubiops.CoreApi, str],
+) -> None:
+    api, project = env
+    name = make_pipeline(api, project, CHAIN_OBJECTS, CHAIN_ATTACHMENTS)
+
+    with pytest.raises(ubiops.ApiException) as error:
+        api.batch_pipeline_requests_create(project, name, [{"x": 1}, {"x": "two"}])
+    assert error.value.status == 400 and "Request 1 of the batch" in error.value.body
+    assert api.pipeline_requests_list(project, name, status="pending") == []
+
+    created = api.batch_pipeline_requests_create(project, name, [{"x": i} for i in range(5)])
+    assert all(c.status == "pending" and c.time_created for c in created)
+    for c in created:  # it raises for a failed or cancelled request
+        ubiops.utils.wait_for_pipeline_request(api.api_client, project, name, c.id, quiet=True)
+    collected = api.pipeline_requests_batch_get(project, name, [c.id for c in created])
+    assert [c.status for c in collected] == ["completed"] * 5
+    assert [c.result for c in collected] == [{"y": 2 * i + 1} for i in range(5)]
+
+
+def test_cancelling_a_running_pipeline_request_cancels_its_running_step(env: tuple[ubiops.CoreApi, str]) -> None:
+    api, project = env
+    name = make_pipeline(api, project, CHAIN_OBJECTS, CHAIN_ATTACHMENTS)
+    [created] = api.batch_pipeline_requests_create(project, name, [{"x": 1030}])
+
+    def running_step() -> Any:
+        detail = api.pipeline_requests_get(project, name, created.id, metadata_only=True)
+        return detail.deployment_requests and detail.deployment_requests[0].status == "processing" and detail
+    detail = wait_until(running_step, timeout=30)
+    api.pipeline_requests_update(project, name, created.id, ubiops.PipelineRequestUpdate(status="cancelled"))
+
+    final = wait_until(lambda: (d := api.pipeline_requests_get(project, name, created.id)).status == "cancelled" and d,
+                       timeout=30)
+    assert final.error_message is None and final.result is None
+    step = api.deployment_version_requests_get(project, "double", detail.deployment_requests[0].id, "v1")
+    assert step.status == "cancelled"
+
+
+def test_stream_pipeline_request_yields_the_result(env: tuple[ubiops.CoreApi, str]) -> None:
+    api, project = env
+    name = make_pipeline(api, project, CHAIN_OBJECTS, CHAIN_ATTACHMENTS)
+
+    chunks = list(ubiops.utils.stream_pipeline_request(api.api_client, project, name, data={"x": 3},
+                                                       full_response=True))
+
+    assert chunks[-1].status == "completed" and chunks[-1].result == {"y": 7}
+    assert [d.pipeline_object for d in chunks[-1].deployment_requests] == ["first", "second"]
