@@ -143,7 +143,9 @@ class PipelineRequests:
         """
         check_data(plan.io.input_type, plan.io.input_fields, data)
         row = self._new_row(plan, "direct", timeout, data, origin, Status.PROCESSING)
-        await self._db.committer.submit_async(Insert(PIPELINE_REQUESTS, [row]))
+        # Not awaited: nobody has an answer before the run's last write, which follows it in
+        # the committer's order; a crash before then leaves nothing accepted.
+        self._db.committer.submit(Insert(PIPELINE_REQUESTS, [row])).add_done_callback(_log_failure)
         return await self._run(project, plan, row["id"], data, timeout, Status.PROCESSING, row["created_at"])
 
     async def create_batch(self, project: ProjectRow, plan: Plan, items: list[Any], *, timeout: int,
@@ -630,6 +632,11 @@ class PipelineRequests:
             task.cancel()
         if self._batch_tasks:
             await asyncio.gather(*self._batch_tasks, return_exceptions=True)
+
+
+def _log_failure(future: Any) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("recording a pipeline request failed", exc_info=future.exception())
 
 
 def _first_failure(tasks: list[asyncio.Task[Any]]) -> BaseException | None:

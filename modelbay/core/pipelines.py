@@ -221,6 +221,14 @@ class Pipelines:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        # Plans by (project id, pipeline, version or None), dropped on every pipeline change. A
+        # deployment change needs no drop: steps resolve their deployment version when they run.
+        self._plans: dict[tuple[str, str, str | None], Plan] = {}
+        self._generation = 0
+
+    def _changed(self) -> None:
+        self._generation += 1
+        self._plans.clear()
 
     # --- pipelines -------------------------------------------------------------------------
 
@@ -254,6 +262,7 @@ class Pipelines:
             if self._find(session, project.id, name) is not None:
                 raise Conflict(f"A pipeline named '{name}' already exists in this project")
             session.add(row)
+        self._changed()
         return row
 
     def get(self, project: ProjectRow, name: str) -> PipelineRow:
@@ -295,6 +304,7 @@ class Pipelines:
                     raise NotFound("pipeline version", fields["default_version"])
                 row.default_version_id = version.id
             row.updated_at = utcnow()
+        self._changed()
         return row
 
     def delete(self, project: ProjectRow, name: str) -> list[str]:
@@ -307,6 +317,7 @@ class Pipelines:
             ))
             session.execute(delete(PipelineVersionRow).where(PipelineVersionRow.pipeline_id == row.id))
             session.delete(row)
+        self._changed()
         return request_ids
 
     def default_version_name(self, row: PipelineRow) -> str | None:
@@ -358,6 +369,7 @@ class Pipelines:
             session.add(row)
             if pipeline.default_version_id is None:
                 pipeline.default_version_id = row.id
+        self._changed()
         return row
 
     def get_version(self, project: ProjectRow, pipeline_name: str, version: str) -> tuple[PipelineRow,
@@ -404,6 +416,7 @@ class Pipelines:
                 attachments = fields["attachments"] if fields.get("attachments") is not None else row.attachments
                 row.objects, row.attachments = self._validated(session, project.id, pipeline, objects, attachments)
             row.updated_at = utcnow()
+        self._changed()
         return row
 
     def delete_version(self, project: ProjectRow, pipeline_name: str, version: str) -> list[str]:
@@ -417,12 +430,23 @@ class Pipelines:
             session.delete(row)
             if pipeline.default_version_id == row.id:
                 pipeline.default_version_id = None
+        self._changed()
         return request_ids
 
     # --- running ---------------------------------------------------------------------------
 
     def plan(self, project: ProjectRow, pipeline_name: str, version: str | None) -> Plan:
-        """Resolve a version (None: the default one) for running. Raises `NotFound`."""
+        """Resolve a version (None: the default one) for running. Cached; raises `NotFound`."""
+        key = (project.id, pipeline_name, version)
+        plan = self._plans.get(key)
+        if plan is None:
+            generation = self._generation
+            plan = self._load_plan(project, pipeline_name, version)
+            if generation == self._generation:  # no change raced the load
+                self._plans[key] = plan
+        return plan
+
+    def _load_plan(self, project: ProjectRow, pipeline_name: str, version: str | None) -> Plan:
         with self._db.read() as session:
             pipeline = self._get(session, project.id, pipeline_name)
             if version is None:

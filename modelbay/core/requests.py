@@ -360,6 +360,11 @@ class Requests:
                     return status
                 except StatusChanged:
                     pass
+            else:  # cancelled before its cancel could be recorded (it was recorded running meanwhile)
+                try:
+                    transition(conn, request_id, running, Status.CANCELLED_PENDING)
+                except (StatusChanged, ValueError):
+                    pass
             try:
                 transition(conn, request_id, Status.CANCELLED_PENDING, Status.CANCELLED, finished_at=utcnow())
                 return Status.CANCELLED
