@@ -413,3 +413,63 @@ def test_stream_pipeline_request_yields_the_result(env: tuple[ubiops.CoreApi, st
 
     assert chunks[-1].status == "completed" and chunks[-1].result == {"y": 7}
     assert [d.pipeline_object for d in chunks[-1].deployment_requests] == ["first", "second"]
+
+
+def test_a_plain_pipeline_passes_text_through_its_version_path(env: tuple[ubiops.CoreApi, str]) -> None:
+    api, project = env
+    name = f"plain-{next(_count)}"
+    api.pipelines_create(project, ubiops.PipelineCreate(name=name, input_type="plain", output_type="plain"))
+    api.pipeline_versions_create(project, name, ubiops.PipelineVersionCreate(
+        version="v1", objects=[], attachments=[attach("pipeline_end", ("pipeline_start", None))]))
+
+    response = api.pipeline_version_requests_create(project, name, "v1", "hello pipeline")
+
+    assert (response.status, response.result) == ("completed", "hello pipeline")
+    assert api.pipeline_requests_output_get(project, name, response.id).text == "hello pipeline"
+
+
+@pytest.mark.parametrize(("call", "status", "message"), [
+    (lambda api, p, n: api.pipeline_requests_create(p, n, {"x": "five"}), 400, "Input field 'x' must be of type int"),
+    (lambda api, p, n: api.pipeline_requests_create(p, n, {"x": 1}, timeout=7201), 400, "timeout must be an integer"),
+    (lambda api, p, n: api.batch_pipeline_requests_create(p, n, [{"x": 1}], timeout=172801), 400,
+     "timeout must be an integer"),
+    (lambda api, p, n: api.pipeline_requests_create(p, "no-such", {"x": 1}), 404, "Pipeline 'no-such' was not found"),
+    (lambda api, p, n: api.pipeline_version_requests_create(p, n, "v9", {"x": 1}), 404,
+     "Pipeline version 'v9' was not found"),
+    (lambda api, p, n: api.pipeline_requests_get(p, n, "00000000-0000-0000-0000-000000000000"), 404,
+     "was not found"),
+    (lambda api, p, n: api.pipeline_requests_batch_get(p, n, ["nope"]), 404, "Pipeline request 'nope' was not found"),
+    (lambda api, p, n: api.pipelines_create(p, ubiops.PipelineCreate(name=n, input_type="structured")), 409,
+     "already exists"),
+    (lambda api, p, n: api.pipeline_version_object_requests_get(p, n, "nope", "v1"), 404,
+     "Operator request 'nope' was not found"),
+])
+def test_bad_pipeline_calls_are_clear_4xx_errors(env: tuple[ubiops.CoreApi, str], call: Any, status: int,
+                                                  message: str) -> None:
+    api, project = env
+    name = make_pipeline(api, project, CHAIN_OBJECTS, CHAIN_ATTACHMENTS)
+    with pytest.raises(ubiops.ApiException) as error:
+        call(api, project, name)
+    assert error.value.status == status
+    assert message in error.value.body
+    assert api.pipeline_requests_list(project, name, status="completed,failed") == []
+
+
+def test_deleting_a_pipeline_deletes_its_requests_and_a_used_sub_pipeline_is_kept(
+    env: tuple[ubiops.CoreApi, str],
+) -> None:
+    api, project = env
+    inner = make_pipeline(api, project, CHAIN_OBJECTS, CHAIN_ATTACHMENTS)
+    outer = make_pipeline(api, project, [{"name": "in", "reference_type": "pipeline", "reference_name": inner}], [
+        attach("in", ("pipeline_start", [m("x", "x")])), attach("pipeline_end", ("in", [m("y", "y")]))])
+    response = api.pipeline_requests_create(project, outer, {"x": 1})
+    step_id = api.pipeline_requests_get(project, inner, response.pipeline_requests[0].id).deployment_requests[0].id
+
+    with pytest.raises(ubiops.ApiException) as error:
+        api.pipelines_delete(project, inner)
+    assert error.value.status == 409
+
+    api.pipelines_delete(project, outer)
+    with pytest.raises(ubiops.ApiException) as gone:
+        api.deployment_version_requests_get(project, "double", step_id, "v1")
+    assert gone.value.status == 404
