@@ -103,6 +103,9 @@ class Engine:
                 removed = await asyncio.to_thread(self.requests.sweep_expired)
                 if removed:
                     log.info("removed %d requests past their retention time", removed)
+                removed = await asyncio.to_thread(self.pipeline_requests.sweep_expired)
+                if removed:
+                    log.info("removed %d pipeline requests past their retention time", removed)
             except Exception:
                 log.exception("retention sweep failed")
             await asyncio.sleep(RETENTION_SWEEP_PERIOD_S)

@@ -21,7 +21,7 @@ import math
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -36,7 +36,7 @@ from modelbay.core.pipelines import END, START, PipelineObject, Pipelines, Plan,
 from modelbay.core.requests import LIST_LIMIT_MAX, LISTABLE, MAX_BATCH, Requests
 from modelbay.core.transitions import ALLOWED, REQUESTS, TERMINAL, Status
 from modelbay.store.db import Database, Insert
-from modelbay.store.tables import OperatorRequestRow, PipelineRequestRow, ProjectRow
+from modelbay.store.tables import OperatorRequestRow, PipelineRequestRow, PipelineVersionRow, ProjectRow
 
 log = logging.getLogger(__name__)
 
@@ -569,24 +569,25 @@ class PipelineRequests:
         """Delete pipeline requests, their sub-pipeline requests, operator and deployment requests."""
         if not ids:
             return
+        await self._db.committer.submit_async(lambda conn: _remove(conn, ids))
 
-        def remove(conn: Connection) -> None:
-            todo, all_ids = list(ids), []
-            while todo:  # sub-pipeline requests, at any depth
-                all_ids += todo
-                todo = list(conn.scalars(select(PIPELINE_REQUESTS.c.id).where(
-                    PIPELINE_REQUESTS.c.parent_id.in_(todo))))
-            deployment_ids = [
-                step["id"]
-                for steps in conn.scalars(select(PIPELINE_REQUESTS.c.steps).where(PIPELINE_REQUESTS.c.id.in_(all_ids)))
-                for step in steps or [] if step.get("kind") == "deployment"
-            ]
-            for start in range(0, len(deployment_ids), 500):
-                conn.execute(delete(REQUESTS).where(REQUESTS.c.id.in_(deployment_ids[start:start + 500])))
-            conn.execute(delete(OPERATOR_REQUESTS).where(OPERATOR_REQUESTS.c.pipeline_request_id.in_(all_ids)))
-            conn.execute(delete(PIPELINE_REQUESTS).where(PIPELINE_REQUESTS.c.id.in_(all_ids)))
-
-        await self._db.committer.submit_async(remove)
+    def sweep_expired(self) -> int:
+        """Delete finished pipeline requests (with their sub-requests) older than their version's
+        retention time; returns how many."""
+        now = utcnow()
+        with self._db.write() as session:
+            conn = session.connection()
+            versions = conn.execute(select(PipelineVersionRow.id, PipelineVersionRow.request_retention_time)).all()
+            expired = []
+            for version_id, retention_s in versions:
+                expired += list(conn.scalars(select(PIPELINE_REQUESTS.c.id).where(
+                    PIPELINE_REQUESTS.c.version_id == version_id,
+                    PIPELINE_REQUESTS.c.parent_id.is_(None),
+                    PIPELINE_REQUESTS.c.status.in_([s.value for s in TERMINAL]),
+                    PIPELINE_REQUESTS.c.finished_at < now - timedelta(seconds=retention_s),
+                )))
+            _remove(conn, expired)
+        return len(expired)
 
     # --- recovery --------------------------------------------------------------------------
 
@@ -632,6 +633,23 @@ class PipelineRequests:
             task.cancel()
         if self._batch_tasks:
             await asyncio.gather(*self._batch_tasks, return_exceptions=True)
+
+
+def _remove(conn: Connection, ids: list[str]) -> None:
+    """Delete pipeline requests with their sub-pipeline, operator and deployment requests."""
+    todo, all_ids = list(ids), []
+    while todo:  # sub-pipeline requests, at any depth
+        all_ids += todo
+        todo = list(conn.scalars(select(PIPELINE_REQUESTS.c.id).where(PIPELINE_REQUESTS.c.parent_id.in_(todo))))
+    deployment_ids = [
+        step["id"]
+        for steps in conn.scalars(select(PIPELINE_REQUESTS.c.steps).where(PIPELINE_REQUESTS.c.id.in_(all_ids)))
+        for step in steps or [] if step.get("kind") == "deployment"
+    ]
+    for start in range(0, len(deployment_ids), 500):
+        conn.execute(delete(REQUESTS).where(REQUESTS.c.id.in_(deployment_ids[start:start + 500])))
+    conn.execute(delete(OPERATOR_REQUESTS).where(OPERATOR_REQUESTS.c.pipeline_request_id.in_(all_ids)))
+    conn.execute(delete(PIPELINE_REQUESTS).where(PIPELINE_REQUESTS.c.id.in_(all_ids)))
 
 
 def _log_failure(future: Any) -> None:
