@@ -20,6 +20,7 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -90,6 +91,7 @@ class Run:
     children: dict[str, Run] = field(default_factory=dict)  # sub-pipeline requests running now
     stopping: bool = False
     cancelled: bool = False
+    on_update: Callable[[str], None] | None = None  # where streamed partials of its steps go
 
     def remaining(self) -> float:
         return self.deadline - asyncio.get_running_loop().time()
@@ -136,17 +138,19 @@ class PipelineRequests:
     # --- create ----------------------------------------------------------------------------
 
     async def direct(self, project: ProjectRow, plan: Plan, data: Any, *, timeout: int,
-                     origin: dict[str, str]) -> PipelineRecord:
+                     origin: dict[str, str], on_update: Callable[[str], None] | None = None) -> PipelineRecord:
         """Run `data` through `plan` now and return the finished pipeline request.
 
-        Raises `InvalidInput` (nothing recorded) when `data` does not match the pipeline's input.
+        `on_update` receives the partials its deployment steps stream. Raises `InvalidInput`
+        (nothing recorded) when `data` does not match the pipeline's input.
         """
         check_data(plan.io.input_type, plan.io.input_fields, data)
         row = self._new_row(plan, "direct", timeout, data, origin, Status.PROCESSING)
         # Not awaited: nobody has an answer before the run's last write, which follows it in
         # the committer's order; a crash before then leaves nothing accepted.
         self._db.committer.submit(Insert(PIPELINE_REQUESTS, [row])).add_done_callback(_log_failure)
-        return await self._run(project, plan, row["id"], data, timeout, Status.PROCESSING, row["created_at"])
+        return await self._run(project, plan, row["id"], data, timeout, Status.PROCESSING, row["created_at"],
+                               on_update=on_update)
 
     async def create_batch(self, project: ProjectRow, plan: Plan, items: list[Any], *, timeout: int,
                            origin: dict[str, str]) -> list[PipelineRecord]:
@@ -214,10 +218,12 @@ class PipelineRequests:
     # --- running ---------------------------------------------------------------------------
 
     async def _run(self, project: ProjectRow, plan: Plan, request_id: str, data: Any, timeout: int,
-                   running: Status, created_at: datetime, parent: Run | None = None) -> PipelineRecord:
+                   running: Status, created_at: datetime, parent: Run | None = None,
+                   on_update: Callable[[str], None] | None = None) -> PipelineRecord:
         """Walk the DAG for a recorded request and record how it ended."""
         loop = asyncio.get_running_loop()
-        run = Run(request_id, project, plan, timeout, loop.time() + timeout)
+        run = Run(request_id, project, plan, timeout, loop.time() + timeout,
+                  on_update=on_update or (parent.on_update if parent else None))
         self._runs[request_id] = run
         if parent is not None:
             parent.children[request_id] = run
@@ -359,7 +365,7 @@ class PipelineRequests:
             target = self._deployments.serving_target(run.project, obj.reference_name, obj.version)
             entry["version"] = target.version_name
             record = await self._requests.direct(target, item, timeout=timeout, origin=origin,
-                                                 request_id=request_id)
+                                                 request_id=request_id, on_update=run.on_update)
         except ModelbayError as exc:
             entry.update(status="failed", error_message=exc.message)
             raise StepFailed(f"Object '{obj.name}' failed: {exc.message}") from None

@@ -43,6 +43,16 @@ class Deployment:
         return {"y": data["x"] + 1}
 '''
 
+TALKER = '''
+class Deployment:
+    def __init__(self, base_directory, context):
+        pass
+
+    def request(self, data, context):
+        context["streaming_update"](f"working on {data['x']}")
+        return {"x": data["x"]}
+'''
+
 X = [{"name": "x", "data_type": "int"}]
 Y = [{"name": "y", "data_type": "int"}]
 
@@ -62,7 +72,8 @@ def env(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tu
     client = sdk_client(server, project["token"])
     api = ubiops.CoreApi(client)
     tmp: Path = tmp_path_factory.mktemp("pipeline-packages")
-    for name, source, inputs, outputs in (("double", DOUBLE, X, X), ("add-one", ADD_ONE, X, Y)):
+    for name, source, inputs, outputs in (("double", DOUBLE, X, X), ("add-one", ADD_ONE, X, Y),
+                                            ("talker", TALKER, X, X)):
         api.deployments_create(project["name"], ubiops.DeploymentCreate(
             name=name, input_type="structured", output_type="structured", input_fields=inputs, output_fields=outputs))
         api.deployment_versions_create(project["name"], name, ubiops.DeploymentVersionCreate(version="v1"))
@@ -404,15 +415,26 @@ def test_cancelling_a_running_pipeline_request_cancels_its_running_step(env: tup
     assert step.status == "cancelled"
 
 
-def test_stream_pipeline_request_yields_the_result(env: tuple[ubiops.CoreApi, str]) -> None:
+def test_stream_pipeline_request_yields_the_partials_of_its_steps_then_the_result(
+    env: tuple[ubiops.CoreApi, str],
+) -> None:
     api, project = env
-    name = make_pipeline(api, project, CHAIN_OBJECTS, CHAIN_ATTACHMENTS)
+    name = make_pipeline(api, project, [
+        {"name": "talk", "reference_name": "talker"}, {"name": "add", "reference_name": "add-one"},
+    ], [
+        attach("talk", ("pipeline_start", [m("x", "x")])),
+        attach("add", ("talk", [m("x", "x")])),
+        attach("pipeline_end", ("add", [m("y", "y")])),
+    ])
 
     chunks = list(ubiops.utils.stream_pipeline_request(api.api_client, project, name, data={"x": 3},
                                                        full_response=True))
 
-    assert chunks[-1].status == "completed" and chunks[-1].result == {"y": 7}
-    assert [d.pipeline_object for d in chunks[-1].deployment_requests] == ["first", "second"]
+    assert chunks[0] == "working on 3"
+    assert chunks[-1].status == "completed" and chunks[-1].result == {"y": 4}
+    assert [d.pipeline_object for d in chunks[-1].deployment_requests] == ["talk", "add"]
+    with pytest.raises(ubiops.exceptions.UbiOpsException, match="Input field 'x' must be of type int"):
+        list(ubiops.utils.stream_pipeline_request(api.api_client, project, name, data={"x": "three"}))
 
 
 def test_a_plain_pipeline_passes_text_through_its_version_path(env: tuple[ubiops.CoreApi, str]) -> None:
