@@ -112,8 +112,8 @@ class Engine:
 
     async def close(self) -> None:
         self._sweeper.cancel()
-        await self.pipeline_requests.close()
-        await self.requests.close()
+        # Running pipeline and batch requests get their grace period side by side.
+        await asyncio.gather(self.pipeline_requests.close(), self.requests.close())
         self.revisions.close()
         await self.scheduler.close()
         self.db.close()

@@ -134,6 +134,7 @@ class PipelineRequests:
         self._runs: dict[str, Run] = {}  # every pipeline request walking now, sub-pipelines included
         self._batch_slots = asyncio.Semaphore(BATCH_CONCURRENCY)
         self._batch_tasks: set[asyncio.Task[None]] = set()
+        self._batch_started: set[asyncio.Task[None]] = set()  # those past the wait for a slot
 
     # --- create ----------------------------------------------------------------------------
 
@@ -174,6 +175,7 @@ class PipelineRequests:
     def _spawn_batch(self, project: ProjectRow, plan: Plan, request_id: str, data: Any, timeout: int) -> None:
         async def run() -> None:
             async with self._batch_slots:
+                self._batch_started.add(asyncio.current_task())  # type: ignore[arg-type]
                 try:
                     await self._db.committer.submit_async(
                         lambda conn: _move(conn, request_id, Status.PENDING, Status.PROCESSING, started_at=utcnow()))
@@ -187,6 +189,7 @@ class PipelineRequests:
         task = asyncio.get_running_loop().create_task(run())
         self._batch_tasks.add(task)
         task.add_done_callback(self._batch_tasks.discard)
+        task.add_done_callback(self._batch_started.discard)
 
     @staticmethod
     def _new_row(plan: Plan, mode: str, timeout: int, data: Any, origin: dict[str, str], status: Status,
@@ -633,10 +636,16 @@ class PipelineRequests:
             queued += 1
         return len(stuck), queued
 
-    async def close(self) -> None:
-        """Stop batch runs; what waits stays pending and runs again after a restart."""
-        for task in list(self._batch_tasks):
+    async def close(self, grace_s: float = 30.0) -> None:
+        """Let running batch requests finish, for up to `grace_s`; what waits stays pending and runs
+        again after a restart (what is still running then is failed at the restart)."""
+        for task in self._batch_tasks - self._batch_started:
             task.cancel()
+        running = set(self._batch_started)
+        if running:
+            _, late = await asyncio.wait(running, timeout=grace_s)
+            for task in late:
+                task.cancel()
         if self._batch_tasks:
             await asyncio.gather(*self._batch_tasks, return_exceptions=True)
 

@@ -34,22 +34,8 @@ def test_no_pipeline_request_is_lost_when_the_server_is_killed_with_sigkill(
 ) -> None:
     # Given a one-step pipeline over a one-instance sleeper, a direct request and a batch of 12 in flight
     markers = tmp_path / "markers"
-    markers.mkdir()
-    first = own_server()
-    project = first.create_project("crash")
-    client = ubiops(first, project["token"])
-    deploy(client, "crash", "sleeper", MARKS_THEN_SLEEPS_MS.format(markers=str(markers)), plain=False,
-           maximum_instances=1)
+    first, project, client = _sleeper_pipeline(own_server, markers)
     base = "/projects/crash/pipelines"
-    assert client.post(base, json={"name": "wait", "input_type": "structured", "input_fields": X,
-                                   "output_type": "structured", "output_fields": X}).status_code == 201
-    version = {"version": "v1", "objects": [{"name": "sleep", "reference_name": "sleeper"}], "attachments": [
-        {"destination_name": "sleep", "sources": [{"source_name": "pipeline_start", "mapping": [
-            {"source_field_name": "x", "destination_field_name": "x"}]}]},
-        {"destination_name": "pipeline_end", "sources": [{"source_name": "sleep", "mapping": [
-            {"source_field_name": "x", "destination_field_name": "x"}]}]},
-    ]}
-    assert client.post(f"{base}/wait/versions", json=version).status_code == 201, "version"
     response = client.post(f"{base}/wait/requests/batch", json=[{"x": 20000}] + [{"x": 10 + i} for i in range(11)])
     assert response.status_code == 201, response.text
     ids = [r["id"] for r in response.json()]
@@ -75,6 +61,44 @@ def test_no_pipeline_request_is_lost_when_the_server_is_killed_with_sigkill(
     assert {found[i]["status"] for i in ids[-3:]} == {"completed"}  # these waited, pending, behind 8 running
     stuck = query(second.data_dir, "SELECT id FROM requests WHERE status NOT IN ('completed', 'failed', 'cancelled')")
     assert stuck == []
+
+
+def _sleeper_pipeline(own_server: Callable[..., Server], markers: Path) -> tuple[Server, dict[str, str], httpx.Client]:
+    """A server with pipeline `wait`: one object, a one-instance deployment sleeping `x` ms (marking its start)."""
+    markers.mkdir()
+    first = own_server()
+    project = first.create_project("crash")
+    client = ubiops(first, project["token"])
+    deploy(client, "crash", "sleeper", MARKS_THEN_SLEEPS_MS.format(markers=str(markers)), plain=False,
+           maximum_instances=1)
+    base = "/projects/crash/pipelines"
+    assert client.post(base, json={"name": "wait", "input_type": "structured", "input_fields": X,
+                                   "output_type": "structured", "output_fields": X}).status_code == 201
+    version = {"version": "v1", "objects": [{"name": "sleep", "reference_name": "sleeper"}], "attachments": [
+        {"destination_name": "sleep", "sources": [{"source_name": "pipeline_start", "mapping": [
+            {"source_field_name": "x", "destination_field_name": "x"}]}]},
+        {"destination_name": "pipeline_end", "sources": [{"source_name": "sleep", "mapping": [
+            {"source_field_name": "x", "destination_field_name": "x"}]}]},
+    ]}
+    assert client.post(f"{base}/wait/versions", json=version).status_code == 201, "version"
+    return first, project, client
+
+
+def test_sigterm_lets_a_running_batch_pipeline_request_finish(own_server: Callable[..., Server],
+                                                               tmp_path: Path) -> None:
+    first, _, client = _sleeper_pipeline(own_server, tmp_path / "markers")
+    response = client.post("/projects/crash/pipelines/wait/requests/batch", json=[{"x": 1500}])
+    assert response.status_code == 201, response.text
+    [request_id] = [r["id"] for r in response.json()]
+    wait_until(lambda: (tmp_path / "markers" / "1500").exists(), timeout=30)
+    own_server.remember_children()  # type: ignore[attr-defined]
+
+    assert first.process is not None
+    first.process.send_signal(signal.SIGTERM)
+    assert first.process.wait(timeout=30) == 0
+
+    row = pipeline_rows(first.data_dir, [request_id])[request_id]
+    assert row["status"] == "completed", row  # drained, not cut off
 
 
 def _direct(server: Server, token: str) -> int:
