@@ -495,3 +495,35 @@ def test_deleting_a_pipeline_deletes_its_requests_and_a_used_sub_pipeline_is_kep
     with pytest.raises(ubiops.ApiException) as gone:
         api.deployment_version_requests_get(project, "double", step_id, "v1")
     assert gone.value.status == 404
+
+
+def test_independent_branches_run_concurrently(env: tuple[ubiops.CoreApi, str]) -> None:
+    api, project = env
+    name = make_pipeline(api, project, [
+        {"name": "left", "reference_name": "double"}, {"name": "right", "reference_name": "double"},
+    ], [
+        attach("left", ("pipeline_start", [m("x", "x")])),
+        attach("right", ("pipeline_start", [m("x", "x")])),
+        attach("pipeline_end", ("left", [m("x", "a")]), ("right", [m("x", "b")])),
+    ], outputs=[{"name": "a", "data_type": "int"}, {"name": "b", "data_type": "int"}])
+
+    response = api.pipeline_requests_create(project, name, {"x": 1001})  # each step sleeps 1 s
+
+    assert (response.status, response.result) == ("completed", {"a": 2002, "b": 2002})
+    left, right = (api.deployment_version_requests_get(project, "double", d.id, "v1")
+                   for d in response.deployment_requests)
+    assert left.time_started < right.time_completed and right.time_started < left.time_completed  # they overlap
+
+
+def test_cancel_all_processing_pipeline_requests_with_an_empty_list(env: tuple[ubiops.CoreApi, str]) -> None:
+    api, project = env
+    name = make_pipeline(api, project, CHAIN_OBJECTS, CHAIN_ATTACHMENTS)
+    created = api.batch_pipeline_requests_create(project, name, [{"x": 1030}, {"x": 1030}])
+    wait_until(lambda: len(api.pipeline_requests_list(project, name, status="processing")) == 2, timeout=30)
+
+    api.pipeline_requests_batch_cancel(project, name, [], status="processing")
+
+    def statuses() -> list[str]:
+        return [c.status for c in api.pipeline_requests_batch_get(project, name, [c.id for c in created])]
+    wait_until(lambda: statuses() == ["cancelled", "cancelled"], timeout=30)
+    assert api.pipeline_requests_list(project, name, status="processing") == []
