@@ -287,6 +287,9 @@ def test_a_fan_out_runs_one_request_per_item_and_collects_them_back(env: tuple[u
     detail = api.pipeline_version_object_requests_get(project, name, join.id, "v1")
     assert detail.pipeline_request_id == response.id and detail.pipeline_object == "join"
     assert detail.result == {"xs": [2, 4, 6, 8]} and detail.status == "completed"
+    assert detail.request_data == [{"x": 2}, {"x": 4}, {"x": 6}, {"x": 8}]
+    assert api.pipeline_version_object_requests_output_get(project, name, join.id, "v1").json() == {"xs": [2, 4, 6, 8]}
+    assert api.pipeline_version_object_requests_input_get(project, name, join.id, "v1").json()[0] == {"x": 2}
 
 
 def test_an_if_condition_routes_each_request_to_one_branch(env: tuple[ubiops.CoreApi, str]) -> None:
@@ -527,3 +530,25 @@ def test_cancel_all_processing_pipeline_requests_with_an_empty_list(env: tuple[u
         return [c.status for c in api.pipeline_requests_batch_get(project, name, [c.id for c in created])]
     wait_until(lambda: statuses() == ["cancelled", "cancelled"], timeout=30)
     assert api.pipeline_requests_list(project, name, status="processing") == []
+
+
+def test_a_version_update_with_new_objects_is_validated_as_a_whole(env: tuple[ubiops.CoreApi, str]) -> None:
+    api, project = env
+    name = make_pipeline(api, project, CHAIN_OBJECTS, CHAIN_ATTACHMENTS)
+
+    with pytest.raises(ubiops.ApiException) as error:
+        api.pipeline_versions_update(project, name, "v1", ubiops.PipelineVersionUpdate(
+            objects=[{"name": "first", "reference_name": "double"}]))  # "second" is still attached
+    assert error.value.status == 400 and "Attachment destination 'second' is not an object" in error.value.body
+    assert [o.name for o in api.pipeline_versions_get(project, name, "v1").objects] == ["first", "second"]
+
+    api.pipeline_versions_update(project, name, "v1", ubiops.PipelineVersionUpdate(
+        objects=[{"name": "only", "reference_name": "add-one"}],
+        attachments=[attach("only", ("pipeline_start", [m("x", "x")])),
+                     attach("pipeline_end", ("only", [m("y", "y")]))],
+        request_retention_mode="metadata"))
+    version = api.pipeline_versions_get(project, name, "v1")
+    assert [o.name for o in version.objects] == ["only"] and version.request_retention_mode == "metadata"
+    response = api.pipeline_requests_create(project, name, {"x": 1})
+    assert response.result == {"y": 2}  # the answer has it; the store keeps only the metadata
+    assert api.pipeline_requests_get(project, name, response.id).result is None
