@@ -35,6 +35,7 @@ from modelbay.core.errors import InvalidInput, ModelbayError, NotFound, StatusCh
 from modelbay.core.fields import check_data
 from modelbay.core.pipelines import END, START, PipelineObject, Pipelines, Plan, Source
 from modelbay.core.requests import LIST_LIMIT_MAX, LISTABLE, MAX_BATCH, Requests
+from modelbay.core.scheduler import PRIORITY_BATCH, PRIORITY_DIRECT
 from modelbay.core.transitions import ALLOWED, REQUESTS, TERMINAL, Status
 from modelbay.store.db import Database, Insert
 from modelbay.store.tables import OperatorRequestRow, PipelineRequestRow, PipelineVersionRow, ProjectRow
@@ -92,6 +93,7 @@ class Run:
     stopping: bool = False
     cancelled: bool = False
     on_update: Callable[[str], None] | None = None  # where streamed partials of its steps go
+    priority: int = PRIORITY_DIRECT  # of its deployment steps: a batch request's wait as batch work
 
     def remaining(self) -> float:
         return self.deadline - asyncio.get_running_loop().time()
@@ -182,7 +184,8 @@ class PipelineRequests:
                 except StatusChanged:
                     return  # cancelled or deleted while it waited
                 try:
-                    await self._run(project, plan, request_id, data, timeout, Status.PROCESSING, utcnow())
+                    await self._run(project, plan, request_id, data, timeout, Status.PROCESSING, utcnow(),
+                                    priority=PRIORITY_BATCH + 1)
                 except Exception:
                     log.exception("batch pipeline request %s failed to run", request_id)
 
@@ -222,11 +225,13 @@ class PipelineRequests:
 
     async def _run(self, project: ProjectRow, plan: Plan, request_id: str, data: Any, timeout: int,
                    running: Status, created_at: datetime, parent: Run | None = None,
-                   on_update: Callable[[str], None] | None = None) -> PipelineRecord:
+                   on_update: Callable[[str], None] | None = None,
+                   priority: int = PRIORITY_DIRECT) -> PipelineRecord:
         """Walk the DAG for a recorded request and record how it ended."""
         loop = asyncio.get_running_loop()
         run = Run(request_id, project, plan, timeout, loop.time() + timeout,
-                  on_update=on_update or (parent.on_update if parent else None))
+                  on_update=on_update or (parent.on_update if parent else None),
+                  priority=parent.priority if parent else priority)
         self._runs[request_id] = run
         if parent is not None:
             parent.children[request_id] = run
@@ -368,7 +373,8 @@ class PipelineRequests:
             target = self._deployments.serving_target(run.project, obj.reference_name, obj.version)
             entry["version"] = target.version_name
             record = await self._requests.direct(target, item, timeout=timeout, origin=origin,
-                                                 request_id=request_id, on_update=run.on_update)
+                                                 request_id=request_id, on_update=run.on_update,
+                                                 priority=run.priority)
         except ModelbayError as exc:
             entry.update(status="failed", error_message=exc.message)
             raise StepFailed(f"Object '{obj.name}' failed: {exc.message}") from None

@@ -132,11 +132,13 @@ class Requests:
         origin: dict[str, str],
         on_update: Callable[[str], None] | None = None,
         request_id: str | None = None,
+        priority: int = PRIORITY_DIRECT,
     ) -> RequestRecord:
         """Run `data` on `target` now and return the finished request.
 
         `request_id`: the id to give it, for a caller that may cancel it while it runs (a
-        pipeline step, see `cancel_running`). Raises `InvalidInput` (nothing recorded) when
+        pipeline step, see `cancel_running`); `priority`: its place among waiting work (a step
+        of a batch pipeline request waits as batch work does). Raises `InvalidInput` (nothing recorded) when
         `data` does not match the input definition.
         """
         as_list = check_input(target, data)
@@ -144,14 +146,14 @@ class Requests:
         encoded = orjson.dumps(data)
         created_at = utcnow()
         started = {
-            **self._new_row(target, request_id, "direct", PRIORITY_DIRECT, timeout, encoded, origin, created_at),
+            **self._new_row(target, request_id, "direct", priority, timeout, encoded, origin, created_at),
             "status": Status.PROCESSING.value,
             "started_at": created_at,
         }
         committer = self._db.committer
         call = Call(request_id, data, {"id": request_id, "request_mode": "direct", "batch_list": as_list})
         if target.retention_mode == "none":  # nothing of it is kept: run it and answer
-            outcome = await self._execute(target, call, timeout, PRIORITY_DIRECT, on_update)
+            outcome = await self._execute(target, call, timeout, priority, on_update)
             return RequestRecord(request_id, target.deployment_name, target.version_name, "direct",
                                  outcome.status.value, timeout, outcome.result, outcome.error, created_at)
         recorded = False
@@ -165,7 +167,7 @@ class Requests:
         # One still running after a moment is recorded as processing, so it can be seen.
         timer = asyncio.get_running_loop().call_later(RECORD_PROCESSING_AFTER_S, record_processing)
         try:
-            outcome = await self._execute(target, call, timeout, PRIORITY_DIRECT, on_update)
+            outcome = await self._execute(target, call, timeout, priority, on_update)
         finally:
             timer.cancel()
         finished = self._finished_values(target, outcome)
