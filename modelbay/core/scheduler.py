@@ -103,6 +103,9 @@ class Scheduler:
         deadline = time.monotonic() + timeout
         while True:
             pool = self._pool(target)
+            instance = self._take_idle(pool)
+            if instance is not None:  # the common case: no wait, so no timer to set
+                break
             try:
                 async with asyncio.timeout_at(asyncio.get_running_loop().time() + timeout):
                     instance = await self._acquire(pool, priority)
@@ -147,10 +150,18 @@ class Scheduler:
             pool = self._pools[target.version_id] = _Pool(target)
         return pool
 
-    async def _acquire(self, pool: _Pool, priority: int) -> Instance:
+    @staticmethod
+    def _take_idle(pool: _Pool) -> Instance | None:
+        """An idle instance, unless there is none or others wait ahead of us."""
         if pool.idle and not pool.waiting():
             instance, _ = pool.idle.pop()
             pool.busy.add(instance)
+            return instance
+        return None
+
+    async def _acquire(self, pool: _Pool, priority: int) -> Instance:
+        instance = self._take_idle(pool)
+        if instance is not None:
             return instance
         fut: asyncio.Future[Instance] = asyncio.get_running_loop().create_future()
         pool.waiters[min(priority, len(pool.waiters) - 1)].append(fut)
