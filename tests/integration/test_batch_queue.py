@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -294,6 +295,28 @@ def test_an_idle_instance_is_stopped_after_its_maximum_idle_time_and_the_next_re
     assert second.json()["status"] == "completed" and second.json()["result"] == {"x": 2}
     now = workers(server, version)
     assert len(now) == 1 and not set(now) & set(before), (before, now)  # a new process served it
+
+
+def test_minimum_instances_run_from_the_build_on_and_again_after_a_restart_before_any_request(
+    own_server: Callable[..., Server],
+) -> None:
+    first = own_server()
+    credentials = first.create_project("warm")
+    with ubiops(first, credentials["token"]) as client:
+        deploy(client, "warm", "sleeper", SLEEPS_MS, plain=False, minimum_instances=2, maximum_instances=3,
+               maximum_idle_time=1)
+        version = version_id(client, "warm", "sleeper")
+
+    # No request was made, yet the minimum runs, and stays past the maximum idle time.
+    wait_until(lambda: len(workers(first, version)) == 2, timeout=30)
+    started = workers(first, version)
+    time.sleep(2.5)  # two reconcile periods beyond maximum_idle_time: what must NOT happen is a stop
+    assert workers(first, version) == started
+    assert query(first.data_dir, "SELECT id FROM requests") == []
+    first.stop()
+
+    second = own_server(first.data_dir)
+    wait_until(lambda: len(workers(second, version)) == 2, timeout=30)
 
 
 def test_no_more_than_maximum_instances_workers_run_under_ten_concurrent_requests(server: Server) -> None:
