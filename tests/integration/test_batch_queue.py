@@ -227,6 +227,27 @@ def test_sigterm_lets_the_running_batch_item_finish_and_a_restart_completes_the_
     assert statuses(second.data_dir, ids) == ["completed"] * len(ids)
 
 
+def test_a_batch_request_cancelled_just_as_it_starts_is_stopped_and_the_queue_goes_on(
+    server: Server, tmp_path: Path
+) -> None:
+    source, markers = marking_sleeper(tmp_path)
+    name = unique("cancel-early")
+    credentials = server.create_project(name)
+    with ubiops(server, credentials["token"]) as client:
+        deploy(client, name, "sleeper", source, plain=False, maximum_instances=1)
+        assert direct(client, name, "sleeper", {"x": 1}).status_code == 200  # the instance is up: no start delay
+        ids = batch(client, name, "sleeper", [{"x": 30000}, {"x": 10}])
+        # Cancelled within moments of its start: most often before it is even marked processing.
+        wait_until(lambda: (markers / "30000").exists(), timeout=30, interval=0.002)
+        response = client.patch(f"/projects/{name}/deployments/sleeper/requests/{ids[0]}",
+                                json={"status": "cancelled"})
+        assert response.status_code == 200, response.text
+
+        # Its 30 s call was stopped: the next item ran long before it would have ended.
+        wait_until(lambda: all_terminal(server.data_dir, ids), timeout=15)
+    assert statuses(server.data_dir, ids) == ["cancelled", "completed"]
+
+
 # --- ordering --------------------------------------------------------------------------------
 
 
