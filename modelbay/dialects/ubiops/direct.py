@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+from collections.abc import Callable
 from urllib.parse import parse_qsl
 
 import orjson
@@ -44,7 +44,7 @@ class ClientGone(Exception):
 class DirectRequests:
     """ASGI middleware serving direct requests; `app` serves everything else."""
 
-    def __init__(self, app: ASGIApp, engine_of: Any) -> None:
+    def __init__(self, app: ASGIApp, engine_of: Callable[[], Engine]) -> None:
         self.app = app
         self._engine_of = engine_of  # the engine exists only once the app's lifespan has started
 
