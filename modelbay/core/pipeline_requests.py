@@ -15,7 +15,6 @@ again what was waiting.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import math
 import time
@@ -66,7 +65,6 @@ class _Stopped(Exception):
     """A step that did not run because the pipeline request was already ending."""
 
 
-_sequence = itertools.count()
 _last_sequence = 0
 
 
