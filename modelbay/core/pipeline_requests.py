@@ -272,6 +272,11 @@ class PipelineRequests:
                     pass
             values.pop("result", None)
             values["error_message"] = None
+            if status is Status.CANCELLED:  # stopped with its parent: its own cancel is not recorded yet
+                try:
+                    _move(conn, request_id, running, Status.CANCELLED_PENDING)
+                except StatusChanged:
+                    pass
             try:
                 _move(conn, request_id, Status.CANCELLED_PENDING, Status.CANCELLED, **values)
                 return Status.CANCELLED

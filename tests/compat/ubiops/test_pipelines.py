@@ -552,3 +552,27 @@ def test_a_version_update_with_new_objects_is_validated_as_a_whole(env: tuple[ub
     response = api.pipeline_requests_create(project, name, {"x": 1})
     assert response.result == {"y": 2}  # the answer has it; the store keeps only the metadata
     assert api.pipeline_requests_get(project, name, response.id).result is None
+
+
+def test_cancelling_a_pipeline_request_cancels_its_running_sub_pipeline_and_its_step(
+    env: tuple[ubiops.CoreApi, str],
+) -> None:
+    api, project = env
+    inner = make_pipeline(api, project, CHAIN_OBJECTS, CHAIN_ATTACHMENTS)
+    outer = make_pipeline(api, project, [{"name": "in", "reference_type": "pipeline", "reference_name": inner}], [
+        attach("in", ("pipeline_start", [m("x", "x")])), attach("pipeline_end", ("in", [m("y", "y")]))])
+    [created] = api.batch_pipeline_requests_create(project, outer, [{"x": 1030}])
+
+    def inner_step_running() -> Any:
+        subs = api.pipeline_requests_get(project, outer, created.id, metadata_only=True).pipeline_requests
+        if not subs:
+            return None
+        steps = api.pipeline_requests_get(project, inner, subs[0].id, metadata_only=True).deployment_requests
+        return steps and steps[0].status == "processing" and (subs[0].id, steps[0].id)
+    sub_id, step_id = wait_until(inner_step_running, timeout=30)
+
+    api.pipeline_requests_update(project, outer, created.id, ubiops.PipelineRequestUpdate(status="cancelled"))
+
+    wait_until(lambda: api.pipeline_requests_get(project, outer, created.id).status == "cancelled", timeout=30)
+    assert api.pipeline_requests_get(project, inner, sub_id).status == "cancelled"
+    assert api.deployment_version_requests_get(project, "double", step_id, "v1").status == "cancelled"
