@@ -15,6 +15,7 @@ again what was waiting.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -48,6 +49,9 @@ DIRECT_TIMEOUT_DEFAULT_S = 3600
 DIRECT_TIMEOUT_MAX_S = 7200
 BATCH_TIMEOUT_DEFAULT_S = 14400
 BATCH_TIMEOUT_MAX_S = 172800
+
+#: How long a delete waits for a running pipeline request it stopped to record its end.
+STOP_WAIT_S = 30.0
 
 #: Batch pipeline requests run at most this many at a time; the rest wait, pending.
 BATCH_CONCURRENCY = 8
@@ -92,6 +96,7 @@ class Run:
     cancelled: bool = False
     on_update: Callable[[str], None] | None = None  # where streamed partials of its steps go
     priority: int = PRIORITY_DIRECT  # of its deployment steps: a batch request's wait as batch work
+    recorded: asyncio.Event = field(default_factory=asyncio.Event)  # set once its end is written
 
     def remaining(self) -> float:
         return self.deadline - asyncio.get_running_loop().time()
@@ -256,7 +261,10 @@ class PipelineRequests:
         }
         if plan.retention_mode != "full":
             values["data"] = None
-        final = await self._db.committer.submit_async(self._finish(request_id, running, status, values))
+        try:
+            final = await self._db.committer.submit_async(self._finish(request_id, running, status, values))
+        finally:
+            run.recorded.set()
         return PipelineRecord(request_id, plan.pipeline_name, plan.version_name, (final or status).value, timeout,
                               result if final is Status.COMPLETED else None,
                               error if final is Status.FAILED else None, run.steps, created_at)
@@ -576,11 +584,16 @@ class PipelineRequests:
     async def delete(self, plan: Plan, ids: list[str]) -> None:
         """Delete requests with their sub-requests (all or nothing); running ones are stopped first."""
         rows = self.collect(plan, ids)
+        stopped = []
         for row in rows:
             run = self._runs.get(row.id)
             if run is not None:
                 run.cancelled = True
                 await self._stop(run)
+                stopped.append(run)
+        for run in stopped:  # its steps are written with its end: wait for them, to delete them too
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(run.recorded.wait(), STOP_WAIT_S)
         await self.delete_by_id([row.id for row in rows])
 
     async def delete_by_id(self, ids: list[str]) -> None:

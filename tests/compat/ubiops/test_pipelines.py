@@ -576,3 +576,22 @@ def test_cancelling_a_pipeline_request_cancels_its_running_sub_pipeline_and_its_
     wait_until(lambda: api.pipeline_requests_get(project, outer, created.id).status == "cancelled", timeout=30)
     assert api.pipeline_requests_get(project, inner, sub_id).status == "cancelled"
     assert api.deployment_version_requests_get(project, "double", step_id, "v1").status == "cancelled"
+
+
+def test_deleting_a_running_pipeline_request_deletes_its_running_step_too(env: tuple[ubiops.CoreApi, str]) -> None:
+    api, project = env
+    name = make_pipeline(api, project, CHAIN_OBJECTS, CHAIN_ATTACHMENTS)
+    [created] = api.batch_pipeline_requests_create(project, name, [{"x": 1030}])
+
+    def running_step() -> Any:
+        steps = api.pipeline_requests_get(project, name, created.id, metadata_only=True).deployment_requests
+        return steps and steps[0].status == "processing" and steps[0].id
+    step_id = wait_until(running_step, timeout=30)
+
+    api.pipeline_requests_delete(project, name, created.id)
+
+    for get in (lambda: api.pipeline_requests_get(project, name, created.id),
+                lambda: api.deployment_version_requests_get(project, "double", step_id, "v1")):
+        with pytest.raises(ubiops.ApiException) as gone:
+            get()
+        assert gone.value.status == 404
