@@ -584,9 +584,16 @@ class PipelineRequests:
     async def delete(self, plan: Plan, ids: list[str]) -> None:
         """Delete requests with their sub-requests (all or nothing); running ones are stopped first."""
         rows = self.collect(plan, ids)
+        await self.delete_by_id([row.id for row in rows])
+
+    async def delete_by_id(self, ids: list[str]) -> None:
+        """Delete pipeline requests, their sub-pipeline requests, operator and deployment requests;
+        running ones are stopped first."""
+        if not ids:
+            return
         stopped = []
-        for row in rows:
-            run = self._runs.get(row.id)
+        for request_id in ids:
+            run = self._runs.get(request_id)
             if run is not None:
                 run.cancelled = True
                 await self._stop(run)
@@ -594,12 +601,6 @@ class PipelineRequests:
         for run in stopped:  # its steps are written with its end: wait for them, to delete them too
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(run.recorded.wait(), STOP_WAIT_S)
-        await self.delete_by_id([row.id for row in rows])
-
-    async def delete_by_id(self, ids: list[str]) -> None:
-        """Delete pipeline requests, their sub-pipeline requests, operator and deployment requests."""
-        if not ids:
-            return
         await self._db.committer.submit_async(lambda conn: _remove(conn, ids))
 
     def sweep_expired(self) -> int:
