@@ -14,6 +14,11 @@ from starlette.exceptions import HTTPException
 
 from modelbay.core.engine import Engine
 from modelbay.core.errors import ModelbayError
+from modelbay.dialects.abeja import errors as abeja_errors
+from modelbay.dialects.abeja.deployments import router as abeja_deployments_router
+from modelbay.dialects.abeja.runs import router as abeja_runs_router
+from modelbay.dialects.abeja.services import proxy_router as abeja_proxy_router
+from modelbay.dialects.abeja.services import router as abeja_services_router
 from modelbay.dialects.ubiops import errors as ubiops_errors
 from modelbay.dialects.ubiops.logs import router as ubiops_logs_router
 from modelbay.dialects.ubiops.requests import router as ubiops_requests_router
@@ -25,6 +30,7 @@ from modelbay.settings import Settings
 #: Which dialect answers errors under which path prefixes.
 ERROR_RENDERERS: list[tuple[tuple[str, ...], Callable[[Exception], Response]]] = [
     (UBIOPS_PREFIXES, ubiops_errors.render),
+    (abeja_errors.PREFIXES, abeja_errors.render),
 ]
 
 
@@ -45,6 +51,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = Engine(settings)
         app.state.engine = engine
+        app.state.abeja_deployment_ids = {}
         await engine.start()
         try:
             yield
@@ -69,6 +76,11 @@ def create_app(settings: Settings) -> FastAPI:
     for prefix in UBIOPS_PREFIXES:
         app.include_router(ubiops_router, prefix=prefix)
         app.include_router(ubiops_logs_router, prefix=prefix)
+    # ABEJA after UbiOps: its paths never match a UbiOps one, so the UbiOps hot path pays nothing.
+    app.include_router(abeja_proxy_router)
+    app.include_router(abeja_runs_router)
+    app.include_router(abeja_services_router)
+    app.include_router(abeja_deployments_router)
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -9,10 +9,13 @@ from pathlib import Path
 
 from modelbay.core.builds import Builder
 from modelbay.core.deployments import Deployments, Target
+from modelbay.core.journal import Journal
 from modelbay.core.projects import Projects
 from modelbay.core.requests import Requests
 from modelbay.core.revisions import Revisions
+from modelbay.core.runs import Runs
 from modelbay.core.scheduler import Scheduler
+from modelbay.core.services import Services
 from modelbay.runtime.base import InstanceSpec, Runtime
 from modelbay.runtime.local import LocalRuntime
 from modelbay.settings import Settings
@@ -73,6 +76,12 @@ class Engine:
             workers=settings.build_workers,
         )
         self.requests = Requests(self.db, self.scheduler, self.deployments)
+        self.journal = Journal(self.db)
+        self.runs = Runs(self.db, self.deployments, self.requests, self.scheduler, self.journal)
+        self.services = Services(
+            self.db, self.deployments, self.requests, self.scheduler, self.runtime, self.journal,
+            scale_down_idle_s=settings.service_scale_down_idle_s,
+        )
 
     async def start(self) -> None:
         """Start the loops, then settle what a previous server left behind."""
@@ -83,6 +92,10 @@ class Engine:
         if queued:
             log.info("%d pending requests are queued again", queued)
         self.revisions.resume()
+        resumed = self.runs.start()
+        if resumed:
+            log.info("%d unfinished runs are queued again", resumed)
+        self.services.start()
         self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def _sweep_forever(self) -> None:
@@ -98,6 +111,8 @@ class Engine:
 
     async def close(self) -> None:
         self._sweeper.cancel()
+        await self.services.close()
+        await self.runs.close()
         await self.requests.close()
         self.revisions.close()
         await self.scheduler.close()

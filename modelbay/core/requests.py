@@ -64,6 +64,7 @@ class RequestRecord:
     result: Any
     error_message: str | None
     created_at: datetime
+    logs: str = ""  # what the code printed (direct requests only)
 
 
 @dataclass(frozen=True)
@@ -131,10 +132,13 @@ class Requests:
         timeout: int,
         origin: dict[str, str],
         on_update: Callable[[str], None] | None = None,
+        context: dict[str, Any] | None = None,
     ) -> RequestRecord:
         """Run `data` on `target` now and return the finished request.
 
-        Raises `InvalidInput` (nothing recorded) when `data` does not match the input definition.
+        `context` adds keys to the call's context (per-call environment, HTTP bodies: see
+        `runtime/wire.py`). Raises `InvalidInput` (nothing recorded) when `data` does not match
+        the input definition.
         """
         as_list = check_input(target, data)
         request_id = str(uuid.uuid4())
@@ -146,11 +150,13 @@ class Requests:
             "started_at": created_at,
         }
         committer = self._db.committer
-        call = Call(request_id, data, {"id": request_id, "request_mode": "direct", "batch_list": as_list})
+        call = Call(request_id, data, {**(context or {}), "id": request_id, "request_mode": "direct",
+                                       "batch_list": as_list})
         if target.retention_mode == "none":  # nothing of it is kept: run it and answer
             outcome = await self._execute(target, call, timeout, PRIORITY_DIRECT, on_update)
             return RequestRecord(request_id, target.deployment_name, target.version_name, "direct",
-                                 outcome.status.value, timeout, outcome.result, outcome.error, created_at)
+                                 outcome.status.value, timeout, outcome.result, outcome.error, created_at,
+                                 outcome.logs)
         recorded = False
 
         def record_processing() -> None:
@@ -181,6 +187,7 @@ class Requests:
             result=outcome.result if status is Status.COMPLETED else None,
             error_message=outcome.error if status is Status.FAILED else None,
             created_at=created_at,
+            logs=outcome.logs,
         )
 
     # --- batch -----------------------------------------------------------------------------

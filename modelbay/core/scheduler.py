@@ -6,6 +6,7 @@ It runs on the server's event loop and talks to instances only through `Runtime`
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -33,6 +34,15 @@ RECONCILE_PERIOD_S = 1.0
 #: Priorities: direct requests are served ahead of queued batch work (batch priority 0, then 1).
 PRIORITY_DIRECT = 0
 PRIORITY_BATCH = 1  # + the batch request's own priority
+
+
+#: Target fields a pool may change without restarting its instances.
+SCALING_FIELDS = ("minimum_instances", "maximum_instances", "maximum_idle_time")
+
+
+def pool_key(target: Target) -> str:
+    """The pool serving a target: the version's own, or a named one (a service's)."""
+    return target.pool or target.version_id
 
 
 class _Retired(Exception):
@@ -134,17 +144,58 @@ class Scheduler:
         self._loop.call_soon_threadsafe(self._retire_version, version_id)
 
     def instance_count(self, version_id: str) -> int:
+        """Running instances of a pool (by default the version's own), starting ones not counted."""
         pool = self._pools.get(version_id)
         return 0 if pool is None else len(pool.idle) + len(pool.busy)
+
+    def instances(self, key: str) -> list[Instance]:
+        """The loaded instances of a pool, idle and busy."""
+        pool = self._pools.get(key)
+        return [] if pool is None else [i for i, _ in pool.idle] + list(pool.busy)
+
+    def ensure(self, target: Target) -> None:
+        """Make the pool of `target` exist with its settings now, starting instances up to its minimum
+        and stopping idle ones above its maximum (a scaling change keeps the instances it has)."""
+        pool = self._pool(target)
+        self._scale(pool, time.monotonic())
+
+    def drop(self, key: str) -> None:
+        """Retire a pool: idle instances stop now, busy ones once their call ends."""
+        pool = self._pools.get(key)
+        if pool is not None:
+            self._retire(pool)
+
+    async def warm(self, target: Target, timeout: float) -> None:
+        """Wait until an instance of `target` is loaded and idle, starting one if needed.
+
+        Raises `CallTimedOut` or `InstanceStartFailed`.
+        """
+        while True:
+            pool = self._pool(target)
+            try:
+                async with asyncio.timeout(timeout):
+                    instance = await self._acquire(pool, PRIORITY_BATCH)
+            except TimeoutError:
+                raise CallTimedOut(timeout) from None
+            except _Retired:
+                continue
+            self._release(pool, instance)
+            return
 
     # --- internals -------------------------------------------------------------------------
 
     def _pool(self, target: Target) -> _Pool:
-        pool = self._pools.get(target.version_id)
+        key = pool_key(target)
+        pool = self._pools.get(key)
         if pool is None or pool.target is not target and pool.target != target:
             if pool is not None:
+                scaled = dataclasses.replace(pool.target, **{f: getattr(target, f) for f in SCALING_FIELDS})
+                if scaled == target:  # only the scaling changed: keep the instances
+                    pool.target = target
+                    self._fill(pool)
+                    return pool
                 self._retire(pool)
-            pool = self._pools[target.version_id] = _Pool(target)
+            pool = self._pools[key] = _Pool(target)
         return pool
 
     async def _acquire(self, pool: _Pool, priority: int) -> Instance:
@@ -203,14 +254,14 @@ class Scheduler:
         self._release(pool, instance)
 
     def _retire_version(self, version_id: str) -> None:
-        pool = self._pools.get(version_id)
-        if pool is not None:
+        for pool in [p for p in self._pools.values() if p.target.version_id == version_id]:
             self._retire(pool)
 
     def _retire(self, pool: _Pool) -> None:
         pool.retired = True
-        if self._pools.get(pool.target.version_id) is pool:
-            del self._pools[pool.target.version_id]
+        key = pool_key(pool.target)
+        if self._pools.get(key) is pool:
+            del self._pools[key]
         for instance, _ in pool.idle:
             self._spawn(self._runtime.stop(instance))
         pool.idle.clear()
@@ -220,16 +271,22 @@ class Scheduler:
     def _reconcile(self) -> None:
         now = time.monotonic()
         for pool in list(self._pools.values()):
-            target = pool.target
-            keep = max(target.minimum_instances - len(pool.busy), 0)
-            pool.idle.sort(key=lambda item: item[1])
-            while len(pool.idle) > keep and now - pool.idle[0][1] >= target.maximum_idle_time:
-                instance, _ = pool.idle.pop(0)
-                self._spawn(self._runtime.stop(instance))
-            missing = target.minimum_instances - pool.size
-            for _ in range(max(missing, 0)):
-                pool.starting += 1
-                self._spawn(self._start_instance(pool))
+            self._scale(pool, now)
+
+    def _scale(self, pool: _Pool, now: float) -> None:
+        target = pool.target
+        keep = max(target.minimum_instances - len(pool.busy), 0)
+        pool.idle.sort(key=lambda item: item[1])
+        while pool.idle and (
+            len(pool.idle) > keep and now - pool.idle[0][1] >= target.maximum_idle_time
+            or len(pool.idle) + len(pool.busy) > target.maximum_instances  # scaled down
+        ):
+            instance, _ = pool.idle.pop(0)
+            self._spawn(self._runtime.stop(instance))
+        missing = target.minimum_instances - pool.size
+        for _ in range(max(missing, 0)):
+            pool.starting += 1
+            self._spawn(self._start_instance(pool))
 
     async def _reconcile_forever(self) -> None:
         while True:
