@@ -285,6 +285,11 @@ class Services:
         for key in self._pools - live:
             self._scheduler.drop(key)
         self._pools = live
+        if generation == self._generation:  # services deleted behind our back (with their deployment)
+            existing = {row.id for row in rows}
+            for service_id in [sid for sid in self._rows if sid not in existing]:
+                self._rows.pop(service_id, None)
+                self._targets.pop(service_id, None)
 
     async def _is_ready(self, key: str, target: Target) -> bool:
         instances = self._scheduler.instances(key)
