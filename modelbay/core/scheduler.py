@@ -36,6 +36,9 @@ PRIORITY_DIRECT = 0
 PRIORITY_BATCH = 1  # + the batch request's own priority
 
 
+#: How long a pool whose instance failed to start waits before it starts its minimum again.
+START_RETRY_S = 5.0
+
 #: Target fields a pool may change without restarting its instances.
 SCALING_FIELDS = ("minimum_instances", "maximum_instances", "maximum_idle_time")
 
@@ -59,6 +62,7 @@ class _Pool:
     waiters: tuple[deque[asyncio.Future[Instance]], ...] = field(default_factory=lambda: (deque(), deque(), deque()))
     retired: bool = False
     start_error: InstanceStartFailed | None = None
+    failed_at: float | None = None  # when an instance last failed to start (monotonic)
 
     @property
     def size(self) -> int:
@@ -153,6 +157,11 @@ class Scheduler:
         pool = self._pools.get(key)
         return [] if pool is None else [i for i, _ in pool.idle] + list(pool.busy)
 
+    def start_error(self, key: str) -> str | None:
+        """Why the last instance of a pool failed to start, until one starts."""
+        pool = self._pools.get(key)
+        return None if pool is None or pool.start_error is None else pool.start_error.message
+
     def ensure(self, target: Target) -> None:
         """Make the pool of `target` exist with its settings now, starting instances up to its minimum
         and stopping idle ones above its maximum (a scaling change keeps the instances it has)."""
@@ -237,6 +246,7 @@ class Scheduler:
             instance = await self._runtime.start(self._make_spec(pool.target))
         except InstanceStartFailed as exc:
             pool.starting -= 1
+            pool.start_error, pool.failed_at = exc, time.monotonic()
             log.warning("instance of version %s failed to start: %s", pool.target.version_id, exc.message)
             if not pool.idle and not pool.busy and not pool.starting:
                 # The code cannot load: fail the waiters rather than retry forever.
@@ -248,6 +258,7 @@ class Scheduler:
             log.exception("starting an instance of version %s crashed", pool.target.version_id)
             return
         pool.starting -= 1
+        pool.start_error = pool.failed_at = None
         if pool.retired:
             await self._runtime.stop(instance)
             return
@@ -283,6 +294,8 @@ class Scheduler:
         ):
             instance, _ = pool.idle.pop(0)
             self._spawn(self._runtime.stop(instance))
+        if pool.failed_at is not None and now - pool.failed_at < START_RETRY_S:
+            return  # code that cannot load is not restarted in a tight loop
         missing = target.minimum_instances - pool.size
         for _ in range(max(missing, 0)):
             pool.starting += 1

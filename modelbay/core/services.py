@@ -115,6 +115,8 @@ class Services:
 
     async def create(self, target: Target, fields: dict[str, Any]) -> ServiceRow:
         """Create a service of `target`'s version; its instances start in the background."""
+        if target.package_dir is None and target.status != "building":
+            raise Unavailable(f"Version '{target.version_name}' has no built code (status: {target.status})")
         scaling = check_scaling(fields)
         instance_type = fields.get("instance_type") or "cpu-0.25"
         if not isinstance(instance_type, str) or len(instance_type) > 64:
@@ -239,6 +241,10 @@ class Services:
         )
         self._targets[row.id] = (base, target)
         return target
+
+    def start_error(self, service_id: str) -> str | None:
+        """Why the service's last instance failed to start, until one starts."""
+        return self._scheduler.start_error(f"service:{service_id}")
 
     def instance_count(self, service_id: str) -> int:
         return len(self._scheduler.instances(f"service:{service_id}"))

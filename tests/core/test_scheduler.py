@@ -282,3 +282,27 @@ def test_warm_leaves_one_idle_instance_ready_for_the_next_call() -> None:
         assert len(runtime.started) == 1
 
     asyncio.run(scenario())
+
+
+def test_a_pool_whose_code_cannot_start_is_not_restarted_in_a_tight_loop() -> None:
+    async def scenario() -> None:
+        runtime = FakeRuntime()
+        runtime.fail_start = True
+        sched = make(runtime)
+        t = target(pool="s", minimum_instances=1)
+        attempts = 0
+        original = runtime.start
+
+        async def counting_start(spec: InstanceSpec) -> FakeInstance:
+            nonlocal attempts
+            attempts += 1
+            return await original(spec)
+
+        runtime.start = counting_start  # type: ignore[method-assign]
+        for _ in range(10):
+            sched.ensure(t)
+            await settle()
+        assert attempts == 1
+        assert sched.start_error("s") == "ImportError: no module named nothing"
+
+    asyncio.run(scenario())

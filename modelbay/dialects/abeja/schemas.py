@@ -101,7 +101,7 @@ def run(row: RunRow, target: Target | None) -> dict[str, Any]:
     }
 
 
-def service(row: ServiceRow, target: Target | None, running_instances: int) -> dict[str, Any]:
+def service(row: ServiceRow, target: Target | None, running_instances: int, error: str | None) -> dict[str, Any]:
     user_parameters = {k: str(v) for k, v in (target.environment_variables if target else {}).items()}
     return {
         "service_id": ids.service_id(row.id),
@@ -121,6 +121,7 @@ def service(row: ServiceRow, target: Target | None, running_instances: int) -> d
         "record_channel_id": None,
         "service_process_type": "multi",
         "running_instance_number": running_instances,
+        "error": error,
         "created_at": timestamp(row.created_at),
         "modified_at": timestamp(row.modified_at),
     }

@@ -41,7 +41,8 @@ FORWARDED_HEADERS = ("content-type", "accept", "user-agent")
 
 
 def service_body(engine: Any, row: ServiceRow) -> dict[str, Any]:
-    return schemas.service(row, target_or_none(engine, row.version_id), engine.services.instance_count(row.id))
+    return schemas.service(row, target_or_none(engine, row.version_id), engine.services.instance_count(row.id),
+                           engine.services.start_error(row.id))
 
 
 @router.post(S)

@@ -188,3 +188,29 @@ def test_autoscale_adds_instances_under_load_and_gives_them_back_when_idle(
     assert services.update_service(o, d, s, {"enable_autoscale": False})["enable_autoscale"] is False
     with pytest.raises(BadRequest):
         services.update_service(o, d, s, {"enable_autoscale": "maybe"})
+
+
+BROKEN_IN_SERVICE = '''
+import os
+
+if os.environ.get("BROKEN"):
+    raise RuntimeError("broken on purpose")
+
+
+def handler(request, context):
+    return {"status_code": 200, "content_type": "text/plain", "content": "fine"}
+'''
+
+
+def test_a_service_whose_code_cannot_start_stays_in_progress_saying_why(
+    services: Any, org: dict[str, str], deploy: Callable[..., tuple[str, str]]
+) -> None:
+    o = org["organization_id"]
+    d, v = deploy(BROKEN_IN_SERVICE)
+    s = services.create_service(o, d, v, environment={"BROKEN": "1"})["service_id"]
+    failing = wait_until(lambda: (x := services.get_service(o, d, s))["error"] and x, timeout=30)
+    assert "broken on purpose" in failing["error"] and failing["status"] == "IN_PROGRESS"
+    assert failing["running_instance_number"] == 0
+    healthy = services.create_service(o, d, v)["service_id"]  # the same code without the variable is fine
+    wait_until(lambda: services.get_service(o, d, healthy)["status"] == "READY", timeout=60)
+    assert services.request_service(o, d, healthy, json={}).text == "fine"
