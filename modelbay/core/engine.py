@@ -112,8 +112,8 @@ class Engine:
     async def close(self) -> None:
         self._sweeper.cancel()
         await self.services.close()
-        await self.runs.close()
-        await self.requests.close()
+        # Running run attempts and batch requests get their grace period side by side.
+        await asyncio.gather(self.runs.close(), self.requests.close())
         self.revisions.close()
         await self.scheduler.close()
         self.db.close()

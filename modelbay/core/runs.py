@@ -154,6 +154,7 @@ class Runs:
         self._journal = journal
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False  # the server is stopping: no new attempt starts
         #: Told of each status a run takes (tests and benches observe runs with it).
         self.on_status: Callable[[str, RunStatus], None] = lambda _run_id, _status: None
 
@@ -253,8 +254,13 @@ class Runs:
             self._spawn(self._drive(run_id, resumed=True))
         return len(resumed)
 
-    async def close(self) -> None:
-        for task in list(self._tasks):
+    async def close(self, grace_s: float = 30.0) -> None:
+        """Let running attempts finish, for up to `grace_s`; runs that wait stay queued for the next start."""
+        self._closing = True
+        tasks = list(self._tasks)
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace_s)
+        for task in tasks:
             task.cancel()
 
     def _spawn(self, coro: Any) -> None:
@@ -288,6 +294,8 @@ class Runs:
                 status = RunStatus.PENDING
             target = self._deployments.target_of_version(row.version_id)
             async with self._slot(target):
+                if self._closing:
+                    return  # still pending: the next start resumes it
                 await self._move(run_id, status, RunStatus.RUNNABLE)
                 status = RunStatus.RUNNABLE
                 status = await self._attempts(row, status)
@@ -317,6 +325,8 @@ class Runs:
         """Run attempts until one succeeds or the retries are used up; returns the final status."""
         run_id, attempt, total = row.id, row.attempts, row.retry_count + 1
         while True:
+            if self._closing:
+                return status  # still runnable: the next start resumes it
             target = self._deployments.serving_target_check(self._deployments.target_of_version(row.version_id))
             attempt += 1
             await self._move(run_id, status, RunStatus.STARTING, attempts=attempt)

@@ -16,7 +16,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 
 from modelbay.core.clock import utcnow
 from modelbay.core.deployments import Deployments, Target
@@ -105,6 +105,13 @@ class Services:
     # --- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Bring back every service that was running: ready again only once its instances are."""
+        with self._db.write() as session:
+            session.execute(
+                update(ServiceRow)
+                .where(ServiceRow.status == ServiceStatus.READY.value)
+                .values(status=ServiceStatus.IN_PROGRESS.value)
+            )
         self._loop_task = asyncio.create_task(self._reconcile_forever())
 
     async def close(self) -> None:

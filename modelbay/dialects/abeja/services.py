@@ -135,9 +135,14 @@ def _http_answer(target: Any, record: Any) -> Response:
     if not target.handler:
         return Response(orjson.dumps(record.result), media_type="application/json")
     envelope = orjson.loads(record.result)
+    status, content_type = int(envelope["status_code"]), str(envelope["content_type"])
+    if not 200 <= status <= 599:
+        return error_response(500, f"The handler answered with status {status}, which is not an HTTP answer")
+    if not content_type.isprintable():
+        return error_response(500, "The handler answered with a content_type that cannot be a header")
     body = envelope["body"]
     content = base64.b64decode(body) if envelope.get("encoding") == "base64" else body.encode("utf-8")
-    return Response(content, status_code=int(envelope["status_code"]), media_type=envelope["content_type"])
+    return Response(content, status_code=status, media_type=content_type)
 
 
 @proxy_router.post("/deployments/{deployment_id}/services/{service_id}")
