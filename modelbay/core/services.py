@@ -23,15 +23,17 @@ from modelbay.core.deployments import Deployments, Target
 from modelbay.core.errors import InvalidInput, NotFound, Unavailable
 from modelbay.core.journal import Journal, split_lines
 from modelbay.core.requests import RequestRecord, Requests
-from modelbay.core.scheduler import Scheduler, pool_key
+from modelbay.core.scheduler import Scheduler
 from modelbay.runtime.base import Runtime
 from modelbay.store.db import Database
 from modelbay.store.tables import LogLineRow, ServiceRow
 
 log = logging.getLogger(__name__)
 
-#: How often wanted and actual instances are compared.
+#: How often wanted and actual instances are compared while a service is coming up, and when all
+#: are settled (a change wakes the loop at once either way).
 RECONCILE_PERIOD_S = 0.25
+SETTLED_PERIOD_S = 2.0
 
 #: Most instances one service may ask for: each is a process on this machine.
 MAX_INSTANCES = 20
@@ -260,27 +262,29 @@ class Services:
 
     async def _reconcile_forever(self) -> None:
         while True:
+            busy = True
             try:
-                await self._reconcile()
+                busy = await self._reconcile()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("service reconcile failed")
             try:
-                await asyncio.wait_for(self._wake.wait(), RECONCILE_PERIOD_S)
+                await asyncio.wait_for(self._wake.wait(), RECONCILE_PERIOD_S if busy else SETTLED_PERIOD_S)
             except TimeoutError:
                 pass
             self._wake.clear()
 
-    async def _reconcile(self) -> None:
+    async def _reconcile(self) -> bool:
+        """One pass; returns whether a service is still coming up (then the next pass comes sooner)."""
         generation = self._generation
         rows = await asyncio.to_thread(self._all)
         if generation != self._generation:
-            return  # a change raced the read: look again on the next pass
+            return True  # a change raced the read: look again on the next pass
         live: set[str] = set()
         for row in rows:
             if generation != self._generation:
-                return
+                return True
             self._rows[row.id] = row
             key = f"service:{row.id}"
             if row.status == ServiceStatus.STOPPED:
@@ -303,6 +307,7 @@ class Services:
             for service_id in [sid for sid in self._rows if sid not in existing]:
                 self._rows.pop(service_id, None)
                 self._targets.pop(service_id, None)
+        return any(row.status == ServiceStatus.IN_PROGRESS for row in rows)
 
     async def _is_ready(self, key: str, target: Target) -> bool:
         instances = self._scheduler.instances(key)
@@ -360,5 +365,3 @@ def _log_failure(future: Any) -> None:
     if not future.cancelled() and future.exception() is not None:
         log.error("writing a service log failed", exc_info=future.exception())
 
-
-__all__ = ["Services", "ServiceStatus", "Scaling", "check_scaling", "pool_key"]
