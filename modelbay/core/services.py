@@ -364,4 +364,3 @@ class Services:
 def _log_failure(future: Any) -> None:
     if not future.cancelled() and future.exception() is not None:
         log.error("writing a service log failed", exc_info=future.exception())
-
