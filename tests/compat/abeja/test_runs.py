@@ -228,3 +228,35 @@ def test_run_logs_page_up_in_order_and_recent_logs_page_down_to_an_empty_end(
     assert runs.get_run_logs(o, d, r, end_time=now - timedelta(hours=1))["events"] == []
     window = runs.get_run_logs(o, d, r, start_time=now - timedelta(hours=1), end_time=now + timedelta(hours=1))
     assert len(window["events"]) == 100
+
+
+CRASHES = '''
+import os
+import sys
+
+
+def handler(request, context):
+    kind = request["contents"]["kind"]
+    if kind == "exit":
+        os._exit(3)
+    if kind == "print":
+        for _ in range(5 * 1024):
+            sys.stdout.write("x" * 1023 + "\\n")
+    return {"status_code": 500, "content_type": "text/plain", "content": "said no"}
+'''
+
+
+def test_code_that_exits_prints_too_much_or_answers_500_fails_only_its_own_run(
+    runs: Any, org: dict[str, str], deploy: Callable[..., tuple[str, str]]
+) -> None:
+    o = org["organization_id"]
+    d, v = deploy(CRASHES)
+    ids = {kind: runs.create_run(o, d, v, input_data={"kind": kind}, retry_count=0)["run_id"]
+           for kind in ("exit", "print", "status")}
+    ended = {kind: finished(runs, o, d, r) for kind, r in ids.items()}
+    assert {kind: run["status"] for kind, run in ended.items()} == dict.fromkeys(ids, "FAILED")
+    assert "stopped unexpectedly" in ended["exit"]["error_message"]
+    assert "printed more than" in ended["print"]["error_message"]
+    assert ended["status"]["error_message"] == "The handler answered with status 500"
+    ok = runs.create_run(o, d, v, input_data={"kind": "none"}, retry_count=0)  # the server is fine
+    assert ok["status"] == "SUBMITTED"

@@ -7,10 +7,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import httpx
 import pytest
-from abeja.exceptions import BadRequest, NotFound
+from abeja.exceptions import BadRequest, Forbidden, NotFound, Unauthorized
 
-from tests.fixtures.server import wait_until
+from tests.fixtures.server import Server, wait_until
 
 SERVICE_FIELDS = {
     "service_id", "deployment_id", "models", "model_version", "model_version_id", "status", "instance_number",
@@ -214,3 +215,25 @@ def test_a_service_whose_code_cannot_start_stays_in_progress_saying_why(
     healthy = services.create_service(o, d, v)["service_id"]  # the same code without the variable is fine
     wait_until(lambda: services.get_service(o, d, healthy)["status"] == "READY", timeout=60)
     assert services.request_service(o, d, healthy, json={}).text == "fine"
+
+
+def test_the_proxy_needs_the_organizations_credential_and_its_host(
+    sdk: Any, services: Any, org: dict[str, str], service: Callable[..., tuple[str, str]], abeja_server: Server
+) -> None:
+    o = org["organization_id"]
+    d, s = service()
+    anonymous = sdk["services"].APIClient(credential={})
+    with pytest.raises(Unauthorized):
+        anonymous.request_service(o, d, s, json={})
+    other = abeja_server.create_project("proxy-other-" + o)
+    stranger = sdk["services"].APIClient(credential={"auth_token": other["token"]})
+    with pytest.raises(Forbidden):
+        stranger.request_service(o, d, s, json={})
+    url = f"{abeja_server.url}/deployments/{d}/services/{s}"
+    no_org = httpx.post(url, json={}, headers={"Authorization": f"Bearer {org['token']}"})  # Host: 127.0.0.1:P
+    assert no_org.status_code == 403 and no_org.json()["error"] == "forbidden"
+    plain_host = httpx.post(url, json={}, headers={"Authorization": f"Bearer {org['token']}", "Host": "localhost"})
+    assert plain_host.status_code == 404 and plain_host.json()["error"] == "not_found"
+    right_host = httpx.post(url, json={"y": 1}, headers={"Authorization": f"Bearer {org['token']}",
+                                                         "Host": f"{o}.api.example.com"})
+    assert right_host.status_code == 200 and right_host.json()["got"] == {"y": 1}
