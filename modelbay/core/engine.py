@@ -105,6 +105,7 @@ class Engine:
                 removed = await asyncio.to_thread(self.requests.sweep_expired)
                 if removed:
                     log.info("removed %d requests past their retention time", removed)
+                await asyncio.to_thread(self.journal.sweep_orphans)
             except Exception:
                 log.exception("retention sweep failed")
             await asyncio.sleep(RETENTION_SWEEP_PERIOD_S)

@@ -5,13 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import Connection, Table, delete, insert, select
+from sqlalchemy import Table, delete, insert, select
 
 from modelbay.core.clock import as_utc, utcnow
 from modelbay.store.db import Database
-from modelbay.store.tables import LogLineRow
+from modelbay.store.tables import LogLineRow, RunRow, ServiceRow
 
 LOG_LINES: Table = LogLineRow.__table__  # type: ignore[assignment]
 
@@ -77,7 +76,14 @@ class Journal:
             lines.reverse()
         return lines
 
-    def forget(self, conn: Connection | Any, owner_ids: list[str]) -> None:
-        """Delete the lines of owners that no longer exist (inside the caller's transaction)."""
-        if owner_ids:
-            conn.execute(delete(LOG_LINES).where(LOG_LINES.c.owner_id.in_(owner_ids)))
+    def sweep_orphans(self) -> int:
+        """Delete the lines of runs and services that no longer exist (gone with their deployment or
+        version); returns how many."""
+        with self._db.write() as session:
+            done = session.execute(
+                delete(LOG_LINES).where(
+                    LOG_LINES.c.owner_id.not_in(select(RunRow.id)),
+                    LOG_LINES.c.owner_id.not_in(select(ServiceRow.id)),
+                )
+            )
+            return int(done.rowcount or 0)

@@ -9,6 +9,7 @@ a service is `in_progress` until its instances have loaded and passed a health c
 from __future__ import annotations
 
 import asyncio
+import builtins
 import dataclasses
 import enum
 import logging
@@ -162,7 +163,7 @@ class Services:
             raise NotFound("service", service_id)
         return row
 
-    def list(self, deployment_id: str) -> list[ServiceRow]:
+    def list(self, deployment_id: str) -> builtins.list[ServiceRow]:
         with self._db.read() as session:
             return list(
                 session.scalars(
@@ -318,7 +319,7 @@ class Services:
                 return False
         return True
 
-    def _all(self) -> list[ServiceRow]:
+    def _all(self) -> builtins.list[ServiceRow]:
         with self._db.read() as session:
             return list(session.scalars(select(ServiceRow)))
 

@@ -163,3 +163,26 @@ def test_a_failed_attempt_goes_back_to_runnable_until_the_retries_are_used_up(tm
     assert row.status == "failed" and row.attempts == 3 and row.error_message == "deliberate"
     assert len(runtime.calls) == 3
     assert lines.count("it went wrong") == 3 and lines[-1] == "Attempt 3 of 3 failed: deliberate"
+
+
+def test_log_lines_of_runs_that_are_gone_are_swept_and_the_others_kept(tmp_path: Path) -> None:
+    async def scenario() -> tuple[int, int, int]:
+        engine = Engine(Settings(data_dir=tmp_path / "data"), runtime=ScriptedRuntime([True]))
+        await engine.start()
+        try:
+            project = engine.projects.get(Caller(None), engine.projects.create("sweep").name)
+            engine.deployments.create(project, {"name": "d", "input_type": "plain", "output_type": "plain"})
+            version = engine.deployments.create_version(project, "d", {"name": "1", "handler": "main:handler"})
+            now = utcnow()
+            with engine.db.write() as session:
+                session.add(RunRow(id="kept", project_id=project.id, deployment_id=version.deployment_id,
+                                   version_id=version.id, status="succeeded", retry_count=0, attempts=1,
+                                   environment={}, created_at=now, modified_at=now))
+            await engine.journal.append("kept", ["a", "b"])
+            await engine.journal.append("gone", ["c"])
+            removed = engine.journal.sweep_orphans()
+            return removed, len(engine.journal.page("kept")), len(engine.journal.page("gone"))
+        finally:
+            await engine.close()
+
+    assert asyncio.run(scenario()) == (1, 2, 0)

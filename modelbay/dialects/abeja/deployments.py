@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import tempfile
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import orjson
 from fastapi import APIRouter, Request
@@ -193,9 +193,8 @@ async def upload_archive(
             raise InvalidInput("The archive is empty")
         spool.seek(0)
         caller = Caller(project_id=project.id)
-        revision, _ = await run_in_threadpool(
-            engine.revisions.upload, caller, project, deployment.name, row.name, spool
-        )
+        archive = cast(BinaryIO, spool)  # a spooled file is a binary file
+        await run_in_threadpool(engine.revisions.upload, caller, project, deployment.name, row.name, archive)
     return ok({"message": f"{version_id} uploaded", "version_id": version_id, "status": "BUILDING"})
 
 
