@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp
 
 from modelbay.core.engine import Engine
 from modelbay.core.errors import ModelbayError
@@ -20,6 +21,7 @@ from modelbay.dialects.abeja.runs import router as abeja_runs_router
 from modelbay.dialects.abeja.services import proxy_router as abeja_proxy_router
 from modelbay.dialects.abeja.services import router as abeja_services_router
 from modelbay.dialects.ubiops import errors as ubiops_errors
+from modelbay.dialects.ubiops.direct import DirectRequests
 from modelbay.dialects.ubiops.logs import router as ubiops_logs_router
 from modelbay.dialects.ubiops.requests import router as ubiops_requests_router
 from modelbay.dialects.ubiops.routes import PREFIXES as UBIOPS_PREFIXES
@@ -44,7 +46,7 @@ def render_error(request: Request, exc: Exception) -> Response:
     return Response(orjson.dumps({"error": message}), status_code=status, media_type="application/json")
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings) -> ASGIApp:
     """Build the app; the engine (store, runtime, loops) lives exactly as long as its lifespan."""
 
     @asynccontextmanager
@@ -70,18 +72,22 @@ def create_app(settings: Settings) -> FastAPI:
     async def health() -> Response:
         return Response(b'{"status":"ok"}', media_type="application/json")
 
+    # The ABEJA service proxy first: one path check costs the other routes next to nothing, and
+    # the UbiOps hot path (direct requests) never reaches this router.
+    app.include_router(abeja_proxy_router)
+    # Direct requests, the hot path, are answered by `DirectRequests` before the app sees them.
     for prefix in UBIOPS_PREFIXES:  # request routes first: they are matched most often
         app.include_router(ubiops_requests_router, prefix=prefix)
         app.include_router(ubiops_streaming_router, prefix=prefix)
     for prefix in UBIOPS_PREFIXES:
         app.include_router(ubiops_router, prefix=prefix)
         app.include_router(ubiops_logs_router, prefix=prefix)
-    # ABEJA after UbiOps: its paths never match a UbiOps one, so the UbiOps hot path pays nothing.
-    app.include_router(abeja_proxy_router)
     app.include_router(abeja_runs_router)
     app.include_router(abeja_services_router)
     app.include_router(abeja_deployments_router)
+
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-    return app
+
+    return DirectRequests(app, lambda: app.state.engine)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from modelbay.core.builds import Builder
 from modelbay.core.deployments import Deployments, Target
+from modelbay.core.errors import NotFound, Unavailable
 from modelbay.core.journal import Journal
 from modelbay.core.projects import Projects
 from modelbay.core.requests import Requests
@@ -64,7 +65,7 @@ class Engine:
         self.runtime = runtime or LocalRuntime(
             log_dir=data / "instances", start_timeout=settings.instance_start_timeout_s
         )
-        self.scheduler = Scheduler(self.runtime, self._instance_spec)
+        self.scheduler = Scheduler(self.runtime, self._instance_spec, self._serving_target)
         self.projects = Projects(self.db, token)
         self.deployments = Deployments(self.db, self.scheduler.version_changed)
         self.revisions = Revisions(
@@ -92,6 +93,9 @@ class Engine:
         if queued:
             log.info("%d pending requests are queued again", queued)
         self.revisions.resume()
+        for version_id in self.deployments.versions_with_minimum_instances():
+            if (target := self._serving_target(version_id)) is not None:
+                self.scheduler.warm(target)
         resumed = self.runs.start()
         if resumed:
             log.info("%d unfinished runs are queued again", resumed)
@@ -118,6 +122,12 @@ class Engine:
         self.revisions.close()
         await self.scheduler.close()
         self.db.close()
+
+    def _serving_target(self, version_id: str) -> Target | None:
+        try:
+            return Deployments.serving_target_check(self.deployments.target_of_version(version_id))
+        except (NotFound, Unavailable):
+            return None
 
     def _instance_spec(self, target: Target) -> InstanceSpec:
         assert target.package_dir is not None and target.python is not None

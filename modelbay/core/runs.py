@@ -334,7 +334,7 @@ class Runs:
             await self._journal.append(run_id, [f"Attempt {attempt} of {total} is starting"])
             error: str | None
             try:
-                await self._scheduler.warm(target, START_TIMEOUT_S)
+                await self._scheduler.make_ready(target, START_TIMEOUT_S)
             except (InstanceStartFailed, CallTimedOut) as exc:
                 error = f"The code could not start: {getattr(exc, 'message', exc)}"
             else:

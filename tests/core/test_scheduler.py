@@ -272,11 +272,11 @@ def test_new_code_retires_every_pool_of_the_version_and_drop_retires_one() -> No
     asyncio.run(scenario())
 
 
-def test_warm_leaves_one_idle_instance_ready_for_the_next_call() -> None:
+def test_make_ready_leaves_one_idle_instance_ready_for_the_next_call() -> None:
     async def scenario() -> None:
         runtime = FakeRuntime()
         sched = make(runtime)
-        await sched.warm(target(), 5)
+        await sched.make_ready(target(), 5)
         assert sched.instance_count("v") == 1
         await sched.run(target(), call(1), 5)
         assert len(runtime.started) == 1
