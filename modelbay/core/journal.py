@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Table, delete, insert, select
+from sqlalchemy import Connection, Table, delete, insert, select
 
 from modelbay.core.clock import as_utc, utcnow
 from modelbay.store.db import Database
@@ -38,10 +39,21 @@ class Journal:
 
     async def append(self, owner_id: str, messages: Iterable[str]) -> None:
         """Add lines to an owner's log, durably, in order."""
-        now = utcnow()
-        rows = [{"owner_id": owner_id, "time": now, "message": m[:MAX_LINE_CHARS]} for m in messages]
+        rows = self.rows(owner_id, messages)
         if rows:
-            await self._db.committer.submit_async(lambda conn: conn.execute(insert(LOG_LINES), rows))
+            await self._db.committer.submit_async(lambda conn: self.write(conn, rows))
+
+    @staticmethod
+    def rows(owner_id: str, messages: Iterable[str]) -> list[dict[str, Any]]:
+        """Lines as rows for `write`, stamped now."""
+        now = utcnow()
+        return [{"owner_id": owner_id, "time": now, "message": m[:MAX_LINE_CHARS]} for m in messages]
+
+    @staticmethod
+    def write(conn: Connection, rows: list[dict[str, Any]]) -> None:
+        """Insert rows from `rows` inside the caller's transaction (to share a commit with a status change)."""
+        if rows:
+            conn.execute(insert(LOG_LINES), rows)
 
     def page(
         self,

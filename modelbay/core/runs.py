@@ -13,7 +13,7 @@ import asyncio
 import enum
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -268,8 +268,16 @@ class Runs:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _move(self, run_id: str, old: RunStatus, new: RunStatus, **values: Any) -> None:
-        await self._db.committer.submit_async(lambda conn: transition(conn, run_id, old, new, **values))
+    async def _move(self, run_id: str, old: RunStatus, new: RunStatus, lines: Iterable[str] = (),
+                    **values: Any) -> None:
+        """Change a run's status, with the log lines that tell of it in the same commit."""
+        rows = self._journal.rows(run_id, lines)
+
+        def write(conn: Connection) -> None:
+            transition(conn, run_id, old, new, **values)
+            self._journal.write(conn, rows)
+
+        await self._db.committer.submit_async(write)
         self.on_status(run_id, new)
 
     def _slot(self, target: Target) -> asyncio.Semaphore:
@@ -316,10 +324,9 @@ class Runs:
         if current is None or RunStatus(current) in TERMINAL:
             return
         try:
-            await self._move(run_id, RunStatus(current), RunStatus.FAILED, error_message=message)
+            await self._move(run_id, RunStatus(current), RunStatus.FAILED, [message], error_message=message)
         except StatusChanged:
             return
-        await self._journal.append(run_id, [message])
 
     async def _attempts(self, row: RunRow, status: RunStatus) -> RunStatus:
         """Run attempts until one succeeds or the retries are used up; returns the final status."""
@@ -329,10 +336,11 @@ class Runs:
                 return status  # still runnable: the next start resumes it
             target = self._deployments.serving_target_check(self._deployments.target_of_version(row.version_id))
             attempt += 1
-            await self._move(run_id, status, RunStatus.STARTING, attempts=attempt)
+            await self._move(run_id, status, RunStatus.STARTING, [f"Attempt {attempt} of {total} is starting"],
+                             attempts=attempt)
             status = RunStatus.STARTING
-            await self._journal.append(run_id, [f"Attempt {attempt} of {total} is starting"])
             error: str | None
+            printed: list[str] = []
             try:
                 await self._scheduler.make_ready(target, START_TIMEOUT_S)
             except (InstanceStartFailed, CallTimedOut) as exc:
@@ -340,22 +348,22 @@ class Runs:
             else:
                 await self._move(run_id, status, RunStatus.RUNNING)
                 status = RunStatus.RUNNING
-                error = await self._attempt(run_id, row, target)
+                error, printed = await self._attempt(run_id, row, target)
             if error is None:
-                await self._journal.append(run_id, [f"Attempt {attempt} of {total} succeeded"])
-                await self._move(run_id, status, RunStatus.SUCCEEDED)
+                await self._move(run_id, status, RunStatus.SUCCEEDED,
+                                 [*printed, f"Attempt {attempt} of {total} succeeded"])
                 return RunStatus.SUCCEEDED
             if attempt < total:
-                await self._journal.append(run_id, [f"Attempt {attempt} of {total} failed: {error}; retrying"])
-                await self._move(run_id, status, RunStatus.RUNNABLE)
+                await self._move(run_id, status, RunStatus.RUNNABLE,
+                                 [*printed, f"Attempt {attempt} of {total} failed: {error}; retrying"])
                 status = RunStatus.RUNNABLE
                 continue
-            await self._journal.append(run_id, [f"Attempt {attempt} of {total} failed: {error}"])
-            await self._move(run_id, status, RunStatus.FAILED, error_message=error)
+            await self._move(run_id, status, RunStatus.FAILED,
+                             [*printed, f"Attempt {attempt} of {total} failed: {error}"], error_message=error)
             return RunStatus.FAILED
 
-    async def _attempt(self, run_id: str, row: RunRow, target: Target) -> str | None:
-        """One execution; returns None on success, else why it failed. Its prints go to the run's log."""
+    async def _attempt(self, run_id: str, row: RunRow, target: Target) -> tuple[str | None, list[str]]:
+        """One execution: None on success, else why it failed; and the lines the code printed."""
         data, context = call_input(target, row.input_data, dict(row.environment or {}))
         try:
             record = await self._requests.direct(
@@ -363,15 +371,15 @@ class Runs:
                 context=context,
             )
         except InvalidInput as exc:
-            return exc.message
-        await self._journal.append(run_id, split_lines(record.logs))
+            return exc.message, []
+        printed = split_lines(record.logs)
         if record.status != "completed":
-            return record.error_message or f"The attempt ended {record.status}"
+            return record.error_message or f"The attempt ended {record.status}", printed
         if target.handler and isinstance(record.result, str):
             try:
                 status_code = int(orjson.loads(record.result).get("status_code", 200))
             except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
                 status_code = 200
             if status_code >= 400:
-                return f"The handler answered with status {status_code}"
-        return None
+                return f"The handler answered with status {status_code}", printed
+        return None, printed

@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 
 from modelbay.core.clock import utcnow
-from modelbay.core.deployments import Target
-from modelbay.core.engine import Engine
+from modelbay.core.deployments import Deployments, Target
+from modelbay.core.engine import Engine, open_database
 from modelbay.core.errors import InvalidInput
-from modelbay.core.projects import Caller
+from modelbay.core.journal import Journal
+from modelbay.core.projects import Caller, Projects
 from modelbay.core.runs import (
     ALLOWED,
     TERMINAL,
@@ -166,23 +167,27 @@ def test_a_failed_attempt_goes_back_to_runnable_until_the_retries_are_used_up(tm
 
 
 def test_log_lines_of_runs_that_are_gone_are_swept_and_the_others_kept(tmp_path: Path) -> None:
-    async def scenario() -> tuple[int, int, int]:
-        engine = Engine(Settings(data_dir=tmp_path / "data"), runtime=ScriptedRuntime([True]))
-        await engine.start()
-        try:
-            project = engine.projects.get(Caller(None), engine.projects.create("sweep").name)
-            engine.deployments.create(project, {"name": "d", "input_type": "plain", "output_type": "plain"})
-            version = engine.deployments.create_version(project, "d", {"name": "1", "handler": "main:handler"})
-            now = utcnow()
-            with engine.db.write() as session:
-                session.add(RunRow(id="kept", project_id=project.id, deployment_id=version.deployment_id,
-                                   version_id=version.id, status="succeeded", retry_count=0, attempts=1,
-                                   environment={}, created_at=now, modified_at=now))
-            await engine.journal.append("kept", ["a", "b"])
-            await engine.journal.append("gone", ["c"])
-            removed = engine.journal.sweep_orphans()
-            return removed, len(engine.journal.page("kept")), len(engine.journal.page("gone"))
-        finally:
-            await engine.close()
+    settings = Settings(data_dir=tmp_path / "data")
+    db = open_database(settings)  # no engine: its own sweeper would race this one
+    journal = Journal(db)
+    projects = Projects(db, "admin")
+    deployments = Deployments(db)
 
-    assert asyncio.run(scenario()) == (1, 2, 0)
+    async def scenario() -> tuple[int, int, int]:
+        project = projects.get(Caller(None), projects.create("sweep").name)
+        deployments.create(project, {"name": "d", "input_type": "plain", "output_type": "plain"})
+        version = deployments.create_version(project, "d", {"name": "1", "handler": "main:handler"})
+        now = utcnow()
+        with db.write() as session:
+            session.add(RunRow(id="kept", project_id=project.id, deployment_id=version.deployment_id,
+                               version_id=version.id, status="succeeded", retry_count=0, attempts=1,
+                               environment={}, created_at=now, modified_at=now))
+        await journal.append("kept", ["a", "b"])
+        await journal.append("gone", ["c"])
+        removed = journal.sweep_orphans()
+        return removed, len(journal.page("kept")), len(journal.page("gone"))
+
+    try:
+        assert asyncio.run(scenario()) == (1, 2, 0)
+    finally:
+        db.close()
