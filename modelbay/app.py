@@ -15,6 +15,11 @@ from starlette.types import ASGIApp
 
 from modelbay.core.engine import Engine
 from modelbay.core.errors import ModelbayError
+from modelbay.dialects.abeja import errors as abeja_errors
+from modelbay.dialects.abeja.deployments import router as abeja_deployments_router
+from modelbay.dialects.abeja.runs import router as abeja_runs_router
+from modelbay.dialects.abeja.services import proxy_router as abeja_proxy_router
+from modelbay.dialects.abeja.services import router as abeja_services_router
 from modelbay.dialects.ubiops import errors as ubiops_errors
 from modelbay.dialects.ubiops.direct import DirectRequests
 from modelbay.dialects.ubiops.logs import router as ubiops_logs_router
@@ -29,6 +34,7 @@ from modelbay.settings import Settings
 #: Which dialect answers errors under which path prefixes.
 ERROR_RENDERERS: list[tuple[tuple[str, ...], Callable[[Exception], Response]]] = [
     (UBIOPS_PREFIXES, ubiops_errors.render),
+    (abeja_errors.PREFIXES, abeja_errors.render),
 ]
 
 
@@ -49,6 +55,7 @@ def create_app(settings: Settings) -> ASGIApp:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = Engine(settings)
         app.state.engine = engine
+        app.state.abeja_deployment_ids = {}
         await engine.start()
         try:
             yield
@@ -67,6 +74,9 @@ def create_app(settings: Settings) -> ASGIApp:
     async def health() -> Response:
         return Response(b'{"status":"ok"}', media_type="application/json")
 
+    # The ABEJA service proxy first: one path check costs the other routes next to nothing, and
+    # the UbiOps hot path (direct requests) never reaches this router.
+    app.include_router(abeja_proxy_router)
     # Direct requests, the hot path, are answered by `DirectRequests` before the app sees them.
     for prefix in UBIOPS_PREFIXES:  # request routes first: they are matched most often
         app.include_router(ubiops_requests_router, prefix=prefix)
@@ -76,6 +86,9 @@ def create_app(settings: Settings) -> ASGIApp:
         app.include_router(ubiops_logs_router, prefix=prefix)
         app.include_router(ubiops_pipelines_router, prefix=prefix)
         app.include_router(ubiops_pipeline_requests_router, prefix=prefix)
+    app.include_router(abeja_runs_router)
+    app.include_router(abeja_services_router)
+    app.include_router(abeja_deployments_router)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

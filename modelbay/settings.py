@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(64 << 20, ge=1024, description="Largest request body accepted.")
     instance_start_timeout_s: float = Field(120.0, gt=0, description="How long an instance may take to load.")
     build_workers: int = Field(2, ge=1, description="Builds that run at the same time.")
+    service_scale_down_idle_s: float = Field(
+        60.0, gt=0, description="How long an autoscaled service keeps an idle instance above its minimum."
+    )
     log_level: str = Field("info", description="Server log level.")
 
     @field_validator("runtime")

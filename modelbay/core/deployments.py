@@ -66,6 +66,9 @@ class Target:
     package_dir: str | None
     python: str | None
     has_requests_method: bool
+    #: The instance pool serving it: None for the version's own pool, else a named group
+    #: (a service) with its own scaling and environment.
+    pool: str | None = None
 
 
 class Deployments:

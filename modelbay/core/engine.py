@@ -10,12 +10,15 @@ from pathlib import Path
 from modelbay.core.builds import Builder
 from modelbay.core.deployments import Deployments, Target
 from modelbay.core.errors import NotFound, Unavailable
+from modelbay.core.journal import Journal
 from modelbay.core.pipeline_requests import PipelineRequests
 from modelbay.core.pipelines import Pipelines
 from modelbay.core.projects import Projects
 from modelbay.core.requests import Requests
 from modelbay.core.revisions import Revisions
+from modelbay.core.runs import Runs
 from modelbay.core.scheduler import Scheduler
+from modelbay.core.services import Services
 from modelbay.runtime.base import InstanceSpec, Runtime
 from modelbay.runtime.local import LocalRuntime
 from modelbay.settings import Settings
@@ -79,6 +82,12 @@ class Engine:
         self.requests = Requests(self.db, self.scheduler, self.deployments)
         self.pipelines = Pipelines(self.db)
         self.pipeline_requests = PipelineRequests(self.db, self.pipelines, self.deployments, self.requests)
+        self.journal = Journal(self.db)
+        self.runs = Runs(self.db, self.deployments, self.requests, self.scheduler, self.journal)
+        self.services = Services(
+            self.db, self.deployments, self.requests, self.scheduler, self.runtime, self.journal,
+            scale_down_idle_s=settings.service_scale_down_idle_s,
+        )
 
     async def start(self) -> None:
         """Start the loops, then settle what a previous server left behind."""
@@ -97,6 +106,10 @@ class Engine:
         for version_id in self.deployments.versions_with_minimum_instances():
             if (target := self._serving_target(version_id)) is not None:
                 self.scheduler.warm(target)
+        resumed = self.runs.start()
+        if resumed:
+            log.info("%d unfinished runs are queued again", resumed)
+        self.services.start()
         self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def _sweep_forever(self) -> None:
@@ -109,14 +122,16 @@ class Engine:
                 removed = await asyncio.to_thread(self.pipeline_requests.sweep_expired)
                 if removed:
                     log.info("removed %d pipeline requests past their retention time", removed)
+                await asyncio.to_thread(self.journal.sweep_orphans)
             except Exception:
                 log.exception("retention sweep failed")
             await asyncio.sleep(RETENTION_SWEEP_PERIOD_S)
 
     async def close(self) -> None:
         self._sweeper.cancel()
-        # Running pipeline and batch requests get their grace period side by side.
-        await asyncio.gather(self.pipeline_requests.close(), self.requests.close())
+        await self.services.close()
+        # Running pipeline requests, run attempts and batch requests get their grace period side by side.
+        await asyncio.gather(self.pipeline_requests.close(), self.runs.close(), self.requests.close())
         self.revisions.close()
         await self.scheduler.close()
         self.db.close()

@@ -55,6 +55,7 @@ class Projects:
         self._admin_hash = hash_token(admin_token)
         self._callers: dict[str, Caller] = {}
         self._by_name: dict[str, ProjectRow] = {}
+        self._by_organization: dict[str, ProjectRow] = {}
 
     def create(self, name: str) -> Credentials:
         """Create a project and return its credentials; the token is shown only here."""
@@ -110,6 +111,22 @@ class Projects:
                 raise NotFound("project", name)
             self._by_name[name] = project
         caller.check_access(project)
+        return project
+
+    def by_organization(self, caller: Caller, organization_id: str) -> ProjectRow:
+        """The project with this 13-digit organization id. Raises `Forbidden` for a project the
+        caller may not use (an unknown id included, so ids cannot be probed); `NotFound` for the admin."""
+        project = self._by_organization.get(organization_id)
+        if project is None:
+            with self._db.read() as session:
+                project = session.scalar(select(ProjectRow).where(ProjectRow.organization_id == organization_id))
+            if project is None:
+                if caller.is_admin:
+                    raise NotFound("organization", organization_id)
+                raise Forbidden(f"This credential has no access to organization '{organization_id}'")
+            self._by_organization[organization_id] = project
+        if not caller.is_admin and caller.project_id != project.id:
+            raise Forbidden(f"This credential has no access to organization '{organization_id}'")
         return project
 
     def list(self, caller: Caller) -> list[ProjectRow]:

@@ -64,6 +64,7 @@ class RequestRecord:
     result: Any
     error_message: str | None
     created_at: datetime
+    logs: str = ""  # what the code printed (direct requests only)
 
 
 @dataclass(frozen=True)
@@ -133,13 +134,15 @@ class Requests:
         on_update: Callable[[str], None] | None = None,
         request_id: str | None = None,
         priority: int = PRIORITY_DIRECT,
+        context: dict[str, Any] | None = None,
     ) -> RequestRecord:
         """Run `data` on `target` now and return the finished request.
 
         `request_id`: the id to give it, for a caller that may cancel it while it runs (a
         pipeline step, see `cancel_running`); `priority`: its place among waiting work (a step
-        of a batch pipeline request waits as batch work does). Raises `InvalidInput` (nothing recorded) when
-        `data` does not match the input definition.
+        of a batch pipeline request waits as batch work does); `context`: keys added to the
+        call's context (per-call environment, HTTP bodies: see `runtime/wire.py`). Raises
+        `InvalidInput` (nothing recorded) when `data` does not match the input definition.
         """
         as_list = check_input(target, data)
         request_id = request_id or str(uuid.uuid4())
@@ -151,11 +154,13 @@ class Requests:
             "started_at": created_at,
         }
         committer = self._db.committer
-        call = Call(request_id, data, {"id": request_id, "request_mode": "direct", "batch_list": as_list})
+        call = Call(request_id, data, {**(context or {}), "id": request_id, "request_mode": "direct",
+                                       "batch_list": as_list})
         if target.retention_mode == "none":  # nothing of it is kept: run it and answer
             outcome = await self._execute(target, call, timeout, priority, on_update)
             return RequestRecord(request_id, target.deployment_name, target.version_name, "direct",
-                                 outcome.status.value, timeout, outcome.result, outcome.error, created_at)
+                                 outcome.status.value, timeout, outcome.result, outcome.error, created_at,
+                                 outcome.logs)
         recorded = False
 
         def record_processing() -> None:
@@ -186,6 +191,7 @@ class Requests:
             result=outcome.result if status is Status.COMPLETED else None,
             error_message=outcome.error if status is Status.FAILED else None,
             created_at=created_at,
+            logs=outcome.logs,
         )
 
     # --- batch -----------------------------------------------------------------------------

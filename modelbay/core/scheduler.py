@@ -6,6 +6,7 @@ It runs on the server's event loop and talks to instances only through `Runtime`
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -35,6 +36,18 @@ PRIORITY_DIRECT = 0
 PRIORITY_BATCH = 1  # + the batch request's own priority
 
 
+#: How long a pool whose instance failed to start waits before it starts its minimum again.
+START_RETRY_S = 5.0
+
+#: Target fields a pool may change without restarting its instances.
+SCALING_FIELDS = ("minimum_instances", "maximum_instances", "maximum_idle_time")
+
+
+def pool_key(target: Target) -> str:
+    """The pool serving a target: the version's own, or a named one (a service's)."""
+    return target.pool or target.version_id
+
+
 class _Retired(Exception):
     """The pool a waiter queued on was retired (new code or settings); wait on the new one."""
 
@@ -49,6 +62,7 @@ class _Pool:
     waiters: tuple[deque[asyncio.Future[Instance]], ...] = field(default_factory=lambda: (deque(), deque(), deque()))
     retired: bool = False
     start_error: InstanceStartFailed | None = None
+    failed_at: float | None = None  # when an instance last failed to start (monotonic)
 
     @property
     def size(self) -> int:
@@ -149,17 +163,63 @@ class Scheduler:
         self._loop.call_soon_threadsafe(self._retire_version, version_id)
 
     def instance_count(self, version_id: str) -> int:
+        """Running instances of a pool (by default the version's own), starting ones not counted."""
         pool = self._pools.get(version_id)
         return 0 if pool is None else len(pool.idle) + len(pool.busy)
+
+    def instances(self, key: str) -> list[Instance]:
+        """The loaded instances of a pool, idle and busy."""
+        pool = self._pools.get(key)
+        return [] if pool is None else [i for i, _ in pool.idle] + list(pool.busy)
+
+    def start_error(self, key: str) -> str | None:
+        """Why the last instance of a pool failed to start, until one starts."""
+        pool = self._pools.get(key)
+        return None if pool is None or pool.start_error is None else pool.start_error.message
+
+    def ensure(self, target: Target) -> None:
+        """Make the pool of `target` exist with its settings now, starting instances up to its minimum
+        and stopping idle ones above its maximum (a scaling change keeps the instances it has)."""
+        pool = self._pool(target)
+        self._scale(pool, time.monotonic())
+
+    def drop(self, key: str) -> None:
+        """Retire a pool: idle instances stop now, busy ones once their call ends."""
+        pool = self._pools.get(key)
+        if pool is not None:
+            self._retire(pool)
+
+    async def make_ready(self, target: Target, timeout: float) -> None:
+        """Wait until an instance of `target` is loaded and idle, starting one if needed.
+
+        Raises `CallTimedOut` or `InstanceStartFailed`.
+        """
+        while True:
+            pool = self._pool(target)
+            try:
+                async with asyncio.timeout(timeout):
+                    instance = await self._acquire(pool, PRIORITY_BATCH)
+            except TimeoutError:
+                raise CallTimedOut(timeout) from None
+            except _Retired:
+                continue
+            self._release(pool, instance)
+            return
 
     # --- internals -------------------------------------------------------------------------
 
     def _pool(self, target: Target) -> _Pool:
-        pool = self._pools.get(target.version_id)
+        key = pool_key(target)
+        pool = self._pools.get(key)
         if pool is None or pool.target is not target and pool.target != target:
             if pool is not None:
+                scaled = dataclasses.replace(pool.target, **{f: getattr(target, f) for f in SCALING_FIELDS})
+                if scaled == target:  # only the scaling changed: keep the instances
+                    pool.target = target
+                    self._fill(pool)
+                    return pool
                 self._retire(pool)
-            pool = self._pools[target.version_id] = _Pool(target)
+            pool = self._pools[key] = _Pool(target)
         return pool
 
     @staticmethod
@@ -209,6 +269,7 @@ class Scheduler:
             instance = await self._runtime.start(self._make_spec(pool.target))
         except InstanceStartFailed as exc:
             pool.starting -= 1
+            pool.start_error, pool.failed_at = exc, time.monotonic()
             log.warning("instance of version %s failed to start: %s", pool.target.version_id, exc.message)
             if not pool.idle and not pool.busy and not pool.starting:
                 # The code cannot load: fail the waiters rather than retry forever.
@@ -220,14 +281,14 @@ class Scheduler:
             log.exception("starting an instance of version %s crashed", pool.target.version_id)
             return
         pool.starting -= 1
+        pool.start_error = pool.failed_at = None
         if pool.retired:
             await self._runtime.stop(instance)
             return
         self._release(pool, instance)
 
     def _retire_version(self, version_id: str) -> None:
-        pool = self._pools.get(version_id)
-        if pool is not None:
+        for pool in [p for p in self._pools.values() if p.target.version_id == version_id]:
             self._retire(pool)
         target = self._serving_target(version_id)
         if target is not None:
@@ -235,8 +296,9 @@ class Scheduler:
 
     def _retire(self, pool: _Pool) -> None:
         pool.retired = True
-        if self._pools.get(pool.target.version_id) is pool:
-            del self._pools[pool.target.version_id]
+        key = pool_key(pool.target)
+        if self._pools.get(key) is pool:
+            del self._pools[key]
         for instance, _ in pool.idle:
             self._spawn(self._runtime.stop(instance))
         pool.idle.clear()
@@ -246,15 +308,23 @@ class Scheduler:
     def _reconcile(self) -> None:
         now = time.monotonic()
         for pool in list(self._pools.values()):
-            target = pool.target
-            keep = max(target.minimum_instances - len(pool.busy), 0)
-            pool.idle.sort(key=lambda item: item[1])
-            while len(pool.idle) > keep and now - pool.idle[0][1] >= target.maximum_idle_time:
-                instance, _ = pool.idle.pop(0)
-                self._spawn(self._runtime.stop(instance))
-            self._keep_minimum(pool)
+            self._scale(pool, now)
+
+    def _scale(self, pool: _Pool, now: float) -> None:
+        target = pool.target
+        keep = max(target.minimum_instances - len(pool.busy), 0)
+        pool.idle.sort(key=lambda item: item[1])
+        while pool.idle and (
+            len(pool.idle) > keep and now - pool.idle[0][1] >= target.maximum_idle_time
+            or len(pool.idle) + len(pool.busy) > target.maximum_instances  # scaled down
+        ):
+            instance, _ = pool.idle.pop(0)
+            self._spawn(self._runtime.stop(instance))
+        self._keep_minimum(pool)
 
     def _keep_minimum(self, pool: _Pool) -> None:
+        if pool.failed_at is not None and time.monotonic() - pool.failed_at < START_RETRY_S:
+            return  # code that cannot load is not restarted in a tight loop
         for _ in range(max(pool.target.minimum_instances - pool.size, 0)):
             pool.starting += 1
             self._spawn(self._start_instance(pool))

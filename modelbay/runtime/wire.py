@@ -27,6 +27,13 @@ Conventions:
     (`BATCH_KEY`) is a batch. The worker then calls `Deployment.requests(list)` if it
     exists, else `request(item)` once per item, and answers with the list of results.
     A list without the flag is passed to `request` as one ordinary input.
+    Per-call environment: a call whose context has `"environment": {name: value}`
+    (`ENVIRONMENT_KEY`) runs with those variables set, and restored afterwards.
+    HTTP calls: a call whose context has `"http": {"content_type", "encoding", "headers"}`
+    (`HTTP_KEY`) carries an HTTP body in `data` (text, or base64 text when `encoding` is
+    "base64"). Handler-style code then gets it as the request body, and the result is the
+    JSON text of `{"status_code", "content_type", "body", "encoding"}`; Deployment-class
+    code is called as usual. Both keys are removed from the context user code sees.
     Logs of a timed-out call: the server sends `LOGS_SIGNAL` (SIGUSR1) to the worker,
     which answers with a "logs" message holding what the request printed so far, if it
     can (it cannot while stuck in C code); the server then kills it.
@@ -41,6 +48,8 @@ from typing import Any, BinaryIO
 HEADER_SIZE = 4
 MAX_FRAME = 256 << 20  # 256 MiB: results of several MB are normal, a runaway is not
 BATCH_KEY = "batch_list"
+ENVIRONMENT_KEY = "environment"
+HTTP_KEY = "http"
 LOGS_SIGNAL = signal.SIGUSR1
 
 

@@ -10,11 +10,13 @@ into that request's capture instead, which becomes the request's `logs`.
 
 from __future__ import annotations
 
+import base64
 import faulthandler
 import importlib
 import importlib.util
 import inspect
 import io
+import json
 import os
 import signal
 import sys
@@ -257,16 +259,39 @@ class _DeploymentRunner:
 
 
 class _AbejaRequest(Mapping):  # type: ignore[type-arg]
-    """ABEJA's request: a mapping of http_method/contents/content_type, plus `read()`."""
+    """ABEJA's request: a mapping of http_method/contents/content_type/headers, plus `read()`."""
 
-    def __init__(self, data: Any) -> None:
-        is_text = isinstance(data, str)
+    def __init__(self, contents: Any, content_type: str, body: bytes, headers: dict[str, str] | None = None) -> None:
         self._fields = {
             "http_method": "POST",
-            "contents": data,
-            "content_type": "text/plain" if is_text else "application/json",
+            "contents": contents,
+            "content_type": content_type,
+            "headers": dict(headers or {}),
         }
-        self._body = data.encode("utf-8") if is_text else wire.encode(data)
+        self._body = body
+
+    @classmethod
+    def of_data(cls, data: Any) -> _AbejaRequest:
+        """A request holding ordinary request data: text as text/plain, anything else as JSON."""
+        if isinstance(data, str):
+            return cls(data, "text/plain", data.encode("utf-8"))
+        return cls(data, "application/json", wire.encode(data))
+
+    @classmethod
+    def of_http(cls, data: Any, http: dict[str, Any]) -> _AbejaRequest:
+        """A request as an HTTP proxy received it: `data` is the body (text, or base64 text)."""
+        if isinstance(data, str):
+            body = base64.b64decode(data) if http.get("encoding") == "base64" else data.encode("utf-8")
+        else:
+            body = wire.encode(data)
+        content_type = str(http.get("content_type") or "application/octet-stream")
+        contents: Any = body
+        if content_type.split(";")[0].strip().lower() == "application/json":
+            try:
+                contents = json.loads(body)
+            except ValueError:
+                contents = body
+        return cls(contents, content_type, body, http.get("headers"))
 
     def __getitem__(self, key: str) -> Any:
         return self._fields[key]
@@ -281,10 +306,29 @@ class _AbejaRequest(Mapping):  # type: ignore[type-arg]
         return self._body
 
 
+def _http_response(response: Any) -> str:
+    """A handler's `{status_code, content_type, content}` (or a bare value) as the envelope the server
+    turns into an HTTP response: JSON text of {status_code, content_type, body, encoding}."""
+    status, content_type, content = 200, None, response
+    if isinstance(response, dict) and {"status_code", "content_type", "content"} <= response.keys():
+        status, content_type, content = int(response["status_code"]), response["content_type"], response["content"]
+    if isinstance(content, (bytes, bytearray, memoryview)):
+        body, encoding = base64.b64encode(bytes(content)).decode("ascii"), "base64"
+        content_type = content_type or "application/octet-stream"
+    elif isinstance(content, str):
+        body, encoding = content, "text"
+        content_type = content_type or "text/plain"
+    else:
+        body, encoding = json.dumps(content, ensure_ascii=False, allow_nan=False), "text"
+        content_type = content_type or "application/json"
+    envelope = {"status_code": status, "content_type": str(content_type), "body": body, "encoding": encoding}
+    return json.dumps(envelope, ensure_ascii=False)
+
+
 class _HandlerRunner:
     """ABEJA style: a `module:function` handler called as `handler(request, context)`."""
 
-    def __init__(self, handler: str) -> None:
+    def __init__(self, handler: str, init_context: dict[str, Any]) -> None:
         module_name, _, function_name = handler.partition(":")
         if not module_name or not function_name:
             raise _LoadError(f"The handler {handler!r} is not of the form 'module:function'.")
@@ -293,16 +337,29 @@ class _HandlerRunner:
         if not callable(function):
             raise _LoadError(f"Module {module_name} has no function named {function_name}.")
         self._handler = function
+        # A plain-output deployment needs text: other content is sent as its JSON.
+        self._plain_output = init_context.get("output_type") == "plain"
 
-    def run(self, data: Any, context: dict[str, Any], batch: bool) -> Any:
-        response = self._handler(_AbejaRequest(data), context)
+    def _call(self, request: _AbejaRequest, context: dict[str, Any]) -> Any:
+        response = self._handler(request, context)
         if inspect.iscoroutine(response):  # `async def handler` is allowed too
             import asyncio
 
             response = asyncio.run(response)
-        if isinstance(response, dict) and {"status_code", "content_type", "content"} <= response.keys():
-            return response["content"]
         return response
+
+    def run(self, data: Any, context: dict[str, Any], batch: bool) -> Any:
+        response = self._call(_AbejaRequest.of_data(data), context)
+        if isinstance(response, dict) and {"status_code", "content_type", "content"} <= response.keys():
+            response = response["content"]
+        if self._plain_output and not isinstance(response, str):
+            if isinstance(response, (bytes, bytearray)):
+                return bytes(response).decode("utf-8", "replace")
+            return json.dumps(response, ensure_ascii=False)
+        return response
+
+    def run_http(self, data: Any, context: dict[str, Any], http: dict[str, Any]) -> str:
+        return _http_response(self._call(_AbejaRequest.of_http(data, http), context))
 
 
 def _load(init: dict[str, Any]) -> Any:
@@ -310,7 +367,7 @@ def _load(init: dict[str, Any]) -> Any:
     # UbiOps convention: the package and its `libraries` dir come first on sys.path.
     sys.path[0:0] = [package_dir, os.path.join(package_dir, "libraries")]
     if init.get("handler"):
-        return _HandlerRunner(init["handler"])
+        return _HandlerRunner(init["handler"], init.get("init_context") or {})
     return _DeploymentRunner(package_dir, init.get("init_context") or {})
 
 
@@ -332,19 +389,37 @@ def _streaming_update(channel: _Channel, call_id: str) -> Callable[[str], None]:
     return streaming_update
 
 
+def _set_environment(values: dict[str, Any]) -> dict[str, str | None]:
+    """Set per-call environment variables (None unsets); returns what to set to undo it."""
+    saved: dict[str, str | None] = {}
+    for name, value in values.items():
+        saved[name] = os.environ.get(name)
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = str(value)
+    return saved
+
+
 def _serve(channel: _Channel, runner: Any, message: dict[str, Any], log_limit: int) -> None:
     global _capture, _current_id
     call_id = message["id"]
     data = message.get("data")
     context = dict(message.get("context") or {})
+    environment = context.pop(wire.ENVIRONMENT_KEY, None) or {}
+    http = context.pop(wire.HTTP_KEY, None)
     context["streaming_update"] = _streaming_update(channel, call_id)
     batch = isinstance(data, list) and context.get(wire.BATCH_KEY) is True
 
     capture = _Capture(log_limit)
     ok, result, error = True, None, None
+    saved = _set_environment(environment)
     _capture, _current_id = capture, call_id
     try:
-        result = runner.run(data, context, batch)
+        if http is not None and isinstance(runner, _HandlerRunner):
+            result = runner.run_http(data, context, http)
+        else:
+            result = runner.run(data, context, batch)
     except BaseException as exc:  # SystemExit from user code fails the request, not us
         ok, result = False, None
         public = getattr(exc, "public_error_message", None)
@@ -352,6 +427,7 @@ def _serve(channel: _Channel, runner: Any, message: dict[str, Any], log_limit: i
         capture.note("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
     finally:
         _capture, _current_id = None, None
+        _set_environment(saved)
 
     if capture.overflowed:
         ok, result, error = False, None, capture.message

@@ -206,3 +206,62 @@ class OperatorRequestRow(Base):
     output_size: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime]
     finished_at: Mapped[datetime | None]
+
+
+class RunRow(Base):
+    """An asynchronous execution of a version with retries: each attempt is a request."""
+
+    __tablename__ = "runs"
+    __table_args__ = (
+        Index("ix_runs_deployment_created", "deployment_id", "created_at", "id"),
+        Index("ix_runs_status", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    project_id: Mapped[str] = mapped_column(String(36), index=True)
+    deployment_id: Mapped[str] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"))
+    version_id: Mapped[str] = mapped_column(ForeignKey("versions.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16))
+    input_data: Mapped[Any] = mapped_column(JSON, nullable=True)
+    output_template: Mapped[Any] = mapped_column(JSON, nullable=True)
+    retry_count: Mapped[int] = mapped_column(Integer)  # attempts after the first that a failure may use
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # attempts started so far
+    distribution: Mapped[int | None] = mapped_column(Integer)
+    environment: Mapped[dict[str, Any]] = mapped_column(default=dict)  # the run's own variables
+    model_alias: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    modified_at: Mapped[datetime]
+
+
+class ServiceRow(Base):
+    """A named, long-running group of instances of one version, with start/stop and scaling."""
+
+    __tablename__ = "services"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    project_id: Mapped[str] = mapped_column(String(36), index=True)
+    deployment_id: Mapped[str] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"), index=True)
+    version_id: Mapped[str] = mapped_column(ForeignKey("versions.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16))  # in_progress / ready / stopped / failed
+    instance_number: Mapped[int] = mapped_column(Integer)
+    min_instance_number: Mapped[int] = mapped_column(Integer)
+    max_instance_number: Mapped[int] = mapped_column(Integer)
+    enable_autoscale: Mapped[bool] = mapped_column(default=False)
+    instance_type: Mapped[str] = mapped_column(String(64))
+    environment: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    model_alias: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    modified_at: Mapped[datetime]
+
+
+class LogLineRow(Base):
+    """One line of a run's or a service's log; `id` orders the lines of one owner."""
+
+    __tablename__ = "log_lines"
+    __table_args__ = (Index("ix_log_lines_owner", "owner_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    owner_id: Mapped[str] = mapped_column(String(40))
+    time: Mapped[datetime]
+    message: Mapped[str] = mapped_column(Text)

@@ -218,3 +218,91 @@ def test_a_changed_version_retires_its_idle_instances() -> None:
         await sched.close()
 
     asyncio.run(scenario())
+
+
+# --- named pools (services) -------------------------------------------------------------
+
+
+def test_a_named_pool_is_kept_apart_from_its_versions_own_pool() -> None:
+    async def scenario() -> None:
+        runtime = FakeRuntime()
+        sched = make(runtime)
+        sched.ensure(target(pool="service:a", minimum_instances=2, maximum_instances=2))
+        await settle()
+        assert len(sched.instances("service:a")) == 2 and sched.instance_count("v") == 0
+        await sched.run(target(), call(1), 5)
+        assert sched.instance_count("v") == 1 and len(runtime.started) == 3
+
+    asyncio.run(scenario())
+
+
+def test_a_scaling_change_keeps_the_instances_a_pool_has_and_scales_down_at_once() -> None:
+    async def scenario() -> None:
+        runtime = FakeRuntime()
+        sched = make(runtime)
+        sched.ensure(target(pool="s", minimum_instances=1, maximum_instances=1))
+        await settle()
+        [first] = sched.instances("s")
+        sched.ensure(target(pool="s", minimum_instances=3, maximum_instances=3))
+        await settle()
+        assert len(sched.instances("s")) == 3 and first in sched.instances("s")
+        sched.ensure(target(pool="s", minimum_instances=1, maximum_instances=1))
+        await settle()
+        assert len(sched.instances("s")) == 1 and len(runtime.stopped) == 2
+
+    asyncio.run(scenario())
+
+
+def test_new_code_retires_every_pool_of_the_version_and_drop_retires_one() -> None:
+    async def scenario() -> None:
+        runtime = FakeRuntime()
+        sched = make(runtime)
+        sched.start()
+        sched.ensure(target(pool="a", minimum_instances=1))
+        sched.ensure(target(pool="b", minimum_instances=1))
+        await settle()
+        sched.drop("a")
+        await settle()
+        assert sched.instances("a") == [] and len(sched.instances("b")) == 1
+        sched.version_changed("v")
+        await settle()
+        assert sched.instances("b") == [] and len(runtime.stopped) == 2
+        await sched.close()
+
+    asyncio.run(scenario())
+
+
+def test_make_ready_leaves_one_idle_instance_ready_for_the_next_call() -> None:
+    async def scenario() -> None:
+        runtime = FakeRuntime()
+        sched = make(runtime)
+        await sched.make_ready(target(), 5)
+        assert sched.instance_count("v") == 1
+        await sched.run(target(), call(1), 5)
+        assert len(runtime.started) == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_pool_whose_code_cannot_start_is_not_restarted_in_a_tight_loop() -> None:
+    async def scenario() -> None:
+        runtime = FakeRuntime()
+        runtime.fail_start = True
+        sched = make(runtime)
+        t = target(pool="s", minimum_instances=1)
+        attempts = 0
+        original = runtime.start
+
+        async def counting_start(spec: InstanceSpec) -> FakeInstance:
+            nonlocal attempts
+            attempts += 1
+            return await original(spec)
+
+        runtime.start = counting_start  # type: ignore[method-assign]
+        for _ in range(10):
+            sched.ensure(t)
+            await settle()
+        assert attempts == 1
+        assert sched.start_error("s") == "ImportError: no module named nothing"
+
+    asyncio.run(scenario())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import sys
@@ -15,6 +16,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from modelbay.runtime import wire
 from modelbay.runtime.base import (
     Call,
     CallOutcome,
@@ -671,6 +673,57 @@ def test_a_handler_style_package_gets_an_abeja_request_and_returns_its_content(t
         "id": "r1",
     }
     assert plain.result == "plain: hi"
+
+
+def test_per_call_environment_is_set_for_that_call_only(tmp_path: Path) -> None:
+    directory = package(
+        tmp_path,
+        """
+        import os
+
+        class Deployment:
+            def request(self, data):
+                return [os.environ.get("A"), os.environ.get("B")]
+        """,
+    )
+
+    async def scenario(runtime: LocalRuntime) -> list[CallOutcome]:
+        instance = await runtime.start(spec_for(directory, environment={"A": "instance", "B": "kept"}))
+        with_env = await runtime.call(instance, Call("r1", "x", {wire.ENVIRONMENT_KEY: {"A": "call"}}), 30)
+        without = await runtime.call(instance, Call("r2", "x", {}), 30)
+        return [with_env, without]
+
+    with_env, without = with_runtime(tmp_path, scenario)
+    assert with_env.result == ["call", "kept"]
+    assert without.result == ["instance", "kept"]
+
+
+def test_an_http_call_gives_handler_code_the_raw_body_and_returns_its_whole_response(tmp_path: Path) -> None:
+    directory = package(
+        tmp_path,
+        """
+        def handler(request, context):
+            if request["content_type"] == "application/json":
+                return {"status_code": 202, "content_type": "application/json", "content": request["contents"]}
+            return {"status_code": 200, "content_type": "image/png", "content": request.read()[::-1]}
+        """,
+        filename="main.py",
+    )
+    raw = base64.b64encode(b"\x00\xffpng").decode()
+
+    async def scenario(runtime: LocalRuntime) -> list[CallOutcome]:
+        instance = await runtime.start(spec_for(directory, handler="main:handler"))
+        as_json = {wire.HTTP_KEY: {"content_type": "application/json", "encoding": "text"}}
+        as_bytes = {wire.HTTP_KEY: {"content_type": "image/png", "encoding": "base64"}}
+        return [await runtime.call(instance, Call("r1", '{"a": 1}', as_json), 30),
+                await runtime.call(instance, Call("r2", raw, as_bytes), 30)]
+
+    json_outcome, bytes_outcome = with_runtime(tmp_path, scenario)
+    assert json.loads(json_outcome.result) == {"status_code": 202, "content_type": "application/json",
+                                               "body": '{"a": 1}', "encoding": "text"}
+    envelope = json.loads(bytes_outcome.result)
+    assert envelope["content_type"] == "image/png" and envelope["encoding"] == "base64"
+    assert base64.b64decode(envelope["body"]) == b"gnp\xff\x00"
 
 
 def test_a_batch_goes_to_requests_when_the_deployment_has_it(tmp_path: Path) -> None:

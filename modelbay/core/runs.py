@@ -1,0 +1,385 @@
+"""Runs: asynchronous executions of a version, retried on failure, with a log of every attempt.
+
+A run is committed before its creator hears of it, then driven on the server's loop:
+`submitted` (accepted) -> `pending` (queued) -> `runnable` (has a slot of its version)
+-> `starting` (an instance is being made ready) -> `running` (the code runs) ->
+`succeeded` | `failed`. A failed attempt goes back to `runnable` while retries are left.
+Each attempt is one direct request, so it also shows in the version's request list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import secrets
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, Table, and_, insert, or_, select, update
+
+from modelbay.core.clock import utcnow
+from modelbay.core.deployments import Deployments, Target
+from modelbay.core.errors import InvalidInput, NotFound, StatusChanged, Unavailable
+from modelbay.core.fields import check_data
+from modelbay.core.journal import Journal, split_lines
+from modelbay.core.requests import Requests
+from modelbay.core.scheduler import Scheduler
+from modelbay.runtime import wire
+from modelbay.runtime.base import CallTimedOut, InstanceStartFailed
+from modelbay.store.db import Database
+from modelbay.store.tables import RunRow
+
+log = logging.getLogger(__name__)
+
+RUNS: Table = RunRow.__table__  # type: ignore[assignment]
+
+#: How long one attempt may run, and how long its instance may take to become ready.
+ATTEMPT_TIMEOUT_S = 3600
+START_TIMEOUT_S = 600
+
+RETRY_COUNT_DEFAULT = 5
+RETRY_COUNT_MAX = 9
+
+#: Runs one page of a list holds.
+PAGE_SIZE = 20
+
+
+class RunStatus(enum.StrEnum):
+    SUBMITTED = "submitted"
+    PENDING = "pending"
+    RUNNABLE = "runnable"
+    STARTING = "starting"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+TERMINAL = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED})
+
+#: Every move a run may make. Back to `runnable`: a retry; back to `pending`: a restart of the server.
+ALLOWED: dict[RunStatus, frozenset[RunStatus]] = {
+    RunStatus.SUBMITTED: frozenset({RunStatus.PENDING, RunStatus.FAILED}),
+    RunStatus.PENDING: frozenset({RunStatus.RUNNABLE, RunStatus.FAILED}),
+    RunStatus.RUNNABLE: frozenset({RunStatus.STARTING, RunStatus.FAILED, RunStatus.PENDING}),
+    RunStatus.STARTING: frozenset({RunStatus.RUNNING, RunStatus.RUNNABLE, RunStatus.FAILED, RunStatus.PENDING}),
+    RunStatus.RUNNING: frozenset({RunStatus.SUCCEEDED, RunStatus.RUNNABLE, RunStatus.FAILED, RunStatus.PENDING}),
+    RunStatus.SUCCEEDED: frozenset(),
+    RunStatus.FAILED: frozenset(),
+}
+
+
+def transition(conn: Connection, run_id: str, old: RunStatus, new: RunStatus, **values: Any) -> None:
+    """Move a run from `old` to `new`, compare-and-set.
+
+    Raises `ValueError` for a move that is not allowed, `StatusChanged` when the run is no longer `old`.
+    """
+    if new not in ALLOWED[old]:
+        raise ValueError(f"a run may not go from {old.value} to {new.value}")
+    done = conn.execute(
+        update(RUNS)
+        .where(RUNS.c.id == run_id, RUNS.c.status == old.value)
+        .values(status=new.value, modified_at=utcnow(), **values)
+    )
+    if done.rowcount == 0:
+        raise StatusChanged(run_id, old.value)
+
+
+def check_retry_count(value: Any) -> int:
+    if value is None:
+        return RETRY_COUNT_DEFAULT
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= RETRY_COUNT_MAX:
+        raise InvalidInput(f"retry_count must be an integer from 0 to {RETRY_COUNT_MAX}")
+    return value
+
+
+def check_environment(value: Any, what: str = "environment") -> dict[str, str]:
+    """Environment variables as a dict of names to strings; raises `InvalidInput` otherwise."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{what} must be an object of variable names to values")
+    result = {}
+    for name, item in value.items():
+        if not isinstance(name, str) or not name or "=" in name or "\0" in name:
+            raise InvalidInput(f"{what}: {name!r} is not a valid variable name")
+        if isinstance(item, (dict, list)) or item is None:
+            raise InvalidInput(f"{what}: the value of {name} must be a string or a number")
+        text = str(item).lower() if isinstance(item, bool) else str(item)
+        if "\0" in text:
+            raise InvalidInput(f"{what}: the value of {name} holds a NUL character")
+        result[name] = text
+    return result
+
+
+def call_input(target: Target, body: Any, environment: dict[str, str]) -> tuple[Any, dict[str, Any]]:
+    """The data and call context that hand `body` (JSON) to a version's code.
+
+    Handler-style code gets it as an `application/json` request body; Deployment-class code
+    gets it as its input (structured: the object; plain: the JSON text, or the string itself).
+    """
+    context: dict[str, Any] = {wire.ENVIRONMENT_KEY: environment} if environment else {}
+    if target.handler:
+        context[wire.HTTP_KEY] = {"content_type": "application/json", "encoding": "text"}
+        return ("" if body is None else orjson.dumps(body).decode()), context
+    if target.input_type == "structured":
+        return body, context
+    return (body if isinstance(body, str) else orjson.dumps(body).decode()), context
+
+
+@dataclass(frozen=True)
+class NewRun:
+    """What a creator asks for; checked by `Runs.create`."""
+
+    input_data: Any
+    output_template: Any
+    retry_count: int
+    distribution: int | None
+    environment: dict[str, str]
+    model_alias: str | None
+
+
+class Runs:
+    """Creates runs and drives them to the end, one task per run; `start` resumes what a crash left."""
+
+    def __init__(self, db: Database, deployments: Deployments, requests: Requests, scheduler: Scheduler,
+                 journal: Journal) -> None:
+        self._db = db
+        self._deployments = deployments
+        self._requests = requests
+        self._scheduler = scheduler
+        self._journal = journal
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False  # the server is stopping: no new attempt starts
+        #: Told of each status a run takes (tests and benches observe runs with it).
+        self.on_status: Callable[[str, RunStatus], None] = lambda _run_id, _status: None
+
+    # --- creating ----------------------------------------------------------------------------
+
+    async def create(self, target: Target, new: NewRun) -> RunRow:
+        """Commit a run of `target`, then start driving it; returns the row as committed.
+
+        Raises `Unavailable` when the version has no built code, `InvalidInput` for input its
+        code cannot take.
+        """
+        self._deployments.serving_target_check(target)
+        if not target.handler and target.input_type == "structured":
+            check_data(target.input_type, target.input_fields, new.input_data)
+        now = utcnow()
+        row = {
+            "id": secrets.token_hex(8),
+            "project_id": target.project_id,
+            "deployment_id": target.deployment_id,
+            "version_id": target.version_id,
+            "status": RunStatus.SUBMITTED.value,
+            "input_data": new.input_data,
+            "output_template": new.output_template,
+            "retry_count": new.retry_count,
+            "attempts": 0,
+            "distribution": new.distribution,
+            "environment": new.environment,
+            "model_alias": new.model_alias,
+            "error_message": None,
+            "created_at": now,
+            "modified_at": now,
+        }
+        await self._db.committer.submit_async(lambda conn: conn.execute(insert(RUNS), [row]))
+        self._spawn(self._drive(row["id"]))
+        return RunRow(**row)
+
+    # --- reading -----------------------------------------------------------------------------
+
+    def get(self, deployment_id: str, run_id: str) -> RunRow:
+        """Raises `NotFound` unless the run exists in this deployment."""
+        with self._db.read() as session:
+            row = session.get(RunRow, run_id)
+        if row is None or row.deployment_id != deployment_id:
+            raise NotFound("run", run_id)
+        return row
+
+    def page(
+        self, deployment_id: str, *, after: tuple[datetime, str] | None, oldest_first: bool, limit: int = PAGE_SIZE
+    ) -> tuple[list[RunRow], bool]:
+        """One page of a deployment's runs after the cursor (created_at, id); and whether more follow.
+
+        Keyset paging: runs created while a client pages never shift or repeat entries.
+        """
+        query = select(RunRow).where(RunRow.deployment_id == deployment_id)
+        if after is not None:
+            at, run_id = after
+            if oldest_first:
+                query = query.where(or_(RunRow.created_at > at, and_(RunRow.created_at == at, RunRow.id > run_id)))
+            else:
+                query = query.where(or_(RunRow.created_at < at, and_(RunRow.created_at == at, RunRow.id < run_id)))
+        if oldest_first:
+            query = query.order_by(RunRow.created_at, RunRow.id)
+        else:
+            query = query.order_by(RunRow.created_at.desc(), RunRow.id.desc())
+        with self._db.read() as session:
+            rows = list(session.scalars(query.limit(limit + 1)))
+        return rows[:limit], len(rows) > limit
+
+    # --- driving -----------------------------------------------------------------------------
+
+    def start(self) -> int:
+        """After a restart: queue every unfinished run again. An attempt that was running counts
+        as failed (its instance is gone). Returns how many runs were resumed."""
+        resumed: list[str] = []
+        ended: list[str] = []
+        with self._db.write() as session:
+            rows = session.execute(
+                select(RUNS.c.id, RUNS.c.status, RUNS.c.attempts, RUNS.c.retry_count).where(
+                    RUNS.c.status.not_in([s.value for s in TERMINAL])
+                )
+            ).all()
+            conn = session.connection()
+            for run_id, status, attempts, retry_count in rows:
+                old = RunStatus(status)
+                if old in (RunStatus.STARTING, RunStatus.RUNNING) and attempts > retry_count:
+                    transition(conn, run_id, old, RunStatus.FAILED,
+                               error_message="The server stopped during the last attempt")
+                    ended.append(run_id)
+                elif old is not RunStatus.SUBMITTED and old is not RunStatus.PENDING:
+                    transition(conn, run_id, old, RunStatus.PENDING)
+                    resumed.append(run_id)
+                else:
+                    resumed.append(run_id)
+        for run_id in ended:
+            self._spawn(self._journal.append(run_id, ["The server stopped during the last attempt; the run failed"]))
+        for run_id in resumed:
+            self._spawn(self._drive(run_id, resumed=True))
+        return len(resumed)
+
+    async def close(self, grace_s: float = 30.0) -> None:
+        """Let running attempts finish, for up to `grace_s`; runs that wait stay queued for the next start."""
+        self._closing = True
+        tasks = list(self._tasks)
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace_s)
+        for task in tasks:
+            task.cancel()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _move(self, run_id: str, old: RunStatus, new: RunStatus, lines: Iterable[str] = (),
+                    **values: Any) -> None:
+        """Change a run's status, with the log lines that tell of it in the same commit."""
+        rows = self._journal.rows(run_id, lines)
+
+        def write(conn: Connection) -> None:
+            transition(conn, run_id, old, new, **values)
+            self._journal.write(conn, rows)
+
+        await self._db.committer.submit_async(write)
+        self.on_status(run_id, new)
+
+    def _slot(self, target: Target) -> asyncio.Semaphore:
+        """Runs of one version run at most `maximum_instances` at a time; the rest wait `runnable`."""
+        slot = self._slots.get(target.version_id)
+        if slot is None:
+            slot = self._slots[target.version_id] = asyncio.Semaphore(max(target.maximum_instances, 1))
+        return slot
+
+    async def _drive(self, run_id: str, resumed: bool = False) -> None:
+        status = RunStatus.SUBMITTED
+        try:
+            with self._db.read() as session:
+                row = session.get(RunRow, run_id)
+            if row is None:
+                return
+            status = RunStatus(row.status)
+            if resumed:
+                await self._journal.append(run_id, ["The server restarted; the run is queued again"])
+            if status is RunStatus.SUBMITTED:
+                await self._move(run_id, status, RunStatus.PENDING)
+                status = RunStatus.PENDING
+            target = self._deployments.target_of_version(row.version_id)
+            async with self._slot(target):
+                if self._closing:
+                    return  # still pending: the next start resumes it
+                await self._move(run_id, status, RunStatus.RUNNABLE)
+                status = RunStatus.RUNNABLE
+                status = await self._attempts(row, status)
+        except asyncio.CancelledError:
+            raise  # the server is stopping: the run resumes when it starts again
+        except Exception as exc:
+            if isinstance(exc, (NotFound, Unavailable)):
+                message = exc.message
+            else:
+                log.exception("run %s crashed", run_id)
+                message = f"The run crashed: {exc}"
+            await self._fail(run_id, message)
+
+    async def _fail(self, run_id: str, message: str) -> None:
+        """End a run as failed from whatever status it has now (unless it has ended)."""
+        with self._db.read() as session:
+            current = session.scalar(select(RUNS.c.status).where(RUNS.c.id == run_id))
+        if current is None or RunStatus(current) in TERMINAL:
+            return
+        try:
+            await self._move(run_id, RunStatus(current), RunStatus.FAILED, [message], error_message=message)
+        except StatusChanged:
+            return
+
+    async def _attempts(self, row: RunRow, status: RunStatus) -> RunStatus:
+        """Run attempts until one succeeds or the retries are used up; returns the final status."""
+        run_id, attempt, total = row.id, row.attempts, row.retry_count + 1
+        while True:
+            if self._closing:
+                return status  # still runnable: the next start resumes it
+            target = self._deployments.serving_target_check(self._deployments.target_of_version(row.version_id))
+            attempt += 1
+            await self._move(run_id, status, RunStatus.STARTING, [f"Attempt {attempt} of {total} is starting"],
+                             attempts=attempt)
+            status = RunStatus.STARTING
+            error: str | None
+            printed: list[str] = []
+            try:
+                await self._scheduler.make_ready(target, START_TIMEOUT_S)
+            except (InstanceStartFailed, CallTimedOut) as exc:
+                error = f"The code could not start: {getattr(exc, 'message', exc)}"
+            else:
+                await self._move(run_id, status, RunStatus.RUNNING)
+                status = RunStatus.RUNNING
+                error, printed = await self._attempt(run_id, row, target)
+            if error is None:
+                await self._move(run_id, status, RunStatus.SUCCEEDED,
+                                 [*printed, f"Attempt {attempt} of {total} succeeded"])
+                return RunStatus.SUCCEEDED
+            if attempt < total:
+                await self._move(run_id, status, RunStatus.RUNNABLE,
+                                 [*printed, f"Attempt {attempt} of {total} failed: {error}; retrying"])
+                status = RunStatus.RUNNABLE
+                continue
+            await self._move(run_id, status, RunStatus.FAILED,
+                             [*printed, f"Attempt {attempt} of {total} failed: {error}"], error_message=error)
+            return RunStatus.FAILED
+
+    async def _attempt(self, run_id: str, row: RunRow, target: Target) -> tuple[str | None, list[str]]:
+        """One execution: None on success, else why it failed; and the lines the code printed."""
+        data, context = call_input(target, row.input_data, dict(row.environment or {}))
+        try:
+            record = await self._requests.direct(
+                target, data, timeout=ATTEMPT_TIMEOUT_S, origin={"created_by": "run", "run_id": run_id},
+                context=context,
+            )
+        except InvalidInput as exc:
+            return exc.message, []
+        printed = split_lines(record.logs)
+        if record.status != "completed":
+            return record.error_message or f"The attempt ended {record.status}", printed
+        if target.handler and isinstance(record.result, str):
+            try:
+                status_code = int(orjson.loads(record.result).get("status_code", 200))
+            except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+                status_code = 200
+            if status_code >= 400:
+                return f"The handler answered with status {status_code}", printed
+        return None, printed

@@ -1,0 +1,367 @@
+"""Services: named, long-running groups of instances of one version, with start/stop and scaling.
+
+A service owns its own instance pool in the scheduler (its own instance count and environment).
+A reconcile loop compares what each stored service wants with what runs and closes the gap;
+a service is `in_progress` until its instances have loaded and passed a health check, then
+`ready`. The store holds what is wanted, so a restart brings every running service back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import dataclasses
+import enum
+import logging
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, select, update
+
+from modelbay.core.clock import utcnow
+from modelbay.core.deployments import Deployments, Target
+from modelbay.core.errors import InvalidInput, NotFound, Unavailable
+from modelbay.core.journal import Journal, split_lines
+from modelbay.core.requests import RequestRecord, Requests
+from modelbay.core.scheduler import Scheduler
+from modelbay.runtime.base import Runtime
+from modelbay.store.db import Database
+from modelbay.store.tables import LogLineRow, ServiceRow
+
+log = logging.getLogger(__name__)
+
+#: How often wanted and actual instances are compared while a service is coming up, and when all
+#: are settled (a change wakes the loop at once either way).
+RECONCILE_PERIOD_S = 0.25
+SETTLED_PERIOD_S = 2.0
+
+#: Most instances one service may ask for: each is a process on this machine.
+MAX_INSTANCES = 20
+
+#: How long one call through a service may take.
+CALL_TIMEOUT_S = 600
+
+
+class ServiceStatus(enum.StrEnum):
+    IN_PROGRESS = "in_progress"
+    READY = "ready"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class Scaling:
+    instance_number: int
+    min_instance_number: int
+    max_instance_number: int
+    enable_autoscale: bool
+
+
+def check_scaling(fields: dict[str, Any], current: Scaling | None = None) -> Scaling:
+    """Scaling settings from `fields` over `current`; raises `InvalidInput` naming the bad one."""
+    values: dict[str, Any] = dataclasses.asdict(current) if current else {
+        "instance_number": 1, "min_instance_number": None, "max_instance_number": None, "enable_autoscale": False,
+    }
+    for key in ("instance_number", "min_instance_number", "max_instance_number"):
+        value = fields.get(key)
+        if value is None:
+            continue
+        if isinstance(value, str) and value.strip().isdigit():  # the SDK documents numbers as strings
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_INSTANCES:
+            raise InvalidInput(f"{key} must be an integer from 1 to {MAX_INSTANCES}")
+        values[key] = value
+    autoscale = fields.get("enable_autoscale")
+    if autoscale is not None:
+        if isinstance(autoscale, str) and autoscale.lower() in ("true", "false"):
+            autoscale = autoscale.lower() == "true"
+        if not isinstance(autoscale, bool):
+            raise InvalidInput("enable_autoscale must be true or false")
+        values["enable_autoscale"] = autoscale
+    number = values["instance_number"]
+    low = values["min_instance_number"] if values["min_instance_number"] is not None else number
+    high = values["max_instance_number"] if values["max_instance_number"] is not None else max(number, low)
+    if low > high:
+        raise InvalidInput("min_instance_number may not exceed max_instance_number")
+    return Scaling(number, low, high, values["enable_autoscale"])
+
+
+class Services:
+    """CRUD, start/stop and scaling of services, and calls through them."""
+
+    def __init__(self, db: Database, deployments: Deployments, requests: Requests, scheduler: Scheduler,
+                 runtime: Runtime, journal: Journal, scale_down_idle_s: float) -> None:
+        self._db = db
+        self._deployments = deployments
+        self._requests = requests
+        self._scheduler = scheduler
+        self._runtime = runtime
+        self._journal = journal
+        self._scale_down_idle_s = scale_down_idle_s
+        self._rows: dict[str, ServiceRow] = {}  # the serving path's cache; every change here refreshes it
+        self._targets: dict[str, tuple[Target, Target]] = {}  # service id -> (version target, service target)
+        self._pools: set[str] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._generation = 0  # bumped on every change, so a reconcile that raced one is not applied
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Bring back every service that was running: ready again only once its instances are."""
+        with self._db.write() as session:
+            session.execute(
+                update(ServiceRow)
+                .where(ServiceRow.status == ServiceStatus.READY.value)
+                .values(status=ServiceStatus.IN_PROGRESS.value)
+            )
+        self._loop_task = asyncio.create_task(self._reconcile_forever())
+
+    async def close(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+
+    # --- CRUD --------------------------------------------------------------------------------
+
+    async def create(self, target: Target, fields: dict[str, Any]) -> ServiceRow:
+        """Create a service of `target`'s version; its instances start in the background."""
+        if target.package_dir is None and target.status != "building":
+            raise Unavailable(f"Version '{target.version_name}' has no built code (status: {target.status})")
+        scaling = check_scaling(fields)
+        instance_type = fields.get("instance_type") or "cpu-0.25"
+        if not isinstance(instance_type, str) or len(instance_type) > 64:
+            raise InvalidInput("instance_type must be a string of at most 64 characters")
+        now = utcnow()
+        row = ServiceRow(
+            id=secrets.token_hex(8),
+            project_id=target.project_id,
+            deployment_id=target.deployment_id,
+            version_id=target.version_id,
+            status=ServiceStatus.IN_PROGRESS.value,
+            instance_type=instance_type,
+            environment=dict(fields.get("environment") or {}),
+            model_alias=fields.get("model_alias"),
+            created_at=now,
+            modified_at=now,
+            **dataclasses.asdict(scaling),
+        )
+        with self._db.write() as session:
+            session.add(row)
+        await self._journal.append(row.id, [f"Service created with {self._wanted(row)} instance(s)"])
+        self._changed(row)
+        return row
+
+    def get(self, deployment_id: str, service_id: str) -> ServiceRow:
+        """Raises `NotFound` unless the service exists in this deployment."""
+        row = self._rows.get(service_id)
+        if row is None:
+            with self._db.read() as session:
+                row = session.get(ServiceRow, service_id)
+            if row is not None:
+                self._rows[service_id] = row
+        if row is None or row.deployment_id != deployment_id:
+            raise NotFound("service", service_id)
+        return row
+
+    def list(self, deployment_id: str) -> builtins.list[ServiceRow]:
+        with self._db.read() as session:
+            return list(
+                session.scalars(
+                    select(ServiceRow).where(ServiceRow.deployment_id == deployment_id).order_by(ServiceRow.created_at)
+                )
+            )
+
+    async def update(self, deployment_id: str, service_id: str, fields: dict[str, Any]) -> ServiceRow:
+        """Change the scaling; the service goes `in_progress` until it matches."""
+        current = self.get(deployment_id, service_id)
+        scaling = check_scaling(fields, Scaling(current.instance_number, current.min_instance_number,
+                                                current.max_instance_number, current.enable_autoscale))
+        with self._db.write() as session:
+            row = session.get(ServiceRow, service_id)
+            if row is None:
+                raise NotFound("service", service_id)
+            for key, value in dataclasses.asdict(scaling).items():
+                setattr(row, key, value)
+            if row.status != ServiceStatus.STOPPED:
+                row.status = ServiceStatus.IN_PROGRESS.value
+            row.modified_at = utcnow()
+        await self._journal.append(service_id, [f"Scaling changed: {self._describe(row)}"])
+        self._changed(row)
+        return row
+
+    async def delete(self, deployment_id: str, service_id: str) -> None:
+        """Delete a service; its instances stop (busy ones once their call ends)."""
+        self.get(deployment_id, service_id)
+        with self._db.write() as session:
+            session.execute(delete(ServiceRow).where(ServiceRow.id == service_id))
+            session.execute(delete(LogLineRow).where(LogLineRow.owner_id == service_id))
+        self._forget(service_id)
+
+    async def set_running(self, deployment_id: str, service_id: str, running: bool) -> ServiceRow:
+        """Start or stop a service. Raises `InvalidInput` when it already is in that state."""
+        self.get(deployment_id, service_id)
+        with self._db.write() as session:
+            row = session.get(ServiceRow, service_id)
+            if row is None:
+                raise NotFound("service", service_id)
+            stopped = row.status == ServiceStatus.STOPPED
+            if running and not stopped:
+                raise InvalidInput(f"Service {service_id} is already running")
+            if not running and stopped:
+                raise InvalidInput(f"Service {service_id} is not running")
+            row.status = (ServiceStatus.IN_PROGRESS if running else ServiceStatus.STOPPED).value
+            row.modified_at = utcnow()
+        await self._journal.append(service_id, ["Service started" if running else "Service stopped"])
+        self._changed(row)
+        return row
+
+    # --- serving -----------------------------------------------------------------------------
+
+    async def call(self, deployment_id: str, service_id: str, data: Any,
+                   context: dict[str, Any]) -> tuple[Target, RequestRecord]:
+        """Run one request on the service's instances. Raises `NotFound` for an unknown service,
+        `Unavailable` for a stopped one (at once: a caller never waits on a stopped service)."""
+        row = self.get(deployment_id, service_id)
+        if row.status == ServiceStatus.STOPPED:
+            raise Unavailable(f"Service {service_id} is stopped")
+        target = self._deployments.serving_target_check(self.target(row))
+        record = await self._requests.direct(
+            target, data, timeout=CALL_TIMEOUT_S, origin={"created_by": "service", "service_id": service_id},
+            context=context,
+        )
+        if record.logs:
+            lines = split_lines(record.logs)
+            asyncio.ensure_future(self._journal.append(service_id, lines)).add_done_callback(_log_failure)
+        return target, record
+
+    def target(self, row: ServiceRow) -> Target:
+        """The service's own target: its version's, served by the service's pool, scaled and with its env."""
+        base = self._deployments.target_of_version(row.version_id)
+        cached = self._targets.get(row.id)
+        if cached is not None and cached[0] is base:
+            return cached[1]
+        low, high = self._bounds(row)
+        target = dataclasses.replace(
+            base,
+            pool=f"service:{row.id}",
+            minimum_instances=low,
+            maximum_instances=high,
+            maximum_idle_time=int(self._scale_down_idle_s) if row.enable_autoscale else base.maximum_idle_time,
+            environment_variables={**base.environment_variables, **(row.environment or {})},
+        )
+        self._targets[row.id] = (base, target)
+        return target
+
+    def start_error(self, service_id: str) -> str | None:
+        """Why the service's last instance failed to start, until one starts."""
+        return self._scheduler.start_error(f"service:{service_id}")
+
+    def instance_count(self, service_id: str) -> int:
+        return len(self._scheduler.instances(f"service:{service_id}"))
+
+    # --- reconciling -------------------------------------------------------------------------
+
+    async def _reconcile_forever(self) -> None:
+        while True:
+            busy = True
+            try:
+                busy = await self._reconcile()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("service reconcile failed")
+            try:
+                await asyncio.wait_for(self._wake.wait(), RECONCILE_PERIOD_S if busy else SETTLED_PERIOD_S)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    async def _reconcile(self) -> bool:
+        """One pass; returns whether a service is still coming up (then the next pass comes sooner)."""
+        generation = self._generation
+        rows = await asyncio.to_thread(self._all)
+        if generation != self._generation:
+            return True  # a change raced the read: look again on the next pass
+        live: set[str] = set()
+        for row in rows:
+            if generation != self._generation:
+                return True
+            self._rows[row.id] = row
+            key = f"service:{row.id}"
+            if row.status == ServiceStatus.STOPPED:
+                continue
+            try:
+                target = self.target(row)
+            except NotFound:
+                continue  # its version is going away with it
+            if target.package_dir is None:
+                continue  # not built (yet): it stays in progress
+            live.add(key)
+            self._scheduler.ensure(target)
+            if row.status == ServiceStatus.IN_PROGRESS and await self._is_ready(key, target):
+                await asyncio.to_thread(self._mark_ready, row.id)
+        for key in self._pools - live:
+            self._scheduler.drop(key)
+        self._pools = live
+        if generation == self._generation:  # services deleted behind our back (with their deployment)
+            existing = {row.id for row in rows}
+            for service_id in [sid for sid in self._rows if sid not in existing]:
+                self._rows.pop(service_id, None)
+                self._targets.pop(service_id, None)
+        return any(row.status == ServiceStatus.IN_PROGRESS for row in rows)
+
+    async def _is_ready(self, key: str, target: Target) -> bool:
+        instances = self._scheduler.instances(key)
+        if len(instances) < target.minimum_instances or len(instances) > target.maximum_instances:
+            return False
+        for instance in instances:
+            if not await self._runtime.healthy(instance):
+                return False
+        return True
+
+    def _all(self) -> builtins.list[ServiceRow]:
+        with self._db.read() as session:
+            return list(session.scalars(select(ServiceRow)))
+
+    def _mark_ready(self, service_id: str) -> None:
+        with self._db.write() as session:
+            row = session.get(ServiceRow, service_id)
+            if row is not None and row.status == ServiceStatus.IN_PROGRESS:
+                row.status = ServiceStatus.READY.value
+                row.modified_at = utcnow()
+                self._rows[service_id] = row
+
+    def _changed(self, row: ServiceRow) -> None:
+        self._generation += 1
+        self._rows[row.id] = row
+        self._targets.pop(row.id, None)
+        if row.status == ServiceStatus.STOPPED:
+            self._scheduler.drop(f"service:{row.id}")
+        self._wake.set()
+
+    def _forget(self, service_id: str) -> None:
+        self._generation += 1
+        self._rows.pop(service_id, None)
+        self._targets.pop(service_id, None)
+        self._scheduler.drop(f"service:{service_id}")
+        self._pools.discard(f"service:{service_id}")
+        self._wake.set()
+
+    @staticmethod
+    def _bounds(row: ServiceRow) -> tuple[int, int]:
+        if row.enable_autoscale:
+            return row.min_instance_number, row.max_instance_number
+        return row.instance_number, row.instance_number
+
+    def _wanted(self, row: ServiceRow) -> int:
+        return self._bounds(row)[0]
+
+    def _describe(self, row: ServiceRow) -> str:
+        if row.enable_autoscale:
+            return f"autoscale from {row.min_instance_number} to {row.max_instance_number} instances"
+        return f"{row.instance_number} instance(s)"
+
+
+def _log_failure(future: Any) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("writing a service log failed", exc_info=future.exception())

@@ -1,0 +1,210 @@
+"""ABEJA deployments and code versions, and the signed URLs that take and give a version's archive."""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from typing import Any, BinaryIO, cast
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from modelbay.core.errors import InvalidInput, NotFound, TooLarge
+from modelbay.core.projects import Caller
+from modelbay.core.runs import check_environment
+from modelbay.dialects.abeja import ids, schemas
+from modelbay.dialects.abeja.deps import (
+    DeploymentDep,
+    EngineDep,
+    JsonObject,
+    OrganizationDep,
+    find_deployment,
+)
+from modelbay.dialects.abeja.signing import Signer
+from modelbay.store.tables import DeploymentRow, ProjectRow, VersionRow
+
+router = APIRouter(tags=["abeja deployments"])
+
+D = "/organizations/{organization_id}/deployments"
+V = D + "/{deployment_id}/versions"
+
+HANDLER_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+def ok(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def signer(engine: Any) -> Signer:
+    return Signer(engine.admin_token)
+
+
+def find_version(engine: Any, project: ProjectRow, deployment: DeploymentRow, version_id: str) -> VersionRow:
+    """The version with this `ver-…` id; raises `NotFound`."""
+    for row in engine.deployments.list_versions(project, deployment.name):
+        if ids.version_id(row.id) == version_id:
+            return row  # type: ignore[no-any-return]
+    raise NotFound("version", version_id)
+
+
+def build_error(engine: Any, project: ProjectRow, deployment: DeploymentRow, row: VersionRow) -> str | None:
+    if row.status != "failed":
+        return None
+    revisions = engine.revisions.list(project, deployment.name, row.name)
+    return revisions[0].error_message if revisions else None
+
+
+# --- deployments ---------------------------------------------------------------------------
+
+
+@router.post(D)
+async def create_deployment(engine: EngineDep, organization: OrganizationDep, body: JsonObject) -> Response:
+    if not isinstance(body.get("name"), str):
+        raise InvalidInput("name is required")
+    # ABEJA code takes raw bodies: the deployment's input and output are plain.
+    row = engine.deployments.create(
+        organization,
+        {"name": body["name"], "description": body.get("description"), "input_type": "plain",
+         "output_type": "plain"},
+    )
+    return ok(schemas.deployment(row))
+
+
+@router.get(D)
+async def list_deployments(engine: EngineDep, organization: OrganizationDep) -> Response:
+    rows = engine.deployments.list_deployments(organization)
+    return ok({"entries": [schemas.deployment(row) for row in rows]})
+
+
+@router.get(D + "/{deployment_id}")
+async def get_deployment(deployment: DeploymentDep) -> Response:
+    return ok(schemas.deployment(deployment))
+
+
+@router.patch(D + "/{deployment_id}")
+async def patch_deployment(
+    engine: EngineDep, organization: OrganizationDep, deployment: DeploymentDep, body: JsonObject
+) -> Response:
+    fields = {"name": body.get("name"), "description": body.get("description")}
+    row = engine.deployments.update(organization, deployment.name, fields)
+    return ok(schemas.deployment(row))
+
+
+@router.delete(D + "/{deployment_id}")
+async def delete_deployment(engine: EngineDep, organization: OrganizationDep, deployment: DeploymentDep) -> Response:
+    engine.deployments.delete(organization, deployment.name)
+    return ok({"message": f"{ids.deployment_id(deployment.id)} deleted"})
+
+
+# --- code versions -------------------------------------------------------------------------
+
+
+@router.post(V)
+async def create_version(
+    request: Request, engine: EngineDep, organization: OrganizationDep, deployment: DeploymentDep, body: JsonObject
+) -> Response:
+    handler = body.get("handler")
+    if not isinstance(handler, str) or not HANDLER_PATTERN.match(handler):
+        raise InvalidInput("handler must be of the form 'module:function', e.g. 'main:handler'")
+    if deployment.input_type != "plain" or deployment.output_type != "plain":
+        raise InvalidInput("handler code needs a deployment with plain input and output")
+    image = body.get("image")
+    if image is not None and not isinstance(image, str):
+        raise InvalidInput("image must be a string")
+    user_parameters = check_environment(body.get("user_parameters"), "user_parameters")
+    row = engine.deployments.create_version(
+        organization,
+        deployment.name,
+        {"name": body.get("version"), "handler": handler, "environment_variables": user_parameters,
+         "labels": {"image": image} if image else {}},
+    )
+    answer = schemas.version(deployment, row)
+    path = f"/organizations/{organization.organization_id}/deployments/{ids.deployment_id(deployment.id)}" \
+           f"/versions/{ids.version_id(row.id)}/archive"
+    answer["upload_url"] = signer(engine).sign("PUT", str(request.base_url), path)
+    return ok(answer)
+
+
+@router.get(V)
+async def list_versions(engine: EngineDep, organization: OrganizationDep, deployment: DeploymentDep) -> Response:
+    rows = engine.deployments.list_versions(organization, deployment.name)
+    return ok({"entries": [schemas.version(deployment, row) for row in rows]})
+
+
+@router.get(V + "/{version_id}")
+async def get_version(
+    engine: EngineDep, organization: OrganizationDep, deployment: DeploymentDep, version_id: str
+) -> Response:
+    row = find_version(engine, organization, deployment, version_id)
+    return ok(schemas.version(deployment, row, build_error(engine, organization, deployment, row)))
+
+
+@router.delete(V + "/{version_id}")
+async def delete_version(
+    engine: EngineDep, organization: OrganizationDep, deployment: DeploymentDep, version_id: str
+) -> Response:
+    row = find_version(engine, organization, deployment, version_id)
+    engine.deployments.delete_version(organization, deployment.name, row.name)
+    return ok({"message": f"{version_id} deleted"})
+
+
+@router.get(V + "/{version_id}/download")
+async def download_version(
+    request: Request, engine: EngineDep, organization: OrganizationDep, deployment: DeploymentDep, version_id: str
+) -> Response:
+    row = find_version(engine, organization, deployment, version_id)
+    if row.latest_revision_id is None:
+        raise NotFound("archive of version", version_id)
+    path = f"/organizations/{organization.organization_id}/deployments/{ids.deployment_id(deployment.id)}" \
+           f"/versions/{version_id}/archive"
+    return ok({"download_uri": signer(engine).sign("GET", str(request.base_url), path)})
+
+
+# --- the signed archive URL: no auth header, the signature is the credential -------------------
+
+
+def _signed_target(
+    engine: Any, method: str, request: Request, organization_id: str, deployment_id: str, version_id: str
+) -> tuple[ProjectRow, DeploymentRow, VersionRow]:
+    signer(engine).check(
+        method, request.url.path, request.query_params.get("expires"), request.query_params.get("signature")
+    )
+    project = engine.projects.by_organization(Caller(project_id=None), organization_id)
+    deployment = find_deployment(engine, project, deployment_id)
+    return project, deployment, find_version(engine, project, deployment, version_id)
+
+
+@router.put(V + "/{version_id}/archive")
+async def upload_archive(
+    request: Request, engine: EngineDep, organization_id: str, deployment_id: str, version_id: str
+) -> Response:
+    project, deployment, row = _signed_target(engine, "PUT", request, organization_id, deployment_id, version_id)
+    limit = engine.settings.max_request_bytes
+    with tempfile.SpooledTemporaryFile(max_size=8 << 20) as spool:
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise TooLarge(f"The archive is larger than {limit} bytes")
+            spool.write(chunk)
+        if size == 0:
+            raise InvalidInput("The archive is empty")
+        spool.seek(0)
+        caller = Caller(project_id=project.id)
+        archive = cast(BinaryIO, spool)  # a spooled file is a binary file
+        await run_in_threadpool(engine.revisions.upload, caller, project, deployment.name, row.name, archive)
+    return ok({"message": f"{version_id} uploaded", "version_id": version_id, "status": "BUILDING"})
+
+
+@router.get(V + "/{version_id}/archive")
+async def download_archive(
+    request: Request, engine: EngineDep, organization_id: str, deployment_id: str, version_id: str
+) -> Response:
+    project, deployment, row = _signed_target(engine, "GET", request, organization_id, deployment_id, version_id)
+    revisions = engine.revisions.list(project, deployment.name, row.name)
+    if not revisions:
+        raise NotFound("archive of version", version_id)
+    return FileResponse(engine.blobs.path(revisions[0].archive_key), media_type="application/gzip",
+                        filename=f"{version_id}.tar.gz")

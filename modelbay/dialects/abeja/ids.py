@@ -1,0 +1,48 @@
+"""ABEJA ids over core ids, derived in both directions, so the core keeps no vendor ids.
+
+A deployment's 13-digit id is derived from its core id (a UUID); a version's `ver-` id is the
+first 16 hex digits of its UUID. Runs and services have 16-hex core ids that get a prefix.
+Looking a derived id up means scanning a deployment's few siblings, never a table of aliases.
+"""
+
+from __future__ import annotations
+
+import re
+
+from modelbay.core.errors import NotFound
+
+DEPLOYMENT_ID = re.compile(r"^[1-9][0-9]{12}$")
+HEX16 = re.compile(r"^[0-9a-f]{16}$")
+
+
+def deployment_id(core_id: str) -> str:
+    """13 digits, never starting with 0, stable for the life of the deployment."""
+    return str(int(core_id.replace("-", ""), 16) % (9 * 10**12) + 10**12)
+
+
+def version_id(core_id: str) -> str:
+    return "ver-" + core_id.replace("-", "")[:16]
+
+
+def run_id(core_id: str) -> str:
+    return "run-" + core_id
+
+
+def service_id(core_id: str) -> str:
+    return "ser-" + core_id
+
+
+def core_run_id(value: str) -> str:
+    """The core id of `run-…`; raises `NotFound` for anything else."""
+    return _unprefixed(value, "run-", "run")
+
+
+def core_service_id(value: str) -> str:
+    return _unprefixed(value, "ser-", "service")
+
+
+def _unprefixed(value: str, prefix: str, kind: str) -> str:
+    core = value[len(prefix):] if value.startswith(prefix) else ""
+    if not HEX16.match(core):
+        raise NotFound(kind, value)
+    return core

@@ -1,0 +1,172 @@
+"""ABEJA services: CRUD, start/stop, scaling, logs, and the host-routed request proxy."""
+
+from __future__ import annotations
+
+import base64
+import re
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from modelbay.core.errors import InvalidInput, NotFound, TooLarge
+from modelbay.core.runs import check_environment
+from modelbay.dialects.abeja import ids, schemas
+from modelbay.dialects.abeja.deployments import find_version, ok
+from modelbay.dialects.abeja.deps import (
+    DeploymentDep,
+    EngineDep,
+    JsonObject,
+    OrganizationDep,
+    caller_from_header,
+    find_deployment,
+)
+from modelbay.dialects.abeja.errors import error_response
+from modelbay.dialects.abeja.logs import recent_log_page
+from modelbay.dialects.abeja.runs import model_alias, target_or_none
+from modelbay.runtime import wire
+from modelbay.store.tables import ServiceRow
+
+router = APIRouter(tags=["abeja services"])
+proxy_router = APIRouter(tags=["abeja service proxy"])
+
+S = "/organizations/{organization_id}/deployments/{deployment_id}/services"
+
+#: `Host: <organization_id>.<api host>[:port]`.
+ORGANIZATION_HOST = re.compile(r"^([0-9]{1,13})\.")
+
+#: Request headers handed to handler code.
+FORWARDED_HEADERS = ("content-type", "accept", "user-agent")
+
+
+def service_body(engine: Any, row: ServiceRow) -> dict[str, Any]:
+    return schemas.service(row, target_or_none(engine, row.version_id), engine.services.instance_count(row.id),
+                           engine.services.start_error(row.id))
+
+
+@router.post(S)
+async def create_service(
+    engine: EngineDep, organization: OrganizationDep, deployment: DeploymentDep, body: JsonObject
+) -> Response:
+    version_id = body.get("version_id")
+    if not isinstance(version_id, str):
+        raise InvalidInput("version_id is required")
+    version = find_version(engine, organization, deployment, version_id)
+    target = engine.deployments.target(organization, deployment.name, version.name)
+    fields = {
+        **{k: body.get(k) for k in ("instance_number", "min_instance_number", "max_instance_number",
+                                    "enable_autoscale", "instance_type")},
+        "environment": check_environment(body.get("environment")),
+        "model_alias": model_alias(body),
+    }
+    row = await engine.services.create(target, fields)
+    return ok(service_body(engine, row))
+
+
+@router.get(S)
+async def list_services(engine: EngineDep, deployment: DeploymentDep) -> Response:
+    return ok({"entries": [service_body(engine, row) for row in engine.services.list(deployment.id)]})
+
+
+@router.get(S + "/{service_id}")
+async def get_service(engine: EngineDep, deployment: DeploymentDep, service_id: str) -> Response:
+    return ok(service_body(engine, engine.services.get(deployment.id, ids.core_service_id(service_id))))
+
+
+@router.patch(S + "/{service_id}")
+async def update_service(engine: EngineDep, deployment: DeploymentDep, service_id: str, body: JsonObject) -> Response:
+    row = await engine.services.update(deployment.id, ids.core_service_id(service_id), body)
+    return ok(service_body(engine, row))
+
+
+@router.delete(S + "/{service_id}")
+async def delete_service(engine: EngineDep, deployment: DeploymentDep, service_id: str) -> Response:
+    await engine.services.delete(deployment.id, ids.core_service_id(service_id))
+    return ok({"message": f"{service_id} deleted"})
+
+
+@router.post(S + "/{service_id}/start")
+async def start_service(engine: EngineDep, deployment: DeploymentDep, service_id: str) -> Response:
+    await engine.services.set_running(deployment.id, ids.core_service_id(service_id), True)
+    return ok({"message": f"{service_id} started"})
+
+
+@router.post(S + "/{service_id}/stop")
+async def stop_service(engine: EngineDep, deployment: DeploymentDep, service_id: str) -> Response:
+    await engine.services.set_running(deployment.id, ids.core_service_id(service_id), False)
+    return ok({"message": f"{service_id} stopped"})
+
+
+@router.get(S + "/{service_id}/recentlogs")
+async def get_service_recent_logs(
+    engine: EngineDep, deployment: DeploymentDep, service_id: str, next_forward_token: str | None = None,
+    next_backward_token: str | None = None, start_time: str | None = None, end_time: str | None = None,
+) -> Response:
+    row = engine.services.get(deployment.id, ids.core_service_id(service_id))
+    return ok(recent_log_page(engine, row.id, next_forward_token, next_backward_token, start_time, end_time))
+
+
+# --- the proxy: POST {scheme}://{organization_id}.{host}/deployments/{d}/services/{s} ----------------
+
+
+def _body_as_input(target: Any, raw: bytes, content_type: str, headers: dict[str, str]) -> tuple[Any, dict[str, Any]]:
+    """The data and call context that hand an HTTP body to the service's code."""
+    if target.handler:
+        try:
+            data, encoding = raw.decode("utf-8"), "text"
+        except UnicodeDecodeError:
+            data, encoding = base64.b64encode(raw).decode("ascii"), "base64"
+        return data, {wire.HTTP_KEY: {"content_type": content_type, "encoding": encoding, "headers": headers}}
+    if target.input_type == "structured":
+        try:
+            return orjson.loads(raw), {}
+        except orjson.JSONDecodeError as exc:
+            raise InvalidInput(f"This service takes a JSON object: {exc}") from exc
+    try:
+        return raw.decode("utf-8"), {}
+    except UnicodeDecodeError:
+        raise InvalidInput("This service takes text (UTF-8)") from None
+
+
+def _http_answer(target: Any, record: Any) -> Response:
+    if record.status != "completed":
+        return error_response(500, record.error_message or "The service's code failed")
+    if not target.handler:
+        return Response(orjson.dumps(record.result), media_type="application/json")
+    envelope = orjson.loads(record.result)
+    status, content_type = int(envelope["status_code"]), str(envelope["content_type"])
+    if not 200 <= status <= 599:
+        return error_response(500, f"The handler answered with status {status}, which is not an HTTP answer")
+    if not content_type.isprintable():
+        return error_response(500, "The handler answered with a content_type that cannot be a header")
+    body = envelope["body"]
+    content = base64.b64decode(body) if envelope.get("encoding") == "base64" else body.encode("utf-8")
+    return Response(content, status_code=status, media_type=content_type)
+
+
+@proxy_router.post("/deployments/{deployment_id}/services/{service_id}")
+async def request_service(request: Request, engine: EngineDep, deployment_id: str, service_id: str) -> Response:
+    match = ORGANIZATION_HOST.match(request.headers.get("host", ""))
+    if match is None:
+        raise NotFound("service", f"{deployment_id}/{service_id} (the Host header names no organization)")
+    caller = caller_from_header(engine, request.headers.get("authorization"))
+    project = engine.projects.by_organization(caller, match.group(1))
+    # The 13-digit id of a deployment never changes: its core id is remembered for the hot path.
+    known: dict[tuple[str, str], str] = request.app.state.abeja_deployment_ids
+    deployment = known.get((project.id, deployment_id))
+    if deployment is None:
+        deployment = known[(project.id, deployment_id)] = find_deployment(engine, project, deployment_id).id
+    row = engine.services.get(deployment, ids.core_service_id(service_id))
+    target = engine.services.target(row)
+    content_type = request.headers.get("content-type") or "application/octet-stream"
+    headers = {name: request.headers[name] for name in FORWARDED_HEADERS if name in request.headers}
+    headers.update({"x-abeja-deployment-id": deployment_id, "x-abeja-service-id": service_id})
+    if row.model_alias:
+        headers["x-abeja-model-id"] = row.model_alias
+    raw = await request.body()
+    if len(raw) > engine.settings.max_request_bytes:
+        raise TooLarge(f"The request body is larger than {engine.settings.max_request_bytes} bytes")
+    data, context = _body_as_input(target, raw, content_type, headers)
+    target, record = await engine.services.call(deployment, row.id, data, context)
+    return _http_answer(target, record)

@@ -1,0 +1,193 @@
+"""The rules of runs: statuses, retry counts, environments and how input reaches code."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modelbay.core.clock import utcnow
+from modelbay.core.deployments import Deployments, Target
+from modelbay.core.engine import Engine, open_database
+from modelbay.core.errors import InvalidInput
+from modelbay.core.journal import Journal
+from modelbay.core.projects import Caller, Projects
+from modelbay.core.runs import (
+    ALLOWED,
+    TERMINAL,
+    NewRun,
+    RunStatus,
+    call_input,
+    check_environment,
+    check_retry_count,
+)
+from modelbay.runtime import wire
+from modelbay.runtime.base import Call, CallOutcome
+from modelbay.settings import Settings
+from modelbay.store.tables import RevisionRow, RunRow, VersionRow
+from tests.core.test_scheduler import FakeRuntime
+
+BASE = Target(
+    project_id="p", project_name="p", deployment_id="d", deployment_name="d", version_id="v", version_name="1",
+    input_type="plain", output_type="plain", input_fields=(), output_fields=(), status="available",
+    retention_mode="full", minimum_instances=0, maximum_instances=2, maximum_idle_time=300,
+    environment_variables={}, handler="main:handler", package_dir="/x", python="/x/python", has_requests_method=False,
+)
+
+
+def test_terminal_statuses_go_nowhere_and_every_other_can_fail() -> None:
+    for status in RunStatus:
+        if status in TERMINAL:
+            assert ALLOWED[status] == frozenset()
+        else:
+            assert RunStatus.FAILED in ALLOWED[status]
+
+
+def test_a_retry_goes_back_to_runnable_and_a_restart_back_to_pending() -> None:
+    assert RunStatus.RUNNABLE in ALLOWED[RunStatus.RUNNING]
+    assert RunStatus.PENDING in ALLOWED[RunStatus.RUNNING]
+    assert RunStatus.RUNNING not in ALLOWED[RunStatus.PENDING]  # a run starts an instance first
+
+
+@pytest.mark.parametrize("value", [-1, 10, 2.5, "3", True])
+def test_retry_count_outside_0_to_9_is_refused(value: object) -> None:
+    with pytest.raises(InvalidInput):
+        check_retry_count(value)
+
+
+def test_retry_count_defaults_to_5() -> None:
+    assert check_retry_count(None) == 5 and check_retry_count(0) == 0 and check_retry_count(9) == 9
+
+
+def test_environment_values_become_strings_and_bad_ones_are_refused() -> None:
+    assert check_environment({"A": 1, "B": True, "C": "x"}) == {"A": "1", "B": "true", "C": "x"}
+    for bad in ([], {"": "x"}, {"A=B": "x"}, {"A": None}, {"A": {"b": 1}}, {"A": "nul\0"}):
+        with pytest.raises(InvalidInput):
+            check_environment(bad)
+
+
+def test_handler_code_gets_the_input_as_a_json_body_with_its_environment() -> None:
+    data, context = call_input(BASE, {"a": 1}, {"E": "1"})
+    assert data == '{"a":1}'
+    assert context == {wire.ENVIRONMENT_KEY: {"E": "1"},
+                       wire.HTTP_KEY: {"content_type": "application/json", "encoding": "text"}}
+
+
+def test_deployment_class_code_gets_the_input_as_its_own_input_type() -> None:
+    structured = dataclasses.replace(BASE, handler=None, input_type="structured")
+    assert call_input(structured, {"x": 1}, {}) == ({"x": 1}, {})
+    plain = dataclasses.replace(BASE, handler=None)
+    assert call_input(plain, {"x": 1}, {}) == ('{"x":1}', {})
+    assert call_input(plain, "text", {}) == ("text", {})
+
+
+# --- a run driven through the engine, on a fake runtime ------------------------------------
+
+
+class ScriptedRuntime(FakeRuntime):
+    """Answers each call with the next outcome of a script (ok or not), handler-style."""
+
+    def __init__(self, script: list[bool]) -> None:
+        super().__init__()
+        self.script = list(script)
+        self.calls: list[Call] = []
+
+    async def call(self, instance: Any, call: Call, timeout: float, on_update: Any = None) -> CallOutcome:
+        self.calls.append(call)
+        ok = self.script.pop(0)
+        if not ok:
+            return CallOutcome(ok=False, error="deliberate", logs="it went wrong\n")
+        envelope = {"status_code": 200, "content_type": "text/plain", "body": "", "encoding": "text"}
+        return CallOutcome(ok=True, result=json.dumps(envelope), logs="all good\n")
+
+
+def drive(tmp_path: Path, script: list[bool], retry_count: int) -> tuple[list[RunStatus], RunRow, ScriptedRuntime,
+                                                                         list[str]]:
+    """Create a run of a handler version on an engine whose runtime follows `script`; wait for its end."""
+    runtime = ScriptedRuntime(script)
+
+    async def scenario() -> tuple[list[RunStatus], RunRow, list[str]]:
+        engine = Engine(Settings(data_dir=tmp_path / "data"), runtime=runtime)
+        await engine.start()
+        try:
+            project = engine.projects.get(Caller(None), engine.projects.create("runs").name)
+            engine.deployments.create(project, {"name": "d", "input_type": "plain", "output_type": "plain"})
+            version = engine.deployments.create_version(project, "d", {"name": "1", "handler": "main:handler"})
+            with engine.db.write() as session:  # code "built" without a builder
+                session.add(RevisionRow(id="r", version_id=version.id, status="success", archive_key="k",
+                                        package_dir=str(tmp_path), python=sys.executable, created_at=utcnow()))
+                session.get(VersionRow, version.id).active_revision_id = "r"  # type: ignore[union-attr]
+                session.get(VersionRow, version.id).status = "available"  # type: ignore[union-attr]
+            engine.deployments.forget_targets()
+            statuses: list[RunStatus] = []
+            done = asyncio.Event()
+
+            def seen(_run_id: str, status: RunStatus) -> None:
+                statuses.append(status)
+                if status in TERMINAL:
+                    done.set()
+
+            engine.runs.on_status = seen
+            target = engine.deployments.target(project, "d", "1")
+            new = NewRun({"a": 1}, None, retry_count, None, {"E": "x"}, None)
+            row = await engine.runs.create(target, new)
+            await asyncio.wait_for(done.wait(), 10)
+            lines = [line.message for line in engine.journal.page(row.id)]
+            return statuses, engine.runs.get(row.deployment_id, row.id), lines
+        finally:
+            await engine.close()
+
+    statuses, row, lines = asyncio.run(scenario())
+    return statuses, row, runtime, lines
+
+
+def test_a_run_walks_every_status_in_order(tmp_path: Path) -> None:
+    statuses, row, runtime, lines = drive(tmp_path, [True], retry_count=5)
+    assert statuses == [RunStatus.PENDING, RunStatus.RUNNABLE, RunStatus.STARTING, RunStatus.RUNNING,
+                        RunStatus.SUCCEEDED]
+    assert row.status == "succeeded" and row.attempts == 1
+    [call] = runtime.calls
+    assert call.data == '{"a":1}' and call.context[wire.ENVIRONMENT_KEY] == {"E": "x"}
+    assert lines == ["Attempt 1 of 6 is starting", "all good", "Attempt 1 of 6 succeeded"]
+
+
+def test_a_failed_attempt_goes_back_to_runnable_until_the_retries_are_used_up(tmp_path: Path) -> None:
+    statuses, row, runtime, lines = drive(tmp_path, [False, False, False], retry_count=2)
+    attempt = [RunStatus.STARTING, RunStatus.RUNNING]
+    assert statuses == [RunStatus.PENDING, RunStatus.RUNNABLE, *attempt, RunStatus.RUNNABLE, *attempt,
+                        RunStatus.RUNNABLE, *attempt, RunStatus.FAILED]
+    assert row.status == "failed" and row.attempts == 3 and row.error_message == "deliberate"
+    assert len(runtime.calls) == 3
+    assert lines.count("it went wrong") == 3 and lines[-1] == "Attempt 3 of 3 failed: deliberate"
+
+
+def test_log_lines_of_runs_that_are_gone_are_swept_and_the_others_kept(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data")
+    db = open_database(settings)  # no engine: its own sweeper would race this one
+    journal = Journal(db)
+    projects = Projects(db, "admin")
+    deployments = Deployments(db)
+
+    async def scenario() -> tuple[int, int, int]:
+        project = projects.get(Caller(None), projects.create("sweep").name)
+        deployments.create(project, {"name": "d", "input_type": "plain", "output_type": "plain"})
+        version = deployments.create_version(project, "d", {"name": "1", "handler": "main:handler"})
+        now = utcnow()
+        with db.write() as session:
+            session.add(RunRow(id="kept", project_id=project.id, deployment_id=version.deployment_id,
+                               version_id=version.id, status="succeeded", retry_count=0, attempts=1,
+                               environment={}, created_at=now, modified_at=now))
+        await journal.append("kept", ["a", "b"])
+        await journal.append("gone", ["c"])
+        removed = journal.sweep_orphans()
+        return removed, len(journal.page("kept")), len(journal.page("gone"))
+
+    try:
+        assert asyncio.run(scenario()) == (1, 2, 0)
+    finally:
+        db.close()
