@@ -34,7 +34,7 @@ from modelbay.core.deployments import Deployments
 from modelbay.core.errors import InvalidInput, ModelbayError, NotFound, StatusChanged
 from modelbay.core.fields import check_data
 from modelbay.core.pipelines import END, START, PipelineObject, Pipelines, Plan, Source
-from modelbay.core.requests import LIST_LIMIT_MAX, LISTABLE, MAX_BATCH, Requests
+from modelbay.core.requests import LIST_LIMIT_MAX, MAX_BATCH, Requests, list_query
 from modelbay.core.scheduler import PRIORITY_BATCH, PRIORITY_DIRECT
 from modelbay.core.transitions import ALLOWED, REQUESTS, TERMINAL, Status
 from modelbay.store.db import Database, Insert
@@ -495,28 +495,8 @@ class PipelineRequests:
              start_date: datetime | None = None, end_date: datetime | None = None,
              search_id: str | None = None) -> list[PipelineRequestRow]:
         """The version's requests, newest first, filtered as deployment requests are."""
-        statuses = [s.strip() for s in (status or "completed").split(",") if s.strip()]
-        unknown = [s for s in statuses if s not in LISTABLE]
-        if unknown or not statuses:
-            raise InvalidInput(f"status must be one or more of {', '.join(sorted(LISTABLE))}")
-        if len(statuses) > 1 and {"pending", "processing"} & set(statuses):
-            raise InvalidInput("'pending' and 'processing' cannot be combined with other statuses")
-        limit = 50 if limit is None else limit
-        offset = 0 if offset is None else offset
-        if not 1 <= limit <= LIST_LIMIT_MAX:
-            raise InvalidInput(f"limit must be from 1 to {LIST_LIMIT_MAX}")
-        if not 0 <= offset <= 2**63 - 1:
-            raise InvalidInput("offset must be from 0 to 2**63 - 1")
-        query = select(PipelineRequestRow).where(PipelineRequestRow.version_id == plan.version_id,
-                                                 PipelineRequestRow.status.in_(statuses))
-        if start_date is not None:
-            query = query.where(PipelineRequestRow.created_at >= start_date)
-        if end_date is not None:
-            query = query.where(PipelineRequestRow.created_at <= end_date)
-        if search_id:
-            query = query.where(PipelineRequestRow.id.contains(search_id, autoescape=True))
-        query = query.order_by(PipelineRequestRow.created_at.desc(), PipelineRequestRow.id).limit(limit).offset(
-            offset)
+        query = list_query(PipelineRequestRow, plan.version_id, status=status, limit=limit, offset=offset,
+                           start_date=start_date, end_date=end_date, search_id=search_id)
         with self._db.read() as session:
             return list(session.scalars(query))
 

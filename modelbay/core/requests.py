@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, delete, select
+from sqlalchemy import Connection, Select, delete, select
 
 from modelbay.core.clock import utcnow
 from modelbay.core.deployments import Deployments, Target
@@ -109,6 +109,41 @@ def check_ids(ids: Any, what: str = "request ids") -> list[str]:
     if len(ids) > MAX_BATCH:
         raise InvalidInput(f"At most {MAX_BATCH} {what} are allowed in one call, not {len(ids)}")
     return list(dict.fromkeys(ids))
+
+
+def list_query(
+    row: Any,
+    version_id: str,
+    *,
+    status: str | None,
+    limit: int | None,
+    offset: int | None,
+    start_date: datetime | None,
+    end_date: datetime | None,
+    search_id: str | None,
+) -> Select[Any]:
+    """The rows of `row`'s table (deployment or pipeline requests) for one version, newest first,
+    filtered as the UbiOps lists do; raises `InvalidInput` for a filter out of range."""
+    statuses = [s.strip() for s in (status or "completed").split(",") if s.strip()]
+    unknown = [s for s in statuses if s not in LISTABLE]
+    if unknown or not statuses:
+        raise InvalidInput(f"status must be one or more of {', '.join(sorted(LISTABLE))}")
+    if len(statuses) > 1 and {"pending", "processing"} & set(statuses):
+        raise InvalidInput("'pending' and 'processing' cannot be combined with other statuses")
+    limit = 50 if limit is None else limit
+    offset = 0 if offset is None else offset
+    if not 1 <= limit <= LIST_LIMIT_MAX:
+        raise InvalidInput(f"limit must be from 1 to {LIST_LIMIT_MAX}")
+    if not 0 <= offset <= 2**63 - 1:
+        raise InvalidInput("offset must be from 0 to 2**63 - 1")
+    query = select(row).where(row.version_id == version_id, row.status.in_(statuses))
+    if start_date is not None:
+        query = query.where(row.created_at >= start_date)
+    if end_date is not None:
+        query = query.where(row.created_at <= end_date)
+    if search_id:
+        query = query.where(row.id.contains(search_id, autoescape=True))
+    return query.order_by(row.created_at.desc(), row.id).limit(limit).offset(offset)
 
 
 class Requests:
@@ -417,26 +452,8 @@ class Requests:
         search_id: str | None = None,
     ) -> list[RequestRow]:
         """The version's requests, newest first, filtered as the UbiOps list does."""
-        statuses = [s.strip() for s in (status or "completed").split(",") if s.strip()]
-        unknown = [s for s in statuses if s not in LISTABLE]
-        if unknown or not statuses:
-            raise InvalidInput(f"status must be one or more of {', '.join(sorted(LISTABLE))}")
-        if len(statuses) > 1 and {"pending", "processing"} & set(statuses):
-            raise InvalidInput("'pending' and 'processing' cannot be combined with other statuses")
-        limit = 50 if limit is None else limit
-        offset = 0 if offset is None else offset
-        if not 1 <= limit <= LIST_LIMIT_MAX:
-            raise InvalidInput(f"limit must be from 1 to {LIST_LIMIT_MAX}")
-        if not 0 <= offset <= 2**63 - 1:
-            raise InvalidInput("offset must be from 0 to 2**63 - 1")
-        query = select(RequestRow).where(RequestRow.version_id == target.version_id, RequestRow.status.in_(statuses))
-        if start_date is not None:
-            query = query.where(RequestRow.created_at >= start_date)
-        if end_date is not None:
-            query = query.where(RequestRow.created_at <= end_date)
-        if search_id:
-            query = query.where(RequestRow.id.contains(search_id, autoescape=True))
-        query = query.order_by(RequestRow.created_at.desc(), RequestRow.id).limit(limit).offset(offset)
+        query = list_query(RequestRow, target.version_id, status=status, limit=limit, offset=offset,
+                           start_date=start_date, end_date=end_date, search_id=search_id)
         with self._db.read() as session:
             return list(session.scalars(query))
 
