@@ -14,6 +14,8 @@ from starlette.exceptions import HTTPException
 
 from modelbay.core.engine import Engine
 from modelbay.core.errors import ModelbayError
+from modelbay.dialects.datature import errors as datature_errors
+from modelbay.dialects.datature.routes import routers as datature_routers
 from modelbay.dialects.ubiops import errors as ubiops_errors
 from modelbay.dialects.ubiops.logs import router as ubiops_logs_router
 from modelbay.dialects.ubiops.requests import router as ubiops_requests_router
@@ -25,6 +27,8 @@ from modelbay.settings import Settings
 #: Which dialect answers errors under which path prefixes.
 ERROR_RENDERERS: list[tuple[tuple[str, ...], Callable[[Exception], Response]]] = [
     (UBIOPS_PREFIXES, ubiops_errors.render),
+    # `/projects/…` only: UbiOps' projects live under `/v2.1/projects` and `/v2/projects`.
+    (datature_errors.PREFIXES, datature_errors.render),
 ]
 
 
@@ -69,6 +73,9 @@ def create_app(settings: Settings) -> FastAPI:
     for prefix in UBIOPS_PREFIXES:
         app.include_router(ubiops_router, prefix=prefix)
         app.include_router(ubiops_logs_router, prefix=prefix)
+    for datature_router in datature_routers:
+        app.include_router(datature_router)
+
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -7,12 +7,17 @@ import logging
 import secrets
 from pathlib import Path
 
+import httpx
+
+from modelbay.core import signed_urls
 from modelbay.core.builds import Builder
+from modelbay.core.deliveries import Deliveries
 from modelbay.core.deployments import Deployments, Target
 from modelbay.core.projects import Projects
 from modelbay.core.requests import Requests
 from modelbay.core.revisions import Revisions
 from modelbay.core.scheduler import Scheduler
+from modelbay.core.webhooks import Webhooks
 from modelbay.runtime.base import InstanceSpec, Runtime
 from modelbay.runtime.local import LocalRuntime
 from modelbay.settings import Settings
@@ -73,6 +78,11 @@ class Engine:
             workers=settings.build_workers,
         )
         self.requests = Requests(self.db, self.scheduler, self.deployments)
+        self.url_signer = signed_urls.UrlSigner(signed_urls.load_key(data))
+        # One client for every webhook POST: pooled connections to receivers.
+        self.http = httpx.AsyncClient(follow_redirects=False)
+        self.webhooks = Webhooks(self.db, self.http)
+        self.deliveries = Deliveries(self.db, self.http)
 
     async def start(self) -> None:
         """Start the loops, then settle what a previous server left behind."""
@@ -83,6 +93,7 @@ class Engine:
         if queued:
             log.info("%d pending requests are queued again", queued)
         self.revisions.resume()
+        self.deliveries.start()  # deliveries due while the server was down go out now
         self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def _sweep_forever(self) -> None:
@@ -98,9 +109,11 @@ class Engine:
 
     async def close(self) -> None:
         self._sweeper.cancel()
+        await self.deliveries.close()
         await self.requests.close()
         self.revisions.close()
         await self.scheduler.close()
+        await self.http.aclose()
         self.db.close()
 
     def _instance_spec(self, target: Target) -> InstanceSpec:

@@ -55,6 +55,7 @@ class Projects:
         self._admin_hash = hash_token(admin_token)
         self._callers: dict[str, Caller] = {}
         self._by_name: dict[str, ProjectRow] = {}
+        self._by_datature_id: dict[str, ProjectRow] = {}
 
     def create(self, name: str) -> Credentials:
         """Create a project and return its credentials; the token is shown only here."""
@@ -110,6 +111,24 @@ class Projects:
                 raise NotFound("project", name)
             self._by_name[name] = project
         caller.check_access(project)
+        return project
+
+    def get_by_datature_id(self, caller: Caller, datature_project_id: str) -> ProjectRow:
+        """The project with this `proj_…` id. Raises `Forbidden` when the caller's token is another
+        project's (whether or not the id exists: ids are not probed), `NotFound` for the admin."""
+        project = self._by_datature_id.get(datature_project_id)
+        if project is None:
+            with self._db.read() as session:
+                project = session.scalar(
+                    select(ProjectRow).where(ProjectRow.datature_project_id == datature_project_id)
+                )
+            if project is None:
+                if caller.is_admin:
+                    raise NotFound("project", datature_project_id)
+                raise Forbidden(f"This key has no access to project '{datature_project_id}'")
+            self._by_datature_id[datature_project_id] = project
+        if not caller.is_admin and caller.project_id != project.id:
+            raise Forbidden(f"This key has no access to project '{datature_project_id}'")
         return project
 
     def list(self, caller: Caller) -> list[ProjectRow]:

@@ -1,0 +1,9 @@
+"""Every router of the Datature dialect, served at `/projects/…` (the SDK drops any path prefix)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from modelbay.dialects.datature.webhooks import router as webhooks
+
+routers: list[APIRouter] = [webhooks]
