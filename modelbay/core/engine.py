@@ -11,6 +11,7 @@ import httpx
 
 from modelbay.core import signed_urls
 from modelbay.core.builds import Builder
+from modelbay.core.datasets import Datasets
 from modelbay.core.deliveries import Deliveries
 from modelbay.core.deployments import Deployments, Target
 from modelbay.core.projects import Projects
@@ -83,6 +84,7 @@ class Engine:
         self.http = httpx.AsyncClient(follow_redirects=False)
         self.webhooks = Webhooks(self.db, self.http)
         self.deliveries = Deliveries(self.db, self.http)
+        self.datasets = Datasets(self.db, self.blobs)
 
     async def start(self) -> None:
         """Start the loops, then settle what a previous server left behind."""

@@ -113,6 +113,10 @@ class Projects:
         caller.check_access(project)
         return project
 
+    def find_by_datature_id(self, datature_project_id: str) -> ProjectRow:
+        """The project with this `proj_…` id, for a caller already authenticated otherwise (a signed URL)."""
+        return self.get_by_datature_id(Caller(project_id=None), datature_project_id)
+
     def get_by_datature_id(self, caller: Caller, datature_project_id: str) -> ProjectRow:
         """The project with this `proj_…` id. Raises `Forbidden` when the caller's token is another
         project's (whether or not the id exists: ids are not probed), `NotFound` for the admin."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from modelbay.dialects.datature.datasets import router as datasets
 from modelbay.dialects.datature.webhooks import router as webhooks
 
-routers: list[APIRouter] = [webhooks]
+routers: list[APIRouter] = [webhooks, datasets]
