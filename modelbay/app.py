@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException
 from modelbay.core.engine import Engine
 from modelbay.core.errors import ModelbayError
 from modelbay.dialects.datature import errors as datature_errors
+from modelbay.dialects.datature.routes import install as install_datature
 from modelbay.dialects.datature.routes import routers as datature_routers
 from modelbay.dialects.ubiops import errors as ubiops_errors
 from modelbay.dialects.ubiops.logs import router as ubiops_logs_router
@@ -48,6 +49,7 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = Engine(settings)
+        install_datature(engine)
         app.state.engine = engine
         await engine.start()
         try:

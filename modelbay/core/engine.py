@@ -14,6 +14,7 @@ from modelbay.core.builds import Builder
 from modelbay.core.datasets import Datasets
 from modelbay.core.deliveries import Deliveries
 from modelbay.core.deployments import Deployments, Target
+from modelbay.core.jobs import Jobs
 from modelbay.core.projects import Projects
 from modelbay.core.requests import Requests
 from modelbay.core.revisions import Revisions
@@ -85,6 +86,7 @@ class Engine:
         self.webhooks = Webhooks(self.db, self.http)
         self.deliveries = Deliveries(self.db, self.http)
         self.datasets = Datasets(self.db, self.blobs)
+        self.jobs = Jobs(self.db, self.datasets, self.deployments, self.requests, self.deliveries)
 
     async def start(self) -> None:
         """Start the loops, then settle what a previous server left behind."""
@@ -96,6 +98,9 @@ class Engine:
             log.info("%d pending requests are queued again", queued)
         self.revisions.resume()
         self.deliveries.start()  # deliveries due while the server was down go out now
+        resumed = self.jobs.resume()
+        if resumed:
+            log.info("%d batch jobs resume", resumed)
         self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def _sweep_forever(self) -> None:
@@ -111,6 +116,7 @@ class Engine:
 
     async def close(self) -> None:
         self._sweeper.cancel()
+        await self.jobs.close()
         await self.deliveries.close()
         await self.requests.close()
         self.revisions.close()
