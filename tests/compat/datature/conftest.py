@@ -36,15 +36,13 @@ def webhook_spec(receiver: Receiver, *, max_retries: int = 3, max_backoff_ms: in
             "retries": {"max_retries": max_retries, "max_retry_delay": max_backoff_ms}}
 
 
-@pytest.fixture
-def deploy(server: Server, project: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., str]]:
+def deploy_with(server: Server, project: dict[str, str], tmp_path: Path, name: str, source: str = NOOP,
+                **version: Any) -> str:
     """Make a deployment with the ubiops SDK (Datature cannot create one); returns its `deploy_…` id
     as the Datature SDK lists it."""
-    client = sdk_client(server, project["token"])
-    api = ubiops.CoreApi(client)
-
-    def _deploy(name: str, source: str = NOOP, **version: Any) -> str:
-        fields = [{"name": "x", "data_type": "int"}]
+    fields = [{"name": "x", "data_type": "int"}]
+    with sdk_client(server, project["token"]) as client:
+        api = ubiops.CoreApi(client)
         api.deployments_create(project["name"], ubiops.DeploymentCreate(
             name=name, input_type="structured", output_type="structured", input_fields=fields, output_fields=fields))
         api.deployment_versions_create(project["name"], name, ubiops.DeploymentVersionCreate(version="v1", **version))
@@ -52,11 +50,16 @@ def deploy(server: Server, project: dict[str, str], tmp_path: Path) -> Iterator[
         archive = ubiops.utils.zip_dir(str(package), str(tmp_path / f"{name}.zip"))
         api.revisions_file_upload(project["name"], name, "v1", file=archive)
         ubiops.utils.wait_for_deployment_version(client, project["name"], name, "v1", quiet=True, timeout=120)
-        listed = nexus_project(server, project["token"], project["datature_project_id"]).deployments.list()
-        return next(d.id for d in listed if d.name == name)
+    listed = nexus_project(server, project["token"], project["datature_project_id"]).deployments.list()
+    return next(d.id for d in listed if d.name == name)
 
-    yield _deploy
-    client.close()
+
+@pytest.fixture
+def deploy(server: Server, project: dict[str, str], tmp_path: Path) -> Callable[..., str]:
+    def _deploy(name: str, source: str = NOOP, **version: Any) -> str:
+        return deploy_with(server, project, tmp_path, name, source, **version)
+
+    return _deploy
 
 
 def make_dataset(nexus: Any, path: Path, items: list[dict[str, Any]]) -> str:
