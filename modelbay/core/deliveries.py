@@ -36,8 +36,8 @@ MAX_IN_FLIGHT = 64
 #: Longest the worker sleeps with nothing due; a new delivery wakes it at once.
 IDLE_WAKE_S = 5.0
 
-#: Called in the transaction that settles a delivery of a job item: (conn, job_id, item_index).
-SettledHook = Callable[[Connection, str, int], None]
+#: Called in the transaction that settles deliveries of job items: (conn, [(job_id, item_index), ...]).
+SettledHook = Callable[[Connection, list[tuple[str, int]]], None]
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,10 @@ class Deliveries:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._attempts: set[asyncio.Task[None]] = set()
-        self.on_settled: SettledHook = lambda _conn, _job, _item: None
+        self.on_settled: SettledHook = lambda _conn, _items: None
+        # Successes waiting for their commit: many go in one write (see `_record_delivered`).
+        self._delivered: list[tuple[Due, int, asyncio.Future[None]]] = []
+        self._flushing = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="deliveries")
@@ -145,8 +148,9 @@ class Deliveries:
             outcome = await post_signed(self._client, due.endpoint, due.secret, due.body, headers)
             attempts = due.attempts + 1
             if outcome.ok:
-                op = self._settle(due, "delivered", outcome.status_code, None, attempts)
-            elif attempts > due.max_retries:
+                await self._record_delivered(due, outcome.status_code)
+                return
+            if attempts > due.max_retries:
                 op = self._settle(due, "failed", outcome.status_code or None, outcome.error, attempts)
             else:
                 retry_at = utcnow() + timedelta(milliseconds=backoff_ms(attempts, due.max_backoff_ms))
@@ -160,16 +164,64 @@ class Deliveries:
             self._in_flight.discard(due.id)
             self._wake.set()
 
+    async def _record_delivered(self, due: Due, code: int) -> None:
+        """Record a success. Those that arrive while a write is under way share the next one."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._delivered.append((due, code, waiter))
+        if not self._flushing:
+            self._flushing = True
+            asyncio.create_task(self._flush_delivered())
+        await waiter
+
+    async def _flush_delivered(self) -> None:
+        try:
+            while self._delivered:
+                batch, self._delivered = self._delivered, []
+                try:
+                    await self._db.committer.submit_async(self._settle_delivered([(d, c) for d, c, _ in batch]))
+                except Exception as exc:
+                    for *_, waiter in batch:
+                        if not waiter.done():
+                            waiter.set_exception(exc)
+                    continue
+                for *_, waiter in batch:
+                    if not waiter.done():
+                        waiter.set_result(None)
+        finally:
+            self._flushing = False
+
+    def _settle_delivered(self, batch: list[tuple[Due, int]]) -> Callable[[Connection], None]:
+        def settle(conn: Connection) -> None:
+            ids = [due.id for due, _ in batch]
+            # Compare-and-set on `pending`, for the whole batch: one given up meanwhile stays so.
+            pending = set(conn.scalars(select(DELIVERIES.c.id).where(DELIVERIES.c.id.in_(ids),
+                                                                     DELIVERIES.c.status == "pending")))
+            now = utcnow()
+            by_code: dict[int, list[str]] = {}
+            for due, code in batch:
+                if due.id in pending:
+                    by_code.setdefault(code, []).append(due.id)
+            for code, code_ids in by_code.items():
+                conn.execute(update(DELIVERIES).where(DELIVERIES.c.id.in_(code_ids)).values(
+                    status="delivered", attempts=DELIVERIES.c.attempts + 1, response_code=code, last_error=None,
+                    finished_at=now, body=None))
+            items = [(due.job_id, due.item_index) for due, _ in batch
+                     if due.id in pending and due.job_id is not None and due.item_index is not None]
+            if items:
+                self.on_settled(conn, items)  # type: ignore[arg-type]
+
+        return settle
+
     def _settle(self, due: Due, status: str, code: int | None, error: str | None,
                 attempts: int) -> Callable[[Connection], None]:
         def settle(conn: Connection) -> None:
             done = conn.execute(
                 update(DELIVERIES).where(DELIVERIES.c.id == due.id, DELIVERIES.c.status == "pending")
                 .values(status=status, attempts=attempts, response_code=code, last_error=error,
-                        finished_at=utcnow(), body=None if status == "delivered" else DELIVERIES.c.body)
+                        finished_at=utcnow())
             )
             if done.rowcount and due.job_id is not None and due.item_index is not None:  # type: ignore[attr-defined]
-                self.on_settled(conn, due.job_id, due.item_index)
+                self.on_settled(conn, [(due.job_id, due.item_index)])
 
         return settle
 

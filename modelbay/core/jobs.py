@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Table, and_, case, delete, func, insert, select, update
+from sqlalchemy import Connection, Table, case, delete, func, insert, select, update
 
 from modelbay.core.clock import as_utc, utcnow
 from modelbay.core.datasets import Datasets
@@ -42,8 +42,12 @@ LOGS: Table = JobLogRow.__table__  # type: ignore[assignment]
 #: How long one item may run on the deployment, in seconds.
 ITEM_TIMEOUT_S = 300
 
-#: Items in flight per job when the deployment allows more instances than this.
-MAX_ITEMS_IN_FLIGHT = 32
+#: Items in flight per instance the deployment may have: more than one, so an instance takes its
+#: next item while the last one's outcome is being committed.
+ITEMS_IN_FLIGHT_PER_INSTANCE = 4
+
+#: Most items in flight per job, whatever the deployment allows.
+MAX_ITEMS_IN_FLIGHT = 64
 
 #: Log page size when the caller gives none; the SDK's `get_all_log_entries` stops on a shorter page.
 LOG_PAGE_DEFAULT = 1000
@@ -116,7 +120,7 @@ class Jobs:
         self._live: dict[str, _Runner] = {}
         #: Turns an item's outcome into the body its webhooks receive (a dialect may replace it).
         self.render_body: Callable[[ItemOutcome], bytes] = default_body
-        deliveries.on_settled = self._item_settled
+        deliveries.on_settled = self._items_settled
 
     # --- create and read -------------------------------------------------------------------
 
@@ -380,25 +384,47 @@ class Jobs:
 
     # --- settling items (called in a delivery's transaction) --------------------------------
 
-    def _item_settled(self, conn: Connection, job_id: str, index: int) -> None:
-        """A delivery of an item ended: once all of its deliveries have, count the item and maybe
-        finish the job."""
-        of_item = and_(DELIVERIES.c.job_id == job_id, DELIVERIES.c.item_index == index)
-        if conn.scalar(select(func.count()).where(of_item, DELIVERIES.c.status == "pending")):
-            return
-        failed = conn.scalar(select(func.count()).where(of_item, DELIVERIES.c.status != "delivered"))
-        final = ItemStatus.FAILED_DELIVER if failed else ItemStatus.DELIVERED
-        moved = conn.execute(update(LOGS).where(LOGS.c.job_id == job_id, LOGS.c.item_index == index,
-                                                LOGS.c.status.in_(OPEN_ITEM)).values(status=final)).rowcount
-        if not moved:
-            return  # settled already (the job was stopped)
-        counter = JOBS.c.failed_deliver if failed else JOBS.c.delivered
-        conn.execute(update(JOBS).where(JOBS.c.id == job_id, JOBS.c.status == Status.RUNNING)
-                     .values({counter: counter + 1, "updated_at": utcnow()}))
-        conn.execute(update(JOBS).where(JOBS.c.id == job_id, JOBS.c.status == Status.RUNNING,
-                                        JOBS.c.delivered + JOBS.c.failed_deliver >= JOBS.c.item_count)
-                     .values(status=Status.FINISHED, message="Every item was delivered or failed to be",
-                             updated_at=utcnow()))
+    def _items_settled(self, conn: Connection, items: list[tuple[str, int]]) -> None:
+        """Deliveries of these items ended: count each item whose deliveries all have, and finish
+        a job whose items are all counted."""
+        by_job: dict[str, list[int]] = {}
+        for job_id, index in items:
+            by_job.setdefault(job_id, []).append(index)
+        for job_id, indexes in by_job.items():
+            rows = conn.execute(
+                select(DELIVERIES.c.item_index, DELIVERIES.c.status)
+                .where(DELIVERIES.c.job_id == job_id, DELIVERIES.c.item_index.in_(indexes))
+            ).all()
+            open_items = {index for index, status in rows if status == "pending"}
+            failed = {index for index, status in rows if status not in ("pending", "delivered")}
+            done = set(indexes) - open_items
+            increments = {}
+            for final, group, counter in ((ItemStatus.DELIVERED, done - failed, "delivered"),
+                                          (ItemStatus.FAILED_DELIVER, done & failed, "failed_deliver")):
+                if group:
+                    moved = conn.execute(update(LOGS).where(LOGS.c.job_id == job_id, LOGS.c.item_index.in_(group),
+                                                            LOGS.c.status.in_(OPEN_ITEM))
+                                         .values(status=final)).rowcount
+                    if moved:  # not when settled already (the job was stopped)
+                        increments[counter] = moved
+            if not increments:
+                continue
+            delivered = JOBS.c.delivered + increments.get("delivered", 0)
+            failed_deliver = JOBS.c.failed_deliver + increments.get("failed_deliver", 0)
+            complete = delivered + failed_deliver >= JOBS.c.item_count
+            conn.execute(update(JOBS).where(JOBS.c.id == job_id, JOBS.c.status == Status.RUNNING).values(
+                delivered=delivered, failed_deliver=failed_deliver, updated_at=utcnow(),
+                status=case((complete, Status.FINISHED), else_=JOBS.c.status),
+                message=case((complete, "Every item was delivered or failed to be"), else_=JOBS.c.message),
+            ))
+
+
+#: The counters an item's outcome adds to.
+COUNTERS = {
+    ItemStatus.FAILED_PROCESS: ("gathered", "failed_process"),
+    ItemStatus.PREDICTED: ("gathered", "preprocessed", "predicted"),
+    ItemStatus.FAILED_PREDICT: ("gathered", "preprocessed", "failed_predict"),
+}
 
 
 class _Runner:
@@ -414,6 +440,8 @@ class _Runner:
         self._done_above: set[int] = set()
         self._last_ms = 0
         self.stopping = False
+        self._outbox: list[tuple[dict[str, Any], list[dict[str, Any]], str, asyncio.Future[bool]]] = []
+        self._flushing = False
 
     def mark_running(self, conn: Connection) -> None:
         conn.execute(update(JOBS).where(JOBS.c.id == self._job.id, JOBS.c.status == Status.SCHEDULED)
@@ -435,7 +463,8 @@ class _Runner:
                 JobLogRow.job_id == job.id, JobLogRow.item_index >= self._cursor)))
             self._last_ms = session.scalar(select(func.max(JobLogRow.created_ms))
                                            .where(JobLogRow.job_id == job.id)) or 0
-        window = asyncio.Semaphore(max(1, min(self._target.maximum_instances, MAX_ITEMS_IN_FLIGHT)))
+        window = asyncio.Semaphore(
+            max(1, min(self._target.maximum_instances * ITEMS_IN_FLIGHT_PER_INSTANCE, MAX_ITEMS_IN_FLIGHT)))
         in_flight: set[asyncio.Task[None]] = set()
         try:
             for index, line in items:
@@ -487,32 +516,66 @@ class _Runner:
                  "status": status, "time_ms": round(elapsed_ms, 3), "reason": error or ""}
         deliveries = [new_delivery(webhook_id, body, job_id=job.id, item_index=index)
                       for webhook_id in job.webhook_ids]
-        if await self._db.committer.submit_async(self._commit(entry, deliveries, status, self._cursor)):
+        if await self._record(entry, deliveries, status):
             self._jobs._deliveries.wake()
         self._mark_done(index)
 
-    def _commit(self, entry: dict[str, Any], deliveries: list[dict[str, Any]], status: str,
-                cursor: int) -> Callable[[Connection], bool]:
-        job_id = self._job.id
-        counters = {
-            ItemStatus.FAILED_PROCESS: ("gathered", "failed_process"),
-            ItemStatus.PREDICTED: ("gathered", "preprocessed", "predicted"),
-            ItemStatus.FAILED_PREDICT: ("gathered", "preprocessed", "failed_predict"),
-        }[status]
+    async def _record(self, entry: dict[str, Any], deliveries: list[dict[str, Any]], status: str) -> bool:
+        """Commit an item's outcome; True once committed, False when the job stopped first.
 
-        def commit(conn: Connection) -> bool:
-            state = conn.scalar(select(JOBS.c.status).where(JOBS.c.id == job_id))
-            if state != Status.RUNNING:
-                return False  # stopped meanwhile: the stop counted this item already
-            if conn.scalar(select(LOGS.c.seq).where(LOGS.c.job_id == job_id,
-                                                    LOGS.c.item_index == entry["item_index"])):
-                return False  # committed before (a resumed runner)
-            conn.execute(insert(LOGS), [entry])
-            conn.execute(insert(DELIVERIES), deliveries)
-            values: dict[Any, Any] = {JOBS.c[name]: JOBS.c[name] + 1 for name in counters}
+        Outcomes that finish while a commit is under way go together in the next one: one
+        transaction of a few statements for many items, not a few statements for each.
+        """
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._outbox.append((entry, deliveries, status, waiter))
+        if not self._flushing:
+            self._flushing = True
+            asyncio.create_task(self._flush())
+        return await waiter
+
+    async def _flush(self) -> None:
+        try:
+            while self._outbox:
+                batch, self._outbox = self._outbox, []
+                try:
+                    committed = await self._db.committer.submit_async(self._commit(batch, self._cursor))
+                except Exception as exc:
+                    for *_, waiter in batch:
+                        if not waiter.done():
+                            waiter.set_exception(exc)
+                    continue
+                for entry, _, _, waiter in batch:
+                    if not waiter.done():
+                        waiter.set_result(entry["item_index"] in committed)
+        finally:
+            self._flushing = False
+
+    def _commit(self, batch: list[Any], cursor: int) -> Callable[[Connection], set[int]]:
+        """The write of a batch of item outcomes: the item indexes it committed."""
+        job_id = self._job.id
+
+        def commit(conn: Connection) -> set[int]:
+            indexes = [entry["item_index"] for entry, *_ in batch]
+            # Committed before (a resumed runner): never twice. The unique (job, item) backs this.
+            seen = set(conn.scalars(select(LOGS.c.item_index).where(LOGS.c.job_id == job_id,
+                                                                   LOGS.c.item_index.in_(indexes))))
+            fresh = [(entry, deliveries, status) for entry, deliveries, status, _ in batch
+                     if entry["item_index"] not in seen]
+            if not fresh:
+                return set()
+            increments: dict[str, int] = {}
+            for _, _, status in fresh:
+                for name in COUNTERS[status]:
+                    increments[name] = increments.get(name, 0) + 1
+            values: dict[Any, Any] = {JOBS.c[name]: JOBS.c[name] + n for name, n in increments.items()}
             values[JOBS.c.next_item] = case((JOBS.c.next_item < cursor, cursor), else_=JOBS.c.next_item)
             values[JOBS.c.updated_at] = utcnow()
-            conn.execute(update(JOBS).where(JOBS.c.id == job_id).values(values))
-            return True
+            running = conn.execute(update(JOBS).where(JOBS.c.id == job_id, JOBS.c.status == Status.RUNNING)
+                                   .values(values))
+            if not running.rowcount:  # type: ignore[attr-defined]
+                return set()  # stopped meanwhile: the stop counted these items already
+            conn.execute(insert(LOGS), [entry for entry, _, _ in fresh])
+            conn.execute(insert(DELIVERIES), [d for _, deliveries, _ in fresh for d in deliveries])
+            return {entry["item_index"] for entry, _, _ in fresh}
 
         return commit
