@@ -8,11 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import ubiops
 from datature.nexus import error
 
-from tests.compat.datature.conftest import make_dataset, webhook_spec
+from tests.compat.datature.conftest import deploy_with, make_dataset, webhook_spec
 from tests.compat.datature.receiver import Receiver
+from tests.compat.ubiops.conftest import sdk_client
 from tests.fixtures.packages import RAISES
+from tests.fixtures.server import Server
 
 SLOW = """
 import time
@@ -35,7 +38,8 @@ def items_of(job: Any) -> dict[str, int]:
 
 
 def test_a_job_predicts_every_item_and_delivers_each_result_signed(
-    nexus: Any, deploy: Callable[..., str], receiver: Receiver, tmp_path: Path
+    nexus: Any, deploy: Callable[..., str], receiver: Receiver, tmp_path: Path, server: Server,
+    project: dict[str, str],
 ) -> None:
     deployment_id = deploy("echo")
     dataset_id = make_dataset(nexus, tmp_path / "items.ndjson", [{"x": i} for i in range(12)])
@@ -54,6 +58,12 @@ def test_a_job_predicts_every_item_and_delivers_each_result_signed(
     assert sorted(r.json["itemIndex"] for r in delivered) == list(range(12))
     assert all(r.json["result"] == r.json["item"] and r.json["jobId"] == created.id for r in delivered)
     assert [j.id for j in nexus.batch.jobs.list().data] == [created.id]
+    # Each item was one core request: the UbiOps request list of the version shows them.
+    with sdk_client(server, project["token"]) as client:
+        api = ubiops.CoreApi(client)
+        listed = api.deployment_requests_list(project["name"], "echo", limit=50)
+        one = api.deployment_requests_get(project["name"], "echo", listed[0].id)
+    assert len(listed) == 12 and one.origin["created_by"] == f"batch job {created.id.removeprefix('batchjob_')}"
 
 
 def test_failed_predictions_and_deliveries_still_count_so_waiting_ends(
@@ -150,6 +160,11 @@ def test_a_bad_job_is_refused_and_not_stored(
     ):
         with pytest.raises(raised):
             nexus.batch.jobs.create("bad", bad)
+    # Another project's deployment is not there for this one.
+    other = server.create_project(project["name"] + "-other")
+    theirs = deploy_with(server, other, tmp_path, "theirs")
+    with pytest.raises(error.NotFoundError):
+        nexus.batch.jobs.create("bad", {**good, "deployment_id": theirs})
     with pytest.raises(error.BadRequestError):  # a new ephemeral deployment is not supported
         nexus.batch.jobs.create("eph", {"dataset_id": dataset_id, "webhook_id": webhook_id,
                                         "artifact_id": "artifact_1", "deployment_metadata": {"instance_id": "x"}})
