@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp
 
 from modelbay.core.engine import Engine
 from modelbay.core.errors import ModelbayError
@@ -18,7 +19,10 @@ from modelbay.dialects.datature import errors as datature_errors
 from modelbay.dialects.datature.routes import install as install_datature
 from modelbay.dialects.datature.routes import routers as datature_routers
 from modelbay.dialects.ubiops import errors as ubiops_errors
+from modelbay.dialects.ubiops.direct import DirectRequests
 from modelbay.dialects.ubiops.logs import router as ubiops_logs_router
+from modelbay.dialects.ubiops.pipeline_requests import router as ubiops_pipeline_requests_router
+from modelbay.dialects.ubiops.pipelines import router as ubiops_pipelines_router
 from modelbay.dialects.ubiops.requests import router as ubiops_requests_router
 from modelbay.dialects.ubiops.routes import PREFIXES as UBIOPS_PREFIXES
 from modelbay.dialects.ubiops.routes import router as ubiops_router
@@ -43,7 +47,7 @@ def render_error(request: Request, exc: Exception) -> Response:
     return Response(orjson.dumps({"error": message}), status_code=status, media_type="application/json")
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings) -> ASGIApp:
     """Build the app; the engine (store, runtime, loops) lives exactly as long as its lifespan."""
 
     @asynccontextmanager
@@ -69,16 +73,20 @@ def create_app(settings: Settings) -> FastAPI:
     async def health() -> Response:
         return Response(b'{"status":"ok"}', media_type="application/json")
 
+    # Direct requests, the hot path, are answered by `DirectRequests` before the app sees them.
     for prefix in UBIOPS_PREFIXES:  # request routes first: they are matched most often
         app.include_router(ubiops_requests_router, prefix=prefix)
         app.include_router(ubiops_streaming_router, prefix=prefix)
     for prefix in UBIOPS_PREFIXES:
         app.include_router(ubiops_router, prefix=prefix)
         app.include_router(ubiops_logs_router, prefix=prefix)
+        app.include_router(ubiops_pipelines_router, prefix=prefix)
+        app.include_router(ubiops_pipeline_requests_router, prefix=prefix)
     for datature_router in datature_routers:
         app.include_router(datature_router)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-    return app
+
+    return DirectRequests(app, lambda: app.state.engine)

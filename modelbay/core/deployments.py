@@ -288,6 +288,11 @@ class Deployments:
             )
         return target
 
+    def versions_with_minimum_instances(self) -> list[str]:
+        """Ids of the versions that keep instances running even when idle."""
+        with self._db.read() as session:
+            return list(session.scalars(select(VersionRow.id).where(VersionRow.minimum_instances > 0)))
+
     def forget_targets(self) -> None:
         """Drop cached targets: a deployment or version changed."""
         self._generation += 1

@@ -14,7 +14,10 @@ from modelbay.core.builds import Builder
 from modelbay.core.datasets import Datasets
 from modelbay.core.deliveries import Deliveries
 from modelbay.core.deployments import Deployments, Target
+from modelbay.core.errors import NotFound, Unavailable
 from modelbay.core.jobs import Jobs
+from modelbay.core.pipeline_requests import PipelineRequests
+from modelbay.core.pipelines import Pipelines
 from modelbay.core.projects import Projects
 from modelbay.core.requests import Requests
 from modelbay.core.revisions import Revisions
@@ -25,6 +28,7 @@ from modelbay.runtime.local import LocalRuntime
 from modelbay.settings import Settings
 from modelbay.store.blobs import LocalBlobStore
 from modelbay.store.db import Database
+from modelbay.store.tables import ProjectRow
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +72,7 @@ class Engine:
         self.runtime = runtime or LocalRuntime(
             log_dir=data / "instances", start_timeout=settings.instance_start_timeout_s
         )
-        self.scheduler = Scheduler(self.runtime, self._instance_spec)
+        self.scheduler = Scheduler(self.runtime, self._instance_spec, self._serving_target)
         self.projects = Projects(self.db, token)
         self.deployments = Deployments(self.db, self.scheduler.version_changed)
         self.revisions = Revisions(
@@ -87,6 +91,8 @@ class Engine:
         self.deliveries = Deliveries(self.db, self.http)
         self.datasets = Datasets(self.db, self.blobs)
         self.jobs = Jobs(self.db, self.datasets, self.deployments, self.requests, self.deliveries)
+        self.pipelines = Pipelines(self.db)
+        self.pipeline_requests = PipelineRequests(self.db, self.pipelines, self.deployments, self.requests)
 
     async def start(self) -> None:
         """Start the loops, then settle what a previous server left behind."""
@@ -96,11 +102,19 @@ class Engine:
             log.warning("%d requests were running when the server stopped; they are marked failed", settled)
         if queued:
             log.info("%d pending requests are queued again", queued)
+        settled, queued = self.pipeline_requests.recover(self._project_of)
+        if settled:
+            log.warning("%d pipeline requests were running when the server stopped; they are marked failed", settled)
+        if queued:
+            log.info("%d pending pipeline requests are queued again", queued)
         self.revisions.resume()
         self.deliveries.start()  # deliveries due while the server was down go out now
         resumed = self.jobs.resume()
         if resumed:
             log.info("%d batch jobs resume", resumed)
+        for version_id in self.deployments.versions_with_minimum_instances():
+            if (target := self._serving_target(version_id)) is not None:
+                self.scheduler.warm(target)
         self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def _sweep_forever(self) -> None:
@@ -110,6 +124,9 @@ class Engine:
                 removed = await asyncio.to_thread(self.requests.sweep_expired)
                 if removed:
                     log.info("removed %d requests past their retention time", removed)
+                removed = await asyncio.to_thread(self.pipeline_requests.sweep_expired)
+                if removed:
+                    log.info("removed %d pipeline requests past their retention time", removed)
             except Exception:
                 log.exception("retention sweep failed")
             await asyncio.sleep(RETENTION_SWEEP_PERIOD_S)
@@ -118,11 +135,25 @@ class Engine:
         self._sweeper.cancel()
         await self.jobs.close()
         await self.deliveries.close()
-        await self.requests.close()
+        # Running pipeline and batch requests get their grace period side by side.
+        await asyncio.gather(self.pipeline_requests.close(), self.requests.close())
         self.revisions.close()
         await self.scheduler.close()
         await self.http.aclose()
         self.db.close()
+
+    def _project_of(self, project_id: str) -> ProjectRow:
+        with self.db.read() as session:
+            row = session.get(ProjectRow, project_id)
+        if row is None:
+            raise NotFound("project", project_id)
+        return row
+
+    def _serving_target(self, version_id: str) -> Target | None:
+        try:
+            return Deployments.serving_target_check(self.deployments.target_of_version(version_id))
+        except (NotFound, Unavailable):
+            return None
 
     def _instance_spec(self, target: Target) -> InstanceSpec:
         assert target.package_dir is not None and target.python is not None

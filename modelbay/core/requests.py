@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import Connection, delete, select
 
 from modelbay.core.clock import utcnow
 from modelbay.core.deployments import Deployments, Target
@@ -131,24 +131,29 @@ class Requests:
         timeout: int,
         origin: dict[str, str],
         on_update: Callable[[str], None] | None = None,
+        request_id: str | None = None,
+        priority: int = PRIORITY_DIRECT,
     ) -> RequestRecord:
         """Run `data` on `target` now and return the finished request.
 
-        Raises `InvalidInput` (nothing recorded) when `data` does not match the input definition.
+        `request_id`: the id to give it, for a caller that may cancel it while it runs (a
+        pipeline step, see `cancel_running`); `priority`: its place among waiting work (a step
+        of a batch pipeline request waits as batch work does). Raises `InvalidInput` (nothing recorded) when
+        `data` does not match the input definition.
         """
         as_list = check_input(target, data)
-        request_id = str(uuid.uuid4())
+        request_id = request_id or str(uuid.uuid4())
         encoded = orjson.dumps(data)
         created_at = utcnow()
         started = {
-            **self._new_row(target, request_id, "direct", PRIORITY_DIRECT, timeout, encoded, origin, created_at),
+            **self._new_row(target, request_id, "direct", priority, timeout, encoded, origin, created_at),
             "status": Status.PROCESSING.value,
             "started_at": created_at,
         }
         committer = self._db.committer
         call = Call(request_id, data, {"id": request_id, "request_mode": "direct", "batch_list": as_list})
         if target.retention_mode == "none":  # nothing of it is kept: run it and answer
-            outcome = await self._execute(target, call, timeout, PRIORITY_DIRECT, on_update)
+            outcome = await self._execute(target, call, timeout, priority, on_update)
             return RequestRecord(request_id, target.deployment_name, target.version_name, "direct",
                                  outcome.status.value, timeout, outcome.result, outcome.error, created_at)
         recorded = False
@@ -156,13 +161,13 @@ class Requests:
         def record_processing() -> None:
             nonlocal recorded
             recorded = True
-            committer.submit(Insert(REQUESTS, started))
+            committer.submit(Insert(REQUESTS, [started]))
 
         # Most direct requests finish within milliseconds: they are written once, finished.
         # One still running after a moment is recorded as processing, so it can be seen.
         timer = asyncio.get_running_loop().call_later(RECORD_PROCESSING_AFTER_S, record_processing)
         try:
-            outcome = await self._execute(target, call, timeout, PRIORITY_DIRECT, on_update)
+            outcome = await self._execute(target, call, timeout, priority, on_update)
         finally:
             timer.cancel()
         finished = self._finished_values(target, outcome)
@@ -170,7 +175,7 @@ class Requests:
             status = await committer.submit_async(self._finish(request_id, outcome.status, finished))
         else:
             status = outcome.status
-            await committer.submit_async(Insert(REQUESTS, {**started, **finished, "status": status.value}))
+            await committer.submit_async(Insert(REQUESTS, [{**started, **finished, "status": status.value}]))
         return RequestRecord(
             id=request_id,
             deployment_name=target.deployment_name,
@@ -208,7 +213,7 @@ class Requests:
                 target, str(uuid.uuid4()), "batch", priority, timeout, orjson.dumps(item), origin, created_at
             )
             rows.append({**row, "status": Status.PENDING.value})
-        await self._db.committer.submit_async(lambda conn: conn.execute(insert(REQUESTS), rows))
+        await self._db.committer.submit_async(Insert(REQUESTS, rows))
         self.queue.push(
             [
                 QueuedItem(row["id"], target.version_id, item, timeout, priority)
@@ -226,29 +231,45 @@ class Requests:
 
     async def _run_queued(self, item: QueuedItem) -> None:
         committer = self._db.committer
-        # Claimed only now, as it starts: until then it is `pending` and cancels as such.
-        if not await committer.submit_async(self._claim(item.request_id)):
-            return  # cancelled or deleted while it waited
+        started_at = utcnow()
         try:
             target = self._deployments.target_of_version(item.version_id)
         except NotFound:
-            outcome = Outcome(Status.FAILED, error="The version of this request no longer exists")
-            committer.submit(self._finish(item.request_id, outcome.status, {"error_message": outcome.error,
-                                                                             "finished_at": utcnow()}))
+            values = {"error_message": "The version of this request no longer exists", "finished_at": started_at}
+            committer.submit(self._finish(item.request_id, Status.FAILED, values, Status.PENDING))
             return
+        # As for direct requests: an item that ends within a moment is written once, from
+        # `pending` to its end; one still running then is claimed (`processing`), so it can be
+        # seen and, after a crash, is failed rather than run again. A cancel or delete of an
+        # item that runs unclaimed stops its call (see `_cancel`); its finish then finds it gone.
+        running_from = Status.PENDING
+
+        def claim() -> None:
+            nonlocal running_from
+            running_from = Status.PROCESSING
+            committer.submit(self._claim(item.request_id, started_at)).add_done_callback(_log_failure)
+
         call = Call(item.request_id, item.data, {"id": item.request_id, "request_mode": "batch"})
-        outcome = await self._execute(target, call, item.timeout, PRIORITY_BATCH + item.priority)
-        # Nobody waits on a batch result: the write goes on while the next item runs.
-        done = committer.submit(self._finish(item.request_id, outcome.status, self._finished_values(target, outcome)))
-        done.add_done_callback(_log_failure)
+        timer = asyncio.get_running_loop().call_later(RECORD_PROCESSING_AFTER_S, claim)
+        try:
+            outcome = await self._execute(target, call, item.timeout, PRIORITY_BATCH + item.priority)
+        finally:
+            timer.cancel()
+        values = self._finished_values(target, outcome)
+        if running_from is Status.PENDING:
+            values["started_at"] = started_at
+        # Nobody waits on a batch result: the write goes on while the next item runs, and may
+        # share its commit with the next few (until then, a crash leaves the item to run again).
+        finish = self._finish(item.request_id, outcome.status, values, running_from)
+        committer.submit(finish, linger=True).add_done_callback(_log_failure)
 
     @staticmethod
-    def _claim(request_id: str) -> Callable[[Connection], bool]:
+    def _claim(request_id: str, started_at: datetime) -> Callable[[Connection], bool]:
         def claim(conn: Connection) -> bool:
             try:
-                transition(conn, request_id, Status.PENDING, Status.PROCESSING, started_at=utcnow())
+                transition(conn, request_id, Status.PENDING, Status.PROCESSING, started_at=started_at)
             except StatusChanged:
-                return False
+                return False  # cancelled or deleted meanwhile: its call was stopped
             return True
 
         return claim
@@ -329,15 +350,22 @@ class Requests:
         return values
 
     @staticmethod
-    def _finish(request_id: str, status: Status, values: dict[str, Any]) -> Callable[[Connection], Status | None]:
-        """The write that ends a running request; a cancel that came first wins."""
+    def _finish(
+        request_id: str, status: Status, values: dict[str, Any], running: Status = Status.PROCESSING
+    ) -> Callable[[Connection], Status | None]:
+        """The write that ends a request that was `running`; a cancel that came first wins."""
 
         def finish(conn: Connection) -> Status | None:
             if status is not Status.CANCELLED:
                 try:
-                    transition(conn, request_id, Status.PROCESSING, status, **values)
+                    transition(conn, request_id, running, status, **values)
                     return status
                 except StatusChanged:
+                    pass
+            else:  # cancelled before its cancel could be recorded (it was recorded running meanwhile)
+                try:
+                    transition(conn, request_id, running, Status.CANCELLED_PENDING)
+                except (StatusChanged, ValueError):
                     pass
             try:
                 transition(conn, request_id, Status.CANCELLED_PENDING, Status.CANCELLED, finished_at=utcnow())
@@ -450,16 +478,25 @@ class Requests:
             except StatusChanged:
                 current = self._status(request_id)
                 continue
-            if new is Status.CANCELLED_PENDING:
-                task = self._running.get(request_id)
-                if task is not None:
-                    self._cancelling.add(request_id)
-                    task.cancel()  # the runtime stops the instance; the request's own write ends it
-                else:  # nothing of ours runs it (its server died): end it here
-                    await committer.submit_async(self._finish(request_id, Status.CANCELLED, {}))
-                    return Status.CANCELLED
+            task = self._running.get(request_id)
+            if task is not None:  # processing, or a queued item that began running unclaimed
+                self._cancelling.add(request_id)
+                task.cancel()  # the runtime stops the instance; the request's own write ends it
+            elif new is Status.CANCELLED_PENDING:  # nothing of ours runs it (its server died): end it here
+                await committer.submit_async(self._finish(request_id, Status.CANCELLED, {}))
+                return Status.CANCELLED
             return new
         return current
+
+    async def cancel_running(self, request_id: str) -> None:
+        """Cancel a direct request this server is running, whether or not it is recorded yet."""
+        try:
+            await self._cancel(request_id, Status.PROCESSING)
+        except NotFound:  # not recorded yet: stop its call; it is then written once, cancelled
+            task = self._running.get(request_id)
+            if task is not None:
+                self._cancelling.add(request_id)
+                task.cancel()
 
     def _status(self, request_id: str) -> Status:
         with self._db.read() as session:

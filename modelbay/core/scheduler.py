@@ -69,9 +69,15 @@ class _Pool:
 class Scheduler:
     """Routes calls to instances. `make_spec` turns a target into what the runtime starts."""
 
-    def __init__(self, runtime: Runtime, make_spec: Callable[[Target], InstanceSpec]) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        make_spec: Callable[[Target], InstanceSpec],
+        serving_target: Callable[[str], Target | None] = lambda _version_id: None,
+    ) -> None:
         self._runtime = runtime
         self._make_spec = make_spec
+        self._serving_target = serving_target  # a version's current target, None unless it has code
         self._pools: dict[str, _Pool] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -103,6 +109,9 @@ class Scheduler:
         deadline = time.monotonic() + timeout
         while True:
             pool = self._pool(target)
+            instance = self._take_idle(pool)
+            if instance is not None:  # the common case: no wait, so no timer to set
+                break
             try:
                 async with asyncio.timeout_at(asyncio.get_running_loop().time() + timeout):
                     instance = await self._acquire(pool, priority)
@@ -127,8 +136,14 @@ class Scheduler:
         self._release(pool, instance)
         return outcome
 
+    def warm(self, target: Target) -> None:
+        """Start the version's `minimum_instances` now, rather than at its first request."""
+        if target.minimum_instances > 0:
+            self._keep_minimum(self._pool(target))
+
     def version_changed(self, version_id: str) -> None:
-        """Retire the instances of a version whose code or settings changed. Thread-safe."""
+        """Retire the instances of a version whose code or settings changed, and start its
+        minimum of the new ones. Thread-safe."""
         if self._loop is None:
             return
         self._loop.call_soon_threadsafe(self._retire_version, version_id)
@@ -147,10 +162,18 @@ class Scheduler:
             pool = self._pools[target.version_id] = _Pool(target)
         return pool
 
-    async def _acquire(self, pool: _Pool, priority: int) -> Instance:
+    @staticmethod
+    def _take_idle(pool: _Pool) -> Instance | None:
+        """An idle instance, unless there is none or others wait ahead of us."""
         if pool.idle and not pool.waiting():
             instance, _ = pool.idle.pop()
             pool.busy.add(instance)
+            return instance
+        return None
+
+    async def _acquire(self, pool: _Pool, priority: int) -> Instance:
+        instance = self._take_idle(pool)
+        if instance is not None:
             return instance
         fut: asyncio.Future[Instance] = asyncio.get_running_loop().create_future()
         pool.waiters[min(priority, len(pool.waiters) - 1)].append(fut)
@@ -206,6 +229,9 @@ class Scheduler:
         pool = self._pools.get(version_id)
         if pool is not None:
             self._retire(pool)
+        target = self._serving_target(version_id)
+        if target is not None:
+            self.warm(target)
 
     def _retire(self, pool: _Pool) -> None:
         pool.retired = True
@@ -226,10 +252,12 @@ class Scheduler:
             while len(pool.idle) > keep and now - pool.idle[0][1] >= target.maximum_idle_time:
                 instance, _ = pool.idle.pop(0)
                 self._spawn(self._runtime.stop(instance))
-            missing = target.minimum_instances - pool.size
-            for _ in range(max(missing, 0)):
-                pool.starting += 1
-                self._spawn(self._start_instance(pool))
+            self._keep_minimum(pool)
+
+    def _keep_minimum(self, pool: _Pool) -> None:
+        for _ in range(max(pool.target.minimum_instances - pool.size, 0)):
+            pool.starting += 1
+            self._spawn(self._start_instance(pool))
 
     async def _reconcile_forever(self) -> None:
         while True:

@@ -6,10 +6,11 @@ import enum
 import functools
 from typing import Any
 
-from sqlalchemy import Connection, Table, Update, bindparam, update
+from sqlalchemy import Connection, Dialect, Table, bindparam, update
 from sqlalchemy.orm import Session
 
 from modelbay.core.errors import StatusChanged
+from modelbay.store.driver import DriverStatement, driver_cursor
 from modelbay.store.tables import RequestRow
 
 REQUESTS: Table = RequestRow.__table__  # type: ignore[assignment]
@@ -28,7 +29,8 @@ TERMINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
 
 #: Every move a request may make.
 ALLOWED: dict[Status, frozenset[Status]] = {
-    Status.PENDING: frozenset({Status.PROCESSING, Status.CANCELLED, Status.FAILED}),
+    # pending -> completed: a queued request that ran too briefly to be claimed (written once).
+    Status.PENDING: frozenset({Status.PROCESSING, Status.COMPLETED, Status.FAILED, Status.CANCELLED}),
     Status.PROCESSING: frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED_PENDING, Status.PENDING}),
     Status.CANCELLED_PENDING: frozenset({Status.CANCELLED}),
     Status.COMPLETED: frozenset(),
@@ -38,12 +40,13 @@ ALLOWED: dict[Status, frozenset[Status]] = {
 
 
 @functools.cache
-def _statement(columns: frozenset[str]) -> Update:
-    """The compare-and-set UPDATE writing `columns`, built once: building it costs more than running it."""
-    return (
+def _statement(columns: frozenset[str], dialect: Dialect) -> DriverStatement:
+    """The compare-and-set UPDATE writing `columns`, compiled once: the hot path runs it per request."""
+    return DriverStatement(
         update(REQUESTS)
         .where(REQUESTS.c.id == bindparam("_id"), REQUESTS.c.status == bindparam("_old"))
-        .values(status=bindparam("status"), **{name: bindparam(name) for name in columns})
+        .values(status=bindparam("status"), **{name: bindparam(name) for name in sorted(columns)}),
+        dialect,
     )
 
 
@@ -56,6 +59,6 @@ def transition(conn: Connection | Session, request_id: str, old: Status, new: St
     if new not in ALLOWED[old]:
         raise ValueError(f"a request may not go from {old.value} to {new.value}")
     params = {"_id": request_id, "_old": old.value, "status": new.value, **values}
-    done = conn.execute(_statement(frozenset(values)), params)
-    if done.rowcount == 0:  # type: ignore[attr-defined]
+    connection = conn.connection() if isinstance(conn, Session) else conn
+    if _statement(frozenset(values), connection.dialect).execute(driver_cursor(connection), params) == 0:
         raise StatusChanged(request_id, old.value)

@@ -13,21 +13,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, Table, create_engine, event, insert
+from sqlalchemy import Connection, Engine, Table, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
+
+from modelbay.store.driver import driver_cursor, insert_statement
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 #: Most writes one group commit carries; bounds the latency of the last writer in a batch.
 GROUP_COMMIT_MAX = 512
 
-#: How long a commit under load waits for more writes to carry, in seconds.
-GROUP_COMMIT_LINGER_S = 0.0
+#: How long a write nobody waits on may wait for others to share its commit, in seconds.
+LINGER_S = 0.01
 
 #: How long a writer waits for SQLite's write lock before giving up, in milliseconds.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def _json_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -57,6 +64,9 @@ class Database:
         kwargs: dict[str, Any] = {}
         if self.is_sqlite:
             kwargs["connect_args"] = {"check_same_thread": False}
+        # orjson for JSON columns: the stdlib encoder is the slowest part of writing a row.
+        kwargs["json_serializer"] = _json_text
+        kwargs["json_deserializer"] = orjson.loads
         self.engine: Engine = create_engine(url, **kwargs)
         if self.is_sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
@@ -109,10 +119,11 @@ Write = Callable[[Connection], Any]
 
 @dataclass(frozen=True)
 class Insert:
-    """A row to insert: the committer sends all rows of one table in a commit as one executemany."""
+    """Rows to insert: the committer sends all rows of a commit with the same table and
+    columns as one executemany."""
 
     table: Table
-    row: dict[str, Any]
+    rows: list[dict[str, Any]]
 
 
 Op = Write | Insert
@@ -129,20 +140,24 @@ class GroupCommitter:
 
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._queue: queue.SimpleQueue[tuple[Op, _Waiter] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[Op, _Waiter, bool] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
         self._thread.start()
 
-    def submit(self, write: Op) -> Future[Any]:
-        """Queue a write; the returned future resolves once it is committed."""
+    def submit(self, write: Op, *, linger: bool = False) -> Future[Any]:
+        """Queue a write; the returned future resolves once it is committed.
+
+        `linger`: nobody waits on this write, so its commit may wait up to `LINGER_S` for
+        more writes to share it (a commit costs far more than a row).
+        """
         future: Future[Any] = Future()
-        self._queue.put((write, future))
+        self._queue.put((write, future, linger))
         return future
 
     def submit_async(self, write: Op) -> asyncio.Future[Any]:
-        """Like `submit`, for a caller on an event loop: resolved on that loop."""
+        """Like `submit`, for a caller on an event loop, which awaits it: resolved on that loop."""
         future = asyncio.get_running_loop().create_future()
-        self._queue.put((write, future))
+        self._queue.put((write, future, False))
         return future
 
     def close(self) -> None:
@@ -156,16 +171,15 @@ class GroupCommitter:
             self._loop()
 
     def _loop(self) -> None:
-        previous = 1
         while True:
             first = self._queue.get()
             if first is None:
                 return
             batch = [first]
             stop = False
-            # Under concurrent load (the last commit carried several writes), wait a moment
-            # for more: a commit costs far more than a row. Alone, commit at once.
-            deadline = time.monotonic() + (GROUP_COMMIT_LINGER_S if previous > 1 else 0.0)
+            # Commit what is queued at once when someone waits on it; writes that all linger
+            # wait a moment for company.
+            deadline = time.monotonic() + LINGER_S if first[2] else 0.0
             while len(batch) < GROUP_COMMIT_MAX:
                 try:
                     wait = deadline - time.monotonic()
@@ -176,29 +190,33 @@ class GroupCommitter:
                     stop = True
                     break
                 batch.append(item)
-            previous = len(batch)
+                if not item[2]:
+                    deadline = 0.0
             _settle(self._commit(batch))
             if stop:
                 return
 
-    def _commit(self, batch: list[tuple[Op, _Waiter]]) -> list[tuple[_Waiter, Any, BaseException | None]]:
+    def _commit(self, batch: list[tuple[Op, _Waiter, bool]]) -> list[tuple[_Waiter, Any, BaseException | None]]:
         try:
             with self._conn.begin():
                 conn = self._conn
                 # Inserts first (they create what later writes in the batch may update).
-                rows: dict[Table, list[dict[str, Any]]] = {}
-                for op, _ in batch:
+                rows: dict[tuple[Table, frozenset[str]], list[dict[str, Any]]] = {}
+                for op, _, _ in batch:
                     if isinstance(op, Insert):
-                        rows.setdefault(op.table, []).append(op.row)
-                for table, table_rows in rows.items():
-                    conn.execute(insert(table), table_rows)
-                results = [None if isinstance(op, Insert) else op(conn) for op, _ in batch]
+                        for row in op.rows:
+                            rows.setdefault((op.table, frozenset(row)), []).append(row)
+                if rows:
+                    cursor = driver_cursor(conn)
+                    for (table, columns), table_rows in rows.items():
+                        insert_statement(table, columns, conn.dialect).executemany(cursor, table_rows)
+                results = [None if isinstance(op, Insert) else op(conn) for op, _, _ in batch]
         except Exception as exc:
             # The whole transaction rolled back; one bad write must not fail its neighbours.
             if len(batch) > 1:
                 return [outcome for item in batch for outcome in self._commit([item])]
             return [(batch[0][1], None, exc)]
-        return [(waiter, result, None) for (_, waiter), result in zip(batch, results, strict=True)]
+        return [(waiter, result, None) for (_, waiter, _), result in zip(batch, results, strict=True)]
 
 
 _Waiter = Future[Any] | asyncio.Future[Any]

@@ -132,6 +132,94 @@ class RequestRow(Base):
     finished_at: Mapped[datetime | None]
 
 
+class PipelineRow(Base):
+    """A named DAG of deployments, operators and sub-pipelines, with its own input and output."""
+
+    __tablename__ = "pipelines"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(Text, default="")
+    input_type: Mapped[str] = mapped_column(String(16))
+    output_type: Mapped[str] = mapped_column(String(16))
+    input_fields: Mapped[list[Any]] = mapped_column(default=list)
+    output_fields: Mapped[list[Any]] = mapped_column(default=list)
+    labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    default_version_id: Mapped[str | None] = mapped_column(String(36))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class PipelineVersionRow(Base):
+    """One version of a pipeline: its objects and attachments, validated as a whole when stored."""
+
+    __tablename__ = "pipeline_versions"
+    __table_args__ = (UniqueConstraint("pipeline_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    pipeline_id: Mapped[str] = mapped_column(ForeignKey("pipelines.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(Text, default="")
+    labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    request_retention_mode: Mapped[str] = mapped_column(String(16))
+    request_retention_time: Mapped[int] = mapped_column(Integer)  # seconds
+    objects: Mapped[list[Any]] = mapped_column(default=list)
+    attachments: Mapped[list[Any]] = mapped_column(default=list)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class PipelineRequestRow(Base):
+    """One run of a pipeline version; `steps` lists its deployment, operator and sub-pipeline requests."""
+
+    __tablename__ = "pipeline_requests"
+    __table_args__ = (
+        Index("ix_pipeline_requests_version_created", "version_id", "created_at"),
+        Index("ix_pipeline_requests_status", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    project_id: Mapped[str] = mapped_column(String(36), index=True)
+    pipeline_id: Mapped[str] = mapped_column(String(36))
+    version_id: Mapped[str] = mapped_column(String(36))
+    parent_id: Mapped[str | None] = mapped_column(String(36), index=True)  # set for a sub-pipeline's request
+    mode: Mapped[str] = mapped_column(String(8))  # direct / batch
+    status: Mapped[str] = mapped_column(String(20))
+    timeout: Mapped[int] = mapped_column(Integer)  # seconds
+    data: Mapped[bytes | None] = mapped_column(LargeBinary)
+    result: Mapped[bytes | None] = mapped_column(LargeBinary)
+    error_message: Mapped[str | None] = mapped_column(Text)
+    input_size: Mapped[int] = mapped_column(Integer, default=0)
+    output_size: Mapped[int] = mapped_column(Integer, default=0)
+    steps: Mapped[list[Any]] = mapped_column(default=list)
+    origin: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class OperatorRequestRow(Base):
+    """One execution of an operator inside a pipeline request."""
+
+    __tablename__ = "operator_requests"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    pipeline_request_id: Mapped[str] = mapped_column(String(36), index=True)
+    pipeline_object: Mapped[str] = mapped_column(String(64))
+    operator: Mapped[str] = mapped_column(String(32))
+    sequence_id: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(20))
+    data: Mapped[bytes | None] = mapped_column(LargeBinary)
+    result: Mapped[bytes | None] = mapped_column(LargeBinary)
+    error_message: Mapped[str | None] = mapped_column(Text)
+    input_size: Mapped[int] = mapped_column(Integer, default=0)
+    output_size: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+
+
 class WebhookRow(Base):
     """An endpoint that receives signed POSTs, with its retry policy."""
 

@@ -9,6 +9,8 @@ from sqlalchemy import insert, select
 
 from modelbay.core.clock import utcnow
 from modelbay.core.deployments import Deployments
+from modelbay.core.pipeline_requests import OPERATOR_REQUESTS, PIPELINE_REQUESTS, PipelineRequests
+from modelbay.core.pipelines import Pipelines
 from modelbay.core.projects import Projects
 from modelbay.core.requests import Requests
 from modelbay.core.transitions import REQUESTS
@@ -46,3 +48,36 @@ def test_finished_requests_past_the_retention_time_are_swept_and_others_kept(db:
     assert Requests(db, None, deployments).sweep_expired() == 2  # type: ignore[arg-type]
     with db.read() as session:
         assert sorted(session.scalars(select(REQUESTS.c.id))) == ["fresh", "waiting"]
+
+
+def test_finished_pipeline_requests_past_retention_are_swept_with_their_sub_requests(db: Database) -> None:
+    projects = Projects(db, "admin")
+    token = projects.create("retention").token
+    project = projects.get(projects.authenticate(token), "retention")
+    pipelines = Pipelines(db)
+    pipelines.create(project, {"name": "p", "input_type": "plain", "output_type": "plain"})
+    version = pipelines.create_version(project, "p", {
+        "version": "v1", "request_retention_time": 3600,
+        "attachments": [{"destination_name": "pipeline_end", "sources": [{"source_name": "pipeline_start"}]}]})
+    now = utcnow()
+
+    def row(request_id: str, status: str, finished_ago_s: float | None, parent: str | None = None) -> dict[str, object]:
+        finished = None if finished_ago_s is None else now - timedelta(seconds=finished_ago_s)
+        return {"id": request_id, "project_id": project.id, "pipeline_id": version.pipeline_id,
+                "version_id": version.id, "parent_id": parent, "mode": "direct", "status": status, "timeout": 10,
+                "input_size": 0, "output_size": 0, "steps": [], "origin": {}, "created_at": now - timedelta(days=2),
+                "finished_at": finished}
+
+    with db.write() as session:
+        session.execute(insert(PIPELINE_REQUESTS), [
+            row("old", "completed", 7200), row("old-child", "completed", 7200, parent="old"),
+            row("fresh", "failed", 10), row("running", "processing", None),
+        ])
+        session.execute(insert(OPERATOR_REQUESTS), [{
+            "id": "op", "pipeline_request_id": "old-child", "pipeline_object": "f", "operator": "function",
+            "sequence_id": "1", "status": "completed", "input_size": 0, "output_size": 0, "created_at": now}])
+    sweeper = PipelineRequests(db, pipelines, None, None)  # type: ignore[arg-type]
+    assert sweeper.sweep_expired() == 1
+    with db.read() as session:
+        assert sorted(session.scalars(select(PIPELINE_REQUESTS.c.id))) == ["fresh", "running"]
+        assert list(session.scalars(select(OPERATOR_REQUESTS.c.id))) == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -169,7 +170,8 @@ def test_no_request_of_a_batch_is_lost_when_the_server_is_killed_with_sigkill(
         ids = batch(client, "crash", "sleeper", [{"x": 20000}] + [{"x": 10 + i} for i in range(29)])
 
     wait_until(lambda: (markers / "20000").exists(), timeout=30)  # its code is running
-    assert statuses(first.data_dir, ids) == ["processing"] + ["pending"] * 29
+    # and, running for longer than a moment, it is recorded as such
+    wait_until(lambda: statuses(first.data_dir, ids) == ["processing"] + ["pending"] * 29, timeout=10)
     orphans = workers(first)
     assert len(orphans) == 1, {pid: cmdline(pid) for pid in orphans}
     own_server.remember_children()  # type: ignore[attr-defined]
@@ -205,7 +207,7 @@ def test_sigterm_lets_the_running_batch_item_finish_and_a_restart_completes_the_
         deploy(client, "drain", "sleeper", source, plain=False, maximum_instances=1)
         ids = batch(client, "drain", "sleeper", [{"x": 1500}] + [{"x": 10}] * 10)
     wait_until(lambda: (markers / "1500").exists(), timeout=30)  # its code is running
-    assert statuses(first.data_dir, ids) == ["processing"] + ["pending"] * 10
+    wait_until(lambda: statuses(first.data_dir, ids) == ["processing"] + ["pending"] * 10, timeout=10)
     own_server.remember_children()  # type: ignore[attr-defined]
     children = workers(first)
 
@@ -223,6 +225,27 @@ def test_sigterm_lets_the_running_batch_item_finish_and_a_restart_completes_the_
 
     wait_until(lambda: all_terminal(second.data_dir, ids), timeout=RECOVERY_DEADLINE_S, interval=0.05)
     assert statuses(second.data_dir, ids) == ["completed"] * len(ids)
+
+
+def test_a_batch_request_cancelled_just_as_it_starts_is_stopped_and_the_queue_goes_on(
+    server: Server, tmp_path: Path
+) -> None:
+    source, markers = marking_sleeper(tmp_path)
+    name = unique("cancel-early")
+    credentials = server.create_project(name)
+    with ubiops(server, credentials["token"]) as client:
+        deploy(client, name, "sleeper", source, plain=False, maximum_instances=1)
+        assert direct(client, name, "sleeper", {"x": 1}).status_code == 200  # the instance is up: no start delay
+        ids = batch(client, name, "sleeper", [{"x": 30000}, {"x": 10}])
+        # Cancelled within moments of its start: most often before it is even marked processing.
+        wait_until(lambda: (markers / "30000").exists(), timeout=30, interval=0.002)
+        response = client.patch(f"/projects/{name}/deployments/sleeper/requests/{ids[0]}",
+                                json={"status": "cancelled"})
+        assert response.status_code == 200, response.text
+
+        # Its 30 s call was stopped: the next item ran long before it would have ended.
+        wait_until(lambda: all_terminal(server.data_dir, ids), timeout=15)
+    assert statuses(server.data_dir, ids) == ["cancelled", "completed"]
 
 
 # --- ordering --------------------------------------------------------------------------------
@@ -295,6 +318,28 @@ def test_an_idle_instance_is_stopped_after_its_maximum_idle_time_and_the_next_re
     assert len(now) == 1 and not set(now) & set(before), (before, now)  # a new process served it
 
 
+def test_minimum_instances_run_from_the_build_on_and_again_after_a_restart_before_any_request(
+    own_server: Callable[..., Server],
+) -> None:
+    first = own_server()
+    credentials = first.create_project("warm")
+    with ubiops(first, credentials["token"]) as client:
+        deploy(client, "warm", "sleeper", SLEEPS_MS, plain=False, minimum_instances=2, maximum_instances=3,
+               maximum_idle_time=1)
+        version = version_id(client, "warm", "sleeper")
+
+    # No request was made, yet the minimum runs, and stays past the maximum idle time.
+    wait_until(lambda: len(workers(first, version)) == 2, timeout=30)
+    started = workers(first, version)
+    time.sleep(2.5)  # two reconcile periods beyond maximum_idle_time: what must NOT happen is a stop
+    assert workers(first, version) == started
+    assert query(first.data_dir, "SELECT id FROM requests") == []
+    first.stop()
+
+    second = own_server(first.data_dir)
+    wait_until(lambda: len(workers(second, version)) == 2, timeout=30)
+
+
 def test_no_more_than_maximum_instances_workers_run_under_ten_concurrent_requests(server: Server) -> None:
     name = unique("capped")
     credentials = server.create_project(name)
@@ -338,7 +383,7 @@ def test_a_worker_killed_mid_request_fails_that_request_and_the_queue_goes_on(se
         version = version_id(client, name, "sleeper")
         ids = batch(client, name, "sleeper", [{"x": 20000}, {"x": 10}, {"x": 11}, {"x": 12}])
         wait_until(lambda: (markers / "20000").exists(), timeout=30)
-        assert statuses(server.data_dir, ids) == ["processing", "pending", "pending", "pending"]
+        wait_until(lambda: statuses(server.data_dir, ids) == ["processing", "pending", "pending", "pending"])
         (pid,) = workers(server, version)
 
         os.kill(pid, signal.SIGKILL)

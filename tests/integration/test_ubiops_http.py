@@ -6,7 +6,7 @@ Every 4xx is followed by a look at what it could have changed, to show that it c
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,15 +15,17 @@ import httpx
 import pytest
 from fastapi.routing import APIRoute
 
+from modelbay.dialects.ubiops.direct import PATHS as DIRECT_PATHS
 from modelbay.dialects.ubiops.requests import router as requests_router
 from modelbay.dialects.ubiops.routes import router
 from tests.fixtures.packages import PLAIN
 from tests.fixtures.server import Server
-from tests.integration.conftest import (
+from tests.integration.conftest import (  # noqa: F401  (own_server is a fixture)
     create_deployment,
     create_version,
     deploy,
     error_of,
+    own_server,
     package_zip,
     query,
     ubiops,
@@ -93,7 +95,7 @@ def send_text(client: httpx.Client, path: str, text: str, **params: Any) -> http
 
 #: Every UbiOps route, read off the router so that a new route is covered the day it is added.
 #: `/status` is left out: it is the service's liveness probe, open like UbiOps' own.
-ROUTES = [
+ROUTES = [("POST", path) for path in DIRECT_PATHS] + [
     (method, route.path)
     for route in [*requests_router.routes, *router.routes]
     if isinstance(route, APIRoute) and route.path != "/status"
@@ -278,6 +280,49 @@ def test_a_direct_request_with_a_bad_timeout_is_a_400_and_is_not_recorded(
     assert response.status_code == 400, response.text
     assert "timeout" in error_of(response)
     assert requests_of(deployed) == before
+
+
+def test_a_direct_request_with_a_non_integer_priority_is_a_400_and_is_not_recorded(
+    deployed: Deployed, client: httpx.Client
+) -> None:
+    before = requests_of(deployed)
+
+    response = send_text(client, f"/projects/{deployed.project}/deployments/echo/requests", "hi", priority="high")
+
+    assert response.status_code == 400, response.text
+    assert "priority" in error_of(response)
+    assert requests_of(deployed) == before
+
+
+def test_a_direct_request_whose_json_body_is_broken_is_a_400_that_says_so(deployed: Deployed, client: httpx.Client) -> None:
+    before = requests_of(deployed)
+
+    response = client.post(
+        f"/projects/{deployed.project}/deployments/echo/versions/v1/requests",
+        content=b'{"x": ', headers={"content-type": "application/json"},
+    )
+
+    assert response.status_code == 400, response.text
+    assert "not valid JSON" in error_of(response)
+    assert requests_of(deployed) == before
+
+
+def test_a_direct_request_larger_than_the_limit_is_a_413_and_is_not_recorded(
+    own_server: Callable[..., Server]  # noqa: F811
+) -> None:
+    server = own_server(extra_env={"MODELBAY_MAX_REQUEST_BYTES": "2000"})
+    credentials = server.create_project("limit")
+    with ubiops(server, credentials["token"]) as c:
+        deploy(c, "limit", "echo", PLAIN)
+        path = "/projects/limit/deployments/echo/requests"
+
+        too_big = send_text(c, path, "x" * 5000)
+        just_right = send_text(c, path, "x" * 2000)
+
+    assert too_big.status_code == 413, too_big.text
+    assert "2000 bytes" in error_of(too_big)
+    assert just_right.status_code == 200 and just_right.json()["result"] == "x" * 2000
+    assert len(query(server.data_dir, "SELECT id FROM requests")) == 1  # only the one that fit
 
 
 # --- plain input -----------------------------------------------------------------------------

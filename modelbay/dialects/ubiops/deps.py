@@ -25,15 +25,18 @@ async def engine_of(request: Request) -> Engine:
     return _engine(request)
 
 
-async def caller_of(request: Request) -> Caller:
-    """The caller behind `Authorization: Token <t>` (`Bearer` accepted too)."""
-    header = request.headers.get("authorization")
+def caller_from(engine: Engine, header: str | None) -> Caller:
+    """The caller behind an `Authorization: Token <t>` header (`Bearer` accepted too)."""
     if not header:
         raise Unauthorized("Authentication credentials were not provided")
     scheme, _, token = header.strip().partition(" ")
     if scheme.lower() not in TOKEN_SCHEMES or not token.strip():
         raise Unauthorized("Authorization header must be 'Token <token>'")
-    return _engine(request).projects.authenticate(token.strip())
+    return engine.projects.authenticate(token.strip())
+
+
+async def caller_of(request: Request) -> Caller:
+    return caller_from(_engine(request), request.headers.get("authorization"))
 
 
 async def project_of(project_name: str, request: Request) -> ProjectRow:

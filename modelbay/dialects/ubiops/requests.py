@@ -1,5 +1,7 @@
-"""UbiOps deployment requests. The direct request is the hot path: its routes read the HTTP
-request themselves rather than through FastAPI's dependency solver, and are matched first."""
+"""UbiOps deployment requests: batch create, and everything read, cancelled or deleted.
+
+The direct request, the hot path, is served in front of the framework (`direct.py`). These
+routes read the HTTP request themselves rather than through FastAPI's dependency solver."""
 
 from __future__ import annotations
 
@@ -16,8 +18,6 @@ from modelbay.core.errors import InvalidInput, NotFound, TooLarge
 from modelbay.core.requests import (
     BATCH_TIMEOUT_DEFAULT_S,
     BATCH_TIMEOUT_MAX_S,
-    DIRECT_TIMEOUT_DEFAULT_S,
-    DIRECT_TIMEOUT_MAX_S,
     check_ids,
     check_priority,
     check_timeout,
@@ -38,12 +38,13 @@ def _int_query(request: Request, name: str) -> int | None:
         raise InvalidInput(f"{name} must be an integer, not {value!r}") from None
 
 
-async def _request_data(request: Request, input_type: str, limit: int) -> Any:
-    """The request body as deployment input: JSON, or raw text for `text/plain` (how the SDK sends a str)."""
-    raw = await request.body()
-    if len(raw) > limit:
-        raise TooLarge(f"The request body is larger than the limit of {limit} bytes")
-    if request.headers.get("content-type", "").startswith("text/plain"):
+def too_large(limit: int) -> TooLarge:
+    return TooLarge(f"The request body is larger than the limit of {limit} bytes")
+
+
+def decode_input(raw: bytes, content_type: str, input_type: str) -> Any:
+    """A request body as deployment input: JSON, or raw text for `text/plain` (how the SDK sends a str)."""
+    if content_type.startswith("text/plain"):
         if input_type == "plain":
             return raw.decode("utf-8", errors="replace")
         raw = raw or b"null"
@@ -53,34 +54,19 @@ async def _request_data(request: Request, input_type: str, limit: int) -> Any:
         raise InvalidInput(f"The request body is not valid JSON: {exc}") from exc
 
 
+async def _request_data(request: Request, input_type: str, limit: int) -> Any:
+    raw = await request.body()
+    if len(raw) > limit:
+        raise too_large(limit)
+    return decode_input(raw, request.headers.get("content-type", ""), input_type)
+
+
 async def target_of(request: Request) -> tuple[Engine, Target]:
     """The engine and the version a request route names (the default one without `version`)."""
     engine: Engine = request.app.state.engine
     path = request.path_params
     project = engine.projects.get(await caller_of(request), path["project_name"])
     return engine, engine.deployments.target(project, path["deployment_name"], path.get("version"))
-
-
-async def _direct(request: Request) -> Response:
-    engine, target = await target_of(request)
-    Deployments.serving_target_check(target)
-    timeout = check_timeout(_int_query(request, "timeout"), DIRECT_TIMEOUT_DEFAULT_S, DIRECT_TIMEOUT_MAX_S)
-    _int_query(request, "priority")
-    data = await _request_data(request, target.input_type, engine.settings.max_request_bytes)
-    record = await engine.requests.direct(target, data, timeout=timeout, origin={"created_by": "ubiops"})
-    return schemas.respond(schemas.direct_request(record))
-
-
-@router.post("/projects/{project_name}/deployments/{deployment_name}/requests")
-async def deployment_requests_create(request: Request) -> Response:
-    """Run a direct request on the deployment's default version. Query: `timeout`, `priority`."""
-    return await _direct(request)
-
-
-@router.post("/projects/{project_name}/deployments/{deployment_name}/versions/{version}/requests")
-async def deployment_version_requests_create(request: Request, version: str) -> Response:
-    """Run a direct request on one version. Query: `timeout`, `priority`."""
-    return await _direct(request)
 
 
 # --- batch requests and everything read, cancelled or deleted -------------------------------

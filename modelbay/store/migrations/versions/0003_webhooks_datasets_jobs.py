@@ -1,14 +1,14 @@
 """webhooks datasets jobs
 
 Revision ID: 0003
-Revises: 0001
+Revises: 0004
 Create Date: 2026-11-22 23:27:19.427030
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = '0003'
-down_revision = '0001'
+down_revision = '0004'  # after main's pipelines (0004); re-point when 0002 lands
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,124 @@
+"""UbiOps direct requests, the hot path, answered in front of the framework.
+
+A direct request is the call clients make most, and the engine serves it in a fraction of
+what FastAPI's middleware, routing and response layers would add to it. So `DirectRequests`
+wraps the app: it answers `POST …/deployments/{d}[/versions/{v}]/requests` itself, with the
+same credentials, checks, errors and answer as every UbiOps route, and hands every other
+request to the app. (Being outside the framework, these two routes are not listed in /docs.)
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from urllib.parse import parse_qsl
+
+import orjson
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from modelbay.core.deployments import Deployments
+from modelbay.core.engine import Engine
+from modelbay.core.errors import InvalidInput, ModelbayError
+from modelbay.core.requests import DIRECT_TIMEOUT_DEFAULT_S, DIRECT_TIMEOUT_MAX_S, check_timeout
+from modelbay.dialects.ubiops import errors, schemas
+from modelbay.dialects.ubiops.deps import caller_from
+from modelbay.dialects.ubiops.requests import decode_input, too_large
+
+log = logging.getLogger(__name__)
+
+#: The routes answered here (POST), under `/v2.1` and `/v2`.
+PATHS = (
+    "/projects/{project_name}/deployments/{deployment_name}/requests",
+    "/projects/{project_name}/deployments/{deployment_name}/versions/{version}/requests",
+)
+_PATTERNS = [re.compile(r"/v2(?:\.1)?" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", path)) for path in PATHS]
+
+JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request body arrived."""
+
+
+class DirectRequests:
+    """ASGI middleware serving direct requests; `app` serves everything else."""
+
+    def __init__(self, app: ASGIApp, engine_of: Callable[[], Engine]) -> None:
+        self.app = app
+        self._engine_of = engine_of  # the engine exists only once the app's lifespan has started
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            for pattern in _PATTERNS:
+                if match := pattern.fullmatch(scope["path"]):
+                    await self._direct(scope, receive, send, **match.groupdict())
+                    return
+        await self.app(scope, receive, send)
+
+    async def _direct(
+        self, scope: Scope, receive: Receive, send: Send,
+        project_name: str, deployment_name: str, version: str | None = None,
+    ) -> None:
+        try:
+            body = await self._run(scope, receive, self._engine_of(), project_name, deployment_name, version)
+        except ClientGone:
+            return
+        except ModelbayError as exc:
+            await errors.render(exc)(scope, receive, send)
+            return
+        except Exception:
+            log.exception("direct request failed")
+            await errors.error_response(500, "Internal server error")(scope, receive, send)
+            return
+        headers = [*JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    @staticmethod
+    async def _run(
+        scope: Scope, receive: Receive, engine: Engine, project_name: str, deployment: str, version: str | None
+    ) -> bytes:
+        authorization = content_type = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+            elif name == b"content-type":
+                content_type = value.decode("latin-1")
+        project = engine.projects.get(caller_from(engine, authorization), project_name)
+        target = engine.deployments.target(project, deployment, version)
+        Deployments.serving_target_check(target)
+        query = dict(parse_qsl(scope["query_string"].decode("latin-1"))) if scope["query_string"] else {}
+        timeout = check_timeout(_int(query, "timeout"), DIRECT_TIMEOUT_DEFAULT_S, DIRECT_TIMEOUT_MAX_S)
+        _int(query, "priority")  # accepted and checked; a direct request goes ahead of batch work anyway
+        limit = engine.settings.max_request_bytes
+        data = decode_input(await _body(receive, limit), content_type or "", target.input_type)
+        record = await engine.requests.direct(target, data, timeout=timeout, origin={"created_by": "ubiops"})
+        return orjson.dumps(schemas.direct_request(record))
+
+
+def _int(query: dict[str, str], name: str) -> int | None:
+    value = query.get(name)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidInput(f"{name} must be an integer, not {value!r}") from None
+
+
+async def _body(receive: Receive, limit: int) -> bytes:
+    """The whole body, refused as soon as it passes `limit` bytes."""
+    chunks = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise too_large(limit)
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)

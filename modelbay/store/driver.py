@@ -1,0 +1,80 @@
+"""Core statements compiled once per dialect and run on the driver's own cursor.
+
+SQLAlchemy's per-execution work (cache-key lookup, result set-up, per-call bind processing
+set-up) costs several times what SQLite itself spends on a one-row UPDATE. The hot-path
+writes are a handful of fixed statements, so they are compiled once for the store's dialect
+(its SQL text, parameter order and each parameter's bind processor) and their rows go straight
+to the DBAPI cursor, inside the transaction the SQLAlchemy connection already holds.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from sqlalchemy import Connection, Dialect, Table, bindparam, insert
+from sqlalchemy.sql import ClauseElement
+
+
+class DriverStatement:
+    """One statement, compiled for one dialect; `execute` takes rows as mappings of parameter names."""
+
+    def __init__(
+        self, statement: ClauseElement, dialect: Dialect, defaults: Mapping[str, Callable[[], Any]] | None = None
+    ) -> None:
+        compiled = statement.compile(dialect=dialect)
+        self._defaults = dict(defaults or {})
+        self.sql = compiled.string
+        self._positional = compiled.positional
+        names = list(compiled.positiontup or ()) if compiled.positional else list(compiled.binds)
+        self._names = names
+        self._processors: list[tuple[str, Callable[[Any], Any]]] = []
+        for name in names:
+            bind = compiled.binds[name]
+            processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if processor is not None:
+                self._processors.append((name, processor))
+
+    def parameters(self, row: Mapping[str, Any]) -> Any:
+        """The row as the driver takes it: a tuple in order (qmark/format styles) or a dict."""
+        if self._processors or self._defaults:
+            row = dict(row)
+            for name, default in self._defaults.items():
+                row[name] = default()
+            for name, processor in self._processors:
+                row[name] = processor(row.get(name))
+        if self._positional:
+            return tuple(row.get(name) for name in self._names)
+        return {name: row.get(name) for name in self._names}
+
+    def execute(self, cursor: Any, row: Mapping[str, Any]) -> int:
+        """Run it for one row; returns the driver's rowcount."""
+        cursor.execute(self.sql, self.parameters(row))
+        return int(cursor.rowcount)
+
+    def executemany(self, cursor: Any, rows: Iterable[Mapping[str, Any]]) -> None:
+        cursor.executemany(self.sql, [self.parameters(row) for row in rows])
+
+
+def driver_cursor(conn: Connection) -> Any:
+    """A DBAPI cursor inside `conn`'s transaction (begun first if it has not been)."""
+    if not conn.in_transaction():
+        conn.begin()
+    return conn.connection.cursor()
+
+
+@functools.cache
+def insert_statement(table: Table, columns: frozenset[str], dialect: Dialect) -> DriverStatement:
+    """An INSERT of `columns` into `table`, plus the Python-side defaults of the others, compiled once."""
+    defaults: dict[str, Callable[[], Any]] = {}
+    for column in table.columns:
+        default = column.default
+        if column.key in columns or default is None:
+            continue
+        if default.is_scalar:
+            defaults[column.key] = lambda value=default.arg: value  # type: ignore[attr-defined]
+        elif default.is_callable:
+            defaults[column.key] = lambda make=default.arg: make(None)  # type: ignore[attr-defined]
+    names = sorted(columns | defaults.keys())
+    return DriverStatement(insert(table).values({name: bindparam(name) for name in names}), dialect, defaults)

@@ -1,0 +1,60 @@
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import insert, select
+
+from modelbay.core.clock import as_utc
+from modelbay.core.transitions import REQUESTS
+from modelbay.store.db import Database, Insert
+from modelbay.store.driver import driver_cursor, insert_statement
+from modelbay.store.tables import RequestRow
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    database = Database(f"sqlite:///{tmp_path / 'test.db'}")
+    database.migrate()
+    yield database
+    database.close()
+
+
+CREATED = datetime(2026, 11, 22, 10, 30, 15, 123456, tzinfo=UTC)
+
+
+def _row(request_id: str, **values: object) -> dict[str, object]:
+    return {
+        "id": request_id, "project_id": "p", "deployment_id": "d", "version_id": "v", "mode": "batch",
+        "status": "pending", "timeout": 10, "origin": {"created_by": "tester"}, "created_at": CREATED,
+        "data": b'{"x": 1}', **values,
+    }
+
+
+def test_a_row_written_on_the_driver_reads_back_as_one_written_by_sqlalchemy(db: Database) -> None:
+    # Given the same row, once through SQLAlchemy and once through a driver statement
+    with db.write() as session:
+        session.execute(insert(REQUESTS), [_row("through-sqlalchemy")])
+    with db.writer_connection() as conn, conn.begin():
+        statement = insert_statement(REQUESTS, frozenset(_row("x")), conn.dialect)
+        statement.executemany(driver_cursor(conn), [_row("through-driver")])
+
+    with db.read() as session:
+        a, b = (session.get(RequestRow, i) for i in ("through-sqlalchemy", "through-driver"))
+    # Then every column reads back the same: types converted, column defaults applied
+    assert a is not None and b is not None
+    columns = [c.key for c in REQUESTS.columns if c.key != "id"]
+    assert {c: getattr(b, c) for c in columns} == {c: getattr(a, c) for c in columns}
+    assert as_utc(b.created_at) == CREATED
+    assert b.origin == {"created_by": "tester"} and b.data == b'{"x": 1}'
+    assert b.priority == 1 and b.input_size == 0 and b.output_size == 0  # the columns' defaults
+
+
+def test_inserts_of_one_commit_with_different_columns_all_land(db: Database) -> None:
+    committer = db.committer
+    futures = [committer.submit(Insert(REQUESTS, [_row("a")])), committer.submit(Insert(REQUESTS, [_row("b", priority=0)]))]
+    for future in futures:
+        future.result(timeout=10)
+    with db.read() as session:
+        priorities = dict(session.execute(select(RequestRow.id, RequestRow.priority)).all())
+    assert priorities == {"a": 1, "b": 0}
