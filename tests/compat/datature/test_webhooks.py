@@ -127,5 +127,6 @@ def test_another_projects_id_is_forbidden(server: Server, project: dict[str, str
 
 @pytest.mark.parametrize("webhook_id", ["webhook_nope", "abc", "webhook_00000000-0000-0000-0000-000000000000"])
 def test_unknown_ids_are_404(nexus: Any, webhook_id: str) -> None:
-    with pytest.raises(error.NotFoundError):
+    with pytest.raises(error.NotFoundError) as raised:
         nexus.batch.webhooks.get(webhook_id)
+    assert f"'{webhook_id}'" in raised.value.message  # the id as the caller gave it
