@@ -77,6 +77,7 @@ class Deliveries:
         # Successes waiting for their commit: many go in one write (see `_record_delivered`).
         self._delivered: list[tuple[Due, int, asyncio.Future[None]]] = []
         self._flushing = False
+        self._closing = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="deliveries")
@@ -85,6 +86,10 @@ class Deliveries:
         self._wake.set()
 
     async def close(self) -> None:
+        # A flag as well as the cancel: on Python 3.11 `wait_for` can swallow a cancel that
+        # arrives as its wait ends, and the loop would go round again.
+        self._closing = True
+        self._wake.set()
         if self._task is not None:
             self._task.cancel()
         for task in list(self._attempts):
@@ -92,7 +97,7 @@ class Deliveries:
         await asyncio.gather(*self._attempts, *(t for t in [self._task] if t), return_exceptions=True)
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             self._wake.clear()
             wait_s = IDLE_WAKE_S
             try:

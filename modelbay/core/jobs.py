@@ -118,6 +118,7 @@ class Jobs:
         self._runners: dict[str, asyncio.Task[None]] = {}
         self._stops: dict[str, asyncio.Event] = {}  # set when a job's stop time changes or it is stopped
         self._live: dict[str, _Runner] = {}
+        self._closing = False
         #: Turns an item's outcome into the body its webhooks receive (a dialect may replace it).
         self.render_body: Callable[[ItemOutcome], bytes] = default_body
         deliveries.on_settled = self._items_settled
@@ -304,6 +305,13 @@ class Jobs:
         task.add_done_callback(forget)
 
     async def close(self) -> None:
+        # A flag as well as the cancel: on Python 3.11 `wait_for` can swallow a cancel that
+        # arrives as its wait ends, and a waiting loop would go round again.
+        self._closing = True
+        for event in self._stops.values():
+            event.set()
+        for runner in self._live.values():
+            runner.stopping = True
         tasks = list(self._runners.values())
         for task in tasks:
             task.cancel()
@@ -315,6 +323,8 @@ class Jobs:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if self._closing:
+                return  # the job stays as it is; the next start resumes it
             log.exception("job %s failed", job_id)
             await self._db.committer.submit_async(
                 self._settle_open(job_id, Status.FAILED, "Error", f"The job failed: {exc}"))
@@ -322,7 +332,7 @@ class Jobs:
     async def _run_job(self, job_id: str) -> None:
         stop = self._stops[job_id]
         # Wait for the start time, waking early for a changed stop time.
-        while True:
+        while not self._closing:
             with self._db.read() as session:
                 job = session.get(JobRow, job_id)
             if job is None or job.status not in ACTIVE:
@@ -340,6 +350,8 @@ class Jobs:
                 await asyncio.wait_for(stop.wait(), (as_utc(job.start_at) - now).total_seconds())
             except TimeoutError:
                 pass
+        if self._closing:
+            return  # the job stays as it is; the next start resumes it
         with self._db.read() as session:
             project = session.get(ProjectRow, job.project_id)
             deployment = session.get(DeploymentRow, job.deployment_id)
@@ -365,7 +377,7 @@ class Jobs:
 
     async def _watch_stop_time(self, job_id: str, stop: asyncio.Event) -> None:
         """Stop the job when its stop time passes (re-read whenever it changes)."""
-        while True:
+        while not self._closing:
             with self._db.read() as session:
                 stop_at = session.scalar(select(JobRow.stop_at).where(JobRow.id == job_id))
             stop.clear()

@@ -18,6 +18,8 @@ from modelbay.store.db import Database
 from modelbay.store.tables import DeliveryRow, ProjectRow
 from tests.compat.datature.receiver import Receiver, running_receiver
 
+pytestmark = pytest.mark.timeout(60)  # a worker that will not close fails here, not at the suite's 300 s
+
 
 def open_store(tmp_path: Path) -> Database:
     db = Database(f"sqlite:///{tmp_path / 'store.db'}")
