@@ -20,6 +20,9 @@ from modelbay.dialects.abeja.deployments import router as abeja_deployments_rout
 from modelbay.dialects.abeja.runs import router as abeja_runs_router
 from modelbay.dialects.abeja.services import proxy_router as abeja_proxy_router
 from modelbay.dialects.abeja.services import router as abeja_services_router
+from modelbay.dialects.datature import errors as datature_errors
+from modelbay.dialects.datature.routes import install as install_datature
+from modelbay.dialects.datature.routes import routers as datature_routers
 from modelbay.dialects.ubiops import errors as ubiops_errors
 from modelbay.dialects.ubiops.direct import DirectRequests
 from modelbay.dialects.ubiops.logs import router as ubiops_logs_router
@@ -35,6 +38,8 @@ from modelbay.settings import Settings
 ERROR_RENDERERS: list[tuple[tuple[str, ...], Callable[[Exception], Response]]] = [
     (UBIOPS_PREFIXES, ubiops_errors.render),
     (abeja_errors.PREFIXES, abeja_errors.render),
+    # `/projects/…` only: UbiOps' projects live under `/v2.1/projects` and `/v2/projects`.
+    (datature_errors.PREFIXES, datature_errors.render),
 ]
 
 
@@ -54,6 +59,7 @@ def create_app(settings: Settings) -> ASGIApp:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = Engine(settings)
+        install_datature(engine)
         app.state.engine = engine
         app.state.abeja_deployment_ids = {}
         await engine.start()
@@ -89,6 +95,8 @@ def create_app(settings: Settings) -> ASGIApp:
     app.include_router(abeja_runs_router)
     app.include_router(abeja_services_router)
     app.include_router(abeja_deployments_router)
+    for datature_router in datature_routers:
+        app.include_router(datature_router)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

@@ -7,9 +7,15 @@ import logging
 import secrets
 from pathlib import Path
 
+import httpx
+
+from modelbay.core import signed_urls
 from modelbay.core.builds import Builder
+from modelbay.core.datasets import Datasets
+from modelbay.core.deliveries import Deliveries
 from modelbay.core.deployments import Deployments, Target
 from modelbay.core.errors import NotFound, Unavailable
+from modelbay.core.jobs import Jobs
 from modelbay.core.journal import Journal
 from modelbay.core.pipeline_requests import PipelineRequests
 from modelbay.core.pipelines import Pipelines
@@ -19,6 +25,7 @@ from modelbay.core.revisions import Revisions
 from modelbay.core.runs import Runs
 from modelbay.core.scheduler import Scheduler
 from modelbay.core.services import Services
+from modelbay.core.webhooks import Webhooks
 from modelbay.runtime.base import InstanceSpec, Runtime
 from modelbay.runtime.local import LocalRuntime
 from modelbay.settings import Settings
@@ -80,6 +87,13 @@ class Engine:
             workers=settings.build_workers,
         )
         self.requests = Requests(self.db, self.scheduler, self.deployments)
+        self.url_signer = signed_urls.UrlSigner(signed_urls.load_key(data))
+        # One client for every webhook POST: pooled connections to receivers.
+        self.http = httpx.AsyncClient(follow_redirects=False)
+        self.webhooks = Webhooks(self.db, self.http)
+        self.deliveries = Deliveries(self.db, self.http)
+        self.datasets = Datasets(self.db, self.blobs)
+        self.jobs = Jobs(self.db, self.datasets, self.deployments, self.requests, self.deliveries)
         self.pipelines = Pipelines(self.db)
         self.pipeline_requests = PipelineRequests(self.db, self.pipelines, self.deployments, self.requests)
         self.journal = Journal(self.db)
@@ -103,6 +117,10 @@ class Engine:
         if queued:
             log.info("%d pending pipeline requests are queued again", queued)
         self.revisions.resume()
+        self.deliveries.start()  # deliveries due while the server was down go out now
+        resumed = self.jobs.resume()
+        if resumed:
+            log.info("%d batch jobs resume", resumed)
         for version_id in self.deployments.versions_with_minimum_instances():
             if (target := self._serving_target(version_id)) is not None:
                 self.scheduler.warm(target)
@@ -129,11 +147,14 @@ class Engine:
 
     async def close(self) -> None:
         self._sweeper.cancel()
+        await self.jobs.close()
+        await self.deliveries.close()
         await self.services.close()
         # Running pipeline requests, run attempts and batch requests get their grace period side by side.
         await asyncio.gather(self.pipeline_requests.close(), self.runs.close(), self.requests.close())
         self.revisions.close()
         await self.scheduler.close()
+        await self.http.aclose()
         self.db.close()
 
     def _project_of(self, project_id: str) -> ProjectRow:

@@ -7,6 +7,7 @@ import re
 import secrets
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -55,7 +56,7 @@ class Projects:
         self._admin_hash = hash_token(admin_token)
         self._callers: dict[str, Caller] = {}
         self._by_name: dict[str, ProjectRow] = {}
-        self._by_organization: dict[str, ProjectRow] = {}
+        self._by_id_column: dict[tuple[str, str], ProjectRow] = {}  # (column, value): ABEJA's and Datature's ids
 
     def create(self, name: str) -> Credentials:
         """Create a project and return its credentials; the token is shown only here."""
@@ -114,19 +115,31 @@ class Projects:
         return project
 
     def by_organization(self, caller: Caller, organization_id: str) -> ProjectRow:
-        """The project with this 13-digit organization id. Raises `Forbidden` for a project the
-        caller may not use (an unknown id included, so ids cannot be probed); `NotFound` for the admin."""
-        project = self._by_organization.get(organization_id)
+        """The project with this 13-digit organization id (ABEJA's name for a project)."""
+        return self._by_public_id(caller, ProjectRow.organization_id, organization_id, "organization")
+
+    def get_by_datature_id(self, caller: Caller, datature_project_id: str) -> ProjectRow:
+        """The project with this `proj_…` id (Datature's)."""
+        return self._by_public_id(caller, ProjectRow.datature_project_id, datature_project_id, "project")
+
+    def find_by_datature_id(self, datature_project_id: str) -> ProjectRow:
+        """The project with this `proj_…` id, for a caller already authenticated otherwise (a signed URL)."""
+        return self.get_by_datature_id(Caller(project_id=None), datature_project_id)
+
+    def _by_public_id(self, caller: Caller, column: Any, value: str, kind: str) -> ProjectRow:
+        """The project whose `column` is `value`. Raises `Forbidden` for a project the caller may not
+        use (an unknown id included, so ids cannot be probed); `NotFound` for the admin."""
+        project = self._by_id_column.get((column.key, value))
         if project is None:
             with self._db.read() as session:
-                project = session.scalar(select(ProjectRow).where(ProjectRow.organization_id == organization_id))
+                project = session.scalar(select(ProjectRow).where(column == value))
             if project is None:
                 if caller.is_admin:
-                    raise NotFound("organization", organization_id)
-                raise Forbidden(f"This credential has no access to organization '{organization_id}'")
-            self._by_organization[organization_id] = project
+                    raise NotFound(kind, value)
+                raise Forbidden(f"This credential has no access to {kind} '{value}'")
+            self._by_id_column[(column.key, value)] = project
         if not caller.is_admin and caller.project_id != project.id:
-            raise Forbidden(f"This credential has no access to organization '{organization_id}'")
+            raise Forbidden(f"This credential has no access to {kind} '{value}'")
         return project
 
     def list(self, caller: Caller) -> list[ProjectRow]:

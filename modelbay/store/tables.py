@@ -5,7 +5,19 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -265,3 +277,117 @@ class LogLineRow(Base):
     owner_id: Mapped[str] = mapped_column(String(40))
     time: Mapped[datetime]
     message: Mapped[str] = mapped_column(Text)
+
+
+class WebhookRow(Base):
+    """An endpoint that receives signed POSTs, with its retry policy."""
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    endpoint: Mapped[str] = mapped_column(Text)
+    secret: Mapped[str] = mapped_column(Text)  # base64, as given; never shown again
+    max_retries: Mapped[int] = mapped_column(Integer)
+    max_backoff_ms: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class DeliveryRow(Base):
+    """One body to POST to one webhook, kept until it is delivered or has used up its retries."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        Index("ix_deliveries_due", "status", "next_attempt_at"),
+        Index("ix_deliveries_job_item", "job_id", "item_index"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    webhook_id: Mapped[str] = mapped_column(String(36), index=True)
+    job_id: Mapped[str | None] = mapped_column(String(36))
+    item_index: Mapped[int | None] = mapped_column(Integer)
+    body: Mapped[bytes | None] = mapped_column(LargeBinary)  # dropped once delivered
+    status: Mapped[str] = mapped_column(String(16))  # pending / delivered / failed / cancelled
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime]
+    response_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+
+
+class DatasetRow(Base):
+    """An uploaded file of newline-delimited JSON items; the file itself is a blob."""
+
+    __tablename__ = "datasets"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(24))  # waiting / uploaded / failed_upload / failed_processing
+    message: Mapped[str] = mapped_column(Text, default="")
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    crc32c: Mapped[str] = mapped_column(String(16))  # base64 of the big-endian CRC32C, as GCS writes it
+    item_count: Mapped[int] = mapped_column(Integer, default=0)
+    blob_key: Mapped[str | None] = mapped_column(String(200))
+    expires_at: Mapped[datetime]
+    upload_expires_at: Mapped[datetime]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class JobRow(Base):
+    """A batch job: a dataset's items run on a deployment, each result sent to webhooks."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    dataset_id: Mapped[str] = mapped_column(String(36), index=True)
+    deployment_id: Mapped[str] = mapped_column(String(36))
+    webhook_ids: Mapped[list[Any]] = mapped_column(default=list)
+    start_at: Mapped[datetime | None]
+    stop_at: Mapped[datetime | None]
+    cancelled_at: Mapped[datetime | None]
+    status: Mapped[str] = mapped_column(String(16))  # scheduled / running / finished / stopped / failed
+    message: Mapped[str] = mapped_column(Text, default="")
+    reason: Mapped[str | None] = mapped_column(Text)
+    item_count: Mapped[int] = mapped_column(Integer, default=0)
+    next_item: Mapped[int] = mapped_column(Integer, default=0)  # every item before it has its outcome
+    gathered: Mapped[int] = mapped_column(Integer, default=0)
+    failed_gather: Mapped[int] = mapped_column(Integer, default=0)
+    preprocessed: Mapped[int] = mapped_column(Integer, default=0)
+    failed_process: Mapped[int] = mapped_column(Integer, default=0)
+    predicted: Mapped[int] = mapped_column(Integer, default=0)
+    failed_predict: Mapped[int] = mapped_column(Integer, default=0)
+    delivered: Mapped[int] = mapped_column(Integer, default=0)
+    failed_deliver: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class JobLogRow(Base):
+    """A job's log entry: one per item (its outcome, updated as it is delivered), plus job events.
+
+    The unique (job, item) pair is also the record that an item's outcome was committed.
+    """
+
+    __tablename__ = "job_logs"
+    __table_args__ = (
+        UniqueConstraint("job_id", "item_index"),
+        Index("ix_job_logs_job_time", "job_id", "created_ms"),
+    )
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(36))
+    item_index: Mapped[int | None] = mapped_column(Integer)
+    created_ms: Mapped[int] = mapped_column(BigInteger)  # unique within a job, so paging by time is exact
+    kind: Mapped[str] = mapped_column(String(32))
+    level: Mapped[str] = mapped_column(String(8))
+    item: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[str] = mapped_column(String(24))
+    time_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    reason: Mapped[str] = mapped_column(Text, default="")

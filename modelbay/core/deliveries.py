@@ -1,0 +1,243 @@
+"""Deliveries: bodies POSTed to webhooks, durable in the store, retried with capped exponential backoff.
+
+A delivery is a row before it is ever tried, so one due when the server dies is made after it
+restarts. The worker takes due rows, POSTs them (a bounded number at a time) and records each
+try compare-and-set on `pending`, so a delivery given up elsewhere (a cancelled job) stays so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+from sqlalchemy import Connection, Table, func, select, update
+
+from modelbay.core.clock import as_utc, utcnow
+from modelbay.core.webhooks import backoff_ms, post_signed
+from modelbay.store.db import Database
+from modelbay.store.tables import DeliveryRow, WebhookRow
+
+log = logging.getLogger(__name__)
+# One line per POST would drown the server log under a batch job.
+logging.getLogger("httpx").setLevel(logging.WARNING)
+
+DELIVERIES: Table = DeliveryRow.__table__  # type: ignore[assignment]
+WEBHOOKS: Table = WebhookRow.__table__  # type: ignore[assignment]
+
+#: Most POSTs in flight at once, over all webhooks.
+MAX_IN_FLIGHT = 64
+
+#: Longest the worker sleeps with nothing due; a new delivery wakes it at once.
+IDLE_WAKE_S = 5.0
+
+#: Called in the transaction that settles deliveries of job items: (conn, [(job_id, item_index), ...]).
+SettledHook = Callable[[Connection, list[tuple[str, int]]], None]
+
+
+@dataclass(frozen=True)
+class Due:
+    id: str
+    webhook_id: str
+    job_id: str | None
+    item_index: int | None
+    body: bytes
+    attempts: int
+    endpoint: str | None
+    secret: str | None
+    max_retries: int
+    max_backoff_ms: int
+
+
+def new_delivery(webhook_id: str, body: bytes, *, job_id: str | None = None, item_index: int | None = None,
+                 now: datetime | None = None) -> dict[str, Any]:
+    """A row to insert (in the caller's transaction) for one body to one webhook, due now."""
+    now = now or utcnow()
+    return {"id": str(uuid.uuid4()), "webhook_id": webhook_id, "job_id": job_id, "item_index": item_index,
+            "body": body, "status": "pending", "attempts": 0, "next_attempt_at": now, "response_code": None,
+            "last_error": None, "created_at": now, "finished_at": None}
+
+
+class Deliveries:
+    """The delivery worker. `wake()` after committing new deliveries."""
+
+    def __init__(self, db: Database, client: httpx.AsyncClient) -> None:
+        self._db = db
+        self._client = client
+        self._in_flight: set[str] = set()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._attempts: set[asyncio.Task[None]] = set()
+        self.on_settled: SettledHook = lambda _conn, _items: None
+        # Successes waiting for their commit: many go in one write (see `_record_delivered`).
+        self._delivered: list[tuple[Due, int, asyncio.Future[None]]] = []
+        self._flushing = False
+        self._closing = False
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="deliveries")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def close(self) -> None:
+        # A flag as well as the cancel: on Python 3.11 `wait_for` can swallow a cancel that
+        # arrives as its wait ends, and the loop would go round again.
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            self._task.cancel()
+        for task in list(self._attempts):
+            task.cancel()
+        await asyncio.gather(*self._attempts, *(t for t in [self._task] if t), return_exceptions=True)
+
+    async def _run(self) -> None:
+        while not self._closing:
+            self._wake.clear()
+            wait_s = IDLE_WAKE_S
+            try:
+                free = MAX_IN_FLIGHT - len(self._in_flight)
+                due = await asyncio.to_thread(self._due, free, set(self._in_flight)) if free > 0 else []
+                for item in due:
+                    self._in_flight.add(item.id)
+                    task = asyncio.create_task(self._attempt(item))
+                    self._attempts.add(task)
+                    task.add_done_callback(self._attempts.discard)
+                if free > 0 and len(due) < free:
+                    wait_s = await asyncio.to_thread(self._seconds_to_next_due)
+                # else: full; a finishing attempt wakes us
+            except Exception:
+                log.exception("delivery pass failed")
+            if wait_s > 0:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), wait_s)
+                except TimeoutError:
+                    pass
+
+    def _due(self, limit: int, exclude: set[str]) -> list[Due]:
+        query = (
+            select(DELIVERIES.c.id, DELIVERIES.c.webhook_id, DELIVERIES.c.job_id, DELIVERIES.c.item_index,
+                   DELIVERIES.c.body, DELIVERIES.c.attempts, WEBHOOKS.c.endpoint, WEBHOOKS.c.secret,
+                   WEBHOOKS.c.max_retries, WEBHOOKS.c.max_backoff_ms)
+            .select_from(DELIVERIES.outerjoin(WEBHOOKS, WEBHOOKS.c.id == DELIVERIES.c.webhook_id))
+            .where(DELIVERIES.c.status == "pending", DELIVERIES.c.next_attempt_at <= utcnow())
+            .order_by(DELIVERIES.c.next_attempt_at)
+            .limit(limit + len(exclude))
+        )
+        with self._db.read() as session:
+            rows = session.execute(query).all()
+        return [Due(r.id, r.webhook_id, r.job_id, r.item_index, r.body or b"", r.attempts, r.endpoint, r.secret,
+                    r.max_retries or 0, r.max_backoff_ms or 0)
+                for r in rows if r.id not in exclude][:limit]
+
+    def _seconds_to_next_due(self) -> float:
+        with self._db.read() as session:
+            first = session.scalar(select(func.min(DELIVERIES.c.next_attempt_at))
+                                   .where(DELIVERIES.c.status == "pending"))
+        if first is None:
+            return IDLE_WAKE_S
+        return max(0.0, min(IDLE_WAKE_S, (as_utc(first) - utcnow()).total_seconds()))
+
+    async def _attempt(self, due: Due) -> None:
+        try:
+            if due.endpoint is None or due.secret is None:
+                await self._db.committer.submit_async(
+                    self._settle(due, "failed", None, "The webhook was deleted", due.attempts))
+                return
+            headers = {"X-Modelbay-Delivery": due.id, "X-Modelbay-Attempt": str(due.attempts + 1)}
+            outcome = await post_signed(self._client, due.endpoint, due.secret, due.body, headers)
+            attempts = due.attempts + 1
+            if outcome.ok:
+                await self._record_delivered(due, outcome.status_code)
+                return
+            if attempts > due.max_retries:
+                op = self._settle(due, "failed", outcome.status_code or None, outcome.error, attempts)
+            else:
+                retry_at = utcnow() + timedelta(milliseconds=backoff_ms(attempts, due.max_backoff_ms))
+                op = self._retry_later(due, attempts, retry_at, outcome.status_code or None, outcome.error)
+            await self._db.committer.submit_async(op)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("delivery %s failed to record", due.id)
+        finally:
+            self._in_flight.discard(due.id)
+            self._wake.set()
+
+    async def _record_delivered(self, due: Due, code: int) -> None:
+        """Record a success. Those that arrive while a write is under way share the next one."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._delivered.append((due, code, waiter))
+        if not self._flushing:
+            self._flushing = True
+            asyncio.create_task(self._flush_delivered())
+        await waiter
+
+    async def _flush_delivered(self) -> None:
+        try:
+            while self._delivered:
+                batch, self._delivered = self._delivered, []
+                try:
+                    await self._db.committer.submit_async(self._settle_delivered([(d, c) for d, c, _ in batch]))
+                except Exception as exc:
+                    for *_, waiter in batch:
+                        if not waiter.done():
+                            waiter.set_exception(exc)
+                    continue
+                for *_, waiter in batch:
+                    if not waiter.done():
+                        waiter.set_result(None)
+        finally:
+            self._flushing = False
+
+    def _settle_delivered(self, batch: list[tuple[Due, int]]) -> Callable[[Connection], None]:
+        def settle(conn: Connection) -> None:
+            ids = [due.id for due, _ in batch]
+            # Compare-and-set on `pending`, for the whole batch: one given up meanwhile stays so.
+            pending = set(conn.scalars(select(DELIVERIES.c.id).where(DELIVERIES.c.id.in_(ids),
+                                                                     DELIVERIES.c.status == "pending")))
+            now = utcnow()
+            by_code: dict[int, list[str]] = {}
+            for due, code in batch:
+                if due.id in pending:
+                    by_code.setdefault(code, []).append(due.id)
+            for code, code_ids in by_code.items():
+                conn.execute(update(DELIVERIES).where(DELIVERIES.c.id.in_(code_ids)).values(
+                    status="delivered", attempts=DELIVERIES.c.attempts + 1, response_code=code, last_error=None,
+                    finished_at=now, body=None))
+            items = [(due.job_id, due.item_index) for due, _ in batch
+                     if due.id in pending and due.job_id is not None and due.item_index is not None]
+            if items:
+                self.on_settled(conn, items)  # type: ignore[arg-type]
+
+        return settle
+
+    def _settle(self, due: Due, status: str, code: int | None, error: str | None,
+                attempts: int) -> Callable[[Connection], None]:
+        def settle(conn: Connection) -> None:
+            done = conn.execute(
+                update(DELIVERIES).where(DELIVERIES.c.id == due.id, DELIVERIES.c.status == "pending")
+                .values(status=status, attempts=attempts, response_code=code, last_error=error,
+                        finished_at=utcnow())
+            )
+            if done.rowcount and due.job_id is not None and due.item_index is not None:  # type: ignore[attr-defined]
+                self.on_settled(conn, [(due.job_id, due.item_index)])
+
+        return settle
+
+    @staticmethod
+    def _retry_later(due: Due, attempts: int, retry_at: datetime, code: int | None,
+                     error: str | None) -> Callable[[Connection], None]:
+        def retry(conn: Connection) -> None:
+            conn.execute(
+                update(DELIVERIES).where(DELIVERIES.c.id == due.id, DELIVERIES.c.status == "pending",
+                                         DELIVERIES.c.attempts == due.attempts)
+                .values(attempts=attempts, next_attempt_at=retry_at, response_code=code, last_error=error)
+            )
+
+        return retry

@@ -1,0 +1,593 @@
+"""Batch jobs: a dataset's items run as requests on a deployment, each outcome POSTed to webhooks.
+
+A job's runner streams the dataset file (never loading it whole), keeps a bounded number of items
+in flight through `Requests.direct`, and commits each item's outcome together with its deliveries
+and counters in one transaction. That row (a job log entry per item, unique per job and item) is
+the record that the item is done: after a restart the runner resumes from the job's cursor and
+skips every item already committed, so nothing committed is predicted or delivered twice.
+Deliveries settle items (`Deliveries.on_settled`), and the last settled item finishes the job.
+A stop (a cancel, or the stop time passing) settles every item still open as failed to deliver,
+so a waiting client always sees the counts add up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, Table, case, delete, func, insert, select, update
+
+from modelbay.core.clock import as_utc, utcnow
+from modelbay.core.datasets import Datasets
+from modelbay.core.datasets import Status as DatasetStatus
+from modelbay.core.deliveries import DELIVERIES, Deliveries, new_delivery
+from modelbay.core.deployments import Deployments, Target
+from modelbay.core.errors import InvalidInput, ModelbayError, NotFound
+from modelbay.core.requests import Requests
+from modelbay.store.db import Database
+from modelbay.store.tables import DeploymentRow, JobLogRow, JobRow, ProjectRow, WebhookRow
+
+log = logging.getLogger(__name__)
+
+JOBS: Table = JobRow.__table__  # type: ignore[assignment]
+LOGS: Table = JobLogRow.__table__  # type: ignore[assignment]
+
+#: How long one item may run on the deployment, in seconds.
+ITEM_TIMEOUT_S = 300
+
+#: Items in flight per instance the deployment may have: more than one, so an instance takes its
+#: next item while the last one's outcome is being committed.
+ITEMS_IN_FLIGHT_PER_INSTANCE = 4
+
+#: Most items in flight per job, whatever the deployment allows.
+MAX_ITEMS_IN_FLIGHT = 64
+
+#: Log page size when the caller gives none; the SDK's `get_all_log_entries` stops on a shorter page.
+LOG_PAGE_DEFAULT = 1000
+LOG_PAGE_MAX = 10000
+
+LEVELS = ("Debug", "Info", "Warning", "Error")
+
+#: Most characters of an item kept in its log entry.
+MAX_ITEM_LABEL = 300
+
+
+class Status:
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    FINISHED = "finished"  # every item delivered or failed to deliver
+    STOPPED = "stopped"  # cancelled, or its stop time passed; what was open counts as failed
+    FAILED = "failed"  # could not run at all (its deployment went away)
+
+
+ACTIVE = (Status.SCHEDULED, Status.RUNNING)
+
+
+class ItemStatus:
+    """The outcome of an item, in its log entry; the last three are final."""
+
+    FAILED_PROCESS = "failed_process"
+    PREDICTED = "predicted"
+    FAILED_PREDICT = "failed_predict"
+    DELIVERED = "delivered"
+    FAILED_DELIVER = "failed_deliver"
+
+
+OPEN_ITEM = (ItemStatus.FAILED_PROCESS, ItemStatus.PREDICTED, ItemStatus.FAILED_PREDICT)
+
+
+@dataclass(frozen=True)
+class ItemOutcome:
+    """What one item came to, handed to the renderer of the delivered body."""
+
+    job_id: str
+    dataset_id: str
+    index: int
+    item: Any
+    status: str
+    result: Any
+    error: str | None
+
+
+def default_body(outcome: ItemOutcome) -> bytes:
+    return orjson.dumps({"job_id": outcome.job_id, "item_index": outcome.index, "item": outcome.item,
+                         "status": outcome.status, "result": outcome.result, "error": outcome.error})
+
+
+def ms(value: datetime | None) -> int | None:
+    return None if value is None else int(as_utc(value).timestamp() * 1000)
+
+
+class Jobs:
+    """Creates jobs, runs them, stops them and reads their logs."""
+
+    def __init__(self, db: Database, datasets: Datasets, deployments: Deployments, requests: Requests,
+                 deliveries: Deliveries) -> None:
+        self._db = db
+        self._datasets = datasets
+        self._deployments = deployments
+        self._requests = requests
+        self._deliveries = deliveries
+        self._runners: dict[str, asyncio.Task[None]] = {}
+        self._stops: dict[str, asyncio.Event] = {}  # set when a job's stop time changes or it is stopped
+        self._live: dict[str, _Runner] = {}
+        self._closing = False
+        #: Turns an item's outcome into the body its webhooks receive (a dialect may replace it).
+        self.render_body: Callable[[ItemOutcome], bytes] = default_body
+        deliveries.on_settled = self._items_settled
+
+    # --- create and read -------------------------------------------------------------------
+
+    def create(self, project: ProjectRow, name: Any, dataset_id: str, deployment_id: str, webhook_ids: list[str],
+               start_at: datetime | None, stop_at: datetime | None) -> JobRow:
+        """Check everything the job names, then store it and start its runner.
+
+        Raises `InvalidInput` or `NotFound` (nothing stored) for a bad name, a dataset that is not
+        uploaded, a deployment or webhook not of this project, or a deployment without built code.
+        """
+        if not isinstance(name, str) or not name.strip() or len(name) > 200:
+            raise InvalidInput("The job name must be 1-200 characters")
+        if not webhook_ids:
+            raise InvalidInput("A job needs at least one webhook to deliver its results to")
+        if start_at and stop_at and stop_at <= start_at:
+            raise InvalidInput("stopAtTime must be after startAtTime")
+        dataset = self._datasets.get(project.id, dataset_id)
+        if dataset.status != DatasetStatus.UPLOADED:
+            raise InvalidInput(f"The dataset's file has not been uploaded (its status is {dataset.status})")
+        if self._datasets.is_expired(dataset):
+            raise InvalidInput("The dataset has expired")
+        with self._db.read() as session:
+            deployment = session.get(DeploymentRow, deployment_id)
+            found = set(session.scalars(select(WebhookRow.id).where(WebhookRow.id.in_(webhook_ids),
+                                                                     WebhookRow.project_id == project.id)))
+        if deployment is None or deployment.project_id != project.id:
+            raise NotFound("deployment", deployment_id)
+        for webhook_id in webhook_ids:
+            if webhook_id not in found:
+                raise NotFound("webhook", webhook_id)
+        self._deployments.serving_target(project, deployment.name, None)  # raises unless it can serve
+        now = utcnow()
+        row = JobRow(id=str(uuid.uuid4()), project_id=project.id, name=name, dataset_id=dataset.id,
+                     deployment_id=deployment.id, webhook_ids=list(dict.fromkeys(webhook_ids)), start_at=start_at,
+                     stop_at=stop_at, cancelled_at=None, status=Status.SCHEDULED, message="Waiting to start",
+                     reason=None, item_count=dataset.item_count, next_item=0, gathered=0, failed_gather=0,
+                     preprocessed=0, failed_process=0, predicted=0, failed_predict=0, delivered=0,
+                     failed_deliver=0, created_at=now, updated_at=now)
+        with self._db.write() as session:
+            session.add(row)
+        self._launch(row.id)
+        return row
+
+    def get(self, project_id: str, job_id: str) -> JobRow:
+        """Raises `NotFound` unless the job exists in the project."""
+        with self._db.read() as session:
+            row = session.get(JobRow, job_id)
+        if row is None or row.project_id != project_id:
+            raise NotFound("job", job_id)
+        return row
+
+    def list(self, project_id: str, offset: int, limit: int) -> tuple[list[JobRow], bool]:
+        with self._db.read() as session:
+            rows = list(session.scalars(
+                select(JobRow).where(JobRow.project_id == project_id)
+                .order_by(JobRow.created_at, JobRow.id).offset(offset).limit(limit + 1)
+            ))
+        return rows[:limit], len(rows) > limit
+
+    def logs(self, project_id: str, job_id: str, *, before_ms: int | None, after_ms: int | None,
+             min_level: str | None, limit: int | None) -> list[JobLogRow]:
+        """Log entries newest first; `before_ms` is exclusive, so paging by the last time is exact
+        (times are unique within a job)."""
+        self.get(project_id, job_id)
+        limit = LOG_PAGE_DEFAULT if limit is None else limit
+        if not 1 <= limit <= LOG_PAGE_MAX:
+            raise InvalidInput(f"maxEntries must be from 1 to {LOG_PAGE_MAX}")
+        query = select(JobLogRow).where(JobLogRow.job_id == job_id)
+        if before_ms is not None:
+            query = query.where(JobLogRow.created_ms < before_ms)
+        if after_ms is not None:
+            query = query.where(JobLogRow.created_ms > after_ms)
+        if min_level is not None:
+            matching = [level for level in LEVELS if level.lower() == min_level.lower()]
+            if not matching:
+                raise InvalidInput(f"minLevel must be one of {', '.join(LEVELS)}")
+            query = query.where(JobLogRow.level.in_(LEVELS[LEVELS.index(matching[0]):]))
+        query = query.order_by(JobLogRow.created_ms.desc(), JobLogRow.seq.desc()).limit(limit)
+        with self._db.read() as session:
+            return list(session.scalars(query))
+
+    # --- stop and delete -------------------------------------------------------------------
+
+    async def set_stop_time(self, project_id: str, job_id: str, stop_at: datetime) -> JobRow:
+        """Move the job's stop time; at or before now, that cancels it (and settles what is open)."""
+        row = self.get(project_id, job_id)
+        now = utcnow()
+        cancelling = stop_at <= now
+        with self._db.write() as session:
+            values: dict[str, Any] = {"stop_at": stop_at, "updated_at": now}
+            if cancelling and row.status in ACTIVE:
+                values["cancelled_at"] = now
+            session.execute(update(JOBS).where(JOBS.c.id == job_id).values(**values))
+        if cancelling and row.status in ACTIVE:
+            await self._stop(job_id, "Cancelled", "The job was cancelled")
+        elif job_id in self._stops:
+            self._stops[job_id].set()  # the runner re-reads its stop time
+        return self.get(project_id, job_id)
+
+    async def delete(self, project_id: str, job_id: str) -> None:
+        """Delete a job, its logs and what it had still to deliver; a running job is stopped first."""
+        self.get(project_id, job_id)
+        self._halt(job_id)
+
+        def remove(conn: Connection) -> None:
+            conn.execute(update(DELIVERIES).where(DELIVERIES.c.job_id == job_id, DELIVERIES.c.status == "pending")
+                         .values(status="cancelled", finished_at=utcnow(), last_error="The job was deleted"))
+            conn.execute(delete(LOGS).where(LOGS.c.job_id == job_id))
+            conn.execute(delete(JOBS).where(JOBS.c.id == job_id))
+
+        await self._db.committer.submit_async(remove)
+
+    def _halt(self, job_id: str) -> None:
+        """Hand out no more items. Items in flight run to their end (cutting a request short would
+        leave it half-recorded); their commits are refused once the job is no longer running."""
+        runner = self._live.get(job_id)
+        if runner is not None:
+            runner.stopping = True
+        event = self._stops.get(job_id)
+        if event is not None:
+            event.set()
+
+    async def _stop(self, job_id: str, reason: str, message: str) -> None:
+        """Stop the runner and settle every open item as failed to deliver, in one transaction."""
+        self._halt(job_id)
+        await self._db.committer.submit_async(self._settle_open(job_id, Status.STOPPED, reason, message))
+
+    @staticmethod
+    def _settle_open(job_id: str, status: str, reason: str, message: str) -> Callable[[Connection], None]:
+        def settle(conn: Connection) -> None:
+            job = conn.execute(select(JOBS).where(JOBS.c.id == job_id)).first()
+            if job is None or job.status not in ACTIVE:
+                return  # finished, stopped or deleted meanwhile
+            conn.execute(update(DELIVERIES).where(DELIVERIES.c.job_id == job_id, DELIVERIES.c.status == "pending")
+                         .values(status="cancelled", finished_at=utcnow(), last_error=reason))
+            open_items = conn.execute(
+                update(LOGS).where(LOGS.c.job_id == job_id, LOGS.c.item_index.is_not(None),
+                                   LOGS.c.status.in_(OPEN_ITEM))
+                .values(status=ItemStatus.FAILED_DELIVER, reason=reason)
+            ).rowcount
+            committed = job.failed_process + job.predicted + job.failed_predict
+            never_run = max(0, job.item_count - committed)
+            conn.execute(update(JOBS).where(JOBS.c.id == job_id).values(
+                status=status, reason=reason, message=message, updated_at=utcnow(),
+                failed_deliver=JOBS.c.failed_deliver + open_items + never_run))
+
+        return settle
+
+    # --- running ---------------------------------------------------------------------------
+
+    def resume(self) -> int:
+        """After a restart: start the runner of every job not yet ended. Returns how many.
+
+        Called on the event loop, which then runs every job (creates may come from threads).
+        """
+        self._loop = asyncio.get_running_loop()
+        with self._db.read() as session:
+            ids = list(session.scalars(select(JobRow.id).where(JobRow.status.in_(ACTIVE))))
+        for job_id in ids:
+            self._launch(job_id)
+        return len(ids)
+
+    def _launch(self, job_id: str) -> None:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # a route running on a worker thread
+            self._loop.call_soon_threadsafe(self._start_runner, job_id)
+        else:
+            self._start_runner(job_id)
+
+    def _start_runner(self, job_id: str) -> None:
+        self._stops[job_id] = asyncio.Event()
+        task = self._loop.create_task(self._run(job_id), name=f"job-{job_id}")
+        self._runners[job_id] = task
+
+        def forget(_: asyncio.Task[None]) -> None:
+            if self._runners.get(job_id) is task:
+                self._runners.pop(job_id, None)
+                self._stops.pop(job_id, None)
+
+        task.add_done_callback(forget)
+
+    async def close(self) -> None:
+        # A flag as well as the cancel: on Python 3.11 `wait_for` can swallow a cancel that
+        # arrives as its wait ends, and a waiting loop would go round again.
+        self._closing = True
+        for event in self._stops.values():
+            event.set()
+        for runner in self._live.values():
+            runner.stopping = True
+        tasks = list(self._runners.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _run(self, job_id: str) -> None:
+        try:
+            await self._run_job(job_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if self._closing:
+                return  # the job stays as it is; the next start resumes it
+            log.exception("job %s failed", job_id)
+            await self._db.committer.submit_async(
+                self._settle_open(job_id, Status.FAILED, "Error", f"The job failed: {exc}"))
+
+    async def _run_job(self, job_id: str) -> None:
+        stop = self._stops[job_id]
+        # Wait for the start time, waking early for a changed stop time.
+        while not self._closing:
+            with self._db.read() as session:
+                job = session.get(JobRow, job_id)
+            if job is None or job.status not in ACTIVE:
+                return
+            now = utcnow()
+            if job.stop_at is not None and as_utc(job.stop_at) <= now:
+                reason = "Cancelled" if job.cancelled_at else "StopTimeReached"
+                await self._db.committer.submit_async(
+                    self._settle_open(job_id, Status.STOPPED, reason, "The job's stop time was reached"))
+                return
+            if job.start_at is None or as_utc(job.start_at) <= now:
+                break
+            stop.clear()
+            try:
+                await asyncio.wait_for(stop.wait(), (as_utc(job.start_at) - now).total_seconds())
+            except TimeoutError:
+                pass
+        if self._closing:
+            return  # the job stays as it is; the next start resumes it
+        with self._db.read() as session:
+            project = session.get(ProjectRow, job.project_id)
+            deployment = session.get(DeploymentRow, job.deployment_id)
+            dataset = self._datasets.get(job.project_id, job.dataset_id)
+        try:
+            if project is None or deployment is None:
+                raise NotFound("deployment", job.deployment_id)
+            target = self._deployments.serving_target(project, deployment.name, None)
+        except ModelbayError as exc:
+            await self._db.committer.submit_async(self._settle_open(
+                job_id, Status.FAILED, "DeploymentUnavailable", f"The deployment cannot serve: {exc.message}"))
+            return
+        runner = _Runner(self, job, dataset.id, target)
+        if job.status == Status.SCHEDULED:
+            await self._db.committer.submit_async(runner.mark_running)
+        self._live[job_id] = runner
+        watchdog = asyncio.create_task(self._watch_stop_time(job_id, stop))
+        try:
+            await runner.run(self._datasets.items(dataset, job.next_item))
+        finally:
+            watchdog.cancel()
+            self._live.pop(job_id, None)
+
+    async def _watch_stop_time(self, job_id: str, stop: asyncio.Event) -> None:
+        """Stop the job when its stop time passes (re-read whenever it changes)."""
+        while not self._closing:
+            with self._db.read() as session:
+                stop_at = session.scalar(select(JobRow.stop_at).where(JobRow.id == job_id))
+            stop.clear()
+            wait = None if stop_at is None else max(0.0, (as_utc(stop_at) - utcnow()).total_seconds())
+            try:
+                await asyncio.wait_for(stop.wait(), wait)
+                continue  # the stop time changed
+            except TimeoutError:
+                pass
+            runner = self._live.get(job_id)
+            if runner is not None:
+                runner.stopping = True
+            await self._db.committer.submit_async(
+                self._settle_open(job_id, Status.STOPPED, "StopTimeReached", "The job's stop time was reached"))
+            return
+
+    # --- settling items (called in a delivery's transaction) --------------------------------
+
+    def _items_settled(self, conn: Connection, items: list[tuple[str, int]]) -> None:
+        """Deliveries of these items ended: count each item whose deliveries all have, and finish
+        a job whose items are all counted."""
+        by_job: dict[str, list[int]] = {}
+        for job_id, index in items:
+            by_job.setdefault(job_id, []).append(index)
+        for job_id, indexes in by_job.items():
+            rows = conn.execute(
+                select(DELIVERIES.c.item_index, DELIVERIES.c.status)
+                .where(DELIVERIES.c.job_id == job_id, DELIVERIES.c.item_index.in_(indexes))
+            ).all()
+            open_items = {index for index, status in rows if status == "pending"}
+            failed = {index for index, status in rows if status not in ("pending", "delivered")}
+            done = set(indexes) - open_items
+            increments = {}
+            for final, group, counter in ((ItemStatus.DELIVERED, done - failed, "delivered"),
+                                          (ItemStatus.FAILED_DELIVER, done & failed, "failed_deliver")):
+                if group:
+                    moved = conn.execute(update(LOGS).where(LOGS.c.job_id == job_id, LOGS.c.item_index.in_(group),
+                                                            LOGS.c.status.in_(OPEN_ITEM))
+                                         .values(status=final)).rowcount
+                    if moved:  # not when settled already (the job was stopped)
+                        increments[counter] = moved
+            if not increments:
+                continue
+            delivered = JOBS.c.delivered + increments.get("delivered", 0)
+            failed_deliver = JOBS.c.failed_deliver + increments.get("failed_deliver", 0)
+            complete = delivered + failed_deliver >= JOBS.c.item_count
+            conn.execute(update(JOBS).where(JOBS.c.id == job_id, JOBS.c.status == Status.RUNNING).values(
+                delivered=delivered, failed_deliver=failed_deliver, updated_at=utcnow(),
+                status=case((complete, Status.FINISHED), else_=JOBS.c.status),
+                message=case((complete, "Every item was delivered or failed to be"), else_=JOBS.c.message),
+            ))
+
+
+#: The counters an item's outcome adds to.
+COUNTERS = {
+    ItemStatus.FAILED_PROCESS: ("gathered", "failed_process"),
+    ItemStatus.PREDICTED: ("gathered", "preprocessed", "predicted"),
+    ItemStatus.FAILED_PREDICT: ("gathered", "preprocessed", "failed_predict"),
+}
+
+
+class _Runner:
+    """Runs one job's items: a bounded window in flight, each outcome committed once."""
+
+    def __init__(self, jobs: Jobs, job: JobRow, dataset_id: str, target: Target) -> None:
+        self._jobs = jobs
+        self._db = jobs._db
+        self._job = job
+        self._dataset_id = dataset_id
+        self._target = target
+        self._cursor = job.next_item  # every item before it is committed
+        self._done_above: set[int] = set()
+        self._last_ms = 0
+        self.stopping = False
+        self._outbox: list[tuple[dict[str, Any], list[dict[str, Any]], str, asyncio.Future[bool]]] = []
+        self._flushing = False
+
+    def mark_running(self, conn: Connection) -> None:
+        conn.execute(update(JOBS).where(JOBS.c.id == self._job.id, JOBS.c.status == Status.SCHEDULED)
+                     .values(status=Status.RUNNING, message="Running", updated_at=utcnow()))
+        conn.execute(insert(LOGS).values(job_id=self._job.id, item_index=None, created_ms=self._next_ms(),
+                                         kind="job_started", level="Info", item="", status=Status.RUNNING,
+                                         time_ms=0.0, reason=""))
+
+    def _next_ms(self) -> int:
+        """A log time unique within the job, so paging by time never splits one millisecond."""
+        self._last_ms = max(int(time.time() * 1000), self._last_ms + 1)
+        return self._last_ms
+
+    async def run(self, items: Any) -> None:
+        job = self._job
+        with self._db.read() as session:
+            # Committed out of order above the cursor before a restart: skip them.
+            committed = set(session.scalars(select(JobLogRow.item_index).where(
+                JobLogRow.job_id == job.id, JobLogRow.item_index >= self._cursor)))
+            self._last_ms = session.scalar(select(func.max(JobLogRow.created_ms))
+                                           .where(JobLogRow.job_id == job.id)) or 0
+        window = asyncio.Semaphore(
+            max(1, min(self._target.maximum_instances * ITEMS_IN_FLIGHT_PER_INSTANCE, MAX_ITEMS_IN_FLIGHT)))
+        in_flight: set[asyncio.Task[None]] = set()
+        try:
+            for index, line in items:
+                if self.stopping:
+                    break
+                if index in committed:
+                    self._mark_done(index)
+                    continue
+                await window.acquire()
+                if self.stopping:
+                    window.release()
+                    break
+                task = asyncio.create_task(self._item(index, line))
+                in_flight.add(task)
+                task.add_done_callback(lambda t: (in_flight.discard(t), window.release()))
+            await asyncio.gather(*in_flight)
+        finally:
+            for task in in_flight:
+                task.cancel()
+
+    def _mark_done(self, index: int) -> None:
+        self._done_above.add(index)
+        while self._cursor in self._done_above:
+            self._done_above.discard(self._cursor)
+            self._cursor += 1
+
+    async def _item(self, index: int, line: bytes) -> None:
+        job, target = self._job, self._target
+        started = time.monotonic()
+        data: Any = orjson.loads(line)
+        result, error = None, None
+        try:
+            record = await self._jobs._requests.direct(
+                target, data, timeout=ITEM_TIMEOUT_S, origin={"created_by": f"batch job {job.id}"})
+        except InvalidInput as exc:
+            status, error = ItemStatus.FAILED_PROCESS, exc.message
+        except ModelbayError as exc:
+            status, error = ItemStatus.FAILED_PREDICT, exc.message
+        else:
+            if record.status == "completed":
+                status, result = ItemStatus.PREDICTED, record.result
+            else:
+                status, error = ItemStatus.FAILED_PREDICT, record.error_message or f"The request {record.status}"
+        elapsed_ms = (time.monotonic() - started) * 1000
+        body = self._jobs.render_body(ItemOutcome(job.id, self._dataset_id, index, data, status, result, error))
+        label = data.get("url") if isinstance(data, dict) and isinstance(data.get("url"), str) else line.decode()
+        entry = {"job_id": job.id, "item_index": index, "created_ms": self._next_ms(), "kind": "item",
+                 "level": "Info" if status == ItemStatus.PREDICTED else "Error", "item": label[:MAX_ITEM_LABEL],
+                 "status": status, "time_ms": round(elapsed_ms, 3), "reason": error or ""}
+        deliveries = [new_delivery(webhook_id, body, job_id=job.id, item_index=index)
+                      for webhook_id in job.webhook_ids]
+        if await self._record(entry, deliveries, status):
+            self._jobs._deliveries.wake()
+        self._mark_done(index)
+
+    async def _record(self, entry: dict[str, Any], deliveries: list[dict[str, Any]], status: str) -> bool:
+        """Commit an item's outcome; True once committed, False when the job stopped first.
+
+        Outcomes that finish while a commit is under way go together in the next one: one
+        transaction of a few statements for many items, not a few statements for each.
+        """
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._outbox.append((entry, deliveries, status, waiter))
+        if not self._flushing:
+            self._flushing = True
+            asyncio.create_task(self._flush())
+        return await waiter
+
+    async def _flush(self) -> None:
+        try:
+            while self._outbox:
+                batch, self._outbox = self._outbox, []
+                try:
+                    committed = await self._db.committer.submit_async(self._commit(batch, self._cursor))
+                except Exception as exc:
+                    for *_, waiter in batch:
+                        if not waiter.done():
+                            waiter.set_exception(exc)
+                    continue
+                for entry, _, _, waiter in batch:
+                    if not waiter.done():
+                        waiter.set_result(entry["item_index"] in committed)
+        finally:
+            self._flushing = False
+
+    def _commit(self, batch: list[Any], cursor: int) -> Callable[[Connection], set[int]]:
+        """The write of a batch of item outcomes: the item indexes it committed."""
+        job_id = self._job.id
+
+        def commit(conn: Connection) -> set[int]:
+            indexes = [entry["item_index"] for entry, *_ in batch]
+            # Committed before (a resumed runner): never twice. The unique (job, item) backs this.
+            seen = set(conn.scalars(select(LOGS.c.item_index).where(LOGS.c.job_id == job_id,
+                                                                   LOGS.c.item_index.in_(indexes))))
+            fresh = [(entry, deliveries, status) for entry, deliveries, status, _ in batch
+                     if entry["item_index"] not in seen]
+            if not fresh:
+                return set()
+            increments: dict[str, int] = {}
+            for _, _, status in fresh:
+                for name in COUNTERS[status]:
+                    increments[name] = increments.get(name, 0) + 1
+            values: dict[Any, Any] = {JOBS.c[name]: JOBS.c[name] + n for name, n in increments.items()}
+            values[JOBS.c.next_item] = case((JOBS.c.next_item < cursor, cursor), else_=JOBS.c.next_item)
+            values[JOBS.c.updated_at] = utcnow()
+            running = conn.execute(update(JOBS).where(JOBS.c.id == job_id, JOBS.c.status == Status.RUNNING)
+                                   .values(values))
+            if not running.rowcount:  # type: ignore[attr-defined]
+                return set()  # stopped meanwhile: the stop counted these items already
+            conn.execute(insert(LOGS), [entry for entry, _, _ in fresh])
+            conn.execute(insert(DELIVERIES), [d for _, deliveries, _ in fresh for d in deliveries])
+            return {entry["item_index"] for entry, _, _ in fresh}
+
+        return commit

@@ -1,0 +1,95 @@
+"""The delivery worker over a real SQLite store and a loopback receiver: signed, retried, durable."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import insert, select
+
+from modelbay.core.clock import utcnow
+from modelbay.core.deliveries import DELIVERIES, Deliveries, new_delivery
+from modelbay.core.webhooks import Webhooks, backoff_ms, sign, verify
+from modelbay.store.db import Database
+from modelbay.store.tables import DeliveryRow, ProjectRow
+from tests.compat.datature.receiver import Receiver, running_receiver
+
+pytestmark = pytest.mark.timeout(60)  # a worker that will not close fails here, not at the suite's 300 s
+
+
+def open_store(tmp_path: Path) -> Database:
+    db = Database(f"sqlite:///{tmp_path / 'store.db'}")
+    db.migrate()
+    with db.write() as session:
+        session.add(ProjectRow(id="p", name="p", token_hash="h", organization_id="1", datature_project_id="proj_x",
+                               created_at=utcnow()))
+    return db
+
+
+async def deliver(db: Database, receiver: Receiver, bodies: list[bytes], *, max_retries: int,
+                  until: str, timeout: float = 10.0) -> list[DeliveryRow]:
+    async with httpx.AsyncClient() as client:
+        hook = Webhooks(db, client).create("p", "h", receiver.url, receiver.secret, max_retries, 50)
+        with db.write() as session:
+            session.execute(insert(DELIVERIES), [new_delivery(hook.id, body) for body in bodies])
+        worker = Deliveries(db, client)
+        worker.start()
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                with db.read() as session:
+                    rows = list(session.scalars(select(DeliveryRow)))
+                if all(r.status == until for r in rows):
+                    return rows
+                assert time.monotonic() < deadline, [(r.status, r.last_error) for r in rows if r.status != until]
+                await asyncio.sleep(0.02)
+        finally:
+            await worker.close()
+
+
+def test_signatures_verify_and_reject_tampering_and_replays() -> None:
+    key = b"k" * 32
+    header = sign(key, b'{"a":1}', 1_000_000)
+    assert verify(key, b'{"a":1}', header, now_ms=1_000_500)
+    assert not verify(key, b'{"a":2}', header, now_ms=1_000_500)
+    assert not verify(b"x" * 32, b'{"a":1}', header, now_ms=1_000_500)
+    assert not verify(key, b'{"a":1}', header, now_ms=1_000_000 + 10 * 60 * 1000)  # a stale replay
+
+
+def test_backoff_doubles_up_to_the_cap() -> None:
+    assert [backoff_ms(n, 3000) for n in range(1, 6)] == [500, 1000, 2000, 3000, 3000]
+
+
+def test_a_failing_delivery_is_retried_until_it_succeeds(tmp_path: Path) -> None:
+    db = open_store(tmp_path)
+    with running_receiver(fail_next=2) as receiver:
+        [row] = asyncio.run(deliver(db, receiver, [b'{"n":1}'], max_retries=3, until="delivered"))
+        assert row.attempts == 3 and row.response_code == 200 and row.body is None
+        assert [r.answered for r in receiver.received] == [500, 500, 200]
+        assert all(r.signature_ok for r in receiver.received)
+        assert [r.headers["x-modelbay-attempt"] for r in receiver.received] == ["1", "2", "3"]
+    db.close()
+
+
+def test_a_delivery_gives_up_after_max_retries(tmp_path: Path) -> None:
+    db = open_store(tmp_path)
+    with running_receiver(fail_always=True) as receiver:
+        [row] = asyncio.run(deliver(db, receiver, [b"{}"], max_retries=2, until="failed"))
+        assert row.attempts == 3 and len(receiver.received) == 3  # the first try and two retries
+        assert "500" in (row.last_error or "")
+    db.close()
+
+
+@pytest.mark.parametrize("count", [40])
+def test_many_deliveries_each_arrive_once(tmp_path: Path, count: int) -> None:
+    db = open_store(tmp_path)
+    secret = base64.b64encode(b"s" * 32).decode()
+    with running_receiver(secret=secret) as receiver:
+        bodies = [f'{{"n":{i}}}'.encode() for i in range(count)]
+        asyncio.run(deliver(db, receiver, bodies, max_retries=0, until="delivered"))
+        assert sorted(r.json["n"] for r in receiver.delivered()) == list(range(count))
+    db.close()
