@@ -34,7 +34,7 @@ from modelbay.core.deployments import Deployments
 from modelbay.core.errors import InvalidInput, ModelbayError, NotFound, StatusChanged
 from modelbay.core.fields import check_data
 from modelbay.core.pipelines import END, START, PipelineObject, Pipelines, Plan, Source
-from modelbay.core.requests import LIST_LIMIT_MAX, MAX_BATCH, Requests, list_query
+from modelbay.core.requests import LIST_LIMIT_MAX, MAX_BATCH, Requests, every_page, list_query
 from modelbay.core.scheduler import PRIORITY_BATCH, PRIORITY_DIRECT
 from modelbay.core.transitions import ALLOWED, REQUESTS, TERMINAL, Status
 from modelbay.store.db import Database, Insert
@@ -522,7 +522,7 @@ class PipelineRequests:
         if ids:
             rows = self.collect(plan, ids)
         elif status is not None:
-            rows = self.list(plan, status=status, limit=LIST_LIMIT_MAX)
+            rows = every_page(lambda offset: self.list(plan, status=status, limit=LIST_LIMIT_MAX, offset=offset))
         else:
             raise InvalidInput("Give a list of request ids, or an empty list with status=pending|processing")
         for row in rows:

@@ -424,6 +424,8 @@ class Pipelines:
         with self._db.write() as session:
             pipeline = self._get(session, project.id, pipeline_name)
             row = self._get_version(session, pipeline.id, version)
+            self._refuse_if_used(session, project.id, pipeline.name, row.name,
+                                 is_default=pipeline.default_version_id == row.id)
             request_ids = list(session.scalars(
                 select(PipelineRequestRow.id).where(PipelineRequestRow.version_id == row.id)
             ))
@@ -591,12 +593,21 @@ class Pipelines:
                 if obj["reference_type"] == "pipeline":
                     stack.append((obj["reference_name"], obj.get("version"), depth + 1))
 
-    def _refuse_if_used(self, session: Session, project_id: str, name: str) -> None:
-        for version in session.scalars(select(PipelineVersionRow).join(
+    def _refuse_if_used(self, session: Session, project_id: str, name: str,
+                        version: str | None = None, is_default: bool = False) -> None:
+        """Raise `Conflict` when another pipeline's version uses pipeline `name` (with `version`:
+        that version of it, named or, when `is_default`, as the default) as a sub-pipeline."""
+        def uses(obj: dict[str, Any]) -> bool:
+            if obj["reference_type"] != "pipeline" or obj["reference_name"] != name:
+                return False
+            return version is None or obj.get("version") == version or (is_default and obj.get("version") is None)
+
+        for row in session.scalars(select(PipelineVersionRow).join(
                 PipelineRow, PipelineRow.id == PipelineVersionRow.pipeline_id).where(
                 PipelineRow.project_id == project_id, PipelineRow.name != name)):
-            if any(o["reference_type"] == "pipeline" and o["reference_name"] == name for o in version.objects):
-                raise Conflict(f"Pipeline '{name}' is used as a sub-pipeline and cannot be deleted")
+            if any(uses(o) for o in row.objects):
+                what = f"Pipeline '{name}'" if version is None else f"Version '{version}' of pipeline '{name}'"
+                raise Conflict(f"{what} is used as a sub-pipeline and cannot be deleted")
 
     # --- lookups ---------------------------------------------------------------------------
 

@@ -111,6 +111,16 @@ def check_ids(ids: Any, what: str = "request ids") -> list[str]:
     return list(dict.fromkeys(ids))
 
 
+def every_page(page: Callable[[int], list[Any]]) -> list[Any]:
+    """All rows of a list read `LIST_LIMIT_MAX` at a time; `page(offset)` reads one page."""
+    rows: list[Any] = []
+    while True:
+        more = page(len(rows))
+        rows += more
+        if len(more) < LIST_LIMIT_MAX:
+            return rows
+
+
 def list_query(
     row: Any,
     version_id: str,
@@ -474,12 +484,7 @@ class Requests:
         if ids:
             rows = self.collect(target, ids)
         elif status is not None:
-            rows = self.list(target, status=status, limit=LIST_LIMIT_MAX)
-            while len(rows) % LIST_LIMIT_MAX == 0 and rows:
-                more = self.list(target, status=status, limit=LIST_LIMIT_MAX, offset=len(rows))
-                if not more:
-                    break
-                rows += more
+            rows = every_page(lambda offset: self.list(target, status=status, limit=LIST_LIMIT_MAX, offset=offset))
         else:
             raise InvalidInput("Give a list of request ids, or an empty list with status=pending|processing")
         for row in rows:

@@ -493,6 +493,9 @@ def test_deleting_a_pipeline_deletes_its_requests_and_a_used_sub_pipeline_is_kep
     with pytest.raises(ubiops.ApiException) as error:
         api.pipelines_delete(project, inner)
     assert error.value.status == 409
+    with pytest.raises(ubiops.ApiException) as version_error:  # its default version, used as such
+        api.pipeline_versions_delete(project, inner, "v1")
+    assert version_error.value.status == 409 and "sub-pipeline" in version_error.value.body
 
     api.pipelines_delete(project, outer)
     with pytest.raises(ubiops.ApiException) as gone:
