@@ -42,12 +42,13 @@ LOGS: Table = JobLogRow.__table__  # type: ignore[assignment]
 #: How long one item may run on the deployment, in seconds.
 ITEM_TIMEOUT_S = 300
 
-#: Items in flight per instance the deployment may have: more than one, so an instance takes its
-#: next item while the last one's outcome is being committed.
-ITEMS_IN_FLIGHT_PER_INSTANCE = 4
+#: Items in flight per instance the deployment may have: many, so instances take next items while
+#: earlier outcomes are committed, and one commit carries many outcomes (4 gave 175 items/s end
+#: to end on the bench, 32 ~300).
+ITEMS_IN_FLIGHT_PER_INSTANCE = 32
 
 #: Most items in flight per job, whatever the deployment allows.
-MAX_ITEMS_IN_FLIGHT = 64
+MAX_ITEMS_IN_FLIGHT = 256
 
 #: Log page size when the caller gives none; the SDK's `get_all_log_entries` stops on a shorter page.
 LOG_PAGE_DEFAULT = 1000
