@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import tempfile
+import time
 from typing import Any, BinaryIO, cast
 
 import orjson
@@ -22,7 +23,6 @@ from modelbay.dialects.abeja.deps import (
     OrganizationDep,
     find_deployment,
 )
-from modelbay.dialects.abeja.signing import Signer
 from modelbay.store.tables import DeploymentRow, ProjectRow, VersionRow
 
 router = APIRouter(tags=["abeja deployments"])
@@ -37,8 +37,17 @@ def ok(body: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
-def signer(engine: Any) -> Signer:
-    return Signer(engine.admin_token)
+#: How long a signed upload or download URL stays valid.
+URL_LIFETIME_MS = 3600 * 1000
+
+
+def archive_url(engine: Any, request: Request, method: str, organization: ProjectRow, deployment: DeploymentRow,
+                version_id: str) -> str:
+    """The signed URL through which `method` (PUT or GET) takes or gives the version's archive."""
+    path = f"/organizations/{organization.organization_id}/deployments/{ids.deployment_id(deployment.id)}" \
+           f"/versions/{version_id}/archive"
+    expires_ms = int(time.time() * 1000) + URL_LIFETIME_MS
+    return f"{str(request.base_url).rstrip('/')}{path}?{engine.url_signer.query(method, path, expires_ms)}"
 
 
 def find_version(engine: Any, project: ProjectRow, deployment: DeploymentRow, version_id: str) -> VersionRow:
@@ -121,9 +130,7 @@ async def create_version(
          "labels": {"image": image} if image else {}},
     )
     answer = schemas.version(deployment, row)
-    path = f"/organizations/{organization.organization_id}/deployments/{ids.deployment_id(deployment.id)}" \
-           f"/versions/{ids.version_id(row.id)}/archive"
-    answer["upload_url"] = signer(engine).sign("PUT", str(request.base_url), path)
+    answer["upload_url"] = archive_url(engine, request, "PUT", organization, deployment, ids.version_id(row.id))
     return ok(answer)
 
 
@@ -157,9 +164,7 @@ async def download_version(
     row = find_version(engine, organization, deployment, version_id)
     if row.latest_revision_id is None:
         raise NotFound("archive of version", version_id)
-    path = f"/organizations/{organization.organization_id}/deployments/{ids.deployment_id(deployment.id)}" \
-           f"/versions/{version_id}/archive"
-    return ok({"download_uri": signer(engine).sign("GET", str(request.base_url), path)})
+    return ok({"download_uri": archive_url(engine, request, "GET", organization, deployment, version_id)})
 
 
 # --- the signed archive URL: no auth header, the signature is the credential -------------------
@@ -168,7 +173,7 @@ async def download_version(
 def _signed_target(
     engine: Any, method: str, request: Request, organization_id: str, deployment_id: str, version_id: str
 ) -> tuple[ProjectRow, DeploymentRow, VersionRow]:
-    signer(engine).check(
+    engine.url_signer.check(
         method, request.url.path, request.query_params.get("expires"), request.query_params.get("signature")
     )
     project = engine.projects.by_organization(Caller(project_id=None), organization_id)
