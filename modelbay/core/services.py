@@ -14,10 +14,13 @@ import dataclasses
 import enum
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import Any, TypeVar
 
 from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
 
 from modelbay.core.clock import utcnow
 from modelbay.core.deployments import Deployments, Target
@@ -30,6 +33,8 @@ from modelbay.store.db import Database
 from modelbay.store.tables import LogLineRow, ServiceRow
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: How often wanted and actual instances are compared while a service is coming up, and when all
 #: are settled (a change wakes the loop at once either way).
@@ -104,6 +109,7 @@ class Services:
         self._loop_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._generation = 0  # bumped on every change, so a reconcile that raced one is not applied
+        self._log_writes: set[asyncio.Task[None]] = set()  # held: the loop keeps only weak references
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -145,8 +151,7 @@ class Services:
             modified_at=now,
             **dataclasses.asdict(scaling),
         )
-        with self._db.write() as session:
-            session.add(row)
+        await self._write(lambda session: session.add(row))
         await self._journal.append(row.id, [f"Service created with {self._wanted(row)} instance(s)"])
         self._changed(row)
         return row
@@ -176,7 +181,8 @@ class Services:
         current = self.get(deployment_id, service_id)
         scaling = check_scaling(fields, Scaling(current.instance_number, current.min_instance_number,
                                                 current.max_instance_number, current.enable_autoscale))
-        with self._db.write() as session:
+
+        def write(session: Session) -> ServiceRow:
             row = session.get(ServiceRow, service_id)
             if row is None:
                 raise NotFound("service", service_id)
@@ -185,6 +191,9 @@ class Services:
             if row.status != ServiceStatus.STOPPED:
                 row.status = ServiceStatus.IN_PROGRESS.value
             row.modified_at = utcnow()
+            return row
+
+        row = await self._write(write)
         await self._journal.append(service_id, [f"Scaling changed: {self._describe(row)}"])
         self._changed(row)
         return row
@@ -192,15 +201,19 @@ class Services:
     async def delete(self, deployment_id: str, service_id: str) -> None:
         """Delete a service; its instances stop (busy ones once their call ends)."""
         self.get(deployment_id, service_id)
-        with self._db.write() as session:
+
+        def write(session: Session) -> None:
             session.execute(delete(ServiceRow).where(ServiceRow.id == service_id))
             session.execute(delete(LogLineRow).where(LogLineRow.owner_id == service_id))
+
+        await self._write(write)
         self._forget(service_id)
 
     async def set_running(self, deployment_id: str, service_id: str, running: bool) -> ServiceRow:
         """Start or stop a service. Raises `InvalidInput` when it already is in that state."""
         self.get(deployment_id, service_id)
-        with self._db.write() as session:
+
+        def write(session: Session) -> ServiceRow:
             row = session.get(ServiceRow, service_id)
             if row is None:
                 raise NotFound("service", service_id)
@@ -211,6 +224,9 @@ class Services:
                 raise InvalidInput(f"Service {service_id} is not running")
             row.status = (ServiceStatus.IN_PROGRESS if running else ServiceStatus.STOPPED).value
             row.modified_at = utcnow()
+            return row
+
+        row = await self._write(write)
         await self._journal.append(service_id, ["Service started" if running else "Service stopped"])
         self._changed(row)
         return row
@@ -230,8 +246,9 @@ class Services:
             context=context,
         )
         if record.logs:
-            lines = split_lines(record.logs)
-            asyncio.ensure_future(self._journal.append(service_id, lines)).add_done_callback(_log_failure)
+            task = asyncio.create_task(self._journal.append(service_id, split_lines(record.logs)))
+            self._log_writes.add(task)
+            task.add_done_callback(self._log_written)
         return target, record
 
     def target(self, row: ServiceRow) -> Target:
@@ -299,7 +316,9 @@ class Services:
             live.add(key)
             self._scheduler.ensure(target)
             if row.status == ServiceStatus.IN_PROGRESS and await self._is_ready(key, target):
-                await asyncio.to_thread(self._mark_ready, row.id)
+                marked = await asyncio.to_thread(self._mark_ready, row.id, row.modified_at)
+                if marked and self._rows.get(row.id) is row:  # the serving path sees it ready at once
+                    row.status = ServiceStatus.READY.value
         for key in self._pools - live:
             self._scheduler.drop(key)
         self._pools = live
@@ -323,13 +342,32 @@ class Services:
         with self._db.read() as session:
             return list(session.scalars(select(ServiceRow)))
 
-    def _mark_ready(self, service_id: str) -> None:
+    def _mark_ready(self, service_id: str, seen_modified_at: datetime) -> bool:
+        """`in_progress` -> `ready`, unless the service changed since the pass that saw it ready
+        (a scaling change or a stop in between would otherwise be marked ready too).
+        Returns whether it was marked."""
         with self._db.write() as session:
-            row = session.get(ServiceRow, service_id)
-            if row is not None and row.status == ServiceStatus.IN_PROGRESS:
-                row.status = ServiceStatus.READY.value
-                row.modified_at = utcnow()
-                self._rows[service_id] = row
+            done = session.execute(
+                update(ServiceRow)
+                .where(ServiceRow.id == service_id, ServiceRow.status == ServiceStatus.IN_PROGRESS.value,
+                       ServiceRow.modified_at == seen_modified_at)
+                .values(status=ServiceStatus.READY.value, modified_at=utcnow())
+            )
+            return bool(done.rowcount)
+
+    async def _write(self, write: Callable[[Session], T]) -> T:
+        """Run `write` in a write transaction off the loop (waiting for SQLite's write lock would block it)."""
+
+        def run() -> T:
+            with self._db.write() as session:
+                return write(session)
+
+        return await asyncio.to_thread(run)
+
+    def _log_written(self, task: asyncio.Task[None]) -> None:
+        self._log_writes.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("writing a service log failed", exc_info=task.exception())
 
     def _changed(self, row: ServiceRow) -> None:
         self._generation += 1
@@ -361,7 +399,3 @@ class Services:
             return f"autoscale from {row.min_instance_number} to {row.max_instance_number} instances"
         return f"{row.instance_number} instance(s)"
 
-
-def _log_failure(future: Any) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        log.error("writing a service log failed", exc_info=future.exception())

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from modelbay.core.clock import utcnow
+from modelbay.core.deployments import Deployments
+from modelbay.core.engine import open_database
 from modelbay.core.errors import InvalidInput
-from modelbay.core.services import Scaling, check_scaling
+from modelbay.core.projects import Caller, Projects
+from modelbay.core.services import Scaling, Services, check_scaling
+from modelbay.settings import Settings
+from modelbay.store.tables import ServiceRow
 
 
 def test_a_new_service_runs_one_instance_by_default() -> None:
@@ -42,3 +50,33 @@ def test_an_update_changes_only_what_it_names() -> None:
 def test_bad_scaling_is_refused(fields: dict[str, object]) -> None:
     with pytest.raises(InvalidInput):
         check_scaling(fields)
+
+
+def test_a_service_changed_since_its_readiness_was_seen_is_not_marked_ready(tmp_path: Path) -> None:
+    # Given a service in progress, as a reconcile pass read it
+    db = open_database(Settings(data_dir=tmp_path / "data"))
+    projects, deployments = Projects(db, "admin"), Deployments(db)
+    try:
+        project = projects.get(Caller(None), projects.create("svc").name)
+        deployments.create(project, {"name": "d", "input_type": "plain", "output_type": "plain"})
+        version = deployments.create_version(project, "d", {"name": "1", "handler": "main:handler"})
+        seen = utcnow()
+        with db.write() as session:
+            session.add(ServiceRow(id="s", project_id=project.id, deployment_id=version.deployment_id,
+                                   version_id=version.id, status="in_progress", instance_number=1,
+                                   min_instance_number=1, max_instance_number=1, instance_type="cpu-0.25",
+                                   created_at=seen, modified_at=seen))
+        services = Services(db, deployments, None, None, None, None, 0)  # type: ignore[arg-type]
+        # When a scaling change lands before the pass marks it ready, the mark is refused
+        with db.write() as session:
+            session.get(ServiceRow, "s").modified_at = utcnow()  # type: ignore[union-attr]
+        assert not services._mark_ready("s", seen)
+        with db.read() as session:
+            changed = session.get(ServiceRow, "s")
+        assert changed is not None and changed.status == "in_progress"
+        # Then the next pass, which sees the change, marks it
+        assert services._mark_ready("s", changed.modified_at)
+        with db.read() as session:
+            assert session.get(ServiceRow, "s").status == "ready"  # type: ignore[union-attr]
+    finally:
+        db.close()
