@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from modelbay.core.deployments import Target
 from modelbay.core.errors import InvalidInput, NotFound, TooLarge
 from modelbay.core.projects import Caller
 from modelbay.core.runs import check_environment
@@ -56,6 +57,16 @@ def find_version(engine: Any, project: ProjectRow, deployment: DeploymentRow, ve
         if ids.version_id(row.id) == version_id:
             return row  # type: ignore[no-any-return]
     raise NotFound("version", version_id)
+
+
+def version_target(engine: Any, project: ProjectRow, deployment: DeploymentRow, body: dict[str, Any]) -> Target:
+    """The target of the version a run or service body names by its `version_id`; raises
+    `InvalidInput` without one, `NotFound` for an unknown one."""
+    version_id = body.get("version_id")
+    if not isinstance(version_id, str):
+        raise InvalidInput("version_id is required")
+    version = find_version(engine, project, deployment, version_id)
+    return engine.deployments.target(project, deployment.name, version.name)  # type: ignore[no-any-return]
 
 
 def build_error(engine: Any, project: ProjectRow, deployment: DeploymentRow, row: VersionRow) -> str | None:

@@ -13,7 +13,7 @@ from fastapi.responses import Response
 from modelbay.core.errors import InvalidInput, NotFound, TooLarge
 from modelbay.core.runs import check_environment
 from modelbay.dialects.abeja import ids, schemas
-from modelbay.dialects.abeja.deployments import find_version, ok
+from modelbay.dialects.abeja.deployments import ok, version_target
 from modelbay.dialects.abeja.deps import (
     DeploymentDep,
     EngineDep,
@@ -49,11 +49,7 @@ def service_body(engine: Any, row: ServiceRow) -> dict[str, Any]:
 async def create_service(
     engine: EngineDep, organization: OrganizationDep, deployment: DeploymentDep, body: JsonObject
 ) -> Response:
-    version_id = body.get("version_id")
-    if not isinstance(version_id, str):
-        raise InvalidInput("version_id is required")
-    version = find_version(engine, organization, deployment, version_id)
-    target = engine.deployments.target(organization, deployment.name, version.name)
+    target = version_target(engine, organization, deployment, body)
     fields = {
         **{k: body.get(k) for k in ("instance_number", "min_instance_number", "max_instance_number",
                                     "enable_autoscale", "instance_type")},
