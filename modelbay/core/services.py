@@ -47,6 +47,9 @@ MAX_INSTANCES = 20
 #: How long one call through a service may take.
 CALL_TIMEOUT_S = 600
 
+#: How long closing waits for service log lines still being written.
+LOG_WRITE_GRACE_S = 5.0
+
 
 class ServiceStatus(enum.StrEnum):
     IN_PROGRESS = "in_progress"
@@ -124,8 +127,11 @@ class Services:
         self._loop_task = asyncio.create_task(self._reconcile_forever())
 
     async def close(self) -> None:
+        """Stop reconciling; give the log lines of calls that have ended a moment to be written."""
         if self._loop_task is not None:
             self._loop_task.cancel()
+        if self._log_writes:
+            await asyncio.wait(list(self._log_writes), timeout=LOG_WRITE_GRACE_S)
 
     # --- CRUD --------------------------------------------------------------------------------
 
@@ -178,14 +184,15 @@ class Services:
 
     async def update(self, deployment_id: str, service_id: str, fields: dict[str, Any]) -> ServiceRow:
         """Change the scaling; the service goes `in_progress` until it matches."""
-        current = self.get(deployment_id, service_id)
-        scaling = check_scaling(fields, Scaling(current.instance_number, current.min_instance_number,
-                                                current.max_instance_number, current.enable_autoscale))
+        self.get(deployment_id, service_id)
 
         def write(session: Session) -> ServiceRow:
             row = session.get(ServiceRow, service_id)
             if row is None:
                 raise NotFound("service", service_id)
+            # Over the stored settings, not the cached ones: two PATCHes naming different fields both hold.
+            scaling = check_scaling(fields, Scaling(row.instance_number, row.min_instance_number,
+                                                    row.max_instance_number, row.enable_autoscale))
             for key, value in dataclasses.asdict(scaling).items():
                 setattr(row, key, value)
             if row.status != ServiceStatus.STOPPED:
