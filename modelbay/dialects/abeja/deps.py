@@ -59,7 +59,7 @@ async def organization_of(organization_id: str, request: Request) -> ProjectRow:
 
 def find_deployment(engine: Engine, project: ProjectRow, deployment_id: str) -> DeploymentRow:
     """The deployment with this 13-digit id in the project; raises `NotFound`."""
-    if ids.DEPLOYMENT_ID.match(deployment_id):
+    if ids.DEPLOYMENT_ID.fullmatch(deployment_id):
         for row in engine.deployments.list_deployments(project):
             if ids.deployment_id(row.id) == deployment_id:
                 return row

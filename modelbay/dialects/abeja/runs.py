@@ -20,6 +20,9 @@ router = APIRouter(tags=["abeja runs"])
 
 R = "/organizations/{organization_id}/deployments/{deployment_id}/runs"
 
+#: The largest `distribution` (an id whose remainder picks a queue) the store's 32-bit column holds.
+MAX_DISTRIBUTION = 2**31 - 1
+
 
 def target_or_none(engine: Any, version_id: str) -> Target | None:
     try:
@@ -48,8 +51,9 @@ async def create_run(
 ) -> Response:
     target = version_target(engine, organization, deployment, body)
     distribution = body.get("distribution")
-    if distribution is not None and (isinstance(distribution, bool) or not isinstance(distribution, int)):
-        raise InvalidInput("distribution must be an integer")
+    if distribution is not None and (isinstance(distribution, bool) or not isinstance(distribution, int)
+                                     or not 0 <= distribution <= MAX_DISTRIBUTION):
+        raise InvalidInput(f"distribution must be an integer from 0 to {MAX_DISTRIBUTION}")
     new = NewRun(
         input_data=body.get("input_data"),
         output_template=body.get("output_template"),
