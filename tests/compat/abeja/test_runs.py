@@ -227,6 +227,10 @@ def test_run_logs_page_up_in_order_and_recent_logs_page_down_to_an_empty_end(
         descending += page["events"]
         backward = page["next_backward_token"]
     assert descending == list(reversed(ascending))
+    end = runs.get_run_recent_logs(o, d, r, next_backward_token="0")  # before the first line: the end
+    assert end["events"] == []
+    newer = runs.get_run_recent_logs(o, d, r, next_forward_token=end["next_forward_token"])  # a token it takes
+    assert [e["message"] for e in newer["events"]][-1] == ascending[0]["message"]
 
     now = datetime.now(UTC).replace(tzinfo=None)  # the SDK formats naive UTC times
     assert runs.get_run_logs(o, d, r, start_time=now + timedelta(hours=1))["events"] == []
