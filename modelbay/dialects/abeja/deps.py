@@ -47,14 +47,11 @@ def caller_from_header(engine: Engine, header: str | None) -> Caller:
     raise Unauthorized("Authorization header must be 'Bearer <token>' or 'Basic <credentials>'")
 
 
-async def caller_of(request: Request) -> Caller:
-    return caller_from_header(_engine(request), request.headers.get("authorization"))
-
-
 async def organization_of(organization_id: str, request: Request) -> ProjectRow:
     """The project behind the path's organization id; 401 without a credential, 403 for another's."""
-    caller = await caller_of(request)
-    return _engine(request).projects.by_organization(caller, organization_id)
+    engine = _engine(request)
+    caller = caller_from_header(engine, request.headers.get("authorization"))
+    return engine.projects.by_organization(caller, organization_id)
 
 
 def find_deployment(engine: Engine, project: ProjectRow, deployment_id: str) -> DeploymentRow:
@@ -87,7 +84,6 @@ async def json_object(request: Request) -> dict[str, Any]:
 
 
 EngineDep = Annotated[Engine, Depends(engine_of)]
-CallerDep = Annotated[Caller, Depends(caller_of)]
 OrganizationDep = Annotated[ProjectRow, Depends(organization_of)]
 DeploymentDep = Annotated[DeploymentRow, Depends(deployment_of)]
 JsonObject = Annotated[dict[str, Any], Depends(json_object)]
