@@ -74,7 +74,7 @@ def check_scaling(fields: dict[str, Any], current: Scaling | None = None) -> Sca
         value = fields.get(key)
         if value is None:
             continue
-        if isinstance(value, str) and value.strip().isdigit():  # the SDK documents numbers as strings
+        if isinstance(value, str) and _small_decimal(value.strip()):  # the SDK documents numbers as strings
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_INSTANCES:
             raise InvalidInput(f"{key} must be an integer from 1 to {MAX_INSTANCES}")
@@ -92,6 +92,11 @@ def check_scaling(fields: dict[str, Any], current: Scaling | None = None) -> Sca
     if low > high:
         raise InvalidInput("min_instance_number may not exceed max_instance_number")
     return Scaling(number, low, high, values["enable_autoscale"])
+
+
+def _small_decimal(text: str) -> bool:
+    """ASCII digits `int` takes at once (`str.isdigit` alone passes '²', and 5,000 digits, which it refuses)."""
+    return text.isascii() and text.isdigit() and len(text) <= 9
 
 
 class Services:

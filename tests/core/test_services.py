@@ -42,6 +42,8 @@ def test_an_update_changes_only_what_it_names() -> None:
         {"instance_number": 0},
         {"instance_number": 21},
         {"instance_number": True},
+        {"instance_number": "\u00b2"},  # isdigit() says yes, int() says no
+        {"instance_number": "9" * 5000},  # more digits than int() converts
         {"min_instance_number": 3, "max_instance_number": 2},
         {"enable_autoscale": "yes"},
         {"enable_autoscale": 1},
