@@ -88,7 +88,8 @@ def test_malformed_tokens_and_signatures_are_4xx_never_a_500(
     r = httpx.post(f"{base}/runs", json={"version_id": v}, headers=headers).json()["run_id"]
     # When tokens are digits '²' (which isdigit() takes and int() refuses) or too many for the store
     for query in ("logs?next_token=%C2%B2", "logs?next_token=" + "9" * 30,
-                  "recentlogs?next_backward_token=" + "9" * 30, "recentlogs?next_forward_token=%C2%B2"):
+                  "recentlogs?next_backward_token=" + "9" * 30, "recentlogs?next_forward_token=%C2%B2",
+                  "logs?start_time=0001-01-01T00:00:00%2B01:00"):
         answer = httpx.get(f"{base}/runs/{r}/{query}", headers=headers)
         # Then each is a 400 in the ABEJA shape
         assert answer.status_code == 400, (query, answer.text)
