@@ -10,7 +10,7 @@ import orjson
 from fastapi import Depends, Request
 
 from modelbay.core.engine import Engine
-from modelbay.core.errors import InvalidInput, NotFound, Unauthorized
+from modelbay.core.errors import InvalidInput, NotFound, TooLarge, Unauthorized
 from modelbay.core.projects import Caller
 from modelbay.dialects.abeja import ids
 from modelbay.store.tables import DeploymentRow, ProjectRow
@@ -67,9 +67,21 @@ async def deployment_of(deployment_id: str, request: Request, organization: Orga
     return find_deployment(_engine(request), organization, deployment_id)
 
 
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body; raises `TooLarge` as soon as it passes `limit` bytes, before it is held whole."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"The request body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def json_object(request: Request) -> dict[str, Any]:
     """The body as a JSON object; an empty body is an empty object (the SDK sends none for `payload=None`)."""
-    raw = await request.body()
+    raw = await read_body(request, _engine(request).settings.max_request_bytes)
     if not raw.strip():
         return {}
     try:
