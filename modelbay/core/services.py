@@ -253,15 +253,26 @@ class Services:
         if row.status == ServiceStatus.STOPPED:
             raise Unavailable(f"Service {service_id} is stopped")
         target = self._deployments.serving_target_check(self.target(row))
-        record = await self._requests.direct(
-            target, data, timeout=CALL_TIMEOUT_S, origin={"created_by": "service", "service_id": service_id},
-            context=context,
-        )
+        try:
+            record = await self._requests.direct(
+                target, data, timeout=CALL_TIMEOUT_S, origin={"created_by": "service", "service_id": service_id},
+                context=context,
+            )
+        finally:
+            self._drop_if_gone(service_id)
         if record.logs:
             task = asyncio.create_task(self._journal.append(service_id, split_lines(record.logs)))
             self._log_writes.add(task)
             task.add_done_callback(self._log_written)
         return target, record
+
+    def _drop_if_gone(self, service_id: str) -> None:
+        """Retire the pool of a service deleted or stopped during a call. A call waiting for an
+        instance when the pool was retired makes the scheduler build the pool again; for a deleted
+        service nothing else would ever retire that one (the reconcile loop no longer knows it)."""
+        row = self._rows.get(service_id)
+        if row is None or row.status == ServiceStatus.STOPPED:
+            self._scheduler.drop(f"service:{service_id}")
 
     def target(self, row: ServiceRow) -> Target:
         """The service's own target: its version's, served by the service's pool, scaled and with its env."""
