@@ -13,7 +13,7 @@ from fastapi.responses import FileResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from modelbay.core.deployments import Target
-from modelbay.core.errors import Forbidden, InvalidInput, NotFound, TooLarge
+from modelbay.core.errors import Forbidden, InvalidInput, NotFound
 from modelbay.core.projects import Caller
 from modelbay.core.runs import check_environment
 from modelbay.dialects.abeja import ids, schemas
@@ -22,6 +22,7 @@ from modelbay.dialects.abeja.deps import (
     EngineDep,
     JsonObject,
     OrganizationDep,
+    body_chunks,
     find_deployment,
 )
 from modelbay.store.tables import DeploymentRow, ProjectRow, VersionRow
@@ -198,15 +199,10 @@ async def upload_archive(
     request: Request, engine: EngineDep, organization_id: str, deployment_id: str, version_id: str
 ) -> Response:
     project, deployment, row = _signed_target(engine, "PUT", request, organization_id, deployment_id, version_id)
-    limit = engine.settings.max_request_bytes
     with tempfile.SpooledTemporaryFile(max_size=8 << 20) as spool:
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise TooLarge(f"The archive is larger than {limit} bytes")
+        async for chunk in body_chunks(request, engine.settings.max_request_bytes):
             spool.write(chunk)
-        if size == 0:
+        if spool.tell() == 0:
             raise InvalidInput("The archive is empty")
         spool.seek(0)
         caller = Caller(project_id=project.id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import orjson
@@ -67,16 +68,19 @@ async def deployment_of(deployment_id: str, request: Request, organization: Orga
     return find_deployment(_engine(request), organization, deployment_id)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body; raises `TooLarge` as soon as it passes `limit` bytes, before it is held whole."""
-    chunks: list[bytes] = []
+async def body_chunks(request: Request, limit: int) -> AsyncIterator[bytes]:
+    """The body as it arrives; raises `TooLarge` as soon as it passes `limit` bytes."""
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise TooLarge(f"The request body is larger than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        yield chunk
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refused with `TooLarge` before more than `limit` bytes of it are held."""
+    return b"".join([chunk async for chunk in body_chunks(request, limit)])
 
 
 async def json_object(request: Request) -> dict[str, Any]:
