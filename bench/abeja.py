@@ -87,11 +87,20 @@ def runs_done(db: Path) -> int:
         return int(conn.execute("SELECT count(*) FROM runs WHERE status = 'succeeded'").fetchone()[0])
 
 
+def wait_for_runs(db: Path, count: int, timeout: float = 300) -> float:
+    """Poll until `count` runs have succeeded; returns the `perf_counter` time they had."""
+    deadline = time.perf_counter() + timeout
+    while runs_done(db) < count:
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"{count} runs did not succeed within {timeout} s")
+        time.sleep(0.01)
+    return time.perf_counter()
+
+
 def bench_runs(sdk: Any, org: str, d: str, v: str, n: int, db: Path) -> dict[str, Any]:
     runs = sdk.runs.APIClient()
     runs.create_run(org, d, v)  # warm: the version's first instance starts here
-    while runs_done(db) < 1:
-        time.sleep(0.01)
+    wait_for_runs(db, 1, timeout=120)
     timings: list[float] = []
     started = time.perf_counter()
     for _ in range(n):
@@ -100,11 +109,7 @@ def bench_runs(sdk: Any, org: str, d: str, v: str, n: int, db: Path) -> dict[str
         timings.append((time.perf_counter() - t0) * 1000)
         assert run["status"] == "SUBMITTED"
     submitted = time.perf_counter()
-    while runs_done(db) < n + 1:
-        if time.perf_counter() - submitted > 300:
-            raise RuntimeError("runs did not finish within 300 s")
-        time.sleep(0.01)
-    finished = time.perf_counter()
+    finished = wait_for_runs(db, n + 1)
     timings.sort()
     # Then a burst from 8 clients at once: how fast runs are completed when creates are not the limit.
     before = runs_done(db)
@@ -112,11 +117,7 @@ def bench_runs(sdk: Any, org: str, d: str, v: str, n: int, db: Path) -> dict[str
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda _: runs.create_run(org, d, v, retry_count=0), range(n)))
     burst_submitted = time.perf_counter()
-    while runs_done(db) < before + n:
-        if time.perf_counter() - burst_submitted > 300:
-            raise RuntimeError("runs did not finish within 300 s")
-        time.sleep(0.01)
-    burst_finished = time.perf_counter()
+    burst_finished = wait_for_runs(db, before + n)
     return {
         "runs": n,
         "create_p50_ms": percentile(timings, 50),

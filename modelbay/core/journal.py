@@ -17,6 +17,9 @@ LOG_LINES: Table = LogLineRow.__table__  # type: ignore[assignment]
 
 #: Longest line kept; user code may print anything.
 MAX_LINE_CHARS = 8192
+#: Most lines kept of what one call printed (its last ones). The runtime caps a call's output at
+#: 1 MiB, but that is half a million one-character lines: one row each, in one commit.
+MAX_LINES_PER_CALL = 1000
 
 
 @dataclass(frozen=True)
@@ -27,8 +30,13 @@ class Line:
 
 
 def split_lines(text: str) -> list[str]:
-    """What user code printed, as non-empty lines of bounded length."""
-    return [line[:MAX_LINE_CHARS] for line in text.splitlines() if line.strip()]
+    """What user code printed, as non-empty lines of bounded length; at most the last
+    `MAX_LINES_PER_CALL` of them, after a line saying how many were left out."""
+    lines = [line[:MAX_LINE_CHARS] for line in text.splitlines() if line.strip()]
+    if len(lines) <= MAX_LINES_PER_CALL:
+        return lines
+    left_out = len(lines) - MAX_LINES_PER_CALL
+    return [f"({left_out} earlier lines left out)", *lines[-MAX_LINES_PER_CALL:]]
 
 
 class Journal:

@@ -278,7 +278,10 @@ class Runs:
             self._journal.write(conn, rows)
 
         await self._db.committer.submit_async(write)
-        self.on_status(run_id, new)
+        try:
+            self.on_status(run_id, new)
+        except Exception:  # an observer never changes the run: a raise here would fail a healthy one
+            log.exception("on_status failed for run %s", run_id)
 
     def _slot(self, target: Target) -> asyncio.Semaphore:
         """Runs of one version run at most `maximum_instances` at a time; the rest wait `runnable`."""

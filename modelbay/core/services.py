@@ -14,10 +14,13 @@ import dataclasses
 import enum
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import Any, TypeVar
 
 from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
 
 from modelbay.core.clock import utcnow
 from modelbay.core.deployments import Deployments, Target
@@ -31,6 +34,8 @@ from modelbay.store.tables import LogLineRow, ServiceRow
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 #: How often wanted and actual instances are compared while a service is coming up, and when all
 #: are settled (a change wakes the loop at once either way).
 RECONCILE_PERIOD_S = 0.25
@@ -41,6 +46,9 @@ MAX_INSTANCES = 20
 
 #: How long one call through a service may take.
 CALL_TIMEOUT_S = 600
+
+#: How long closing waits for service log lines still being written.
+LOG_WRITE_GRACE_S = 5.0
 
 
 class ServiceStatus(enum.StrEnum):
@@ -66,7 +74,7 @@ def check_scaling(fields: dict[str, Any], current: Scaling | None = None) -> Sca
         value = fields.get(key)
         if value is None:
             continue
-        if isinstance(value, str) and value.strip().isdigit():  # the SDK documents numbers as strings
+        if isinstance(value, str) and _small_decimal(value.strip()):  # the SDK documents numbers as strings
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_INSTANCES:
             raise InvalidInput(f"{key} must be an integer from 1 to {MAX_INSTANCES}")
@@ -84,6 +92,11 @@ def check_scaling(fields: dict[str, Any], current: Scaling | None = None) -> Sca
     if low > high:
         raise InvalidInput("min_instance_number may not exceed max_instance_number")
     return Scaling(number, low, high, values["enable_autoscale"])
+
+
+def _small_decimal(text: str) -> bool:
+    """ASCII digits `int` takes at once (`str.isdigit` alone passes '²', and 5,000 digits, which it refuses)."""
+    return text.isascii() and text.isdigit() and len(text) <= 9
 
 
 class Services:
@@ -104,6 +117,7 @@ class Services:
         self._loop_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._generation = 0  # bumped on every change, so a reconcile that raced one is not applied
+        self._log_writes: set[asyncio.Task[None]] = set()  # held: the loop keeps only weak references
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -118,8 +132,11 @@ class Services:
         self._loop_task = asyncio.create_task(self._reconcile_forever())
 
     async def close(self) -> None:
+        """Stop reconciling; give the log lines of calls that have ended a moment to be written."""
         if self._loop_task is not None:
             self._loop_task.cancel()
+        if self._log_writes:
+            await asyncio.wait(list(self._log_writes), timeout=LOG_WRITE_GRACE_S)
 
     # --- CRUD --------------------------------------------------------------------------------
 
@@ -145,8 +162,7 @@ class Services:
             modified_at=now,
             **dataclasses.asdict(scaling),
         )
-        with self._db.write() as session:
-            session.add(row)
+        await self._write(lambda session: session.add(row))
         await self._journal.append(row.id, [f"Service created with {self._wanted(row)} instance(s)"])
         self._changed(row)
         return row
@@ -173,18 +189,23 @@ class Services:
 
     async def update(self, deployment_id: str, service_id: str, fields: dict[str, Any]) -> ServiceRow:
         """Change the scaling; the service goes `in_progress` until it matches."""
-        current = self.get(deployment_id, service_id)
-        scaling = check_scaling(fields, Scaling(current.instance_number, current.min_instance_number,
-                                                current.max_instance_number, current.enable_autoscale))
-        with self._db.write() as session:
+        self.get(deployment_id, service_id)
+
+        def write(session: Session) -> ServiceRow:
             row = session.get(ServiceRow, service_id)
             if row is None:
                 raise NotFound("service", service_id)
+            # Over the stored settings, not the cached ones: two PATCHes naming different fields both hold.
+            scaling = check_scaling(fields, Scaling(row.instance_number, row.min_instance_number,
+                                                    row.max_instance_number, row.enable_autoscale))
             for key, value in dataclasses.asdict(scaling).items():
                 setattr(row, key, value)
             if row.status != ServiceStatus.STOPPED:
                 row.status = ServiceStatus.IN_PROGRESS.value
             row.modified_at = utcnow()
+            return row
+
+        row = await self._write(write)
         await self._journal.append(service_id, [f"Scaling changed: {self._describe(row)}"])
         self._changed(row)
         return row
@@ -192,15 +213,19 @@ class Services:
     async def delete(self, deployment_id: str, service_id: str) -> None:
         """Delete a service; its instances stop (busy ones once their call ends)."""
         self.get(deployment_id, service_id)
-        with self._db.write() as session:
+
+        def write(session: Session) -> None:
             session.execute(delete(ServiceRow).where(ServiceRow.id == service_id))
             session.execute(delete(LogLineRow).where(LogLineRow.owner_id == service_id))
+
+        await self._write(write)
         self._forget(service_id)
 
     async def set_running(self, deployment_id: str, service_id: str, running: bool) -> ServiceRow:
         """Start or stop a service. Raises `InvalidInput` when it already is in that state."""
         self.get(deployment_id, service_id)
-        with self._db.write() as session:
+
+        def write(session: Session) -> ServiceRow:
             row = session.get(ServiceRow, service_id)
             if row is None:
                 raise NotFound("service", service_id)
@@ -211,6 +236,9 @@ class Services:
                 raise InvalidInput(f"Service {service_id} is not running")
             row.status = (ServiceStatus.IN_PROGRESS if running else ServiceStatus.STOPPED).value
             row.modified_at = utcnow()
+            return row
+
+        row = await self._write(write)
         await self._journal.append(service_id, ["Service started" if running else "Service stopped"])
         self._changed(row)
         return row
@@ -225,14 +253,26 @@ class Services:
         if row.status == ServiceStatus.STOPPED:
             raise Unavailable(f"Service {service_id} is stopped")
         target = self._deployments.serving_target_check(self.target(row))
-        record = await self._requests.direct(
-            target, data, timeout=CALL_TIMEOUT_S, origin={"created_by": "service", "service_id": service_id},
-            context=context,
-        )
+        try:
+            record = await self._requests.direct(
+                target, data, timeout=CALL_TIMEOUT_S, origin={"created_by": "service", "service_id": service_id},
+                context=context,
+            )
+        finally:
+            self._drop_if_gone(service_id)
         if record.logs:
-            lines = split_lines(record.logs)
-            asyncio.ensure_future(self._journal.append(service_id, lines)).add_done_callback(_log_failure)
+            task = asyncio.create_task(self._journal.append(service_id, split_lines(record.logs)))
+            self._log_writes.add(task)
+            task.add_done_callback(self._log_written)
         return target, record
+
+    def _drop_if_gone(self, service_id: str) -> None:
+        """Retire the pool of a service deleted or stopped during a call. A call waiting for an
+        instance when the pool was retired makes the scheduler build the pool again; for a deleted
+        service nothing else would ever retire that one (the reconcile loop no longer knows it)."""
+        row = self._rows.get(service_id)
+        if row is None or row.status == ServiceStatus.STOPPED:
+            self._scheduler.drop(f"service:{service_id}")
 
     def target(self, row: ServiceRow) -> Target:
         """The service's own target: its version's, served by the service's pool, scaled and with its env."""
@@ -299,7 +339,9 @@ class Services:
             live.add(key)
             self._scheduler.ensure(target)
             if row.status == ServiceStatus.IN_PROGRESS and await self._is_ready(key, target):
-                await asyncio.to_thread(self._mark_ready, row.id)
+                marked = await asyncio.to_thread(self._mark_ready, row.id, row.modified_at)
+                if marked and self._rows.get(row.id) is row:  # the serving path sees it ready at once
+                    row.status = ServiceStatus.READY.value
         for key in self._pools - live:
             self._scheduler.drop(key)
         self._pools = live
@@ -323,13 +365,32 @@ class Services:
         with self._db.read() as session:
             return list(session.scalars(select(ServiceRow)))
 
-    def _mark_ready(self, service_id: str) -> None:
+    def _mark_ready(self, service_id: str, seen_modified_at: datetime) -> bool:
+        """`in_progress` -> `ready`, unless the service changed since the pass that saw it ready
+        (a scaling change or a stop in between would otherwise be marked ready too).
+        Returns whether it was marked."""
         with self._db.write() as session:
-            row = session.get(ServiceRow, service_id)
-            if row is not None and row.status == ServiceStatus.IN_PROGRESS:
-                row.status = ServiceStatus.READY.value
-                row.modified_at = utcnow()
-                self._rows[service_id] = row
+            done = session.execute(
+                update(ServiceRow)
+                .where(ServiceRow.id == service_id, ServiceRow.status == ServiceStatus.IN_PROGRESS.value,
+                       ServiceRow.modified_at == seen_modified_at)
+                .values(status=ServiceStatus.READY.value, modified_at=utcnow())
+            )
+            return bool(done.rowcount)
+
+    async def _write(self, write: Callable[[Session], T]) -> T:
+        """Run `write` in a write transaction off the loop (waiting for SQLite's write lock would block it)."""
+
+        def run() -> T:
+            with self._db.write() as session:
+                return write(session)
+
+        return await asyncio.to_thread(run)
+
+    def _log_written(self, task: asyncio.Task[None]) -> None:
+        self._log_writes.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("writing a service log failed", exc_info=task.exception())
 
     def _changed(self, row: ServiceRow) -> None:
         self._generation += 1
@@ -361,7 +422,3 @@ class Services:
             return f"autoscale from {row.min_instance_number} to {row.max_instance_number} instances"
         return f"{row.instance_number} instance(s)"
 
-
-def _log_failure(future: Any) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        log.error("writing a service log failed", exc_info=future.exception())

@@ -15,7 +15,7 @@ from modelbay.core.clock import utcnow
 from modelbay.core.deployments import Deployments, Target
 from modelbay.core.engine import Engine, open_database
 from modelbay.core.errors import InvalidInput
-from modelbay.core.journal import Journal
+from modelbay.core.journal import MAX_LINE_CHARS, MAX_LINES_PER_CALL, Journal, split_lines
 from modelbay.core.projects import Caller, Projects
 from modelbay.core.runs import (
     ALLOWED,
@@ -144,6 +144,14 @@ def drive(tmp_path: Path, script: list[bool], retry_count: int) -> tuple[list[Ru
 
     statuses, row, lines = asyncio.run(scenario())
     return statuses, row, runtime, lines
+
+
+def test_printed_lines_are_kept_bounded_in_length_and_number_with_the_last_ones_kept() -> None:
+    assert split_lines("a\n\n  \nb\n") == ["a", "b"]
+    assert split_lines("x" * (MAX_LINE_CHARS + 5)) == ["x" * MAX_LINE_CHARS]
+    lines = split_lines("".join(f"{i}\n" for i in range(MAX_LINES_PER_CALL + 7)))
+    assert lines[0] == "(7 earlier lines left out)" and lines[1] == "7"
+    assert len(lines) == MAX_LINES_PER_CALL + 1 and lines[-1] == str(MAX_LINES_PER_CALL + 6)
 
 
 def test_a_run_walks_every_status_in_order(tmp_path: Path) -> None:

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
 import pytest
 
+from modelbay.core.clock import utcnow
+from modelbay.core.deployments import Deployments, Target
+from modelbay.core.engine import open_database
 from modelbay.core.errors import InvalidInput
-from modelbay.core.services import Scaling, check_scaling
+from modelbay.core.projects import Caller, Projects
+from modelbay.core.services import Scaling, Services, check_scaling
+from modelbay.settings import Settings
+from modelbay.store.tables import ServiceRow
+from tests.core.test_runs import BASE
 
 
 def test_a_new_service_runs_one_instance_by_default() -> None:
@@ -34,6 +47,8 @@ def test_an_update_changes_only_what_it_names() -> None:
         {"instance_number": 0},
         {"instance_number": 21},
         {"instance_number": True},
+        {"instance_number": "\u00b2"},  # isdigit() says yes, int() says no
+        {"instance_number": "9" * 5000},  # more digits than int() converts
         {"min_instance_number": 3, "max_instance_number": 2},
         {"enable_autoscale": "yes"},
         {"enable_autoscale": 1},
@@ -42,3 +57,71 @@ def test_an_update_changes_only_what_it_names() -> None:
 def test_bad_scaling_is_refused(fields: dict[str, object]) -> None:
     with pytest.raises(InvalidInput):
         check_scaling(fields)
+
+
+def test_a_service_changed_since_its_readiness_was_seen_is_not_marked_ready(tmp_path: Path) -> None:
+    # Given a service in progress, as a reconcile pass read it
+    db = open_database(Settings(data_dir=tmp_path / "data"))
+    projects, deployments = Projects(db, "admin"), Deployments(db)
+    try:
+        project = projects.get(Caller(None), projects.create("svc").name)
+        deployments.create(project, {"name": "d", "input_type": "plain", "output_type": "plain"})
+        version = deployments.create_version(project, "d", {"name": "1", "handler": "main:handler"})
+        seen = utcnow()
+        with db.write() as session:
+            session.add(ServiceRow(id="s", project_id=project.id, deployment_id=version.deployment_id,
+                                   version_id=version.id, status="in_progress", instance_number=1,
+                                   min_instance_number=1, max_instance_number=1, instance_type="cpu-0.25",
+                                   created_at=seen, modified_at=seen))
+        services = Services(db, deployments, None, None, None, None, 0)  # type: ignore[arg-type]
+        # When a scaling change lands before the pass marks it ready, the mark is refused
+        with db.write() as session:
+            session.get(ServiceRow, "s").modified_at = utcnow()  # type: ignore[union-attr]
+        assert not services._mark_ready("s", seen)
+        with db.read() as session:
+            changed = session.get(ServiceRow, "s")
+        assert changed is not None and changed.status == "in_progress"
+        # Then the next pass, which sees the change, marks it
+        assert services._mark_ready("s", changed.modified_at)
+        with db.read() as session:
+            assert session.get(ServiceRow, "s").status == "ready"  # type: ignore[union-attr]
+    finally:
+        db.close()
+
+
+class _Pools:
+    """The scheduler's pools, as far as services see them; made on demand, as a call makes them."""
+
+    def __init__(self) -> None:
+        self.live: set[str] = set()
+
+    def drop(self, key: str) -> None:
+        self.live.discard(key)
+
+
+def test_a_call_that_outlives_the_deletion_of_its_service_leaves_no_pool_behind() -> None:
+    # Given a call through a service that waits for an instance
+    row = ServiceRow(id="s", deployment_id="d", version_id="v", status="in_progress", instance_number=1,
+                     min_instance_number=1, max_instance_number=1, enable_autoscale=False, environment={})
+    pools = _Pools()
+    target = dataclasses.replace(BASE, pool="service:s")
+
+    class Stubs:
+        def target_of_version(self, _version_id: str) -> Target:
+            return target
+
+        def serving_target_check(self, t: Target) -> Target:
+            return t
+
+        async def direct(self, t: Target, *_args: Any, **_kwargs: Any) -> Any:
+            pools.live.add(t.pool)
+            services._forget("s")  # When the service is deleted meanwhile, retiring its pool,
+            pools.live.add(t.pool)  # the waiting call makes the scheduler build the pool again
+            return SimpleNamespace(logs="")
+
+    stubs = Stubs()
+    services = Services(None, stubs, stubs, pools, None, None, 0)  # type: ignore[arg-type]
+    services._rows["s"] = row
+    asyncio.run(services.call("d", "s", {}, {}))
+    # Then, once the call ends, that pool is retired too
+    assert pools.live == set()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import tempfile
+import time
 from typing import Any, BinaryIO, cast
 
 import orjson
@@ -11,7 +12,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from modelbay.core.errors import InvalidInput, NotFound, TooLarge
+from modelbay.core.deployments import Target
+from modelbay.core.errors import Forbidden, InvalidInput, NotFound
 from modelbay.core.projects import Caller
 from modelbay.core.runs import check_environment
 from modelbay.dialects.abeja import ids, schemas
@@ -20,9 +22,9 @@ from modelbay.dialects.abeja.deps import (
     EngineDep,
     JsonObject,
     OrganizationDep,
+    body_chunks,
     find_deployment,
 )
-from modelbay.dialects.abeja.signing import Signer
 from modelbay.store.tables import DeploymentRow, ProjectRow, VersionRow
 
 router = APIRouter(tags=["abeja deployments"])
@@ -37,8 +39,17 @@ def ok(body: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
-def signer(engine: Any) -> Signer:
-    return Signer(engine.admin_token)
+#: How long a signed upload or download URL stays valid.
+URL_LIFETIME_MS = 3600 * 1000
+
+
+def archive_url(engine: Any, request: Request, method: str, organization: ProjectRow, deployment: DeploymentRow,
+                version_id: str) -> str:
+    """The signed URL through which `method` (PUT or GET) takes or gives the version's archive."""
+    path = f"/organizations/{organization.organization_id}/deployments/{ids.deployment_id(deployment.id)}" \
+           f"/versions/{version_id}/archive"
+    expires_ms = int(time.time() * 1000) + URL_LIFETIME_MS
+    return f"{str(request.base_url).rstrip('/')}{path}?{engine.url_signer.query(method, path, expires_ms)}"
 
 
 def find_version(engine: Any, project: ProjectRow, deployment: DeploymentRow, version_id: str) -> VersionRow:
@@ -47,6 +58,16 @@ def find_version(engine: Any, project: ProjectRow, deployment: DeploymentRow, ve
         if ids.version_id(row.id) == version_id:
             return row  # type: ignore[no-any-return]
     raise NotFound("version", version_id)
+
+
+def version_target(engine: Any, project: ProjectRow, deployment: DeploymentRow, body: dict[str, Any]) -> Target:
+    """The target of the version a run or service body names by its `version_id`; raises
+    `InvalidInput` without one, `NotFound` for an unknown one."""
+    version_id = body.get("version_id")
+    if not isinstance(version_id, str):
+        raise InvalidInput("version_id is required")
+    version = find_version(engine, project, deployment, version_id)
+    return engine.deployments.target(project, deployment.name, version.name)  # type: ignore[no-any-return]
 
 
 def build_error(engine: Any, project: ProjectRow, deployment: DeploymentRow, row: VersionRow) -> str | None:
@@ -121,9 +142,7 @@ async def create_version(
          "labels": {"image": image} if image else {}},
     )
     answer = schemas.version(deployment, row)
-    path = f"/organizations/{organization.organization_id}/deployments/{ids.deployment_id(deployment.id)}" \
-           f"/versions/{ids.version_id(row.id)}/archive"
-    answer["upload_url"] = signer(engine).sign("PUT", str(request.base_url), path)
+    answer["upload_url"] = archive_url(engine, request, "PUT", organization, deployment, ids.version_id(row.id))
     return ok(answer)
 
 
@@ -157,9 +176,7 @@ async def download_version(
     row = find_version(engine, organization, deployment, version_id)
     if row.latest_revision_id is None:
         raise NotFound("archive of version", version_id)
-    path = f"/organizations/{organization.organization_id}/deployments/{ids.deployment_id(deployment.id)}" \
-           f"/versions/{version_id}/archive"
-    return ok({"download_uri": signer(engine).sign("GET", str(request.base_url), path)})
+    return ok({"download_uri": archive_url(engine, request, "GET", organization, deployment, version_id)})
 
 
 # --- the signed archive URL: no auth header, the signature is the credential -------------------
@@ -168,9 +185,10 @@ async def download_version(
 def _signed_target(
     engine: Any, method: str, request: Request, organization_id: str, deployment_id: str, version_id: str
 ) -> tuple[ProjectRow, DeploymentRow, VersionRow]:
-    signer(engine).check(
-        method, request.url.path, request.query_params.get("expires"), request.query_params.get("signature")
-    )
+    expires = request.query_params.get("expires")
+    if expires is not None and not schemas.decimal(expires):
+        raise Forbidden("This URL is not signed")  # before the signer, whose int() would fail on it (a 500)
+    engine.url_signer.check(method, request.url.path, expires, request.query_params.get("signature"))
     project = engine.projects.by_organization(Caller(project_id=None), organization_id)
     deployment = find_deployment(engine, project, deployment_id)
     return project, deployment, find_version(engine, project, deployment, version_id)
@@ -181,15 +199,10 @@ async def upload_archive(
     request: Request, engine: EngineDep, organization_id: str, deployment_id: str, version_id: str
 ) -> Response:
     project, deployment, row = _signed_target(engine, "PUT", request, organization_id, deployment_id, version_id)
-    limit = engine.settings.max_request_bytes
     with tempfile.SpooledTemporaryFile(max_size=8 << 20) as spool:
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise TooLarge(f"The archive is larger than {limit} bytes")
+        async for chunk in body_chunks(request, engine.settings.max_request_bytes):
             spool.write(chunk)
-        if size == 0:
+        if spool.tell() == 0:
             raise InvalidInput("The archive is empty")
         spool.seek(0)
         caller = Caller(project_id=project.id)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import orjson
 from fastapi import Depends, Request
 
 from modelbay.core.engine import Engine
-from modelbay.core.errors import InvalidInput, NotFound, Unauthorized
+from modelbay.core.errors import InvalidInput, NotFound, TooLarge, Unauthorized
 from modelbay.core.projects import Caller
 from modelbay.dialects.abeja import ids
 from modelbay.store.tables import DeploymentRow, ProjectRow
@@ -47,19 +48,16 @@ def caller_from_header(engine: Engine, header: str | None) -> Caller:
     raise Unauthorized("Authorization header must be 'Bearer <token>' or 'Basic <credentials>'")
 
 
-async def caller_of(request: Request) -> Caller:
-    return caller_from_header(_engine(request), request.headers.get("authorization"))
-
-
 async def organization_of(organization_id: str, request: Request) -> ProjectRow:
     """The project behind the path's organization id; 401 without a credential, 403 for another's."""
-    caller = await caller_of(request)
-    return _engine(request).projects.by_organization(caller, organization_id)
+    engine = _engine(request)
+    caller = caller_from_header(engine, request.headers.get("authorization"))
+    return engine.projects.by_organization(caller, organization_id)
 
 
 def find_deployment(engine: Engine, project: ProjectRow, deployment_id: str) -> DeploymentRow:
     """The deployment with this 13-digit id in the project; raises `NotFound`."""
-    if ids.DEPLOYMENT_ID.match(deployment_id):
+    if ids.DEPLOYMENT_ID.fullmatch(deployment_id):
         for row in engine.deployments.list_deployments(project):
             if ids.deployment_id(row.id) == deployment_id:
                 return row
@@ -70,9 +68,24 @@ async def deployment_of(deployment_id: str, request: Request, organization: Orga
     return find_deployment(_engine(request), organization, deployment_id)
 
 
+async def body_chunks(request: Request, limit: int) -> AsyncIterator[bytes]:
+    """The body as it arrives; raises `TooLarge` as soon as it passes `limit` bytes."""
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"The request body is larger than {limit} bytes")
+        yield chunk
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refused with `TooLarge` before more than `limit` bytes of it are held."""
+    return b"".join([chunk async for chunk in body_chunks(request, limit)])
+
+
 async def json_object(request: Request) -> dict[str, Any]:
     """The body as a JSON object; an empty body is an empty object (the SDK sends none for `payload=None`)."""
-    raw = await request.body()
+    raw = await read_body(request, _engine(request).settings.max_request_bytes)
     if not raw.strip():
         return {}
     try:
@@ -87,7 +100,6 @@ async def json_object(request: Request) -> dict[str, Any]:
 
 
 EngineDep = Annotated[Engine, Depends(engine_of)]
-CallerDep = Annotated[Caller, Depends(caller_of)]
 OrganizationDep = Annotated[ProjectRow, Depends(organization_of)]
 DeploymentDep = Annotated[DeploymentRow, Depends(deployment_of)]
 JsonObject = Annotated[dict[str, Any], Depends(json_object)]

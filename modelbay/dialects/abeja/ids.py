@@ -11,8 +11,8 @@ import re
 
 from modelbay.core.errors import NotFound
 
-DEPLOYMENT_ID = re.compile(r"^[1-9][0-9]{12}$")
-HEX16 = re.compile(r"^[0-9a-f]{16}$")
+DEPLOYMENT_ID = re.compile(r"[1-9][0-9]{12}")
+HEX16 = re.compile(r"[0-9a-f]{16}")  # fullmatch: `$` would let a trailing newline through
 
 
 def deployment_id(core_id: str) -> str:
@@ -43,6 +43,6 @@ def core_service_id(value: str) -> str:
 
 def _unprefixed(value: str, prefix: str, kind: str) -> str:
     core = value[len(prefix):] if value.startswith(prefix) else ""
-    if not HEX16.match(core):
+    if not HEX16.fullmatch(core):
         raise NotFound(kind, value)
     return core

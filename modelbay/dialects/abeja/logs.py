@@ -39,9 +39,7 @@ def recent_log_page(engine: Any, owner_id: str, forward: str | None, backward: s
         newest, oldest = lines[0].id, lines[-1].id
         forward_token, backward_token = str(newest), str(oldest)
     else:  # the end: the same tokens again, so a client may poll for what comes later
-        forward_token = forward or (str(before - 1) if before is not None else "0")
-        backward_token = backward or (str(after + 1) if after is not None else "0")
-        if backward_token == "":
-            backward_token = "0"
+        forward_token = forward or str(max((before or 1) - 1, 0))  # never "-1": no token this server takes
+        backward_token = backward or str(after + 1 if after is not None else 0)
     return {"events": schemas.events(lines), "next_forward_token": forward_token,
             "next_backward_token": backward_token}

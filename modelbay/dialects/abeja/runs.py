@@ -11,7 +11,7 @@ from modelbay.core.deployments import Target
 from modelbay.core.errors import InvalidInput, NotFound
 from modelbay.core.runs import NewRun, check_environment, check_retry_count
 from modelbay.dialects.abeja import ids, schemas
-from modelbay.dialects.abeja.deployments import find_version, ok
+from modelbay.dialects.abeja.deployments import ok, version_target
 from modelbay.dialects.abeja.deps import DeploymentDep, EngineDep, JsonObject, OrganizationDep
 from modelbay.dialects.abeja.logs import log_page, recent_log_page
 from modelbay.store.tables import RunRow
@@ -19,6 +19,9 @@ from modelbay.store.tables import RunRow
 router = APIRouter(tags=["abeja runs"])
 
 R = "/organizations/{organization_id}/deployments/{deployment_id}/runs"
+
+#: The largest `distribution` (an id whose remainder picks a queue) the store's 32-bit column holds.
+MAX_DISTRIBUTION = 2**31 - 1
 
 
 def target_or_none(engine: Any, version_id: str) -> Target | None:
@@ -46,13 +49,11 @@ def model_alias(body: dict[str, Any]) -> str | None:
 async def create_run(
     engine: EngineDep, organization: OrganizationDep, deployment: DeploymentDep, body: JsonObject
 ) -> Response:
-    version_id = body.get("version_id")
-    if not isinstance(version_id, str):
-        raise InvalidInput("version_id is required")
-    version = find_version(engine, organization, deployment, version_id)
+    target = version_target(engine, organization, deployment, body)
     distribution = body.get("distribution")
-    if distribution is not None and (isinstance(distribution, bool) or not isinstance(distribution, int)):
-        raise InvalidInput("distribution must be an integer")
+    if distribution is not None and (isinstance(distribution, bool) or not isinstance(distribution, int)
+                                     or not 0 <= distribution <= MAX_DISTRIBUTION):
+        raise InvalidInput(f"distribution must be an integer from 0 to {MAX_DISTRIBUTION}")
     new = NewRun(
         input_data=body.get("input_data"),
         output_template=body.get("output_template"),
@@ -61,13 +62,14 @@ async def create_run(
         environment=check_environment(body.get("environment")),
         model_alias=model_alias(body),
     )
-    target = engine.deployments.target(organization, deployment.name, version.name)
     row = await engine.runs.create(target, new)
     return ok(schemas.run(row, target))
 
 
-async def _list_runs(
-    engine: Any, deployment: Any, next_page_token: str | None, scan_forward: str | None
+@router.get(R)
+@router.get(R + "/")  # the spec's spelling; the SDK sends none. Served as well, without a redirect
+async def list_runs(
+    engine: EngineDep, deployment: DeploymentDep, next_page_token: str | None = None, scan_forward: str | None = None
 ) -> Response:
     oldest_first = bool(schemas.query_bool(scan_forward, "scan_forward"))
     after = schemas.read_page_token(next_page_token)
@@ -76,20 +78,6 @@ async def _list_runs(
     if more and rows:
         answer["next_page_token"] = schemas.page_token(rows[-1].created_at, rows[-1].id)
     return ok(answer)
-
-
-@router.get(R)
-async def list_runs(
-    engine: EngineDep, deployment: DeploymentDep, next_page_token: str | None = None, scan_forward: str | None = None
-) -> Response:
-    return await _list_runs(engine, deployment, next_page_token, scan_forward)
-
-
-@router.get(R + "/")  # the spec's spelling; served as well, without a redirect
-async def list_runs_slash(
-    engine: EngineDep, deployment: DeploymentDep, next_page_token: str | None = None, scan_forward: str | None = None
-) -> Response:
-    return await _list_runs(engine, deployment, next_page_token, scan_forward)
 
 
 @router.get(R + "/{run_id}")

@@ -30,9 +30,9 @@ def query_time(value: str | None, name: str) -> datetime | None:
         return None
     try:
         parsed = datetime.fromisoformat(value.rstrip("Z"))
-    except ValueError:
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: year 1 with an offset east of UTC
         raise InvalidInput(f"{name} must be a time like 2018-01-01T00:00:00") from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def query_bool(value: str | None, name: str) -> bool | None:
@@ -131,10 +131,16 @@ def events(lines: list[Line]) -> list[dict[str, Any]]:
     return [{"message": line.message, "timestamp": timestamp(line.time)} for line in lines]
 
 
+def decimal(value: str) -> bool:
+    """Plain ASCII digits, few enough for a 64-bit column (`str.isdigit` alone takes '²', which `int` refuses,
+    and a 30-digit number overflows the store's integer)."""
+    return value.isascii() and value.isdigit() and len(value) <= 18
+
+
 def line_token(value: str | None, name: str) -> int | None:
     if value is None or value == "":
         return None
-    if not value.isdigit():
+    if not decimal(value):
         raise InvalidInput(f"{name} is not a token this server gave out")
     return int(value)
 

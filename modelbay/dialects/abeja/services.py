@@ -10,10 +10,10 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from modelbay.core.errors import InvalidInput, NotFound, TooLarge
+from modelbay.core.errors import InvalidInput, NotFound
 from modelbay.core.runs import check_environment
 from modelbay.dialects.abeja import ids, schemas
-from modelbay.dialects.abeja.deployments import find_version, ok
+from modelbay.dialects.abeja.deployments import ok, version_target
 from modelbay.dialects.abeja.deps import (
     DeploymentDep,
     EngineDep,
@@ -21,6 +21,7 @@ from modelbay.dialects.abeja.deps import (
     OrganizationDep,
     caller_from_header,
     find_deployment,
+    read_body,
 )
 from modelbay.dialects.abeja.errors import error_response
 from modelbay.dialects.abeja.logs import recent_log_page
@@ -49,11 +50,7 @@ def service_body(engine: Any, row: ServiceRow) -> dict[str, Any]:
 async def create_service(
     engine: EngineDep, organization: OrganizationDep, deployment: DeploymentDep, body: JsonObject
 ) -> Response:
-    version_id = body.get("version_id")
-    if not isinstance(version_id, str):
-        raise InvalidInput("version_id is required")
-    version = find_version(engine, organization, deployment, version_id)
-    target = engine.deployments.target(organization, deployment.name, version.name)
+    target = version_target(engine, organization, deployment, body)
     fields = {
         **{k: body.get(k) for k in ("instance_number", "min_instance_number", "max_instance_number",
                                     "enable_autoscale", "instance_type")},
@@ -164,9 +161,7 @@ async def request_service(request: Request, engine: EngineDep, deployment_id: st
     headers.update({"x-abeja-deployment-id": deployment_id, "x-abeja-service-id": service_id})
     if row.model_alias:
         headers["x-abeja-model-id"] = row.model_alias
-    raw = await request.body()
-    if len(raw) > engine.settings.max_request_bytes:
-        raise TooLarge(f"The request body is larger than {engine.settings.max_request_bytes} bytes")
+    raw = await read_body(request, engine.settings.max_request_bytes)
     data, context = _body_as_input(target, raw, content_type, headers)
     target, record = await engine.services.call(deployment, row.id, data, context)
     return _http_answer(target, record)

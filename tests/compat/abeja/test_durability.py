@@ -13,6 +13,18 @@ from tests.fixtures.packages import make_package_dir, make_tar_gz
 from tests.fixtures.server import Server, wait_until
 
 
+def deploy_gated(client: httpx.Client, tmp_path: Path) -> tuple[str, str, Path]:
+    """A deployment whose runs wait for a gate file; returns its id, its built version's id and the gate."""
+    d = client.post("/deployments", json={"name": "gated"}).json()["deployment_id"]
+    version = client.post(f"/deployments/{d}/versions",
+                          json={"version": "1", "handler": "main:handler", "image": "x"}).json()
+    archive = make_tar_gz(make_package_dir(tmp_path, GATED, module_file="main.py"), tmp_path / "pkg")
+    assert httpx.put(version["upload_url"], content=archive.read_bytes()).status_code == 200
+    v = version["version_id"]
+    wait_until(lambda: client.get(f"/deployments/{d}/versions/{v}").json()["status"] == "READY", timeout=120)
+    return d, v, tmp_path / "gate"
+
+
 def test_runs_accepted_before_a_kill_9_all_finish_after_the_restart(tmp_path: Path) -> None:
     server = Server(tmp_path / "data").start()
     try:
@@ -24,14 +36,7 @@ def test_runs_accepted_before_a_kill_9_all_finish_after_the_restart(tmp_path: Pa
             return httpx.Client(base_url=f"{server.url}/organizations/{o}", headers=headers, timeout=30)
 
         with api() as client:
-            d = client.post("/deployments", json={"name": "gated"}).json()["deployment_id"]
-            version = client.post(f"/deployments/{d}/versions",
-                                  json={"version": "1", "handler": "main:handler", "image": "x"}).json()
-            archive = make_tar_gz(make_package_dir(tmp_path, GATED, module_file="main.py"), tmp_path / "pkg")
-            assert httpx.put(version["upload_url"], content=archive.read_bytes()).status_code == 200
-            v = version["version_id"]
-            wait_until(lambda: client.get(f"/deployments/{d}/versions/{v}").json()["status"] == "READY", timeout=120)
-            gate = tmp_path / "gate"
+            d, v, gate = deploy_gated(client, tmp_path)
             ids = [client.post(f"/deployments/{d}/runs", json={"version_id": v, "environment": {"GATE": str(gate)}})
                    .json()["run_id"] for _ in range(8)]
             wait_until(lambda: client.get(f"/deployments/{d}/runs/{ids[0]}").json()["status"] == "RUNNING",
@@ -63,14 +68,7 @@ def test_sigterm_lets_a_running_attempt_finish_before_the_server_exits(tmp_path:
         org = server.create_project("graceful")
         client = httpx.Client(base_url=f"{server.url}/organizations/{org['organization_id']}",
                               headers={"Authorization": f"Bearer {org['token']}"}, timeout=30)
-        d = client.post("/deployments", json={"name": "gated"}).json()["deployment_id"]
-        version = client.post(f"/deployments/{d}/versions",
-                              json={"version": "1", "handler": "main:handler", "image": "x"}).json()
-        archive = make_tar_gz(make_package_dir(tmp_path, GATED, module_file="main.py"), tmp_path / "pkg")
-        assert httpx.put(version["upload_url"], content=archive.read_bytes()).status_code == 200
-        v = version["version_id"]
-        wait_until(lambda: client.get(f"/deployments/{d}/versions/{v}").json()["status"] == "READY", timeout=120)
-        gate = tmp_path / "gate"
+        d, v, gate = deploy_gated(client, tmp_path)
         r = client.post(f"/deployments/{d}/runs", json={"version_id": v, "environment": {"GATE": str(gate)}})
         run_id = r.json()["run_id"]
         wait_until(lambda: client.get(f"/deployments/{d}/runs/{run_id}").json()["status"] == "RUNNING", timeout=30)

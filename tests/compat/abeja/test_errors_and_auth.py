@@ -7,6 +7,7 @@ import httpx
 import pytest
 from abeja.exceptions import BadRequest, Forbidden, NotFound, Unauthorized
 
+from tests.compat.abeja.test_runs import NOOP
 from tests.fixtures.server import Server
 
 
@@ -74,3 +75,29 @@ def test_bad_bodies_are_400s_in_the_abeja_shape_and_every_2xx_has_json(
     assert deleted.status_code == 200 and deleted.json()["message"]
     basic = base64.b64encode(f"user-1:{org['token']}".encode()).decode()
     assert httpx.get(url, headers={"Authorization": f"Basic {basic}"}).json() == {"entries": []}
+
+
+def test_malformed_tokens_and_signatures_are_4xx_never_a_500(
+    abeja_server: Server, org: dict[str, str], deploy: Any
+) -> None:
+    # Given a run and its version, whose archive URL the caller tampers with
+    o = org["organization_id"]
+    headers = {"Authorization": f"Bearer {org['token']}"}
+    d, v = deploy(NOOP)
+    base = f"{abeja_server.url}/organizations/{o}/deployments/{d}"
+    r = httpx.post(f"{base}/runs", json={"version_id": v}, headers=headers).json()["run_id"]
+    # When tokens are digits '²' (which isdigit() takes and int() refuses) or too many for the store
+    for query in ("logs?next_token=%C2%B2", "logs?next_token=" + "9" * 30,
+                  "recentlogs?next_backward_token=" + "9" * 30, "recentlogs?next_forward_token=%C2%B2",
+                  "logs?start_time=0001-01-01T00:00:00%2B01:00"):
+        answer = httpx.get(f"{base}/runs/{r}/{query}", headers=headers)
+        # Then each is a 400 in the ABEJA shape
+        assert answer.status_code == 400, (query, answer.text)
+        assert answer.json()["error"] == "bad_request"
+    for expires in ("%C2%B2", "9" * 5000):
+        answer = httpx.put(f"{base}/versions/{v}/archive?expires={expires}&signature=ab", content=b"x")
+        assert answer.status_code == 403 and answer.json()["error"] == "forbidden"
+    for distribution in (-1, 2**31):
+        answer = httpx.post(f"{base}/runs", json={"version_id": v, "distribution": distribution}, headers=headers)
+        assert answer.status_code == 400 and "distribution" in answer.json()["error_description"]
+    assert httpx.get(f"{base}/runs/{r}%0A", headers=headers).status_code == 404

@@ -168,7 +168,7 @@ def test_statuses_follow_the_run_queued_running_and_finished(
 
 
 def test_get_runs_pages_through_every_run_exactly_once_in_both_orders(
-    runs: Any, org: dict[str, str], deploy: Callable[..., tuple[str, str]]
+    runs: Any, org: dict[str, str], deploy: Callable[..., tuple[str, str]], abeja_server: Server
 ) -> None:
     o = org["organization_id"]
     d, v = deploy(NOOP)
@@ -191,6 +191,11 @@ def test_get_runs_pages_through_every_run_exactly_once_in_both_orders(
     assert all_pages(False) == newest_first
     with pytest.raises(BadRequest):
         runs.get_runs(o, d, next_page_token="garbage!")
+    # The spec's spelling, with a trailing slash, answers the same page without a redirect
+    slash = httpx.get(f"{abeja_server.url}/organizations/{o}/deployments/{d}/runs/",
+                      headers={"Authorization": f"Bearer {org['token']}"}, follow_redirects=False)
+    assert slash.status_code == 200
+    assert [e["run_id"] for e in slash.json()["entries"]] == newest_first[:20]
 
 
 def test_run_logs_page_up_in_order_and_recent_logs_page_down_to_an_empty_end(
@@ -222,6 +227,10 @@ def test_run_logs_page_up_in_order_and_recent_logs_page_down_to_an_empty_end(
         descending += page["events"]
         backward = page["next_backward_token"]
     assert descending == list(reversed(ascending))
+    end = runs.get_run_recent_logs(o, d, r, next_backward_token="0")  # before the first line: the end
+    assert end["events"] == []
+    newer = runs.get_run_recent_logs(o, d, r, next_forward_token=end["next_forward_token"])  # a token it takes
+    assert [e["message"] for e in newer["events"]][-1] == ascending[0]["message"]
 
     now = datetime.now(UTC).replace(tzinfo=None)  # the SDK formats naive UTC times
     assert runs.get_run_logs(o, d, r, start_time=now + timedelta(hours=1))["events"] == []
