@@ -24,6 +24,8 @@ BAD_VERSIONS: list[Any] = [
                                    "configuration": {"expression": 5}}]},
     {"version": "v1", "objects": [{"name": "a", "reference_type": "operator", "reference_name": "function",
                                    "configuration": {"expression": "x", "output_fields": "x"}}]},
+    {"version": "v1", "objects": [{"name": "a", "reference_type": "operator", "reference_name": "count-subrequests",
+                                   "configuration": {"on_error": ["skip"]}}]},
     {"version": "v1", "objects": [{"name": "pipeline_end", "reference_name": "d"}]},
     {"version": "v1", "attachments": {"destination_name": "pipeline_end"}},
     {"version": "v1", "attachments": [{"destination_name": "pipeline_end", "sources": []}]},
