@@ -48,6 +48,11 @@ ON_ERROR_SKIP = frozenset({"skip", "ignore", "continue"})
 #: `on_error` values that fail the pipeline request when an item fails (the default).
 ON_ERROR_STOP = frozenset({"stop", "fail", "raise"})
 
+#: Most items one object of a pipeline request may give (a fan-out, or all the items reaching it).
+#: Every item is a step kept in memory and listed in the response: a 64 MB list must not become
+#: millions of them.
+MAX_ITEMS = 10_000
+
 #: Most characters an expression may have; longer ones are refused at validation.
 MAX_EXPRESSION = 2000
 
@@ -195,6 +200,9 @@ def run_item(operator: str, configuration: dict[str, Any], spec: Io, item: Any) 
         elements = names.get(source)
         if not isinstance(elements, list):
             raise OperatorFailed(f"Input field '{source}' must be a list")
+        if len(elements) > MAX_ITEMS:
+            raise OperatorFailed(f"Input field '{source}' has {len(elements)} elements; at most {MAX_ITEMS} "
+                                 "subrequests are made")
         return [{target: element} for element in elements]
     raise AssertionError(f"{operator} is not a one-item operator")
 

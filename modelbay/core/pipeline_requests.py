@@ -350,6 +350,8 @@ class PipelineRequests:
                     continue
                 raise result
             out.extend(result)
+        if len(out) > operators.MAX_ITEMS:  # fan-outs of fan-outs: each within the limit, together not
+            raise StepFailed(f"Object '{obj.name}' gives {len(out)} items; at most {operators.MAX_ITEMS} are allowed")
         return out
 
     async def _step(self, run: Run, obj: PipelineObject, item: Any) -> list[Any]:

@@ -292,6 +292,24 @@ def test_a_fan_out_runs_one_request_per_item_and_collects_them_back(env: tuple[u
     assert api.pipeline_version_object_requests_input_get(project, name, join.id, "v1").json()[0] == {"x": 2}
 
 
+def test_a_fan_out_over_the_item_limit_fails_the_request_naming_the_operator(env: tuple[ubiops.CoreApi, str]) -> None:
+    api, project = env
+    xs = [{"name": "xs", "data_type": "array_int"}]
+    name = make_pipeline(api, project, [
+        operator("split", "create-subrequests", input_fields=xs, output_fields=X),
+        operator("how-many", "count-subrequests", output_fields=[{"name": "n", "data_type": "int"}]),
+    ], [
+        attach("split", ("pipeline_start", [m("xs", "xs")])),
+        attach("how-many", ("split", None)),
+        attach("pipeline_end", ("how-many", [m("n", "n")])),
+    ], inputs=xs, outputs=[{"name": "n", "data_type": "int"}])
+
+    response = api.pipeline_requests_create(project, name, {"xs": [0] * 10_001})
+
+    assert response.status == "failed"
+    assert "'split'" in response.error_message and "at most 10000" in response.error_message
+
+
 def test_an_if_condition_routes_each_request_to_one_branch(env: tuple[ubiops.CoreApi, str]) -> None:
     api, project = env
     name = make_pipeline(api, project, [
