@@ -20,7 +20,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -52,6 +52,10 @@ BATCH_TIMEOUT_MAX_S = 172800
 
 #: How long a delete waits for a running pipeline request it stopped to record its end.
 STOP_WAIT_S = 30.0
+
+#: Most ids bound in one `IN (…)`: deleting a pipeline or sweeping may name hundreds of thousands
+#: of requests, past SQLite's 250,000 and PostgreSQL's 65,535 parameters per statement.
+IDS_PER_STATEMENT = 500
 
 #: Batch pipeline requests run at most this many at a time; the rest wait, pending.
 BATCH_CONCURRENCY = 8
@@ -660,16 +664,25 @@ def _remove(conn: Connection, ids: list[str]) -> None:
     todo, all_ids = list(ids), []
     while todo:  # sub-pipeline requests, at any depth
         all_ids += todo
-        todo = list(conn.scalars(select(PIPELINE_REQUESTS.c.id).where(PIPELINE_REQUESTS.c.parent_id.in_(todo))))
+        todo = [child for part in _chunks(todo) for child in conn.scalars(
+            select(PIPELINE_REQUESTS.c.id).where(PIPELINE_REQUESTS.c.parent_id.in_(part)))]
     deployment_ids = [
         step["id"]
-        for steps in conn.scalars(select(PIPELINE_REQUESTS.c.steps).where(PIPELINE_REQUESTS.c.id.in_(all_ids)))
+        for part in _chunks(all_ids)
+        for steps in conn.scalars(select(PIPELINE_REQUESTS.c.steps).where(PIPELINE_REQUESTS.c.id.in_(part)))
         for step in steps or [] if step.get("kind") == "deployment"
     ]
-    for start in range(0, len(deployment_ids), 500):
-        conn.execute(delete(REQUESTS).where(REQUESTS.c.id.in_(deployment_ids[start:start + 500])))
-    conn.execute(delete(OPERATOR_REQUESTS).where(OPERATOR_REQUESTS.c.pipeline_request_id.in_(all_ids)))
-    conn.execute(delete(PIPELINE_REQUESTS).where(PIPELINE_REQUESTS.c.id.in_(all_ids)))
+    for part in _chunks(deployment_ids):
+        conn.execute(delete(REQUESTS).where(REQUESTS.c.id.in_(part)))
+    for part in _chunks(all_ids):
+        conn.execute(delete(OPERATOR_REQUESTS).where(OPERATOR_REQUESTS.c.pipeline_request_id.in_(part)))
+        conn.execute(delete(PIPELINE_REQUESTS).where(PIPELINE_REQUESTS.c.id.in_(part)))
+
+
+def _chunks(ids: list[str]) -> Iterator[list[str]]:
+    """`ids` in slices of at most `IDS_PER_STATEMENT`."""
+    for start in range(0, len(ids), IDS_PER_STATEMENT):
+        yield ids[start:start + IDS_PER_STATEMENT]
 
 
 def _log_failure(future: Any) -> None:
