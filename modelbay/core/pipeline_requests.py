@@ -242,6 +242,8 @@ class PipelineRequests:
         self._runs[request_id] = run
         if parent is not None:
             parent.children[request_id] = run
+            if parent.stopping:  # stopped while this row was written, so `_stop` did not see this run
+                run.stopping = run.cancelled = True
         status, result, error = Status.COMPLETED, None, None
         try:
             result = await self._walk(run, data)
