@@ -60,6 +60,10 @@ IDS_PER_STATEMENT = 500
 #: Batch pipeline requests run at most this many at a time; the rest wait, pending.
 BATCH_CONCURRENCY = 8
 
+#: Where the deployment steps of a batch pipeline request wait: as standard batch work (a batch
+#: deployment request's default priority, 1), behind direct requests and high-priority batches.
+BATCH_STEP_PRIORITY = PRIORITY_BATCH + 1
+
 
 class StepFailed(Exception):
     """A step failed, and with it the pipeline request; the message names the object."""
@@ -192,7 +196,7 @@ class PipelineRequests:
                     return  # cancelled or deleted while it waited
                 try:
                     await self._run(project, plan, request_id, data, timeout, Status.PROCESSING, utcnow(),
-                                    priority=PRIORITY_BATCH + 1)
+                                    priority=BATCH_STEP_PRIORITY)
                 except Exception:
                     log.exception("batch pipeline request %s failed to run", request_id)
 
@@ -611,7 +615,7 @@ class PipelineRequests:
 
     # --- recovery --------------------------------------------------------------------------
 
-    def recover(self, project_of: Any) -> tuple[int, int]:
+    def recover(self, project_of: Callable[[str], ProjectRow]) -> tuple[int, int]:
         """After a restart: fail what was running, cancel what was cancelling, run again what waits.
 
         `project_of(project_id)` gives a project row. Returns (settled, queued).

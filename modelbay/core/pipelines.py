@@ -8,7 +8,7 @@ never meets an unknown object, a cycle, a dead end or a mapping between mismatch
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, select
@@ -74,7 +74,6 @@ class Plan:
     objects: dict[str, PipelineObject]
     sources: dict[str, tuple[Source, ...]]  # destination (an object or END) -> its sources
     order: tuple[str, ...]  # objects in a topological order
-    operator_names: dict[str, str] = field(default_factory=dict)
 
 
 def pipeline_io(row: PipelineRow) -> Io:
