@@ -23,12 +23,12 @@ from modelbay.dialects.ubiops.deps import caller_of
 from modelbay.dialects.ubiops.errors import status_of
 from modelbay.dialects.ubiops.requests import (
     _bool_query,
-    _date_query,
     _file,
     _int_query,
     _json,
     _ok,
     _request_data,
+    list_filters,
 )
 from modelbay.dialects.ubiops.schemas import respond
 from modelbay.store.tables import ProjectRow
@@ -124,15 +124,7 @@ async def get(request: Request) -> Response:
 
 async def list_requests(request: Request) -> Response:
     engine, _, plan = await plan_of(request)
-    rows = engine.pipeline_requests.list(
-        plan,
-        status=request.query_params.get("status"),
-        limit=_int_query(request, "limit"),
-        offset=_int_query(request, "offset"),
-        start_date=_date_query(request, "start_date"),
-        end_date=_date_query(request, "end_date"),
-        search_id=request.query_params.get("search_id"),
-    )
+    rows = engine.pipeline_requests.list(plan, **list_filters(request))
     return _ok([shapes.request_list_item(r, plan.pipeline_name, plan.version_name) for r in rows])
 
 
