@@ -255,6 +255,9 @@ class PipelineRequests:
             status, error = Status.FAILED, exc.message
         except _Stopped:  # a step was cancelled from outside (a cancel of its deployment request)
             status, error = Status.FAILED, "A step of this pipeline request was cancelled"
+        except Exception:  # a bug, not the user's: still record an end, or the request stays processing
+            log.exception("pipeline request %s failed on an internal error", request_id)
+            status, error = Status.FAILED, "The pipeline request failed on an internal error"
         finally:
             self._runs.pop(request_id, None)
             if parent is not None:
