@@ -284,6 +284,8 @@ class Pipelines:
                     raise InvalidInput("Pipeline name must be 1-64 lowercase letters, digits and dashes")
                 if self._find(session, project.id, new_name) is not None:
                     raise Conflict(f"A pipeline named '{new_name}' already exists in this project")
+                # sub-pipelines are referred to by name: a rename would break the versions using it
+                self._refuse_if_used(session, project.id, row.name, action="renamed")
                 row.name = new_name
             if fields.get("description") is not None:
                 row.description = _description(fields["description"])
@@ -396,6 +398,8 @@ class Pipelines:
                     raise InvalidInput("version must be 1-64 letters, digits, dots, dashes or underscores")
                 if self._find_version(session, pipeline.id, new_name) is not None:
                     raise Conflict(f"Pipeline '{pipeline_name}' already has a version '{new_name}'")
+                # refused only when used by this name: a use of the default version is unchanged
+                self._refuse_if_used(session, project.id, pipeline.name, row.name, action="renamed")
                 row.name = new_name
             if fields.get("description") is not None:
                 row.description = _description(fields["description"])
@@ -593,9 +597,10 @@ class Pipelines:
                     stack.append((obj["reference_name"], obj.get("version"), depth + 1))
 
     def _refuse_if_used(self, session: Session, project_id: str, name: str,
-                        version: str | None = None, is_default: bool = False) -> None:
+                        version: str | None = None, is_default: bool = False, action: str = "deleted") -> None:
         """Raise `Conflict` when another pipeline's version uses pipeline `name` (with `version`:
-        that version of it, named or, when `is_default`, as the default) as a sub-pipeline."""
+        that version of it, named or, when `is_default`, as the default) as a sub-pipeline;
+        `action` (deleted, renamed) is what the message says cannot be done."""
         def uses(obj: dict[str, Any]) -> bool:
             if obj["reference_type"] != "pipeline" or obj["reference_name"] != name:
                 return False
@@ -606,7 +611,7 @@ class Pipelines:
                 PipelineRow.project_id == project_id, PipelineRow.name != name)):
             if any(uses(o) for o in row.objects):
                 what = f"Pipeline '{name}'" if version is None else f"Version '{version}' of pipeline '{name}'"
-                raise Conflict(f"{what} is used as a sub-pipeline and cannot be deleted")
+                raise Conflict(f"{what} is used as a sub-pipeline and cannot be {action}")
 
     # --- lookups ---------------------------------------------------------------------------
 

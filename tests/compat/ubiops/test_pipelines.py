@@ -498,7 +498,7 @@ def test_bad_pipeline_calls_are_clear_4xx_errors(env: tuple[ubiops.CoreApi, str]
     assert api.pipeline_requests_list(project, name, status="completed,failed") == []
 
 
-def test_deleting_a_pipeline_deletes_its_requests_and_a_used_sub_pipeline_is_kept(
+def test_deleting_a_pipeline_deletes_its_requests_and_a_used_sub_pipeline_is_kept_and_not_renamed(
     env: tuple[ubiops.CoreApi, str],
 ) -> None:
     api, project = env
@@ -514,6 +514,10 @@ def test_deleting_a_pipeline_deletes_its_requests_and_a_used_sub_pipeline_is_kep
     with pytest.raises(ubiops.ApiException) as version_error:  # its default version, used as such
         api.pipeline_versions_delete(project, inner, "v1")
     assert version_error.value.status == 409 and "sub-pipeline" in version_error.value.body
+    with pytest.raises(ubiops.ApiException) as rename_error:  # outer refers to it by its name
+        api.pipelines_update(project, inner, ubiops.PipelineUpdate(name=f"{inner}-new"))
+    assert rename_error.value.status == 409 and "cannot be renamed" in rename_error.value.body
+    assert api.pipeline_requests_create(project, outer, {"x": 1}).status == "completed"
 
     api.pipelines_delete(project, outer)
     with pytest.raises(ubiops.ApiException) as gone:
