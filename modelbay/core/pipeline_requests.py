@@ -180,12 +180,14 @@ class PipelineRequests:
                 raise InvalidInput(f"Request {index} of the batch: {exc.message}") from None
         rows = [self._new_row(plan, "batch", timeout, item, origin, Status.PENDING) for item in items]
         await self._db.committer.submit_async(Insert(PIPELINE_REQUESTS, rows))
-        for row, item in zip(rows, items, strict=True):
-            self._spawn_batch(project, plan, row["id"], item, timeout)
+        for row in rows:
+            self._spawn_batch(project, plan, row["id"], timeout)
         return [PipelineRecord(r["id"], plan.pipeline_name, plan.version_name, "pending", timeout, None, None, [],
                                r["created_at"]) for r in rows]
 
-    def _spawn_batch(self, project: ProjectRow, plan: Plan, request_id: str, data: Any, timeout: int) -> None:
+    def _spawn_batch(self, project: ProjectRow, plan: Plan, request_id: str, timeout: int) -> None:
+        """Run a committed batch request once a slot is free. Its input is read from the store only
+        then: thousands of waiting requests hold no input in memory."""
         async def run() -> None:
             async with self._batch_slots:
                 self._batch_started.add(asyncio.current_task())  # type: ignore[arg-type]
@@ -195,6 +197,7 @@ class PipelineRequests:
                 except StatusChanged:
                     return  # cancelled or deleted while it waited
                 try:
+                    data = self._input(request_id)
                     await self._run(project, plan, request_id, data, timeout, Status.PROCESSING, utcnow(),
                                     priority=BATCH_STEP_PRIORITY)
                 except Exception:
@@ -569,6 +572,12 @@ class PipelineRequests:
             return new
         return current
 
+    def _input(self, request_id: str) -> Any:
+        """The input of a batch request (kept until it has run, whatever the retention)."""
+        with self._db.read() as session:
+            raw = session.scalar(select(PipelineRequestRow.data).where(PipelineRequestRow.id == request_id))
+        return orjson.loads(raw) if raw else None
+
     def _status(self, request_id: str) -> Status:
         with self._db.read() as session:
             status = session.scalar(select(PipelineRequestRow.status).where(PipelineRequestRow.id == request_id))
@@ -636,11 +645,11 @@ class PipelineRequests:
                           error_message="The server stopped while this pipeline request was running")
             waiting = conn.execute(select(
                 PIPELINE_REQUESTS.c.id, PIPELINE_REQUESTS.c.project_id, PIPELINE_REQUESTS.c.version_id,
-                PIPELINE_REQUESTS.c.data, PIPELINE_REQUESTS.c.timeout,
+                PIPELINE_REQUESTS.c.timeout,
             ).where(PIPELINE_REQUESTS.c.status == Status.PENDING.value).order_by(
                 PIPELINE_REQUESTS.c.created_at, PIPELINE_REQUESTS.c.id)).all()
         queued = 0
-        for request_id, project_id, version_id, data, timeout in waiting:
+        for request_id, project_id, version_id, timeout in waiting:
             try:
                 plan = self._pipelines.plan_of_version(version_id)
                 project = project_of(project_id)
@@ -650,7 +659,7 @@ class PipelineRequests:
                     _move(session.connection(), request_id, Status.PENDING, Status.FAILED, finished_at=now,
                           error_message=message)
                 continue
-            self._spawn_batch(project, plan, request_id, orjson.loads(data) if data else None, timeout)
+            self._spawn_batch(project, plan, request_id, timeout)
             queued += 1
         return len(stuck), queued
 
