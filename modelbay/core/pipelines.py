@@ -300,6 +300,8 @@ class Pipelines:
                 if fields.get(key) is not None:
                     setattr(row, key, check_definitions(fields[key], key))
             if fields.get("default_version") is not None:
+                if not isinstance(fields["default_version"], str):
+                    raise InvalidInput("default_version must be the name of a version")
                 version = self._find_version(session, row.id, fields["default_version"])
                 if version is None:
                     raise NotFound("pipeline version", fields["default_version"])
