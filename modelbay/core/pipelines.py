@@ -299,6 +299,9 @@ class Pipelines:
             for key in ("input_fields", "output_fields"):
                 if fields.get(key) is not None:
                     setattr(row, key, check_definitions(fields[key], key))
+            if any(fields.get(key) is not None for key in ("input_type", "output_type", "input_fields",
+                                                            "output_fields")):
+                self._refuse_unfitting(session, project.id, row)
             if fields.get("default_version") is not None:
                 if not isinstance(fields["default_version"], str):
                     raise InvalidInput("default_version must be the name of a version")
@@ -550,6 +553,19 @@ class Pipelines:
             for destination, sources in parsed
         ]
         return objects, attachments
+
+    def _refuse_unfitting(self, session: Session, project_id: str, pipeline: PipelineRow) -> None:
+        """Raise `InvalidInput` when the new input or output of `pipeline` breaks the graph of one of its
+        versions (a mapping from a field that is gone, say): the update would make it unrunnable."""
+        for version in session.scalars(select(PipelineVersionRow).where(PipelineVersionRow.pipeline_id == pipeline.id)):
+            try:
+                specs = {obj["name"]: self._io_of(session, project_id, obj) for obj in version.objects}
+            except InvalidInput:
+                continue  # broken already (a deployment it refers to is gone), not by this update
+            try:
+                check_graph(pipeline_io(pipeline), specs, parse_attachments(version.attachments))
+            except InvalidInput as exc:
+                raise InvalidInput(f"Version '{version.name}' would no longer be valid: {exc.message}") from None
 
     def _io_of(self, session: Session, project_id: str, obj: dict[str, Any]) -> Io:
         kind, ref, name = obj["reference_type"], obj["reference_name"], obj["name"]

@@ -147,6 +147,10 @@ def test_pipelines_list_and_get_show_fields_and_the_default_version(env: tuple[u
 
     api.pipelines_update(project, name, ubiops.PipelineUpdate(description="two steps"))
     assert api.pipelines_get(project, name).description == "two steps"
+    with pytest.raises(ubiops.ApiException) as error:  # v1 maps `x` from the start and `y` to the end
+        api.pipelines_update(project, name, ubiops.PipelineUpdate(input_fields=[{"name": "z", "data_type": "int"}]))
+    assert error.value.status == 400 and "Version 'v1' would no longer be valid" in error.value.body
+    assert [f.name for f in api.pipelines_get(project, name).input_fields] == ["x"]
     api.pipeline_versions_delete(project, name, "v1")
     assert api.pipelines_get(project, name).default_version is None
     api.pipelines_delete(project, name)
