@@ -45,6 +45,14 @@ FAN_IN = frozenset({COLLECT_SUBREQUESTS, COUNT_SUBREQUESTS})
 #: `on_error` values that drop a failing item instead of failing the pipeline request.
 ON_ERROR_SKIP = frozenset({"skip", "ignore", "continue"})
 
+#: `on_error` values that fail the pipeline request when an item fails (the default).
+ON_ERROR_STOP = frozenset({"stop", "fail", "raise"})
+
+#: Most items one object of a pipeline request may give (a fan-out, or all the items reaching it).
+#: Every item is a step kept in memory and listed in the response: a 64 MB list must not become
+#: millions of them.
+MAX_ITEMS = 10_000
+
 #: Most characters an expression may have; longer ones are refused at validation.
 MAX_EXPRESSION = 2000
 
@@ -142,7 +150,7 @@ def io(operator: str, configuration: dict[str, Any] | None, object_name: str) ->
         if len(outputs) != 1 or outputs[0]["data_type"] != "int":
             raise InvalidInput(f"{where}: count-subrequests has one output field of type int")
     on_error = config.get("on_error")
-    if on_error is not None and on_error not in ON_ERROR_SKIP | {"stop", "fail", "raise"}:
+    if on_error is not None and (not isinstance(on_error, str) or on_error not in ON_ERROR_SKIP | ON_ERROR_STOP):
         raise InvalidInput(f"{where}: on_error must be 'stop' or 'skip'")
     return Io("structured", inputs, "structured", outputs)
 
@@ -192,6 +200,9 @@ def run_item(operator: str, configuration: dict[str, Any], spec: Io, item: Any) 
         elements = names.get(source)
         if not isinstance(elements, list):
             raise OperatorFailed(f"Input field '{source}' must be a list")
+        if len(elements) > MAX_ITEMS:
+            raise OperatorFailed(f"Input field '{source}' has {len(elements)} elements; at most {MAX_ITEMS} "
+                                 "subrequests are made")
         return [{target: element} for element in elements]
     raise AssertionError(f"{operator} is not a one-item operator")
 

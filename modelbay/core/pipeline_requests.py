@@ -20,7 +20,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -53,8 +53,16 @@ BATCH_TIMEOUT_MAX_S = 172800
 #: How long a delete waits for a running pipeline request it stopped to record its end.
 STOP_WAIT_S = 30.0
 
+#: Most ids bound in one `IN (…)`: deleting a pipeline or sweeping may name hundreds of thousands
+#: of requests, past SQLite's 250,000 and PostgreSQL's 65,535 parameters per statement.
+IDS_PER_STATEMENT = 500
+
 #: Batch pipeline requests run at most this many at a time; the rest wait, pending.
 BATCH_CONCURRENCY = 8
+
+#: Where the deployment steps of a batch pipeline request wait: as standard batch work (a batch
+#: deployment request's default priority, 1), behind direct requests and high-priority batches.
+BATCH_STEP_PRIORITY = PRIORITY_BATCH + 1
 
 
 class StepFailed(Exception):
@@ -172,12 +180,14 @@ class PipelineRequests:
                 raise InvalidInput(f"Request {index} of the batch: {exc.message}") from None
         rows = [self._new_row(plan, "batch", timeout, item, origin, Status.PENDING) for item in items]
         await self._db.committer.submit_async(Insert(PIPELINE_REQUESTS, rows))
-        for row, item in zip(rows, items, strict=True):
-            self._spawn_batch(project, plan, row["id"], item, timeout)
+        for row in rows:
+            self._spawn_batch(project, plan, row["id"], timeout)
         return [PipelineRecord(r["id"], plan.pipeline_name, plan.version_name, "pending", timeout, None, None, [],
                                r["created_at"]) for r in rows]
 
-    def _spawn_batch(self, project: ProjectRow, plan: Plan, request_id: str, data: Any, timeout: int) -> None:
+    def _spawn_batch(self, project: ProjectRow, plan: Plan, request_id: str, timeout: int) -> None:
+        """Run a committed batch request once a slot is free. Its input is read from the store only
+        then: thousands of waiting requests hold no input in memory."""
         async def run() -> None:
             async with self._batch_slots:
                 self._batch_started.add(asyncio.current_task())  # type: ignore[arg-type]
@@ -187,8 +197,9 @@ class PipelineRequests:
                 except StatusChanged:
                     return  # cancelled or deleted while it waited
                 try:
+                    data = self._input(request_id)
                     await self._run(project, plan, request_id, data, timeout, Status.PROCESSING, utcnow(),
-                                    priority=PRIORITY_BATCH + 1)
+                                    priority=BATCH_STEP_PRIORITY)
                 except Exception:
                     log.exception("batch pipeline request %s failed to run", request_id)
 
@@ -238,6 +249,8 @@ class PipelineRequests:
         self._runs[request_id] = run
         if parent is not None:
             parent.children[request_id] = run
+            if parent.stopping:  # stopped while this row was written, so `_stop` did not see this run
+                run.stopping = run.cancelled = True
         status, result, error = Status.COMPLETED, None, None
         try:
             result = await self._walk(run, data)
@@ -245,6 +258,9 @@ class PipelineRequests:
             status, error = Status.FAILED, exc.message
         except _Stopped:  # a step was cancelled from outside (a cancel of its deployment request)
             status, error = Status.FAILED, "A step of this pipeline request was cancelled"
+        except Exception:  # a bug, not the user's: still record an end, or the request stays processing
+            log.exception("pipeline request %s failed on an internal error", request_id)
+            status, error = Status.FAILED, "The pipeline request failed on an internal error"
         finally:
             self._runs.pop(request_id, None)
             if parent is not None:
@@ -350,6 +366,8 @@ class PipelineRequests:
                     continue
                 raise result
             out.extend(result)
+        if len(out) > operators.MAX_ITEMS:  # fan-outs of fan-outs: each within the limit, together not
+            raise StepFailed(f"Object '{obj.name}' gives {len(out)} items; at most {operators.MAX_ITEMS} are allowed")
         return out
 
     async def _step(self, run: Run, obj: PipelineObject, item: Any) -> list[Any]:
@@ -554,6 +572,12 @@ class PipelineRequests:
             return new
         return current
 
+    def _input(self, request_id: str) -> Any:
+        """The input of a batch request (kept until it has run, whatever the retention)."""
+        with self._db.read() as session:
+            raw = session.scalar(select(PipelineRequestRow.data).where(PipelineRequestRow.id == request_id))
+        return orjson.loads(raw) if raw else None
+
     def _status(self, request_id: str) -> Status:
         with self._db.read() as session:
             status = session.scalar(select(PipelineRequestRow.status).where(PipelineRequestRow.id == request_id))
@@ -603,7 +627,7 @@ class PipelineRequests:
 
     # --- recovery --------------------------------------------------------------------------
 
-    def recover(self, project_of: Any) -> tuple[int, int]:
+    def recover(self, project_of: Callable[[str], ProjectRow]) -> tuple[int, int]:
         """After a restart: fail what was running, cancel what was cancelling, run again what waits.
 
         `project_of(project_id)` gives a project row. Returns (settled, queued).
@@ -621,11 +645,11 @@ class PipelineRequests:
                           error_message="The server stopped while this pipeline request was running")
             waiting = conn.execute(select(
                 PIPELINE_REQUESTS.c.id, PIPELINE_REQUESTS.c.project_id, PIPELINE_REQUESTS.c.version_id,
-                PIPELINE_REQUESTS.c.data, PIPELINE_REQUESTS.c.timeout,
+                PIPELINE_REQUESTS.c.timeout,
             ).where(PIPELINE_REQUESTS.c.status == Status.PENDING.value).order_by(
                 PIPELINE_REQUESTS.c.created_at, PIPELINE_REQUESTS.c.id)).all()
         queued = 0
-        for request_id, project_id, version_id, data, timeout in waiting:
+        for request_id, project_id, version_id, timeout in waiting:
             try:
                 plan = self._pipelines.plan_of_version(version_id)
                 project = project_of(project_id)
@@ -635,7 +659,7 @@ class PipelineRequests:
                     _move(session.connection(), request_id, Status.PENDING, Status.FAILED, finished_at=now,
                           error_message=message)
                 continue
-            self._spawn_batch(project, plan, request_id, orjson.loads(data) if data else None, timeout)
+            self._spawn_batch(project, plan, request_id, timeout)
             queued += 1
         return len(stuck), queued
 
@@ -658,16 +682,25 @@ def _remove(conn: Connection, ids: list[str]) -> None:
     todo, all_ids = list(ids), []
     while todo:  # sub-pipeline requests, at any depth
         all_ids += todo
-        todo = list(conn.scalars(select(PIPELINE_REQUESTS.c.id).where(PIPELINE_REQUESTS.c.parent_id.in_(todo))))
+        todo = [child for part in _chunks(todo) for child in conn.scalars(
+            select(PIPELINE_REQUESTS.c.id).where(PIPELINE_REQUESTS.c.parent_id.in_(part)))]
     deployment_ids = [
         step["id"]
-        for steps in conn.scalars(select(PIPELINE_REQUESTS.c.steps).where(PIPELINE_REQUESTS.c.id.in_(all_ids)))
+        for part in _chunks(all_ids)
+        for steps in conn.scalars(select(PIPELINE_REQUESTS.c.steps).where(PIPELINE_REQUESTS.c.id.in_(part)))
         for step in steps or [] if step.get("kind") == "deployment"
     ]
-    for start in range(0, len(deployment_ids), 500):
-        conn.execute(delete(REQUESTS).where(REQUESTS.c.id.in_(deployment_ids[start:start + 500])))
-    conn.execute(delete(OPERATOR_REQUESTS).where(OPERATOR_REQUESTS.c.pipeline_request_id.in_(all_ids)))
-    conn.execute(delete(PIPELINE_REQUESTS).where(PIPELINE_REQUESTS.c.id.in_(all_ids)))
+    for part in _chunks(deployment_ids):
+        conn.execute(delete(REQUESTS).where(REQUESTS.c.id.in_(part)))
+    for part in _chunks(all_ids):
+        conn.execute(delete(OPERATOR_REQUESTS).where(OPERATOR_REQUESTS.c.pipeline_request_id.in_(part)))
+        conn.execute(delete(PIPELINE_REQUESTS).where(PIPELINE_REQUESTS.c.id.in_(part)))
+
+
+def _chunks(ids: list[str]) -> Iterator[list[str]]:
+    """`ids` in slices of at most `IDS_PER_STATEMENT`."""
+    for start in range(0, len(ids), IDS_PER_STATEMENT):
+        yield ids[start:start + IDS_PER_STATEMENT]
 
 
 def _log_failure(future: Any) -> None:

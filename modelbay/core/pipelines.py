@@ -8,7 +8,7 @@ never meets an unknown object, a cycle, a dead end or a mapping between mismatch
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, select
@@ -74,7 +74,6 @@ class Plan:
     objects: dict[str, PipelineObject]
     sources: dict[str, tuple[Source, ...]]  # destination (an object or END) -> its sources
     order: tuple[str, ...]  # objects in a topological order
-    operator_names: dict[str, str] = field(default_factory=dict)
 
 
 def pipeline_io(row: PipelineRow) -> Io:
@@ -285,6 +284,8 @@ class Pipelines:
                     raise InvalidInput("Pipeline name must be 1-64 lowercase letters, digits and dashes")
                 if self._find(session, project.id, new_name) is not None:
                     raise Conflict(f"A pipeline named '{new_name}' already exists in this project")
+                # sub-pipelines are referred to by name: a rename would break the versions using it
+                self._refuse_if_used(session, project.id, row.name, action="renamed")
                 row.name = new_name
             if fields.get("description") is not None:
                 row.description = _description(fields["description"])
@@ -298,7 +299,12 @@ class Pipelines:
             for key in ("input_fields", "output_fields"):
                 if fields.get(key) is not None:
                     setattr(row, key, check_definitions(fields[key], key))
+            if any(fields.get(key) is not None for key in ("input_type", "output_type", "input_fields",
+                                                            "output_fields")):
+                self._refuse_unfitting(session, project.id, row)
             if fields.get("default_version") is not None:
+                if not isinstance(fields["default_version"], str):
+                    raise InvalidInput("default_version must be the name of a version")
                 version = self._find_version(session, row.id, fields["default_version"])
                 if version is None:
                     raise NotFound("pipeline version", fields["default_version"])
@@ -397,6 +403,8 @@ class Pipelines:
                     raise InvalidInput("version must be 1-64 letters, digits, dots, dashes or underscores")
                 if self._find_version(session, pipeline.id, new_name) is not None:
                     raise Conflict(f"Pipeline '{pipeline_name}' already has a version '{new_name}'")
+                # refused only when used by this name: a use of the default version is unchanged
+                self._refuse_if_used(session, project.id, pipeline.name, row.name, action="renamed")
                 row.name = new_name
             if fields.get("description") is not None:
                 row.description = _description(fields["description"])
@@ -546,6 +554,19 @@ class Pipelines:
         ]
         return objects, attachments
 
+    def _refuse_unfitting(self, session: Session, project_id: str, pipeline: PipelineRow) -> None:
+        """Raise `InvalidInput` when the new input or output of `pipeline` breaks the graph of one of its
+        versions (a mapping from a field that is gone, say): the update would make it unrunnable."""
+        for version in session.scalars(select(PipelineVersionRow).where(PipelineVersionRow.pipeline_id == pipeline.id)):
+            try:
+                specs = {obj["name"]: self._io_of(session, project_id, obj) for obj in version.objects}
+            except InvalidInput:
+                continue  # broken already (a deployment it refers to is gone), not by this update
+            try:
+                check_graph(pipeline_io(pipeline), specs, parse_attachments(version.attachments))
+            except InvalidInput as exc:
+                raise InvalidInput(f"Version '{version.name}' would no longer be valid: {exc.message}") from None
+
     def _io_of(self, session: Session, project_id: str, obj: dict[str, Any]) -> Io:
         kind, ref, name = obj["reference_type"], obj["reference_name"], obj["name"]
         if kind == "operator":
@@ -594,9 +615,10 @@ class Pipelines:
                     stack.append((obj["reference_name"], obj.get("version"), depth + 1))
 
     def _refuse_if_used(self, session: Session, project_id: str, name: str,
-                        version: str | None = None, is_default: bool = False) -> None:
+                        version: str | None = None, is_default: bool = False, action: str = "deleted") -> None:
         """Raise `Conflict` when another pipeline's version uses pipeline `name` (with `version`:
-        that version of it, named or, when `is_default`, as the default) as a sub-pipeline."""
+        that version of it, named or, when `is_default`, as the default) as a sub-pipeline;
+        `action` (deleted, renamed) is what the message says cannot be done."""
         def uses(obj: dict[str, Any]) -> bool:
             if obj["reference_type"] != "pipeline" or obj["reference_name"] != name:
                 return False
@@ -607,7 +629,7 @@ class Pipelines:
                 PipelineRow.project_id == project_id, PipelineRow.name != name)):
             if any(uses(o) for o in row.objects):
                 what = f"Pipeline '{name}'" if version is None else f"Version '{version}' of pipeline '{name}'"
-                raise Conflict(f"{what} is used as a sub-pipeline and cannot be deleted")
+                raise Conflict(f"{what} is used as a sub-pipeline and cannot be {action}")
 
     # --- lookups ---------------------------------------------------------------------------
 

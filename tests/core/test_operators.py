@@ -81,3 +81,11 @@ def test_items_from_several_sources_are_merged_by_position_and_a_single_one_is_s
     assert merged == [{"x": 1, "c": 9}, {"x": 2, "c": 9}]
     with pytest.raises(StepFailed, match="Object 'd' receives 2 items from 'b' but 3"):
         _merge("d", "structured", (Source("a", ()), Source("b", ())), [[1, 2, 3], [1, 2]])
+
+
+def test_create_subrequests_refuses_a_list_longer_than_the_fan_out_limit() -> None:
+    create = operators.io("create-subrequests", {"input_fields": XS, "output_fields": X}, "split")
+    assert len(operators.run_item("create-subrequests", {}, create, {"xs": [0] * operators.MAX_ITEMS})) == \
+        operators.MAX_ITEMS
+    with pytest.raises(operators.OperatorFailed, match="at most 10000 subrequests"):
+        operators.run_item("create-subrequests", {}, create, {"xs": [0] * (operators.MAX_ITEMS + 1)})

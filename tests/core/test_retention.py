@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import insert, select
 
+from modelbay.core import pipeline_requests
 from modelbay.core.clock import utcnow
 from modelbay.core.deployments import Deployments
 from modelbay.core.pipeline_requests import OPERATOR_REQUESTS, PIPELINE_REQUESTS, PipelineRequests
@@ -50,7 +51,11 @@ def test_finished_requests_past_the_retention_time_are_swept_and_others_kept(db:
         assert sorted(session.scalars(select(REQUESTS.c.id))) == ["fresh", "waiting"]
 
 
-def test_finished_pipeline_requests_past_retention_are_swept_with_their_sub_requests(db: Database) -> None:
+@pytest.mark.parametrize("ids_per_statement", [500, 1])
+def test_finished_pipeline_requests_past_retention_are_swept_with_their_sub_requests(
+        db: Database, monkeypatch: pytest.MonkeyPatch, ids_per_statement: int) -> None:
+    # with one id per statement, every `IN (…)` of the sweep is split: what it removes must not change
+    monkeypatch.setattr(pipeline_requests, "IDS_PER_STATEMENT", ids_per_statement)
     projects = Projects(db, "admin")
     token = projects.create("retention").token
     project = projects.get(projects.authenticate(token), "retention")
@@ -71,13 +76,14 @@ def test_finished_pipeline_requests_past_retention_are_swept_with_their_sub_requ
     with db.write() as session:
         session.execute(insert(PIPELINE_REQUESTS), [
             row("old", "completed", 7200), row("old-child", "completed", 7200, parent="old"),
+            row("old-2", "cancelled", 7200), row("old-grandchild", "completed", 7200, parent="old-child"),
             row("fresh", "failed", 10), row("running", "processing", None),
         ])
         session.execute(insert(OPERATOR_REQUESTS), [{
             "id": "op", "pipeline_request_id": "old-child", "pipeline_object": "f", "operator": "function",
             "sequence_id": "1", "status": "completed", "input_size": 0, "output_size": 0, "created_at": now}])
     sweeper = PipelineRequests(db, pipelines, None, None)  # type: ignore[arg-type]
-    assert sweeper.sweep_expired() == 1
+    assert sweeper.sweep_expired() == 2
     with db.read() as session:
         assert sorted(session.scalars(select(PIPELINE_REQUESTS.c.id))) == ["fresh", "running"]
         assert list(session.scalars(select(OPERATOR_REQUESTS.c.id))) == []

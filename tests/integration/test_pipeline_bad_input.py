@@ -24,6 +24,8 @@ BAD_VERSIONS: list[Any] = [
                                    "configuration": {"expression": 5}}]},
     {"version": "v1", "objects": [{"name": "a", "reference_type": "operator", "reference_name": "function",
                                    "configuration": {"expression": "x", "output_fields": "x"}}]},
+    {"version": "v1", "objects": [{"name": "a", "reference_type": "operator", "reference_name": "count-subrequests",
+                                   "configuration": {"on_error": ["skip"]}}]},
     {"version": "v1", "objects": [{"name": "pipeline_end", "reference_name": "d"}]},
     {"version": "v1", "attachments": {"destination_name": "pipeline_end"}},
     {"version": "v1", "attachments": [{"destination_name": "pipeline_end", "sources": []}]},
@@ -62,3 +64,17 @@ def test_a_malformed_pipeline_is_a_400_and_stores_nothing(server: Server, body: 
         assert response.status_code == 400, response.text
         assert error_of(response)
         assert client.get(f"/projects/{project['name']}/pipelines").json() == []
+
+
+@pytest.mark.parametrize("body", [{"default_version": ["v1"]}, {"default_version": {"a": 1}}, {"name": ["p"]},
+                                  {"input_type": 5}, {"labels": [1]}])
+def test_a_malformed_pipeline_update_is_a_400_and_changes_nothing(server: Server, body: dict[str, Any]) -> None:
+    project = server.create_project(f"badu-{abs(hash(repr(body))) % 10**8}")
+    with ubiops(server, project["token"]) as client:
+        base = f"/projects/{project['name']}/pipelines"
+        assert client.post(base, json={"name": "p", "input_type": "plain", "output_type": "plain"}).status_code == 201
+        before = client.get(f"{base}/p").json()
+        response = client.patch(f"{base}/p", json=body)
+        assert response.status_code == 400, response.text
+        assert error_of(response)
+        assert client.get(f"{base}/p").json() == before

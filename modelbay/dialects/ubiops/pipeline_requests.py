@@ -3,14 +3,8 @@ plus the operator requests of a version (`object-requests`)."""
 
 from __future__ import annotations
 
-import asyncio
-import re
-from collections.abc import AsyncIterator
-
-import orjson
 from fastapi import APIRouter, Request
-from fastapi.responses import Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
+from fastapi.responses import Response
 
 from modelbay.core.engine import Engine
 from modelbay.core.errors import InvalidInput, ModelbayError
@@ -24,16 +18,17 @@ from modelbay.core.pipeline_requests import (
 from modelbay.core.pipelines import Plan
 from modelbay.core.requests import check_ids, check_timeout
 from modelbay.dialects.ubiops import pipeline_schemas as shapes
+from modelbay.dialects.ubiops import streaming
 from modelbay.dialects.ubiops.deps import caller_of
 from modelbay.dialects.ubiops.errors import status_of
 from modelbay.dialects.ubiops.requests import (
     _bool_query,
-    _date_query,
     _file,
     _int_query,
     _json,
     _ok,
     _request_data,
+    list_filters,
 )
 from modelbay.dialects.ubiops.schemas import respond
 from modelbay.store.tables import ProjectRow
@@ -44,7 +39,6 @@ PIPELINE = "/projects/{project_name}/pipelines/{pipeline_name}"
 VERSION = PIPELINE + "/versions/{version}"
 
 ORIGIN = {"created_by": "ubiops"}
-_LINE_BREAK = re.compile(r"\r\n|\r|\n")  # what both SSE and the SDK's `iter_lines` split on
 
 
 async def plan_of(request: Request) -> tuple[Engine, ProjectRow, Plan]:
@@ -72,47 +66,20 @@ async def create(request: Request) -> Response:
 
 async def stream(request: Request) -> Response:
     """The SDK's `stream_pipeline_request` (SDK-CONTRACTS 1.7): the partials its deployment steps send,
-    each as `event: update`, then the pipeline request's response as `event: result`.
-
-    Errors before the run are one JSON line with `error_message`, the only error the SDK reads here.
-    As for a deployment's stream, the request belongs to the handler, not to the connection: it runs
-    to its end even when the client goes away."""
+    each as `event: update`, then the pipeline request's response as `event: result`; framed, and
+    ended on a disconnect, as a deployment's stream is (`streaming.py`)."""
     try:
         engine, project, plan = await plan_of(request)
         timeout = _timeout(request, DIRECT_TIMEOUT_DEFAULT_S, DIRECT_TIMEOUT_MAX_S)
         data = await _request_data(request, plan.io.input_type, engine.settings.max_request_bytes)
         check_data(plan.io.input_type, plan.io.input_fields, data)
     except ModelbayError as exc:
-        body = orjson.dumps({"error_message": exc.message, "error": exc.message}) + b"\n"
-        return Response(body, status_code=status_of(exc), media_type="application/json")
-    queue: asyncio.Queue[bytes | None] = asyncio.Queue()
-    run = asyncio.create_task(engine.pipeline_requests.direct(
-        project, plan, data, timeout=timeout, origin=ORIGIN, on_update=lambda text: queue.put_nowait(_update(text))))
-    run.add_done_callback(lambda _: queue.put_nowait(None))
-
-    async def events() -> AsyncIterator[bytes]:
-        while (item := await queue.get()) is not None:
-            yield item
-        if (exc := run.exception()) is not None:
-            message = exc.message if isinstance(exc, ModelbayError) else "Internal server error"
-            body: dict[str, object] = {"status": "failed", "error_message": message, "error": message}
-        else:
-            body = shapes.direct_request(run.result())
-        yield b"event: result\n" + orjson.dumps(body) + b"\n\n"
-
-    class Stream(StreamingResponse):
-        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-            try:
-                await super().__call__(scope, receive, send)
-            finally:
-                await asyncio.wait([run])  # the client may have gone: the request still ends first
-
-    return Stream(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-
-
-def _update(text: str) -> bytes:
-    lines = "".join(f"data:{line}\n" for line in _LINE_BREAK.split(text))
-    return f"event: update\n{lines}\n".encode()
+        return streaming.error_response(status_of(exc), exc.message)
+    partials = streaming.Partials()
+    return streaming.event_stream(
+        engine.pipeline_requests.direct(project, plan, data, timeout=timeout, origin=ORIGIN, on_update=partials.put),
+        partials, shapes.direct_request,
+    )
 
 
 async def batch_create(request: Request) -> Response:
@@ -157,15 +124,7 @@ async def get(request: Request) -> Response:
 
 async def list_requests(request: Request) -> Response:
     engine, _, plan = await plan_of(request)
-    rows = engine.pipeline_requests.list(
-        plan,
-        status=request.query_params.get("status"),
-        limit=_int_query(request, "limit"),
-        offset=_int_query(request, "offset"),
-        start_date=_date_query(request, "start_date"),
-        end_date=_date_query(request, "end_date"),
-        search_id=request.query_params.get("search_id"),
-    )
+    rows = engine.pipeline_requests.list(plan, **list_filters(request))
     return _ok([shapes.request_list_item(r, plan.pipeline_name, plan.version_name) for r in rows])
 
 

@@ -102,6 +102,18 @@ def _date_query(request: Request, name: str) -> datetime | None:
     return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+def list_filters(request: Request) -> dict[str, Any]:
+    """The query of a request list (deployment or pipeline) as the keywords of the core's `list`."""
+    return {
+        "status": request.query_params.get("status"),
+        "limit": _int_query(request, "limit"),
+        "offset": _int_query(request, "offset"),
+        "start_date": _date_query(request, "start_date"),
+        "end_date": _date_query(request, "end_date"),
+        "search_id": request.query_params.get("search_id"),
+    }
+
+
 def _ok(body: Any = None) -> Response:
     return schemas.respond(body if body is not None else {"success": True})
 
@@ -152,15 +164,7 @@ async def get(request: Request) -> Response:
 
 async def list_requests(request: Request) -> Response:
     engine, target = await target_of(request)
-    rows = engine.requests.list(
-        target,
-        status=request.query_params.get("status"),
-        limit=_int_query(request, "limit"),
-        offset=_int_query(request, "offset"),
-        start_date=_date_query(request, "start_date"),
-        end_date=_date_query(request, "end_date"),
-        search_id=request.query_params.get("search_id"),
-    )
+    rows = engine.requests.list(target, **list_filters(request))
     return _ok([schemas.request_list_item(r, target.deployment_name, target.version_name) for r in rows])
 
 

@@ -1,5 +1,8 @@
 """UbiOps streaming requests: a direct request whose partials reach the caller as server-sent events.
 
+The framing and the disconnect rules below serve the pipeline stream too (`pipeline_requests.stream`,
+through `Partials` and `event_stream`); only what starts the request and shapes its result differs.
+
 What `ubiops.utils.stream_deployment_request` reads (SDK-CONTRACTS 1.7), one line at a time:
 - each partial the code sends with `context["streaming_update"](text)` becomes
   `event: update\\ndata:<text>\\n\\n`. There is no space after `data:` (the SDK yields the rest of the line
@@ -23,7 +26,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
@@ -35,7 +39,6 @@ from modelbay.core.errors import InvalidInput, ModelbayError
 from modelbay.core.requests import (
     DIRECT_TIMEOUT_DEFAULT_S,
     DIRECT_TIMEOUT_MAX_S,
-    RequestRecord,
     check_input,
     check_timeout,
 )
@@ -52,10 +55,14 @@ _END = object()
 _HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 #: Requests whose stream is being written or whose client has gone: a strong reference until they end.
-_running: set[asyncio.Task[RequestRecord]] = set()
+_running: set[asyncio.Task[Any]] = set()
+
+#: Shapes a finished request into the JSON of the stream's `result` event.
+Shape = Callable[[Any], dict[str, Any]]
 
 
-def _error(status: int, message: str) -> Response:
+def error_response(status: int, message: str) -> Response:
+    """A refusal before the stream starts: one JSON line with `error_message`, the only error the SDK reads."""
     body = orjson.dumps({"error_message": message, "error": message}) + b"\n"
     return Response(body, status_code=status, media_type="application/json")
 
@@ -80,18 +87,18 @@ def _update(text: str) -> bytes:
     return f"event: update\n{lines}\n".encode()
 
 
-def _result(run: asyncio.Task[RequestRecord]) -> bytes:
+def _result(run: asyncio.Task[Any], shape: Shape) -> bytes:
     if run.cancelled():
         body = {"status": "cancelled", "error_message": "The request was stopped before it finished"}
     elif (exc := run.exception()) is not None:
         message = exc.message if isinstance(exc, ModelbayError) else "Internal server error"
         body = {"status": "failed", "success": False, "error_message": message, "error": message}
     else:
-        body = schemas.direct_request(run.result())
+        body = shape(run.result())
     return b"event: result\n" + orjson.dumps(body) + b"\n\n"
 
 
-class _Partials:
+class Partials:
     """The partials of one request, from the instance to the stream, for as long as someone listens."""
 
     def __init__(self) -> None:
@@ -105,12 +112,12 @@ class _Partials:
     def end(self, _run: object) -> None:
         self.queue.put_nowait(_END)
 
-    async def events(self, run: asyncio.Task[RequestRecord]) -> AsyncIterator[bytes]:
+    async def events(self, run: asyncio.Task[Any], shape: Shape) -> AsyncIterator[bytes]:
         try:
             while (item := await self.queue.get()) is not _END:
                 assert isinstance(item, str)
                 yield _update(item)
-            yield _result(run)
+            yield _result(run, shape)
         finally:
             self.listening = False
 
@@ -120,8 +127,8 @@ class _EventStream(StreamingResponse):
 
     media_type = "text/event-stream"
 
-    def __init__(self, partials: _Partials, run: asyncio.Task[RequestRecord]) -> None:
-        super().__init__(partials.events(run), headers=_HEADERS)
+    def __init__(self, partials: Partials, run: asyncio.Task[Any], shape: Shape) -> None:
+        super().__init__(partials.events(run, shape), headers=_HEADERS)
         self._partials = partials
         self._run = run
 
@@ -133,7 +140,7 @@ class _EventStream(StreamingResponse):
             await _settle(self._run)
 
 
-async def _settle(run: asyncio.Task[RequestRecord]) -> None:
+async def _settle(run: asyncio.Task[Any]) -> None:
     """Wait for the request to end. Only if this handler is itself cancelled (a forced shutdown) is the
     request cancelled with it, as a direct request's would be."""
     if not run.done():
@@ -155,15 +162,22 @@ async def _stream(request: Request) -> Response:
         data = await _request_data(request, target.input_type, engine.settings.max_request_bytes)
         check_input(target, data)
     except ModelbayError as exc:
-        return _error(status_of(exc), exc.message)
-    partials = _Partials()
-    run = asyncio.create_task(
-        engine.requests.direct(target, data, timeout=timeout, origin={"created_by": "ubiops"}, on_update=partials.put)
+        return error_response(status_of(exc), exc.message)
+    partials = Partials()
+    return event_stream(
+        engine.requests.direct(target, data, timeout=timeout, origin={"created_by": "ubiops"}, on_update=partials.put),
+        partials, schemas.direct_request,
     )
+
+
+def event_stream(request: Coroutine[Any, Any, Any], partials: Partials, shape: Shape) -> Response:
+    """Run `request` (which sends its partials to `partials.put`) in a task of its own, and stream its
+    partials, then its result shaped by `shape`."""
+    run = asyncio.create_task(request)
     _running.add(run)
     run.add_done_callback(_running.discard)
     run.add_done_callback(partials.end)  # after every partial: updates arrive before the call's reply
-    return _EventStream(partials, run)
+    return _EventStream(partials, run, shape)
 
 
 @router.post("/projects/{project_name}/deployments/{deployment_name}/requests/stream")

@@ -147,6 +147,10 @@ def test_pipelines_list_and_get_show_fields_and_the_default_version(env: tuple[u
 
     api.pipelines_update(project, name, ubiops.PipelineUpdate(description="two steps"))
     assert api.pipelines_get(project, name).description == "two steps"
+    with pytest.raises(ubiops.ApiException) as error:  # v1 maps `x` from the start and `y` to the end
+        api.pipelines_update(project, name, ubiops.PipelineUpdate(input_fields=[{"name": "z", "data_type": "int"}]))
+    assert error.value.status == 400 and "Version 'v1' would no longer be valid" in error.value.body
+    assert [f.name for f in api.pipelines_get(project, name).input_fields] == ["x"]
     api.pipeline_versions_delete(project, name, "v1")
     assert api.pipelines_get(project, name).default_version is None
     api.pipelines_delete(project, name)
@@ -290,6 +294,24 @@ def test_a_fan_out_runs_one_request_per_item_and_collects_them_back(env: tuple[u
     assert detail.request_data == [{"x": 2}, {"x": 4}, {"x": 6}, {"x": 8}]
     assert api.pipeline_version_object_requests_output_get(project, name, join.id, "v1").json() == {"xs": [2, 4, 6, 8]}
     assert api.pipeline_version_object_requests_input_get(project, name, join.id, "v1").json()[0] == {"x": 2}
+
+
+def test_a_fan_out_over_the_item_limit_fails_the_request_naming_the_operator(env: tuple[ubiops.CoreApi, str]) -> None:
+    api, project = env
+    xs = [{"name": "xs", "data_type": "array_int"}]
+    name = make_pipeline(api, project, [
+        operator("split", "create-subrequests", input_fields=xs, output_fields=X),
+        operator("how-many", "count-subrequests", output_fields=[{"name": "n", "data_type": "int"}]),
+    ], [
+        attach("split", ("pipeline_start", [m("xs", "xs")])),
+        attach("how-many", ("split", None)),
+        attach("pipeline_end", ("how-many", [m("n", "n")])),
+    ], inputs=xs, outputs=[{"name": "n", "data_type": "int"}])
+
+    response = api.pipeline_requests_create(project, name, {"xs": [0] * 10_001})
+
+    assert response.status == "failed"
+    assert "'split'" in response.error_message and "at most 10000" in response.error_message
 
 
 def test_an_if_condition_routes_each_request_to_one_branch(env: tuple[ubiops.CoreApi, str]) -> None:
@@ -480,7 +502,7 @@ def test_bad_pipeline_calls_are_clear_4xx_errors(env: tuple[ubiops.CoreApi, str]
     assert api.pipeline_requests_list(project, name, status="completed,failed") == []
 
 
-def test_deleting_a_pipeline_deletes_its_requests_and_a_used_sub_pipeline_is_kept(
+def test_deleting_a_pipeline_deletes_its_requests_and_a_used_sub_pipeline_is_kept_and_not_renamed(
     env: tuple[ubiops.CoreApi, str],
 ) -> None:
     api, project = env
@@ -496,6 +518,10 @@ def test_deleting_a_pipeline_deletes_its_requests_and_a_used_sub_pipeline_is_kep
     with pytest.raises(ubiops.ApiException) as version_error:  # its default version, used as such
         api.pipeline_versions_delete(project, inner, "v1")
     assert version_error.value.status == 409 and "sub-pipeline" in version_error.value.body
+    with pytest.raises(ubiops.ApiException) as rename_error:  # outer refers to it by its name
+        api.pipelines_update(project, inner, ubiops.PipelineUpdate(name=f"{inner}-new"))
+    assert rename_error.value.status == 409 and "cannot be renamed" in rename_error.value.body
+    assert api.pipeline_requests_create(project, outer, {"x": 1}).status == "completed"
 
     api.pipelines_delete(project, outer)
     with pytest.raises(ubiops.ApiException) as gone:
