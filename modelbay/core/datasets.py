@@ -6,6 +6,7 @@ through a signed upload URL, is checked while it streams to the blob store, and 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import os
@@ -115,7 +116,8 @@ class Datasets:
         The dataset ends `uploaded` with its item count, or `failed_upload` / `failed_processing`
         with a message (and `InvalidInput` is raised with it). Raises `Conflict` once uploaded.
         """
-        row = self.get(project_id, dataset_id)
+        # The DB reads and writes run on a thread: this coroutine runs on the server's event loop.
+        row = await asyncio.to_thread(self.get, project_id, dataset_id)
         if row.status == Status.UPLOADED:
             raise Conflict("This dataset's file has already been uploaded")
         key = f"datasets/{row.id}.ndjson"
@@ -128,12 +130,12 @@ class Datasets:
             os.replace(tmp_name, target)
         except UploadRejected as exc:
             os.unlink(tmp_name)
-            self._set(row.id, exc.status, exc.message, 0, None)
+            await asyncio.to_thread(self._set, row.id, exc.status, exc.message, 0, None)
             raise InvalidInput(exc.message) from None
         except BaseException:
             os.unlink(tmp_name)
             raise
-        return self._set(row.id, Status.UPLOADED, f"Uploaded {count} items", count, key)
+        return await asyncio.to_thread(self._set, row.id, Status.UPLOADED, f"Uploaded {count} items", count, key)
 
     def _set(self, dataset_id: str, status: str, message: str, count: int, key: str | None) -> DatasetRow:
         with self._db.write() as session:
