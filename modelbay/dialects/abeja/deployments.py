@@ -13,7 +13,7 @@ from fastapi.responses import FileResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from modelbay.core.deployments import Target
-from modelbay.core.errors import Forbidden, InvalidInput, NotFound
+from modelbay.core.errors import InvalidInput, NotFound
 from modelbay.core.projects import Caller
 from modelbay.core.runs import check_environment
 from modelbay.dialects.abeja import ids, schemas
@@ -185,10 +185,9 @@ async def download_version(
 def _signed_target(
     engine: Any, method: str, request: Request, organization_id: str, deployment_id: str, version_id: str
 ) -> tuple[ProjectRow, DeploymentRow, VersionRow]:
-    expires = request.query_params.get("expires")
-    if expires is not None and not schemas.decimal(expires):
-        raise Forbidden("This URL is not signed")  # before the signer, whose int() would fail on it (a 500)
-    engine.url_signer.check(method, request.url.path, expires, request.query_params.get("signature"))
+    engine.url_signer.check(
+        method, request.url.path, request.query_params.get("expires"), request.query_params.get("signature")
+    )
     project = engine.projects.by_organization(Caller(project_id=None), organization_id)
     deployment = find_deployment(engine, project, deployment_id)
     return project, deployment, find_version(engine, project, deployment, version_id)
