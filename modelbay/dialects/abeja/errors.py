@@ -13,33 +13,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
-from modelbay.core.errors import (
-    Conflict,
-    Forbidden,
-    InvalidInput,
-    ModelbayError,
-    NotFound,
-    StatusChanged,
-    TooLarge,
-    Unauthorized,
-    Unavailable,
-)
-from modelbay.dialects.ubiops.errors import describe_validation_error
+from modelbay.core.errors import ModelbayError
+from modelbay.dialects.ubiops.errors import describe_validation_error, status_of
 
 log = logging.getLogger(__name__)
 
 PREFIXES = ("/organizations/", "/deployments/")
-
-STATUS_OF: dict[type[ModelbayError], int] = {
-    NotFound: 404,
-    InvalidInput: 400,
-    TooLarge: 413,
-    Conflict: 409,
-    Unauthorized: 401,
-    Forbidden: 403,
-    Unavailable: 400,
-    StatusChanged: 409,
-}
 
 CODE_OF = {
     400: "bad_request",
@@ -57,13 +36,6 @@ CODE_OF = {
 def error_response(status: int, description: str) -> Response:
     body = {"error": CODE_OF.get(status, "error"), "error_description": description}
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
-
-
-def status_of(exc: ModelbayError) -> int:
-    for cls in type(exc).__mro__:
-        if cls in STATUS_OF:
-            return STATUS_OF[cls]
-    return 400
 
 
 def render(exc: Exception) -> Response:
