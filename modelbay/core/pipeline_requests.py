@@ -34,7 +34,7 @@ from modelbay.core.deployments import Deployments
 from modelbay.core.errors import InvalidInput, ModelbayError, NotFound, StatusChanged
 from modelbay.core.fields import check_data
 from modelbay.core.pipelines import END, START, PipelineObject, Pipelines, Plan, Source
-from modelbay.core.requests import LIST_LIMIT_MAX, MAX_BATCH, Requests, every_page, list_query
+from modelbay.core.requests import LIST_LIMIT_MAX, MAX_BATCH, Requests, cancel_selection, list_query
 from modelbay.core.scheduler import PRIORITY_BATCH, PRIORITY_DIRECT
 from modelbay.core.transitions import ALLOWED, REQUESTS, TERMINAL, Status
 from modelbay.store.db import Database, Insert
@@ -535,14 +535,8 @@ class PipelineRequests:
         return await self._cancel(row.id, Status(row.status))
 
     async def cancel_many(self, plan: Plan, ids: list[str] | None, status: str | None) -> int:
-        if status is not None and status not in ("pending", "processing"):
-            raise InvalidInput("status must be 'pending' or 'processing'")
-        if ids:
-            rows = self.collect(plan, ids)
-        elif status is not None:
-            rows = every_page(lambda offset: self.list(plan, status=status, limit=LIST_LIMIT_MAX, offset=offset))
-        else:
-            raise InvalidInput("Give a list of request ids, or an empty list with status=pending|processing")
+        rows = cancel_selection(ids, status, lambda named: self.collect(plan, named),
+                                lambda offset: self.list(plan, status=status, limit=LIST_LIMIT_MAX, offset=offset))
         for row in rows:
             if status is None or row.status == status:
                 await self._cancel(row.id, Status(row.status))

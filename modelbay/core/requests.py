@@ -111,6 +111,23 @@ def check_ids(ids: Any, what: str = "request ids") -> list[str]:
     return list(dict.fromkeys(ids))
 
 
+def cancel_selection(
+    ids: list[str] | None,
+    status: str | None,
+    collect: Callable[[list[str]], list[Any]],
+    page: Callable[[int], list[Any]],
+) -> list[Any]:
+    """The rows a batch cancel acts on: those named by `ids`, or with `ids` empty every one with
+    `status` (pending or processing), read with `collect(ids)` or page by page with `page(offset)`."""
+    if status is not None and status not in ("pending", "processing"):
+        raise InvalidInput("status must be 'pending' or 'processing'")
+    if ids:
+        return collect(ids)
+    if status is None:
+        raise InvalidInput("Give a list of request ids, or an empty list with status=pending|processing")
+    return every_page(page)
+
+
 def every_page(page: Callable[[int], list[Any]]) -> list[Any]:
     """All rows of a list read `LIST_LIMIT_MAX` at a time; `page(offset)` reads one page."""
     rows: list[Any] = []
@@ -479,14 +496,8 @@ class Requests:
 
     async def cancel_many(self, target: Target, ids: list[str] | None, status: str | None) -> int:
         """Cancel the requests named, or with `ids` empty every `status` (pending or processing) one."""
-        if status is not None and status not in ("pending", "processing"):
-            raise InvalidInput("status must be 'pending' or 'processing'")
-        if ids:
-            rows = self.collect(target, ids)
-        elif status is not None:
-            rows = every_page(lambda offset: self.list(target, status=status, limit=LIST_LIMIT_MAX, offset=offset))
-        else:
-            raise InvalidInput("Give a list of request ids, or an empty list with status=pending|processing")
+        rows = cancel_selection(ids, status, lambda named: self.collect(target, named),
+                                lambda offset: self.list(target, status=status, limit=LIST_LIMIT_MAX, offset=offset))
         for row in rows:
             if status is None or row.status == status:
                 await self._cancel(row.id, Status(row.status))
