@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from modelbay.core.pipeline_requests import PipelineRecord
-from modelbay.dialects.ubiops.schemas import iso
+from modelbay.dialects.ubiops.schemas import decoded, iso, request_state
 from modelbay.store.tables import OperatorRequestRow, PipelineRequestRow, PipelineRow, PipelineVersionRow
 
 
@@ -105,24 +103,8 @@ def batch_created(record: PipelineRecord) -> dict[str, Any]:
     }
 
 
-def _decoded(raw: bytes | None) -> Any:
-    return None if raw is None else orjson.loads(raw)
-
-
 def request_list_item(row: PipelineRequestRow, pipeline_name: str, version_name: str) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "pipeline": pipeline_name,
-        "version": version_name,
-        "status": row.status,
-        "success": row.status == "completed",
-        "time_created": iso(row.created_at),
-        "time_started": iso(row.started_at),
-        "time_completed": iso(row.finished_at),
-        "input_size": row.input_size,
-        "output_size": row.output_size if row.finished_at else None,
-        "origin": row.origin,
-    }
+    return {"id": row.id, "pipeline": pipeline_name, "version": version_name, **request_state(row)}
 
 
 def request_detail(row: PipelineRequestRow, pipeline_name: str, version_name: str, all_steps: list[dict[str, Any]],
@@ -131,7 +113,7 @@ def request_detail(row: PipelineRequestRow, pipeline_name: str, version_name: st
     detail.update(error_message=row.error_message, pipeline_timeout=row.timeout, deployment_timeout=row.timeout,
                   **steps(all_steps))
     if not metadata_only:
-        detail.update(request_data=_decoded(row.data), result=_decoded(row.result))
+        detail.update(request_data=decoded(row.data), result=decoded(row.result))
     return detail
 
 
@@ -157,5 +139,5 @@ def operator_request(row: OperatorRequestRow, parent: PipelineRequestRow, pipeli
         "output_size": row.output_size,
     }
     if not metadata_only:
-        detail.update(request_data=_decoded(row.data), result=_decoded(row.result))
+        detail.update(request_data=decoded(row.data), result=decoded(row.result))
     return detail

@@ -161,15 +161,13 @@ def direct_request(record: RequestRecord) -> dict[str, Any]:
     }
 
 
-def _decoded(raw: bytes | None) -> Any:
+def decoded(raw: bytes | None) -> Any:
     return None if raw is None else orjson.loads(raw)
 
 
-def request_list_item(row: RequestRow, deployment_name: str, version_name: str) -> dict[str, Any]:
+def request_state(row: Any) -> dict[str, Any]:
+    """Status, times, sizes and origin of a stored deployment or pipeline request."""
     return {
-        "id": row.id,
-        "deployment": deployment_name,
-        "version": version_name,
         "status": row.status,
         "success": row.status == "completed",
         "time_created": iso(row.created_at),
@@ -181,13 +179,17 @@ def request_list_item(row: RequestRow, deployment_name: str, version_name: str) 
     }
 
 
+def request_list_item(row: RequestRow, deployment_name: str, version_name: str) -> dict[str, Any]:
+    return {"id": row.id, "deployment": deployment_name, "version": version_name, **request_state(row)}
+
+
 def request_detail(
     row: RequestRow, deployment_name: str, version_name: str, metadata_only: bool = False
 ) -> dict[str, Any]:
     detail = request_list_item(row, deployment_name, version_name)
     detail.update(timeout=row.timeout, error_message=row.error_message, additional_data=None)
     if not metadata_only:
-        detail.update(request_data=_decoded(row.data), result=_decoded(row.result))
+        detail.update(request_data=decoded(row.data), result=decoded(row.result))
     return detail
 
 
