@@ -13,6 +13,7 @@ import typer
 import uvicorn
 from rich.console import Console
 
+from modelbay.runtime import sandbox
 from modelbay.settings import Settings
 
 app = typer.Typer(help="modelbay: a self-hosted platform that runs model code and serves requests to it.")
@@ -41,6 +42,13 @@ def serve(
     from modelbay.core.engine import admin_token
 
     settings = _settings(data_dir, host=host, port=port)
+    try:
+        sandbox.from_settings(settings.sandbox)
+    except sandbox.SandboxUnavailable as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    if settings.sandbox == "none":
+        console.print("[yellow]warning:[/yellow] MODELBAY_SANDBOX=none: user code runs unsandboxed on this host")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     token, is_new = admin_token(settings)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -32,6 +33,16 @@ class Settings(BaseSettings):
         60.0, gt=0, description="How long an autoscaled service keeps an idle instance above its minimum."
     )
     log_level: str = Field("info", description="Server log level.")
+    sandbox: Literal["bwrap", "none"] = Field(
+        "bwrap", description="Where user code runs: 'bwrap' (bubblewrap) or 'none' (on the host: unsafe)."
+    )
+    sandbox_network: bool = Field(True, description="Whether sandboxed user code may use the network.")
+    sandbox_shared_dirs: str = Field(
+        "", description="Host directories (':'-separated) every instance sees read-write, e.g. a model cache."
+    )
+    instance_memory_mib: int = Field(
+        2048, ge=64, description="Memory limit of an instance whose instance type names no size (e.g. '512mb')."
+    )
 
     @field_validator("runtime")
     @classmethod
@@ -39,6 +50,10 @@ class Settings(BaseSettings):
         if value not in ("local",):
             raise ValueError(f"unknown runtime {value!r}; choose 'local'")
         return value
+
+    @property
+    def shared_dirs(self) -> list[Path]:
+        return [Path(p).absolute() for p in self.sandbox_shared_dirs.split(":") if p]
 
     @property
     def sqlalchemy_url(self) -> str:

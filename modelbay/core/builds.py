@@ -3,7 +3,10 @@
 A build unpacks the archive into `root/packages/<build_id>/`, finds the directory holding
 `deployment.py` (or the handler's module), gets a virtualenv for its requirements.txt from
 `root/envs/<hash>/` (creating it with uv when missing) and imports the code once in that
-environment to catch errors before any instance is started.
+environment to catch errors before any instance is started. Installing requirements and the
+import check run the user's code (and that of the packages it names), so both run in the
+sandbox instances run in: they see the package, the environment being made, the package cache
+and a scratch directory, nothing else of the data directory.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import uv
+
+from modelbay.runtime.sandbox import Jail, Sandbox, interpreter_paths
 
 MAX_UNPACKED_BYTES = 2 << 30  # 2 GiB: defuses zip bombs
 MAX_MEMBERS = 100_000  # so does this, for archives of millions of empty files
@@ -82,13 +87,29 @@ def normalise_requirements(text: str) -> list[str]:
 
 
 class Builder:
-    def __init__(self, root: Path, *, uv_cache_dir: Path | None = None, build_timeout_s: float = 1800.0) -> None:
+    def __init__(
+        self,
+        root: Path,
+        sandbox: Sandbox,
+        *,
+        uv_cache_dir: Path | None = None,
+        build_timeout_s: float = 1800.0,
+        memory_limit_bytes: int | None = None,
+    ) -> None:
         self.root = Path(root).absolute()
         self.packages = self.root / "packages"
         self.envs = self.root / "envs"
-        self.uv_cache_dir = uv_cache_dir
+        self.scratch = self.root / "scratch"
+        # The builds' own cache by default: the sandbox's user must be able to write to it.
+        self.uv_cache_dir = Path(uv_cache_dir or self.root / "uv-cache").absolute()
         self.build_timeout_s = build_timeout_s
+        self._sandbox = sandbox
+        self._memory_limit_bytes = memory_limit_bytes
         self._uv = uv.find_uv_bin()
+        self._base_python = Path(getattr(sys, "_base_executable", sys.executable))
+        if not self.uv_cache_dir.exists():
+            self.uv_cache_dir.mkdir(parents=True)
+            sandbox.prepare(self.uv_cache_dir)
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
@@ -98,15 +119,17 @@ class Builder:
             raise ValueError(f"invalid build id {build_id!r}")  # a server bug, not a user error
         log: list[str] = []
         target = self.packages / build_id
+        scratch = self.scratch / build_id
         try:
             module, func = _parse_handler(handler)
             log.append("Unpacking the deployment package...")
             self._unpack(Path(archive), target)
             package_dir = _find_code_root(target, module)
             log.append(f"Found {_module_file(module)} in {package_dir.relative_to(target).as_posix() or '.'}")
-            python = self._environment(package_dir, build_id, log)
+            self._make_scratch(scratch)
+            python = self._environment(package_dir, build_id, scratch, log)
             log.append(f"Checking {_module_file(module)}...")
-            found = _check_import(python, package_dir, module, func, log)
+            found = self._check_import(python, package_dir, module, func, scratch, log)
         except BuildFailed as e:
             shutil.rmtree(target, ignore_errors=True)
             log.append(f"Build failed: {e}")
@@ -114,6 +137,8 @@ class Builder:
         except BaseException:
             shutil.rmtree(target, ignore_errors=True)
             raise
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
         log.append("Build succeeded")
         return BuildResult(
             ok=True,
@@ -138,6 +163,7 @@ class Builder:
                 _unpack_tar(archive, tmp)
             else:
                 raise BuildFailed(NOT_AN_ARCHIVE)
+            _make_readable(tmp)
             shutil.rmtree(target, ignore_errors=True)  # a rebuild under the same id replaces it
             tmp.rename(target)
         except BaseException:
@@ -146,7 +172,12 @@ class Builder:
 
     # -- environments ----------------------------------------------------------------------
 
-    def _environment(self, package_dir: Path, build_id: str, log: list[str]) -> Path:
+    def _make_scratch(self, scratch: Path) -> None:
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True)
+        self._sandbox.prepare(scratch)
+
+    def _environment(self, package_dir: Path, build_id: str, scratch: Path, log: list[str]) -> Path:
         """The python of the env for this package's requirements.txt, created unless it exists."""
         req_file = package_dir / "requirements.txt"
         req_text = req_file.read_text(errors="replace") if req_file.is_file() else ""
@@ -165,16 +196,21 @@ class Builder:
             tmp = self.envs / f".tmp-{env_hash}-{uuid.uuid4().hex}"
             deadline = time.monotonic() + self.build_timeout_s
             try:
+                tmp.mkdir()
+                self._sandbox.prepare(tmp)
+                jail = Jail(
+                    read_only=[Path(self._uv), *interpreter_paths(self._base_python), package_dir],
+                    writable=[tmp, self.uv_cache_dir],
+                    scratch=scratch,
+                    memory_limit_bytes=self._memory_limit_bytes,
+                )
                 # --relocatable: scripts keep working after the rename below.
-                self._run_uv(["venv", "--quiet", "--relocatable", "--python", sys.executable, str(tmp)], package_dir, deadline, log)
+                venv = ["venv", "--quiet", "--relocatable", "--allow-existing", "--python", str(self._base_python), str(tmp)]
+                self._run_uv(venv, jail, package_dir, deadline, log)
                 if reqs:
                     log.append("Installing requirements.txt...")
-                    self._run_uv(
-                        ["pip", "install", "--python", str(tmp / "bin" / "python"), "-r", str(req_file)],
-                        package_dir,
-                        deadline,
-                        log,
-                    )
+                    install = ["pip", "install", "--python", str(tmp / "bin" / "python"), "-r", str(req_file)]
+                    self._run_uv(install, jail, package_dir, deadline, log)
                 tmp.rename(final)  # atomic: a half-built env never appears under its hash
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -185,18 +221,46 @@ class Builder:
         with self._locks_guard:
             return self._locks.setdefault(env_hash, threading.Lock())
 
-    def _run_uv(self, args: list[str], cwd: Path, deadline: float, log: list[str]) -> None:
-        env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "CONDA_PREFIX", "PYTHONPATH")}
-        env.update(NO_COLOR="1", UV_PYTHON_DOWNLOADS="never", UV_NO_PROGRESS="1")
-        if self.uv_cache_dir is not None:
-            env["UV_CACHE_DIR"] = str(self.uv_cache_dir)
-        code, output = _run([self._uv, *args], cwd=cwd, env=env, timeout=max(0.0, deadline - time.monotonic()))
+    def _run_uv(self, args: list[str], jail: Jail, cwd: Path, deadline: float, log: list[str]) -> None:
+        # The operator's index settings (UV_INDEX_URL, PIP_INDEX_URL, ...) reach uv; nothing else of ours.
+        env = {k: v for k, v in os.environ.items() if k.startswith(("UV_", "PIP_"))}
+        env.update(NO_COLOR="1", UV_PYTHON_DOWNLOADS="never", UV_NO_PROGRESS="1", UV_CACHE_DIR=str(self.uv_cache_dir))
+        code, output = _run(
+            self._sandbox.command([self._uv, *args], jail),
+            cwd=cwd,
+            env=self._sandbox.environment(jail, env),
+            timeout=max(0.0, deadline - time.monotonic()),
+        )
         log.extend(_tail(output))
         if code is None:
             raise BuildFailed(f"building the environment took longer than {self.build_timeout_s:g} s")
         if code != 0:
             what = "install requirements.txt" if args[0] == "pip" else "create the environment"
             raise BuildFailed(f"could not {what} (uv exited with code {code}); see the output above")
+
+    def _check_import(
+        self, python: Path, package_dir: Path, module: str, func: str, scratch: Path, log: list[str]
+    ) -> dict[str, bool]:
+        """Imports the user's module in its environment, in the sandbox; returns which request methods it has."""
+        jail = Jail(
+            read_only=[*interpreter_paths(python), package_dir],
+            scratch=scratch,
+            memory_limit_bytes=self._memory_limit_bytes,
+        )
+        code, output = _run(
+            self._sandbox.command([str(python), "-c", _CHECK_SCRIPT, str(package_dir), module, func], jail),
+            cwd=package_dir,
+            env=self._sandbox.environment(jail, {}),
+            timeout=IMPORT_CHECK_TIMEOUT_S,
+        )
+        out, _, result = output.partition(f"\n{_RESULT_MARKER}")
+        log.extend(_tail(out))
+        if code is None:
+            raise BuildFailed(f"importing {_module_file(module)} took longer than {IMPORT_CHECK_TIMEOUT_S:g} s")
+        if code != 0 or not result:
+            raise BuildFailed(f"{_module_file(module)} could not be loaded (exit code {code}); see the output above")
+        found: dict[str, bool] = json.loads(result)
+        return found
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -269,6 +333,17 @@ def _unpack_zip(archive: Path, target: Path) -> None:
         raise BuildFailed(f"could not unpack the archive: {e}") from e
 
 
+def _make_readable(root: Path) -> None:
+    """Every file readable (and every folder enterable) by the sandbox's user, whatever modes the
+    archive carried; nothing writable by it: instances see the package read-only."""
+    for directory, folders, files in os.walk(root):
+        os.chmod(directory, 0o755)
+        for name in files:
+            path = os.path.join(directory, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o755 if os.stat(path).st_mode & 0o111 else 0o644)
+
+
 def _is_tar(archive: Path) -> bool:
     try:
         return tarfile.is_tarfile(archive)
@@ -302,25 +377,6 @@ def _unpack_tar(archive: Path, target: Path) -> None:
         raise BuildFailed(f"the archive member {e.tarinfo.name!r} was rejected: {e}") from e
     except (tarfile.TarError, EOFError, OSError, ValueError) as e:
         raise BuildFailed(f"{NOT_AN_ARCHIVE} ({e})") from e
-
-
-def _check_import(python: Path, package_dir: Path, module: str, func: str, log: list[str]) -> dict[str, bool]:
-    """Imports the user's module in its environment; returns which request methods it has."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-    code, output = _run(
-        [str(python), "-c", _CHECK_SCRIPT, str(package_dir), module, func],
-        cwd=package_dir,
-        env=env,
-        timeout=IMPORT_CHECK_TIMEOUT_S,
-    )
-    out, _, result = output.partition(f"\n{_RESULT_MARKER}")
-    log.extend(_tail(out))
-    if code is None:
-        raise BuildFailed(f"importing {_module_file(module)} took longer than {IMPORT_CHECK_TIMEOUT_S:g} s")
-    if code != 0 or not result:
-        raise BuildFailed(f"{_module_file(module)} could not be loaded (exit code {code}); see the output above")
-    found: dict[str, bool] = json.loads(result)
-    return found
 
 
 def _tail(output: str) -> list[str]:

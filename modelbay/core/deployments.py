@@ -66,6 +66,7 @@ class Target:
     package_dir: str | None
     python: str | None
     has_requests_method: bool
+    instance_type: str = ""  # e.g. "2048mb": decides its instances' memory limit
     #: The instance pool serving it: None for the version's own pool, else a named group
     #: (a service) with its own scaling and environment.
     pool: str | None = None
@@ -334,6 +335,7 @@ class Deployments:
             package_dir=revision.package_dir if revision else None,
             python=revision.python if revision else None,
             has_requests_method=bool(revision and revision.has_requests_method),
+            instance_type=row.instance_type,
         )
 
     # --- lookups ---------------------------------------------------------------------------

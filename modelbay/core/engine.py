@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from modelbay.core.services import Services
 from modelbay.core.webhooks import Webhooks
 from modelbay.runtime.base import InstanceSpec, Runtime
 from modelbay.runtime.local import LocalRuntime
+from modelbay.runtime.sandbox import from_settings as sandbox_from_settings
 from modelbay.settings import Settings
 from modelbay.store.blobs import LocalBlobStore
 from modelbay.store.db import Database
@@ -54,6 +56,18 @@ def admin_token(settings: Settings) -> tuple[str, bool]:
     return token, True
 
 
+_SIZED_INSTANCE_TYPE = re.compile(r"^(\d{1,7})(mb|gb)(_|$)", re.IGNORECASE)
+
+
+def memory_limit_bytes(instance_type: str, default_mib: int) -> int:
+    """An instance's memory limit: the size its type names ("512mb", "16384mb_t4", "4gb"), else the default."""
+    match = _SIZED_INSTANCE_TYPE.match(instance_type or "")
+    if match is None:
+        return default_mib << 20
+    size, unit = int(match[1]), match[2].lower()
+    return max(size << (30 if unit == "gb" else 20), 64 << 20)
+
+
 def open_database(settings: Settings) -> Database:
     """Open the store and bring its schema up to date."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -72,8 +86,14 @@ class Engine:
         token, self.admin_token_is_new = admin_token(settings)
         self.admin_token = token
         self.blobs = LocalBlobStore(data / "blobs")
+        sandbox = sandbox_from_settings(settings.sandbox, check=False)  # `serve` checked it before
         self.runtime = runtime or LocalRuntime(
-            log_dir=data / "instances", start_timeout=settings.instance_start_timeout_s
+            log_dir=data / "instances",
+            start_timeout=settings.instance_start_timeout_s,
+            sandbox=sandbox,
+            scratch_dir=data / "scratch",
+            network=settings.sandbox_network,
+            shared_dirs=settings.shared_dirs,
         )
         self.scheduler = Scheduler(self.runtime, self._instance_spec, self._serving_target)
         self.projects = Projects(self.db, token)
@@ -81,7 +101,12 @@ class Engine:
         self.revisions = Revisions(
             self.db,
             self.blobs,
-            Builder(data / "builds", uv_cache_dir=settings.uv_cache_dir),
+            Builder(
+                data / "builds",
+                sandbox,
+                uv_cache_dir=settings.uv_cache_dir,
+                memory_limit_bytes=settings.instance_memory_mib << 20,
+            ),
             self.deployments,
             self.scheduler.version_changed,
             workers=settings.build_workers,
@@ -193,4 +218,5 @@ class Engine:
             environment={k: str(v) for k, v in target.environment_variables.items()},
             handler=target.handler,
             max_log_bytes=self.settings.max_log_bytes,
+            memory_limit_bytes=memory_limit_bytes(target.instance_type, self.settings.instance_memory_mib),
         )

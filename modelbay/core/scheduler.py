@@ -23,6 +23,7 @@ from modelbay.runtime.base import (
     InstanceLost,
     InstanceSpec,
     InstanceStartFailed,
+    InstanceState,
     Runtime,
 )
 
@@ -248,8 +249,9 @@ class Scheduler:
 
     def _release(self, pool: _Pool, instance: Instance) -> None:
         pool.busy.discard(instance)
-        if pool.retired:
+        if pool.retired or instance.state is InstanceState.STOPPED:  # retired, or ended by its last call
             self._spawn(self._runtime.stop(instance))
+            self._fill(pool)
             return
         waiter = pool.next_waiter()
         if waiter is not None:

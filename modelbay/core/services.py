@@ -288,6 +288,7 @@ class Services:
             maximum_instances=high,
             maximum_idle_time=int(self._scale_down_idle_s) if row.enable_autoscale else base.maximum_idle_time,
             environment_variables={**base.environment_variables, **(row.environment or {})},
+            instance_type=row.instance_type,
         )
         self._targets[row.id] = (base, target)
         return target

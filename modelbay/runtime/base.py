@@ -34,6 +34,7 @@ class InstanceSpec:
     environment: dict[str, str] = field(default_factory=dict)  # extra env vars for user code
     handler: str | None = None  # "module:function" for handler-style code, else the Deployment class
     max_log_bytes: int = 1 << 20  # what user code may print during one request
+    memory_limit_bytes: int | None = None  # what its heap may grow to (a failed allocation past it)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
-"""`LocalRuntime`: each instance is one OS process running `worker.py`.
+"""`LocalRuntime`: each instance is one OS process running `worker.py`, in a sandbox.
 
-The worker speaks the framed JSON protocol of `wire.py` over two pipes passed to it with
-`pass_fds`; its stdout/stderr go to a per-instance log file. Everything here runs on the
+The worker speaks the framed JSON protocol of `wire.py` over pipes passed to it with
+`pass_fds`; its stdout/stderr are a pipe too, which the server copies into a per-instance log
+file, counting what a request writes there against its log budget. Everything here runs on the
 server's event loop and never blocks it: the pipes are asyncio transports, a reply is a
 future resolved from `data_received`, and a timeout is a loop timer.
 """
@@ -15,6 +16,7 @@ import json
 import logging
 import os
 import signal
+import shutil
 import subprocess
 import uuid
 from collections.abc import Callable
@@ -35,6 +37,7 @@ from modelbay.runtime.base import (
     InstanceState,
     RuntimeError_,
 )
+from modelbay.runtime.sandbox import Bubblewrap, Jail, Sandbox, interpreter_paths
 
 logger = logging.getLogger(__name__)
 
@@ -42,28 +45,10 @@ _WORKER = str(Path(__file__).with_name("worker.py"))
 _LOG_TAIL_BYTES = 64 << 10
 _LOGS_GRACE_S = 0.5  # how long a timed-out worker gets to hand over its logs before SIGKILL
 _PIPE_SIZE = 1 << 20  # larger pipes mean fewer wake-ups for MB-sized results
-
-# What user code inherits from the server's environment: enough to run, no server secrets.
-_INHERITED_ENV = (
-    "PATH",
-    "HOME",
-    "USER",
-    "LOGNAME",
-    "LANG",
-    "LC_ALL",
-    "LC_CTYPE",
-    "TZ",
-    "TMPDIR",
-    "LD_LIBRARY_PATH",
-    "SSL_CERT_FILE",
-    "SSL_CERT_DIR",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "NO_PROXY",
-    "http_proxy",
-    "https_proxy",
-    "no_proxy",
-)
+_OUTPUT_WAIT_S = 0.5  # how long a dead worker's last output may take to arrive before its tail is read
+#: An instance's log file is emptied when it reaches this size: what it keeps is the recent output.
+INSTANCE_LOG_MAX_BYTES = 8 << 20
+_RUNTIME_DIR = Path(__file__).parent  # worker.py and wire.py: all the sandbox needs of modelbay
 
 
 class _Closed:
@@ -76,16 +61,23 @@ class _Closed:
 _TIMED_OUT = _Closed("timed out")
 _CHANNEL_LOST = _Closed("channel lost")
 _STOPPED = _Closed("stopped")
+_LOG_LIMIT = _Closed("printed too much")
 
 
 class LocalInstance:
     """Handle of one worker process. Only `id` and `state` are public."""
 
-    def __init__(self, instance_id: str, log_path: Path) -> None:
+    def __init__(self, instance_id: str, log_path: Path, scratch: Path, max_log_bytes: int) -> None:
         self._id = instance_id
         self._state = InstanceState.STARTING
         self._log_path = log_path
+        self._scratch = scratch  # its private writable directory
+        self._max_log_bytes = max_log_bytes
         self._proc: asyncio.subprocess.Process | None = None
+        self._interrupt_fd: int | None = None  # a byte written here asks the worker for its logs
+        self._output: _OutputProtocol | None = None  # the worker's fd 1 and 2
+        self._output_transport: asyncio.ReadTransport | None = None
+        self._call_output = 0  # bytes the running call wrote to fd 1/2
         self._reader: asyncio.ReadTransport | None = None
         self._writer: asyncio.WriteTransport | None = None
         self._waiter: asyncio.Future[Any] | None = None  # the reply being waited for
@@ -139,6 +131,13 @@ class LocalInstance:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(closed)
 
+    def _on_call_output(self, size: int) -> None:
+        """Raw writes to fd 1/2 during a call count against its log budget, as prints do."""
+        self._call_output += size
+        if self._call_output > self._max_log_bytes and self._state is InstanceState.BUSY:
+            self._kill()  # it may go on writing: the only way to stop it
+            self._resolve(_LOG_LIMIT)
+
     # --- process control ---
 
     def _kill(self) -> None:
@@ -191,14 +190,42 @@ class _ChannelProtocol(asyncio.Protocol):
         self._instance._on_channel_lost()
 
 
+class _OutputProtocol(asyncio.Protocol):
+    """Copies the worker's fd 1 and 2 into its log file, which never grows past `INSTANCE_LOG_MAX_BYTES`."""
+
+    def __init__(self, instance: LocalInstance, log: Any) -> None:
+        self._instance = instance
+        self._log = log
+        self._size = log.tell()
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        if self._instance._call_id is not None:
+            self._instance._on_call_output(len(data))
+        if self._size + len(data) > INSTANCE_LOG_MAX_BYTES:
+            self._log.seek(0)
+            self._log.truncate()
+            note = f"[earlier output dropped: the instance log keeps its last {INSTANCE_LOG_MAX_BYTES >> 20} MiB]\n"
+            self._size = self._log.write(note.encode())
+            data = data[-(INSTANCE_LOG_MAX_BYTES // 2) :]
+        self._size += self._log.write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._log.close()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
 def _expire(waiter: asyncio.Future[Any]) -> None:
     if not waiter.done():
         waiter.set_result(_TIMED_OUT)
 
 
-def _exit_description(returncode: int | None) -> str:
+def _exit_description(returncode: int | None, signals_as_exit_codes: bool = False) -> str:
     if returncode is None:
         return "exit code unknown"
+    if signals_as_exit_codes and returncode > 128:
+        returncode = 128 - returncode  # the sandbox's init reports a signal N as 128 + N
     if returncode < 0:
         try:
             return f"killed by {signal.Signals(-returncode).name}"
@@ -228,7 +255,10 @@ class LocalRuntime:
     `log_dir` holds one `<instance id>.log` per running instance: the worker's fd 1/2,
     i.e. whatever is printed outside a request (import time, background threads, crashes).
     Its tail is attached to start failures and lost instances; the file is deleted when
-    the instance stops unless `keep_logs`.
+    the instance stops unless `keep_logs`. `scratch_dir` holds each instance's private
+    writable directory (its /tmp), deleted when it stops. Every worker runs in `sandbox`
+    (bubblewrap unless given), seeing only its package, its environment, its scratch and the
+    operator's `shared_dirs`.
     """
 
     def __init__(
@@ -237,11 +267,19 @@ class LocalRuntime:
         start_timeout: float = 120.0,
         stop_grace: float = 1.0,
         keep_logs: bool = False,
+        sandbox: Sandbox | None = None,
+        scratch_dir: Path | None = None,
+        network: bool = True,
+        shared_dirs: list[Path] | None = None,
     ) -> None:
         self._log_dir = Path(log_dir)
+        self._scratch_dir = Path(scratch_dir) if scratch_dir is not None else self._log_dir.parent / "scratch"
         self._start_timeout = start_timeout
         self._stop_grace = stop_grace
         self._keep_logs = keep_logs
+        self._sandbox = sandbox if sandbox is not None else Bubblewrap()
+        self._network = network
+        self._shared_dirs = list(shared_dirs or [])
         self._instances: dict[str, LocalInstance] = {}
 
     # --- start ---
@@ -249,7 +287,8 @@ class LocalRuntime:
     async def start(self, spec: InstanceSpec) -> Instance:
         instance_id = uuid.uuid4().hex
         self._log_dir.mkdir(parents=True, exist_ok=True)
-        inst = LocalInstance(instance_id, self._log_dir / f"{instance_id}.log")
+        scratch = self._scratch_dir / instance_id
+        inst = LocalInstance(instance_id, self._log_dir / f"{instance_id}.log", scratch, spec.max_log_bytes)
         self._instances[instance_id] = inst
         try:
             await self._spawn(inst, spec)
@@ -273,35 +312,49 @@ class LocalRuntime:
         else:
             returncode = await self._wait_exit(inst)
             message = inst._broken or (
-                f"The instance exited while loading the deployment ({_exit_description(returncode)})."
+                f"The instance exited while loading the deployment ({self._exit_description(returncode)})."
             )
         await self._wait_exit(inst)
-        logs = _read_tail(inst._log_path)
+        logs = await self._log_tail(inst)
         await self.stop(inst)
         raise InstanceStartFailed(message, logs)
 
+    def _jail(self, spec: InstanceSpec, scratch: Path) -> Jail:
+        """The instance sees its interpreter, its package and the worker program, read-only."""
+        return Jail(
+            read_only=[*interpreter_paths(spec.python), Path(spec.package_dir).absolute(), _RUNTIME_DIR],
+            writable=self._shared_dirs,
+            scratch=scratch,
+            network=self._network,
+            memory_limit_bytes=spec.memory_limit_bytes,
+        )
+
     async def _spawn(self, inst: LocalInstance, spec: InstanceSpec) -> None:
+        if not os.access(spec.python, os.X_OK):  # inside the sandbox it would be a bare exit code
+            raise InstanceStartFailed(f"Could not start the interpreter {spec.python}: it is not an executable file")
+        inst._scratch.mkdir(parents=True, exist_ok=True)
+        self._sandbox.prepare(inst._scratch)
+        jail = self._jail(spec, inst._scratch)
         to_worker_r, to_worker_w = os.pipe()
         from_worker_r, from_worker_w = os.pipe()
-        _grow_pipe(to_worker_w)
-        _grow_pipe(from_worker_w)
-        child_ends, our_ends = (to_worker_r, from_worker_w), (to_worker_w, from_worker_r)
+        interrupt_r, interrupt_w = os.pipe()
+        output_r, output_w = os.pipe()
+        for fd in (to_worker_w, from_worker_w, output_w):
+            _grow_pipe(fd)
+        child_ends = (to_worker_r, from_worker_w, interrupt_r, output_w)
+        our_ends = (to_worker_w, from_worker_r, interrupt_w, output_r)
+        argv = [str(spec.python), "-u", _WORKER, str(to_worker_r), str(from_worker_w), str(interrupt_r)]
         try:
-            with open(inst._log_path, "ab") as log:
-                inst._proc = await asyncio.create_subprocess_exec(
-                    str(spec.python),
-                    "-u",
-                    _WORKER,
-                    str(to_worker_r),
-                    str(from_worker_w),
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=log,
-                    cwd=spec.package_dir,
-                    env=_environment(spec),
-                    pass_fds=(to_worker_r, from_worker_w),
-                    start_new_session=True,  # own process group: killpg gets its children too
-                )
+            inst._proc = await asyncio.create_subprocess_exec(
+                *self._sandbox.command(argv, jail),
+                stdin=subprocess.DEVNULL,
+                stdout=output_w,
+                stderr=output_w,
+                cwd=spec.package_dir,
+                env=self._sandbox.environment(jail, {k: str(v) for k, v in spec.environment.items()}),
+                pass_fds=(to_worker_r, from_worker_w, interrupt_r),
+                start_new_session=True,  # own process group: killpg gets its children too
+            )
         except BaseException as exc:
             for fd in our_ends:
                 os.close(fd)
@@ -313,7 +366,12 @@ class LocalRuntime:
             for fd in child_ends:
                 os.close(fd)
 
+        inst._interrupt_fd = interrupt_w
         loop = asyncio.get_running_loop()
+        log = open(inst._log_path, "ab", buffering=0)
+        inst._output_transport, inst._output = await loop.connect_read_pipe(
+            lambda: _OutputProtocol(inst, log), open(output_r, "rb", buffering=0)
+        )
         inst._reader, _ = await loop.connect_read_pipe(
             lambda: _ChannelProtocol(inst), open(from_worker_r, "rb", buffering=0)
         )
@@ -327,6 +385,7 @@ class LocalRuntime:
             "handler": spec.handler,
             "init_context": spec.init_context,
             "max_log_bytes": spec.max_log_bytes,
+            "memory_limit_mib": spec.memory_limit_bytes >> 20 if spec.memory_limit_bytes else None,
         }
         return await self._exchange(inst, orjson.dumps(init), self._start_timeout)
 
@@ -356,7 +415,7 @@ class LocalRuntime:
     ) -> CallOutcome:
         inst = self._own(instance)
         if inst._state is InstanceState.STOPPED:
-            raise InstanceLost("The instance is not running.", _read_tail(inst._log_path))
+            raise InstanceLost("The instance is not running.", await self._log_tail(inst))
         if inst._state is not InstanceState.IDLE:
             raise RuntimeError_(f"Instance {inst.id} is {inst._state.value}; calls need an idle instance.")
         message = {"type": "call", "id": call.request_id, "data": call.data, "context": call.context}
@@ -373,7 +432,7 @@ class LocalRuntime:
             )
 
         inst._state = InstanceState.BUSY
-        inst._call_id, inst._on_update = call.request_id, on_update
+        inst._call_id, inst._on_update, inst._call_output = call.request_id, on_update, 0
         try:
             reply = await self._exchange(inst, body, timeout)
         except asyncio.CancelledError:
@@ -385,7 +444,10 @@ class LocalRuntime:
             inst._call_id, inst._on_update = None, None
 
         if isinstance(reply, dict):
-            if inst._state is InstanceState.BUSY:
+            if reply.get("retire"):  # the worker exits after this answer (out of memory)
+                inst._state = InstanceState.STOPPED
+                self._stop_task(inst)
+            elif inst._state is InstanceState.BUSY:
                 inst._state = InstanceState.IDLE
             return CallOutcome(
                 ok=bool(reply.get("ok")),
@@ -400,25 +462,39 @@ class LocalRuntime:
             raise CallTimedOut(timeout, logs)
         if reply is _STOPPED:
             raise InstanceLost("The instance was stopped during the request.")
+        if reply is _LOG_LIMIT:
+            self._stop_task(inst)
+            message_text = f"The request printed more than {inst._max_log_bytes} bytes of logs; output was cut off."
+            return CallOutcome(ok=False, error=message_text, logs=message_text + "\n")
         returncode = await self._wait_exit(inst)
         message_text = inst._broken or (
-            f"The instance stopped unexpectedly ({_exit_description(returncode)}) during the request."
+            f"The instance stopped unexpectedly ({self._exit_description(returncode)}) during the request."
         )
-        raise InstanceLost(message_text, _read_tail(inst._log_path))
+        raise InstanceLost(message_text, await self._log_tail(inst))
 
     async def _logs_so_far(self, inst: LocalInstance) -> str:
         """Ask a timed-out worker for what its request printed; it may be unable to answer."""
         proc = inst._proc
-        if proc is None or proc.returncode is not None:
+        if proc is None or proc.returncode is not None or inst._interrupt_fd is None:
             return ""
         inst._logs_waiter = asyncio.get_running_loop().create_future()
         try:
-            os.kill(proc.pid, wire.LOGS_SIGNAL)
+            os.write(inst._interrupt_fd, b"!")
             return await asyncio.wait_for(inst._logs_waiter, _LOGS_GRACE_S)
-        except (TimeoutError, ProcessLookupError):
+        except (TimeoutError, BrokenPipeError):
             return ""
         finally:
             inst._logs_waiter = None
+
+    async def _log_tail(self, inst: LocalInstance) -> str:
+        """The end of the instance's log, once what it wrote before it died has arrived."""
+        if inst._output is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(inst._output.closed), _OUTPUT_WAIT_S)
+        return _read_tail(inst._log_path)
+
+    def _exit_description(self, returncode: int | None) -> str:
+        return _exit_description(returncode, self._sandbox.signals_as_exit_codes)
 
     # --- stop ---
 
@@ -444,7 +520,16 @@ class LocalRuntime:
         await self._wait_exit(inst)
         if inst._reader is not None:
             inst._reader.close()
+        if inst._interrupt_fd is not None:
+            os.close(inst._interrupt_fd)
+            inst._interrupt_fd = None
+        if inst._output is not None:
+            with contextlib.suppress(TimeoutError):  # a grandchild outside the sandbox may keep it open
+                await asyncio.wait_for(asyncio.shield(inst._output.closed), _OUTPUT_WAIT_S)
+            if inst._output_transport is not None:
+                inst._output_transport.close()
         self._instances.pop(inst.id, None)
+        await asyncio.to_thread(shutil.rmtree, inst._scratch, True)
         if not self._keep_logs:
             with contextlib.suppress(OSError):
                 inst._log_path.unlink()
@@ -477,10 +562,3 @@ class LocalRuntime:
             raise RuntimeError_(f"{instance!r} was not started by a LocalRuntime.")
         return instance
 
-
-def _environment(spec: InstanceSpec) -> dict[str, str]:
-    env = {name: os.environ[name] for name in _INHERITED_ENV if name in os.environ}
-    env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONIOENCODING"] = "utf-8"
-    env.update(spec.environment)
-    return env

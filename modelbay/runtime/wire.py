@@ -3,15 +3,18 @@
 Stdlib only, and importable by file path: the worker loads this file into the version's
 own interpreter, which may have nothing but the standard library (and no modelbay).
 
-Channel: two pipes, one per direction, never stdout/stderr (those belong to user code).
-The worker learns their fd numbers from its argv: `worker.py <read_fd> <write_fd>`.
+Channel: two pipes, one per direction, never stdout/stderr (those belong to user code),
+and a third the server writes one byte to for `LOGS_SIGNAL` (a signal cannot reach into the
+worker's sandbox). The worker learns their fds from its argv:
+`worker.py <read_fd> <write_fd> <interrupt_fd>`.
 
 Framing: each message is a 4-byte big-endian length followed by that many bytes of
 UTF-8 JSON holding one object with a "type" key. Frames above `MAX_FRAME` are refused.
 
 Server -> worker:
     {"type": "init", "package_dir": str, "handler": str | null,
-     "init_context": {...}, "max_log_bytes": int}           first message, exactly once
+     "init_context": {...}, "max_log_bytes": int,
+     "memory_limit_mib": int | null}                         first message, exactly once
     {"type": "call", "id": str, "data": any, "context": {...}}
     {"type": "stop"}                                         exit politely
 
@@ -19,7 +22,8 @@ Worker -> server:
     {"type": "ready"}                                        package loaded
     {"type": "start_failed", "error": str}                   package did not load; exits
     {"type": "update", "id": str, "text": str}               a `streaming_update` partial
-    {"type": "result", "id": str, "ok": bool, "result": any, "error": str | null, "logs": str}
+    {"type": "result", "id": str, "ok": bool, "result": any, "error": str | null, "logs": str,
+     "retire": bool}                                         retire: the worker exits after it
     {"type": "logs", "id": str, "logs": str}                 answer to `LOGS_SIGNAL`
 
 Conventions:
@@ -34,9 +38,12 @@ Conventions:
     "base64"). Handler-style code then gets it as the request body, and the result is the
     JSON text of `{"status_code", "content_type", "body", "encoding"}`; Deployment-class
     code is called as usual. Both keys are removed from the context user code sees.
-    Logs of a timed-out call: the server sends `LOGS_SIGNAL` (SIGUSR1) to the worker,
-    which answers with a "logs" message holding what the request printed so far, if it
-    can (it cannot while stuck in C code); the server then kills it.
+    Logs of a timed-out call: the server writes a byte to the interrupt pipe, on which the
+    worker raises `LOGS_SIGNAL` (SIGUSR1) in itself and answers with a "logs" message holding
+    what the request printed so far, if it can (it cannot while stuck in C code); the server
+    then kills it.
+    Out of memory: a call that ran out of memory (`MemoryError`) fails with
+    "out of memory (limit N MiB)" and `retire`: the worker exits, the server replaces it.
 """
 
 from __future__ import annotations

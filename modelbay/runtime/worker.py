@@ -1,7 +1,7 @@
 """The worker process: loads one version's package and answers requests over two pipes.
 
 Run by file path under the version's own interpreter: `python -u worker.py <read_fd>
-<write_fd>`. Stdlib only, plus `wire.py` loaded from this file's directory; it must never
+<write_fd> <interrupt_fd>`, inside the server's sandbox. Stdlib only, plus `wire.py` loaded from this file's directory; it must never
 need modelbay importable. Python 3.8 compatible, since user environments vary.
 
 fd 1 and 2 are the instance's log file. During a request `sys.stdout`/`sys.stderr` write
@@ -401,7 +401,8 @@ def _set_environment(values: dict[str, Any]) -> dict[str, str | None]:
     return saved
 
 
-def _serve(channel: _Channel, runner: Any, message: dict[str, Any], log_limit: int) -> None:
+def _serve(channel: _Channel, runner: Any, message: dict[str, Any], log_limit: int, memory_mib: int | None) -> bool:
+    """Run one call and send its result; returns whether the worker must exit (out of memory)."""
     global _capture, _current_id
     call_id = message["id"]
     data = message.get("data")
@@ -412,7 +413,7 @@ def _serve(channel: _Channel, runner: Any, message: dict[str, Any], log_limit: i
     batch = isinstance(data, list) and context.get(wire.BATCH_KEY) is True
 
     capture = _Capture(log_limit)
-    ok, result, error = True, None, None
+    ok, result, error, retire = True, None, None, False
     saved = _set_environment(environment)
     _capture, _current_id = capture, call_id
     try:
@@ -424,6 +425,9 @@ def _serve(channel: _Channel, runner: Any, message: dict[str, Any], log_limit: i
         ok, result = False, None
         public = getattr(exc, "public_error_message", None)
         error = str(public) if public is not None else GENERIC_ERROR
+        if isinstance(exc, MemoryError):  # its heap may be in any state: replace the instance
+            retire = True
+            error = f"out of memory (limit {memory_mib} MiB)" if memory_mib else "out of memory"
         capture.note("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
     finally:
         _capture, _current_id = None, None
@@ -434,7 +438,8 @@ def _serve(channel: _Channel, runner: Any, message: dict[str, Any], log_limit: i
     logs = capture.text()
     if capture.overflowed:
         logs += "\n" + capture.message + "\n"
-    reply = {"type": "result", "id": call_id, "ok": ok, "result": result, "error": error, "logs": logs}
+    reply = {"type": "result", "id": call_id, "ok": ok, "result": result, "error": error, "logs": logs,
+             "retire": retire}
     try:
         body = wire.encode(reply)
     except (TypeError, ValueError, UnicodeError, RecursionError) as exc:
@@ -446,6 +451,7 @@ def _serve(channel: _Channel, runner: Any, message: dict[str, Any], log_limit: i
         reply.update(ok=False, result=None, error=reason, logs=logs + reason + "\n")
         body = wire.encode(reply)
     channel.send_body(body)
+    return retire
 
 
 def _install_logs_signal(channel: _Channel) -> None:
@@ -459,28 +465,38 @@ def _install_logs_signal(channel: _Channel) -> None:
     signal.signal(wire.LOGS_SIGNAL, send_logs)
 
 
-def _exit_when_the_server_goes(read_fd: int) -> None:
-    """The server's end of our input closing while user code runs means it died: stop at once."""
+def _watch_the_server(read_fd: int, interrupt_fd: int) -> None:
+    """A thread for what the server says while user code runs: a byte on `interrupt_fd` asks for
+    the logs so far (`LOGS_SIGNAL`); our input closing means the server died: stop at once."""
     import select
 
     def watch() -> None:
         poller = select.poll()
         poller.register(read_fd, 0)  # no events asked for: only POLLHUP/POLLERR are reported
-        poller.poll()
-        if _current_id is not None:  # idle, the main thread sees EOF and stops cleanly by itself
-            os.killpg(0, signal.SIGKILL)  # the worker's own session: user subprocesses go too
+        poller.register(interrupt_fd, select.POLLIN)
+        while True:
+            for fd, events in poller.poll():
+                if fd == interrupt_fd and events & select.POLLIN:
+                    if not os.read(interrupt_fd, 64):
+                        poller.unregister(interrupt_fd)
+                    else:
+                        os.kill(os.getpid(), wire.LOGS_SIGNAL)  # the handler runs in the main thread
+                elif fd == read_fd:
+                    if _current_id is not None:  # idle, the main thread sees EOF and stops by itself
+                        os.killpg(0, signal.SIGKILL)  # the worker's own session: user subprocesses go too
+                    return
 
     threading.Thread(target=watch, name="server-watch", daemon=True).start()
 
 
 def main(argv: list[str]) -> int:
-    read_fd, write_fd = int(argv[1]), int(argv[2])
-    for fd in (read_fd, write_fd):
+    read_fd, write_fd, interrupt_fd = int(argv[1]), int(argv[2]), int(argv[3])
+    for fd in (read_fd, write_fd, interrupt_fd):
         # Subprocesses of user code must not hold the channel open (the server would miss EOF).
         os.set_inheritable(fd, False)
     faulthandler.enable(file=sys.__stderr__)  # segfault tracebacks land in the log file
     channel = _Channel(read_fd, write_fd)
-    _exit_when_the_server_goes(read_fd)
+    _watch_the_server(read_fd, interrupt_fd)
     sys.stdout = _Router(sys.__stdout__)
     sys.stderr = _Router(sys.__stderr__)
 
@@ -498,6 +514,7 @@ def main(argv: list[str]) -> int:
         channel.send({"type": "start_failed", "error": error})
         return 1
     log_limit = int(init.get("max_log_bytes") or 1 << 20)
+    memory_mib = init.get("memory_limit_mib")
     _install_logs_signal(channel)
     channel.send({"type": "ready"})
 
@@ -505,8 +522,8 @@ def main(argv: list[str]) -> int:
         message = channel.receive()
         if message is None or message.get("type") == "stop":
             return 0
-        if message.get("type") == "call":
-            _serve(channel, runner, message, log_limit)
+        if message.get("type") == "call" and _serve(channel, runner, message, log_limit, memory_mib):
+            return 0
 
 
 if __name__ == "__main__":

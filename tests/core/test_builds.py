@@ -14,6 +14,7 @@ import pytest
 
 from modelbay.core import builds
 from modelbay.core.builds import NOT_AN_ARCHIVE, Builder, BuildResult, normalise_requirements
+from modelbay.runtime.sandbox import Bubblewrap
 from tests.fixtures.packages import (
     ABEJA_HANDLER,
     BATCH,
@@ -26,9 +27,17 @@ from tests.fixtures.packages import (
 )
 
 
+@pytest.fixture(scope="session")
+def uv_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One package cache for the tests of a process (uv's cache is safe to share in parallel)."""
+    cache = tmp_path_factory.mktemp("uv-cache")
+    Bubblewrap().prepare(cache)
+    return cache
+
+
 @pytest.fixture
-def builder(tmp_path: Path) -> Builder:
-    return Builder(tmp_path / "data")  # uv's default cache: shared by all tests, safe in parallel
+def builder(tmp_path: Path, uv_cache: Path) -> Builder:
+    return Builder(tmp_path / "data", Bubblewrap(), uv_cache_dir=uv_cache)
 
 
 def zip_of(tmp_path: Path, deployment_py: str = NOOP, requirements: str = "", **kw: object) -> Path:
@@ -275,7 +284,7 @@ def test_different_requirements_get_different_environments(tmp_path: Path, build
 
 
 def test_an_environment_build_past_the_timeout_is_killed_and_fails(tmp_path: Path) -> None:
-    builder = Builder(tmp_path / "data", build_timeout_s=0.0)
+    builder = Builder(tmp_path / "data", Bubblewrap(), build_timeout_s=0.0)
 
     result = builder.build(zip_of(tmp_path), "b1")
 

@@ -199,6 +199,12 @@ def cmdline(pid: int) -> str:
         return ""
 
 
+def is_worker(pid: int) -> bool:
+    """A worker process itself (not the sandbox's own processes, whose command lines name it too)."""
+    argv = cmdline(pid).split()
+    return len(argv) > 2 and argv[2].endswith("worker.py") and not argv[0].endswith("bwrap")
+
+
 def alive(processes: dict[int, int]) -> dict[int, int]:
     """Those of `processes` (pid -> start time) that still run (zombies count as gone)."""
     still = {}

@@ -27,6 +27,7 @@ from tests.integration.conftest import (
     deploy,
     descendants,
     error_of,
+    is_worker,
     kill_leftovers,
     query,
     ubiops,
@@ -77,7 +78,7 @@ def workers(server: Server, version_id: str | None = None) -> dict[int, int]:
     """The server's live worker processes (pid -> start time), read from /proc; with `version_id`,
     only that version's (a worker runs in its version's package directory)."""
     assert server.process is not None
-    found = {pid: start for pid, start in descendants(server.process.pid).items() if "worker.py" in cmdline(pid)}
+    found = {pid: start for pid, start in descendants(server.process.pid).items() if is_worker(pid)}
     if version_id is None:
         return found
     (row,) = query(
@@ -145,10 +146,12 @@ def requests_of(data_dir: Path, project_id: str) -> list[tuple[Any, ...]]:
     return [tuple(row) for row in found]
 
 
-def marking_sleeper(tmp_path: Path) -> tuple[str, Path]:
-    """MARKS_THEN_SLEEPS_MS writing into a fresh `tmp_path/markers`: (source, markers dir)."""
-    markers = tmp_path / "markers"
+def marking_sleeper(shared_path: Path) -> tuple[str, Path]:
+    """MARKS_THEN_SLEEPS_MS writing into a fresh `shared_path/markers` (a directory the sandboxed
+    code can write to): (source, markers dir)."""
+    markers = shared_path / "markers"
     markers.mkdir()
+    markers.chmod(0o777)
     return MARKS_THEN_SLEEPS_MS.format(markers=str(markers)), markers
 
 
@@ -160,9 +163,9 @@ def started(value: str) -> datetime:
 
 
 def test_no_request_of_a_batch_is_lost_when_the_server_is_killed_with_sigkill(
-    own_server: Callable[..., Server], tmp_path: Path
+    own_server: Callable[..., Server], shared_path: Path
 ) -> None:
-    source, markers = marking_sleeper(tmp_path)
+    source, markers = marking_sleeper(shared_path)
     first = own_server()
     project = first.create_project("crash")
     with ubiops(first, project["token"]) as client:
@@ -198,9 +201,9 @@ def test_no_request_of_a_batch_is_lost_when_the_server_is_killed_with_sigkill(
 
 
 def test_sigterm_lets_the_running_batch_item_finish_and_a_restart_completes_the_pending_ones(
-    own_server: Callable[..., Server], tmp_path: Path
+    own_server: Callable[..., Server], shared_path: Path
 ) -> None:
-    source, markers = marking_sleeper(tmp_path)
+    source, markers = marking_sleeper(shared_path)
     first = own_server()
     project = first.create_project("drain")
     with ubiops(first, project["token"]) as client:
@@ -228,9 +231,9 @@ def test_sigterm_lets_the_running_batch_item_finish_and_a_restart_completes_the_
 
 
 def test_a_batch_request_cancelled_just_as_it_starts_is_stopped_and_the_queue_goes_on(
-    server: Server, tmp_path: Path
+    server: Server, shared_path: Path
 ) -> None:
-    source, markers = marking_sleeper(tmp_path)
+    source, markers = marking_sleeper(shared_path)
     name = unique("cancel-early")
     credentials = server.create_project(name)
     with ubiops(server, credentials["token"]) as client:
@@ -374,8 +377,8 @@ def test_no_more_than_maximum_instances_workers_run_under_ten_concurrent_request
     assert most == 2, most  # ten waiting requests did scale it up to its maximum
 
 
-def test_a_worker_killed_mid_request_fails_that_request_and_the_queue_goes_on(server: Server, tmp_path: Path) -> None:
-    source, markers = marking_sleeper(tmp_path)
+def test_a_worker_killed_mid_request_fails_that_request_and_the_queue_goes_on(server: Server, shared_path: Path) -> None:
+    source, markers = marking_sleeper(shared_path)
     name = unique("lost")
     credentials = server.create_project(name)
     with ubiops(server, credentials["token"]) as client:

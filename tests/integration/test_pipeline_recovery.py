@@ -30,10 +30,10 @@ def statuses(data_dir: Path, ids: list[str]) -> list[str | None]:
 
 
 def test_no_pipeline_request_is_lost_when_the_server_is_killed_with_sigkill(
-    own_server: Callable[..., Server], tmp_path: Path
+    own_server: Callable[..., Server], shared_path: Path
 ) -> None:
     # Given a one-step pipeline over a one-instance sleeper, a direct request and a batch of 12 in flight
-    markers = tmp_path / "markers"
+    markers = shared_path / "markers"
     first, project, client = _sleeper_pipeline(own_server, markers)
     base = "/projects/crash/pipelines"
     response = client.post(f"{base}/wait/requests/batch", json=[{"x": 20000}] + [{"x": 10 + i} for i in range(11)])
@@ -66,6 +66,7 @@ def test_no_pipeline_request_is_lost_when_the_server_is_killed_with_sigkill(
 def _sleeper_pipeline(own_server: Callable[..., Server], markers: Path) -> tuple[Server, dict[str, str], httpx.Client]:
     """A server with pipeline `wait`: one object, a one-instance deployment sleeping `x` ms (marking its start)."""
     markers.mkdir()
+    markers.chmod(0o777)  # the sandboxed code writes here
     first = own_server()
     project = first.create_project("crash")
     client = ubiops(first, project["token"])
@@ -85,12 +86,12 @@ def _sleeper_pipeline(own_server: Callable[..., Server], markers: Path) -> tuple
 
 
 def test_sigterm_lets_a_running_batch_pipeline_request_finish(own_server: Callable[..., Server],
-                                                               tmp_path: Path) -> None:
-    first, _, client = _sleeper_pipeline(own_server, tmp_path / "markers")
+                                                               shared_path: Path) -> None:
+    first, _, client = _sleeper_pipeline(own_server, shared_path / "markers")
     response = client.post("/projects/crash/pipelines/wait/requests/batch", json=[{"x": 1500}])
     assert response.status_code == 201, response.text
     [request_id] = [r["id"] for r in response.json()]
-    wait_until(lambda: (tmp_path / "markers" / "1500").exists(), timeout=30)
+    wait_until(lambda: (shared_path / "markers" / "1500").exists(), timeout=30)
     own_server.remember_children()  # type: ignore[attr-defined]
 
     assert first.process is not None

@@ -73,9 +73,9 @@ def test_a_cancel_whose_body_is_not_a_list_is_a_400_and_cancels_nothing(server: 
 
 @pytest.mark.parametrize("how", ["delete", "cancel"])
 def test_a_request_waiting_for_the_only_instance_is_served_once_the_running_one_is_stopped(
-    server: Server, how: str, tmp_path: Path
+    server: Server, how: str, shared_path: Path
 ) -> None:
-    source, markers = marking_sleeper(tmp_path)
+    source, markers = marking_sleeper(shared_path)
     name, token = deployed(server, source, maximum_instances=1)
     base = f"/projects/{name}/deployments/sleeper"
     with ubiops(server, token) as client:
@@ -127,9 +127,9 @@ def test_a_date_window_around_now_written_with_a_utc_offset_lists_the_requests(s
 
 
 def test_a_worker_orphaned_by_a_killed_server_exits_even_while_its_request_hangs(
-    own_server: Callable[..., Server], tmp_path: Path  # noqa: F811
+    own_server: Callable[..., Server], shared_path: Path  # noqa: F811
 ) -> None:
-    source, markers = marking_sleeper(tmp_path)
+    source, markers = marking_sleeper(shared_path)
     srv = own_server()
     credentials = srv.create_project("orphan")
     with ubiops(srv, credentials["token"]) as client:

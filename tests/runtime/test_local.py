@@ -71,12 +71,27 @@ async def start_and_call(
     return await runtime.call(instance, Call("req-1", data, {"id": "req-1"}, **call_kwargs), timeout)
 
 
+def host_pids_of(directory: Path) -> set[int]:
+    """The host's pids of the processes working in `directory`: a sandboxed worker and its children
+    (inside the sandbox they have pids of their own, so user code cannot tell us)."""
+    pids = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.readlink(f"/proc/{entry}/cwd") == str(directory):
+                    pids.add(int(entry))
+            except OSError:  # gone, or not ours to look at
+                pass
+    return pids
+
+
 def process_gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie (the sandbox's init is reaped by the host's init)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
         return True
-    return False
 
 
 def wait_until(condition: Callable[[], bool], deadline_s: float = 10.0) -> bool:
@@ -86,6 +101,15 @@ def wait_until(condition: Callable[[], bool], deadline_s: float = 10.0) -> bool:
             return False
         time.sleep(0.01)
     return True
+
+
+async def wait_for_async(condition: Callable[[], T], deadline_s: float = 10.0) -> T:
+    """Poll `condition` on the loop until it returns something truthy."""
+    deadline = time.monotonic() + deadline_s
+    while not (value := condition()):
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+    return value
 
 
 # --- requests -------------------------------------------------------------------------
@@ -328,8 +352,12 @@ def test_print_output_lands_in_the_logs_and_not_on_the_channel(tmp_path: Path) -
         instance = await runtime.start(spec_for(directory))
         first = await runtime.call(instance, Call("r1", None), 30)
         second = await runtime.call(instance, Call("r2", None), 30)
-        log_file = (tmp_path / "logs" / f"{instance.id}.log").read_text()
-        return first, second, log_file
+        log_path = tmp_path / "logs" / f"{instance.id}.log"
+        # fd 1 is a pipe the server copies into the file: its bytes may arrive after the reply.
+        deadline = time.monotonic() + 10
+        while log_path.read_text().count("garbage straight to fd 1") < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return first, second, log_path.read_text()
 
     first, second, log_file = with_runtime(tmp_path, scenario)
     assert first.ok and first.result == "fine" and second.ok
@@ -389,12 +417,8 @@ def test_os_exit_in_a_request_loses_the_instance_and_a_new_one_works(tmp_path: P
         tmp_path,
         """
         import os
-        from pathlib import Path
 
         class Deployment:
-            def __init__(self):
-                Path("pid").write_text(str(os.getpid()))
-
             def request(self, data):
                 os._exit(1)
         """,
@@ -403,12 +427,14 @@ def test_os_exit_in_a_request_loses_the_instance_and_a_new_one_works(tmp_path: P
 
     async def scenario(runtime: LocalRuntime) -> None:
         instance = await runtime.start(spec_for(dying))
+        pids = host_pids_of(dying)
+        assert pids
         with pytest.raises(InstanceLost) as lost:
             await runtime.call(instance, Call("r1", {}), 30)
         assert "stopped unexpectedly (exit code 1)" in lost.value.message
         assert instance.state is InstanceState.STOPPED
         assert not await runtime.healthy(instance)
-        assert process_gone(int((dying / "pid").read_text()))
+        assert all(process_gone(pid) for pid in pids)
         with pytest.raises(InstanceLost):
             await runtime.call(instance, Call("r2", {}), 30)
 
@@ -470,14 +496,9 @@ def test_a_request_hanging_past_its_timeout_is_killed_with_its_logs_so_far(tmp_p
     directory = package(
         tmp_path,
         """
-        import os
         import time
-        from pathlib import Path
 
         class Deployment:
-            def __init__(self):
-                Path("pid").write_text(str(os.getpid()))
-
             def request(self, data):
                 print("working on it")
                 time.sleep(600)
@@ -486,6 +507,8 @@ def test_a_request_hanging_past_its_timeout_is_killed_with_its_logs_so_far(tmp_p
 
     async def scenario(runtime: LocalRuntime) -> None:
         instance = await runtime.start(spec_for(directory))
+        pids = host_pids_of(directory)
+        assert pids
         started = time.monotonic()
         with pytest.raises(CallTimedOut) as timed_out:
             await runtime.call(instance, Call("r", {}), 0.5)
@@ -494,7 +517,8 @@ def test_a_request_hanging_past_its_timeout_is_killed_with_its_logs_so_far(tmp_p
         assert timed_out.value.logs == "working on it\n"
         assert instance.state is InstanceState.STOPPED
         assert not await runtime.healthy(instance)
-        assert process_gone(int((directory / "pid").read_text()))
+        # Killing the sandbox ends what runs inside it a moment later (the kernel tears it down).
+        await wait_for_async(lambda: all(process_gone(pid) for pid in pids))
 
     with_runtime(tmp_path, scenario)
 
@@ -602,20 +626,19 @@ def test_a_package_that_loads_too_slowly_fails_to_start_and_is_killed(tmp_path: 
     directory = package(
         tmp_path,
         """
-        import os
         import time
-        from pathlib import Path
 
-        Path("pid").write_text(str(os.getpid()))
         time.sleep(600)
         """,
     )
 
     async def scenario(runtime: LocalRuntime) -> None:
+        starting = asyncio.ensure_future(runtime.start(spec_for(directory)))
+        pids = await wait_for_async(lambda: host_pids_of(directory))
         with pytest.raises(InstanceStartFailed) as failed:
-            await runtime.start(spec_for(directory))
+            await starting
         assert "did not finish loading within 1 s" in failed.value.message
-        assert process_gone(int((directory / "pid").read_text()))
+        assert all(process_gone(pid) for pid in pids)
 
     with_runtime(tmp_path, scenario, start_timeout=1.0)
 
@@ -783,13 +806,14 @@ def test_stop_is_idempotent_and_close_stops_every_instance_concurrently(tmp_path
         """,
     )
 
-    async def scenario(runtime: LocalRuntime) -> list[int]:
+    async def scenario(runtime: LocalRuntime) -> set[int]:
         instances: list[Instance] = list(await asyncio.gather(*(runtime.start(spec_for(directory)) for _ in range(3))))
-        pids = [(await runtime.call(instance, Call("r", None), 30)).result for instance in instances]
+        assert all([(await runtime.call(instance, Call("r", None), 30)).ok for instance in instances])
+        pids = host_pids_of(directory)
         await runtime.stop(instances[0])
         await runtime.stop(instances[0])
         assert instances[0].state is InstanceState.STOPPED
-        assert process_gone(pids[0])
+        assert host_pids_of(directory) < pids
         started = time.monotonic()
         await runtime.close()
         assert time.monotonic() - started < 5
@@ -817,16 +841,18 @@ def test_an_instance_ignoring_the_polite_stop_is_killed(tmp_path: Path) -> None:
         """,
     )
 
-    async def scenario(runtime: LocalRuntime) -> int:
+    async def scenario(runtime: LocalRuntime) -> set[int]:
         instance = await runtime.start(spec_for(directory))
-        pid = (await runtime.call(instance, Call("r", None), 30)).result
+        assert (await runtime.call(instance, Call("r", None), 30)).ok
+        pids = host_pids_of(directory)
+        assert pids
         started = time.monotonic()
         await runtime.stop(instance)
         assert time.monotonic() - started < 5
-        return int(pid)
+        return pids
 
-    pid = with_runtime(tmp_path, scenario, stop_grace=0.2)
-    assert wait_until(lambda: process_gone(pid))
+    pids = with_runtime(tmp_path, scenario, stop_grace=0.2)
+    assert wait_until(lambda: all(process_gone(pid) for pid in pids))
 
 
 def test_a_cancelled_call_stops_the_instance(tmp_path: Path) -> None:

@@ -13,8 +13,9 @@ from tests.fixtures.packages import make_package_dir, make_tar_gz
 from tests.fixtures.server import Server, wait_until
 
 
-def deploy_gated(client: httpx.Client, tmp_path: Path) -> tuple[str, str, Path]:
-    """A deployment whose runs wait for a gate file; returns its id, its built version's id and the gate."""
+def deploy_gated(client: httpx.Client, tmp_path: Path, shared_path: Path) -> tuple[str, str, Path]:
+    """A deployment whose runs wait for a gate file (in `shared_path`, which its sandboxed code sees);
+    returns its id, its built version's id and the gate."""
     d = client.post("/deployments", json={"name": "gated"}).json()["deployment_id"]
     version = client.post(f"/deployments/{d}/versions",
                           json={"version": "1", "handler": "main:handler", "image": "x"}).json()
@@ -22,10 +23,10 @@ def deploy_gated(client: httpx.Client, tmp_path: Path) -> tuple[str, str, Path]:
     assert httpx.put(version["upload_url"], content=archive.read_bytes()).status_code == 200
     v = version["version_id"]
     wait_until(lambda: client.get(f"/deployments/{d}/versions/{v}").json()["status"] == "READY", timeout=120)
-    return d, v, tmp_path / "gate"
+    return d, v, shared_path / "gate"
 
 
-def test_runs_accepted_before_a_kill_9_all_finish_after_the_restart(tmp_path: Path) -> None:
+def test_runs_accepted_before_a_kill_9_all_finish_after_the_restart(tmp_path: Path, shared_path: Path) -> None:
     server = Server(tmp_path / "data").start()
     try:
         org = server.create_project("durable")
@@ -36,7 +37,7 @@ def test_runs_accepted_before_a_kill_9_all_finish_after_the_restart(tmp_path: Pa
             return httpx.Client(base_url=f"{server.url}/organizations/{o}", headers=headers, timeout=30)
 
         with api() as client:
-            d, v, gate = deploy_gated(client, tmp_path)
+            d, v, gate = deploy_gated(client, tmp_path, shared_path)
             ids = [client.post(f"/deployments/{d}/runs", json={"version_id": v, "environment": {"GATE": str(gate)}})
                    .json()["run_id"] for _ in range(8)]
             wait_until(lambda: client.get(f"/deployments/{d}/runs/{ids[0]}").json()["status"] == "RUNNING",
@@ -62,13 +63,13 @@ def test_runs_accepted_before_a_kill_9_all_finish_after_the_restart(tmp_path: Pa
         server.stop()
 
 
-def test_sigterm_lets_a_running_attempt_finish_before_the_server_exits(tmp_path: Path) -> None:
+def test_sigterm_lets_a_running_attempt_finish_before_the_server_exits(tmp_path: Path, shared_path: Path) -> None:
     server = Server(tmp_path / "data").start()
     try:
         org = server.create_project("graceful")
         client = httpx.Client(base_url=f"{server.url}/organizations/{org['organization_id']}",
                               headers={"Authorization": f"Bearer {org['token']}"}, timeout=30)
-        d, v, gate = deploy_gated(client, tmp_path)
+        d, v, gate = deploy_gated(client, tmp_path, shared_path)
         r = client.post(f"/deployments/{d}/runs", json={"version_id": v, "environment": {"GATE": str(gate)}})
         run_id = r.json()["run_id"]
         wait_until(lambda: client.get(f"/deployments/{d}/runs/{run_id}").json()["status"] == "RUNNING", timeout=30)

@@ -102,11 +102,11 @@ def test_a_run_is_answered_at_once_with_every_field_then_succeeds_with_its_envir
 
 
 def test_a_failing_attempt_is_retried_and_the_logs_show_each_attempt(
-    runs: Any, org: dict[str, str], deploy: Callable[..., tuple[str, str]], tmp_path: Path
+    runs: Any, org: dict[str, str], deploy: Callable[..., tuple[str, str]], shared_path: Path
 ) -> None:
     o = org["organization_id"]
     d, v = deploy(FLAKY)
-    env = {"COUNTER": str(tmp_path / "count"), "SUCCEED_ON": "3"}
+    env = {"COUNTER": str(shared_path / "count"), "SUCCEED_ON": "3"}
     run = runs.create_run(o, d, v, environment=env)
     assert run["retry_count"] == 5  # the default
     done = finished(runs, o, d, run["run_id"])
@@ -120,14 +120,14 @@ def test_a_failing_attempt_is_retried_and_the_logs_show_each_attempt(
 
 
 def test_a_run_fails_once_its_retries_are_used_up(
-    runs: Any, org: dict[str, str], deploy: Callable[..., tuple[str, str]], tmp_path: Path
+    runs: Any, org: dict[str, str], deploy: Callable[..., tuple[str, str]], shared_path: Path
 ) -> None:
     o = org["organization_id"]
     d, v = deploy(FLAKY)
-    run = runs.create_run(o, d, v, retry_count=1, environment={"COUNTER": str(tmp_path / "c"), "SUCCEED_ON": "9"})
+    run = runs.create_run(o, d, v, retry_count=1, environment={"COUNTER": str(shared_path / "c"), "SUCCEED_ON": "9"})
     done = finished(runs, o, d, run["run_id"])
     assert done["status"] == "FAILED" and done["attempts"] == 2
-    assert (tmp_path / "c").read_text() == "2"  # exactly 1 + retry_count executions
+    assert (shared_path / "c").read_text() == "2"  # exactly 1 + retry_count executions
 
 
 def test_retry_count_out_of_range_is_a_400_and_creates_nothing(
@@ -145,7 +145,7 @@ def test_retry_count_out_of_range_is_a_400_and_creates_nothing(
 
 
 def test_statuses_follow_the_run_queued_running_and_finished(
-    runs: Any, org: dict[str, str], deploy: Callable[..., tuple[str, str]], tmp_path: Path, abeja_server: Server
+    runs: Any, org: dict[str, str], deploy: Callable[..., tuple[str, str]], shared_path: Path, abeja_server: Server
 ) -> None:
     # Given a version that runs one thing at a time (set through the UbiOps API: same deployment)
     o = org["organization_id"]
@@ -153,7 +153,7 @@ def test_statuses_follow_the_run_queued_running_and_finished(
     answer = httpx.patch(f"{abeja_server.url}/v2.1/projects/{org['name']}/deployments/gated/versions/0.0.1",
                          json={"maximum_instances": 1}, headers={"Authorization": f"Token {org['token']}"})
     assert answer.status_code == 200, answer.text
-    gate = tmp_path / "gate"
+    gate = shared_path / "gate"
     # When two runs wait on a closed gate
     started = time.monotonic()
     first = runs.create_run(o, d, v, environment={"GATE": str(gate)})["run_id"]

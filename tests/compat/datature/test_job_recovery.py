@@ -39,9 +39,9 @@ def committed(data_dir: Path) -> tuple[set[int], set[int], int]:
     return outcomes, delivered, pending
 
 
-def test_a_job_resumes_after_kill_9_without_repeating_committed_work(tmp_path: Path) -> None:
+def test_a_job_resumes_after_kill_9_without_repeating_committed_work(tmp_path: Path, shared_path: Path) -> None:
     server = Server(data_dir=tmp_path / "data").start()
-    predictions = tmp_path / "predicted.txt"
+    predictions = shared_path / "predicted.txt"  # the sandboxed code appends to it
     try:
         project = server.create_project("recovery")
         nexus = nexus_project(server, project["token"], project["datature_project_id"])

@@ -210,11 +210,11 @@ def test_the_raw_stream_is_framed_as_events_and_errors_are_one_json_line(
 
 
 def test_a_client_that_leaves_midway_leaves_the_request_to_finish_and_be_recorded(
-    server: Server, project: dict[str, str], deploy, tmp_path: Path
+    server: Server, project: dict[str, str], deploy, shared_path: Path
 ) -> None:
     fields = [{"name": "x", "data_type": "int"}, {"name": "path", "data_type": "string"}]
     deploy("waits", WAITS_FOR_FILE, fields=fields, output_fields=[{"name": "x", "data_type": "int"}])
-    release = tmp_path / "release"
+    release = shared_path / "release"
     url = f"{server.url}/v2.1/projects/{project['name']}/deployments/waits/requests/stream"
     headers = {"Authorization": f"Token {project['token']}"}
     with requests.post(url, json={"x": 7, "path": str(release)}, headers=headers, stream=True, timeout=60) as response:
@@ -230,7 +230,7 @@ def test_a_client_that_leaves_midway_leaves_the_request_to_finish_and_be_recorde
     release.touch()
     wait_until(lambda: statuses() == ["completed"], timeout=30)
     # the instance is free again: a second stream runs to its end
-    release2 = tmp_path / "release2"
+    release2 = shared_path / "release2"
     release2.touch()
     again = requests.post(url, json={"x": 8, "path": str(release2)}, headers=headers, timeout=60)
     assert again.text.startswith("event: update\ndata:started\n\n") and '"status":"completed"' in again.text
