@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import re
 import time
 from collections.abc import Callable
@@ -22,6 +23,9 @@ SERVICE_FIELDS = {
 PROXY = '''
 import os
 import time
+import uuid
+
+INSTANCE = uuid.uuid4().hex  # tells instances apart (in its sandbox, each worker is the same pid)
 
 
 def handler(request, context):
@@ -34,7 +38,8 @@ def handler(request, context):
             "content_type": "application/json",
             "content": {
                 "got": contents,
-                "pid": os.getpid(),
+                "instance": INSTANCE,
+                "cwd": os.getcwd(),
                 "env": [os.environ.get("GREETING"), os.environ.get("OTHER")],
                 "service": request["headers"].get("x-abeja-service-id"),
             },
@@ -43,12 +48,18 @@ def handler(request, context):
 '''
 
 
-def process_gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
+def processes_in(directory: str) -> set[int]:
+    """Host pids of the processes working in `directory` (a version's package: its workers)."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                if os.readlink(f"/proc/{entry}/cwd") == directory and stat.rsplit(")", 1)[1].split()[0] != "Z":
+                    found.add(int(entry))
+            except OSError:
+                pass
+    return found
 
 
 @pytest.fixture
@@ -111,14 +122,15 @@ def test_a_stopped_service_answers_4xx_at_once_and_starts_again(
 ) -> None:
     o = org["organization_id"]
     d, s = service()
-    pid = services.request_service(o, d, s, json={}).json()["pid"]
+    workdir = services.request_service(o, d, s, json={}).json()["cwd"]
+    assert processes_in(workdir)
     assert services.stop_service(o, d, s) == {"message": f"{s} stopped"}
     assert services.get_service(o, d, s)["status"] == "STOPPED"
     started = time.monotonic()
     with pytest.raises(BadRequest) as refused:
         services.request_service(o, d, s, json={})
     assert time.monotonic() - started < 2 and "stopped" in refused.value.error_description
-    wait_until(lambda: process_gone(pid))
+    wait_until(lambda: not processes_in(workdir))
     with pytest.raises(BadRequest):
         services.stop_service(o, d, s)
 
@@ -134,9 +146,10 @@ def test_a_deleted_service_stops_its_instances_and_answers_404(
 ) -> None:
     o = org["organization_id"]
     d, s = service()
-    pid = services.request_service(o, d, s, json={}).json()["pid"]
+    workdir = services.request_service(o, d, s, json={}).json()["cwd"]
+    assert processes_in(workdir)
     assert services.delete_service(o, d, s) == {"message": f"{s} deleted"}
-    wait_until(lambda: process_gone(pid))
+    wait_until(lambda: not processes_in(workdir))
     started = time.monotonic()
     with pytest.raises(NotFound):
         services.request_service(o, d, s, json={})
@@ -157,12 +170,12 @@ def test_instance_number_scales_the_service_up_and_down_and_requests_spread_over
     wait_until(lambda: (x := services.get_service(o, d, s))["status"] == "READY"
                and x["running_instance_number"] == 2, timeout=60)
 
-    def call(_: int) -> int:
-        return int(services.request_service(o, d, s, json={"sleep": 0.2}).json()["pid"])
+    def call(_: int) -> str:
+        return str(services.request_service(o, d, s, json={"sleep": 0.2}).json()["instance"])
 
     with ThreadPoolExecutor(8) as pool:
-        pids = set(pool.map(call, range(16)))
-    assert len(pids) == 2
+        instances = set(pool.map(call, range(16)))
+    assert len(instances) == 2
 
     services.update_service(o, d, s, {"instance_number": 1})
     wait_until(lambda: services.get_service(o, d, s)["running_instance_number"] == 1, timeout=30)
@@ -181,9 +194,9 @@ def test_autoscale_adds_instances_under_load_and_gives_them_back_when_idle(
                                                 "max_instance_number": 2})
     assert updated["enable_autoscale"] is True
     with ThreadPoolExecutor(4) as pool:
-        pids = set(pool.map(lambda _: services.request_service(o, d, s, json={"sleep": 0.5}).json()["pid"],
+        instances = set(pool.map(lambda _: services.request_service(o, d, s, json={"sleep": 0.5}).json()["instance"],
                             range(8)))
-    assert len(pids) == 2  # the load started a second instance
+    assert len(instances) == 2  # the load started a second instance
     # Idle, the extra instance is given back (the test server's scale-down idle time is 1 s).
     wait_until(lambda: services.get_service(o, d, s)["running_instance_number"] == 1, timeout=30)
     assert services.update_service(o, d, s, {"enable_autoscale": False})["enable_autoscale"] is False
