@@ -8,6 +8,7 @@ import secrets
 from pathlib import Path
 
 import httpx
+from sqlalchemy import create_engine, inspect, make_url
 
 from modelbay.core import signed_urls
 from modelbay.core.builds import Builder
@@ -52,6 +53,19 @@ def admin_token(settings: Settings) -> tuple[str, bool]:
     path.write_text(token + "\n")
     path.chmod(0o600)
     return token, True
+
+
+def database_exists(settings: Settings) -> bool:
+    """Whether the store was created already: the SQLite file exists, or another database holds
+    the schema. Checked without creating anything."""
+    url = make_url(settings.sqlalchemy_url)
+    if url.get_backend_name() == "sqlite":
+        return url.database not in (None, "", ":memory:") and Path(url.database).is_file()
+    engine = create_engine(url)
+    try:
+        return inspect(engine).has_table("alembic_version")
+    finally:
+        engine.dispose()
 
 
 def open_database(settings: Settings) -> Database:
