@@ -60,7 +60,8 @@ def database_exists(settings: Settings) -> bool:
     the schema. Checked without creating anything."""
     url = make_url(settings.sqlalchemy_url)
     if url.get_backend_name() == "sqlite":
-        return url.database not in (None, "", ":memory:") and Path(url.database).is_file()
+        path = url.database
+        return path is not None and path not in ("", ":memory:") and Path(path).is_file()
     engine = create_engine(url)
     try:
         return inspect(engine).has_table("alembic_version")
