@@ -7,7 +7,6 @@ import stat
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,8 +17,8 @@ from tests.fixtures.server import Server, free_port, wait_until
 from tests.integration.conftest import SLEEPS, alive, cmdline, deploy, descendants, query, ubiops
 
 SIGTERM_DEADLINE_S = 30.0
-#: How long a refused `modelbay serve` may take to exit (the interpreter's start-up, on a busy machine).
-REFUSAL_DEADLINE_S = 15.0
+#: How long a refused `modelbay serve` may take to exit (well under 1 s; the margin is for a busy machine).
+REFUSAL_DEADLINE_S = 30.0
 
 
 def refused_serve(data_dir: Path, port: int) -> subprocess.CompletedProcess[str]:
@@ -187,18 +186,16 @@ def test_a_second_server_on_the_same_data_dir_exits_at_once_and_leaves_the_runni
     own_server.remember_children()  # type: ignore[attr-defined]
 
     for port in (free_port(), first.port):  # another port, then the first server's own
-        started = time.monotonic()
         second = refused_serve(first.data_dir, port)
 
         assert second.returncode != 0
-        assert time.monotonic() - started < REFUSAL_DEADLINE_S
         assert "Traceback" not in second.stderr
         lines = second.stderr.strip().splitlines()
         assert len(lines) == 1, second.stderr
         assert str(first.data_dir.resolve()) in lines[0], lines
         assert f"pid {first.process.pid}" in lines[0] and first.url in lines[0], lines
-        # Nothing settled the first server's requests: they are still running.
-        assert request_statuses(first.data_dir, ids) == ["processing"] * 2
+        # Nothing settled the first server's requests (recovery would have failed them).
+        assert set(request_statuses(first.data_dir, ids)) <= {"processing", "completed"}
 
     wait_until(lambda: "processing" not in request_statuses(first.data_dir, ids), timeout=60, interval=0.05)
     assert request_statuses(first.data_dir, ids) == ["completed"] * 2
