@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
+import socket
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 import uvicorn
 from rich.console import Console
+from rich.markup import escape
 
 from modelbay.runtime import sandbox
 from modelbay.settings import Settings
@@ -20,6 +23,9 @@ app = typer.Typer(help="modelbay: a self-hosted platform that runs model code an
 project_app = typer.Typer(help="Manage projects.")
 app.add_typer(project_app, name="project")
 console = Console(stderr=True)
+
+#: Connections the kernel queues while the server starts (uvicorn's default).
+LISTEN_BACKLOG = 2048
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data directory (default ./.modelbay).")]
 
@@ -38,21 +44,33 @@ def serve(
     data_dir: DataDir = None,
 ) -> None:
     """Start the server: every dialect, the scheduler and the workers, on one port."""
-    from modelbay.app import create_app
-    from modelbay.core.engine import admin_token
+    from modelbay.datadir_lock import DataDirInUse, lock_data_dir
 
     settings = _settings(data_dir, host=host, port=port)
     try:
         sandbox.from_settings(settings.sandbox)
     except sandbox.SandboxUnavailable as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
+        _fail(str(exc))
     if settings.sandbox == "none":
         console.print("[yellow]warning:[/yellow] MODELBAY_SANDBOX=none: user code runs unsandboxed on this host")
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # The data dir, then the port, before anything reads the database: a second server on the
+    # same data or port stops here, before recovery could touch the first one's requests.
+    try:
+        lock = lock_data_dir(settings.data_dir)
+    except DataDirInUse as exc:
+        _fail(str(exc))
+    try:
+        sock = _listen(settings.host, settings.port)
+    except OSError as exc:
+        _fail(f"cannot listen on {settings.host}:{settings.port}: {(exc.strerror or str(exc)).lower()}")
+    address = _address(sock)
+    lock.record(address)
+    from modelbay.app import create_app  # only now: a refused second server exits without loading it
+    from modelbay.core.engine import admin_token
+
     token, is_new = admin_token(settings)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    console.print(f"modelbay serving on [bold]http://{settings.host}:{settings.port}[/bold]")
+    console.print(f"modelbay serving on [bold]{address}[/bold]")
     console.print(f"data directory: {settings.data_dir.resolve()}")
     if is_new:
         console.print(f"admin token (shown once, kept in the data directory): [bold]{token}[/bold]")
@@ -60,14 +78,44 @@ def serve(
         console.print(f"admin token: kept in {(settings.data_dir / 'admin_token').resolve()}")
     # uvicorn drains on SIGTERM, then re-raises it; exiting 0 tells supervisors it was clean.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=False,
-        timeout_graceful_shutdown=30,
+    config = uvicorn.Config(
+        create_app(settings), log_level=settings.log_level, access_log=False, timeout_graceful_shutdown=30
     )
+    server = uvicorn.Server(config)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run(sockets=[sock])
+    if not server.started:  # the app failed to start; it has logged why
+        raise typer.Exit(1)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket, as uvicorn would bind it (IPv6 when the host is an IPv6 address)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart may reuse the port at once
+        sock.bind((host, port))
+        sock.listen(LISTEN_BACKLOG)  # listening now, so another server can no longer bind the port
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _address(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"http://{host}:{port}"
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _fail(message: str) -> NoReturn:
+    """One line on stderr (never wrapped), then exit 1."""
+    console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+    raise typer.Exit(1)
 
 
 @project_app.command("create")
@@ -75,19 +123,26 @@ def project_create(
     name: str,
     data_dir: DataDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the credentials as one JSON object.")] = False,
+    init: Annotated[
+        bool, typer.Option("--init", help="Create a new database if the data directory holds none.")
+    ] = False,
 ) -> None:
     """Create a project and print its credentials."""
-    from modelbay.core.engine import admin_token, open_database
+    from modelbay.core.engine import admin_token, database_exists, open_database
     from modelbay.core.errors import ModelbayError
     from modelbay.core.projects import Projects
 
     settings = _settings(data_dir)
+    # A mistyped --data-dir must not quietly become a new, empty platform. No server lock here:
+    # projects are created next to a running server.
+    if not init and not database_exists(settings):
+        where = settings.data_dir.resolve() if settings.database_url is None else _safe_url(settings.database_url)
+        _fail(f"no modelbay database in {where}; pass --init to create a new one")
     db = open_database(settings)
     try:
         credentials = Projects(db, admin_token(settings)[0]).create(name)
     except ModelbayError as exc:
-        console.print(f"[red]error:[/red] {exc.message}")
-        raise typer.Exit(1) from None
+        _fail(exc.message)
     finally:
         db.close()
     payload = {

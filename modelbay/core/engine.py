@@ -9,6 +9,7 @@ import secrets
 from pathlib import Path
 
 import httpx
+from sqlalchemy import create_engine, inspect, make_url
 
 from modelbay.core import signed_urls
 from modelbay.core.builds import Builder
@@ -66,6 +67,20 @@ def memory_limit_bytes(instance_type: str, default_mib: int) -> int:
         return default_mib << 20
     size, unit = int(match[1]), match[2].lower()
     return max(size << (30 if unit == "gb" else 20), 64 << 20)
+
+
+def database_exists(settings: Settings) -> bool:
+    """Whether the store was created already: the SQLite file exists, or another database holds
+    the schema. Checked without creating anything."""
+    url = make_url(settings.sqlalchemy_url)
+    if url.get_backend_name() == "sqlite":
+        path = url.database
+        return path is not None and path not in ("", ":memory:") and Path(path).is_file()
+    engine = create_engine(url)
+    try:
+        return inspect(engine).has_table("alembic_version")
+    finally:
+        engine.dispose()
 
 
 def open_database(settings: Settings) -> Database:

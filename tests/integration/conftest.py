@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fixtures.server import Server, wait_until
+from tests.fixtures.server import Server, free_port, wait_until
 
 BUILD_DEADLINE_S = 120.0
 
@@ -232,8 +232,10 @@ def own_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     started: list[Server] = []
     seen: dict[int, int] = {}
 
-    def start(data_dir: Path | None = None, extra_env: dict[str, str] | None = None) -> Server:
-        srv = Server(data_dir=data_dir or tmp_path / "data")
+    def start(
+        data_dir: Path | None = None, extra_env: dict[str, str] | None = None, port: int | None = None
+    ) -> Server:
+        srv = Server(data_dir=data_dir or tmp_path / "data", port=port or free_port())
         srv.data_dir.mkdir(parents=True, exist_ok=True)
         started.append(srv)
         return srv.start(extra_env)

@@ -78,13 +78,36 @@ def test_creating_a_project_twice_fails_clearly_and_changes_nothing(server: Serv
 
 def test_an_invalid_project_name_is_refused_with_a_message(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    result = modelbay("project", "create", "Bad Name!", "--data-dir", str(data_dir), "--json")
+    result = modelbay("project", "create", "Bad Name!", "--data-dir", str(data_dir), "--json", "--init")
 
     assert result.returncode != 0
     assert result.stdout.strip() == ""
     assert "Traceback" not in result.stderr
     assert "name" in one_line(result.stderr).lower(), result.stderr
     assert query(data_dir, "SELECT count(*) FROM projects")[0][0] == 0
+
+
+def test_project_create_refuses_a_data_dir_without_a_database_unless_told_to_init(tmp_path: Path) -> None:
+    data_dir = tmp_path / "mistyped"
+
+    refused = modelbay("project", "create", "first", "--data-dir", str(data_dir), "--json")
+
+    assert refused.returncode != 0
+    assert refused.stdout.strip() == ""
+    assert "Traceback" not in refused.stderr
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1, refused.stderr
+    assert str(data_dir.resolve()) in lines[0] and "--init" in lines[0], lines
+    assert not data_dir.exists()  # no database, no admin token, not even the directory
+
+    created = modelbay("project", "create", "first", "--data-dir", str(data_dir), "--json", "--init")
+
+    assert created.returncode == 0, created.stderr
+    assert json.loads(created.stdout)["name"] == "first"
+    # Once the database exists, later projects need no --init.
+    again = modelbay("project", "create", "second", "--data-dir", str(data_dir), "--json")
+    assert again.returncode == 0, again.stderr
+    assert [row["name"] for row in query(data_dir, "SELECT name FROM projects ORDER BY name")] == ["first", "second"]
 
 
 def test_modelbay_help_lists_its_commands() -> None:
@@ -110,7 +133,7 @@ def test_the_data_dir_comes_from_modelbay_data_dir_when_no_flag_is_given(tmp_pat
     env = {**os.environ, "MODELBAY_DATA_DIR": str(data_dir)}
 
     result = subprocess.run(
-        [console_script(), "project", "create", "envproject", "--json"],
+        [console_script(), "project", "create", "envproject", "--json", "--init"],
         capture_output=True,
         text=True,
         env=env,

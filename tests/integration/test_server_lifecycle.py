@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import signal
 import stat
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -11,10 +13,35 @@ from pathlib import Path
 import httpx
 
 from tests.fixtures.packages import PLAIN
-from tests.fixtures.server import Server, wait_until
+from tests.fixtures.server import Server, free_port, wait_until
 from tests.integration.conftest import SLEEPS, alive, cmdline, deploy, descendants, query, ubiops
 
 SIGTERM_DEADLINE_S = 30.0
+#: How long a refused `modelbay serve` may take to exit (well under 1 s; the margin is for a busy machine).
+REFUSAL_DEADLINE_S = 30.0
+
+
+def refused_serve(data_dir: Path, port: int) -> subprocess.CompletedProcess[str]:
+    """`modelbay serve` that is expected to refuse; one that starts serving instead is stopped
+    (SIGTERM) and the test fails."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "modelbay.cli", "serve", "--port", str(port), "--data-dir", str(data_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=REFUSAL_DEADLINE_S)
+    except subprocess.TimeoutExpired:
+        process.terminate()
+        process.communicate(timeout=SIGTERM_DEADLINE_S)
+        raise AssertionError(f"a second `modelbay serve` on {data_dir} port {port} kept running") from None
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def request_statuses(data_dir: Path, ids: list[str]) -> list[str]:
+    rows = {row["id"]: row["status"] for row in query(data_dir, "SELECT id, status FROM requests")}
+    return [rows[i] for i in ids]
 
 
 def plain_request(client: httpx.Client, project: str, deployment: str, text: str) -> httpx.Response:
@@ -142,3 +169,76 @@ def test_metrics_serves_prometheus_text(server: Server) -> None:
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     assert "# HELP " in response.text and "# TYPE " in response.text
+
+
+def test_a_second_server_on_the_same_data_dir_exits_at_once_and_leaves_the_running_requests_alone(
+    own_server: Callable[..., Server],
+) -> None:
+    first = own_server()
+    assert first.process is not None
+    project = first.create_project("owner")
+    with ubiops(first, project["token"]) as client:
+        deploy(client, "owner", "sleeper", SLEEPS, maximum_instances=2)
+        created = client.post("/projects/owner/deployments/sleeper/requests/batch", json=["10", "10"])
+    assert created.status_code == 201, created.text
+    ids = [r["id"] for r in created.json()]
+    wait_until(lambda: request_statuses(first.data_dir, ids) == ["processing"] * 2, timeout=60, interval=0.05)
+    own_server.remember_children()  # type: ignore[attr-defined]
+
+    for port in (free_port(), first.port):  # another port, then the first server's own
+        second = refused_serve(first.data_dir, port)
+
+        assert second.returncode != 0
+        assert "Traceback" not in second.stderr
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1, second.stderr
+        assert str(first.data_dir.resolve()) in lines[0], lines
+        assert f"pid {first.process.pid}" in lines[0] and first.url in lines[0], lines
+        # Nothing settled the first server's requests (recovery would have failed them).
+        assert set(request_statuses(first.data_dir, ids)) <= {"processing", "completed"}
+
+    wait_until(lambda: "processing" not in request_statuses(first.data_dir, ids), timeout=60, interval=0.05)
+    assert request_statuses(first.data_dir, ids) == ["completed"] * 2
+    assert first.process.poll() is None
+    assert httpx.get(f"{first.url}/health").status_code == 200
+
+
+def test_a_server_on_a_port_in_use_exits_at_once_without_creating_its_database(
+    server: Server, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "other-data"
+
+    second = refused_serve(data_dir, server.port)
+
+    assert second.returncode != 0
+    assert "Traceback" not in second.stderr
+    lines = second.stderr.strip().splitlines()
+    assert len(lines) == 1, second.stderr
+    assert f"127.0.0.1:{server.port}" in lines[0] and "address already in use" in lines[0], lines
+    assert not (data_dir / "modelbay.db").exists()  # the port was bound before the database was opened
+    assert not (data_dir / "admin_token").exists()
+    assert httpx.get(f"{server.url}/health").status_code == 200
+
+
+def test_a_server_killed_with_sigkill_restarts_on_the_same_data_dir_and_port_at_once(
+    own_server: Callable[..., Server],
+) -> None:
+    first = own_server()
+    project = first.create_project("phoenix")
+    with ubiops(first, project["token"]) as client:
+        deploy(client, "phoenix", "sleeper", SLEEPS)
+        created = client.post("/projects/phoenix/deployments/sleeper/requests/batch", json=["60"])
+    assert created.status_code == 201, created.text
+    wait_until(lambda: query(first.data_dir, "SELECT id FROM requests WHERE status = 'processing'"), timeout=60)
+    own_server.remember_children()  # type: ignore[attr-defined]  # a worker left behind is ended at teardown
+
+    assert first.stop(signal.SIGKILL) == -signal.SIGKILL
+    # At once: no waiting for the lock or the port, even while the busy worker may still run.
+    second = own_server(first.data_dir, port=first.port)
+
+    assert second.process is not None
+    assert httpx.get(f"{second.url}/health").status_code == 200
+    # The restarted server holds the data dir now: a third one is refused, naming it.
+    third = refused_serve(first.data_dir, free_port())
+    assert third.returncode != 0
+    assert f"pid {second.process.pid}" in third.stderr, third.stderr
