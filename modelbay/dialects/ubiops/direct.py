@@ -19,11 +19,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelbay.core.deployments import Deployments
 from modelbay.core.engine import Engine
-from modelbay.core.errors import InvalidInput, ModelbayError
+from modelbay.core.errors import ModelbayError
 from modelbay.core.requests import DIRECT_TIMEOUT_DEFAULT_S, DIRECT_TIMEOUT_MAX_S, check_timeout
+from modelbay.dialects.common.body import check_declared_size, too_large
+from modelbay.dialects.common.query import int_param
 from modelbay.dialects.ubiops import errors, schemas
 from modelbay.dialects.ubiops.deps import caller_from
-from modelbay.dialects.ubiops.requests import decode_input, too_large
+from modelbay.dialects.ubiops.requests import decode_input
 
 log = logging.getLogger(__name__)
 
@@ -79,36 +81,31 @@ class DirectRequests:
     async def _run(
         scope: Scope, receive: Receive, engine: Engine, project_name: str, deployment: str, version: str | None
     ) -> bytes:
-        authorization = content_type = None
+        authorization = content_type = content_length = None
         for name, value in scope["headers"]:
             if name == b"authorization":
                 authorization = value.decode("latin-1")
             elif name == b"content-type":
                 content_type = value.decode("latin-1")
+            elif name == b"content-length":
+                content_length = value.decode("latin-1")
         project = engine.projects.get(caller_from(engine, authorization), project_name)
         target = engine.deployments.target(project, deployment, version)
         Deployments.serving_target_check(target)
         query = dict(parse_qsl(scope["query_string"].decode("latin-1"))) if scope["query_string"] else {}
-        timeout = check_timeout(_int(query, "timeout"), DIRECT_TIMEOUT_DEFAULT_S, DIRECT_TIMEOUT_MAX_S)
-        _int(query, "priority")  # accepted and checked; a direct request goes ahead of batch work anyway
+        timeout = check_timeout(int_param(query.get("timeout"), "timeout"), DIRECT_TIMEOUT_DEFAULT_S,
+                                DIRECT_TIMEOUT_MAX_S)
+        int_param(query.get("priority"), "priority")  # checked; a direct request goes ahead of batch work anyway
         limit = engine.settings.max_request_bytes
+        check_declared_size(content_length, limit)
         data = decode_input(await _body(receive, limit), content_type or "", target.input_type)
         record = await engine.requests.direct(target, data, timeout=timeout, origin={"created_by": "ubiops"})
         return orjson.dumps(schemas.direct_request(record))
 
 
-def _int(query: dict[str, str], name: str) -> int | None:
-    value = query.get(name)
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise InvalidInput(f"{name} must be an integer, not {value!r}") from None
-
-
 async def _body(receive: Receive, limit: int) -> bytes:
-    """The whole body, refused as soon as it passes `limit` bytes."""
+    """The whole body, refused as soon as it passes `limit` bytes (the rule of `common.body`,
+    on the raw ASGI messages: this path does without the framework's `Request`)."""
     chunks = []
     size = 0
     while True:
