@@ -92,7 +92,9 @@ class DirectRequests:
         project = engine.projects.get(caller_from(engine, authorization), project_name)
         target = engine.deployments.target(project, deployment, version)
         Deployments.serving_target_check(target)
-        query = dict(parse_qsl(scope["query_string"].decode("latin-1"))) if scope["query_string"] else {}
+        raw_query = scope["query_string"]
+        # blank values kept, as the framework's routes keep them: `?timeout=` is no integer there either
+        query = dict(parse_qsl(raw_query.decode("latin-1"), keep_blank_values=True)) if raw_query else {}
         timeout = check_timeout(int_param(query.get("timeout"), "timeout"), DIRECT_TIMEOUT_DEFAULT_S,
                                 DIRECT_TIMEOUT_MAX_S)
         int_param(query.get("priority"), "priority")  # checked; a direct request goes ahead of batch work anyway
