@@ -81,14 +81,12 @@ class DirectRequests:
     async def _run(
         scope: Scope, receive: Receive, engine: Engine, project_name: str, deployment: str, version: str | None
     ) -> bytes:
-        authorization = content_type = content_length = None
+        authorization = content_type = None
         for name, value in scope["headers"]:
             if name == b"authorization":
                 authorization = value.decode("latin-1")
             elif name == b"content-type":
                 content_type = value.decode("latin-1")
-            elif name == b"content-length":
-                content_length = value.decode("latin-1")
         project = engine.projects.get(caller_from(engine, authorization), project_name)
         target = engine.deployments.target(project, deployment, version)
         Deployments.serving_target_check(target)
@@ -98,16 +96,17 @@ class DirectRequests:
         timeout = check_timeout(int_param(query.get("timeout"), "timeout"), DIRECT_TIMEOUT_DEFAULT_S,
                                 DIRECT_TIMEOUT_MAX_S)
         int_param(query.get("priority"), "priority")  # checked; a direct request goes ahead of batch work anyway
-        limit = engine.settings.max_request_bytes
-        check_declared_size(content_length, limit)
-        data = decode_input(await _body(receive, limit), content_type or "", target.input_type)
+        data = decode_input(await _body(scope, receive, engine.settings.max_request_bytes), content_type or "",
+                            target.input_type)
         record = await engine.requests.direct(target, data, timeout=timeout, origin={"created_by": "ubiops"})
         return orjson.dumps(schemas.direct_request(record))
 
 
-async def _body(receive: Receive, limit: int) -> bytes:
-    """The whole body, refused as soon as it passes `limit` bytes (the rule of `common.body`,
-    on the raw ASGI messages: this path does without the framework's `Request`)."""
+async def _body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The whole body, refused as soon as it passes `limit` bytes: the rule of `common.body` on raw
+    ASGI messages. Its `Content-Length` is checked once a second piece is due, so a body announced
+    too large is refused after its first piece; a body that arrives whole, as small ones do, costs
+    no more than before."""
     chunks = []
     size = 0
     while True:
@@ -121,3 +120,12 @@ async def _body(receive: Receive, limit: int) -> bytes:
         chunks.append(chunk)
         if not message.get("more_body"):
             return b"".join(chunks)
+        if len(chunks) == 1:
+            check_declared_size(_content_length(scope), limit)
+
+
+def _content_length(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return str(value.decode("latin-1"))
+    return None
