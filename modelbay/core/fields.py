@@ -40,6 +40,9 @@ DATA_TYPES: dict[str, Callable[[Any], bool]] = {
 
 IO_TYPES = ("structured", "plain")
 
+#: The longest field name, as UbiOps has it (its SDK's field models refuse longer ones).
+MAX_NAME_LENGTH = 64
+
 
 def check_definitions(fields: Any, what: str) -> list[dict[str, Any]]:
     """Validate field definitions `[{name, data_type}]`; returns them normalised."""
@@ -55,6 +58,8 @@ def check_definitions(fields: Any, what: str) -> list[dict[str, Any]]:
         name, data_type = field.get("name"), field.get("data_type")
         if not isinstance(name, str) or not name.strip():
             raise InvalidInput(f"{what}[{i}] needs a non-empty 'name'")
+        if len(name) > MAX_NAME_LENGTH:
+            raise InvalidInput(f"{what}[{i}] has a name of {len(name)} characters; the most is {MAX_NAME_LENGTH}")
         if data_type not in DATA_TYPES:
             raise InvalidInput(
                 f"{what} field '{name}' has data_type {data_type!r}; choose one of {', '.join(DATA_TYPES)}"

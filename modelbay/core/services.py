@@ -23,6 +23,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from modelbay.core.clock import utcnow
+from modelbay.core.decimals import is_decimal
 from modelbay.core.deployments import Deployments, Target
 from modelbay.core.errors import InvalidInput, NotFound, Unavailable
 from modelbay.core.journal import Journal, split_lines
@@ -74,7 +75,7 @@ def check_scaling(fields: dict[str, Any], current: Scaling | None = None) -> Sca
         value = fields.get(key)
         if value is None:
             continue
-        if isinstance(value, str) and _small_decimal(value.strip()):  # the SDK documents numbers as strings
+        if isinstance(value, str) and is_decimal(value.strip(), 9):  # the SDK documents numbers as strings
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_INSTANCES:
             raise InvalidInput(f"{key} must be an integer from 1 to {MAX_INSTANCES}")
@@ -92,11 +93,6 @@ def check_scaling(fields: dict[str, Any], current: Scaling | None = None) -> Sca
     if low > high:
         raise InvalidInput("min_instance_number may not exceed max_instance_number")
     return Scaling(number, low, high, values["enable_autoscale"])
-
-
-def _small_decimal(text: str) -> bool:
-    """ASCII digits `int` takes at once (`str.isdigit` alone passes '²', and 5,000 digits, which it refuses)."""
-    return text.isascii() and text.isdigit() and len(text) <= 9
 
 
 class Services:

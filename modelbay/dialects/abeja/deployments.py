@@ -17,14 +17,8 @@ from modelbay.core.errors import InvalidInput, NotFound
 from modelbay.core.projects import Caller
 from modelbay.core.runs import check_environment
 from modelbay.dialects.abeja import ids, schemas
-from modelbay.dialects.abeja.deps import (
-    DeploymentDep,
-    EngineDep,
-    JsonObject,
-    OrganizationDep,
-    body_chunks,
-    find_deployment,
-)
+from modelbay.dialects.abeja.deps import DeploymentDep, EngineDep, JsonObject, OrganizationDep, find_deployment
+from modelbay.dialects.common.body import body_chunks
 from modelbay.store.tables import DeploymentRow, ProjectRow, VersionRow
 
 router = APIRouter(tags=["abeja deployments"])

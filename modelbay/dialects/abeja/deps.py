@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import orjson
 from fastapi import Depends, Request
 
 from modelbay.core.engine import Engine
-from modelbay.core.errors import InvalidInput, NotFound, TooLarge, Unauthorized
+from modelbay.core.errors import InvalidInput, NotFound, Unauthorized
 from modelbay.core.projects import Caller
+from modelbay.dialects.common.body import read_body
 from modelbay.dialects.abeja import ids
 from modelbay.store.tables import DeploymentRow, ProjectRow
 
@@ -66,21 +66,6 @@ def find_deployment(engine: Engine, project: ProjectRow, deployment_id: str) -> 
 
 async def deployment_of(deployment_id: str, request: Request, organization: OrganizationDep) -> DeploymentRow:
     return find_deployment(_engine(request), organization, deployment_id)
-
-
-async def body_chunks(request: Request, limit: int) -> AsyncIterator[bytes]:
-    """The body as it arrives; raises `TooLarge` as soon as it passes `limit` bytes."""
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise TooLarge(f"The request body is larger than {limit} bytes")
-        yield chunk
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refused with `TooLarge` before more than `limit` bytes of it are held."""
-    return b"".join([chunk async for chunk in body_chunks(request, limit)])
 
 
 async def json_object(request: Request) -> dict[str, Any]:

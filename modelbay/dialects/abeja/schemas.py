@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 
 from modelbay.core.clock import as_utc
+from modelbay.core.decimals import is_decimal
 from modelbay.core.deployments import Target
 from modelbay.core.errors import InvalidInput
 from modelbay.core.journal import Line
@@ -131,16 +132,10 @@ def events(lines: list[Line]) -> list[dict[str, Any]]:
     return [{"message": line.message, "timestamp": timestamp(line.time)} for line in lines]
 
 
-def decimal(value: str) -> bool:
-    """Plain ASCII digits, few enough for a 64-bit column (`str.isdigit` alone takes '²', which `int` refuses,
-    and a 30-digit number overflows the store's integer)."""
-    return value.isascii() and value.isdigit() and len(value) <= 18
-
-
 def line_token(value: str | None, name: str) -> int | None:
     if value is None or value == "":
         return None
-    if not decimal(value):
+    if not is_decimal(value):
         raise InvalidInput(f"{name} is not a token this server gave out")
     return int(value)
 

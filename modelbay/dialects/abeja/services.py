@@ -21,11 +21,11 @@ from modelbay.dialects.abeja.deps import (
     OrganizationDep,
     caller_from_header,
     find_deployment,
-    read_body,
 )
 from modelbay.dialects.abeja.errors import error_response
 from modelbay.dialects.abeja.logs import recent_log_page
 from modelbay.dialects.abeja.runs import model_alias, target_or_none
+from modelbay.dialects.common.body import read_body
 from modelbay.runtime import wire
 from modelbay.store.tables import ServiceRow
 

@@ -8,7 +8,9 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
+from modelbay.core.datasets import MAX_SIZE_BYTES
 from modelbay.core.errors import InvalidInput
+from modelbay.dialects.common.body import body_chunks
 from modelbay.dialects.datature import schemas
 from modelbay.dialects.datature.deps import EngineDep, JsonObject, ProjectDep
 from modelbay.store.tables import DatasetRow, ProjectRow
@@ -100,6 +102,8 @@ async def upload(project_id: str, dataset_id: str, request: Request, expires: st
     engine = request.app.state.engine
     engine.url_signer.check(UPLOAD_METHOD, request.url.path, expires, signature)
     project = await run_in_threadpool(engine.projects.find_by_datature_id, project_id)
+    # The file streams to disk, checked against the size its dataset declared (a `FailedUpload`
+    # past it); the hard maximum is refused before any of it is read.
     row = await engine.datasets.receive(project.id, schemas.internal(PREFIX, "dataset", dataset_id),
-                                        request.stream())
+                                        body_chunks(request, MAX_SIZE_BYTES))
     return schemas.respond({"id": dataset_id, "itemCount": row.item_count})

@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 
 from modelbay.core.engine import Engine
 from modelbay.core.errors import InvalidInput
+from modelbay.dialects.common.body import read_body
 from modelbay.store.tables import ProjectRow
 
 
@@ -30,8 +31,8 @@ async def project_of(project_id: str, request: Request) -> ProjectRow:
 
 
 async def json_object(request: Request) -> dict[str, Any]:
-    """The body as a JSON object, with a clear 400 when it is not one."""
-    raw = await request.body()
+    """The body as a JSON object, with a clear 400 when it is not one (413 past the size limit)."""
+    raw = await read_body(request, _engine(request).settings.max_request_bytes)
     if not raw:
         raise InvalidInput("The request body is empty; a JSON object was expected")
     try:

@@ -10,6 +10,7 @@ from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
+from modelbay.core.decimals import is_decimal
 from modelbay.core.errors import InvalidInput
 from modelbay.core.jobs import ItemOutcome, ItemStatus
 from modelbay.core.jobs import Status as JobStatus
@@ -187,7 +188,7 @@ async def logs(engine: EngineDep, project: ProjectDep, job_id: str, beforeTime: 
     def number(value: str | None, name: str) -> int | None:
         if value is None or value == "":
             return None
-        if not value.isdigit():
+        if not is_decimal(value):
             raise InvalidInput(f"{name} must be a non-negative integer")
         return int(value)
 

@@ -15,6 +15,7 @@ import orjson
 from fastapi.responses import Response
 
 from modelbay.core.clock import as_utc
+from modelbay.core.decimals import is_decimal
 from modelbay.core.errors import InvalidInput, NotFound
 
 #: The default and largest page of a list.
@@ -58,7 +59,7 @@ def page_offset(token: str | None) -> int:
         text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
         raise InvalidInput("page is not a page token this server gave out") from exc
-    if not text.startswith("o") or not text[1:].isdigit():
+    if not text.startswith("o") or not is_decimal(text[1:]):
         raise InvalidInput("page is not a page token this server gave out")
     return int(text[1:])
 
@@ -66,7 +67,7 @@ def page_offset(token: str | None) -> int:
 def page_limit(limit: str | None) -> int:
     if limit is None or limit == "":
         return PAGE_DEFAULT
-    if not limit.isdigit() or not 1 <= int(limit) <= PAGE_MAX:
+    if not is_decimal(limit) or not 1 <= int(limit) <= PAGE_MAX:
         raise InvalidInput(f"limit must be an integer from 1 to {PAGE_MAX}")
     return int(limit)
 

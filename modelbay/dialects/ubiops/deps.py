@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from modelbay.core.engine import Engine
 from modelbay.core.errors import InvalidInput, Unauthorized
 from modelbay.core.projects import Caller
+from modelbay.dialects.common.body import read_body
 from modelbay.store.tables import ProjectRow
 
 TOKEN_SCHEMES = ("token", "bearer")
@@ -44,8 +45,8 @@ async def project_of(project_name: str, request: Request) -> ProjectRow:
 
 
 async def json_body(request: Request) -> Any:
-    """The body parsed as JSON, with a clear 400 when it is not."""
-    raw = await request.body()
+    """The body parsed as JSON, with a clear 400 when it is not (413 past the size limit)."""
+    raw = await read_body(request, _engine(request).settings.max_request_bytes)
     if not raw:
         raise InvalidInput("The request body is empty; JSON was expected")
     try:

@@ -19,11 +19,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelbay.core.deployments import Deployments
 from modelbay.core.engine import Engine
-from modelbay.core.errors import InvalidInput, ModelbayError
+from modelbay.core.errors import ModelbayError
 from modelbay.core.requests import DIRECT_TIMEOUT_DEFAULT_S, DIRECT_TIMEOUT_MAX_S, check_timeout
+from modelbay.dialects.common.body import check_declared_size, too_large
+from modelbay.dialects.common.query import int_param
 from modelbay.dialects.ubiops import errors, schemas
 from modelbay.dialects.ubiops.deps import caller_from
-from modelbay.dialects.ubiops.requests import decode_input, too_large
+from modelbay.dialects.ubiops.requests import decode_input
 
 log = logging.getLogger(__name__)
 
@@ -88,27 +90,23 @@ class DirectRequests:
         project = engine.projects.get(caller_from(engine, authorization), project_name)
         target = engine.deployments.target(project, deployment, version)
         Deployments.serving_target_check(target)
-        query = dict(parse_qsl(scope["query_string"].decode("latin-1"))) if scope["query_string"] else {}
-        timeout = check_timeout(_int(query, "timeout"), DIRECT_TIMEOUT_DEFAULT_S, DIRECT_TIMEOUT_MAX_S)
-        _int(query, "priority")  # accepted and checked; a direct request goes ahead of batch work anyway
-        limit = engine.settings.max_request_bytes
-        data = decode_input(await _body(receive, limit), content_type or "", target.input_type)
+        raw_query = scope["query_string"]
+        # blank values kept, as the framework's routes keep them: `?timeout=` is no integer there either
+        query = dict(parse_qsl(raw_query.decode("latin-1"), keep_blank_values=True)) if raw_query else {}
+        timeout = check_timeout(int_param(query.get("timeout"), "timeout"), DIRECT_TIMEOUT_DEFAULT_S,
+                                DIRECT_TIMEOUT_MAX_S)
+        int_param(query.get("priority"), "priority")  # checked; a direct request goes ahead of batch work anyway
+        data = decode_input(await _body(scope, receive, engine.settings.max_request_bytes), content_type or "",
+                            target.input_type)
         record = await engine.requests.direct(target, data, timeout=timeout, origin={"created_by": "ubiops"})
         return orjson.dumps(schemas.direct_request(record))
 
 
-def _int(query: dict[str, str], name: str) -> int | None:
-    value = query.get(name)
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise InvalidInput(f"{name} must be an integer, not {value!r}") from None
-
-
-async def _body(receive: Receive, limit: int) -> bytes:
-    """The whole body, refused as soon as it passes `limit` bytes."""
+async def _body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The whole body, refused as soon as it passes `limit` bytes: the rule of `common.body` on raw
+    ASGI messages. Its `Content-Length` is checked once a second piece is due, so a body announced
+    too large is refused after its first piece; a body that arrives whole, as small ones do, costs
+    no more than before."""
     chunks = []
     size = 0
     while True:
@@ -122,3 +120,12 @@ async def _body(receive: Receive, limit: int) -> bytes:
         chunks.append(chunk)
         if not message.get("more_body"):
             return b"".join(chunks)
+        if len(chunks) == 1:
+            check_declared_size(_content_length(scope), limit)
+
+
+def _content_length(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return str(value.decode("latin-1"))
+    return None

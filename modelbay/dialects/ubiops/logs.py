@@ -11,15 +11,19 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
+from modelbay.core.decimals import is_decimal
 from modelbay.core.engine import Engine
 from modelbay.core.errors import InvalidInput
 from modelbay.core.logs import MAX_LINES, LogLine, request_log_lines
+from modelbay.dialects.common.query import int_param
 from modelbay.dialects.ubiops import schemas
 from modelbay.dialects.ubiops.deps import caller_of
 
 router = APIRouter()
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: Digits of a time in nanoseconds since the epoch, up to the year 2286.
+NANOSECOND_DIGITS = 19
 
 _CONDITION = re.compile(r"^\s*(\w+)\s*(=~|!~|!=|=)\s*(`[^`]*`|\"[^\"]*\")\s*$")
 
@@ -65,7 +69,7 @@ def _time(value: str | None, name: str) -> datetime | None:
     """An ISO-8601 time, or an integer of nanoseconds since the epoch (the SDK sends both)."""
     if value is None:
         return None
-    if value.isdigit():  # rounded up to whole microseconds, the store's precision
+    if is_decimal(value, NANOSECOND_DIGITS):  # rounded up to whole microseconds, the store's precision
         return EPOCH + timedelta(microseconds=-(-int(value) // 1000))
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -91,11 +95,8 @@ async def logs_list(request: Request, project_name: str) -> Response:
     project = engine.projects.get(await caller_of(request), project_name)
     params = request.query_params
     alternatives = parse_query(params.get("query"))
-    try:
-        limit = int(params.get("limit", "1000"))
-    except ValueError:
-        raise InvalidInput("limit must be an integer") from None
-    if not 1 <= limit <= MAX_LINES:
+    limit = int_param(params.get("limit", "1000"), "limit")
+    if limit is None or not 1 <= limit <= MAX_LINES:
         raise InvalidInput(f"limit must be from 1 to {MAX_LINES}")
     lines = await run_in_threadpool(
         request_log_lines, engine.db, project.id, start=_time(params.get("start"), "start"),

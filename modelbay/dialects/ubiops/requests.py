@@ -14,7 +14,7 @@ from fastapi.responses import Response
 
 from modelbay.core.deployments import Deployments, Target
 from modelbay.core.engine import Engine
-from modelbay.core.errors import InvalidInput, NotFound, TooLarge
+from modelbay.core.errors import InvalidInput, NotFound
 from modelbay.core.requests import (
     BATCH_TIMEOUT_DEFAULT_S,
     BATCH_TIMEOUT_MAX_S,
@@ -22,6 +22,8 @@ from modelbay.core.requests import (
     check_priority,
     check_timeout,
 )
+from modelbay.dialects.common.body import read_body
+from modelbay.dialects.common.query import int_param
 from modelbay.dialects.ubiops import schemas
 from modelbay.dialects.ubiops.deps import caller_of
 
@@ -29,17 +31,7 @@ router = APIRouter()
 
 
 def _int_query(request: Request, name: str) -> int | None:
-    value = request.query_params.get(name)
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise InvalidInput(f"{name} must be an integer, not {value!r}") from None
-
-
-def too_large(limit: int) -> TooLarge:
-    return TooLarge(f"The request body is larger than the limit of {limit} bytes")
+    return int_param(request.query_params.get(name), name)
 
 
 def decode_input(raw: bytes, content_type: str, input_type: str) -> Any:
@@ -55,9 +47,7 @@ def decode_input(raw: bytes, content_type: str, input_type: str) -> Any:
 
 
 async def _request_data(request: Request, input_type: str, limit: int) -> Any:
-    raw = await request.body()
-    if len(raw) > limit:
-        raise too_large(limit)
+    raw = await read_body(request, limit)
     return decode_input(raw, request.headers.get("content-type", ""), input_type)
 
 
@@ -77,7 +67,8 @@ VERSION = DEPLOYMENT + "/versions/{version}"
 
 
 async def _json(request: Request) -> Any:
-    raw = await request.body()
+    engine: Engine = request.app.state.engine
+    raw = await read_body(request, engine.settings.max_request_bytes)
     try:
         return orjson.loads(raw) if raw else None
     except orjson.JSONDecodeError as exc:

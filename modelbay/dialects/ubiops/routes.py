@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, File, UploadFile
+from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from modelbay.core import environments
 from modelbay.core.errors import Forbidden, InvalidInput, NotFound
+from modelbay.dialects.common.body import multipart_file
 from modelbay.dialects.ubiops import schemas
 from modelbay.dialects.ubiops.deps import CallerDep, EngineDep, JsonObject, ProjectDep
 
@@ -197,19 +198,25 @@ def deployment_versions_delete(engine: EngineDep, project: ProjectDep, deploymen
 
 REVISIONS = "/projects/{project_name}/deployments/{deployment_name}/versions/{version}/revisions"
 
+#: The body /docs shows for an upload: the route reads it itself, under the size limit.
+UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"], "properties": {"file": {"type": "string", "format": "binary"}},
+}}}}}
 
-@router.post(REVISIONS)
+
+@router.post(REVISIONS, openapi_extra=UPLOAD_BODY)
 async def revisions_file_upload(
     engine: EngineDep,
     caller: CallerDep,
     project: ProjectDep,
     deployment_name: str,
     version: str,
-    file: UploadFile = File(...),
+    request: Request,
 ) -> Response:
-    revision, build = await run_in_threadpool(
-        engine.revisions.upload, caller, project, deployment_name, version, file.file
-    )
+    async with multipart_file(request, engine.settings.max_request_bytes, "file") as file:
+        revision, build = await run_in_threadpool(
+            engine.revisions.upload, caller, project, deployment_name, version, file.file
+        )
     try:
         await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(build)), UPLOAD_WAITS_FOR_BUILD_S)
     except TimeoutError:

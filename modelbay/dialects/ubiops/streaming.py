@@ -42,6 +42,7 @@ from modelbay.core.requests import (
     check_input,
     check_timeout,
 )
+from modelbay.dialects.common.query import int_param
 from modelbay.dialects.ubiops import schemas
 from modelbay.dialects.ubiops.errors import status_of
 from modelbay.dialects.ubiops.requests import _int_query, _request_data, target_of
@@ -72,9 +73,7 @@ def _timeout(request: Request) -> int:
     error: InvalidInput | None = None
     for value in reversed(request.query_params.getlist("timeout")):
         try:
-            return check_timeout(int(value), DIRECT_TIMEOUT_DEFAULT_S, DIRECT_TIMEOUT_MAX_S)
-        except ValueError:
-            error = error or InvalidInput(f"timeout must be an integer, not {value!r}")
+            return check_timeout(int_param(value, "timeout"), DIRECT_TIMEOUT_DEFAULT_S, DIRECT_TIMEOUT_MAX_S)
         except InvalidInput as exc:
             error = error or exc
     if error is not None:
