@@ -19,6 +19,7 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import shutil
 import sqlite3
 import sys
@@ -109,6 +110,8 @@ def run(items: int, instances: int, workdir: Path) -> dict[str, Any]:
     procs: list[Proc] = []
     receiver = Receiver()
     hook_server = serve_receiver(receiver)
+    # The receiver listens on loopback, which webhooks may reach only when the operator allows it.
+    os.environ["MODELBAY_WEBHOOK_ALLOW_PRIVATE_TARGETS"] = "true"
     try:
         server, token, data_dir = start_modelbay(workdir, procs)
         with ubiops_api(server.url, token) as api:

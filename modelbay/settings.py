@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     service_scale_down_idle_s: float = Field(
         60.0, gt=0, description="How long an autoscaled service keeps an idle instance above its minimum."
     )
+    webhook_allow_private_targets: bool = Field(
+        False, description="Let webhooks POST to loopback, link-local and private addresses (refused by default)."
+    )
     log_level: str = Field("info", description="Server log level.")
     sandbox: Literal["bwrap", "none"] = Field(
         "bwrap", description="Where user code runs: 'bwrap' (bubblewrap) or 'none' (on the host: unsafe)."

@@ -41,7 +41,8 @@ def shared_path(sandbox_shared_root: Path, request: pytest.FixtureRequest) -> Pa
 def server(tmp_path_factory: pytest.TempPathFactory, sandbox_shared_root: Path) -> Iterator[Server]:
     """One real server per test process; tests isolate themselves with their own projects."""
     root: Path = tmp_path_factory.mktemp("server")
-    srv = Server(data_dir=root / "data").start()
+    # Test webhook receivers listen on loopback, which webhooks may reach only when allowed.
+    srv = Server(data_dir=root / "data").start({"MODELBAY_WEBHOOK_ALLOW_PRIVATE_TARGETS": "true"})
     yield srv
     srv.stop()
 

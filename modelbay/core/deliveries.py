@@ -155,7 +155,8 @@ class Deliveries:
             if outcome.ok:
                 await self._record_delivered(due, outcome.status_code)
                 return
-            if attempts > due.max_retries:
+            # A refused target (see `webhook_targets`) is final: retrying would only be refused again.
+            if attempts > due.max_retries or outcome.refused:
                 op = self._settle(due, "failed", outcome.status_code or None, outcome.error, attempts)
             else:
                 retry_at = utcnow() + timedelta(milliseconds=backoff_ms(attempts, due.max_backoff_ms))

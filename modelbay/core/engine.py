@@ -8,7 +8,6 @@ import re
 import secrets
 from pathlib import Path
 
-import httpx
 from sqlalchemy import create_engine, inspect, make_url
 
 from modelbay.core import signed_urls
@@ -27,6 +26,7 @@ from modelbay.core.revisions import Revisions
 from modelbay.core.runs import Runs
 from modelbay.core.scheduler import Scheduler
 from modelbay.core.services import Services
+from modelbay.core.webhook_targets import webhook_client
 from modelbay.core.webhooks import Webhooks
 from modelbay.runtime.base import InstanceSpec, Runtime
 from modelbay.runtime.local import LocalRuntime
@@ -128,9 +128,10 @@ class Engine:
         )
         self.requests = Requests(self.db, self.scheduler, self.deployments)
         self.url_signer = signed_urls.UrlSigner(signed_urls.load_key(data))
-        # One client for every webhook POST: pooled connections to receivers.
-        self.http = httpx.AsyncClient(follow_redirects=False)
-        self.webhooks = Webhooks(self.db, self.http)
+        # One client for every webhook POST: pooled connections to receivers, each checked.
+        allow_private = settings.webhook_allow_private_targets
+        self.http = webhook_client(allow_private=allow_private)
+        self.webhooks = Webhooks(self.db, self.http, allow_private_targets=allow_private)
         self.deliveries = Deliveries(self.db, self.http)
         self.datasets = Datasets(self.db, self.blobs)
         self.jobs = Jobs(self.db, self.datasets, self.deployments, self.requests, self.deliveries)

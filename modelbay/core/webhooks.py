@@ -15,13 +15,13 @@ import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 from sqlalchemy import select, update
 
 from modelbay.core.clock import utcnow
 from modelbay.core.errors import InvalidInput, NotFound
+from modelbay.core.webhook_targets import RefusedTarget, check_endpoint
 from modelbay.store.db import Database
 from modelbay.store.tables import DeliveryRow, WebhookRow
 
@@ -42,8 +42,8 @@ DELIVERY_TIMEOUT_S = 10.0
 #: How old a signature a receiver should still accept, in milliseconds (a suggestion for receivers).
 SIGNATURE_TOLERANCE_MS = 5 * 60 * 1000
 
-#: Most characters of a receiver's answer kept for a test's report.
-MAX_ANSWER_CHARS = 1000
+#: Most bytes of a receiver's answer read (and dropped: it is never shown), so the connection can be reused.
+MAX_ANSWER_BYTES = 64 * 1024
 
 
 def decode_secret(contents: Any) -> bytes:
@@ -84,13 +84,6 @@ def backoff_ms(attempts: int, max_backoff_ms: int) -> int:
     return min(max_backoff_ms, RETRY_BASE_DELAY_MS * 2 ** min(attempts - 1, 30))
 
 
-def check_endpoint(endpoint: Any) -> str:
-    if not isinstance(endpoint, str) or urlsplit(endpoint).scheme not in ("http", "https") \
-            or not urlsplit(endpoint).netloc:
-        raise InvalidInput("The webhook endpoint must be an http or https URL")
-    return endpoint
-
-
 def check_retries(max_retries: Any, max_backoff_ms: Any) -> tuple[int, int]:
     for name, value, limit in (("maxRetries", max_retries, MAX_RETRIES_LIMIT),
                                ("maxBackoffMs", max_backoff_ms, MAX_BACKOFF_LIMIT_MS)):
@@ -106,35 +99,50 @@ class Attempt:
     ok: bool
     status_code: int
     latency_ms: int
-    answer: str | None
     error: str | None
+    #: The target was refused (see `webhook_targets`): trying again will not help.
+    refused: bool = False
 
 
 async def post_signed(client: httpx.AsyncClient, endpoint: str, secret: str, body: bytes,
                       headers: dict[str, str] | None = None) -> Attempt:
-    """POST `body` once, signed with `secret`; never raises for what the receiver does."""
+    """POST `body` once, signed with `secret`; never raises for what the receiver does. The answer's
+    status counts, its body is never kept (what a target answers is not shown to the project)."""
     timestamp = int(time.time() * 1000)
     sent = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(decode_secret(secret), body, timestamp),
             **(headers or {})}
     started = time.monotonic()
     try:
-        answer = await client.post(endpoint, content=body, headers=sent, timeout=DELIVERY_TIMEOUT_S)
+        async with client.stream("POST", endpoint, content=body, headers=sent, timeout=DELIVERY_TIMEOUT_S) as answer:
+            latency = int((time.monotonic() - started) * 1000)
+            read = 0
+            async for chunk in answer.aiter_raw():
+                read += len(chunk)
+                if read > MAX_ANSWER_BYTES:
+                    break  # the connection is closed rather than reused
+    except RefusedTarget as exc:
+        return Attempt(False, 0, int((time.monotonic() - started) * 1000), exc.message, refused=True)
+    except httpx.InvalidURL as exc:  # stored before endpoints were parsed as the client does
+        return Attempt(False, 0, 0, f"The webhook endpoint is not a valid URL: {exc}", refused=True)
     except httpx.HTTPError as exc:
         latency = int((time.monotonic() - started) * 1000)
-        return Attempt(False, 0, latency, None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
-    latency = int((time.monotonic() - started) * 1000)
+        return Attempt(False, 0, latency, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
     ok = 200 <= answer.status_code < 300
-    text = answer.text[:MAX_ANSWER_CHARS]
-    return Attempt(ok, answer.status_code, latency, text or None,
-                   None if ok else f"The endpoint answered {answer.status_code}")
+    return Attempt(ok, answer.status_code, latency, None if ok else f"The endpoint answered {answer.status_code}")
 
 
 class Webhooks:
-    """CRUD of webhooks, and the one-off test POST."""
+    """CRUD of webhooks, and the one-off test POST. `create` and `update` resolve the endpoint's host
+    to check it (see `webhook_targets`), so they block: the routes run them in a thread."""
 
-    def __init__(self, db: Database, client: httpx.AsyncClient) -> None:
+    def __init__(self, db: Database, client: httpx.AsyncClient, *, allow_private_targets: bool = False) -> None:
         self._db = db
         self._client = client
+        self._allow_private_targets = allow_private_targets
+
+    def _checked_endpoint(self, endpoint: Any) -> str:
+        """`endpoint` if webhooks may POST to it; raises `InvalidInput` naming why not."""
+        return check_endpoint(endpoint, allow_private=self._allow_private_targets)
 
     def create(self, project_id: str, name: Any, endpoint: Any, secret: Any, max_retries: Any,
                max_backoff_ms: Any) -> WebhookRow:
@@ -142,8 +150,9 @@ class Webhooks:
             raise InvalidInput("The webhook name must be 1-200 characters")
         decode_secret(secret)
         retries, backoff = check_retries(max_retries, max_backoff_ms)
+        checked = self._checked_endpoint(endpoint)
         now = utcnow()
-        row = WebhookRow(id=str(uuid.uuid4()), project_id=project_id, name=name, endpoint=check_endpoint(endpoint),
+        row = WebhookRow(id=str(uuid.uuid4()), project_id=project_id, name=name, endpoint=checked,
                          secret=secret, max_retries=retries, max_backoff_ms=backoff, created_at=now, updated_at=now)
         with self._db.write() as session:
             session.add(row)
@@ -171,7 +180,7 @@ class Webhooks:
         """Change what is given (None: unchanged); raises `InvalidInput` before changing anything."""
         values: dict[str, Any] = {}
         if endpoint is not None:
-            values["endpoint"] = check_endpoint(endpoint)
+            values["endpoint"] = self._checked_endpoint(endpoint)
         if max_retries is not None or max_backoff_ms is not None:
             current = self.get(project_id, webhook_id)
             values["max_retries"], values["max_backoff_ms"] = check_retries(

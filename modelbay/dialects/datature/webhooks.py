@@ -94,7 +94,8 @@ def update_secret(engine: EngineDep, project: ProjectDep, webhook_id: str, body:
     return schemas.respond(webhook(row, project))
 
 
-# The SDK calls `…/webhooks/{id}:test`, a literal colon inside the last path segment.
+# The SDK calls `…/webhooks/{id}:test`, a literal colon inside the last path segment. The report
+# has the status and latency, never the target's body (that would read any URL for the caller).
 @router.post("/{webhook_id}:test")
 async def test(engine: EngineDep, project: ProjectDep, webhook_id: str) -> Response:
     core_id = schemas.internal(PREFIX, "webhook", webhook_id)
@@ -107,8 +108,6 @@ async def test(engine: EngineDep, project: ProjectDep, webhook_id: str) -> Respo
         "latencyMs": attempt.latency_ms,
         "attemptCount": 1,
     }
-    if attempt.answer is not None:
-        answer["body"] = attempt.answer
     if attempt.error is not None:
         answer["reason"] = attempt.error
     return schemas.respond(answer)

@@ -29,13 +29,16 @@ class Received:
 
 @dataclass
 class Receiver:
-    """Answers 200 to signed POSTs. `fail_next` makes the next N answer 500; `fail_always` all of them."""
+    """Answers 200 to signed POSTs. `fail_next` makes the next N answer 500; `fail_always` all of them;
+    `redirect_to` makes every answer a 307 there. `answer` is the body of every answer."""
 
     secret: str = field(default_factory=lambda: base64.b64encode(b"k" * 32).decode())
     port: int = 0
     received: list[Received] = field(default_factory=list)
     fail_next: int = 0
     fail_always: bool = False
+    redirect_to: str | None = None
+    answer: bytes = b"ok"
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -48,6 +51,8 @@ class Receiver:
         with self._lock:
             if not ok:
                 code = 401
+            elif self.redirect_to is not None:
+                code = 307
             elif self.fail_always or self.fail_next > 0:
                 self.fail_next = max(0, self.fail_next - 1)
                 code = 500
@@ -71,9 +76,11 @@ def running_receiver(**kwargs: Any) -> Iterator[Receiver]:
             body = self.rfile.read(int(self.headers.get("content-length", 0)))
             code = receiver.handle(body, {k.lower(): v for k, v in self.headers.items()})
             self.send_response(code)
-            self.send_header("Content-Length", "2")
+            if receiver.redirect_to is not None:
+                self.send_header("Location", receiver.redirect_to)
+            self.send_header("Content-Length", str(len(receiver.answer)))
             self.end_headers()
-            self.wfile.write(b"ok")
+            self.wfile.write(receiver.answer)
 
         def log_message(self, *args: Any) -> None:
             pass

@@ -30,6 +30,10 @@ class Deployment:
 '''
 
 
+#: The receiver listens on loopback, which webhooks may reach only when allowed.
+LOOPBACK_RECEIVERS = {"MODELBAY_WEBHOOK_ALLOW_PRIVATE_TARGETS": "true"}
+
+
 def committed(data_dir: Path) -> tuple[set[int], set[int], int]:
     """What the store holds: items with an outcome, items delivered, deliveries still pending."""
     with sqlite3.connect(data_dir / "modelbay.db") as conn:
@@ -40,7 +44,7 @@ def committed(data_dir: Path) -> tuple[set[int], set[int], int]:
 
 
 def test_a_job_resumes_after_kill_9_without_repeating_committed_work(tmp_path: Path, shared_path: Path) -> None:
-    server = Server(data_dir=tmp_path / "data").start()
+    server = Server(data_dir=tmp_path / "data").start(LOOPBACK_RECEIVERS)
     predictions = shared_path / "predicted.txt"  # the sandboxed code appends to it
     try:
         project = server.create_project("recovery")
@@ -63,7 +67,7 @@ def test_a_job_resumes_after_kill_9_without_repeating_committed_work(tmp_path: P
             predicted_before = Counter(predictions.read_text().split())
             assert pending > 0 and 0 < len(outcomes) < ITEMS
             receiver.fail_always = False
-            server.start()
+            server.start(LOOPBACK_RECEIVERS)
             # then the job resumes and ends with every item delivered,
             done = nexus.batch.jobs.wait_until_done(job_id, interval=1)
             assert done.status.overview == "Reached" and done.status.items.delivered == ITEMS

@@ -49,7 +49,7 @@ def test_test_sends_one_signed_sample_and_reports_it(nexus: Any, receiver: Recei
     created = nexus.batch.webhooks.create("sampled", webhook_spec(receiver))
     report = nexus.batch.webhooks.test(created.id)
     assert (report.status, report.response_code, report.attempt_count) == ("Ok", 200, 1)
-    assert isinstance(report.latency_ms, int) and report.body == "ok"
+    assert isinstance(report.latency_ms, int) and report.body is None  # the receiver's "ok" is not echoed
     [sample] = receiver.received
     assert sample.signature_ok and sample.json["webhookId"] == created.id
 
