@@ -5,7 +5,13 @@ BIN := $(VENV)/bin
 
 .PHONY: install run test bench clean
 
+# User code runs in bubblewrap (Debian's package `bubblewrap`): installed here when missing.
+SYSTEM_PACKAGES := bubblewrap
+
 $(BIN)/.installed: pyproject.toml
+	@command -v bwrap >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $(SYSTEM_PACKAGES); \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq $(SYSTEM_PACKAGES); fi; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[test]"
