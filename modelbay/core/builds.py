@@ -113,8 +113,13 @@ class Builder:
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
-    def build(self, archive: Path, build_id: str, *, handler: str | None = None) -> BuildResult:
-        """Blocking; the server runs it in a worker thread. Never raises for bad user input: returns ok=False with a log."""
+    def build(
+        self, archive: Path, build_id: str, *, handler: str | None = None, cache_key: str | None = None
+    ) -> BuildResult:
+        """Blocking; the server runs it in a worker thread. Never raises for bad user input: returns ok=False with a log.
+
+        Builds with the same `cache_key` share a package cache (builds can write to it).
+        """
         if not _BUILD_ID.match(build_id):
             raise ValueError(f"invalid build id {build_id!r}")  # a server bug, not a user error
         log: list[str] = []
@@ -127,7 +132,8 @@ class Builder:
             package_dir = _find_code_root(target, module)
             log.append(f"Found {_module_file(module)} in {package_dir.relative_to(target).as_posix() or '.'}")
             self._make_scratch(scratch)
-            python = self._environment(package_dir, build_id, scratch, log)
+            cache = self._cache(cache_key)
+            python = self._environment(package_dir, build_id, scratch, cache, log)
             log.append(f"Checking {_module_file(module)}...")
             found = self._check_import(python, package_dir, module, func, scratch, log)
         except BuildFailed as e:
@@ -172,12 +178,23 @@ class Builder:
 
     # -- environments ----------------------------------------------------------------------
 
+    def _cache(self, key: str | None) -> Path:
+        if key is None:
+            return self.uv_cache_dir
+        if not _BUILD_ID.match(key):
+            raise ValueError(f"invalid cache key {key!r}")  # a server bug, not a user error
+        cache = self.uv_cache_dir / key
+        if not cache.exists():
+            cache.mkdir(parents=True, exist_ok=True)
+            self._sandbox.prepare(cache)
+        return cache
+
     def _make_scratch(self, scratch: Path) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir(parents=True)
         self._sandbox.prepare(scratch)
 
-    def _environment(self, package_dir: Path, build_id: str, scratch: Path, log: list[str]) -> Path:
+    def _environment(self, package_dir: Path, build_id: str, scratch: Path, cache: Path, log: list[str]) -> Path:
         """The python of the env for this package's requirements.txt, created unless it exists."""
         req_file = package_dir / "requirements.txt"
         req_text = req_file.read_text(errors="replace") if req_file.is_file() else ""
@@ -200,17 +217,17 @@ class Builder:
                 self._sandbox.prepare(tmp)
                 jail = Jail(
                     read_only=[Path(self._uv), *interpreter_paths(self._base_python), package_dir],
-                    writable=[tmp, self.uv_cache_dir],
+                    writable=[tmp, cache],
                     scratch=scratch,
                     memory_limit_bytes=self._memory_limit_bytes,
                 )
                 # --relocatable: scripts keep working after the rename below.
                 venv = ["venv", "--quiet", "--relocatable", "--allow-existing", "--python", str(self._base_python), str(tmp)]
-                self._run_uv(venv, jail, package_dir, deadline, log)
+                self._run_uv(venv, jail, cache, package_dir, deadline, log)
                 if reqs:
                     log.append("Installing requirements.txt...")
                     install = ["pip", "install", "--python", str(tmp / "bin" / "python"), "-r", str(req_file)]
-                    self._run_uv(install, jail, package_dir, deadline, log)
+                    self._run_uv(install, jail, cache, package_dir, deadline, log)
                 tmp.rename(final)  # atomic: a half-built env never appears under its hash
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -221,10 +238,10 @@ class Builder:
         with self._locks_guard:
             return self._locks.setdefault(env_hash, threading.Lock())
 
-    def _run_uv(self, args: list[str], jail: Jail, cwd: Path, deadline: float, log: list[str]) -> None:
+    def _run_uv(self, args: list[str], jail: Jail, cache: Path, cwd: Path, deadline: float, log: list[str]) -> None:
         # The operator's index settings (UV_INDEX_URL, PIP_INDEX_URL, ...) reach uv; nothing else of ours.
         env = {k: v for k, v in os.environ.items() if k.startswith(("UV_", "PIP_"))}
-        env.update(NO_COLOR="1", UV_PYTHON_DOWNLOADS="never", UV_NO_PROGRESS="1", UV_CACHE_DIR=str(self.uv_cache_dir))
+        env.update(NO_COLOR="1", UV_PYTHON_DOWNLOADS="never", UV_NO_PROGRESS="1", UV_CACHE_DIR=str(cache))
         code, output = _run(
             self._sandbox.command([self._uv, *args], jail),
             cwd=cwd,

@@ -111,9 +111,13 @@ class Revisions:
         try:
             with self._db.read() as session:
                 revision = session.get(RevisionRow, revision_id)
-            if revision is None:  # deleted with its version meanwhile
+                version = session.get(VersionRow, revision.version_id) if revision is not None else None
+                deployment = session.get(DeploymentRow, version.deployment_id) if version is not None else None
+            if revision is None or deployment is None:  # deleted with its version meanwhile
                 return
-            result = self._builder.build(Path(self._blobs.path(revision.archive_key)), revision_id, handler=handler)
+            archive = Path(self._blobs.path(revision.archive_key))
+            # Each project's builds have a package cache of their own: a build cannot poison another's.
+            result = self._builder.build(archive, revision_id, handler=handler, cache_key=deployment.project_id)
         except Exception as exc:  # a builder bug must still end the build
             log.exception("build of revision %s crashed", revision_id)
             result = BuildResult(ok=False, log=f"The build crashed: {exc}", package_dir=None, python=None)

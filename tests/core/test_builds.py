@@ -209,6 +209,25 @@ def test_a_small_pure_python_requirement_is_installed_and_importable(tmp_path: P
     subprocess.run([result.python, "-c", "import six"], check=True)
 
 
+def test_builds_run_sandboxed_and_each_cache_key_has_a_package_cache_of_its_own(tmp_path: Path) -> None:
+    builder = Builder(tmp_path / "data", Bubblewrap())
+    secret = tmp_path / "data" / "admin_token"
+    secret.write_text("not for builds")
+    prying = NOOP + f"""
+import os
+assert not os.path.exists({str(secret)!r}), "the data dir is visible to the import check"
+assert os.getuid() == 65534
+"""
+
+    first = builder.build(zip_of(tmp_path, prying, requirements="six\n"), "b1", cache_key="project-a")
+
+    assert first.ok, first.log
+    cache = tmp_path / "data" / "uv-cache"
+    assert any((cache / "project-a").iterdir())  # six was downloaded into project-a's own cache
+    assert not (cache / "project-b").exists()
+    assert not list((tmp_path / "data" / "scratch").iterdir())  # the build's scratch dir is gone
+
+
 def test_an_import_error_in_deployment_py_fails_with_the_traceback(tmp_path: Path, builder: Builder) -> None:
     result = builder.build(zip_of(tmp_path, IMPORT_ERROR), "b1")
 

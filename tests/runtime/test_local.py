@@ -434,7 +434,7 @@ def test_os_exit_in_a_request_loses_the_instance_and_a_new_one_works(tmp_path: P
         assert "stopped unexpectedly (exit code 1)" in lost.value.message
         assert instance.state is InstanceState.STOPPED
         assert not await runtime.healthy(instance)
-        assert all(process_gone(pid) for pid in pids)
+        await wait_for_async(lambda: all(process_gone(pid) for pid in pids))  # the sandbox's init a moment later
         with pytest.raises(InstanceLost):
             await runtime.call(instance, Call("r2", {}), 30)
 
