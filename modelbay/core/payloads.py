@@ -9,15 +9,18 @@ never names a missing blob; a delete reads the keys of its rows in its transacti
 and removes the blobs once it has committed (`discard`). What falls between (a crash after a
 write, a result whose finish lost to a cancel or delete, an input dropped after its batch request
 ran, the requests of a deleted deployment) is a file no row names: `sweep_orphans` removes those
-once they are older than `ORPHAN_GRACE_S`, so a blob whose row is still being written is kept.
+once they are older than `ORPHAN_GRACE_S` (and folders left empty as long), so a blob whose row is
+still being written is kept.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import orjson
@@ -103,18 +106,15 @@ class Payloads:
         return row
 
     def discard(self, keys: Iterable[str]) -> None:
-        """Remove blobs (of rows deleted in a committed transaction) and their emptied folders.
-        Blocking: run it on a thread from the event loop."""
+        """Remove blobs (of rows deleted in a committed transaction). Blocking: run it on a thread
+        from the event loop. Their emptied folders go with `sweep_orphans`, so a folder is never
+        removed under a write that has just made it."""
         for key in keys:
-            path = self._blobs.path(key)
-            path.unlink(missing_ok=True)
-            try:
-                path.parent.rmdir()
-            except OSError:  # another payload of the row is still there, or it is gone already
-                pass
+            self._blobs.path(key).unlink(missing_ok=True)
 
     def sweep_orphans(self, grace_s: float = ORPHAN_GRACE_S) -> int:
-        """Remove payload files that no row names and that are older than `grace_s`; returns how many."""
+        """Remove payload files that no row names and that are older than `grace_s`, and folders
+        left empty for as long; returns how many files."""
         root = self._blobs.path(ROOT)
         if not root.is_dir():
             return 0
@@ -128,17 +128,22 @@ class Payloads:
                 conn = session.connection()
                 named = {key for table in TABLES for key in named_keys(conn, table, table.c.id.in_(ids))}
             for folder in part:
-                for file in folder.iterdir():
-                    if f"{ROOT}/{folder.name}/{file.name}" in named:
-                        continue
-                    try:
-                        if file.stat().st_mtime < cutoff:
-                            file.unlink()
-                            removed += 1
-                    except FileNotFoundError:
-                        pass
-                try:
-                    folder.rmdir()
-                except OSError:
-                    pass
+                for path in _old(folder.iterdir(), cutoff):
+                    if f"{ROOT}/{folder.name}/{path.name}" not in named:
+                        path.unlink(missing_ok=True)
+                        removed += 1
+                for path in _old([folder], cutoff):
+                    with contextlib.suppress(OSError):  # not empty
+                        path.rmdir()
         return removed
+
+
+def _old(paths: Iterable[Path], cutoff: float) -> list[Path]:
+    """Those of `paths` last modified before `cutoff` (a folder: when an entry last came or went)."""
+    old = []
+    with contextlib.suppress(FileNotFoundError):  # a delete removed the folder or a file meanwhile
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime < cutoff:
+                    old.append(path)
+    return old

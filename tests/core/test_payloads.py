@@ -80,14 +80,14 @@ def test_a_row_whose_blob_went_with_a_delete_meanwhile_is_not_found(payloads: Pa
         payloads.fill(RequestRow(id="r1", data_key="payloads/r1/data"))
 
 
-def test_discard_removes_the_blobs_and_their_folder(payloads: Payloads, tmp_path: Path) -> None:
+def test_discard_removes_the_blobs(payloads: Payloads, tmp_path: Path) -> None:
     big = b"z" * (INLINE_MAX_BYTES + 1)
     asyncio.run(payloads.values("r1", "data", big))
     asyncio.run(payloads.values("r1", "result", big))
     payloads.discard(["payloads/r1/data"])
     assert files(tmp_path) == ["payloads/r1/result"]
     payloads.discard(["payloads/r1/result", "payloads/r1/result"])  # twice: already gone is fine
-    assert not (tmp_path / "blobs" / "payloads" / "r1").exists()
+    assert files(tmp_path) == []
 
 
 def test_the_orphan_sweep_removes_old_files_no_row_names_and_keeps_the_rest(
@@ -109,7 +109,14 @@ def test_the_orphan_sweep_removes_old_files_no_row_names_and_keeps_the_rest(
 
     assert payloads.sweep_orphans() == 3
     assert files(tmp_path) == ["payloads/fresh/data", "payloads/fresh/result", "payloads/named/data"]
-    assert not (tmp_path / "blobs" / "payloads" / "deleted").exists()
+
+    # and a folder left empty goes once it has been so for as long
+    emptied = tmp_path / "blobs" / "payloads" / "deleted"
+    assert emptied.is_dir()
+    os.utime(emptied, (old, old))
+    assert payloads.sweep_orphans() == 0
+    assert not emptied.exists()
+    assert files(tmp_path) == ["payloads/fresh/data", "payloads/fresh/result", "payloads/named/data"]
 
 
 def test_a_pipeline_request_and_its_operator_request_keep_large_payloads_as_blobs_until_deleted(
