@@ -18,6 +18,7 @@ from modelbay.core.deployments import Deployments, Target
 from modelbay.core.errors import NotFound, Unavailable
 from modelbay.core.jobs import Jobs
 from modelbay.core.journal import Journal
+from modelbay.core.payloads import Payloads
 from modelbay.core.pipeline_requests import PipelineRequests
 from modelbay.core.pipelines import Pipelines
 from modelbay.core.projects import Projects
@@ -101,6 +102,7 @@ class Engine:
         token, self.admin_token_is_new = admin_token(settings)
         self.admin_token = token
         self.blobs = LocalBlobStore(data / "blobs")
+        self.payloads = Payloads(self.db, self.blobs)
         sandbox = sandbox_from_settings(settings.sandbox, check=False)  # `serve` checked it before
         self.runtime = runtime or LocalRuntime(
             log_dir=data / "instances",
@@ -126,7 +128,7 @@ class Engine:
             self.scheduler.version_changed,
             workers=settings.build_workers,
         )
-        self.requests = Requests(self.db, self.scheduler, self.deployments)
+        self.requests = Requests(self.db, self.scheduler, self.deployments, self.payloads)
         self.url_signer = signed_urls.UrlSigner(signed_urls.load_key(data))
         # One client for every webhook POST: pooled connections to receivers, each checked.
         allow_private = settings.webhook_allow_private_targets
@@ -136,7 +138,8 @@ class Engine:
         self.datasets = Datasets(self.db, self.blobs)
         self.jobs = Jobs(self.db, self.datasets, self.deployments, self.requests, self.deliveries)
         self.pipelines = Pipelines(self.db)
-        self.pipeline_requests = PipelineRequests(self.db, self.pipelines, self.deployments, self.requests)
+        self.pipeline_requests = PipelineRequests(self.db, self.pipelines, self.deployments, self.requests,
+                                                  self.payloads)
         self.journal = Journal(self.db)
         self.runs = Runs(self.db, self.deployments, self.requests, self.scheduler, self.journal)
         self.services = Services(
@@ -172,7 +175,8 @@ class Engine:
         self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def _sweep_forever(self) -> None:
-        """Remove requests past their version's retention time, off the event loop."""
+        """Remove requests past their version's retention time, and payload files no request names, off
+        the event loop."""
         while True:
             try:
                 removed = await asyncio.to_thread(self.requests.sweep_expired)
@@ -182,6 +186,9 @@ class Engine:
                 if removed:
                     log.info("removed %d pipeline requests past their retention time", removed)
                 await asyncio.to_thread(self.journal.sweep_orphans)
+                removed = await asyncio.to_thread(self.payloads.sweep_orphans)
+                if removed:
+                    log.info("removed %d request payload files no request names", removed)
             except Exception:
                 log.exception("retention sweep failed")
             await asyncio.sleep(RETENTION_SWEEP_PERIOD_S)

@@ -33,6 +33,7 @@ from modelbay.core.clock import utcnow
 from modelbay.core.deployments import Deployments
 from modelbay.core.errors import InvalidInput, ModelbayError, NotFound, StatusChanged
 from modelbay.core.fields import check_data
+from modelbay.core.payloads import Payloads, named_keys
 from modelbay.core.pipelines import END, START, PipelineObject, Pipelines, Plan, Source
 from modelbay.core.requests import LIST_LIMIT_MAX, MAX_BATCH, Requests, cancel_selection, list_query
 from modelbay.core.scheduler import PRIORITY_BATCH, PRIORITY_DIRECT
@@ -139,8 +140,10 @@ def _move(conn: Connection, request_id: str, old: Status, new: Status, **values:
 class PipelineRequests:
     """Runs pipeline requests and answers questions about them."""
 
-    def __init__(self, db: Database, pipelines: Pipelines, deployments: Deployments, requests: Requests) -> None:
+    def __init__(self, db: Database, pipelines: Pipelines, deployments: Deployments, requests: Requests,
+                 payloads: Payloads) -> None:
         self._db = db
+        self._payloads = payloads
         self._pipelines = pipelines
         self._deployments = deployments
         self._requests = requests
@@ -159,7 +162,7 @@ class PipelineRequests:
         (nothing recorded) when `data` does not match the pipeline's input.
         """
         check_data(plan.io.input_type, plan.io.input_fields, data)
-        row = self._new_row(plan, "direct", timeout, data, origin, Status.PROCESSING)
+        row = await self._new_row(plan, "direct", timeout, data, origin, Status.PROCESSING)
         # Not awaited: nobody has an answer before the run's last write, which follows it in
         # the committer's order; a crash before then leaves nothing accepted.
         self._db.committer.submit(Insert(PIPELINE_REQUESTS, [row])).add_done_callback(_log_failure)
@@ -178,7 +181,7 @@ class PipelineRequests:
                 check_data(plan.io.input_type, plan.io.input_fields, item)
             except InvalidInput as exc:
                 raise InvalidInput(f"Request {index} of the batch: {exc.message}") from None
-        rows = [self._new_row(plan, "batch", timeout, item, origin, Status.PENDING) for item in items]
+        rows = [await self._new_row(plan, "batch", timeout, item, origin, Status.PENDING) for item in items]
         await self._db.committer.submit_async(Insert(PIPELINE_REQUESTS, rows))
         for row in rows:
             self._spawn_batch(project, plan, row["id"], timeout)
@@ -208,13 +211,15 @@ class PipelineRequests:
         task.add_done_callback(self._batch_tasks.discard)
         task.add_done_callback(self._batch_started.discard)
 
-    @staticmethod
-    def _new_row(plan: Plan, mode: str, timeout: int, data: Any, origin: dict[str, str], status: Status,
-                 parent_id: str | None = None) -> dict[str, Any]:
+    async def _new_row(self, plan: Plan, mode: str, timeout: int, data: Any, origin: dict[str, str], status: Status,
+                       parent_id: str | None = None) -> dict[str, Any]:
+        request_id = str(uuid.uuid4())
         encoded = orjson.dumps(data)
+        # a batch request keeps its input until it has run, whatever the retention
+        kept = encoded if mode == "batch" or plan.retention_mode == "full" else None
         now = utcnow()
         return {
-            "id": str(uuid.uuid4()),
+            "id": request_id,
             "project_id": plan.project_id,
             "pipeline_id": plan.pipeline_id,
             "version_id": plan.version_id,
@@ -222,8 +227,7 @@ class PipelineRequests:
             "mode": mode,
             "status": status.value,
             "timeout": timeout,
-            # a batch request keeps its input until it has run, whatever the retention
-            "data": encoded if mode == "batch" or plan.retention_mode == "full" else None,
+            **await self._payloads.values(request_id, "data", kept),
             "result": None,
             "error_message": None,
             "input_size": len(encoded),
@@ -268,15 +272,16 @@ class PipelineRequests:
         if run.cancelled:
             status, result, error = Status.CANCELLED, None, None
         encoded = orjson.dumps(result) if status is Status.COMPLETED else b""
+        kept = encoded if status is Status.COMPLETED and plan.retention_mode == "full" else None
         values = {
-            "result": encoded if status is Status.COMPLETED and plan.retention_mode == "full" else None,
+            **await self._payloads.values(request_id, "result", kept),
             "error_message": error,
             "output_size": len(encoded),
             "steps": run.steps,
             "finished_at": utcnow(),
         }
-        if plan.retention_mode != "full":
-            values["data"] = None
+        if plan.retention_mode != "full":  # a batch input kept until now (its blob goes with the orphan sweep)
+            values["data"] = values["data_key"] = None
         try:
             final = await self._db.committer.submit_async(self._finish(request_id, running, status, values))
         finally:
@@ -295,6 +300,7 @@ class PipelineRequests:
                 except StatusChanged:
                     pass
             values.pop("result", None)
+            values.pop("result_key", None)
             values["error_message"] = None
             if status is Status.CANCELLED:  # stopped with its parent: its own cancel is not recorded yet
                 try:
@@ -429,7 +435,7 @@ class PipelineRequests:
             raise StepFailed(f"Object '{obj.name}' failed: {exc.message}") from None
         origin = {"created_by": "pipeline", "pipeline": run.plan.pipeline_name, "pipeline_request_id": run.id,
                   "pipeline_object": obj.name}
-        row = self._new_row(plan, "direct", timeout, item, origin, Status.PROCESSING, parent_id=run.id)
+        row = await self._new_row(plan, "direct", timeout, item, origin, Status.PROCESSING, parent_id=run.id)
         entry = {"kind": "pipeline", "id": row["id"], "pipeline_object": obj.name, "pipeline": plan.pipeline_name,
                  "version": plan.version_name, "sequence_id": next_sequence_id(), "status": "processing",
                  "error_message": None, "input_size": row["input_size"], "output_size": None}
@@ -460,10 +466,12 @@ class PipelineRequests:
         output = orjson.dumps(result) if status is Status.COMPLETED else b""
         now = utcnow()
         keep = run.plan.retention_mode == "full"
+        payloads = {**await self._payloads.values(request_id, "data", encoded if keep else None),
+                    **await self._payloads.values(request_id, "result",
+                                                  output if keep and status is Status.COMPLETED else None)}
         self._db.committer.submit(Insert(OPERATOR_REQUESTS, [{
             "id": request_id, "pipeline_request_id": run.id, "pipeline_object": obj.name,
-            "operator": obj.reference_name, "sequence_id": sequence_id, "status": status.value,
-            "data": encoded if keep else None, "result": output if keep and status is Status.COMPLETED else None,
+            "operator": obj.reference_name, "sequence_id": sequence_id, "status": status.value, **payloads,
             "error_message": error, "input_size": len(encoded), "output_size": len(output),
             "created_at": now, "finished_at": now,
         }]))
@@ -488,7 +496,11 @@ class PipelineRequests:
     # --- reading ---------------------------------------------------------------------------
 
     def get(self, plan: Plan, request_id: str) -> PipelineRequestRow:
-        """Raises `NotFound` unless the request exists for this pipeline version."""
+        """The request with its input and result; raises `NotFound` unless it exists for this pipeline version."""
+        return self._payloads.fill(self._row(plan, request_id), "pipeline request")
+
+    def _row(self, plan: Plan, request_id: str) -> PipelineRequestRow:
+        """The request as stored (large payloads not read); raises `NotFound` as `get` does."""
         with self._db.read() as session:
             row = session.get(PipelineRequestRow, request_id)
         if row is None or row.version_id != plan.version_id:
@@ -501,6 +513,11 @@ class PipelineRequests:
         return list(run.steps) if run is not None else list(row.steps or [])
 
     def collect(self, plan: Plan, ids: list[str]) -> list[PipelineRequestRow]:
+        """All the requests named, with their inputs and results, or `NotFound` for the first unknown one."""
+        return [self._payloads.fill(row, "pipeline request") for row in self._rows(plan, ids)]
+
+    def _rows(self, plan: Plan, ids: list[str]) -> list[PipelineRequestRow]:
+        """Like `collect`, the rows as stored."""
         with self._db.read() as session:
             rows = {row.id: row for row in session.scalars(select(PipelineRequestRow).where(
                 PipelineRequestRow.id.in_(ids), PipelineRequestRow.version_id == plan.version_id))}
@@ -512,30 +529,31 @@ class PipelineRequests:
     def list(self, plan: Plan, *, status: str | None = None, limit: int | None = None, offset: int | None = None,
              start_date: datetime | None = None, end_date: datetime | None = None,
              search_id: str | None = None) -> list[PipelineRequestRow]:
-        """The version's requests, newest first, filtered as deployment requests are."""
+        """The version's requests, newest first, filtered as deployment requests are (large payloads not read)."""
         query = list_query(PipelineRequestRow, plan.version_id, status=status, limit=limit, offset=offset,
                            start_date=start_date, end_date=end_date, search_id=search_id)
         with self._db.read() as session:
             return list(session.scalars(query))
 
     def operator_request(self, plan: Plan, request_id: str) -> tuple[OperatorRequestRow, PipelineRequestRow]:
-        """An operator request of a request of this version; raises `NotFound`."""
+        """An operator request (with its input and result) of a request of this version, and that
+        request as stored; raises `NotFound`."""
         with self._db.read() as session:
             row = session.get(OperatorRequestRow, request_id)
             parent = session.get(PipelineRequestRow, row.pipeline_request_id) if row else None
         if row is None or parent is None or parent.version_id != plan.version_id:
             raise NotFound("operator request", request_id)
-        return row, parent
+        return self._payloads.fill(row, "operator request"), parent
 
     # --- cancel and delete -----------------------------------------------------------------
 
     async def cancel(self, plan: Plan, request_id: str) -> Status:
         """Cancel one request: a pending one at once, a running one once its running steps stop."""
-        row = self.get(plan, request_id)
+        row = self._row(plan, request_id)
         return await self._cancel(row.id, Status(row.status))
 
     async def cancel_many(self, plan: Plan, ids: list[str] | None, status: str | None) -> int:
-        rows = cancel_selection(ids, status, lambda named: self.collect(plan, named),
+        rows = cancel_selection(ids, status, lambda named: self._rows(plan, named),
                                 lambda offset: self.list(plan, status=status, limit=LIST_LIMIT_MAX, offset=offset))
         for row in rows:
             if status is None or row.status == status:
@@ -569,8 +587,9 @@ class PipelineRequests:
     def _input(self, request_id: str) -> Any:
         """The input of a batch request (kept until it has run, whatever the retention)."""
         with self._db.read() as session:
-            raw = session.scalar(select(PipelineRequestRow.data).where(PipelineRequestRow.id == request_id))
-        return orjson.loads(raw) if raw else None
+            stored = session.execute(select(PipelineRequestRow.data, PipelineRequestRow.data_key)
+                                     .where(PipelineRequestRow.id == request_id)).first()
+        return self._payloads.value(*stored) if stored else None
 
     def _status(self, request_id: str) -> Status:
         with self._db.read() as session:
@@ -581,7 +600,7 @@ class PipelineRequests:
 
     async def delete(self, plan: Plan, ids: list[str]) -> None:
         """Delete requests with their sub-requests (all or nothing); running ones are stopped first."""
-        rows = self.collect(plan, ids)
+        rows = self._rows(plan, ids)
         await self.delete_by_id([row.id for row in rows])
 
     async def delete_by_id(self, ids: list[str]) -> None:
@@ -599,7 +618,8 @@ class PipelineRequests:
         for run in stopped:  # its steps are written with its end: wait for them, to delete them too
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(run.recorded.wait(), STOP_WAIT_S)
-        await self._db.committer.submit_async(lambda conn: _remove(conn, ids))
+        keys = await self._db.committer.submit_async(lambda conn: _remove(conn, ids))
+        await asyncio.to_thread(self._payloads.discard, keys)
 
     def sweep_expired(self) -> int:
         """Delete finished pipeline requests (with their sub-requests) older than their version's
@@ -616,7 +636,8 @@ class PipelineRequests:
                     PIPELINE_REQUESTS.c.status.in_([s.value for s in TERMINAL]),
                     PIPELINE_REQUESTS.c.finished_at < now - timedelta(seconds=retention_s),
                 )))
-            _remove(conn, expired)
+            keys = _remove(conn, expired)
+        self._payloads.discard(keys)  # once the rows are gone for good
         return len(expired)
 
     # --- recovery --------------------------------------------------------------------------
@@ -671,8 +692,9 @@ class PipelineRequests:
             await asyncio.gather(*self._batch_tasks, return_exceptions=True)
 
 
-def _remove(conn: Connection, ids: list[str]) -> None:
-    """Delete pipeline requests with their sub-pipeline, operator and deployment requests."""
+def _remove(conn: Connection, ids: list[str]) -> list[str]:
+    """Delete pipeline requests with their sub-pipeline, operator and deployment requests; returns
+    the payload blob keys they named, to discard once this has committed."""
     todo, all_ids = list(ids), []
     while todo:  # sub-pipeline requests, at any depth
         all_ids += todo
@@ -684,11 +706,16 @@ def _remove(conn: Connection, ids: list[str]) -> None:
         for steps in conn.scalars(select(PIPELINE_REQUESTS.c.steps).where(PIPELINE_REQUESTS.c.id.in_(part)))
         for step in steps or [] if step.get("kind") == "deployment"
     ]
+    keys: list[str] = []
     for part in _chunks(deployment_ids):
+        keys += named_keys(conn, REQUESTS, REQUESTS.c.id.in_(part))
         conn.execute(delete(REQUESTS).where(REQUESTS.c.id.in_(part)))
     for part in _chunks(all_ids):
+        keys += named_keys(conn, OPERATOR_REQUESTS, OPERATOR_REQUESTS.c.pipeline_request_id.in_(part))
+        keys += named_keys(conn, PIPELINE_REQUESTS, PIPELINE_REQUESTS.c.id.in_(part))
         conn.execute(delete(OPERATOR_REQUESTS).where(OPERATOR_REQUESTS.c.pipeline_request_id.in_(part)))
         conn.execute(delete(PIPELINE_REQUESTS).where(PIPELINE_REQUESTS.c.id.in_(part)))
+    return keys
 
 
 def _chunks(ids: list[str]) -> Iterator[list[str]]:

@@ -23,6 +23,7 @@ from modelbay.core.clock import utcnow
 from modelbay.core.deployments import Deployments, Target
 from modelbay.core.errors import InvalidInput, NotFound, StatusChanged
 from modelbay.core.fields import check_data
+from modelbay.core.payloads import Payloads, named_keys
 from modelbay.core.queue import BatchQueue, QueuedItem
 from modelbay.core.scheduler import PRIORITY_BATCH, PRIORITY_DIRECT, Scheduler
 from modelbay.core.transitions import REQUESTS, TERMINAL, Status, transition
@@ -176,8 +177,9 @@ def list_query(
 class Requests:
     """Runs requests and answers questions about them."""
 
-    def __init__(self, db: Database, scheduler: Scheduler, deployments: Deployments) -> None:
+    def __init__(self, db: Database, scheduler: Scheduler, deployments: Deployments, payloads: Payloads) -> None:
         self._db = db
+        self._payloads = payloads
         self._scheduler = scheduler
         self._deployments = deployments
         self.queue = BatchQueue(self._run_queued, self._drainers_for)
@@ -211,7 +213,7 @@ class Requests:
         encoded = orjson.dumps(data)
         created_at = utcnow()
         started = {
-            **self._new_row(target, request_id, "direct", priority, timeout, encoded, origin, created_at),
+            **await self._new_row(target, request_id, "direct", priority, timeout, encoded, origin, created_at),
             "status": Status.PROCESSING.value,
             "started_at": created_at,
         }
@@ -237,7 +239,7 @@ class Requests:
             outcome = await self._execute(target, call, timeout, priority, on_update)
         finally:
             timer.cancel()
-        finished = self._finished_values(target, outcome)
+        finished = await self._finished_values(request_id, target, outcome)
         if recorded:
             status = await committer.submit_async(self._finish(request_id, outcome.status, finished))
         else:
@@ -277,7 +279,7 @@ class Requests:
         created_at = utcnow()
         rows = []
         for item in items:
-            row = self._new_row(
+            row = await self._new_row(
                 target, str(uuid.uuid4()), "batch", priority, timeout, orjson.dumps(item), origin, created_at
             )
             rows.append({**row, "status": Status.PENDING.value})
@@ -323,7 +325,7 @@ class Requests:
             outcome = await self._execute(target, call, item.timeout, PRIORITY_BATCH + item.priority)
         finally:
             timer.cancel()
-        values = self._finished_values(target, outcome)
+        values = await self._finished_values(item.request_id, target, outcome)
         if running_from is Status.PENDING:
             values["started_at"] = started_at
         # Nobody waits on a batch result: the write goes on while the next item runs, and may
@@ -382,11 +384,12 @@ class Requests:
                            logs=outcome.logs)
         return Outcome(Status.COMPLETED, outcome.result, logs=outcome.logs)
 
-    @staticmethod
-    def _new_row(
-        target: Target, request_id: str, mode: str, priority: int, timeout: int, encoded: bytes,
+    async def _new_row(
+        self, target: Target, request_id: str, mode: str, priority: int, timeout: int, encoded: bytes,
         origin: dict[str, str], created_at: datetime,
     ) -> dict[str, Any]:
+        # A batch request keeps its input until it has run, whatever the retention.
+        kept = encoded if mode == "batch" or target.retention_mode == "full" else None
         return {
             "id": request_id,
             "project_id": target.project_id,
@@ -395,26 +398,25 @@ class Requests:
             "mode": mode,
             "priority": priority,
             "timeout": timeout,
-            # A batch request keeps its input until it has run, whatever the retention.
-            "data": encoded if mode == "batch" or target.retention_mode == "full" else None,
+            **await self._payloads.values(request_id, "data", kept),
             "input_size": len(encoded),
             "origin": origin,
             "created_at": created_at,
         }
 
-    @staticmethod
-    def _finished_values(target: Target, outcome: Outcome) -> dict[str, Any]:
+    async def _finished_values(self, request_id: str, target: Target, outcome: Outcome) -> dict[str, Any]:
         keep = target.retention_mode == "full"
         encoded = orjson.dumps(outcome.result) if outcome.status is Status.COMPLETED else b""
+        kept = encoded if keep and outcome.status is Status.COMPLETED else None
         values: dict[str, Any] = {
-            "result": encoded if keep and outcome.status is Status.COMPLETED else None,
+            **await self._payloads.values(request_id, "result", kept),
             "error_message": outcome.error,
             "logs": outcome.logs[-MAX_STORED_LOG_CHARS:] if outcome.logs else None,
             "output_size": len(encoded),
             "finished_at": utcnow(),
         }
-        if not keep:
-            values["data"] = None
+        if not keep:  # a batch input kept until now (its blob, if any, goes with the orphan sweep)
+            values["data"] = values["data_key"] = None
         return values
 
     @staticmethod
@@ -446,7 +448,11 @@ class Requests:
     # --- reading ---------------------------------------------------------------------------
 
     def get(self, target: Target, request_id: str) -> RequestRow:
-        """Raises `NotFound` unless the request exists for this version."""
+        """The request with its input and result; raises `NotFound` unless it exists for this version."""
+        return self._payloads.fill(self._row(target, request_id))
+
+    def _row(self, target: Target, request_id: str) -> RequestRow:
+        """The request as stored (large payloads not read); raises `NotFound` as `get` does."""
         with self._db.read() as session:
             row = session.get(RequestRow, request_id)
         if row is None or row.version_id != target.version_id:
@@ -454,7 +460,11 @@ class Requests:
         return row
 
     def collect(self, target: Target, ids: list[str]) -> list[RequestRow]:
-        """All the requests named, or `NotFound` for the first unknown one."""
+        """All the requests named, with their inputs and results, or `NotFound` for the first unknown one."""
+        return [self._payloads.fill(row) for row in self._rows(target, ids)]
+
+    def _rows(self, target: Target, ids: list[str]) -> list[RequestRow]:
+        """Like `collect`, the rows as stored."""
         with self._db.read() as session:
             rows = {
                 row.id: row
@@ -478,7 +488,7 @@ class Requests:
         end_date: datetime | None = None,
         search_id: str | None = None,
     ) -> list[RequestRow]:
-        """The version's requests, newest first, filtered as the UbiOps list does."""
+        """The version's requests, newest first, filtered as the UbiOps list does (large payloads not read)."""
         query = list_query(RequestRow, target.version_id, status=status, limit=limit, offset=offset,
                            start_date=start_date, end_date=end_date, search_id=search_id)
         with self._db.read() as session:
@@ -491,12 +501,12 @@ class Requests:
 
         Returns the status it has now; a finished request stays as it is.
         """
-        row = self.get(target, request_id)
+        row = self._row(target, request_id)
         return await self._cancel(row.id, Status(row.status))
 
     async def cancel_many(self, target: Target, ids: list[str] | None, status: str | None) -> int:
         """Cancel the requests named, or with `ids` empty every `status` (pending or processing) one."""
-        rows = cancel_selection(ids, status, lambda named: self.collect(target, named),
+        rows = cancel_selection(ids, status, lambda named: self._rows(target, named),
                                 lambda offset: self.list(target, status=status, limit=LIST_LIMIT_MAX, offset=offset))
         for row in rows:
             if status is None or row.status == status:
@@ -546,15 +556,21 @@ class Requests:
 
     async def delete(self, target: Target, ids: list[str]) -> None:
         """Delete requests (all or nothing: an unknown id deletes none); running ones are stopped."""
-        rows = self.collect(target, ids)
+        rows = self._rows(target, ids)
         for row in rows:
             task = self._running.get(row.id)
             if task is not None:
                 self._cancelling.add(row.id)
                 task.cancel()
-        await self._db.committer.submit_async(
-            lambda conn: conn.execute(delete(REQUESTS).where(REQUESTS.c.id.in_([r.id for r in rows])))
-        )
+
+        def remove(conn: Connection) -> list[str]:
+            chosen = REQUESTS.c.id.in_([r.id for r in rows])
+            keys = named_keys(conn, REQUESTS, chosen)
+            conn.execute(delete(REQUESTS).where(chosen))
+            return keys
+
+        keys = await self._db.committer.submit_async(remove)
+        await asyncio.to_thread(self._payloads.discard, keys)
 
     # --- retention -------------------------------------------------------------------------
 
@@ -562,17 +578,19 @@ class Requests:
         """Delete finished requests older than their version's retention time; returns how many."""
         now = utcnow()
         removed = 0
+        keys: list[str] = []
         with self._db.write() as session:
             versions = session.execute(select(VersionRow.id, VersionRow.request_retention_time)).all()
             for version_id, retention_s in versions:
-                done = session.execute(
-                    delete(REQUESTS).where(
-                        REQUESTS.c.version_id == version_id,
-                        REQUESTS.c.status.in_([s.value for s in TERMINAL]),
-                        REQUESTS.c.finished_at < now - timedelta(seconds=retention_s),
-                    )
+                expired = (
+                    REQUESTS.c.version_id == version_id,
+                    REQUESTS.c.status.in_([s.value for s in TERMINAL]),
+                    REQUESTS.c.finished_at < now - timedelta(seconds=retention_s),
                 )
+                keys += named_keys(session.connection(), REQUESTS, *expired)
+                done = session.execute(delete(REQUESTS).where(*expired))
                 removed += done.rowcount or 0
+        self._payloads.discard(keys)  # once the rows are gone for good
         return removed
 
     # --- recovery --------------------------------------------------------------------------
@@ -597,14 +615,15 @@ class Requests:
                     transition(session, request_id, old, Status.FAILED, finished_at=now,
                                error_message="The server stopped while this request was running")
             waiting = session.execute(
-                select(REQUESTS.c.id, REQUESTS.c.version_id, REQUESTS.c.data, REQUESTS.c.timeout, REQUESTS.c.priority)
+                select(REQUESTS.c.id, REQUESTS.c.version_id, REQUESTS.c.data, REQUESTS.c.timeout, REQUESTS.c.priority,
+                       REQUESTS.c.data_key)
                 .where(REQUESTS.c.status == Status.PENDING.value)
                 .order_by(REQUESTS.c.created_at, REQUESTS.c.id)
             ).all()
         self.queue.push(
             [
-                QueuedItem(request_id, version_id, orjson.loads(data) if data else None, timeout, priority)
-                for request_id, version_id, data, timeout, priority in waiting
+                QueuedItem(request_id, version_id, self._payloads.value(data, key), timeout, priority)
+                for request_id, version_id, data, timeout, priority, key in waiting
             ]
         )
         return len(stuck), len(waiting)

@@ -122,6 +122,8 @@ class RequestRow(Base):
     timeout: Mapped[int] = mapped_column(Integer)  # seconds
     data: Mapped[bytes | None] = mapped_column(LargeBinary)  # JSON-encoded input
     result: Mapped[bytes | None] = mapped_column(LargeBinary)  # JSON-encoded output
+    data_key: Mapped[str | None] = mapped_column(String(200))  # blob of a large input (`data` NULL): core/payloads.py
+    result_key: Mapped[str | None] = mapped_column(String(200))  # blob of a large output (`result` NULL)
     error_message: Mapped[str | None] = mapped_column(Text)
     logs: Mapped[str | None] = mapped_column(Text)
     input_size: Mapped[int] = mapped_column(Integer, default=0)
@@ -190,6 +192,8 @@ class PipelineRequestRow(Base):
     timeout: Mapped[int] = mapped_column(Integer)  # seconds
     data: Mapped[bytes | None] = mapped_column(LargeBinary)
     result: Mapped[bytes | None] = mapped_column(LargeBinary)
+    data_key: Mapped[str | None] = mapped_column(String(200))  # blob of a large input (`data` NULL)
+    result_key: Mapped[str | None] = mapped_column(String(200))  # blob of a large output (`result` NULL)
     error_message: Mapped[str | None] = mapped_column(Text)
     input_size: Mapped[int] = mapped_column(Integer, default=0)
     output_size: Mapped[int] = mapped_column(Integer, default=0)
@@ -213,6 +217,8 @@ class OperatorRequestRow(Base):
     status: Mapped[str] = mapped_column(String(20))
     data: Mapped[bytes | None] = mapped_column(LargeBinary)
     result: Mapped[bytes | None] = mapped_column(LargeBinary)
+    data_key: Mapped[str | None] = mapped_column(String(200))  # blob of a large input (`data` NULL)
+    result_key: Mapped[str | None] = mapped_column(String(200))  # blob of a large output (`result` NULL)
     error_message: Mapped[str | None] = mapped_column(Text)
     input_size: Mapped[int] = mapped_column(Integer, default=0)
     output_size: Mapped[int] = mapped_column(Integer, default=0)

@@ -10,10 +10,12 @@ import pytest
 from sqlalchemy import select
 
 from modelbay.core import operators
+from modelbay.core.payloads import Payloads
 from modelbay.core.pipeline_requests import PIPELINE_REQUESTS, PipelineRequests, Run
 from modelbay.core.pipelines import Pipelines, Plan
 from modelbay.core.projects import Projects
 from modelbay.core.transitions import Status
+from modelbay.store.blobs import LocalBlobStore
 from modelbay.store.db import Database, Insert
 from modelbay.store.tables import ProjectRow
 
@@ -29,7 +31,7 @@ def db(tmp_path: Path) -> Iterator[Database]:
     database.close()
 
 
-def _plus_one(db: Database) -> tuple[ProjectRow, Plan, PipelineRequests]:
+def _plus_one(db: Database, blobs: Path) -> tuple[ProjectRow, Plan, PipelineRequests]:
     """A project with pipeline `p`: one function operator adding 1 to `x`."""
     projects = Projects(db, "admin")
     project = projects.get(projects.authenticate(projects.create("sub").token), "sub")
@@ -40,7 +42,9 @@ def _plus_one(db: Database) -> tuple[ProjectRow, Plan, PipelineRequests]:
          "configuration": {"expression": "x + 1", "input_fields": X, "output_fields": X}}], "attachments": [
         {"destination_name": "plus", "sources": [{"source_name": "pipeline_start", "mapping": TO_X}]},
         {"destination_name": "pipeline_end", "sources": [{"source_name": "plus", "mapping": TO_X}]}]})
-    return project, pipelines.plan(project, "p", None), PipelineRequests(db, pipelines, None, None)  # type: ignore[arg-type]
+    payloads = Payloads(db, LocalBlobStore(blobs))
+    requests = PipelineRequests(db, pipelines, None, None, payloads)  # type: ignore[arg-type]
+    return project, pipelines.plan(project, "p", None), requests
 
 
 def _status(db: Database, request_id: str) -> str | None:
@@ -48,13 +52,13 @@ def _status(db: Database, request_id: str) -> str | None:
         return session.scalar(select(PIPELINE_REQUESTS.c.status).where(PIPELINE_REQUESTS.c.id == request_id))
 
 
-def test_a_sub_pipeline_that_starts_after_its_parent_was_stopped_runs_no_step(db: Database) -> None:
+def test_a_sub_pipeline_that_starts_after_its_parent_was_stopped_runs_no_step(db: Database, tmp_path: Path) -> None:
     # Given a one-operator pipeline, and a parent run that was stopped while its sub-pipeline row was written
-    project, plan, requests = _plus_one(db)
+    project, plan, requests = _plus_one(db, tmp_path / "blobs")
 
     async def run_child() -> str:
         parent = Run("parent", project, plan, 60, asyncio.get_running_loop().time() + 60, stopping=True)
-        row = requests._new_row(plan, "direct", 60, {"x": 1}, {}, Status.PROCESSING, parent_id="parent")
+        row = await requests._new_row(plan, "direct", 60, {"x": 1}, {}, Status.PROCESSING, parent_id="parent")
         await db.committer.submit_async(Insert(PIPELINE_REQUESTS, [row]))
         # When the sub-pipeline request runs
         record = await requests._run(project, plan, row["id"], {"x": 1}, 60, Status.PROCESSING, row["created_at"],
@@ -68,8 +72,8 @@ def test_a_sub_pipeline_that_starts_after_its_parent_was_stopped_runs_no_step(db
 
 
 def test_an_internal_error_in_a_step_fails_the_request_instead_of_leaving_it_processing(
-        db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
-    project, plan, requests = _plus_one(db)
+        db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    project, plan, requests = _plus_one(db, tmp_path / "blobs")
 
     def broken(*_: object) -> list[object]:
         raise RuntimeError("a bug in an operator")

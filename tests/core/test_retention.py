@@ -9,12 +9,14 @@ from sqlalchemy import insert, select
 
 from modelbay.core import pipeline_requests
 from modelbay.core.clock import utcnow
+from modelbay.core.payloads import Payloads
 from modelbay.core.deployments import Deployments
 from modelbay.core.pipeline_requests import OPERATOR_REQUESTS, PIPELINE_REQUESTS, PipelineRequests
 from modelbay.core.pipelines import Pipelines
 from modelbay.core.projects import Projects
 from modelbay.core.requests import Requests
 from modelbay.core.transitions import REQUESTS
+from modelbay.store.blobs import LocalBlobStore
 from modelbay.store.db import Database
 
 
@@ -26,7 +28,7 @@ def db(tmp_path: Path) -> Iterator[Database]:
     database.close()
 
 
-def test_finished_requests_past_the_retention_time_are_swept_and_others_kept(db: Database) -> None:
+def test_finished_requests_past_the_retention_time_are_swept_and_others_kept(db: Database, tmp_path: Path) -> None:
     projects = Projects(db, "admin")
     token = projects.create("retention").token
     project = projects.get(projects.authenticate(token), "retention")
@@ -46,14 +48,15 @@ def test_finished_requests_past_the_retention_time_are_swept_and_others_kept(db:
             row("old-done", "completed", 7200), row("old-failed", "failed", 3601),
             row("fresh", "completed", 10), row("waiting", "pending", None),
         ])
-    assert Requests(db, None, deployments).sweep_expired() == 2  # type: ignore[arg-type]
+    payloads = Payloads(db, LocalBlobStore(tmp_path / "blobs"))
+    assert Requests(db, None, deployments, payloads).sweep_expired() == 2  # type: ignore[arg-type]
     with db.read() as session:
         assert sorted(session.scalars(select(REQUESTS.c.id))) == ["fresh", "waiting"]
 
 
 @pytest.mark.parametrize("ids_per_statement", [500, 1])
 def test_finished_pipeline_requests_past_retention_are_swept_with_their_sub_requests(
-        db: Database, monkeypatch: pytest.MonkeyPatch, ids_per_statement: int) -> None:
+        db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ids_per_statement: int) -> None:
     # with one id per statement, every `IN (…)` of the sweep is split: what it removes must not change
     monkeypatch.setattr(pipeline_requests, "IDS_PER_STATEMENT", ids_per_statement)
     projects = Projects(db, "admin")
@@ -82,7 +85,8 @@ def test_finished_pipeline_requests_past_retention_are_swept_with_their_sub_requ
         session.execute(insert(OPERATOR_REQUESTS), [{
             "id": "op", "pipeline_request_id": "old-child", "pipeline_object": "f", "operator": "function",
             "sequence_id": "1", "status": "completed", "input_size": 0, "output_size": 0, "created_at": now}])
-    sweeper = PipelineRequests(db, pipelines, None, None)  # type: ignore[arg-type]
+    payloads = Payloads(db, LocalBlobStore(tmp_path / "blobs"))
+    sweeper = PipelineRequests(db, pipelines, None, None, payloads)  # type: ignore[arg-type]
     assert sweeper.sweep_expired() == 2
     with db.read() as session:
         assert sorted(session.scalars(select(PIPELINE_REQUESTS.c.id))) == ["fresh", "running"]
