@@ -105,6 +105,7 @@ class Builder:
         self.build_timeout_s = build_timeout_s
         self._sandbox = sandbox
         self._memory_limit_bytes = memory_limit_bytes
+        shutil.rmtree(self.scratch, ignore_errors=True)  # what builds of a killed server left
         self._uv = uv.find_uv_bin()
         self._base_python = Path(getattr(sys, "_base_executable", sys.executable))
         if not self.uv_cache_dir.exists():

@@ -277,6 +277,7 @@ class LocalRuntime:
         self._start_timeout = start_timeout
         self._stop_grace = stop_grace
         self._keep_logs = keep_logs
+        shutil.rmtree(self._scratch_dir, ignore_errors=True)  # what instances of a killed server left
         self._sandbox = sandbox if sandbox is not None else Bubblewrap()
         self._network = network
         self._shared_dirs = list(shared_dirs or [])
