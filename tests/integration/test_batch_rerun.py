@@ -130,7 +130,7 @@ def test_results_not_yet_committed_are_bounded_and_only_those_run_again_after_a_
         recorder.settled()
         ran = [i for i in ids if recorder.ends(i)]
         assert 1 < len(ran) <= MAX_UNCOMMITTED_RESULTS + 1, len(ran)  # + the item its one instance runs
-        killed_at = kill(first, own_server)
+        kill(first, own_server)
     finally:
         blocker.close()
     assert set(statuses(first.data_dir, ids)) <= {"pending", "processing"}  # nothing of them was committed
@@ -140,7 +140,6 @@ def test_results_not_yet_committed_are_bounded_and_only_those_run_again_after_a_
     wait_until(lambda: all_terminal(second.data_dir, ids), timeout=RECOVERY_DEADLINE_S, interval=0.05)
     recorder.settled()
     found = rows(second.data_dir, ids)
-    assert [recorder.ends(i)[0] < killed_at for i in ran] == [True] * len(ran)
     for request_id in ids:
         if found[request_id]["status"] == "failed":  # only the 1 s item, if its claim was committed in time
             assert request_id == ids[0] and "server stopped" in str(found[request_id]["error_message"])
