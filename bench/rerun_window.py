@@ -281,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException:
         for proc in procs[-1:]:
             with contextlib.suppress(Exception):
-                print(f"--- last lines of the {proc.name} log ---\n{proc.log_path.read_text()[-3000:]}", file=sys.stderr)
+                tail = proc.log_path.read_text()[-3000:]
+                print(f"--- last lines of the {proc.name} log ---\n{tail}", file=sys.stderr)
         raise
     finally:
         for proc in reversed(procs):
