@@ -398,11 +398,17 @@ def create_noop_deployment(api: Any) -> None:
 
 
 def create_noop_version(
-    api: Any, workdir: Path, version: str, poll_s: float, deadline_s: float = 300.0, **settings: Any
+    api: Any,
+    workdir: Path,
+    version: str,
+    poll_s: float,
+    deadline_s: float = 300.0,
+    source: str = NOOP_DEPLOYMENT,
+    **settings: Any,
 ) -> dict[str, Any]:
     """Create a version of the no-op deployment (SDK `DeploymentVersionCreate` settings), upload
-    the package made by `ubiops.utils.zip_dir`, and poll until it is `available` (for up to
-    `deadline_s` from the upload); timed."""
+    the package made by `ubiops.utils.zip_dir` (its `deployment.py` is `source`, by default the
+    no-op), and poll until it is `available` (for up to `deadline_s` from the upload); timed."""
     import ubiops
 
     created = api.deployment_versions_create(
@@ -410,7 +416,7 @@ def create_noop_version(
     )
     package = workdir / f"package-{version}" / "src"
     package.mkdir(parents=True)
-    (package / "deployment.py").write_text(textwrap.dedent(NOOP_DEPLOYMENT))
+    (package / "deployment.py").write_text(textwrap.dedent(source))
     (package / "requirements.txt").write_text("")
     archive = ubiops.utils.zip_dir(str(package), str(package.parent / "noop.zip"))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -43,6 +44,10 @@ MAX_BATCH = 250
 
 #: A direct request still running after this long is recorded as `processing` before it ends.
 RECORD_PROCESSING_AFTER_S = 0.05
+
+#: Most batch results that may wait for their commit at any time: the queue runs no further
+#: ahead of the store, so a crash re-runs at most these (and the items running then).
+MAX_UNCOMMITTED_RESULTS = 32
 
 #: Most log text kept with one request; the worker already caps what it collects.
 MAX_STORED_LOG_CHARS = 1 << 20
@@ -185,6 +190,7 @@ class Requests:
         self.queue = BatchQueue(self._run_queued, self._drainers_for)
         self._running: dict[str, asyncio.Task[Any]] = {}  # request id -> its call, for cancels
         self._cancelling: set[str] = set()
+        self._uncommitted: deque[asyncio.Future[Any]] = deque()  # batch results being written, oldest first
 
     # --- direct ----------------------------------------------------------------------------
 
@@ -301,6 +307,7 @@ class Requests:
 
     async def _run_queued(self, item: QueuedItem) -> None:
         committer = self._db.committer
+        await self._limit_uncommitted()
         started_at = utcnow()
         try:
             target = self._deployments.target_of_version(item.version_id)
@@ -330,8 +337,24 @@ class Requests:
             values["started_at"] = started_at
         # Nobody waits on a batch result: the write goes on while the next item runs, and may
         # share its commit with the next few (until then, a crash leaves the item to run again).
-        finish = self._finish(item.request_id, outcome.status, values, running_from)
-        committer.submit(finish, linger=True).add_done_callback(_log_failure)
+        written = committer.submit_async(self._finish(item.request_id, outcome.status, values, running_from),
+                                         linger=True)
+        written.add_done_callback(_log_failure)
+        self._uncommitted.append(written)
+
+    async def _limit_uncommitted(self) -> None:
+        """Wait while `MAX_UNCOMMITTED_RESULTS` batch results wait for their commit. Without it a
+        busy event loop starves the committer's thread and results pile up uncommitted (~190 ms
+        of them under load), every one of which a crash would run again."""
+        waiting = self._uncommitted
+        while waiting:
+            if waiting[0].done():
+                waiting.popleft()
+            elif len(waiting) >= MAX_UNCOMMITTED_RESULTS:
+                self._db.committer.flush()  # they linger for company: they have enough
+                await asyncio.wait([waiting[0]])
+            else:
+                return
 
     @staticmethod
     def _claim(request_id: str, started_at: datetime) -> Callable[[Connection], bool]:

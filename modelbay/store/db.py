@@ -154,11 +154,15 @@ class GroupCommitter:
         self._queue.put((write, future, linger))
         return future
 
-    def submit_async(self, write: Op) -> asyncio.Future[Any]:
-        """Like `submit`, for a caller on an event loop, which awaits it: resolved on that loop."""
+    def submit_async(self, write: Op, *, linger: bool = False) -> asyncio.Future[Any]:
+        """Like `submit`, for a caller on an event loop: resolved on that loop."""
         future = asyncio.get_running_loop().create_future()
-        self._queue.put((write, future, False))
+        self._queue.put((write, future, linger))
         return future
+
+    def flush(self) -> None:
+        """Commit what is queued now, without waiting for lingering writes to find company."""
+        self._queue.put((_nothing, Future(), False))
 
     def close(self) -> None:
         self._queue.put(None)
@@ -220,6 +224,10 @@ class GroupCommitter:
 
 
 _Waiter = Future[Any] | asyncio.Future[Any]
+
+
+def _nothing(_conn: Connection) -> None:
+    """The write of `flush`: it only ends the linger of those queued before it."""
 
 
 def _settle(outcomes: list[tuple[_Waiter, Any, BaseException | None]]) -> None:

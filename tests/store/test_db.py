@@ -8,6 +8,7 @@ from sqlalchemy import func, insert, inspect, select, text
 
 from modelbay.core.errors import StatusChanged
 from modelbay.core.transitions import REQUESTS, Status, transition
+from modelbay.store import db as store_db
 from modelbay.store.db import Database
 from modelbay.store.tables import RequestRow
 
@@ -45,6 +46,23 @@ def test_group_commit_resolves_loop_futures_on_their_loop(db: Database) -> None:
         return list(await asyncio.gather(*writes))
 
     assert asyncio.run(scenario()) == [1] * 50
+
+
+def test_a_lingering_write_is_committed_at_once_when_the_committer_is_flushed(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_db, "LINGER_S", 60.0)  # without the flush, it would wait that long for company
+
+    async def scenario() -> None:
+        lingering = db.committer.submit_async(lambda c: c.execute(insert(REQUESTS), _row("late")), linger=True)
+        await asyncio.sleep(0.05)  # in the committer's hands, lingering
+        assert not lingering.done()
+        db.committer.flush()
+        await asyncio.wait_for(lingering, timeout=10)
+
+    asyncio.run(scenario())
+    with db.read() as session:
+        assert session.get(RequestRow, "late") is not None
 
 
 def test_migrations_create_every_table_in_wal_mode(db: Database) -> None:
