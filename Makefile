@@ -33,5 +33,10 @@ bench: install
 bench-batch: install
 	$(BIN)/python bench/batch_requests.py $(BENCH_ARGS)
 
+.PHONY: bench-sandbox
+bench-sandbox: install
+	@command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
+	$(BIN)/python bench/sandbox.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .modelbay .pytest_cache

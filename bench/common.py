@@ -310,19 +310,22 @@ def post_once(port: int, path: str, token: str, body: bytes = b'{"x": 1}') -> tu
 # --- modelbay and the baseline ------------------------------------------------------------------
 
 
-def start_modelbay(workdir: Path, procs: list[Proc]) -> tuple[Proc, str, Path]:
+def start_modelbay(
+    workdir: Path, procs: list[Proc], name: str = "modelbay", env: dict[str, str] | None = None
+) -> tuple[Proc, str, Path]:
     """`modelbay serve` on a free port with its data in `workdir/data`, and project `bench` made
-    with the CLI: (server, project token, data dir). The server is appended to `procs` at once."""
+    with the CLI: (server, project token, data dir). The server is appended to `procs` at once.
+    `env` is added to this process's environment for the server (e.g. `MODELBAY_SANDBOX`)."""
     data_dir = workdir / "data"
     port = free_port()
-    log(f"starting modelbay on 127.0.0.1:{port} (data in {data_dir})")
+    log(f"starting {name} on 127.0.0.1:{port} (data in {data_dir})")
     server = start_process(
-        "modelbay",
+        name,
         [sys.executable, "-m", "modelbay.cli", "serve", "--port", str(port), "--data-dir", str(data_dir)],
         workdir,
         port,
         "/health",
-        env=dict(os.environ),
+        env=dict(os.environ) | (env or {}),
     )
     procs.append(server)
     created = subprocess.run(
