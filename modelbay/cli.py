@@ -1,8 +1,9 @@
-"""The `modelbay` command: run the server, create projects."""
+"""The `modelbay` command: run the server, create and list projects."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import json
 import logging
 import signal
@@ -14,6 +15,7 @@ from typing import Annotated, NoReturn
 import typer
 import uvicorn
 from rich.console import Console
+from pydantic import ValidationError
 from rich.markup import escape
 
 from modelbay.runtime import sandbox
@@ -27,20 +29,51 @@ console = Console(stderr=True)
 #: Connections the kernel queues while the server starts (uvicorn's default).
 LISTEN_BACKLOG = 2048
 
-DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data directory (default ./.modelbay).")]
+_DEFAULTS = {name: field.default for name, field in Settings.model_fields.items()}
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help=f"Data directory (default: MODELBAY_DATA_DIR or ./{_DEFAULTS['data_dir']})."),
+]
+
+
+def _version(show: bool) -> None:
+    if show:
+        print(f"modelbay {importlib.metadata.version('modelbay')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """modelbay: a self-hosted platform that runs model code and serves requests to it."""
 
 
 def _settings(data_dir: Path | None, **overrides: object) -> Settings:
+    """The settings from the environment and the command line; a bad value is one line, not a traceback."""
     values = {k: v for k, v in overrides.items() if v is not None}
     if data_dir is not None:
         values["data_dir"] = data_dir
-    return Settings(**values)  # type: ignore[arg-type]
+    try:
+        return Settings(**values)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"MODELBAY_{'_'.join(str(part) for part in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
+        )
+        _fail(f"bad setting: {problems}")
 
 
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
-    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+    host: Annotated[
+        str | None, typer.Option(help=f"Address to listen on (default: MODELBAY_HOST or {_DEFAULTS['host']}).")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help=f"Port to listen on (default: MODELBAY_PORT or {_DEFAULTS['port']}).")
+    ] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Start the server: every dialect, the scheduler and the workers, on one port."""
@@ -156,6 +189,36 @@ def project_create(
     else:
         for key, value in payload.items():
             console.print(f"{key}: [bold]{value}[/bold]")
+
+
+@project_app.command("list")
+def project_list(
+    data_dir: DataDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per project.")] = False,
+) -> None:
+    """List the projects and their ids (never their tokens)."""
+    from modelbay.core.engine import admin_token, database_exists, open_database
+    from modelbay.core.projects import Caller, Projects
+
+    settings = _settings(data_dir)
+    if not database_exists(settings):
+        _fail(f"no modelbay database in {settings.data_dir.resolve()}")
+    db = open_database(settings)
+    try:
+        rows = Projects(db, admin_token(settings)[0]).list(Caller(project_id=None))
+    finally:
+        db.close()
+    for row in rows:
+        payload = {
+            "name": row.name,
+            "organization_id": row.organization_id,
+            "datature_project_id": row.datature_project_id,
+            "created": row.created_at.isoformat(),
+        }
+        if as_json:
+            print(json.dumps(payload))
+        else:
+            print("\t".join(str(value) for value in payload.values()))
 
 
 if __name__ == "__main__":

@@ -145,3 +145,54 @@ def test_the_data_dir_comes_from_modelbay_data_dir_when_no_flag_is_given(tmp_pat
     assert json.loads(result.stdout)["name"] == "envproject"
     assert [row["name"] for row in projects_named(data_dir, "envproject")] == ["envproject"]
     assert not (cwd / ".modelbay").exists()
+
+
+def test_version_prints_the_installed_version() -> None:
+    from importlib.metadata import version
+
+    result = subprocess.run([console_script(), "--version"], capture_output=True, text=True, timeout=60)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"modelbay {version('modelbay')}\n"
+
+
+def test_project_list_shows_every_project_with_its_ids_and_no_token(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    created = [
+        json.loads(modelbay("project", "create", name, "--data-dir", str(data_dir), "--json", *init).stdout)
+        for name, init in (("first", ("--init",)), ("second", ()))
+    ]
+
+    listed = modelbay("project", "list", "--data-dir", str(data_dir), "--json")
+    as_text = modelbay("project", "list", "--data-dir", str(data_dir))
+
+    assert listed.returncode == 0 and as_text.returncode == 0, listed.stderr + as_text.stderr
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert [(r["name"], r["organization_id"], r["datature_project_id"]) for r in rows] == [
+        (c["name"], c["organization_id"], c["datature_project_id"]) for c in created
+    ]
+    assert all(c["token"] not in listed.stdout + as_text.stdout for c in created)
+    assert [line.split("\t")[0] for line in as_text.stdout.splitlines()] == ["first", "second"]
+    # A data dir holding no database is one clear line, and nothing is created
+    missing = modelbay("project", "list", "--data-dir", str(tmp_path / "typo"))
+    assert missing.returncode == 1 and "no modelbay database in" in one_line(missing.stderr)
+    assert not (tmp_path / "typo").exists()
+
+
+def test_a_bad_setting_is_one_line_naming_it_not_a_traceback(tmp_path: Path) -> None:
+    env = {**os.environ, "MODELBAY_PORT": "eighty", "MODELBAY_DATA_DIR": str(tmp_path / "data")}
+
+    result = modelbay("serve", env=env)
+
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert one_line(result.stderr).startswith("error: bad setting: MODELBAY_PORT:"), result.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_serve_help_shows_the_defaults() -> None:
+    result = modelbay("serve", "--help", env={**os.environ, "COLUMNS": "200"})  # no wrapping inside the box
+
+    assert result.returncode == 0, result.stderr
+    text = one_line(result.stdout)
+    assert "(default: MODELBAY_PORT or 8000)" in text and "(default: MODELBAY_HOST or 127.0.0.1)" in text
