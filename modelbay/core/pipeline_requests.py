@@ -159,8 +159,9 @@ class PipelineRequests:
         """Run `data` through `plan` now and return the finished pipeline request.
 
         `on_update` receives the partials its deployment steps stream. Raises `InvalidInput`
-        (nothing recorded) when `data` does not match the pipeline's input.
+        (nothing recorded) when `data` does not match the pipeline's input or the version is incomplete.
         """
+        plan.check_runnable()
         check_data(plan.io.input_type, plan.io.input_fields, data)
         row = await self._new_row(plan, "direct", timeout, data, origin, Status.PROCESSING)
         # Not awaited: nobody has an answer before the run's last write, which follows it in
@@ -172,6 +173,7 @@ class PipelineRequests:
     async def create_batch(self, project: ProjectRow, plan: Plan, items: list[Any], *, timeout: int,
                            origin: dict[str, str]) -> list[PipelineRecord]:
         """Validate every item, commit them all at once (all or nothing), then run them in the background."""
+        plan.check_runnable()
         if not items:
             raise InvalidInput("A batch needs at least one request")
         if len(items) > MAX_BATCH:
@@ -318,6 +320,8 @@ class PipelineRequests:
     async def _walk(self, run: Run, data: Any) -> Any:
         """Run every object once its sources are done; returns what reaches `pipeline_end`."""
         plan = run.plan
+        if plan.incomplete is not None:  # a queued request whose version was edited into an unfinished state
+            raise StepFailed(plan.incomplete)
         loop = asyncio.get_running_loop()
         done: dict[str, asyncio.Future[list[Any]]] = {name: loop.create_future() for name in plan.order}
         done[START] = loop.create_future()
@@ -430,6 +434,7 @@ class PipelineRequests:
         timeout = self._time_left(run, obj)
         try:
             plan = self._pipelines.plan(run.project, obj.reference_name, obj.version)
+            plan.check_runnable()
             check_data(plan.io.input_type, plan.io.input_fields, item)
         except ModelbayError as exc:
             raise StepFailed(f"Object '{obj.name}' failed: {exc.message}") from None

@@ -2,7 +2,9 @@
 joined by attachments with field mappings, from `pipeline_start` to `pipeline_end`.
 
 A version is validated as a whole when it is stored (`check_graph`), so a pipeline request
-never meets an unknown object, a cycle, a dead end or a mapping between mismatched fields.
+never meets an unknown object, a cycle or a mapping between mismatched fields. It may be stored
+incomplete (an object off the path from start to end, an input not fed: built up step by step);
+requests to it are refused with a 400 naming what is missing until it is complete.
 """
 
 from __future__ import annotations
@@ -74,16 +76,23 @@ class Plan:
     objects: dict[str, PipelineObject]
     sources: dict[str, tuple[Source, ...]]  # destination (an object or END) -> its sources
     order: tuple[str, ...]  # objects in a topological order
+    incomplete: str | None = None  # why it cannot run yet (stored while being built up)
+
+    def check_runnable(self) -> None:
+        """Raise `InvalidInput` saying what is missing when the version is not complete."""
+        if self.incomplete is not None:
+            raise InvalidInput(self.incomplete)
 
 
 def pipeline_io(row: PipelineRow) -> Io:
     return Io(row.input_type, tuple(row.input_fields), row.output_type, tuple(row.output_fields))
 
 
-def check_graph(io: Io, objects: dict[str, Io], attachments: list[tuple[str, list[Source]]]) -> tuple[str, ...]:
-    """Validate the DAG: known names, matching fields, no cycle, every object on a path from
-    start to end. Returns the objects in topological order; raises `InvalidInput` naming the
-    object and field at fault."""
+def check_graph(io: Io, objects: dict[str, Io], attachments: list[tuple[str, list[Source]]],
+                complete: bool = True) -> tuple[str, ...]:
+    """Validate the DAG: known names, matching fields, no cycle, and (when `complete`) every object
+    on a path from start to end with every structured input fed. Returns the objects in topological
+    order; raises `InvalidInput` naming the object and field at fault."""
     inputs_of: dict[str, dict[str, str]] = {name: {f["name"]: f["data_type"] for f in spec.input_fields}
                                              for name, spec in objects.items()}
     inputs_of[END] = {f["name"]: f["data_type"] for f in io.output_fields}
@@ -144,6 +153,8 @@ def check_graph(io: Io, objects: dict[str, Io], attachments: list[tuple[str, lis
     if len(order) < len(objects):
         cyclic = sorted(name for name, n in indegree.items() if n > 0)
         raise InvalidInput(f"The attachments form a cycle through object '{cyclic[0]}'")
+    if not complete:
+        return tuple(order)
     # reachable from start, and reaching end
     reached = _reach(START, edges)
     for name in objects:
@@ -488,9 +499,14 @@ class Pipelines:
         sources: dict[str, list[Source]] = {}
         for destination, srcs in attachments:
             sources.setdefault(destination, []).extend(srcs)
-        order = check_graph(pipeline_io(pipeline), {n: o.io for n, o in objects.items()}, attachments)
+        io, specs, incomplete = pipeline_io(pipeline), {n: o.io for n, o in objects.items()}, None
+        try:
+            order = check_graph(io, specs, attachments)
+        except InvalidInput as exc:  # stored while being built up: it runs once it is complete
+            order = check_graph(io, specs, attachments, complete=False)
+            incomplete = f"Pipeline version '{row.name}' is incomplete: {exc.message}"
         return Plan(project_id, pipeline.id, pipeline.name, row.id, row.name, row.request_retention_mode,
-                    pipeline_io(pipeline), objects, {d: tuple(s) for d, s in sources.items()}, order)
+                    io, objects, {d: tuple(s) for d, s in sources.items()}, order, incomplete)
 
     # --- validation ------------------------------------------------------------------------
 
@@ -539,7 +555,9 @@ class Pipelines:
             specs[name] = self._io_of(session, project_id, obj)
             objects.append(obj)
         parsed = parse_attachments(raw_attachments)
-        check_graph(pipeline_io(pipeline), specs, parsed)
+        # A version may be stored incomplete (created empty, then edited, as UbiOps users do); what
+        # it holds must fit, and requests to it are refused until it is complete.
+        check_graph(pipeline_io(pipeline), specs, parsed, complete=False)
         attachments = [
             {
                 "id": str(uuid.uuid4()),
@@ -563,7 +581,7 @@ class Pipelines:
             except InvalidInput:
                 continue  # broken already (a deployment it refers to is gone), not by this update
             try:
-                check_graph(pipeline_io(pipeline), specs, parse_attachments(version.attachments))
+                check_graph(pipeline_io(pipeline), specs, parse_attachments(version.attachments), complete=False)
             except InvalidInput as exc:
                 raise InvalidInput(f"Version '{version.name}' would no longer be valid: {exc.message}") from None
 
