@@ -24,7 +24,7 @@ class Settings(BaseSettings):
         None, description="Token that may act in every project; generated and kept in the data dir if unset."
     )
     runtime: str = Field("local", description="Where instances run: 'local' processes.")
-    uv_cache_dir: Path | None = Field(None, description="Cache of the package installer; uv's default if unset.")
+    uv_cache_dir: Path | None = Field(None, description="Package cache of builds (one folder per project); <data dir>/builds/uv-cache if unset.")
     max_log_bytes: int = Field(1 << 20, ge=1024, description="What one request may print before it is failed.")
     max_request_bytes: int = Field(64 << 20, ge=1024, description="Largest request body accepted.")
     instance_start_timeout_s: float = Field(120.0, gt=0, description="How long an instance may take to load.")
