@@ -196,7 +196,8 @@ def test_the_retention_sweep_removes_the_payloads_of_expired_requests(own_server
     # Then the expired requests are gone, and their payloads with them
     wait_until(lambda: not query(second.data_dir, "SELECT id FROM pipeline_requests"), timeout=30)
     assert query(second.data_dir, "SELECT id FROM requests") == []
-    assert [payload_files(second.data_dir, i) for i in ids] == [[], [], []]
+    # the files go once the rows' deletion is committed, a moment after the rows
+    wait_until(lambda: [payload_files(second.data_dir, i) for i in ids] == [[], [], []], timeout=30)
 
 
 def test_a_large_batch_request_pending_when_the_server_is_killed_runs_with_its_input_after_a_restart(
