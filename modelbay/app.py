@@ -3,26 +3,24 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import orjson
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp
 
 from modelbay.core.engine import Engine
-from modelbay.core.errors import ModelbayError
 from modelbay.dialects.abeja import errors as abeja_errors
 from modelbay.dialects.abeja.deployments import router as abeja_deployments_router
 from modelbay.dialects.abeja.runs import router as abeja_runs_router
 from modelbay.dialects.abeja.services import proxy_router as abeja_proxy_router
 from modelbay.dialects.abeja.services import router as abeja_services_router
+from modelbay.dialects.common.errors import unrouted_handler
 from modelbay.dialects.datature import errors as datature_errors
-from modelbay.dialects.datature.routes import install as install_datature
+from modelbay.dialects.datature.jobs import item_result as datature_item_result
 from modelbay.dialects.datature.routes import routers as datature_routers
 from modelbay.dialects.ubiops import errors as ubiops_errors
 from modelbay.dialects.ubiops.direct import DirectRequests
@@ -35,23 +33,13 @@ from modelbay.dialects.ubiops.routes import router as ubiops_router
 from modelbay.dialects.ubiops.streaming import router as ubiops_streaming_router
 from modelbay.settings import Settings
 
-#: Which dialect answers errors under which path prefixes.
-ERROR_RENDERERS: list[tuple[tuple[str, ...], Callable[[Exception], Response]]] = [
-    (UBIOPS_PREFIXES, ubiops_errors.render),
-    (abeja_errors.PREFIXES, abeja_errors.render),
-    # `/projects/…` only: UbiOps' projects live under `/v2.1/projects` and `/v2/projects`.
-    (datature_errors.PREFIXES, datature_errors.render),
+#: The dialect mounted at each path prefix: its shape answers the paths there that no route serves.
+#: (Every route answers its own errors in its dialect's shape: see `dialects.common.errors`.)
+MOUNTED_ERRORS = [
+    (UBIOPS_PREFIXES, ubiops_errors.ERRORS),
+    (abeja_errors.PREFIXES, abeja_errors.ERRORS),
+    (datature_errors.PREFIXES, datature_errors.ERRORS),
 ]
-
-
-def render_error(request: Request, exc: Exception) -> Response:
-    path = request.url.path
-    for prefixes, render in ERROR_RENDERERS:
-        if path.startswith(prefixes):
-            return render(exc)
-    status = exc.status_code if isinstance(exc, HTTPException) else 400
-    message = exc.message if isinstance(exc, ModelbayError) else str(getattr(exc, "detail", exc))
-    return Response(orjson.dumps({"error": message}), status_code=status, media_type="application/json")
 
 
 def create_app(settings: Settings) -> ASGIApp:
@@ -59,10 +47,8 @@ def create_app(settings: Settings) -> ASGIApp:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = Engine(settings)
-        install_datature(engine)
+        engine = Engine(settings, job_item_body=datature_item_result)
         app.state.engine = engine
-        app.state.abeja_deployment_ids = {}
         await engine.start()
         # What start-up made lives as long as the server: keep it out of every full collection,
         # which otherwise pauses requests for 100-200 ms now and then (gen 2 walks the whole heap).
@@ -74,12 +60,8 @@ def create_app(settings: Settings) -> ASGIApp:
             await engine.close()
 
     app = FastAPI(title="modelbay", version="0.1.0", lifespan=lifespan)
-
-    async def on_error(request: Request, exc: Exception) -> Response:
-        return render_error(request, exc)
-
-    for exc_type in (ModelbayError, RequestValidationError, HTTPException):
-        app.add_exception_handler(exc_type, on_error)
+    # What reaches the app unanswered by a route: a path no route serves.
+    app.add_exception_handler(HTTPException, unrouted_handler(MOUNTED_ERRORS, default=ubiops_errors.ERRORS))
 
     @app.get("/health")
     async def health() -> Response:

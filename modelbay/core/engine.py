@@ -6,6 +6,7 @@ import asyncio
 import logging
 import re
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import create_engine, inspect, make_url
@@ -16,7 +17,7 @@ from modelbay.core.datasets import Datasets
 from modelbay.core.deliveries import Deliveries
 from modelbay.core.deployments import Deployments, Target
 from modelbay.core.errors import NotFound, Unavailable
-from modelbay.core.jobs import Jobs
+from modelbay.core.jobs import ItemOutcome, Jobs, default_body
 from modelbay.core.journal import Journal
 from modelbay.core.payloads import Payloads
 from modelbay.core.pipeline_requests import PipelineRequests
@@ -95,7 +96,8 @@ def open_database(settings: Settings) -> Database:
 class Engine:
     """Owns the store, the runtime and the services; `start` and `close` bracket the server's life."""
 
-    def __init__(self, settings: Settings, runtime: Runtime | None = None) -> None:
+    def __init__(self, settings: Settings, runtime: Runtime | None = None, *,
+                 job_item_body: Callable[[ItemOutcome], bytes] = default_body) -> None:
         self.settings = settings
         data = settings.data_dir
         self.db = open_database(settings)
@@ -136,7 +138,7 @@ class Engine:
         self.webhooks = Webhooks(self.db, self.http, allow_private_targets=allow_private)
         self.deliveries = Deliveries(self.db, self.http)
         self.datasets = Datasets(self.db, self.blobs)
-        self.jobs = Jobs(self.db, self.datasets, self.deployments, self.requests, self.deliveries)
+        self.jobs = Jobs(self.db, self.datasets, self.deployments, self.requests, self.deliveries, job_item_body)
         self.pipelines = Pipelines(self.db)
         self.pipeline_requests = PipelineRequests(self.db, self.pipelines, self.deployments, self.requests,
                                                   self.payloads)

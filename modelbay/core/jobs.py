@@ -110,7 +110,7 @@ class Jobs:
     """Creates jobs, runs them, stops them and reads their logs."""
 
     def __init__(self, db: Database, datasets: Datasets, deployments: Deployments, requests: Requests,
-                 deliveries: Deliveries) -> None:
+                 deliveries: Deliveries, render_body: Callable[[ItemOutcome], bytes] = default_body) -> None:
         self._db = db
         self._datasets = datasets
         self._deployments = deployments
@@ -120,8 +120,8 @@ class Jobs:
         self._stops: dict[str, asyncio.Event] = {}  # set when a job's stop time changes or it is stopped
         self._live: dict[str, _Runner] = {}
         self._closing = False
-        #: Turns an item's outcome into the body its webhooks receive (a dialect may replace it).
-        self.render_body: Callable[[ItemOutcome], bytes] = default_body
+        #: Turns an item's outcome into the body its webhooks receive (the dialect's, given by the app).
+        self.render_body = render_body
         deliveries.on_settled = self._items_settled
 
     # --- create and read -------------------------------------------------------------------

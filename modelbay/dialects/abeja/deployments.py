@@ -18,10 +18,11 @@ from modelbay.core.projects import Caller
 from modelbay.core.runs import check_environment
 from modelbay.dialects.abeja import ids, schemas
 from modelbay.dialects.abeja.deps import DeploymentDep, EngineDep, JsonObject, OrganizationDep, find_deployment
+from modelbay.dialects.abeja.errors import AbejaRoute
 from modelbay.dialects.common.body import body_chunks
 from modelbay.store.tables import DeploymentRow, ProjectRow, VersionRow
 
-router = APIRouter(tags=["abeja deployments"])
+router = APIRouter(route_class=AbejaRoute, tags=["abeja deployments"])
 
 D = "/organizations/{organization_id}/deployments"
 V = D + "/{deployment_id}/versions"

@@ -1,4 +1,4 @@
-"""Core errors as the ABEJA Platform answers them: `{"error": "<code>", "error_description": "<text>"}`.
+"""Errors as the ABEJA Platform answers them: `{"error": "<code>", "error_description": "<text>"}`.
 
 The SDK maps 400/401/403/404/405/409/500 to its exceptions and re-sends on 5xx, so nothing
 here answers 5xx except a real server fault.
@@ -6,18 +6,11 @@ here answers 5xx except a real server fault.
 
 from __future__ import annotations
 
-import logging
+from typing import Any
 
-import orjson
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
-from starlette.exceptions import HTTPException
+from modelbay.dialects.common.errors import DialectRoute, ErrorShape
 
-from modelbay.core.errors import ModelbayError
-from modelbay.dialects.ubiops.errors import describe_validation_error, status_of
-
-log = logging.getLogger(__name__)
-
+#: Where the dialect lives: its paths that no route serves are answered in its shape.
 PREFIXES = ("/organizations/", "/deployments/")
 
 CODE_OF = {
@@ -28,24 +21,17 @@ CODE_OF = {
     405: "method_not_allowed",
     409: "conflict",
     413: "payload_too_large",
-    422: "bad_request",
     500: "internal_server_error",
 }
 
 
-def error_response(status: int, description: str) -> Response:
-    body = {"error": CODE_OF.get(status, "error"), "error_description": description}
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+class AbejaErrors(ErrorShape):
+    def body(self, status: int, message: str) -> dict[str, Any]:
+        return {"error": CODE_OF.get(status, "error"), "error_description": message}
 
 
-def render(exc: Exception) -> Response:
-    """The ABEJA answer to any error raised while serving one of its routes."""
-    if isinstance(exc, ModelbayError):
-        return error_response(status_of(exc), exc.message)
-    if isinstance(exc, RequestValidationError):
-        return error_response(400, describe_validation_error(exc))
-    if isinstance(exc, HTTPException):
-        status = 400 if exc.status_code == 422 else exc.status_code
-        return error_response(status, str(exc.detail))
-    log.error("unexpected error", exc_info=exc)
-    return error_response(500, "Internal server error")
+ERRORS = AbejaErrors()
+
+
+class AbejaRoute(DialectRoute):
+    errors = ERRORS

@@ -13,10 +13,11 @@ from modelbay.core.runs import NewRun, check_environment, check_retry_count
 from modelbay.dialects.abeja import ids, schemas
 from modelbay.dialects.abeja.deployments import ok, version_target
 from modelbay.dialects.abeja.deps import DeploymentDep, EngineDep, JsonObject, OrganizationDep
+from modelbay.dialects.abeja.errors import AbejaRoute
 from modelbay.dialects.abeja.logs import log_page, recent_log_page
 from modelbay.store.tables import RunRow
 
-router = APIRouter(tags=["abeja runs"])
+router = APIRouter(route_class=AbejaRoute, tags=["abeja runs"])
 
 R = "/organizations/{organization_id}/deployments/{deployment_id}/runs"
 

@@ -10,6 +10,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from modelbay.core.engine import Engine
 from modelbay.core.errors import InvalidInput, NotFound
 from modelbay.core.runs import check_environment
 from modelbay.dialects.abeja import ids, schemas
@@ -22,15 +23,15 @@ from modelbay.dialects.abeja.deps import (
     caller_from_header,
     find_deployment,
 )
-from modelbay.dialects.abeja.errors import error_response
+from modelbay.dialects.abeja.errors import ERRORS, AbejaRoute
 from modelbay.dialects.abeja.logs import recent_log_page
 from modelbay.dialects.abeja.runs import model_alias, target_or_none
 from modelbay.dialects.common.body import read_body
 from modelbay.runtime import wire
-from modelbay.store.tables import ServiceRow
+from modelbay.store.tables import ProjectRow, ServiceRow
 
-router = APIRouter(tags=["abeja services"])
-proxy_router = APIRouter(tags=["abeja service proxy"])
+router = APIRouter(route_class=AbejaRoute, tags=["abeja services"])
+proxy_router = APIRouter(route_class=AbejaRoute, tags=["abeja service proxy"])
 
 S = "/organizations/{organization_id}/deployments/{deployment_id}/services"
 
@@ -128,18 +129,31 @@ def _body_as_input(target: Any, raw: bytes, content_type: str, headers: dict[str
 
 def _http_answer(target: Any, record: Any) -> Response:
     if record.status != "completed":
-        return error_response(500, record.error_message or "The service's code failed")
+        return ERRORS.response(500, record.error_message or "The service's code failed")
     if not target.handler:
         return Response(orjson.dumps(record.result), media_type="application/json")
     envelope = orjson.loads(record.result)
     status, content_type = int(envelope["status_code"]), str(envelope["content_type"])
     if not 200 <= status <= 599:
-        return error_response(500, f"The handler answered with status {status}, which is not an HTTP answer")
+        return ERRORS.response(500, f"The handler answered with status {status}, which is not an HTTP answer")
     if not content_type.isprintable():
-        return error_response(500, "The handler answered with a content_type that cannot be a header")
+        return ERRORS.response(500, "The handler answered with a content_type that cannot be a header")
     body = envelope["body"]
     content = base64.b64decode(body) if envelope.get("encoding") == "base64" else body.encode("utf-8")
     return Response(content, status_code=status, media_type=content_type)
+
+
+#: The core id of each deployment the proxy has served, by (project's core id, 13-digit id): the hot
+#: path finds a deployment once per process. Neither id ever changes, and project ids are UUIDs.
+_core_deployment_ids: dict[tuple[str, str], str] = {}
+
+
+def _core_deployment_id(engine: Engine, project: ProjectRow, deployment_id: str) -> str:
+    key = (project.id, deployment_id)
+    core_id = _core_deployment_ids.get(key)
+    if core_id is None:
+        core_id = _core_deployment_ids[key] = find_deployment(engine, project, deployment_id).id
+    return core_id
 
 
 @proxy_router.post("/deployments/{deployment_id}/services/{service_id}")
@@ -149,11 +163,7 @@ async def request_service(request: Request, engine: EngineDep, deployment_id: st
         raise NotFound("service", f"{deployment_id}/{service_id} (the Host header names no organization)")
     caller = caller_from_header(engine, request.headers.get("authorization"))
     project = engine.projects.by_organization(caller, match.group(1))
-    # The 13-digit id of a deployment never changes: its core id is remembered for the hot path.
-    known: dict[tuple[str, str], str] = request.app.state.abeja_deployment_ids
-    deployment = known.get((project.id, deployment_id))
-    if deployment is None:
-        deployment = known[(project.id, deployment_id)] = find_deployment(engine, project, deployment_id).id
+    deployment = _core_deployment_id(engine, project, deployment_id)
     row = engine.services.get(deployment, ids.core_service_id(service_id))
     target = engine.services.target(row)
     content_type = request.headers.get("content-type") or "application/octet-stream"

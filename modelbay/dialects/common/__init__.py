@@ -1,1 +1,2 @@
-"""What every dialect shares: the size-limited body reader and the parsing of query parameters."""
+"""What every dialect shares: the size-limited body reader, the parsing of query parameters, and the
+answer to errors (which status each gets; each dialect gives only its body shape)."""

@@ -13,6 +13,7 @@ from modelbay.core.errors import InvalidInput
 from modelbay.dialects.common.body import body_chunks
 from modelbay.dialects.datature import schemas
 from modelbay.dialects.datature.deps import EngineDep, JsonObject, ProjectDep
+from modelbay.dialects.datature.errors import DatatureRoute
 from modelbay.store.tables import DatasetRow, ProjectRow
 
 PREFIX = "dataset"
@@ -26,7 +27,7 @@ OVERVIEW = {
     "failed_processing": "FailedProcessing",
 }
 
-router = APIRouter(prefix="/projects/{project_id}/batch/datasets")
+router = APIRouter(route_class=DatatureRoute, prefix="/projects/{project_id}/batch/datasets")
 
 
 def upload_path(project: ProjectRow, row: DatasetRow) -> str:

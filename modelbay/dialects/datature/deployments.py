@@ -14,11 +14,12 @@ from modelbay.core.engine import Engine
 from modelbay.core.errors import ModelbayError, NotFound
 from modelbay.dialects.datature import schemas
 from modelbay.dialects.datature.deps import EngineDep, ProjectDep
+from modelbay.dialects.datature.errors import DatatureRoute
 from modelbay.store.tables import DeploymentRow, ProjectRow
 
 PREFIX = "deploy"
 
-router = APIRouter(prefix="/projects/{project_id}/deployments")
+router = APIRouter(route_class=DatatureRoute, prefix="/projects/{project_id}/deployments")
 
 
 def deployment(engine: Engine, row: DeploymentRow, project: ProjectRow) -> dict[str, Any]:

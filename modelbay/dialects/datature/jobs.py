@@ -16,6 +16,7 @@ from modelbay.core.jobs import ItemOutcome, ItemStatus
 from modelbay.core.jobs import Status as JobStatus
 from modelbay.dialects.datature import schemas
 from modelbay.dialects.datature.deps import EngineDep, JsonObject, ProjectDep
+from modelbay.dialects.datature.errors import DatatureRoute
 from modelbay.store.tables import JobLogRow, JobRow, ProjectRow
 
 PREFIX = "batchjob"
@@ -40,7 +41,7 @@ ITEM_STATUS = {
 
 LOG_KIND = {"item": "ItemPredicted", "job_started": "JobStarted"}
 
-router = APIRouter(prefix="/projects/{project_id}/batch/jobs")
+router = APIRouter(route_class=DatatureRoute, prefix="/projects/{project_id}/batch/jobs")
 
 
 def _dt(value: int | None) -> datetime | None:

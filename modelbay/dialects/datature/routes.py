@@ -4,16 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from modelbay.core.engine import Engine
 from modelbay.dialects.datature.datasets import router as datasets
 from modelbay.dialects.datature.deployments import router as deployments
-from modelbay.dialects.datature.jobs import item_result
 from modelbay.dialects.datature.jobs import router as jobs
 from modelbay.dialects.datature.webhooks import router as webhooks
 
 routers: list[APIRouter] = [webhooks, datasets, jobs, deployments]
-
-
-def install(engine: Engine) -> None:
-    """What the dialect adds to the engine: the shape of the results its webhooks receive."""
-    engine.jobs.render_body = item_result

@@ -14,11 +14,12 @@ from modelbay.core.errors import InvalidInput
 from modelbay.core.webhooks import DEFAULT_MAX_BACKOFF_MS, DEFAULT_MAX_RETRIES
 from modelbay.dialects.datature import schemas
 from modelbay.dialects.datature.deps import EngineDep, JsonObject, ProjectDep
+from modelbay.dialects.datature.errors import DatatureRoute
 from modelbay.store.tables import ProjectRow, WebhookRow
 
 PREFIX = "webhook"
 
-router = APIRouter(prefix="/projects/{project_id}/batch/webhooks")
+router = APIRouter(route_class=DatatureRoute, prefix="/projects/{project_id}/batch/webhooks")
 
 
 def webhook(row: WebhookRow, project: ProjectRow) -> dict[str, Any]:

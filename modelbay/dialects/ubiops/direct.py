@@ -23,8 +23,9 @@ from modelbay.core.errors import ModelbayError
 from modelbay.core.requests import DIRECT_TIMEOUT_DEFAULT_S, DIRECT_TIMEOUT_MAX_S, check_timeout
 from modelbay.dialects.common.body import check_declared_size, too_large
 from modelbay.dialects.common.query import int_param
-from modelbay.dialects.ubiops import errors, schemas
+from modelbay.dialects.ubiops import schemas
 from modelbay.dialects.ubiops.deps import caller_from
+from modelbay.dialects.ubiops.errors import ERRORS
 from modelbay.dialects.ubiops.requests import decode_input
 
 log = logging.getLogger(__name__)
@@ -67,11 +68,11 @@ class DirectRequests:
         except ClientGone:
             return
         except ModelbayError as exc:
-            await errors.render(exc)(scope, receive, send)
+            await ERRORS.render(exc)(scope, receive, send)
             return
         except Exception:
             log.exception("direct request failed")
-            await errors.error_response(500, "Internal server error")(scope, receive, send)
+            await ERRORS.response(500, "Internal server error")(scope, receive, send)
             return
         headers = [*JSON_HEADERS, (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})

@@ -18,8 +18,9 @@ from modelbay.core.logs import MAX_LINES, LogLine, request_log_lines
 from modelbay.dialects.common.query import int_param
 from modelbay.dialects.ubiops import schemas
 from modelbay.dialects.ubiops.deps import caller_of
+from modelbay.dialects.ubiops.errors import UbiopsRoute
 
-router = APIRouter()
+router = APIRouter(route_class=UbiopsRoute)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 #: Digits of a time in nanoseconds since the epoch, up to the year 2286.

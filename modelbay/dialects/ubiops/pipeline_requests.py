@@ -17,10 +17,11 @@ from modelbay.core.pipeline_requests import (
 )
 from modelbay.core.pipelines import Plan
 from modelbay.core.requests import check_ids, check_timeout
+from modelbay.dialects.common.errors import status_of
 from modelbay.dialects.ubiops import pipeline_schemas as shapes
 from modelbay.dialects.ubiops import streaming
 from modelbay.dialects.ubiops.deps import caller_of
-from modelbay.dialects.ubiops.errors import status_of
+from modelbay.dialects.ubiops.errors import UbiopsRoute
 from modelbay.dialects.ubiops.requests import (
     _bool_query,
     _file,
@@ -33,7 +34,7 @@ from modelbay.dialects.ubiops.requests import (
 from modelbay.dialects.ubiops.schemas import respond
 from modelbay.store.tables import ProjectRow
 
-router = APIRouter()
+router = APIRouter(route_class=UbiopsRoute)
 
 PIPELINE = "/projects/{project_name}/pipelines/{pipeline_name}"
 VERSION = PIPELINE + "/versions/{version}"

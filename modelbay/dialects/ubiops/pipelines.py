@@ -9,9 +9,10 @@ from fastapi.responses import Response
 
 from modelbay.dialects.ubiops import pipeline_schemas as shapes
 from modelbay.dialects.ubiops.deps import EngineDep, JsonObject, ProjectDep
+from modelbay.dialects.ubiops.errors import UbiopsRoute
 from modelbay.dialects.ubiops.schemas import respond
 
-router = APIRouter()
+router = APIRouter(route_class=UbiopsRoute)
 
 PIPELINES = "/projects/{project_name}/pipelines"
 PIPELINE = PIPELINES + "/{pipeline_name}"

@@ -26,8 +26,9 @@ from modelbay.dialects.common.body import read_body
 from modelbay.dialects.common.query import int_param
 from modelbay.dialects.ubiops import schemas
 from modelbay.dialects.ubiops.deps import caller_of
+from modelbay.dialects.ubiops.errors import UbiopsRoute
 
-router = APIRouter()
+router = APIRouter(route_class=UbiopsRoute)
 
 
 def _int_query(request: Request, name: str) -> int | None:

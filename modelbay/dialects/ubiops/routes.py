@@ -14,6 +14,7 @@ from modelbay.core.errors import Forbidden, InvalidInput, NotFound
 from modelbay.dialects.common.body import multipart_file
 from modelbay.dialects.ubiops import schemas
 from modelbay.dialects.ubiops.deps import CallerDep, EngineDep, JsonObject, ProjectDep
+from modelbay.dialects.ubiops.errors import UbiopsRoute
 
 PREFIXES = ("/v2.1", "/v2")
 
@@ -21,7 +22,7 @@ PREFIXES = ("/v2.1", "/v2")
 #: client's first poll (`wait_for_deployment_version` polls every 4 s).
 UPLOAD_WAITS_FOR_BUILD_S = 2.0
 
-router = APIRouter()
+router = APIRouter(route_class=UbiopsRoute)
 
 
 

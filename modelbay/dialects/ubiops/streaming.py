@@ -42,14 +42,15 @@ from modelbay.core.requests import (
     check_input,
     check_timeout,
 )
+from modelbay.dialects.common.errors import status_of
 from modelbay.dialects.common.query import int_param
 from modelbay.dialects.ubiops import schemas
-from modelbay.dialects.ubiops.errors import status_of
+from modelbay.dialects.ubiops.errors import UbiopsRoute
 from modelbay.dialects.ubiops.requests import _int_query, _request_data, target_of
 
 log = logging.getLogger(__name__)
 
-router = APIRouter()
+router = APIRouter(route_class=UbiopsRoute)
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")  # what both SSE and the SDK's `iter_lines` split on
 _END = object()
