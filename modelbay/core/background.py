@@ -44,9 +44,7 @@ class Background:
 
         Setting `wake` starts the next pass at once; a pass that fails is logged and the loop goes on.
         """
-        loop = _Loop(period_s, run_pass, f"{self._owner}: {name}", wake)
-        loop.task = asyncio.get_running_loop().create_task(loop.run(), name=loop.name)
-        self._loops.append(loop)
+        self._loops.append(_Loop(period_s, run_pass, f"{self._owner}: {name}", wake))
 
     @property
     def tasks(self) -> set[asyncio.Task[Any]]:
@@ -58,7 +56,7 @@ class Background:
         loops, self._loops = self._loops, []
         for loop in loops:
             loop.stop()
-        await asyncio.gather(*(loop.task for loop in loops if loop.task), return_exceptions=True)
+        await asyncio.gather(*(loop.task for loop in loops), return_exceptions=True)
 
     async def close(self, grace_s: float = 0.0) -> None:
         """Stop the loops, let spawned tasks finish for up to `grace_s`, then cancel the rest and
@@ -78,22 +76,23 @@ class Background:
 
 
 class _Loop:
+    """One periodic loop, running from its creation until `stop`."""
+
     def __init__(self, period_s: float, run_pass: Pass, name: str, wake: asyncio.Event | None) -> None:
         self.period_s = period_s
         self.run_pass = run_pass
         self.name = name
         self.wake = wake
-        self.task: asyncio.Task[None] | None = None
         # A flag as well as the cancel: on Python 3.11 a wait with a timeout can swallow a cancel
         # that arrives as the wait ends, and the loop would go round again.
         self.stopping = False
+        self.task = asyncio.get_running_loop().create_task(self.run(), name=name)
 
     def stop(self) -> None:
         self.stopping = True
         if self.wake is not None:
             self.wake.set()
-        if self.task is not None:
-            self.task.cancel()
+        self.task.cancel()
 
     async def run(self) -> None:
         while not self.stopping:
