@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 from sqlalchemy import Connection, Table, func, select, update
 
+from modelbay.core.background import Background, Coalescer
 from modelbay.core.clock import as_utc, utcnow
 from modelbay.core.webhooks import backoff_ms, post_signed
 from modelbay.store.db import Database
@@ -71,53 +72,30 @@ class Deliveries:
         self._client = client
         self._in_flight: set[str] = set()
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._attempts: set[asyncio.Task[None]] = set()
+        self._background = Background("deliveries")
         self.on_settled: SettledHook = lambda _conn, _items: None
         # Successes waiting for their commit: many go in one write (see `_record_delivered`).
-        self._delivered: list[tuple[Due, int, asyncio.Future[None]]] = []
-        self._flushing = False
-        self._closing = False
+        self._delivered: Coalescer[tuple[Due, int], None] = Coalescer(self._write_delivered)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="deliveries")
+        self._background.every(IDLE_WAKE_S, self._pass, "pass", wake=self._wake)
 
     def wake(self) -> None:
         self._wake.set()
 
     async def close(self) -> None:
-        # A flag as well as the cancel: on Python 3.11 `wait_for` can swallow a cancel that
-        # arrives as its wait ends, and the loop would go round again.
-        self._closing = True
-        self._wake.set()
-        if self._task is not None:
-            self._task.cancel()
-        for task in list(self._attempts):
-            task.cancel()
-        await asyncio.gather(*self._attempts, *(t for t in [self._task] if t), return_exceptions=True)
+        await self._background.close()
 
-    async def _run(self) -> None:
-        while not self._closing:
-            self._wake.clear()
-            wait_s = IDLE_WAKE_S
-            try:
-                free = MAX_IN_FLIGHT - len(self._in_flight)
-                due = await asyncio.to_thread(self._due, free, set(self._in_flight)) if free > 0 else []
-                for item in due:
-                    self._in_flight.add(item.id)
-                    task = asyncio.create_task(self._attempt(item))
-                    self._attempts.add(task)
-                    task.add_done_callback(self._attempts.discard)
-                if free > 0 and len(due) < free:
-                    wait_s = await asyncio.to_thread(self._seconds_to_next_due)
-                # else: full; a finishing attempt wakes us
-            except Exception:
-                log.exception("delivery pass failed")
-            if wait_s > 0:
-                try:
-                    await asyncio.wait_for(self._wake.wait(), wait_s)
-                except TimeoutError:
-                    pass
+    async def _pass(self) -> float:
+        """Start attempts of due deliveries; returns how long to wait before the next pass."""
+        free = MAX_IN_FLIGHT - len(self._in_flight)
+        due = await asyncio.to_thread(self._due, free, set(self._in_flight)) if free > 0 else []
+        for item in due:
+            self._in_flight.add(item.id)
+            self._background.spawn(self._attempt(item), name=f"delivery-{item.id}")
+        if free > 0 and len(due) < free:
+            return await asyncio.to_thread(self._seconds_to_next_due)
+        return IDLE_WAKE_S  # full: a finishing attempt wakes us
 
     def _due(self, limit: int, exclude: set[str]) -> list[Due]:
         query = (
@@ -172,29 +150,11 @@ class Deliveries:
 
     async def _record_delivered(self, due: Due, code: int) -> None:
         """Record a success. Those that arrive while a write is under way share the next one."""
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._delivered.append((due, code, waiter))
-        if not self._flushing:
-            self._flushing = True
-            asyncio.create_task(self._flush_delivered())
-        await waiter
+        await self._delivered.add((due, code))
 
-    async def _flush_delivered(self) -> None:
-        try:
-            while self._delivered:
-                batch, self._delivered = self._delivered, []
-                try:
-                    await self._db.committer.submit_async(self._settle_delivered([(d, c) for d, c, _ in batch]))
-                except Exception as exc:
-                    for *_, waiter in batch:
-                        if not waiter.done():
-                            waiter.set_exception(exc)
-                    continue
-                for *_, waiter in batch:
-                    if not waiter.done():
-                        waiter.set_result(None)
-        finally:
-            self._flushing = False
+    async def _write_delivered(self, batch: list[tuple[Due, int]]) -> list[None]:
+        await self._db.committer.submit_async(self._settle_delivered(batch))
+        return [None] * len(batch)
 
     def _settle_delivered(self, batch: list[tuple[Due, int]]) -> Callable[[Connection], None]:
         def settle(conn: Connection) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from sqlalchemy import create_engine, inspect, make_url
 
 from modelbay.core import signed_urls
+from modelbay.core.background import Background
 from modelbay.core.builds import Builder
 from modelbay.core.datasets import Datasets
 from modelbay.core.deliveries import Deliveries
@@ -148,6 +149,7 @@ class Engine:
             self.db, self.deployments, self.requests, self.scheduler, self.runtime, self.journal,
             scale_down_idle_s=settings.service_scale_down_idle_s,
         )
+        self._background = Background("engine")  # the retention sweep
 
     async def start(self) -> None:
         """Start the loops, then settle what a previous server left behind."""
@@ -174,29 +176,24 @@ class Engine:
         if resumed:
             log.info("%d unfinished runs are queued again", resumed)
         self.services.start()
-        self._sweeper = asyncio.create_task(self._sweep_forever())
+        self._background.every(RETENTION_SWEEP_PERIOD_S, self._sweep, "retention sweep")
 
-    async def _sweep_forever(self) -> None:
+    async def _sweep(self) -> None:
         """Remove requests past their version's retention time, and payload files no request names, off
         the event loop."""
-        while True:
-            try:
-                removed = await asyncio.to_thread(self.requests.sweep_expired)
-                if removed:
-                    log.info("removed %d requests past their retention time", removed)
-                removed = await asyncio.to_thread(self.pipeline_requests.sweep_expired)
-                if removed:
-                    log.info("removed %d pipeline requests past their retention time", removed)
-                await asyncio.to_thread(self.journal.sweep_orphans)
-                removed = await asyncio.to_thread(self.payloads.sweep_orphans)
-                if removed:
-                    log.info("removed %d request payload files no request names", removed)
-            except Exception:
-                log.exception("retention sweep failed")
-            await asyncio.sleep(RETENTION_SWEEP_PERIOD_S)
+        removed = await asyncio.to_thread(self.requests.sweep_expired)
+        if removed:
+            log.info("removed %d requests past their retention time", removed)
+        removed = await asyncio.to_thread(self.pipeline_requests.sweep_expired)
+        if removed:
+            log.info("removed %d pipeline requests past their retention time", removed)
+        await asyncio.to_thread(self.journal.sweep_orphans)
+        removed = await asyncio.to_thread(self.payloads.sweep_orphans)
+        if removed:
+            log.info("removed %d request payload files no request names", removed)
 
     async def close(self) -> None:
-        self._sweeper.cancel()
+        await self._background.close()
         await self.jobs.close()
         await self.deliveries.close()
         await self.services.close()

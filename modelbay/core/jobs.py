@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Table, case, delete, func, insert, select, update
 
+from modelbay.core.background import Background, Coalescer
 from modelbay.core.clock import as_utc, utcnow
 from modelbay.core.datasets import Datasets
 from modelbay.core.datasets import Status as DatasetStatus
@@ -116,7 +117,7 @@ class Jobs:
         self._deployments = deployments
         self._requests = requests
         self._deliveries = deliveries
-        self._runners: dict[str, asyncio.Task[None]] = {}
+        self._background = Background("jobs")  # one runner task per job
         self._stops: dict[str, asyncio.Event] = {}  # set when a job's stop time changes or it is stopped
         self._live: dict[str, _Runner] = {}
         self._closing = False
@@ -211,11 +212,11 @@ class Jobs:
         row = self.get(project_id, job_id)
         now = utcnow()
         cancelling = stop_at <= now
-        with self._db.write() as session:
-            values: dict[str, Any] = {"stop_at": stop_at, "updated_at": now}
-            if cancelling and row.status in ACTIVE:
-                values["cancelled_at"] = now
-            session.execute(update(JOBS).where(JOBS.c.id == job_id).values(**values))
+        values: dict[str, Any] = {"stop_at": stop_at, "updated_at": now}
+        if cancelling and row.status in ACTIVE:
+            values["cancelled_at"] = now
+        await self._db.committer.submit_async(
+            lambda conn: conn.execute(update(JOBS).where(JOBS.c.id == job_id).values(**values)))
         if cancelling and row.status in ACTIVE:
             await self._stop(job_id, "Cancelled", "The job was cancelled")
         elif job_id in self._stops:
@@ -294,13 +295,11 @@ class Jobs:
             self._start_runner(job_id)
 
     def _start_runner(self, job_id: str) -> None:
-        self._stops[job_id] = asyncio.Event()
-        task = self._loop.create_task(self._run(job_id), name=f"job-{job_id}")
-        self._runners[job_id] = task
+        stop = self._stops[job_id] = asyncio.Event()
+        task = self._background.spawn(self._run(job_id), name=f"job-{job_id}")
 
         def forget(_: asyncio.Task[None]) -> None:
-            if self._runners.get(job_id) is task:
-                self._runners.pop(job_id, None)
+            if self._stops.get(job_id) is stop:
                 self._stops.pop(job_id, None)
 
         task.add_done_callback(forget)
@@ -313,10 +312,7 @@ class Jobs:
             event.set()
         for runner in self._live.values():
             runner.stopping = True
-        tasks = list(self._runners.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._background.close()
 
     async def _run(self, job_id: str) -> None:
         try:
@@ -432,6 +428,9 @@ class Jobs:
             ))
 
 
+#: An item's outcome to commit: its log entry, its deliveries and its status.
+_Outcome = tuple[dict[str, Any], list[dict[str, Any]], str]
+
 #: The counters an item's outcome adds to.
 COUNTERS = {
     ItemStatus.FAILED_PROCESS: ("gathered", "failed_process"),
@@ -453,8 +452,8 @@ class _Runner:
         self._done_above: set[int] = set()
         self._last_ms = 0
         self.stopping = False
-        self._outbox: list[tuple[dict[str, Any], list[dict[str, Any]], str, asyncio.Future[bool]]] = []
-        self._flushing = False
+        # Outcomes that finish while a commit is under way go together in the next one.
+        self._outbox: Coalescer[_Outcome, bool] = Coalescer(self._write)
 
     def mark_running(self, conn: Connection) -> None:
         conn.execute(update(JOBS).where(JOBS.c.id == self._job.id, JOBS.c.status == Status.SCHEDULED)
@@ -539,31 +538,13 @@ class _Runner:
         Outcomes that finish while a commit is under way go together in the next one: one
         transaction of a few statements for many items, not a few statements for each.
         """
-        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._outbox.append((entry, deliveries, status, waiter))
-        if not self._flushing:
-            self._flushing = True
-            asyncio.create_task(self._flush())
-        return await waiter
+        return await self._outbox.add((entry, deliveries, status))
 
-    async def _flush(self) -> None:
-        try:
-            while self._outbox:
-                batch, self._outbox = self._outbox, []
-                try:
-                    committed = await self._db.committer.submit_async(self._commit(batch, self._cursor))
-                except Exception as exc:
-                    for *_, waiter in batch:
-                        if not waiter.done():
-                            waiter.set_exception(exc)
-                    continue
-                for entry, _, _, waiter in batch:
-                    if not waiter.done():
-                        waiter.set_result(entry["item_index"] in committed)
-        finally:
-            self._flushing = False
+    async def _write(self, batch: list[_Outcome]) -> list[bool]:
+        committed = await self._db.committer.submit_async(self._commit(batch, self._cursor))
+        return [entry["item_index"] in committed for entry, _, _ in batch]
 
-    def _commit(self, batch: list[Any], cursor: int) -> Callable[[Connection], set[int]]:
+    def _commit(self, batch: list[_Outcome], cursor: int) -> Callable[[Connection], set[int]]:
         """The write of a batch of item outcomes: the item indexes it committed."""
         job_id = self._job.id
 
@@ -572,8 +553,7 @@ class _Runner:
             # Committed before (a resumed runner): never twice. The unique (job, item) backs this.
             seen = set(conn.scalars(select(LOGS.c.item_index).where(LOGS.c.job_id == job_id,
                                                                    LOGS.c.item_index.in_(indexes))))
-            fresh = [(entry, deliveries, status) for entry, deliveries, status, _ in batch
-                     if entry["item_index"] not in seen]
+            fresh = [outcome for outcome in batch if outcome[0]["item_index"] not in seen]
             if not fresh:
                 return set()
             increments: dict[str, int] = {}

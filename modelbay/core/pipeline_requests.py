@@ -29,6 +29,7 @@ import orjson
 from sqlalchemy import Connection, Table, delete, select, update
 
 from modelbay.core import operators
+from modelbay.core.background import Background
 from modelbay.core.clock import utcnow
 from modelbay.core.deployments import Deployments
 from modelbay.core.errors import InvalidInput, ModelbayError, NotFound, StatusChanged
@@ -149,7 +150,7 @@ class PipelineRequests:
         self._requests = requests
         self._runs: dict[str, Run] = {}  # every pipeline request walking now, sub-pipelines included
         self._batch_slots = asyncio.Semaphore(BATCH_CONCURRENCY)
-        self._batch_tasks: set[asyncio.Task[None]] = set()
+        self._batch_tasks = Background("pipeline batch requests")
         self._batch_started: set[asyncio.Task[None]] = set()  # those past the wait for a slot
 
     # --- create ----------------------------------------------------------------------------
@@ -208,9 +209,7 @@ class PipelineRequests:
                 except Exception:
                     log.exception("batch pipeline request %s failed to run", request_id)
 
-        task = asyncio.get_running_loop().create_task(run())
-        self._batch_tasks.add(task)
-        task.add_done_callback(self._batch_tasks.discard)
+        task = self._batch_tasks.spawn(run(), name=f"pipeline-request-{request_id}")
         task.add_done_callback(self._batch_started.discard)
 
     async def _new_row(self, plan: Plan, mode: str, timeout: int, data: Any, origin: dict[str, str], status: Status,
@@ -686,15 +685,9 @@ class PipelineRequests:
     async def close(self, grace_s: float = 30.0) -> None:
         """Let running batch requests finish, for up to `grace_s`; what waits stays pending and runs
         again after a restart (what is still running then is failed at the restart)."""
-        for task in self._batch_tasks - self._batch_started:
+        for task in self._batch_tasks.tasks - self._batch_started:
             task.cancel()
-        running = set(self._batch_started)
-        if running:
-            _, late = await asyncio.wait(running, timeout=grace_s)
-            for task in late:
-                task.cancel()
-        if self._batch_tasks:
-            await asyncio.gather(*self._batch_tasks, return_exceptions=True)
+        await self._batch_tasks.close(grace_s)
 
 
 def _remove(conn: Connection, ids: list[str]) -> list[str]:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+
+from modelbay.core.background import Background
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class BatchQueue:
         self._drainers_for = drainers_for
         self._pending: dict[str, tuple[deque[QueuedItem], deque[QueuedItem]]] = {}
         self._drainers: dict[str, int] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._background = Background("batch queue")
         self._closing = False
 
     def push(self, items: list[QueuedItem]) -> None:
@@ -59,12 +60,7 @@ class BatchQueue:
     async def close(self, grace_s: float) -> None:
         """Stop taking items, let running ones finish for up to `grace_s`, then cancel the rest."""
         self._closing = True
-        tasks = list(self._tasks)
-        if tasks:
-            _, late = await asyncio.wait(tasks, timeout=grace_s)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
+        await self._background.close(grace_s)
 
     def _pop(self, version_id: str) -> QueuedItem | None:
         if self._closing:
@@ -86,9 +82,7 @@ class BatchQueue:
             wanted = 1
         while self._drainers.get(version_id, 0) < min(wanted, self.depth(version_id)):
             self._drainers[version_id] = self._drainers.get(version_id, 0) + 1
-            task = asyncio.create_task(self._drain(version_id))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._background.spawn(self._drain(version_id), name=f"drain-{version_id}")
 
     async def _drain(self, version_id: str) -> None:
         try:

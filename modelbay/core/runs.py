@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Table, and_, insert, or_, select, update
 
+from modelbay.core.background import Background
 from modelbay.core.clock import utcnow
 from modelbay.core.deployments import Deployments, Target
 from modelbay.core.errors import InvalidInput, NotFound, StatusChanged, Unavailable
@@ -153,7 +154,7 @@ class Runs:
         self._scheduler = scheduler
         self._journal = journal
         self._slots: dict[str, asyncio.Semaphore] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._background = Background("runs")  # one task per run driven, and journal writes
         self._closing = False  # the server is stopping: no new attempt starts
         #: Told of each status a run takes (tests and benches observe runs with it).
         self.on_status: Callable[[str, RunStatus], None] = lambda _run_id, _status: None
@@ -188,7 +189,7 @@ class Runs:
             "modified_at": now,
         }
         await self._db.committer.submit_async(lambda conn: conn.execute(insert(RUNS), [row]))
-        self._spawn(self._drive(row["id"]))
+        self._background.spawn(self._drive(row["id"]), name=f"run-{row['id']}")
         return RunRow(**row)
 
     # --- reading -----------------------------------------------------------------------------
@@ -249,24 +250,16 @@ class Runs:
                 else:
                     resumed.append(run_id)
         for run_id in ended:
-            self._spawn(self._journal.append(run_id, ["The server stopped during the last attempt; the run failed"]))
+            self._background.spawn(
+                self._journal.append(run_id, ["The server stopped during the last attempt; the run failed"]))
         for run_id in resumed:
-            self._spawn(self._drive(run_id, resumed=True))
+            self._background.spawn(self._drive(run_id, resumed=True), name=f"run-{run_id}")
         return len(resumed)
 
     async def close(self, grace_s: float = 30.0) -> None:
         """Let running attempts finish, for up to `grace_s`; runs that wait stay queued for the next start."""
         self._closing = True
-        tasks = list(self._tasks)
-        if tasks:
-            await asyncio.wait(tasks, timeout=grace_s)
-        for task in tasks:
-            task.cancel()
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        await self._background.close(grace_s)
 
     async def _move(self, run_id: str, old: RunStatus, new: RunStatus, lines: Iterable[str] = (),
                     **values: Any) -> None:

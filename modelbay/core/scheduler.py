@@ -10,10 +10,10 @@ import dataclasses
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
+from modelbay.core.background import Background
 from modelbay.core.deployments import Target
 from modelbay.runtime.base import (
     Call,
@@ -94,17 +94,17 @@ class Scheduler:
         self._make_spec = make_spec
         self._serving_target = serving_target  # a version's current target, None unless it has code
         self._pools: dict[str, _Pool] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        # Instance starts and stops, and the reconcile loop. Closing stops the loop only: a start
+        # cut short could leave a process nobody stops, and `runtime.close` stops the rest.
+        self._background = Background("scheduler")
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._reconciler: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._reconciler = asyncio.create_task(self._reconcile_forever())
+        self._background.every(RECONCILE_PERIOD_S, self._reconcile, "reconcile")
 
     async def close(self) -> None:
-        if self._reconciler is not None:
-            self._reconciler.cancel()
+        await self._background.stop_loops()
         for pool in list(self._pools.values()):
             self._retire(pool)
         await self._runtime.close()
@@ -139,13 +139,13 @@ class Scheduler:
             outcome = await self._runtime.call(instance, call, max(deadline - time.monotonic(), 0.001), on_update)
         except (CallTimedOut, InstanceLost):
             pool.busy.discard(instance)
-            self._spawn(self._runtime.stop(instance))
+            self._background.spawn(self._runtime.stop(instance))
             self._fill(pool)
             raise
         except BaseException:
             # Our caller went away mid-call (cancelled): the instance's state is unknown, replace it.
             pool.busy.discard(instance)
-            self._spawn(self._runtime.stop(instance))
+            self._background.spawn(self._runtime.stop(instance))
             self._fill(pool)  # a waiter may have queued behind the instance just lost
             raise
         self._release(pool, instance)
@@ -250,7 +250,7 @@ class Scheduler:
     def _release(self, pool: _Pool, instance: Instance) -> None:
         pool.busy.discard(instance)
         if pool.retired or instance.state is InstanceState.STOPPED:  # retired, or ended by its last call
-            self._spawn(self._runtime.stop(instance))
+            self._background.spawn(self._runtime.stop(instance))
             self._fill(pool)
             return
         waiter = pool.next_waiter()
@@ -264,7 +264,7 @@ class Scheduler:
         """Start instances for waiters nobody will serve soon, up to the version's maximum."""
         while not pool.retired and pool.waiting() > pool.starting and pool.size < pool.target.maximum_instances:
             pool.starting += 1
-            self._spawn(self._start_instance(pool))
+            self._background.spawn(self._start_instance(pool))
 
     async def _start_instance(self, pool: _Pool) -> None:
         try:
@@ -302,7 +302,7 @@ class Scheduler:
         if self._pools.get(key) is pool:
             del self._pools[key]
         for instance, _ in pool.idle:
-            self._spawn(self._runtime.stop(instance))
+            self._background.spawn(self._runtime.stop(instance))
         pool.idle.clear()
         while (waiter := pool.next_waiter()) is not None:
             waiter.set_exception(_Retired())
@@ -321,7 +321,7 @@ class Scheduler:
             or len(pool.idle) + len(pool.busy) > target.maximum_instances  # scaled down
         ):
             instance, _ = pool.idle.pop(0)
-            self._spawn(self._runtime.stop(instance))
+            self._background.spawn(self._runtime.stop(instance))
         self._keep_minimum(pool)
 
     def _keep_minimum(self, pool: _Pool) -> None:
@@ -329,17 +329,4 @@ class Scheduler:
             return  # code that cannot load is not restarted in a tight loop
         for _ in range(max(pool.target.minimum_instances - pool.size, 0)):
             pool.starting += 1
-            self._spawn(self._start_instance(pool))
-
-    async def _reconcile_forever(self) -> None:
-        while True:
-            await asyncio.sleep(RECONCILE_PERIOD_S)
-            try:
-                self._reconcile()
-            except Exception:
-                log.exception("scheduler reconcile failed")
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+            self._background.spawn(self._start_instance(pool))

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from modelbay.core.background import Background
 from modelbay.core.clock import utcnow
 from modelbay.core.decimals import is_decimal
 from modelbay.core.deployments import Deployments, Target
@@ -110,10 +111,9 @@ class Services:
         self._rows: dict[str, ServiceRow] = {}  # the serving path's cache; every change here refreshes it
         self._targets: dict[str, tuple[Target, Target]] = {}  # service id -> (version target, service target)
         self._pools: set[str] = set()
-        self._loop_task: asyncio.Task[None] | None = None
+        self._background = Background("services")  # the reconcile loop and log writes of calls
         self._wake = asyncio.Event()
         self._generation = 0  # bumped on every change, so a reconcile that raced one is not applied
-        self._log_writes: set[asyncio.Task[None]] = set()  # held: the loop keeps only weak references
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -125,14 +125,11 @@ class Services:
                 .where(ServiceRow.status == ServiceStatus.READY.value)
                 .values(status=ServiceStatus.IN_PROGRESS.value)
             )
-        self._loop_task = asyncio.create_task(self._reconcile_forever())
+        self._background.every(RECONCILE_PERIOD_S, self._reconcile_pass, "reconcile", wake=self._wake)
 
     async def close(self) -> None:
         """Stop reconciling; give the log lines of calls that have ended a moment to be written."""
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-        if self._log_writes:
-            await asyncio.wait(list(self._log_writes), timeout=LOG_WRITE_GRACE_S)
+        await self._background.close(LOG_WRITE_GRACE_S)
 
     # --- CRUD --------------------------------------------------------------------------------
 
@@ -257,9 +254,8 @@ class Services:
         finally:
             self._drop_if_gone(service_id)
         if record.logs:
-            task = asyncio.create_task(self._journal.append(service_id, split_lines(record.logs)))
-            self._log_writes.add(task)
-            task.add_done_callback(self._log_written)
+            self._background.spawn(self._journal.append(service_id, split_lines(record.logs)),
+                                   name=f"logs-{service_id}")
         return target, record
 
     def _drop_if_gone(self, service_id: str) -> None:
@@ -298,20 +294,9 @@ class Services:
 
     # --- reconciling -------------------------------------------------------------------------
 
-    async def _reconcile_forever(self) -> None:
-        while True:
-            busy = True
-            try:
-                busy = await self._reconcile()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("service reconcile failed")
-            try:
-                await asyncio.wait_for(self._wake.wait(), RECONCILE_PERIOD_S if busy else SETTLED_PERIOD_S)
-            except TimeoutError:
-                pass
-            self._wake.clear()
+    async def _reconcile_pass(self) -> float:
+        """A pass of the reconcile loop; the next comes sooner while a service is coming up."""
+        return RECONCILE_PERIOD_S if await self._reconcile() else SETTLED_PERIOD_S
 
     async def _reconcile(self) -> bool:
         """One pass; returns whether a service is still coming up (then the next pass comes sooner)."""
@@ -383,11 +368,6 @@ class Services:
                 return write(session)
 
         return await asyncio.to_thread(run)
-
-    def _log_written(self, task: asyncio.Task[None]) -> None:
-        self._log_writes.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("writing a service log failed", exc_info=task.exception())
 
     def _changed(self, row: ServiceRow) -> None:
         self._generation += 1
