@@ -12,7 +12,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp
 
-from modelbay.core.engine import Engine
 from modelbay.dialects.abeja import errors as abeja_errors
 from modelbay.dialects.abeja.deployments import router as abeja_deployments_router
 from modelbay.dialects.abeja.runs import router as abeja_runs_router
@@ -31,6 +30,7 @@ from modelbay.dialects.ubiops.requests import router as ubiops_requests_router
 from modelbay.dialects.ubiops.routes import PREFIXES as UBIOPS_PREFIXES
 from modelbay.dialects.ubiops.routes import router as ubiops_router
 from modelbay.dialects.ubiops.streaming import router as ubiops_streaming_router
+from modelbay.engine import Engine
 from modelbay.settings import Settings
 
 #: The dialect mounted at each path prefix: its shape answers the paths there that no route serves.

@@ -99,7 +99,7 @@ def serve(
     address = _address(sock)
     lock.record(address)
     from modelbay.app import create_app  # only now: a refused second server exits without loading it
-    from modelbay.core.engine import admin_token
+    from modelbay.engine import admin_token
 
     token, is_new = admin_token(settings)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -161,9 +161,9 @@ def project_create(
     ] = False,
 ) -> None:
     """Create a project and print its credentials."""
-    from modelbay.core.engine import admin_token, database_exists, open_database
     from modelbay.core.errors import ModelbayError
     from modelbay.core.projects import Projects
+    from modelbay.engine import admin_token, database_exists, open_database
 
     settings = _settings(data_dir)
     # A mistyped --data-dir must not quietly become a new, empty platform. No server lock here:
@@ -197,8 +197,8 @@ def project_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per project.")] = False,
 ) -> None:
     """List the projects and their ids (never their tokens)."""
-    from modelbay.core.engine import admin_token, database_exists, open_database
     from modelbay.core.projects import Caller, Projects
+    from modelbay.engine import admin_token, database_exists, open_database
 
     settings = _settings(data_dir)
     if not database_exists(settings):

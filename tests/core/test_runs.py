@@ -13,7 +13,6 @@ import pytest
 
 from modelbay.core.clock import utcnow
 from modelbay.core.deployments import Deployments, Target
-from modelbay.core.engine import Engine, open_database
 from modelbay.core.errors import InvalidInput
 from modelbay.core.journal import MAX_LINE_CHARS, MAX_LINES_PER_CALL, Journal, split_lines
 from modelbay.core.projects import Caller, Projects
@@ -26,6 +25,7 @@ from modelbay.core.runs import (
     check_environment,
     check_retry_count,
 )
+from modelbay.engine import Engine, open_database
 from modelbay.runtime import wire
 from modelbay.runtime.base import Call, CallOutcome
 from modelbay.settings import Settings

@@ -12,10 +12,10 @@ import pytest
 
 from modelbay.core.clock import utcnow
 from modelbay.core.deployments import Deployments, Target
-from modelbay.core.engine import open_database
 from modelbay.core.errors import InvalidInput
 from modelbay.core.projects import Caller, Projects
 from modelbay.core.services import Scaling, Services, check_scaling
+from modelbay.engine import open_database
 from modelbay.settings import Settings
 from modelbay.store.tables import ServiceRow
 from tests.core.test_runs import BASE

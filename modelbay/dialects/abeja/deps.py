@@ -9,11 +9,11 @@ from typing import Annotated, Any
 import orjson
 from fastapi import Depends, Request
 
-from modelbay.core.engine import Engine
 from modelbay.core.errors import InvalidInput, NotFound, Unauthorized
 from modelbay.core.projects import Caller
 from modelbay.dialects.common.body import read_body
 from modelbay.dialects.abeja import ids
+from modelbay.engine import Engine
 from modelbay.store.tables import DeploymentRow, ProjectRow
 
 #: Basic credentials: `user-<id>:<personal access token>` or `datasource-<id>:<secret>`.

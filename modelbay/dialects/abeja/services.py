@@ -10,7 +10,6 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from modelbay.core.engine import Engine
 from modelbay.core.errors import InvalidInput, NotFound
 from modelbay.core.runs import check_environment
 from modelbay.dialects.abeja import ids, schemas
@@ -27,6 +26,7 @@ from modelbay.dialects.abeja.errors import ERRORS, AbejaRoute
 from modelbay.dialects.abeja.logs import recent_log_page
 from modelbay.dialects.abeja.runs import model_alias, target_or_none
 from modelbay.dialects.common.body import read_body
+from modelbay.engine import Engine
 from modelbay.runtime import wire
 from modelbay.store.tables import ProjectRow, ServiceRow
 

@@ -10,11 +10,11 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from modelbay.core.engine import Engine
 from modelbay.core.errors import ModelbayError, NotFound
 from modelbay.dialects.datature import schemas
 from modelbay.dialects.datature.deps import EngineDep, ProjectDep
 from modelbay.dialects.datature.errors import DatatureRoute
+from modelbay.engine import Engine
 from modelbay.store.tables import DeploymentRow, ProjectRow
 
 PREFIX = "deploy"

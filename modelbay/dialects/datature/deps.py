@@ -8,9 +8,9 @@ from typing import Annotated, Any
 import orjson
 from fastapi import Depends, Request
 
-from modelbay.core.engine import Engine
 from modelbay.core.errors import InvalidInput
 from modelbay.dialects.common.body import read_body
+from modelbay.engine import Engine
 from modelbay.store.tables import ProjectRow
 
 

@@ -7,10 +7,10 @@ from typing import Annotated, Any
 import orjson
 from fastapi import Depends, Request
 
-from modelbay.core.engine import Engine
 from modelbay.core.errors import InvalidInput, Unauthorized
 from modelbay.core.projects import Caller
 from modelbay.dialects.common.body import read_body
+from modelbay.engine import Engine
 from modelbay.store.tables import ProjectRow
 
 TOKEN_SCHEMES = ("token", "bearer")

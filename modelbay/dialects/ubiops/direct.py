@@ -18,7 +18,6 @@ import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelbay.core.deployments import Deployments
-from modelbay.core.engine import Engine
 from modelbay.core.errors import ModelbayError
 from modelbay.core.requests import DIRECT_TIMEOUT_DEFAULT_S, DIRECT_TIMEOUT_MAX_S, check_timeout
 from modelbay.dialects.common.body import check_declared_size, too_large
@@ -27,6 +26,7 @@ from modelbay.dialects.ubiops import schemas
 from modelbay.dialects.ubiops.deps import caller_from
 from modelbay.dialects.ubiops.errors import ERRORS
 from modelbay.dialects.ubiops.requests import decode_input
+from modelbay.engine import Engine
 
 log = logging.getLogger(__name__)
 

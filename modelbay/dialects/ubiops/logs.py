@@ -12,13 +12,13 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from modelbay.core.decimals import is_decimal
-from modelbay.core.engine import Engine
 from modelbay.core.errors import InvalidInput
 from modelbay.core.logs import MAX_LINES, LogLine, request_log_lines
 from modelbay.dialects.common.query import int_param
 from modelbay.dialects.ubiops import schemas
 from modelbay.dialects.ubiops.deps import caller_of
 from modelbay.dialects.ubiops.errors import UbiopsRoute
+from modelbay.engine import Engine
 
 router = APIRouter(route_class=UbiopsRoute)
 

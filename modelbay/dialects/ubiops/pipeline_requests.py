@@ -6,7 +6,6 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from modelbay.core.engine import Engine
 from modelbay.core.errors import InvalidInput, ModelbayError
 from modelbay.core.fields import check_data
 from modelbay.core.pipeline_requests import (
@@ -32,6 +31,7 @@ from modelbay.dialects.ubiops.requests import (
     list_filters,
 )
 from modelbay.dialects.ubiops.schemas import respond
+from modelbay.engine import Engine
 from modelbay.store.tables import ProjectRow
 
 router = APIRouter(route_class=UbiopsRoute)

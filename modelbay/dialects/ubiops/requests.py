@@ -13,7 +13,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from modelbay.core.deployments import Deployments, Target
-from modelbay.core.engine import Engine
 from modelbay.core.errors import InvalidInput, NotFound
 from modelbay.core.requests import (
     BATCH_TIMEOUT_DEFAULT_S,
@@ -27,6 +26,7 @@ from modelbay.dialects.common.query import int_param
 from modelbay.dialects.ubiops import schemas
 from modelbay.dialects.ubiops.deps import caller_of
 from modelbay.dialects.ubiops.errors import UbiopsRoute
+from modelbay.engine import Engine
 
 router = APIRouter(route_class=UbiopsRoute)
 

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import select
 
 from modelbay.core.clock import utcnow
-from modelbay.core.engine import open_database
+from modelbay.engine import open_database
 from modelbay.settings import Settings
 from modelbay.store.tables import ProjectRow, WebhookRow
 

@@ -1,4 +1,8 @@
-"""The engine: every core service wired together over one store and one runtime."""
+"""The composition root: every core service wired together over one store and one runtime.
+
+It lives above the core because it reads `Settings` and picks the runtime and sandbox; the core
+itself is given what it needs.
+"""
 
 from __future__ import annotations
 
