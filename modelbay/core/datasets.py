@@ -58,7 +58,7 @@ def check_crc32c(value: Any) -> str:
             return value
     except (binascii.Error, ValueError):
         pass
-    raise InvalidInput("crc32c must be the base64 of a 4-byte big-endian CRC32C, e.g. 'VYiezg=='")
+    raise InvalidInput("$crc32c must be the base64 of a 4-byte big-endian CRC32C, e.g. 'VYiezg=='", field="crc32c")
 
 
 class Datasets:
@@ -72,7 +72,7 @@ class Datasets:
         if not isinstance(name, str) or not name.strip() or len(name) > 200:
             raise InvalidInput("The dataset name must be 1-200 characters")
         if isinstance(size_bytes, bool) or not isinstance(size_bytes, int) or not 0 < size_bytes <= MAX_SIZE_BYTES:
-            raise InvalidInput(f"sizeBytes must be an integer from 1 to {MAX_SIZE_BYTES}")
+            raise InvalidInput(f"$size_bytes must be an integer from 1 to {MAX_SIZE_BYTES}", field="size_bytes")
         now = utcnow()
         row = DatasetRow(id=str(uuid.uuid4()), project_id=project_id, name=name, status=Status.WAITING,
                          message="Waiting for the file to be uploaded", size_bytes=size_bytes,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from string import Template
+
 
 class ModelbayError(Exception):
     """Base of every error the core raises on purpose."""
@@ -24,7 +27,24 @@ class NotFound(ModelbayError):
 
 
 class InvalidInput(ModelbayError):
-    """Raised when the caller's input is malformed or breaks a rule; nothing was changed."""
+    """Raised when the caller's input is malformed or breaks a rule; nothing was changed.
+
+    `field` is the input at fault, in the core's own words (`max_retries`, `stop_at`). A message
+    given with a field writes each input it names as `$name`, so that a dialect can name them the
+    way its API does (`worded`); the core's own `message` names them as the core does.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        self.field = field
+        self._template = Template(message) if field is not None else None
+        super().__init__(message if self._template is None else self.worded({}))
+
+    def worded(self, names: Mapping[str, str]) -> str:
+        """The message with each input it names called as `names` says, else by its core name."""
+        if self._template is None:
+            return self.message
+        return self._template.safe_substitute({name: names.get(name, name)
+                                               for name in self._template.get_identifiers()})
 
 
 class TooLarge(InvalidInput):

@@ -139,7 +139,7 @@ class Jobs:
         if not webhook_ids:
             raise InvalidInput("A job needs at least one webhook to deliver its results to")
         if start_at and stop_at and stop_at <= start_at:
-            raise InvalidInput("stopAtTime must be after startAtTime")
+            raise InvalidInput("$stop_at must be after $start_at", field="stop_at")
         dataset = self._datasets.get(project.id, dataset_id)
         if dataset.status != DatasetStatus.UPLOADED:
             raise InvalidInput(f"The dataset's file has not been uploaded (its status is {dataset.status})")
@@ -190,7 +190,7 @@ class Jobs:
         self.get(project_id, job_id)
         limit = LOG_PAGE_DEFAULT if limit is None else limit
         if not 1 <= limit <= LOG_PAGE_MAX:
-            raise InvalidInput(f"maxEntries must be from 1 to {LOG_PAGE_MAX}")
+            raise InvalidInput(f"$limit must be from 1 to {LOG_PAGE_MAX}", field="limit")
         query = select(JobLogRow).where(JobLogRow.job_id == job_id)
         if before_ms is not None:
             query = query.where(JobLogRow.created_ms < before_ms)
@@ -199,7 +199,7 @@ class Jobs:
         if min_level is not None:
             matching = [level for level in LEVELS if level.lower() == min_level.lower()]
             if not matching:
-                raise InvalidInput(f"minLevel must be one of {', '.join(LEVELS)}")
+                raise InvalidInput(f"$min_level must be one of {', '.join(LEVELS)}", field="min_level")
             query = query.where(JobLogRow.level.in_(LEVELS[LEVELS.index(matching[0]):]))
         query = query.order_by(JobLogRow.created_ms.desc(), JobLogRow.seq.desc()).limit(limit)
         with self._db.read() as session:

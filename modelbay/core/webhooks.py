@@ -85,10 +85,10 @@ def backoff_ms(attempts: int, max_backoff_ms: int) -> int:
 
 
 def check_retries(max_retries: Any, max_backoff_ms: Any) -> tuple[int, int]:
-    for name, value, limit in (("maxRetries", max_retries, MAX_RETRIES_LIMIT),
-                               ("maxBackoffMs", max_backoff_ms, MAX_BACKOFF_LIMIT_MS)):
+    for name, value, limit in (("max_retries", max_retries, MAX_RETRIES_LIMIT),
+                               ("max_backoff_ms", max_backoff_ms, MAX_BACKOFF_LIMIT_MS)):
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
-            raise InvalidInput(f"{name} must be an integer from 0 to {limit}")
+            raise InvalidInput(f"${name} must be an integer from 0 to {limit}", field=name)
     return max_retries, max_backoff_ms
 
 

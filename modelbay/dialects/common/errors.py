@@ -9,7 +9,7 @@ no route serves is answered by the dialect mounted at its prefix (`unrouted_hand
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import orjson
@@ -65,12 +65,18 @@ def describe_validation_error(exc: RequestValidationError) -> str:
 
 
 class ErrorShape:
-    """How one dialect answers errors: a subclass gives `body`, and may reword core errors in `message`."""
+    """How one dialect answers errors: a subclass gives `body`, names the inputs the core names in
+    `field_names`, and may reword core errors in `message`."""
+
+    #: The dialect's name of each input the core names in an `InvalidInput` (`max_retries`: `maxRetries`).
+    field_names: ClassVar[Mapping[str, str]] = {}
 
     def body(self, status: int, message: str) -> dict[str, Any]:
         raise NotImplementedError
 
     def message(self, exc: ModelbayError) -> str:
+        if isinstance(exc, InvalidInput):
+            return exc.worded(self.field_names)
         return exc.message
 
     def response(self, status: int, message: str) -> Response:

@@ -20,13 +20,24 @@ ID_PREFIXES = {"webhook": "webhook", "dataset": "dataset", "job": "batchjob", "d
 
 
 class DatatureErrors(ErrorShape):
+    #: The core's inputs as the API's bodies and queries name them (SDK-CONTRACTS 3.3-3.6).
+    field_names = {
+        "max_retries": "maxRetries",
+        "max_backoff_ms": "maxBackoffMs",
+        "size_bytes": "sizeBytes",
+        "start_at": "startAtTime",
+        "stop_at": "stopAtTime",
+        "min_level": "minLevel",
+        "limit": "maxEntries",
+    }
+
     def body(self, status: int, message: str) -> dict[str, Any]:
         return {"message": message}
 
     def message(self, exc: ModelbayError) -> str:
         if isinstance(exc, NotFound) and exc.kind in ID_PREFIXES and len(exc.name) == 36 and "_" not in exc.name:
             return f"{exc.kind.capitalize()} '{ID_PREFIXES[exc.kind]}_{exc.name}' was not found"
-        return exc.message
+        return super().message(exc)
 
 
 ERRORS = DatatureErrors()
