@@ -120,7 +120,9 @@ def test_a_job_past_its_stop_time_settles_what_remains(
     assert done.status.reason == "StopTimeReached" and done.status.cancelled_at is None
     counts = done.status.items
     assert counts.failed_deliver > 0 and counts.delivered + counts.failed_deliver == 20
-    assert len(receiver.delivered()) == counts.delivered
+    # Every item counted delivered reached the receiver; a POST on its way when the stop time passed
+    # may reach it too, though counted FailedDeliver (items run one at a time: one such POST, or a retry)
+    assert counts.delivered <= len(receiver.delivered()) <= counts.delivered + 2
 
 
 def test_get_logs_pages_newest_first_and_every_entry_comes_once(
