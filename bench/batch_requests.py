@@ -32,7 +32,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -50,6 +49,7 @@ from bench.common import (  # noqa: E402
     _f,
     _mib,
     all_process_cpu,
+    bench_run,
     cpu_seconds,
     create_noop_deployment,
     create_noop_version,
@@ -60,6 +60,7 @@ from bench.common import (  # noqa: E402
     percentile,
     post_once,
     process_tree_rss,
+    save_results,
     start_baseline,
     start_modelbay,
     summarize_profile,
@@ -858,40 +859,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _on_sigterm(signum: int, _frame: Any) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    workdir = Path(tempfile.mkdtemp(prefix="modelbay-bench-batch-"))
-    procs: list[Proc] = []
     started = time.monotonic()
-    try:
+    with bench_run("modelbay-bench-batch-", args.keep) as (workdir, procs):
         results = run(args, workdir, procs)
-    except BaseException:
-        for proc in procs:
-            with contextlib.suppress(Exception):
-                print(f"--- last lines of the {proc.name} log ---", file=sys.stderr)
-                print(proc.log_path.read_text()[-3000:], file=sys.stderr)
-        raise
-    finally:
-        for proc in reversed(procs):
-            with contextlib.suppress(Exception):
-                proc.stop()
-        if args.keep:
-            log(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
     results["wall_s"] = time.monotonic() - started
     report(results)
     print(f"\nwhole run: {results['wall_s']:.0f} s")
     if not args.no_json:
-        RESULTS_DIR.mkdir(exist_ok=True)
-        out = RESULTS_DIR / f"batch_requests-{time.strftime('%Y%m%d-%H%M%S')}.json"
-        out.write_text(json.dumps(results, indent=2, default=str))
-        print(f"JSON: {out.relative_to(ROOT)}")
+        save_results(results, "batch_requests")
     failed = sum(d["statuses"].get("failed", 0) for d in results["drains"]) + results["accept"]["statuses"].get(
         "failed", 0
     )

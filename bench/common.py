@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -566,3 +567,41 @@ def _f(value: float | None, digits: int = 2) -> str:
 
 def _mib(kib: int | None) -> str:
     return "-" if kib is None else f"{kib / 1024:.1f} MiB"
+
+
+def _on_sigterm(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def bench_run(prefix: str, keep: bool) -> Iterator[tuple[Path, list[Proc]]]:
+    """A temporary directory and the list of processes a run starts in it. When the run fails, the
+    tail of each process's log is printed; in any case (SIGTERM included) every process is stopped
+    and the directory removed, unless `keep`."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    procs: list[Proc] = []
+    try:
+        yield workdir, procs
+    except BaseException:
+        for proc in procs:
+            with contextlib.suppress(Exception):
+                print(f"--- last lines of the {proc.name} log ---", file=sys.stderr)
+                print(proc.log_path.read_text()[-3000:], file=sys.stderr)
+        raise
+    finally:
+        for proc in reversed(procs):
+            with contextlib.suppress(Exception):
+                proc.stop()
+        if keep:
+            log(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def save_results(results: dict[str, Any], name: str) -> None:
+    """Write a run's figures to `bench/results/<name>-<time>.json` (git-ignored)."""
+    RESULTS_DIR.mkdir(exist_ok=True)
+    out = RESULTS_DIR / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps(results, indent=2, default=str))
+    print(f"\nJSON: {out.relative_to(ROOT)}")

@@ -16,11 +16,9 @@ import json
 import os
 import re
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -32,11 +30,11 @@ from bench.common import (  # noqa: E402
     DEPLOYMENT,
     PROJECT,
     RESULTS_DIR,
-    ROOT,
     Proc,
     _f,
     _mib,
     all_process_cpu,
+    bench_run,
     create_noop_deployment,
     create_noop_version,
     descendants,
@@ -47,6 +45,7 @@ from bench.common import (  # noqa: E402
     post_once,
     process_tree_rss,
     request_path,
+    save_results,
     start_baseline,
     start_modelbay,
     steal_seconds,
@@ -558,10 +557,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _on_sigterm(signum: int, _frame: Any) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if shutil.which("wrk") is None:
@@ -574,33 +569,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.duration < 1:
         raise SystemExit("--duration must be at least 1 s")
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    workdir = Path(tempfile.mkdtemp(prefix="modelbay-bench-"))
-    procs: list[Proc] = []
-    try:
+    with bench_run("modelbay-bench-", args.keep) as (workdir, procs):
         results = run(args, workdir, procs)
-    except BaseException:
-        for proc in procs:
-            with contextlib.suppress(Exception):
-                print(f"--- last lines of the {proc.name} log ---", file=sys.stderr)
-                print(proc.log_path.read_text()[-3000:], file=sys.stderr)
-        raise
-    finally:
-        for proc in reversed(procs):
-            with contextlib.suppress(Exception):
-                proc.stop()
-        if args.keep:
-            log(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-
     report(results)
     if not args.no_json:
-        RESULTS_DIR.mkdir(exist_ok=True)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        out = RESULTS_DIR / f"direct_requests-{stamp}.json"
-        out.write_text(json.dumps(results, indent=2, default=str))
-        print(f"\nJSON: {out.relative_to(ROOT)}")
+        save_results(results, "direct_requests")
     ok = results["modelbay"]["check_ok"] and all(
         w["non_2xx"] == 0 for r in (results["modelbay"], results["baseline"]) for w in r["wrk"].values()
     )

@@ -17,16 +17,13 @@ age seen. An item the store held as finished at the kill must never run again.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import http.client
 import json
 import os
-import shutil
 import signal
 import socket
 import sqlite3
 import sys
-import tempfile
 import threading
 import time
 from collections import defaultdict
@@ -39,9 +36,8 @@ if __package__ in (None, ""):  # run as a file: make `bench.common` importable
 from bench.common import (  # noqa: E402
     DEPLOYMENT,
     PROJECT,
-    RESULTS_DIR,
-    ROOT,
     Proc,
+    bench_run,
     create_noop_deployment,
     create_noop_version,
     free_port,
@@ -50,6 +46,7 @@ from bench.common import (  # noqa: E402
     machine,
     percentile,
     post_once,
+    save_results,
     start_modelbay,
     start_process,
     ubiops_api,
@@ -273,32 +270,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-json", action="store_true", help="do not write bench/results/*.json")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (server logs)")
     args = parser.parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="modelbay-bench-rerun-"))
-    procs: list[Proc] = []
     recorder = Recorder()
     try:
-        results = run(args, workdir, procs, recorder)
-    except BaseException:
-        for proc in procs[-1:]:
-            with contextlib.suppress(Exception):
-                tail = proc.log_path.read_text()[-3000:]
-                print(f"--- last lines of the {proc.name} log ---\n{tail}", file=sys.stderr)
-        raise
+        with bench_run("modelbay-bench-rerun-", args.keep) as (workdir, procs):
+            results = run(args, workdir, procs, recorder)
     finally:
-        for proc in reversed(procs):
-            with contextlib.suppress(Exception):
-                proc.stop()
         recorder.close()
-        if args.keep:
-            log(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
     report(results)
     if not args.no_json:
-        RESULTS_DIR.mkdir(exist_ok=True)
-        out = RESULTS_DIR / f"rerun_window-{time.strftime('%Y%m%d-%H%M%S')}.json"
-        out.write_text(json.dumps(results, indent=2, default=str))
-        print(f"JSON: {out.relative_to(ROOT)}")
+        save_results(results, "rerun_window")
     bad = results["reran_after_finished_in_store_total"] + results["never_ran_total"]
     return 0 if bad == 0 else 1
 

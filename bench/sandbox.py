@@ -17,14 +17,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import json
 import os
 import shutil
-import signal
 import statistics
 import sys
-import tempfile
 import textwrap
 import time
 from dataclasses import dataclass
@@ -38,10 +34,9 @@ from bench.common import (  # noqa: E402
     DEPLOYMENT,
     NOOP_DEPLOYMENT,
     PROJECT,
-    RESULTS_DIR,
-    ROOT,
     Proc,
     _f,
+    bench_run,
     create_noop_deployment,
     create_noop_version,
     descendants,
@@ -50,6 +45,7 @@ from bench.common import (  # noqa: E402
     percentile,
     post_once,
     request_path,
+    save_results,
     start_modelbay,
     system_busy_seconds,
     tree_cpu,
@@ -372,10 +368,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _on_sigterm(signum: int, _frame: Any) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     packages = {"wrk": "wrk", "bwrap": "bubblewrap"}
@@ -389,37 +381,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.starts < 1 or args.cold < 1 or args.rounds < 1 or args.duration < 1:
         raise SystemExit("--starts, --cold, --rounds and --duration must be at least 1")
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    workdir = Path(tempfile.mkdtemp(prefix="modelbay-bench-sandbox-"))
-    procs: list[Proc] = []
     results: dict[str, Any] = {
         "machine": machine(),
         "settings": {key: value for key, value in vars(args).items() if key not in ("no_json", "keep")},
     }
-    try:
+    with bench_run("modelbay-bench-sandbox-", args.keep) as (workdir, procs):
         results["instance_start"] = instance_starts(workdir, args.starts, warmup=2)
         results["direct"] = direct_requests(args, workdir, procs)
-    except BaseException:
-        for proc in procs:
-            with contextlib.suppress(Exception):
-                print(f"--- last lines of the {proc.name} log ---", file=sys.stderr)
-                print(proc.log_path.read_text()[-3000:], file=sys.stderr)
-        raise
-    finally:
-        for proc in reversed(procs):
-            with contextlib.suppress(Exception):
-                proc.stop()
-        if args.keep:
-            log(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-
     report(results)
     if not args.no_json:
-        RESULTS_DIR.mkdir(exist_ok=True)
-        out = RESULTS_DIR / f"sandbox-{time.strftime('%Y%m%d-%H%M%S')}.json"
-        out.write_text(json.dumps(results, indent=2, default=str))
-        print(f"\nJSON: {out.relative_to(ROOT)}")
+        save_results(results, "sandbox")
     direct = results["direct"]
     ok = all(direct["check_after_load"].values()) and all(
         r[kind][part]["non_2xx"] == 0 for r in direct["rounds"] for kind in KINDS for part in ("sequential", "wrk")
