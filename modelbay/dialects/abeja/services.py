@@ -23,7 +23,7 @@ from modelbay.dialects.abeja.deps import (
     find_deployment,
 )
 from modelbay.dialects.abeja.errors import ERRORS, AbejaRoute
-from modelbay.dialects.abeja.logs import recent_log_page
+from modelbay.dialects.abeja.logs import log_page, recent_log_page
 from modelbay.dialects.abeja.runs import model_alias, target_or_none
 from modelbay.dialects.common.body import read_body
 from modelbay.engine import Engine
@@ -94,6 +94,16 @@ async def start_service(engine: EngineDep, deployment: DeploymentDep, service_id
 async def stop_service(engine: EngineDep, deployment: DeploymentDep, service_id: str) -> Response:
     await engine.services.set_running(deployment.id, ids.core_service_id(service_id), False)
     return ok({"message": f"{service_id} stopped"})
+
+
+@router.get(S + "/{service_id}/logs")
+async def get_service_logs(
+    engine: EngineDep, deployment: DeploymentDep, service_id: str, next_token: str | None = None,
+    start_time: str | None = None, end_time: str | None = None,
+) -> Response:
+    """Oldest first, as a run's logs (what `abeja model describe-service-logs` reads)."""
+    row = engine.services.get(deployment.id, ids.core_service_id(service_id))
+    return ok(log_page(engine, row.id, next_token, start_time, end_time))
 
 
 @router.get(S + "/{service_id}/recentlogs")

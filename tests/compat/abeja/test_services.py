@@ -94,7 +94,7 @@ def test_a_service_is_in_progress_until_its_instance_is_up_then_ready_and_listed
 
 
 def test_the_proxy_passes_json_and_bytes_to_the_handler_and_its_answer_back(
-    services: Any, org: dict[str, str], service: Callable[..., tuple[str, str]]
+    services: Any, org: dict[str, str], service: Callable[..., tuple[str, str]], abeja_server: Server
 ) -> None:
     o = org["organization_id"]
     d, s = service(environment={"GREETING": "service"})
@@ -115,6 +115,12 @@ def test_the_proxy_passes_json_and_bytes_to_the_handler_and_its_answer_back(
     messages = [e["message"] for e in logs["events"]]
     assert "serving image/png" in messages and "serving application/json" in messages
     assert "next_forward_token" in logs and "next_backward_token" in logs
+    # The same lines oldest first, as `abeja model describe-service-logs` reads them (no SDK call for it)
+    oldest_first = httpx.get(f"{abeja_server.url}/organizations/{o}/deployments/{d}/services/{s}/logs",
+                             headers={"Authorization": f"Bearer {org['token']}"})
+    assert oldest_first.status_code == 200, oldest_first.text
+    assert [e["message"] for e in oldest_first.json()["events"]] == messages[::-1]
+    assert "next_token" not in oldest_first.json()  # one page holds them all
 
 
 def test_a_stopped_service_answers_4xx_at_once_and_starts_again(
