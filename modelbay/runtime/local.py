@@ -15,8 +15,8 @@ import fcntl
 import json
 import logging
 import os
-import signal
 import shutil
+import signal
 import subprocess
 import uuid
 from collections.abc import Callable
@@ -38,6 +38,15 @@ from modelbay.runtime.base import (
     RuntimeError_,
 )
 from modelbay.runtime.sandbox import Bubblewrap, Jail, Sandbox, interpreter_paths
+from modelbay.runtime.worker_process import (
+    CHANNEL_LOST,
+    LOG_LIMIT,
+    STOPPED,
+    TIMED_OUT,
+    ChannelProtocol,
+    LocalInstance,
+    OutputProtocol,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -46,179 +55,12 @@ _LOG_TAIL_BYTES = 64 << 10
 _LOGS_GRACE_S = 0.5  # how long a timed-out worker gets to hand over its logs before SIGKILL
 _PIPE_SIZE = 1 << 20  # larger pipes mean fewer wake-ups for MB-sized results
 _OUTPUT_WAIT_S = 0.5  # how long a dead worker's last output may take to arrive before its tail is read
-#: An instance's log file is emptied when it reaches this size: what it keeps is the recent output.
-INSTANCE_LOG_MAX_BYTES = 8 << 20
 _RUNTIME_DIR = Path(__file__).parent  # worker.py and wire.py: all the sandbox needs of modelbay
-
-
-class _Closed:
-    """Why a reply will never come (resolves the waiting future instead of a message)."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-
-
-_TIMED_OUT = _Closed("timed out")
-_CHANNEL_LOST = _Closed("channel lost")
-_STOPPED = _Closed("stopped")
-_LOG_LIMIT = _Closed("printed too much")
-
-
-class LocalInstance:
-    """Handle of one worker process. Only `id` and `state` are public."""
-
-    def __init__(self, instance_id: str, log_path: Path, scratch: Path, max_log_bytes: int) -> None:
-        self._id = instance_id
-        self._state = InstanceState.STARTING
-        self._log_path = log_path
-        self._scratch = scratch  # its private writable directory
-        self._max_log_bytes = max_log_bytes
-        self._proc: asyncio.subprocess.Process | None = None
-        self._interrupt_fd: int | None = None  # a byte written here asks the worker for its logs
-        self._output: _OutputProtocol | None = None  # the worker's fd 1 and 2
-        self._output_transport: asyncio.ReadTransport | None = None
-        self._call_output = 0  # bytes the running call wrote to fd 1/2
-        self._reader: asyncio.ReadTransport | None = None
-        self._writer: asyncio.WriteTransport | None = None
-        self._waiter: asyncio.Future[Any] | None = None  # the reply being waited for
-        self._call_id: str | None = None
-        self._on_update: Callable[[str], None] | None = None
-        self._logs_waiter: asyncio.Future[str] | None = None  # logs of a timed-out call
-        self._channel_lost = False  # the worker's end of the channel is gone
-        self._broken: str | None = None  # why the channel was declared unusable, if we did
-        self._stopping: asyncio.Future[None] | None = None
-
-    @property
-    def id(self) -> str:
-        return self._id
-
-    @property
-    def state(self) -> InstanceState:
-        return self._state
-
-    def __repr__(self) -> str:
-        return f"<LocalInstance {self._id} {self._state.value}>"
-
-    # --- called from the channel protocol ---
-
-    def _on_message(self, message: dict[str, Any]) -> None:
-        kind = message.get("type")
-        if kind == "update":
-            if message.get("id") == self._call_id and self._on_update is not None:
-                try:
-                    self._on_update(message["text"])
-                except Exception:  # a broken listener must not break the channel
-                    logger.exception("on_update failed for instance %s", self._id)
-        elif kind == "logs" or (kind == "result" and self._logs_waiter is not None):
-            if self._logs_waiter is not None and not self._logs_waiter.done():
-                self._logs_waiter.set_result(str(message.get("logs") or ""))
-        elif kind in ("result", "ready", "start_failed"):
-            waiter = self._waiter
-            if waiter is not None and not waiter.done():
-                if kind != "result" or message.get("id") == self._call_id:
-                    waiter.set_result(message)
-
-    def _on_channel_lost(self, why: str | None = None) -> None:
-        if why is not None and self._broken is None:
-            self._broken = why
-        self._channel_lost = True
-        self._state = InstanceState.STOPPED
-        self._resolve(_CHANNEL_LOST)
-        if self._logs_waiter is not None and not self._logs_waiter.done():
-            self._logs_waiter.set_result("")
-
-    def _resolve(self, closed: _Closed) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(closed)
-
-    def _on_call_output(self, size: int) -> None:
-        """Raw writes to fd 1/2 during a call count against its log budget, as prints do."""
-        self._call_output += size
-        if self._call_output > self._max_log_bytes and self._state is InstanceState.BUSY:
-            self._kill()  # it may go on writing: the only way to stop it
-            self._resolve(_LOG_LIMIT)
-
-    # --- process control ---
-
-    def _kill(self) -> None:
-        """SIGKILL the worker and whatever it started (its own session), synchronously."""
-        self._state = InstanceState.STOPPED
-        proc = self._proc
-        # Only while unreaped: then the process group id cannot have been reused.
-        if proc is not None and proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-
-
-class _ChannelProtocol(asyncio.Protocol):
-    """Reads frames from the worker and hands each message to its instance."""
-
-    def __init__(self, instance: LocalInstance) -> None:
-        self._instance = instance
-        self._frames = wire.FrameBuffer()
-        self._transport: asyncio.BaseTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            bodies = self._frames.feed(data)
-        except wire.FrameTooLarge as exc:
-            self._broken(f"The instance sent an oversized message: {exc}")
-            return
-        for body in bodies:
-            try:
-                message = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                try:  # what orjson refuses but the stdlib wrote (e.g. deep nesting)
-                    message = json.loads(body)
-                except (ValueError, RecursionError) as exc:
-                    self._broken(f"The instance sent a malformed message: {exc}")
-                    return
-            if isinstance(message, dict):
-                self._instance._on_message(message)
-
-    def _broken(self, why: str) -> None:
-        # The stream is out of step and cannot be trusted again: end the instance.
-        self._instance._kill()
-        self._instance._on_channel_lost(why)
-        if self._transport is not None:
-            self._transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._instance._on_channel_lost()
-
-
-class _OutputProtocol(asyncio.Protocol):
-    """Copies the worker's fd 1 and 2 into its log file, which never grows past `INSTANCE_LOG_MAX_BYTES`."""
-
-    def __init__(self, instance: LocalInstance, log: Any) -> None:
-        self._instance = instance
-        self._log = log
-        self._size = log.tell()
-        self.closed = asyncio.get_running_loop().create_future()
-
-    def data_received(self, data: bytes) -> None:
-        if self._instance._call_id is not None:
-            self._instance._on_call_output(len(data))
-        if self._size + len(data) > INSTANCE_LOG_MAX_BYTES:
-            self._log.seek(0)
-            self._log.truncate()
-            note = f"[earlier output dropped: the instance log keeps its last {INSTANCE_LOG_MAX_BYTES >> 20} MiB]\n"
-            self._size = self._log.write(note.encode())
-            data = data[-(INSTANCE_LOG_MAX_BYTES // 2) :]
-        self._size += self._log.write(data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._log.close()
-        if not self.closed.done():
-            self.closed.set_result(None)
 
 
 def _expire(waiter: asyncio.Future[Any]) -> None:
     if not waiter.done():
-        waiter.set_result(_TIMED_OUT)
+        waiter.set_result(TIMED_OUT)
 
 
 def _exit_description(returncode: int | None, signals_as_exit_codes: bool = False) -> str:
@@ -305,10 +147,10 @@ class LocalRuntime:
 
         if isinstance(reply, dict):  # start_failed: the worker exits by itself
             message = str(reply.get("error") or "The deployment could not be loaded.")
-        elif reply is _TIMED_OUT:
+        elif reply is TIMED_OUT:
             inst._kill()
             message = f"The deployment did not finish loading within {self._start_timeout:g} s."
-        elif reply is _STOPPED:
+        elif reply is STOPPED:
             message = "The instance was stopped while loading the deployment."
         else:
             returncode = await self._wait_exit(inst)
@@ -371,10 +213,10 @@ class LocalRuntime:
         loop = asyncio.get_running_loop()
         log = open(inst._log_path, "ab", buffering=0)
         inst._output_transport, inst._output = await loop.connect_read_pipe(
-            lambda: _OutputProtocol(inst, log), open(output_r, "rb", buffering=0)
+            lambda: OutputProtocol(inst, log), open(output_r, "rb", buffering=0)
         )
         inst._reader, _ = await loop.connect_read_pipe(
-            lambda: _ChannelProtocol(inst), open(from_worker_r, "rb", buffering=0)
+            lambda: ChannelProtocol(inst), open(from_worker_r, "rb", buffering=0)
         )
         inst._writer, _ = await loop.connect_write_pipe(asyncio.Protocol, open(to_worker_w, "wb", buffering=0))
 
@@ -391,9 +233,9 @@ class LocalRuntime:
         return await self._exchange(inst, orjson.dumps(init), self._start_timeout)
 
     async def _exchange(self, inst: LocalInstance, body: bytes, timeout: float) -> Any:
-        """Write one frame and wait for the reply future (a message or a `_Closed`)."""
+        """Write one frame and wait for the reply future (a message or a `Closed`)."""
         if inst._channel_lost:  # it died before we got to ask
-            return _CHANNEL_LOST
+            return CHANNEL_LOST
         loop = asyncio.get_running_loop()
         waiter = inst._waiter = loop.create_future()
         timer = loop.call_later(timeout, _expire, waiter)
@@ -456,14 +298,14 @@ class LocalRuntime:
                 error=reply.get("error"),
                 logs=str(reply.get("logs") or ""),
             )
-        if reply is _TIMED_OUT:
+        if reply is TIMED_OUT:
             logs = await self._logs_so_far(inst)
             inst._kill()
             await self._wait_exit(inst)
             raise CallTimedOut(timeout, logs)
-        if reply is _STOPPED:
+        if reply is STOPPED:
             raise InstanceLost("The instance was stopped during the request.")
-        if reply is _LOG_LIMIT:
+        if reply is LOG_LIMIT:
             self._stop_task(inst)
             message_text = f"The request printed more than {inst._max_log_bytes} bytes of logs; output was cut off."
             return CallOutcome(ok=False, error=message_text, logs=message_text + "\n")
@@ -511,7 +353,7 @@ class LocalRuntime:
 
     async def _shutdown(self, inst: LocalInstance) -> None:
         inst._state = InstanceState.STOPPED
-        inst._resolve(_STOPPED)
+        inst._resolve(STOPPED)
         writer = inst._writer
         if writer is not None and not writer.is_closing():
             # Ask politely: a stop message, then EOF on its input.
