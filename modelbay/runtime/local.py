@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import fcntl
 import json
-import logging
 import os
 import shutil
 import signal
@@ -47,8 +46,6 @@ from modelbay.runtime.worker_process import (
     LocalInstance,
     OutputProtocol,
 )
-
-logger = logging.getLogger(__name__)
 
 _WORKER = str(Path(__file__).with_name("worker.py"))
 _LOG_TAIL_BYTES = 64 << 10
