@@ -25,18 +25,11 @@ from starlette.requests import Request
 
 from modelbay.core.errors import TooLarge
 from modelbay.dialects.common.body import read_body
+from tests.fixtures.packages import PLAIN
 from tests.fixtures.server import Server
 from tests.integration.conftest import deploy, error_of, ubiops
 
 LIMIT = 1024  # the smallest limit the settings allow
-ECHO = '''
-class Deployment:
-    def __init__(self, base_directory, context):
-        pass
-
-    def request(self, data):
-        return data
-'''
 MULTIPART_HEAD = (b'--xx\r\nContent-Disposition: form-data; name="file"; filename="p.zip"\r\n'
                   b"Content-Type: application/zip\r\n\r\n")
 
@@ -75,7 +68,7 @@ def _routes(server: Server) -> dict[str, Route]:
     project = server.create_project("limits")
     name, token = project["name"], project["token"]
     with ubiops(server, token) as client:
-        deploy(client, name, "echo", ECHO)  # a package well under the limit uploads as before
+        deploy(client, name, "echo", PLAIN)  # a package well under the limit uploads as before
         pipelines = f"/projects/{name}/pipelines"
         assert client.post(pipelines, json={"name": "p", "input_type": "plain", "output_type": "plain"}).is_success
         attachment = {"destination_name": "pipeline_end", "sources": [{"source_name": "pipeline_start"}]}

@@ -11,17 +11,10 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.fixtures.packages import PLAIN
 from tests.fixtures.server import Server
 from tests.integration.conftest import deploy, error_of, ubiops, unique
 
-ECHO = '''
-class Deployment:
-    def __init__(self, base_directory, context):
-        pass
-
-    def request(self, data):
-        return data
-'''
 FULL_WIDTH_12 = "１２"  # what `int()` takes as 12
 NOT_A_NUMBER = ["１２", "²", "1_0", " 12", "+12", "0x1", "1" * 40, ""]
 
@@ -32,7 +25,7 @@ def echo(server: Server) -> Iterator[tuple[str, str]]:
     name = unique("strict")
     token = server.create_project(name)["token"]
     with ubiops(server, token) as client:
-        deploy(client, name, "echo", ECHO)
+        deploy(client, name, "echo", PLAIN)
         pipelines = f"/projects/{name}/pipelines"
         assert client.post(pipelines, json={"name": "p", "input_type": "plain", "output_type": "plain"}).is_success
         attachment = {"destination_name": "pipeline_end", "sources": [{"source_name": "pipeline_start"}]}

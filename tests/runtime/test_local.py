@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import sys
 import textwrap
 import time
@@ -28,6 +27,7 @@ from modelbay.runtime.base import (
     InstanceState,
 )
 from modelbay.runtime.local import LocalRuntime
+from tests.fixtures.processes import process_gone, processes_working_in
 
 T = TypeVar("T")
 
@@ -69,29 +69,6 @@ async def start_and_call(
 ) -> CallOutcome:
     instance = await runtime.start(spec_for(directory))
     return await runtime.call(instance, Call("req-1", data, {"id": "req-1"}, **call_kwargs), timeout)
-
-
-def host_pids_of(directory: Path) -> set[int]:
-    """The host's pids of the processes working in `directory`: a sandboxed worker and its children
-    (inside the sandbox they have pids of their own, so user code cannot tell us)."""
-    pids = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.readlink(f"/proc/{entry}/cwd") == str(directory):
-                    pids.add(int(entry))
-            except OSError:  # gone, or not ours to look at
-                pass
-    return pids
-
-
-def process_gone(pid: int) -> bool:
-    """Exited: no such process, or a zombie (the sandbox's init is reaped by the host's init)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 def wait_until(condition: Callable[[], bool], deadline_s: float = 10.0) -> bool:
@@ -427,7 +404,7 @@ def test_os_exit_in_a_request_loses_the_instance_and_a_new_one_works(tmp_path: P
 
     async def scenario(runtime: LocalRuntime) -> None:
         instance = await runtime.start(spec_for(dying))
-        pids = host_pids_of(dying)
+        pids = processes_working_in(dying)
         assert pids
         with pytest.raises(InstanceLost) as lost:
             await runtime.call(instance, Call("r1", {}), 30)
@@ -507,7 +484,7 @@ def test_a_request_hanging_past_its_timeout_is_killed_with_its_logs_so_far(tmp_p
 
     async def scenario(runtime: LocalRuntime) -> None:
         instance = await runtime.start(spec_for(directory))
-        pids = host_pids_of(directory)
+        pids = processes_working_in(directory)
         assert pids
         started = time.monotonic()
         with pytest.raises(CallTimedOut) as timed_out:
@@ -634,7 +611,7 @@ def test_a_package_that_loads_too_slowly_fails_to_start_and_is_killed(tmp_path: 
 
     async def scenario(runtime: LocalRuntime) -> None:
         starting = asyncio.ensure_future(runtime.start(spec_for(directory)))
-        pids = await wait_for_async(lambda: host_pids_of(directory))
+        pids = await wait_for_async(lambda: processes_working_in(directory))
         with pytest.raises(InstanceStartFailed) as failed:
             await starting
         assert "did not finish loading within 1 s" in failed.value.message
@@ -809,11 +786,11 @@ def test_stop_is_idempotent_and_close_stops_every_instance_concurrently(tmp_path
     async def scenario(runtime: LocalRuntime) -> set[int]:
         instances: list[Instance] = list(await asyncio.gather(*(runtime.start(spec_for(directory)) for _ in range(3))))
         assert all([(await runtime.call(instance, Call("r", None), 30)).ok for instance in instances])
-        pids = host_pids_of(directory)
+        pids = processes_working_in(directory)
         await runtime.stop(instances[0])
         await runtime.stop(instances[0])
         assert instances[0].state is InstanceState.STOPPED
-        assert host_pids_of(directory) < pids
+        assert processes_working_in(directory) < pids
         started = time.monotonic()
         await runtime.close()
         assert time.monotonic() - started < 5
@@ -844,7 +821,7 @@ def test_an_instance_ignoring_the_polite_stop_is_killed(tmp_path: Path) -> None:
     async def scenario(runtime: LocalRuntime) -> set[int]:
         instance = await runtime.start(spec_for(directory))
         assert (await runtime.call(instance, Call("r", None), 30)).ok
-        pids = host_pids_of(directory)
+        pids = processes_working_in(directory)
         assert pids
         started = time.monotonic()
         await runtime.stop(instance)

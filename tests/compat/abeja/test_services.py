@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import os
-from pathlib import Path
 import re
 import time
 from collections.abc import Callable
@@ -12,6 +10,7 @@ import httpx
 import pytest
 from abeja.exceptions import BadRequest, Forbidden, NotFound, Unauthorized
 
+from tests.fixtures.processes import processes_working_in
 from tests.fixtures.server import Server, wait_until
 
 SERVICE_FIELDS = {
@@ -46,20 +45,6 @@ def handler(request, context):
         }
     return {"status_code": 201, "content_type": "application/x-reversed", "content": request.read()[::-1]}
 '''
-
-
-def processes_in(directory: str) -> set[int]:
-    """Host pids of the processes working in `directory` (a version's package: its workers)."""
-    found = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-                if os.readlink(f"/proc/{entry}/cwd") == directory and stat.rsplit(")", 1)[1].split()[0] != "Z":
-                    found.add(int(entry))
-            except OSError:
-                pass
-    return found
 
 
 @pytest.fixture
@@ -129,14 +114,14 @@ def test_a_stopped_service_answers_4xx_at_once_and_starts_again(
     o = org["organization_id"]
     d, s = service()
     workdir = services.request_service(o, d, s, json={}).json()["cwd"]
-    assert processes_in(workdir)
+    assert processes_working_in(workdir)
     assert services.stop_service(o, d, s) == {"message": f"{s} stopped"}
     assert services.get_service(o, d, s)["status"] == "STOPPED"
     started = time.monotonic()
     with pytest.raises(BadRequest) as refused:
         services.request_service(o, d, s, json={})
     assert time.monotonic() - started < 2 and "stopped" in refused.value.error_description
-    wait_until(lambda: not processes_in(workdir))
+    wait_until(lambda: not processes_working_in(workdir))
     with pytest.raises(BadRequest):
         services.stop_service(o, d, s)
 
@@ -153,9 +138,9 @@ def test_a_deleted_service_stops_its_instances_and_answers_404(
     o = org["organization_id"]
     d, s = service()
     workdir = services.request_service(o, d, s, json={}).json()["cwd"]
-    assert processes_in(workdir)
+    assert processes_working_in(workdir)
     assert services.delete_service(o, d, s) == {"message": f"{s} deleted"}
-    wait_until(lambda: not processes_in(workdir))
+    wait_until(lambda: not processes_working_in(workdir))
     started = time.monotonic()
     with pytest.raises(NotFound):
         services.request_service(o, d, s, json={})
