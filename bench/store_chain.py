@@ -74,6 +74,7 @@ def main() -> None:
         db = Database(f"sqlite:///{tmp / 'store.db'}")
         db.migrate()
         committer = db.committer
+        requests = Requests(db, None, None, None)  # type: ignore[arg-type]  # only its writes are used
 
         async def empty() -> None:
             for _ in range(n):
@@ -83,23 +84,24 @@ def main() -> None:
 
         async def claims() -> None:
             for rid in ids:
-                await committer.submit_async(Requests._claim(rid, utcnow()))
+                await committer.submit_async(requests._claim(rid, utcnow()))
 
         ids_once = pending_rows(db, n)
 
         async def written_once() -> None:  # what one drainer writes for a quick item
             for rid in ids_once:
                 values = {**FINISHED, "started_at": utcnow(), "finished_at": utcnow()}
-                committer.submit(Requests._finish(rid, Status.COMPLETED, values, Status.PENDING))
+                committer.submit(requests._finish(rid, Status.PENDING, Status.COMPLETED, values))
             await committer.submit_async(lambda conn: None)  # the last finish is committed
 
         ids_chain = pending_rows(db, n)
 
         async def chain() -> None:  # what one drainer does, the worker call left out
             for rid in ids_chain:
-                if not await committer.submit_async(Requests._claim(rid, utcnow())):
+                if not await committer.submit_async(requests._claim(rid, utcnow())):
                     raise RuntimeError("claim failed")
-                committer.submit(Requests._finish(rid, Status.COMPLETED, {**FINISHED, "finished_at": utcnow()}))
+                committer.submit(requests._finish(rid, Status.PROCESSING, Status.COMPLETED,
+                                                   {**FINISHED, "finished_at": utcnow()}))
             await committer.submit_async(lambda conn: None)  # the last finish is committed
 
         timed("empty committer transaction, awaited one by one", n, empty)

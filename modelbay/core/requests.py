@@ -1,9 +1,8 @@
 """Requests: one execution of a version's code, recorded in the store.
 
 Direct requests run at once and answer with their outcome. Batch requests are committed
-first (all or nothing), then drained from the queue. Every status change is a
-compare-and-set through `transitions.transition`, so a cancel racing a completion is
-decided exactly once.
+first (all or nothing), then drained from the queue. Once stored, a request lives as every
+stored request does (`stored_requests.StoredRequests`).
 """
 
 from __future__ import annotations
@@ -14,20 +13,21 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Select, delete, select
+from sqlalchemy import Connection, select
 
 from modelbay.core.clock import utcnow
 from modelbay.core.deployments import Deployments, Target
 from modelbay.core.errors import InvalidInput, NotFound, StatusChanged
 from modelbay.core.fields import check_data
-from modelbay.core.payloads import Payloads, named_keys
+from modelbay.core.payloads import Payloads
 from modelbay.core.queue import BatchQueue, QueuedItem
 from modelbay.core.scheduler import PRIORITY_BATCH, PRIORITY_DIRECT, Scheduler
-from modelbay.core.transitions import REQUESTS, TERMINAL, Status, transition
+from modelbay.core.stored_requests import StoredRequests, check_batch
+from modelbay.core.transitions import REQUESTS, Status
 from modelbay.runtime.base import Call, CallTimedOut, InstanceLost, InstanceStartFailed
 from modelbay.store.db import Database, Insert
 from modelbay.store.tables import RequestRow, VersionRow
@@ -39,9 +39,6 @@ DIRECT_TIMEOUT_MAX_S = 3600
 BATCH_TIMEOUT_DEFAULT_S = 14400
 BATCH_TIMEOUT_MAX_S = 172800
 
-#: Most requests one batch call may create, collect, cancel or delete.
-MAX_BATCH = 250
-
 #: A direct request still running after this long is recorded as `processing` before it ends.
 RECORD_PROCESSING_AFTER_S = 0.05
 
@@ -51,10 +48,6 @@ MAX_UNCOMMITTED_RESULTS = 32
 
 #: Most log text kept with one request; the worker already caps what it collects.
 MAX_STORED_LOG_CHARS = 1 << 20
-
-#: Statuses a list may filter on; `pending` and `processing` only alone.
-LISTABLE = {"completed", "failed", "cancelled", "cancelled_pending", "pending", "processing"}
-LIST_LIMIT_MAX = 1000
 
 
 @dataclass(frozen=True)
@@ -81,15 +74,6 @@ class Outcome:
     logs: str = ""
 
 
-def check_timeout(timeout: Any, default: int, maximum: int) -> int:
-    """The timeout a caller asked for, defaulted and bounded; raises `InvalidInput` when out of range."""
-    if timeout is None:
-        return default
-    if isinstance(timeout, bool) or not isinstance(timeout, int) or not 1 <= timeout <= maximum:
-        raise InvalidInput(f"timeout must be an integer from 1 to {maximum} seconds")
-    return timeout
-
-
 def check_input(target: Target, data: Any) -> bool:
     """Check direct-request input; returns whether it is a list for the code's `requests()`.
 
@@ -109,82 +93,15 @@ def check_priority(priority: Any) -> int:
     return int(priority)
 
 
-def check_ids(ids: Any, what: str = "request ids") -> list[str]:
-    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-        raise InvalidInput(f"The body must be a list of {what}")
-    if len(ids) > MAX_BATCH:
-        raise InvalidInput(f"At most {MAX_BATCH} {what} are allowed in one call, not {len(ids)}")
-    return list(dict.fromkeys(ids))
+class Requests(StoredRequests):
+    """Runs requests of deployment versions and answers questions about them."""
 
-
-def cancel_selection(
-    ids: list[str] | None,
-    status: str | None,
-    collect: Callable[[list[str]], list[Any]],
-    page: Callable[[int], list[Any]],
-) -> list[Any]:
-    """The rows a batch cancel acts on: those named by `ids`, or with `ids` empty every one with
-    `status` (pending or processing), read with `collect(ids)` or page by page with `page(offset)`."""
-    if status is not None and status not in ("pending", "processing"):
-        raise InvalidInput("status must be 'pending' or 'processing'")
-    if ids:
-        return collect(ids)
-    if status is None:
-        raise InvalidInput("Give a list of request ids, or an empty list with status=pending|processing")
-    return every_page(page)
-
-
-def every_page(page: Callable[[int], list[Any]]) -> list[Any]:
-    """All rows of a list read `LIST_LIMIT_MAX` at a time; `page(offset)` reads one page."""
-    rows: list[Any] = []
-    while True:
-        more = page(len(rows))
-        rows += more
-        if len(more) < LIST_LIMIT_MAX:
-            return rows
-
-
-def list_query(
-    row: Any,
-    version_id: str,
-    *,
-    status: str | None,
-    limit: int | None,
-    offset: int | None,
-    start_date: datetime | None,
-    end_date: datetime | None,
-    search_id: str | None,
-) -> Select[Any]:
-    """The rows of `row`'s table (deployment or pipeline requests) for one version, newest first,
-    filtered as the UbiOps lists do; raises `InvalidInput` for a filter out of range."""
-    statuses = [s.strip() for s in (status or "completed").split(",") if s.strip()]
-    unknown = [s for s in statuses if s not in LISTABLE]
-    if unknown or not statuses:
-        raise InvalidInput(f"status must be one or more of {', '.join(sorted(LISTABLE))}")
-    if len(statuses) > 1 and {"pending", "processing"} & set(statuses):
-        raise InvalidInput("'pending' and 'processing' cannot be combined with other statuses")
-    limit = 50 if limit is None else limit
-    offset = 0 if offset is None else offset
-    if not 1 <= limit <= LIST_LIMIT_MAX:
-        raise InvalidInput(f"limit must be from 1 to {LIST_LIMIT_MAX}")
-    if not 0 <= offset <= 2**63 - 1:
-        raise InvalidInput("offset must be from 0 to 2**63 - 1")
-    query = select(row).where(row.version_id == version_id, row.status.in_(statuses))
-    if start_date is not None:
-        query = query.where(row.created_at >= start_date)
-    if end_date is not None:
-        query = query.where(row.created_at <= end_date)
-    if search_id:
-        query = query.where(row.id.contains(search_id, autoescape=True))
-    return query.order_by(row.created_at.desc(), row.id).limit(limit).offset(offset)
-
-
-class Requests:
-    """Runs requests and answers questions about them."""
+    noun = "request"
+    row_type = RequestRow
+    version_row_type = VersionRow
 
     def __init__(self, db: Database, scheduler: Scheduler, deployments: Deployments, payloads: Payloads) -> None:
-        self._db = db
-        self._payloads = payloads
+        super().__init__(db, payloads)
         self._scheduler = scheduler
         self._deployments = deployments
         self.queue = BatchQueue(self._run_queued, self._drainers_for)
@@ -247,7 +164,7 @@ class Requests:
             timer.cancel()
         finished = await self._finished_values(request_id, target, outcome)
         if recorded:
-            status = await committer.submit_async(self._finish(request_id, outcome.status, finished))
+            status = await committer.submit_async(self._finish(request_id, Status.PROCESSING, outcome.status, finished))
         else:
             status = outcome.status
             await committer.submit_async(Insert(REQUESTS, [{**started, **finished, "status": status.value}]))
@@ -273,15 +190,7 @@ class Requests:
 
         Raises `InvalidInput` naming the first faulty item; then nothing is stored.
         """
-        if not items:
-            raise InvalidInput("A batch needs at least one request")
-        if len(items) > MAX_BATCH:
-            raise InvalidInput(f"At most {MAX_BATCH} requests are allowed in one batch, not {len(items)}")
-        for index, item in enumerate(items):
-            try:
-                check_data(target.input_type, target.input_fields, item)
-            except InvalidInput as exc:
-                raise InvalidInput(f"Request {index} of the batch: {exc.message}") from None
+        check_batch(items, lambda item: check_data(target.input_type, target.input_fields, item))
         created_at = utcnow()
         rows = []
         for item in items:
@@ -313,7 +222,7 @@ class Requests:
             target = self._deployments.target_of_version(item.version_id)
         except NotFound:
             values = {"error_message": "The version of this request no longer exists", "finished_at": started_at}
-            committer.submit(self._finish(item.request_id, Status.FAILED, values, Status.PENDING))
+            committer.submit(self._finish(item.request_id, Status.PENDING, Status.FAILED, values))
             return
         # As for direct requests: an item that ends within a moment is written once, from
         # `pending` to its end; one still running then is claimed (`processing`), so it can be
@@ -337,7 +246,7 @@ class Requests:
             values["started_at"] = started_at
         # Nobody waits on a batch result: the write goes on while the next item runs, and may
         # share its commit with the next few (until then, a crash leaves the item to run again).
-        written = committer.submit_async(self._finish(item.request_id, outcome.status, values, running_from),
+        written = committer.submit_async(self._finish(item.request_id, running_from, outcome.status, values),
                                          linger=True)
         written.add_done_callback(_log_failure)
         self._uncommitted.append(written)
@@ -356,11 +265,10 @@ class Requests:
             else:
                 return
 
-    @staticmethod
-    def _claim(request_id: str, started_at: datetime) -> Callable[[Connection], bool]:
+    def _claim(self, request_id: str, started_at: datetime) -> Callable[[Connection], bool]:
         def claim(conn: Connection) -> bool:
             try:
-                transition(conn, request_id, Status.PENDING, Status.PROCESSING, started_at=started_at)
+                self._move(conn, request_id, Status.PENDING, Status.PROCESSING, started_at=started_at)
             except StatusChanged:
                 return False  # cancelled or deleted meanwhile: its call was stopped
             return True
@@ -442,179 +350,22 @@ class Requests:
             values["data"] = values["data_key"] = None
         return values
 
-    @staticmethod
-    def _finish(
-        request_id: str, status: Status, values: dict[str, Any], running: Status = Status.PROCESSING
-    ) -> Callable[[Connection], Status | None]:
-        """The write that ends a request that was `running`; a cancel that came first wins."""
+    # --- what the stored lifecycle asks -----------------------------------------------------
 
-        def finish(conn: Connection) -> Status | None:
-            if status is not Status.CANCELLED:
-                try:
-                    transition(conn, request_id, running, status, **values)
-                    return status
-                except StatusChanged:
-                    pass
-            else:  # cancelled before its cancel could be recorded (it was recorded running meanwhile)
-                try:
-                    transition(conn, request_id, running, Status.CANCELLED_PENDING)
-                except (StatusChanged, ValueError):
-                    pass
-            try:
-                transition(conn, request_id, Status.CANCELLED_PENDING, Status.CANCELLED, finished_at=utcnow())
-                return Status.CANCELLED
-            except StatusChanged:
-                return None  # deleted meanwhile
-
-        return finish
-
-    # --- reading ---------------------------------------------------------------------------
-
-    def get(self, target: Target, request_id: str) -> RequestRow:
-        """The request with its input and result; raises `NotFound` unless it exists for this version."""
-        return self._payloads.fill(self._row(target, request_id))
-
-    def _row(self, target: Target, request_id: str) -> RequestRow:
-        """The request as stored (large payloads not read); raises `NotFound` as `get` does."""
-        with self._db.read() as session:
-            row = session.get(RequestRow, request_id)
-        if row is None or row.version_id != target.version_id:
-            raise NotFound("request", request_id)
-        return row
-
-    def collect(self, target: Target, ids: list[str]) -> list[RequestRow]:
-        """All the requests named, with their inputs and results, or `NotFound` for the first unknown one."""
-        return [self._payloads.fill(row) for row in self._rows(target, ids)]
-
-    def _rows(self, target: Target, ids: list[str]) -> list[RequestRow]:
-        """Like `collect`, the rows as stored."""
-        with self._db.read() as session:
-            rows = {
-                row.id: row
-                for row in session.scalars(
-                    select(RequestRow).where(RequestRow.id.in_(ids), RequestRow.version_id == target.version_id)
-                )
-            }
-        for request_id in ids:
-            if request_id not in rows:
-                raise NotFound("request", request_id)
-        return [rows[i] for i in ids]
-
-    def list(
-        self,
-        target: Target,
-        *,
-        status: str | None = None,
-        limit: int | None = None,
-        offset: int | None = None,
-        start_date: datetime | None = None,
-        end_date: datetime | None = None,
-        search_id: str | None = None,
-    ) -> list[RequestRow]:
-        """The version's requests, newest first, filtered as the UbiOps list does (large payloads not read)."""
-        query = list_query(RequestRow, target.version_id, status=status, limit=limit, offset=offset,
-                           start_date=start_date, end_date=end_date, search_id=search_id)
-        with self._db.read() as session:
-            return list(session.scalars(query))
-
-    # --- cancel and delete -----------------------------------------------------------------
-
-    async def cancel(self, target: Target, request_id: str) -> Status:
-        """Cancel one request: a pending one at once, a processing one once its instance stops.
-
-        Returns the status it has now; a finished request stays as it is.
-        """
-        row = self._row(target, request_id)
-        return await self._cancel(row.id, Status(row.status))
-
-    async def cancel_many(self, target: Target, ids: list[str] | None, status: str | None) -> int:
-        """Cancel the requests named, or with `ids` empty every `status` (pending or processing) one."""
-        rows = cancel_selection(ids, status, lambda named: self._rows(target, named),
-                                lambda offset: self.list(target, status=status, limit=LIST_LIMIT_MAX, offset=offset))
-        for row in rows:
-            if status is None or row.status == status:
-                await self._cancel(row.id, Status(row.status))
-        return len(rows)
-
-    async def _cancel(self, request_id: str, current: Status) -> Status:
-        committer = self._db.committer
-        for _ in range(3):  # the status may move under us once or twice (pending -> processing)
-            if current in TERMINAL or current is Status.CANCELLED_PENDING:
-                return current
-            new = Status.CANCELLED if current is Status.PENDING else Status.CANCELLED_PENDING
-            values = {"finished_at": utcnow()} if new is Status.CANCELLED else {}
-            try:
-                await committer.submit_async(
-                    lambda conn, old=current, new=new, values=values: transition(conn, request_id, old, new, **values)
-                )
-            except StatusChanged:
-                current = self._status(request_id)
-                continue
-            task = self._running.get(request_id)
-            if task is not None:  # processing, or a queued item that began running unclaimed
-                self._cancelling.add(request_id)
-                task.cancel()  # the runtime stops the instance; the request's own write ends it
-            elif new is Status.CANCELLED_PENDING:  # nothing of ours runs it (its server died): end it here
-                await committer.submit_async(self._finish(request_id, Status.CANCELLED, {}))
-                return Status.CANCELLED
-            return new
-        return current
+    async def _stop_running(self, request_id: str) -> bool:
+        task = self._running.get(request_id)
+        if task is None:
+            return False
+        self._cancelling.add(request_id)
+        task.cancel()  # the runtime stops the instance; the request's own write ends it
+        return True
 
     async def cancel_running(self, request_id: str) -> None:
         """Cancel a direct request this server is running, whether or not it is recorded yet."""
         try:
             await self._cancel(request_id, Status.PROCESSING)
         except NotFound:  # not recorded yet: stop its call; it is then written once, cancelled
-            task = self._running.get(request_id)
-            if task is not None:
-                self._cancelling.add(request_id)
-                task.cancel()
-
-    def _status(self, request_id: str) -> Status:
-        with self._db.read() as session:
-            status = session.scalar(select(RequestRow.status).where(RequestRow.id == request_id))
-        if status is None:
-            raise NotFound("request", request_id)
-        return Status(status)
-
-    async def delete(self, target: Target, ids: list[str]) -> None:
-        """Delete requests (all or nothing: an unknown id deletes none); running ones are stopped."""
-        rows = self._rows(target, ids)
-        for row in rows:
-            task = self._running.get(row.id)
-            if task is not None:
-                self._cancelling.add(row.id)
-                task.cancel()
-
-        def remove(conn: Connection) -> list[str]:
-            chosen = REQUESTS.c.id.in_([r.id for r in rows])
-            keys = named_keys(conn, REQUESTS, chosen)
-            conn.execute(delete(REQUESTS).where(chosen))
-            return keys
-
-        keys = await self._db.committer.submit_async(remove)
-        await asyncio.to_thread(self._payloads.discard, keys)
-
-    # --- retention -------------------------------------------------------------------------
-
-    def sweep_expired(self) -> int:
-        """Delete finished requests older than their version's retention time; returns how many."""
-        now = utcnow()
-        removed = 0
-        keys: list[str] = []
-        with self._db.write() as session:
-            versions = session.execute(select(VersionRow.id, VersionRow.request_retention_time)).all()
-            for version_id, retention_s in versions:
-                expired = (
-                    REQUESTS.c.version_id == version_id,
-                    REQUESTS.c.status.in_([s.value for s in TERMINAL]),
-                    REQUESTS.c.finished_at < now - timedelta(seconds=retention_s),
-                )
-                keys += named_keys(session.connection(), REQUESTS, *expired)
-                done = session.execute(delete(REQUESTS).where(*expired))
-                removed += done.rowcount or 0
-        self._payloads.discard(keys)  # once the rows are gone for good
-        return removed
+            await self._stop_running(request_id)
 
     # --- recovery --------------------------------------------------------------------------
 
@@ -623,20 +374,8 @@ class Requests:
 
         Returns (settled, queued).
         """
-        now = utcnow()
         with self._db.write() as session:
-            stuck = session.execute(
-                select(REQUESTS.c.id, REQUESTS.c.status).where(
-                    REQUESTS.c.status.in_([Status.PROCESSING.value, Status.CANCELLED_PENDING.value])
-                )
-            ).all()
-            for request_id, status in stuck:
-                old = Status(status)
-                if old is Status.CANCELLED_PENDING:
-                    transition(session, request_id, old, Status.CANCELLED, finished_at=now)
-                else:
-                    transition(session, request_id, old, Status.FAILED, finished_at=now,
-                               error_message="The server stopped while this request was running")
+            settled = self._settle_stopped(session.connection())
             waiting = session.execute(
                 select(REQUESTS.c.id, REQUESTS.c.version_id, REQUESTS.c.data, REQUESTS.c.timeout, REQUESTS.c.priority,
                        REQUESTS.c.data_key)
@@ -649,7 +388,7 @@ class Requests:
                 for request_id, version_id, data, timeout, priority, key in waiting
             ]
         )
-        return len(stuck), len(waiting)
+        return settled, len(waiting)
 
     async def close(self, grace_s: float = 30.0) -> None:
         """Let running batch requests finish, for up to `grace_s`; what waits stays pending."""

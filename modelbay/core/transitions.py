@@ -40,18 +40,19 @@ ALLOWED: dict[Status, frozenset[Status]] = {
 
 
 @functools.cache
-def _statement(columns: frozenset[str], dialect: Dialect) -> DriverStatement:
+def _statement(table: Table, columns: frozenset[str], dialect: Dialect) -> DriverStatement:
     """The compare-and-set UPDATE writing `columns`, compiled once: the hot path runs it per request."""
     return DriverStatement(
-        update(REQUESTS)
-        .where(REQUESTS.c.id == bindparam("_id"), REQUESTS.c.status == bindparam("_old"))
+        update(table)
+        .where(table.c.id == bindparam("_id"), table.c.status == bindparam("_old"))
         .values(status=bindparam("status"), **{name: bindparam(name) for name in sorted(columns)}),
         dialect,
     )
 
 
-def transition(conn: Connection | Session, request_id: str, old: Status, new: Status, **values: Any) -> None:
-    """Move a request from `old` to `new`, writing `values` with it.
+def transition(conn: Connection | Session, table: Table, request_id: str, old: Status, new: Status,
+               **values: Any) -> None:
+    """Move a request of `table` (deployment or pipeline requests) from `old` to `new`, writing `values` with it.
 
     Raises `ValueError` for a move that is not allowed, and `StatusChanged` when the request
     is no longer `old` (a racing cancel or completion decided first).
@@ -60,5 +61,5 @@ def transition(conn: Connection | Session, request_id: str, old: Status, new: St
         raise ValueError(f"a request may not go from {old.value} to {new.value}")
     params = {"_id": request_id, "_old": old.value, "status": new.value, **values}
     connection = conn.connection() if isinstance(conn, Session) else conn
-    if _statement(frozenset(values), connection.dialect).execute(driver_cursor(connection), params) == 0:
+    if _statement(table, frozenset(values), connection.dialect).execute(driver_cursor(connection), params) == 0:
         raise StatusChanged(request_id, old.value)

@@ -7,7 +7,7 @@ import pytest
 from modelbay.core import operators
 from modelbay.core.errors import InvalidInput
 from modelbay.core.operators import OperatorFailed
-from modelbay.core.pipeline_requests import StepFailed, _merge
+from modelbay.core.pipeline_walk import StepFailed, merge
 from modelbay.core.pipelines import Source
 
 X = [{"name": "x", "data_type": "int"}]
@@ -77,10 +77,10 @@ def test_a_misconfigured_operator_is_refused_naming_the_object(operator: str, co
 
 def test_items_from_several_sources_are_merged_by_position_and_a_single_one_is_shared() -> None:
     sources = (Source("fan", (("x", "x"),)), Source("const", (("c", "c"),)), Source("stopped", (("z", "z"),)))
-    merged = _merge("d", "structured", sources, [[{"x": 1}, {"x": 2}], [{"c": 9}], []])
+    merged = merge("d", "structured", sources, [[{"x": 1}, {"x": 2}], [{"c": 9}], []])
     assert merged == [{"x": 1, "c": 9}, {"x": 2, "c": 9}]
     with pytest.raises(StepFailed, match="Object 'd' receives 2 items from 'b' but 3"):
-        _merge("d", "structured", (Source("a", ()), Source("b", ())), [[1, 2, 3], [1, 2]])
+        merge("d", "structured", (Source("a", ()), Source("b", ())), [[1, 2, 3], [1, 2]])
 
 
 def test_create_subrequests_refuses_a_list_longer_than_the_fan_out_limit() -> None:

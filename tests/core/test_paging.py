@@ -1,4 +1,4 @@
-from modelbay.core.requests import LIST_LIMIT_MAX, every_page
+from modelbay.core.stored_requests import LIST_LIMIT_MAX, every_page
 
 
 def pages_of(rows: list[int]) -> tuple[list[int], list[int]]:

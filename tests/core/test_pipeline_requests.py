@@ -11,7 +11,8 @@ from sqlalchemy import select
 
 from modelbay.core import operators
 from modelbay.core.payloads import Payloads
-from modelbay.core.pipeline_requests import PIPELINE_REQUESTS, PipelineRequests, Run
+from modelbay.core.pipeline_requests import PIPELINE_REQUESTS, PipelineRequests
+from modelbay.core.pipeline_walk import Run
 from modelbay.core.pipelines import Pipelines, Plan
 from modelbay.core.projects import Projects
 from modelbay.core.transitions import Status

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import insert, select
 
-from modelbay.core import pipeline_requests
+from modelbay.core import stored_requests
 from modelbay.core.clock import utcnow
 from modelbay.core.payloads import Payloads
 from modelbay.core.deployments import Deployments
@@ -58,7 +58,7 @@ def test_finished_requests_past_the_retention_time_are_swept_and_others_kept(db:
 def test_finished_pipeline_requests_past_retention_are_swept_with_their_sub_requests(
         db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ids_per_statement: int) -> None:
     # with one id per statement, every `IN (…)` of the sweep is split: what it removes must not change
-    monkeypatch.setattr(pipeline_requests, "IDS_PER_STATEMENT", ids_per_statement)
+    monkeypatch.setattr(stored_requests, "IDS_PER_STATEMENT", ids_per_statement)
     projects = Projects(db, "admin")
     token = projects.create("retention").token
     project = projects.get(projects.authenticate(token), "retention")

@@ -86,13 +86,13 @@ def test_a_transition_is_decided_exactly_once(db: Database) -> None:
     with db.write() as session:
         session.add(_request("r1", "processing"))
     with db.write() as session:
-        transition(session, "r1", Status.PROCESSING, Status.COMPLETED)
+        transition(session, REQUESTS, "r1", Status.PROCESSING, Status.COMPLETED)
     with pytest.raises(StatusChanged), db.write() as session:
-        transition(session, "r1", Status.PROCESSING, Status.CANCELLED_PENDING)
+        transition(session, REQUESTS, "r1", Status.PROCESSING, Status.CANCELLED_PENDING)
     with db.read() as session:
         assert session.get(RequestRow, "r1").status == "completed"
 
 
 def test_a_transition_that_is_not_allowed_is_refused(db: Database) -> None:
     with pytest.raises(ValueError, match="from completed to processing"), db.write() as session:
-        transition(session, "r1", Status.COMPLETED, Status.PROCESSING)
+        transition(session, REQUESTS, "r1", Status.COMPLETED, Status.PROCESSING)

@@ -19,7 +19,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelbay.core.deployments import Deployments
 from modelbay.core.errors import ModelbayError
-from modelbay.core.requests import DIRECT_TIMEOUT_DEFAULT_S, DIRECT_TIMEOUT_MAX_S, check_timeout
+from modelbay.core.requests import DIRECT_TIMEOUT_DEFAULT_S, DIRECT_TIMEOUT_MAX_S
+from modelbay.core.stored_requests import check_timeout
 from modelbay.dialects.common.body import check_declared_size, too_large
 from modelbay.dialects.common.query import int_param
 from modelbay.dialects.ubiops import schemas

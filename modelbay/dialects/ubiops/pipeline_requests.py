@@ -15,7 +15,7 @@ from modelbay.core.pipeline_requests import (
     DIRECT_TIMEOUT_MAX_S,
 )
 from modelbay.core.pipelines import Plan
-from modelbay.core.requests import check_ids, check_timeout
+from modelbay.core.stored_requests import check_ids, check_timeout
 from modelbay.dialects.common.errors import status_of
 from modelbay.dialects.ubiops import pipeline_schemas as shapes
 from modelbay.dialects.ubiops import streaming

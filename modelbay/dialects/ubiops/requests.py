@@ -14,13 +14,8 @@ from fastapi.responses import Response
 
 from modelbay.core.deployments import Deployments, Target
 from modelbay.core.errors import InvalidInput, NotFound
-from modelbay.core.requests import (
-    BATCH_TIMEOUT_DEFAULT_S,
-    BATCH_TIMEOUT_MAX_S,
-    check_ids,
-    check_priority,
-    check_timeout,
-)
+from modelbay.core.requests import BATCH_TIMEOUT_DEFAULT_S, BATCH_TIMEOUT_MAX_S, check_priority
+from modelbay.core.stored_requests import check_ids, check_timeout
 from modelbay.dialects.common.body import read_body
 from modelbay.dialects.common.query import int_param
 from modelbay.dialects.ubiops import schemas

@@ -36,12 +36,8 @@ from starlette.types import Receive, Scope, Send
 
 from modelbay.core.deployments import Deployments
 from modelbay.core.errors import InvalidInput, ModelbayError
-from modelbay.core.requests import (
-    DIRECT_TIMEOUT_DEFAULT_S,
-    DIRECT_TIMEOUT_MAX_S,
-    check_input,
-    check_timeout,
-)
+from modelbay.core.requests import DIRECT_TIMEOUT_DEFAULT_S, DIRECT_TIMEOUT_MAX_S, check_input
+from modelbay.core.stored_requests import check_timeout
 from modelbay.dialects.common.errors import status_of
 from modelbay.dialects.common.query import int_param
 from modelbay.dialects.ubiops import schemas

@@ -1,0 +1,337 @@
+"""Stored requests: the lifecycle deployment requests and pipeline requests share once recorded.
+
+Both are rows of one version that move through the same statuses (`transitions.Status`), each
+move a compare-and-set, so a cancel racing a completion is decided exactly once. This module
+reads and lists them, cancels and deletes them, writes their end, sweeps them past their
+retention time and settles what a stopped server left running. What runs them differs (a call on
+an instance, a walk of a pipeline's graph): `Requests` and `PipelineRequests` say how to stop it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from typing import Any, ClassVar, Protocol
+
+from sqlalchemy import Connection, Select, Table, delete, select
+from sqlalchemy.orm import Session
+
+from modelbay.core.clock import utcnow
+from modelbay.core.errors import InvalidInput, NotFound, StatusChanged
+from modelbay.core.payloads import Payloads, named_keys
+from modelbay.core.transitions import TERMINAL, Status, transition
+from modelbay.store.db import Database
+
+#: Most requests one batch call may create, collect, cancel or delete.
+MAX_BATCH = 250
+
+#: Statuses a list may filter on; `pending` and `processing` only alone.
+LISTABLE = {"completed", "failed", "cancelled", "cancelled_pending", "pending", "processing"}
+LIST_LIMIT_MAX = 1000
+
+#: Most ids bound in one `IN (…)`: a sweep or the delete of a pipeline may name hundreds of
+#: thousands of requests, past SQLite's 250,000 and PostgreSQL's 65,535 parameters per statement.
+IDS_PER_STATEMENT = 500
+
+
+class Scope(Protocol):
+    """What a request belongs to: a deployment version's `Target` or a pipeline version's `Plan`."""
+
+    @property
+    def version_id(self) -> str: ...
+
+
+def check_timeout(timeout: Any, default: int, maximum: int) -> int:
+    """The timeout a caller asked for, defaulted and bounded; raises `InvalidInput` when out of range."""
+    if timeout is None:
+        return default
+    if isinstance(timeout, bool) or not isinstance(timeout, int) or not 1 <= timeout <= maximum:
+        raise InvalidInput(f"timeout must be an integer from 1 to {maximum} seconds")
+    return timeout
+
+
+def check_ids(ids: Any, what: str = "request ids") -> list[str]:
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise InvalidInput(f"The body must be a list of {what}")
+    if len(ids) > MAX_BATCH:
+        raise InvalidInput(f"At most {MAX_BATCH} {what} are allowed in one call, not {len(ids)}")
+    return list(dict.fromkeys(ids))
+
+
+def check_batch(items: list[Any], check_item: Callable[[Any], None]) -> None:
+    """Check a batch's size and each of its items; raises `InvalidInput` naming the first faulty one."""
+    if not items:
+        raise InvalidInput("A batch needs at least one request")
+    if len(items) > MAX_BATCH:
+        raise InvalidInput(f"At most {MAX_BATCH} requests are allowed in one batch, not {len(items)}")
+    for index, item in enumerate(items):
+        try:
+            check_item(item)
+        except InvalidInput as exc:
+            raise InvalidInput(f"Request {index} of the batch: {exc.message}") from None
+
+
+def every_page(page: Callable[[int], list[Any]]) -> list[Any]:
+    """All rows of a list read `LIST_LIMIT_MAX` at a time; `page(offset)` reads one page."""
+    rows: list[Any] = []
+    while True:
+        more = page(len(rows))
+        rows += more
+        if len(more) < LIST_LIMIT_MAX:
+            return rows
+
+
+def chunks(ids: list[str]) -> Iterator[list[str]]:
+    """`ids` in slices of at most `IDS_PER_STATEMENT`."""
+    for start in range(0, len(ids), IDS_PER_STATEMENT):
+        yield ids[start:start + IDS_PER_STATEMENT]
+
+
+def list_query(
+    row: Any,
+    version_id: str,
+    *,
+    status: str | None,
+    limit: int | None,
+    offset: int | None,
+    start_date: datetime | None,
+    end_date: datetime | None,
+    search_id: str | None,
+) -> Select[Any]:
+    """The rows of `row`'s table for one version, newest first, filtered as the UbiOps lists do;
+    raises `InvalidInput` for a filter out of range."""
+    statuses = [s.strip() for s in (status or "completed").split(",") if s.strip()]
+    unknown = [s for s in statuses if s not in LISTABLE]
+    if unknown or not statuses:
+        raise InvalidInput(f"status must be one or more of {', '.join(sorted(LISTABLE))}")
+    if len(statuses) > 1 and {"pending", "processing"} & set(statuses):
+        raise InvalidInput("'pending' and 'processing' cannot be combined with other statuses")
+    limit = 50 if limit is None else limit
+    offset = 0 if offset is None else offset
+    if not 1 <= limit <= LIST_LIMIT_MAX:
+        raise InvalidInput(f"limit must be from 1 to {LIST_LIMIT_MAX}")
+    if not 0 <= offset <= 2**63 - 1:
+        raise InvalidInput("offset must be from 0 to 2**63 - 1")
+    query = select(row).where(row.version_id == version_id, row.status.in_(statuses))
+    if start_date is not None:
+        query = query.where(row.created_at >= start_date)
+    if end_date is not None:
+        query = query.where(row.created_at <= end_date)
+    if search_id:
+        query = query.where(row.id.contains(search_id, autoescape=True))
+    return query.order_by(row.created_at.desc(), row.id).limit(limit).offset(offset)
+
+
+class StoredRequests:
+    """The shared lifecycle of one kind of request row; `Requests` and `PipelineRequests` extend it."""
+
+    #: How errors and logs name one of these ("request", "pipeline request").
+    noun: ClassVar[str]
+    #: The row class of the requests and of their versions (which say how long requests are kept).
+    row_type: ClassVar[Any]
+    version_row_type: ClassVar[Any]
+
+    def __init__(self, db: Database, payloads: Payloads) -> None:
+        self._db = db
+        self._payloads = payloads
+        self._table: Table = self.row_type.__table__
+
+    # --- what the kinds say ----------------------------------------------------------------
+
+    async def _stop_running(self, request_id: str) -> bool:
+        """Stop whatever runs the request on this server; False when nothing does."""
+        raise NotImplementedError
+
+    def _remove(self, conn: Connection, ids: list[str]) -> list[str]:
+        """Delete the requests (and what belongs to them); returns the payload blob keys they named,
+        to discard once this has committed."""
+        keys: list[str] = []
+        for part in chunks(ids):
+            keys += named_keys(conn, self._table, self._table.c.id.in_(part))
+            conn.execute(delete(self._table).where(self._table.c.id.in_(part)))
+        return keys
+
+    def _expired(self) -> tuple[Any, ...]:
+        """Conditions beyond status and age that an expired request meets."""
+        return ()
+
+    # --- status ----------------------------------------------------------------------------
+
+    def _move(self, conn: Connection | Session, request_id: str, old: Status, new: Status, **values: Any) -> None:
+        transition(conn, self._table, request_id, old, new, **values)
+
+    def _finish(self, request_id: str, running: Status, status: Status,
+                values: dict[str, Any]) -> Callable[[Connection], Status | None]:
+        """The write that ends a request that was `running` with `status` and `values`; a cancel that
+        came first wins (then its times and logs are written, not its result). Returns the status
+        written, or None when the request is gone (deleted meanwhile)."""
+
+        def finish(conn: Connection) -> Status | None:
+            if status is not Status.CANCELLED:
+                try:
+                    self._move(conn, request_id, running, status, **values)
+                    return status
+                except StatusChanged:
+                    pass
+            elif running is Status.PROCESSING:  # stopped before its cancel was recorded
+                with contextlib.suppress(StatusChanged):
+                    self._move(conn, request_id, running, Status.CANCELLED_PENDING)
+            cancelled = {"finished_at": utcnow(), **values, "error_message": None}
+            cancelled.pop("result", None)
+            cancelled.pop("result_key", None)
+            try:
+                self._move(conn, request_id, Status.CANCELLED_PENDING, Status.CANCELLED, **cancelled)
+                return Status.CANCELLED
+            except StatusChanged:
+                return None  # deleted meanwhile, or cancelled while still pending
+
+        return finish
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def get(self, scope: Scope, request_id: str) -> Any:
+        """The request with its input and result; raises `NotFound` unless it exists in `scope`."""
+        return self._payloads.fill(self._row(scope, request_id), self.noun)
+
+    def _row(self, scope: Scope, request_id: str) -> Any:
+        """The request as stored (large payloads not read); raises `NotFound` as `get` does."""
+        with self._db.read() as session:
+            row = session.get(self.row_type, request_id)
+        if row is None or row.version_id != scope.version_id:
+            raise NotFound(self.noun, request_id)
+        return row
+
+    def collect(self, scope: Scope, ids: list[str]) -> list[Any]:
+        """All the requests named, with their inputs and results, or `NotFound` for the first unknown one."""
+        return [self._payloads.fill(row, self.noun) for row in self._rows(scope, ids)]
+
+    def _rows(self, scope: Scope, ids: list[str]) -> list[Any]:
+        """Like `collect`, the rows as stored."""
+        row_type = self.row_type
+        with self._db.read() as session:
+            rows = {row.id: row for row in session.scalars(
+                select(row_type).where(row_type.id.in_(ids), row_type.version_id == scope.version_id))}
+        for request_id in ids:
+            if request_id not in rows:
+                raise NotFound(self.noun, request_id)
+        return [rows[i] for i in ids]
+
+    def list(self, scope: Scope, *, status: str | None = None, limit: int | None = None,
+             offset: int | None = None, start_date: datetime | None = None, end_date: datetime | None = None,
+             search_id: str | None = None) -> list[Any]:
+        """The requests of `scope`, newest first, filtered as the UbiOps lists do (large payloads not read)."""
+        query = list_query(self.row_type, scope.version_id, status=status, limit=limit, offset=offset,
+                           start_date=start_date, end_date=end_date, search_id=search_id)
+        with self._db.read() as session:
+            return list(session.scalars(query))
+
+    def _status(self, request_id: str) -> Status:
+        with self._db.read() as session:
+            status = session.scalar(select(self._table.c.status).where(self._table.c.id == request_id))
+        if status is None:
+            raise NotFound(self.noun, request_id)
+        return Status(status)
+
+    # --- cancel and delete -----------------------------------------------------------------
+
+    async def cancel(self, scope: Scope, request_id: str) -> Status:
+        """Cancel one request: a pending one at once, a running one once what runs it has stopped.
+
+        Returns the status it has now; a finished request stays as it is.
+        """
+        row = self._row(scope, request_id)
+        return await self._cancel(row.id, Status(row.status))
+
+    async def cancel_many(self, scope: Scope, ids: list[str] | None, status: str | None) -> int:
+        """Cancel the requests named, or with `ids` empty every `status` (pending or processing) one;
+        returns how many were chosen."""
+        if status is not None and status not in ("pending", "processing"):
+            raise InvalidInput("status must be 'pending' or 'processing'")
+        if ids:
+            rows = self._rows(scope, ids)
+        elif status is None:
+            raise InvalidInput("Give a list of request ids, or an empty list with status=pending|processing")
+        else:
+            rows = every_page(lambda offset: self.list(scope, status=status, limit=LIST_LIMIT_MAX, offset=offset))
+        for row in rows:
+            if status is None or row.status == status:
+                await self._cancel(row.id, Status(row.status))
+        return len(rows)
+
+    async def _cancel(self, request_id: str, current: Status) -> Status:
+        committer = self._db.committer
+        for _ in range(3):  # the status may move under us once or twice (pending -> processing)
+            if current in TERMINAL or current is Status.CANCELLED_PENDING:
+                return current
+            new = Status.CANCELLED if current is Status.PENDING else Status.CANCELLED_PENDING
+            values = {"finished_at": utcnow()} if new is Status.CANCELLED else {}
+            try:
+                await committer.submit_async(
+                    lambda conn, old=current, new=new, values=values: self._move(conn, request_id, old, new, **values))
+            except StatusChanged:
+                current = self._status(request_id)
+                continue
+            if await self._stop_running(request_id):  # what ran it records its end
+                return new
+            if new is Status.CANCELLED_PENDING:  # nothing here runs it (its server died): end it now
+                await committer.submit_async(self._finish(request_id, Status.CANCELLED_PENDING, Status.CANCELLED, {}))
+                return Status.CANCELLED
+            return new
+        return current
+
+    async def delete(self, scope: Scope, ids: list[str]) -> None:
+        """Delete requests (all or nothing: an unknown id deletes none); running ones are stopped."""
+        await self.delete_by_id([row.id for row in self._rows(scope, ids)])
+
+    async def delete_by_id(self, ids: list[str]) -> None:
+        """Delete the requests with these ids; running ones are stopped first."""
+        if not ids:
+            return
+        await self._halt(ids)
+        keys = await self._db.committer.submit_async(lambda conn: self._remove(conn, ids))
+        await asyncio.to_thread(self._payloads.discard, keys)
+
+    async def _halt(self, ids: list[str]) -> None:
+        """Stop the requests that run here before they are deleted (and wait, if need be, until
+        they have written their end, so the delete removes that too)."""
+        for request_id in ids:
+            await self._stop_running(request_id)
+
+    # --- retention -------------------------------------------------------------------------
+
+    def sweep_expired(self) -> int:
+        """Delete finished requests older than their version's retention time; returns how many."""
+        now = utcnow()
+        table, versions = self._table, self.version_row_type
+        with self._db.write() as session:
+            conn = session.connection()
+            expired: list[str] = []
+            for version_id, retention_s in conn.execute(select(versions.id, versions.request_retention_time)):
+                expired += conn.scalars(select(table.c.id).where(
+                    table.c.version_id == version_id,
+                    table.c.status.in_([s.value for s in TERMINAL]),
+                    table.c.finished_at < now - timedelta(seconds=retention_s),
+                    *self._expired(),
+                ))
+            keys = self._remove(conn, expired)
+        self._payloads.discard(keys)  # once the rows are gone for good
+        return len(expired)
+
+    # --- recovery --------------------------------------------------------------------------
+
+    def _settle_stopped(self, conn: Connection) -> int:
+        """After a restart: fail what was running (what ran it is gone) and cancel what was being
+        cancelled; returns how many."""
+        now = utcnow()
+        table = self._table
+        stuck = conn.execute(select(table.c.id, table.c.status).where(
+            table.c.status.in_([Status.PROCESSING.value, Status.CANCELLED_PENDING.value]))).all()
+        for request_id, status in stuck:
+            if status == Status.CANCELLED_PENDING.value:
+                self._move(conn, request_id, Status.CANCELLED_PENDING, Status.CANCELLED, finished_at=now)
+            else:
+                self._move(conn, request_id, Status.PROCESSING, Status.FAILED, finished_at=now,
+                           error_message=f"The server stopped while this {self.noun} was running")
+        return len(stuck)
