@@ -19,6 +19,7 @@ import httpx
 from sqlalchemy import Connection, Table, func, select, update
 
 from modelbay.core.background import Background, Coalescer
+from modelbay.core.hooks import WriteHook
 from modelbay.core.clock import as_utc, utcnow
 from modelbay.core.webhooks import backoff_ms, post_signed
 from modelbay.store.db import Database
@@ -36,10 +37,6 @@ MAX_IN_FLIGHT = 64
 
 #: Longest the worker sleeps with nothing due; a new delivery wakes it at once.
 IDLE_WAKE_S = 5.0
-
-#: Called in the transaction that settles deliveries of job items: (conn, [(job_id, item_index), ...]).
-SettledHook = Callable[[Connection, list[tuple[str, int]]], None]
-
 
 @dataclass(frozen=True)
 class Due:
@@ -73,7 +70,8 @@ class Deliveries:
         self._in_flight: set[str] = set()
         self._wake = asyncio.Event()
         self._background = Background("deliveries")
-        self.on_settled: SettledHook = lambda _conn, _items: None
+        #: Deliveries of these (job id, item index) ended; its reactions write in the same commit.
+        self.items_settled: WriteHook[[list[tuple[str, int]]]] = WriteHook("deliveries: items settled")
         # Successes waiting for their commit: many go in one write (see `_record_delivered`).
         self._delivered: Coalescer[tuple[Due, int], None] = Coalescer(self._write_delivered)
 
@@ -174,7 +172,7 @@ class Deliveries:
             items = [(due.job_id, due.item_index) for due, _ in batch
                      if due.id in pending and due.job_id is not None and due.item_index is not None]
             if items:
-                self.on_settled(conn, items)  # type: ignore[arg-type]
+                self.items_settled(conn, items)  # type: ignore[arg-type]
 
         return settle
 
@@ -187,7 +185,7 @@ class Deliveries:
                         finished_at=utcnow())
             )
             if done.rowcount and due.job_id is not None and due.item_index is not None:  # type: ignore[attr-defined]
-                self.on_settled(conn, [(due.job_id, due.item_index)])
+                self.items_settled(conn, [(due.job_id, due.item_index)])
 
         return settle
 

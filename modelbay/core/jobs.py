@@ -5,7 +5,7 @@ in flight through `Requests.direct`, and commits each item's outcome together wi
 and counters in one transaction. That row (a job log entry per item, unique per job and item) is
 the record that the item is done: after a restart the runner resumes from the job's cursor and
 skips every item already committed, so nothing committed is predicted or delivered twice.
-Deliveries settle items (`Deliveries.on_settled`), and the last settled item finishes the job.
+Deliveries settle items (`Deliveries.items_settled`), and the last settled item finishes the job.
 A stop (a cancel, or the stop time passing) settles every item still open as failed to deliver,
 so a waiting client always sees the counts add up.
 """
@@ -123,7 +123,7 @@ class Jobs:
         self._closing = False
         #: Turns an item's outcome into the body its webhooks receive (the dialect's, given by the app).
         self.render_body = render_body
-        deliveries.on_settled = self._items_settled
+        deliveries.items_settled.add(self._items_settled)
 
     # --- create and read -------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import asyncio
 import enum
 import logging
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -22,6 +22,7 @@ import orjson
 from sqlalchemy import Connection, Table, and_, insert, or_, select, update
 
 from modelbay.core.background import Background
+from modelbay.core.hooks import Hook
 from modelbay.core.clock import utcnow
 from modelbay.core.deployments import Deployments, Target
 from modelbay.core.errors import InvalidInput, NotFound, StatusChanged, Unavailable
@@ -156,8 +157,8 @@ class Runs:
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._background = Background("runs")  # one task per run driven, and journal writes
         self._closing = False  # the server is stopping: no new attempt starts
-        #: Told of each status a run takes (tests and benches observe runs with it).
-        self.on_status: Callable[[str, RunStatus], None] = lambda _run_id, _status: None
+        #: Told of each status a run takes, once written (tests and benches observe runs with it).
+        self.status_changed: Hook[[str, RunStatus]] = Hook("runs: status changed")
 
     # --- creating ----------------------------------------------------------------------------
 
@@ -271,10 +272,7 @@ class Runs:
             self._journal.write(conn, rows)
 
         await self._db.committer.submit_async(write)
-        try:
-            self.on_status(run_id, new)
-        except Exception:  # an observer never changes the run: a raise here would fail a healthy one
-            log.exception("on_status failed for run %s", run_id)
+        self.status_changed(run_id, new)
 
     def _slot(self, target: Target) -> asyncio.Semaphore:
         """Runs of one version run at most `maximum_instances` at a time; the rest wait `runnable`."""

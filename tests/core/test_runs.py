@@ -132,7 +132,7 @@ def drive(tmp_path: Path, script: list[bool], retry_count: int) -> tuple[list[Ru
                 if status in TERMINAL:
                     done.set()
 
-            engine.runs.on_status = seen
+            engine.runs.status_changed.add(seen)
             target = engine.deployments.target(project, "d", "1")
             new = NewRun({"a": 1}, None, retry_count, None, {"E": "x"}, None)
             row = await engine.runs.create(target, new)
