@@ -35,7 +35,9 @@ from modelbay.core.deployments import Deployments
 from modelbay.core.errors import InvalidInput, ModelbayError, NotFound, StatusChanged
 from modelbay.core.fields import check_data
 from modelbay.core.payloads import Payloads, named_keys
-from modelbay.core.pipelines import END, START, PipelineObject, Pipelines, Plan, Source
+from modelbay.core.pipeline_graph import END, START, Source
+from modelbay.core.pipeline_objects import PipelineObject
+from modelbay.core.pipelines import Pipelines, Plan
 from modelbay.core.requests import LIST_LIMIT_MAX, MAX_BATCH, Requests, cancel_selection, list_query
 from modelbay.core.scheduler import PRIORITY_BATCH, PRIORITY_DIRECT
 from modelbay.core.transitions import ALLOWED, REQUESTS, TERMINAL, Status
