@@ -2,26 +2,33 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, select
-from sqlalchemy.orm import Session
 
 from modelbay.core import environments
+from modelbay.core.catalog import (
+    DEPLOYMENTS,
+    MAX_RETENTION_TIME,
+    VERSIONS,
+    check_description,
+    check_labels,
+    check_name,
+    check_retention_mode,
+    check_version_name,
+    new_name,
+    new_row_values,
+    refuse_taken,
+    update_description_and_labels,
+)
 from modelbay.core.clock import utcnow
 from modelbay.core.errors import Conflict, InvalidInput, NotFound, Unavailable
-from modelbay.core.fields import IO_TYPES, check_definitions
+from modelbay.core.fields import check_definitions, check_io
 from modelbay.store.db import Database
 from modelbay.store.tables import DeploymentRow, ProjectRow, RequestRow, RevisionRow, VersionRow
-
-NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}[a-z0-9]$|^[a-z0-9]$")
-VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-RETENTION_MODES = ("none", "metadata", "full")
-MAX_DESCRIPTION = 400
 
 #: Defaults a version gets for what its creator leaves out.
 VERSION_DEFAULTS: dict[str, Any] = {
@@ -84,68 +91,26 @@ class Deployments:
     # --- deployments -----------------------------------------------------------------------
 
     def create(self, project: ProjectRow, fields: dict[str, Any]) -> DeploymentRow:
-        name = fields.get("name")
-        if not isinstance(name, str) or not NAME_PATTERN.match(name):
-            raise InvalidInput(
-                "Deployment name must be 1-64 lowercase letters, digits and dashes, "
-                "starting and ending with a letter or digit"
-            )
-        input_type = fields.get("input_type") or "structured"
-        output_type = fields.get("output_type") or "structured"
-        for key, value in (("input_type", input_type), ("output_type", output_type)):
-            if value not in IO_TYPES:
-                raise InvalidInput(f"{key} must be 'structured' or 'plain', not {value!r}")
-        description = _description(fields.get("description"))
-        now = utcnow()
-        row = DeploymentRow(
-            id=str(uuid.uuid4()),
-            project_id=project.id,
-            name=name,
-            description=description,
-            input_type=input_type,
-            output_type=output_type,
-            input_fields=check_definitions(fields.get("input_fields"), "input_fields")
-            if input_type == "structured"
-            else [],
-            output_fields=check_definitions(fields.get("output_fields"), "output_fields")
-            if output_type == "structured"
-            else [],
-            labels=_labels(fields.get("labels")),
-            created_at=now,
-            updated_at=now,
-        )
+        name = check_name(fields.get("name"), "Deployment")
+        row = DeploymentRow(project_id=project.id, name=name, **check_io(fields), **new_row_values(fields))
         with self._db.write() as session:
-            if self._find(session, project.id, name) is not None:
-                raise Conflict(f"A deployment named '{name}' already exists in this project")
+            refuse_taken(session, DEPLOYMENTS, project.id, name)
             session.add(row)
         return row
 
     def get(self, project: ProjectRow, name: str) -> DeploymentRow:
         with self._db.read() as session:
-            return self._get(session, project.id, name)
+            return DEPLOYMENTS.get(session, project.id, name)
 
     def list_deployments(self, project: ProjectRow) -> list[DeploymentRow]:
         with self._db.read() as session:
-            return list(
-                session.scalars(
-                    select(DeploymentRow).where(DeploymentRow.project_id == project.id).order_by(DeploymentRow.name)
-                )
-            )
+            return DEPLOYMENTS.all(session, project.id)
 
     def update(self, project: ProjectRow, name: str, fields: dict[str, Any]) -> DeploymentRow:
         with self._db.write() as session:
-            row = self._get(session, project.id, name)
-            new_name = fields.get("name")
-            if new_name is not None and new_name != row.name:
-                if not isinstance(new_name, str) or not NAME_PATTERN.match(new_name):
-                    raise InvalidInput("Deployment name must be 1-64 lowercase letters, digits and dashes")
-                if self._find(session, project.id, new_name) is not None:
-                    raise Conflict(f"A deployment named '{new_name}' already exists in this project")
-                row.name = new_name
-            if fields.get("description") is not None:
-                row.description = _description(fields["description"])
-            if fields.get("labels") is not None:
-                row.labels = _labels(fields["labels"])
+            row = DEPLOYMENTS.get(session, project.id, name)
+            row.name = new_name(session, DEPLOYMENTS, row, fields.get("name"))
+            update_description_and_labels(row, fields)
             for key in ("input_fields", "output_fields"):
                 if fields.get(key) is not None:
                     io_type = row.input_type if key == "input_fields" else row.output_type
@@ -153,17 +118,14 @@ class Deployments:
                         raise InvalidInput(f"{key} can only be set on a structured deployment")
                     setattr(row, key, check_definitions(fields[key], key))
             if fields.get("default_version") is not None:
-                version = self._find_version(session, row.id, fields["default_version"])
-                if version is None:
-                    raise NotFound("version", fields["default_version"])
-                row.default_version_id = version.id
+                row.default_version_id = VERSIONS.get(session, row.id, fields["default_version"]).id
             row.updated_at = utcnow()
         self.forget_targets()
         return row
 
     def delete(self, project: ProjectRow, name: str) -> None:
         with self._db.write() as session:
-            row = self._get(session, project.id, name)
+            row = DEPLOYMENTS.get(session, project.id, name)
             version_ids = list(session.scalars(select(VersionRow.id).where(VersionRow.deployment_id == row.id)))
             session.execute(delete(RequestRow).where(RequestRow.deployment_id == row.id))
             session.delete(row)
@@ -172,10 +134,8 @@ class Deployments:
             self._on_version_changed(version_id)
 
     def default_version_name(self, deployment: DeploymentRow) -> str | None:
-        if deployment.default_version_id is None:
-            return None
         with self._db.read() as session:
-            return session.scalar(select(VersionRow.name).where(VersionRow.id == deployment.default_version_id))
+            return VERSIONS.default_name(session, deployment)
 
     # --- versions --------------------------------------------------------------------------
 
@@ -185,8 +145,8 @@ class Deployments:
         _check_version_values(values)
         now = utcnow()
         with self._db.write() as session:
-            deployment = self._get(session, project.id, deployment_name)
-            if self._find_version(session, deployment.id, values["name"]) is not None:
+            deployment = DEPLOYMENTS.get(session, project.id, deployment_name)
+            if VERSIONS.find(session, deployment.id, values["name"]) is not None:
                 raise Conflict(f"A version named '{values['name']}' already exists for this deployment")
             row = VersionRow(
                 id=str(uuid.uuid4()),
@@ -204,12 +164,12 @@ class Deployments:
 
     def get_version(self, project: ProjectRow, deployment_name: str, version: str) -> VersionRow:
         with self._db.read() as session:
-            deployment = self._get(session, project.id, deployment_name)
-            return self._get_version(session, deployment.id, version)
+            deployment = DEPLOYMENTS.get(session, project.id, deployment_name)
+            return VERSIONS.get(session, deployment.id, version)
 
     def list_versions(self, project: ProjectRow, deployment_name: str) -> list[VersionRow]:
         with self._db.read() as session:
-            deployment = self._get(session, project.id, deployment_name)
+            deployment = DEPLOYMENTS.get(session, project.id, deployment_name)
             return list(
                 session.scalars(
                     select(VersionRow).where(VersionRow.deployment_id == deployment.id).order_by(VersionRow.created_at)
@@ -220,12 +180,12 @@ class Deployments:
         self, project: ProjectRow, deployment_name: str, version: str, fields: dict[str, Any]
     ) -> VersionRow:
         with self._db.write() as session:
-            deployment = self._get(session, project.id, deployment_name)
-            row = self._get_version(session, deployment.id, version)
+            deployment = DEPLOYMENTS.get(session, project.id, deployment_name)
+            row = VERSIONS.get(session, deployment.id, version)
             values = {k: getattr(row, k) for k in VERSION_FIELDS}
             values.update({k: v for k, v in fields.items() if v is not None and k in VERSION_FIELDS})
             _check_version_values(values)
-            if values["name"] != row.name and self._find_version(session, deployment.id, values["name"]):
+            if values["name"] != row.name and VERSIONS.find(session, deployment.id, values["name"]):
                 raise Conflict(f"A version named '{values['name']}' already exists for this deployment")
             for key in VERSION_FIELDS:
                 setattr(row, key, values[key])
@@ -236,8 +196,8 @@ class Deployments:
 
     def delete_version(self, project: ProjectRow, deployment_name: str, version: str) -> None:
         with self._db.write() as session:
-            deployment = self._get(session, project.id, deployment_name)
-            row = self._get_version(session, deployment.id, version)
+            deployment = DEPLOYMENTS.get(session, project.id, deployment_name)
+            row = VERSIONS.get(session, deployment.id, version)
             session.execute(delete(RequestRow).where(RequestRow.version_id == row.id))
             session.delete(row)
             if deployment.default_version_id == row.id:
@@ -304,15 +264,8 @@ class Deployments:
 
     def _load_target(self, project: ProjectRow, deployment_name: str, version: str | None) -> Target:
         with self._db.read() as session:
-            deployment = self._get(session, project.id, deployment_name)
-            if version is None:
-                if deployment.default_version_id is None:
-                    raise NotFound("default version of deployment", deployment_name)
-                row = session.get(VersionRow, deployment.default_version_id)
-                if row is None:
-                    raise NotFound("default version of deployment", deployment_name)
-            else:
-                row = self._get_version(session, deployment.id, version)
+            deployment = DEPLOYMENTS.get(session, project.id, deployment_name)
+            row = VERSIONS.get_or_default(session, deployment, version)
             revision = session.get(RevisionRow, row.active_revision_id) if row.active_revision_id else None
         return Target(
             project_id=project.id,
@@ -338,54 +291,10 @@ class Deployments:
             instance_type=row.instance_type,
         )
 
-    # --- lookups ---------------------------------------------------------------------------
-
-    @staticmethod
-    def _find(session: Session, project_id: str, name: str) -> DeploymentRow | None:
-        return session.scalar(
-            select(DeploymentRow).where(DeploymentRow.project_id == project_id, DeploymentRow.name == name)
-        )
-
-    def _get(self, session: Session, project_id: str, name: str) -> DeploymentRow:
-        row = self._find(session, project_id, name)
-        if row is None:
-            raise NotFound("deployment", name)
-        return row
-
-    @staticmethod
-    def _find_version(session: Session, deployment_id: str, name: str) -> VersionRow | None:
-        return session.scalar(
-            select(VersionRow).where(VersionRow.deployment_id == deployment_id, VersionRow.name == name)
-        )
-
-    def _get_version(self, session: Session, deployment_id: str, name: str) -> VersionRow:
-        row = self._find_version(session, deployment_id, name)
-        if row is None:
-            raise NotFound("version", name)
-        return row
-
-
-def _description(value: Any) -> str:
-    if value is None:
-        return ""
-    if not isinstance(value, str) or len(value) > MAX_DESCRIPTION:
-        raise InvalidInput(f"description must be a string of at most {MAX_DESCRIPTION} characters")
-    return value
-
-
-def _labels(value: Any) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-        raise InvalidInput("labels must be an object of string keys and values")
-    return value
-
 
 def _check_version_values(values: dict[str, Any]) -> None:
     """Raises `InvalidInput` naming the first version setting that is out of range."""
-    name = values.get("name")
-    if not isinstance(name, str) or not VERSION_PATTERN.match(name):
-        raise InvalidInput("version must be 1-64 letters, digits, dots, dashes or underscores")
+    check_version_name(values.get("name"))
     if values["environment"] not in environments.BUILT_IN:
         raise InvalidInput(
             f"Environment '{values['environment']}' does not exist; choose one of {', '.join(environments.BUILT_IN)}"
@@ -394,7 +303,7 @@ def _check_version_values(values: dict[str, Any]) -> None:
         ("minimum_instances", 0, 100),
         ("maximum_instances", 1, 100),
         ("maximum_idle_time", 0, 86400 * 7),
-        ("request_retention_time", 0, 86400 * 365),
+        ("request_retention_time", 0, MAX_RETENTION_TIME),
         ("instance_processes", 1, 1),
     ):
         value = values[key]
@@ -402,7 +311,6 @@ def _check_version_values(values: dict[str, Any]) -> None:
             raise InvalidInput(f"{key} must be an integer from {low} to {high}")
     if values["minimum_instances"] > values["maximum_instances"]:
         raise InvalidInput("minimum_instances may not exceed maximum_instances")
-    if values["request_retention_mode"] not in RETENTION_MODES:
-        raise InvalidInput(f"request_retention_mode must be one of {', '.join(RETENTION_MODES)}")
-    _description(values["description"])
-    _labels(values["labels"])
+    check_retention_mode(values["request_retention_mode"])
+    check_description(values["description"])
+    check_labels(values["labels"])

@@ -71,6 +71,24 @@ def check_definitions(fields: Any, what: str) -> list[dict[str, Any]]:
     return result
 
 
+def check_io(fields: dict[str, Any]) -> dict[str, Any]:
+    """The input and output definition of a new deployment or pipeline: each side's type (structured
+    unless said) and, when structured, its fields. Raises `InvalidInput`."""
+    input_type = fields.get("input_type") or "structured"
+    output_type = fields.get("output_type") or "structured"
+    for key, value in (("input_type", input_type), ("output_type", output_type)):
+        if value not in IO_TYPES:
+            raise InvalidInput(f"{key} must be 'structured' or 'plain', not {value!r}")
+    return {
+        "input_type": input_type,
+        "output_type": output_type,
+        "input_fields": check_definitions(fields.get("input_fields"), "input_fields")
+        if input_type == "structured" else [],
+        "output_fields": check_definitions(fields.get("output_fields"), "output_fields")
+        if output_type == "structured" else [],
+    }
+
+
 def check_data(io_type: str, fields: Sequence[dict[str, Any]], data: Any, what: str = "input") -> None:
     """Check data against a deployment's input or output definition.
 

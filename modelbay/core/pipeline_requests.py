@@ -27,6 +27,7 @@ from modelbay.core.deployments import Deployments
 from modelbay.core.errors import ModelbayError, NotFound, StatusChanged
 from modelbay.core.fields import check_data
 from modelbay.core.payloads import Payloads, named_keys
+from modelbay.core.pipeline_objects import PipelineObject
 from modelbay.core.pipeline_walk import (
     OPERATOR_REQUESTS,
     Run,
@@ -37,7 +38,7 @@ from modelbay.core.pipeline_walk import (
     step_result,
     time_left,
 )
-from modelbay.core.pipelines import PipelineObject, Pipelines, Plan
+from modelbay.core.pipelines import Pipelines, Plan
 from modelbay.core.requests import Requests
 from modelbay.core.scheduler import PRIORITY_BATCH, PRIORITY_DIRECT
 from modelbay.core.stored_requests import StoredRequests, check_batch, chunks

@@ -26,7 +26,9 @@ from modelbay.core.clock import utcnow
 from modelbay.core.deployments import Deployments
 from modelbay.core.errors import ModelbayError
 from modelbay.core.payloads import Payloads
-from modelbay.core.pipelines import END, START, PipelineObject, Plan, Source
+from modelbay.core.pipeline_graph import END, START, Source
+from modelbay.core.pipeline_objects import PipelineObject
+from modelbay.core.pipelines import Plan
 from modelbay.core.requests import Requests
 from modelbay.core.scheduler import PRIORITY_DIRECT
 from modelbay.core.transitions import Status

@@ -52,7 +52,7 @@ _LOG_TAIL_BYTES = 64 << 10
 _LOGS_GRACE_S = 0.5  # how long a timed-out worker gets to hand over its logs before SIGKILL
 _PIPE_SIZE = 1 << 20  # larger pipes mean fewer wake-ups for MB-sized results
 _OUTPUT_WAIT_S = 0.5  # how long a dead worker's last output may take to arrive before its tail is read
-_RUNTIME_DIR = Path(__file__).parent  # worker.py and wire.py: all the sandbox needs of modelbay
+_RUNTIME_DIR = Path(__file__).parent  # worker.py and the files it loads: all the sandbox needs of modelbay
 
 
 def _expire(waiter: asyncio.Future[Any]) -> None:

@@ -1,11 +1,12 @@
 """The worker process: loads one version's package and answers requests over two pipes.
 
 Run by file path under the version's own interpreter: `python -u worker.py <read_fd>
-<write_fd> <interrupt_fd>`, inside the server's sandbox. Stdlib only, plus `wire.py` loaded from this file's directory; it must never
-need modelbay importable. Python 3.8 compatible, since user environments vary.
+<write_fd> <interrupt_fd>`, inside the server's sandbox. Stdlib only, plus `wire.py` and
+`worker_output.py` loaded by path from this file's directory; it must never need modelbay
+importable. Python 3.8 compatible, since user environments vary.
 
 fd 1 and 2 are the instance's log file. During a request `sys.stdout`/`sys.stderr` write
-into that request's capture instead, which becomes the request's `logs`.
+into that request's capture instead, which becomes the request's `logs` (`worker_output.py`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import faulthandler
 import importlib
 import importlib.util
 import inspect
-import io
 import json
 import os
 import signal
@@ -23,28 +23,32 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, TextIO
+from typing import Any
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def _load_wire() -> Any:
-    # A private module name, so a user module called `wire` is not shadowed.
-    spec = importlib.util.spec_from_file_location("_modelbay_wire", os.path.join(_HERE, "wire.py"))
+def _load_sibling(name: str) -> Any:
+    """A module of this directory, loaded by file path: modelbay is not importable here."""
+    # A private module name, so a user module of the same name is not shadowed.
+    spec = importlib.util.spec_from_file_location("_modelbay_" + name, os.path.join(_HERE, name + ".py"))
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-wire = _load_wire()
+wire = _load_sibling("wire")
+worker_output = _load_sibling("worker_output")
 
 # Python put this file's directory first on sys.path; user code must not see our modules.
 if sys.path and os.path.abspath(sys.path[0] or os.curdir) == _HERE:
     del sys.path[0]
 
 GENERIC_ERROR = "An exception occurred in the request. See the logs for details."
-_MAX_TRACEBACK_CHARS = 64 << 10
+
+_output = worker_output.Output()  # where stdout and stderr go
+_current_id: str | None = None  # the running request's id, if any
 
 
 # --- the control channel --------------------------------------------------------------
@@ -84,120 +88,6 @@ class _Channel:
         while view:
             written = os.write(self._write_fd, view)
             view = view[written:]
-
-
-# --- log capture ----------------------------------------------------------------------
-
-
-class LogLimitExceeded(Exception):
-    """Raised from `write()` once a request has printed more than it may."""
-
-
-class _Capture:
-    """What one request prints, up to `limit` bytes."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.size = 0
-        self.parts: list[bytes] = []
-        self.overflowed = False  # stays set even if user code swallows the exception
-        self.message = f"The request printed more than {limit} bytes of logs; output was cut off."
-
-    def write(self, text: str) -> None:
-        self.write_bytes(text.encode("utf-8", "replace"))
-
-    def write_bytes(self, data: bytes) -> None:
-        if self.overflowed:
-            raise LogLimitExceeded(self.message)
-        room = self.limit - self.size
-        if len(data) <= room:
-            self.parts.append(data)
-            self.size += len(data)
-            return
-        self.parts.append(bytes(data[:room]))
-        self.size = self.limit
-        self.overflowed = True
-        raise LogLimitExceeded(self.message)
-
-    def note(self, text: str) -> None:
-        """Our own additions (tracebacks), outside the user's budget."""
-        self.parts.append(text[:_MAX_TRACEBACK_CHARS].encode("utf-8", "replace"))
-
-    def text(self) -> str:
-        return b"".join(self.parts).decode("utf-8", "replace")
-
-
-_capture: _Capture | None = None  # the running request's capture, if any
-_current_id: str | None = None  # the running request's id, if any
-
-
-class _Router(io.TextIOBase):
-    """Installed once as sys.stdout/sys.stderr, so loggers bound at import time follow it too.
-
-    Writes go to the running request's capture, or to the real stream (the log file).
-    """
-
-    def __init__(self, real: TextIO) -> None:
-        super().__init__()
-        self._real = real
-        self._buffer = _BinaryRouter(self)
-
-    @property
-    def encoding(self) -> str:  # type: ignore[override]
-        return "utf-8"
-
-    @property
-    def errors(self) -> str:  # type: ignore[override]
-        return "replace"
-
-    @property
-    def buffer(self) -> _BinaryRouter:
-        return self._buffer
-
-    def write(self, text: str) -> int:  # type: ignore[override]
-        capture = _capture
-        if capture is None:
-            return self._real.write(text)
-        if not isinstance(text, str):
-            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
-        capture.write(text)
-        return len(text)
-
-    def flush(self) -> None:
-        if _capture is None:
-            self._real.flush()
-
-    def fileno(self) -> int:
-        return self._real.fileno()
-
-    def isatty(self) -> bool:
-        return False
-
-    def writable(self) -> bool:
-        return True
-
-
-class _BinaryRouter(io.RawIOBase):
-    """`sys.stdout.buffer`, for code that writes bytes."""
-
-    def __init__(self, text: _Router) -> None:
-        super().__init__()
-        self._text = text
-
-    def write(self, data: Any) -> int:
-        capture = _capture
-        if capture is None:
-            real = self._text._real
-            real.flush()
-            return real.buffer.write(data)  # type: ignore[attr-defined, no-any-return]
-        capture.write_bytes(bytes(data))
-        return len(data)
-
-    def writable(self) -> bool:
-        return True
-
-    def fileno(self) -> int:
-        return self._text.fileno()
 
 
 # --- loading user code ----------------------------------------------------------------
@@ -403,7 +293,7 @@ def _set_environment(values: dict[str, Any]) -> dict[str, str | None]:
 
 def _serve(channel: _Channel, runner: Any, message: dict[str, Any], log_limit: int, memory_mib: int | None) -> bool:
     """Run one call and send its result; returns whether the worker must exit (out of memory)."""
-    global _capture, _current_id
+    global _current_id
     call_id = message["id"]
     data = message.get("data")
     context = dict(message.get("context") or {})
@@ -412,10 +302,10 @@ def _serve(channel: _Channel, runner: Any, message: dict[str, Any], log_limit: i
     context["streaming_update"] = _streaming_update(channel, call_id)
     batch = isinstance(data, list) and context.get(wire.BATCH_KEY) is True
 
-    capture = _Capture(log_limit)
+    capture = worker_output.Capture(log_limit)
     ok, result, error, retire = True, None, None, False
     saved = _set_environment(environment)
-    _capture, _current_id = capture, call_id
+    _output.capture, _current_id = capture, call_id
     try:
         if http is not None and isinstance(runner, _HandlerRunner):
             result = runner.run_http(data, context, http)
@@ -430,7 +320,7 @@ def _serve(channel: _Channel, runner: Any, message: dict[str, Any], log_limit: i
             error = f"out of memory (limit {memory_mib} MiB)" if memory_mib else "out of memory"
         capture.note("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
     finally:
-        _capture, _current_id = None, None
+        _output.capture, _current_id = None, None
         _set_environment(saved)
 
     if capture.overflowed:
@@ -458,7 +348,7 @@ def _install_logs_signal(channel: _Channel) -> None:
     """On `LOGS_SIGNAL` (the server is about to kill a timed-out request) send its logs so far."""
 
     def send_logs(signum: int, frame: Any) -> None:
-        capture, call_id = _capture, _current_id
+        capture, call_id = _output.capture, _current_id
         if capture is not None:
             channel.try_send({"type": "logs", "id": call_id, "logs": capture.text()})
 
@@ -497,8 +387,7 @@ def main(argv: list[str]) -> int:
     faulthandler.enable(file=sys.__stderr__)  # segfault tracebacks land in the log file
     channel = _Channel(read_fd, write_fd)
     _watch_the_server(read_fd, interrupt_fd)
-    sys.stdout = _Router(sys.__stdout__)
-    sys.stderr = _Router(sys.__stderr__)
+    _output.install()
 
     init = channel.receive()
     if init is None or init.get("type") != "init":
@@ -532,3 +421,4 @@ if __name__ == "__main__":
     except BrokenPipeError:  # the server went away; nobody to answer
         code = 0
     sys.exit(code)
+

@@ -7,8 +7,8 @@ import pytest
 from modelbay.core import operators
 from modelbay.core.errors import InvalidInput
 from modelbay.core.operators import OperatorFailed
+from modelbay.core.pipeline_graph import Source
 from modelbay.core.pipeline_walk import StepFailed, merge
-from modelbay.core.pipelines import Source
 
 X = [{"name": "x", "data_type": "int"}]
 XS = [{"name": "xs", "data_type": "array_int"}]

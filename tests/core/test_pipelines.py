@@ -6,7 +6,7 @@ import pytest
 
 from modelbay.core.errors import InvalidInput
 from modelbay.core.operators import Io
-from modelbay.core.pipelines import END, START, Source, check_graph
+from modelbay.core.pipeline_graph import END, START, Source, check_graph
 
 X = ({"name": "x", "data_type": "int"},)
 S = ({"name": "s", "data_type": "string"},)
