@@ -103,7 +103,7 @@ def serve_receiver(receiver: Receiver) -> ThreadingHTTPServer:
 
 def datature_project_id(data_dir: Path) -> str:
     with sqlite3.connect(data_dir / "modelbay.db") as conn:
-        return str(conn.execute("SELECT datature_project_id FROM projects").fetchone()[0])
+        return "proj_" + str(conn.execute("SELECT handle FROM projects").fetchone()[0])
 
 
 def run(items: int, instances: int, workdir: Path) -> dict[str, Any]:

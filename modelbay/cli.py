@@ -151,6 +151,17 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(1)
 
 
+def _dialect_ids(number: int, handle: str) -> dict[str, str]:
+    """A project's ids as the ABEJA and Datature clients take them (the SDKs' configuration)."""
+    from modelbay.dialects.abeja import ids as abeja_ids
+    from modelbay.dialects.datature import ids as datature_ids
+
+    return {
+        "organization_id": abeja_ids.organization_id(number),
+        "datature_project_id": datature_ids.project_id(handle),
+    }
+
+
 @project_app.command("create")
 def project_create(
     name: str,
@@ -181,8 +192,7 @@ def project_create(
     payload = {
         "name": credentials.name,
         "token": credentials.token,
-        "organization_id": credentials.organization_id,
-        "datature_project_id": credentials.datature_project_id,
+        **_dialect_ids(credentials.number, credentials.handle),
     }
     if as_json:
         print(json.dumps(payload))
@@ -211,8 +221,7 @@ def project_list(
     for row in rows:
         payload = {
             "name": row.name,
-            "organization_id": row.organization_id,
-            "datature_project_id": row.datature_project_id,
+            **_dialect_ids(row.number, row.handle),
             "created": row.created_at.isoformat(),
         }
         if as_json:

@@ -1,4 +1,8 @@
-"""Projects: the namespace every other thing lives in, and the tokens that reach it."""
+"""Projects: the namespace every other thing lives in, and the tokens that reach it.
+
+A project has two public ids besides its name, a `number` and a `handle`; each dialect shows them
+its own way (`dialects/*/ids.py`), so the core holds no vendor's id.
+"""
 
 from __future__ import annotations
 
@@ -38,10 +42,12 @@ class Caller:
 
 @dataclass(frozen=True)
 class Credentials:
+    """What `Projects.create` returns once: the token, and the public ids the dialects derive theirs from."""
+
     name: str
     token: str
-    organization_id: str
-    datature_project_id: str
+    number: int
+    handle: str
 
 
 def hash_token(token: str) -> str:
@@ -56,7 +62,7 @@ class Projects:
         self._admin_hash = hash_token(admin_token)
         self._callers: dict[str, Caller] = {}
         self._by_name: dict[str, ProjectRow] = {}
-        self._by_id_column: dict[tuple[str, str], ProjectRow] = {}  # (column, value): ABEJA's and Datature's ids
+        self._public_ids: dict[tuple[str, object], ProjectRow] = {}  # (column, value): what dialects look up
 
     def create(self, name: str) -> Credentials:
         """Create a project and return its credentials; the token is shown only here."""
@@ -70,8 +76,8 @@ class Projects:
             id=str(uuid.uuid4()),
             name=name,
             token_hash=hash_token(token),
-            organization_id=str(secrets.randbelow(9 * 10**12) + 10**12),
-            datature_project_id="proj_" + secrets.token_hex(16),
+            number=secrets.randbelow(9 * 10**12) + 10**12,  # 13 digits: fixed width, no leading zero
+            handle=secrets.token_hex(16),
             created_at=utcnow(),
         )
         try:
@@ -81,7 +87,7 @@ class Projects:
                 session.add(row)
         except IntegrityError as exc:
             raise Conflict(f"A project named '{name}' already exists") from exc
-        return Credentials(name, token, row.organization_id, row.datature_project_id)
+        return Credentials(name, token, row.number, row.handle)
 
     def authenticate(self, token: str | None) -> Caller:
         """Resolve a token to its caller. Raises `Unauthorized` for a missing or unknown token."""
@@ -114,32 +120,29 @@ class Projects:
         caller.check_access(project)
         return project
 
-    def by_organization(self, caller: Caller, organization_id: str) -> ProjectRow:
-        """The project with this 13-digit organization id (ABEJA's name for a project)."""
-        return self._by_public_id(caller, ProjectRow.organization_id, organization_id, "organization")
+    def by_number(self, caller: Caller, number: int | None, *, kind: str, name: str) -> ProjectRow:
+        """The project with this public number; see `_by_public_id`."""
+        return self._by_public_id(caller, ProjectRow.number, number, kind, name)
 
-    def get_by_datature_id(self, caller: Caller, datature_project_id: str) -> ProjectRow:
-        """The project with this `proj_…` id (Datature's)."""
-        return self._by_public_id(caller, ProjectRow.datature_project_id, datature_project_id, "project")
+    def by_handle(self, caller: Caller, handle: str | None, *, kind: str, name: str) -> ProjectRow:
+        """The project with this public handle; see `_by_public_id`."""
+        return self._by_public_id(caller, ProjectRow.handle, handle, kind, name)
 
-    def find_by_datature_id(self, datature_project_id: str) -> ProjectRow:
-        """The project with this `proj_…` id, for a caller already authenticated otherwise (a signed URL)."""
-        return self.get_by_datature_id(Caller(project_id=None), datature_project_id)
-
-    def _by_public_id(self, caller: Caller, column: Any, value: str, kind: str) -> ProjectRow:
-        """The project whose `column` is `value`. Raises `Forbidden` for a project the caller may not
-        use (an unknown id included, so ids cannot be probed); `NotFound` for the admin."""
-        project = self._by_id_column.get((column.key, value))
-        if project is None:
+    def _by_public_id(self, caller: Caller, column: Any, value: object, kind: str, name: str) -> ProjectRow:
+        """The project whose `column` is `value`; a `value` of None (an id its dialect could not read)
+        is no project's. `kind` and `name` are the dialect's word for a project and the id as the
+        caller gave it, for the errors: `Forbidden` for a project the caller may not use (an unknown
+        id included, so ids cannot be probed); `NotFound` for the admin."""
+        project = self._public_ids.get((column.key, value))
+        if project is None and value is not None:
             with self._db.read() as session:
                 project = session.scalar(select(ProjectRow).where(column == value))
-            if project is None:
-                if caller.is_admin:
-                    raise NotFound(kind, value)
-                raise Forbidden(f"This credential has no access to {kind} '{value}'")
-            self._by_id_column[(column.key, value)] = project
-        if not caller.is_admin and caller.project_id != project.id:
-            raise Forbidden(f"This credential has no access to {kind} '{value}'")
+            if project is not None:
+                self._public_ids[(column.key, value)] = project
+        if project is None and caller.is_admin:
+            raise NotFound(kind, name)
+        if project is None or (not caller.is_admin and caller.project_id != project.id):
+            raise Forbidden(f"This credential has no access to {kind} '{name}'")
         return project
 
     def list(self, caller: Caller) -> list[ProjectRow]:

@@ -24,7 +24,6 @@ from sqlalchemy.orm import Session
 
 from modelbay.core.background import Background
 from modelbay.core.clock import utcnow
-from modelbay.core.decimals import is_decimal
 from modelbay.core.deployments import Deployments, Target
 from modelbay.core.errors import InvalidInput, NotFound, Unavailable
 from modelbay.core.journal import Journal, split_lines
@@ -68,7 +67,8 @@ class Scaling:
 
 
 def check_scaling(fields: dict[str, Any], current: Scaling | None = None) -> Scaling:
-    """Scaling settings from `fields` over `current`; raises `InvalidInput` naming the bad one."""
+    """Scaling settings from `fields` over `current`; raises `InvalidInput` naming the bad one.
+    Numbers are ints and `enable_autoscale` a bool: a dialect reads its clients' spellings first."""
     values: dict[str, Any] = dataclasses.asdict(current) if current else {
         "instance_number": 1, "min_instance_number": None, "max_instance_number": None, "enable_autoscale": False,
     }
@@ -76,23 +76,19 @@ def check_scaling(fields: dict[str, Any], current: Scaling | None = None) -> Sca
         value = fields.get(key)
         if value is None:
             continue
-        if isinstance(value, str) and is_decimal(value.strip(), 9):  # the SDK documents numbers as strings
-            value = int(value)
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_INSTANCES:
-            raise InvalidInput(f"{key} must be an integer from 1 to {MAX_INSTANCES}")
+            raise InvalidInput(f"${key} must be an integer from 1 to {MAX_INSTANCES}", field=key)
         values[key] = value
     autoscale = fields.get("enable_autoscale")
     if autoscale is not None:
-        if isinstance(autoscale, str) and autoscale.lower() in ("true", "false"):
-            autoscale = autoscale.lower() == "true"
         if not isinstance(autoscale, bool):
-            raise InvalidInput("enable_autoscale must be true or false")
+            raise InvalidInput("$enable_autoscale must be true or false", field="enable_autoscale")
         values["enable_autoscale"] = autoscale
     number = values["instance_number"]
     low = values["min_instance_number"] if values["min_instance_number"] is not None else number
     high = values["max_instance_number"] if values["max_instance_number"] is not None else max(number, low)
     if low > high:
-        raise InvalidInput("min_instance_number may not exceed max_instance_number")
+        raise InvalidInput("$min_instance_number may not exceed $max_instance_number", field="min_instance_number")
     return Scaling(number, low, high, values["enable_autoscale"])
 
 

@@ -81,11 +81,26 @@ class Database:
 
     def migrate(self) -> None:
         """Bring the schema to the newest migration."""
+        self.run_migrations(command.upgrade, "head")
+
+    def run_migrations(self, step: Callable[[Config, str], None], revision: str) -> None:
+        """Run an alembic command (`command.upgrade`, `command.downgrade`) to `revision`."""
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-        with self.engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+        with self.engine.connect() as conn:
+            # SQLite alters a table by copying it and dropping the old one: with foreign keys on,
+            # that drop would delete every row referencing it (ON DELETE CASCADE). The pragma is
+            # ignored inside a transaction, so it is set on the bare connection, before the begin.
+            raw = conn.connection.dbapi_connection if self.is_sqlite else None
+            if raw is not None:
+                raw.execute("PRAGMA foreign_keys=OFF")
+            try:
+                with conn.begin():
+                    cfg.attributes["connection"] = conn
+                    step(cfg, revision)
+            finally:
+                if raw is not None:
+                    raw.execute("PRAGMA foreign_keys=ON")
 
     @contextmanager
     def read(self) -> Iterator[Session]:

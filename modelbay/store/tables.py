@@ -27,12 +27,17 @@ class Base(DeclarativeBase):
 
 class ProjectRow(Base):
     __tablename__ = "projects"
+    __table_args__ = (
+        UniqueConstraint("number", name="uq_projects_number"),
+        UniqueConstraint("handle", name="uq_projects_handle"),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    organization_id: Mapped[str] = mapped_column(String(13), unique=True)
-    datature_project_id: Mapped[str] = mapped_column(String(40), unique=True)
+    # Public ids besides the name, shown by each dialect its own way (`dialects/*/ids.py`).
+    number: Mapped[int] = mapped_column(BigInteger)
+    handle: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime]
 
 

@@ -25,7 +25,7 @@ def open_store(tmp_path: Path) -> Database:
     db = Database(f"sqlite:///{tmp_path / 'store.db'}")
     db.migrate()
     with db.write() as session:
-        session.add(ProjectRow(id="p", name="p", token_hash="h", organization_id="1", datature_project_id="proj_x",
+        session.add(ProjectRow(id="p", name="p", token_hash="h", number=1, handle="x",
                                created_at=utcnow()))
     return db
 

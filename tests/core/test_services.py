@@ -1,4 +1,5 @@
-"""Scaling settings of services, as the ABEJA SDK sends them (numbers, and booleans as strings)."""
+"""Scaling settings of services (how the ABEJA SDK spells them is read by its dialect:
+tests/dialects/test_abeja_scaling.py)."""
 
 from __future__ import annotations
 
@@ -29,16 +30,22 @@ def test_min_and_max_default_to_the_instance_number() -> None:
     assert check_scaling({"instance_number": 3}) == Scaling(3, 3, 3, False)
 
 
-def test_autoscale_takes_a_bool_or_the_strings_true_and_false() -> None:
-    assert check_scaling({"enable_autoscale": "true", "min_instance_number": 1, "max_instance_number": 4}) == \
+def test_autoscale_takes_a_bool() -> None:
+    assert check_scaling({"enable_autoscale": True, "min_instance_number": 1, "max_instance_number": 4}) == \
         Scaling(1, 1, 4, True)
-    assert check_scaling({"enable_autoscale": "False"}).enable_autoscale is False
     assert check_scaling({"enable_autoscale": True}).enable_autoscale is True
 
 
 def test_an_update_changes_only_what_it_names() -> None:
     current = Scaling(2, 1, 4, True)
-    assert check_scaling({"instance_number": "3"}, current) == Scaling(3, 1, 4, True)
+    assert check_scaling({"instance_number": 3}, current) == Scaling(3, 1, 4, True)
+
+
+@pytest.mark.parametrize("fields", [{"instance_number": "3"}, {"enable_autoscale": "true"}])
+def test_the_core_takes_no_numbers_or_booleans_spelled_as_text(fields: dict[str, object]) -> None:
+    with pytest.raises(InvalidInput) as raised:
+        check_scaling(fields)
+    assert raised.value.field in fields
 
 
 @pytest.mark.parametrize(

@@ -30,7 +30,9 @@ def one_line(text: str) -> str:
 
 
 def projects_named(data_dir: Path, name: str) -> list[dict[str, str]]:
-    rows = query(data_dir, "SELECT name, token_hash, organization_id, datature_project_id FROM projects WHERE name = ?", name)
+    # the stored public ids, as the ABEJA and Datature dialects show them
+    rows = query(data_dir, "SELECT name, token_hash, CAST(number AS TEXT) AS organization_id, "
+                           "'proj_' || handle AS datature_project_id FROM projects WHERE name = ?", name)
     return [dict(row) for row in rows]
 
 

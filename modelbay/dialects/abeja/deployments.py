@@ -41,7 +41,7 @@ URL_LIFETIME_MS = 3600 * 1000
 def archive_url(engine: Any, request: Request, method: str, organization: ProjectRow, deployment: DeploymentRow,
                 version_id: str) -> str:
     """The signed URL through which `method` (PUT or GET) takes or gives the version's archive."""
-    path = f"/organizations/{organization.organization_id}/deployments/{ids.deployment_id(deployment.id)}" \
+    path = f"/organizations/{ids.organization_id(organization.number)}/deployments/{ids.deployment_id(deployment.id)}" \
            f"/versions/{version_id}/archive"
     expires_ms = int(time.time() * 1000) + URL_LIFETIME_MS
     return f"{str(request.base_url).rstrip('/')}{path}?{engine.url_signer.query(method, path, expires_ms)}"
@@ -183,7 +183,7 @@ def _signed_target(
     engine.url_signer.check(
         method, request.url.path, request.query_params.get("expires"), request.query_params.get("signature")
     )
-    project = engine.projects.by_organization(Caller(project_id=None), organization_id)
+    project = ids.find_organization(engine.projects, Caller(project_id=None), organization_id)
     deployment = find_deployment(engine, project, deployment_id)
     return project, deployment, find_version(engine, project, deployment, version_id)
 

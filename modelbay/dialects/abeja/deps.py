@@ -52,7 +52,7 @@ async def organization_of(organization_id: str, request: Request) -> ProjectRow:
     """The project behind the path's organization id; 401 without a credential, 403 for another's."""
     engine = _engine(request)
     caller = caller_from_header(engine, request.headers.get("authorization"))
-    return engine.projects.by_organization(caller, organization_id)
+    return ids.find_organization(engine.projects, caller, organization_id)
 
 
 def find_deployment(engine: Engine, project: ProjectRow, deployment_id: str) -> DeploymentRow:

@@ -1,7 +1,8 @@
 """ABEJA ids over core ids, derived in both directions, so the core keeps no vendor ids.
 
-A deployment's 13-digit id is derived from its core id (a UUID); a version's `ver-` id is the
-first 16 hex digits of its UUID. Runs and services have 16-hex core ids that get a prefix.
+An organization is a project: its 13-digit id is the project's public number. A deployment's
+13-digit id is derived from its core id (a UUID); a version's `ver-` id is the first 16 hex digits
+of its UUID. Runs and services have 16-hex core ids that get a prefix.
 Looking a derived id up means scanning a deployment's few siblings, never a table of aliases.
 """
 
@@ -10,9 +11,22 @@ from __future__ import annotations
 import re
 
 from modelbay.core.errors import NotFound
+from modelbay.core.projects import Caller, Projects
+from modelbay.store.tables import ProjectRow
 
-DEPLOYMENT_ID = re.compile(r"[1-9][0-9]{12}")
+DEPLOYMENT_ID = ORGANIZATION_ID = re.compile(r"[1-9][0-9]{12}")
 HEX16 = re.compile(r"[0-9a-f]{16}")  # fullmatch: `$` would let a trailing newline through
+
+
+def organization_id(project_number: int) -> str:
+    return str(project_number)
+
+
+def find_organization(projects: Projects, caller: Caller, value: str) -> ProjectRow:
+    """The project whose organization id is `value`; `Forbidden` for one the caller may not use
+    (`NotFound` for the admin)."""
+    number = int(value) if ORGANIZATION_ID.fullmatch(value) else None
+    return projects.by_number(caller, number, kind="organization", name=value)
 
 
 def deployment_id(core_id: str) -> str:

@@ -10,6 +10,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from modelbay.core.decimals import is_decimal
 from modelbay.core.errors import InvalidInput, NotFound
 from modelbay.core.runs import check_environment
 from modelbay.dialects.abeja import ids, schemas
@@ -38,8 +39,27 @@ S = "/organizations/{organization_id}/deployments/{deployment_id}/services"
 #: `Host: <organization_id>.<api host>[:port]`.
 ORGANIZATION_HOST = re.compile(r"^([0-9]{1,13})\.")
 
+SCALING_NUMBERS = ("instance_number", "min_instance_number", "max_instance_number")
+
 #: Request headers handed to handler code.
 FORWARDED_HEADERS = ("content-type", "accept", "user-agent")
+
+
+def scaling_fields(body: dict[str, Any]) -> dict[str, Any]:
+    """The scaling settings of a body as the core takes them: the SDK documents the numbers as
+    strings, and may send `enable_autoscale` as "true" or "false". Anything else is left for the
+    core to refuse."""
+    fields: dict[str, Any] = {}
+    for key in SCALING_NUMBERS:
+        value = body.get(key)
+        if isinstance(value, str) and is_decimal(value.strip(), 9):
+            value = int(value)
+        fields[key] = value
+    autoscale = body.get("enable_autoscale")
+    if isinstance(autoscale, str) and autoscale.lower() in ("true", "false"):
+        autoscale = autoscale.lower() == "true"
+    fields["enable_autoscale"] = autoscale
+    return fields
 
 
 def service_body(engine: Any, row: ServiceRow) -> dict[str, Any]:
@@ -53,8 +73,8 @@ async def create_service(
 ) -> Response:
     target = version_target(engine, organization, deployment, body)
     fields = {
-        **{k: body.get(k) for k in ("instance_number", "min_instance_number", "max_instance_number",
-                                    "enable_autoscale", "instance_type")},
+        **scaling_fields(body),
+        "instance_type": body.get("instance_type"),
         "environment": check_environment(body.get("environment")),
         "model_alias": model_alias(body),
     }
@@ -74,7 +94,7 @@ async def get_service(engine: EngineDep, deployment: DeploymentDep, service_id: 
 
 @router.patch(S + "/{service_id}")
 async def update_service(engine: EngineDep, deployment: DeploymentDep, service_id: str, body: JsonObject) -> Response:
-    row = await engine.services.update(deployment.id, ids.core_service_id(service_id), body)
+    row = await engine.services.update(deployment.id, ids.core_service_id(service_id), scaling_fields(body))
     return ok(service_body(engine, row))
 
 
@@ -172,7 +192,7 @@ async def request_service(request: Request, engine: EngineDep, deployment_id: st
     if match is None:
         raise NotFound("service", f"{deployment_id}/{service_id} (the Host header names no organization)")
     caller = caller_from_header(engine, request.headers.get("authorization"))
-    project = engine.projects.by_organization(caller, match.group(1))
+    project = ids.find_organization(engine.projects, caller, match.group(1))
     deployment = _core_deployment_id(engine, project, deployment_id)
     row = engine.services.get(deployment, ids.core_service_id(service_id))
     target = engine.services.target(row)

@@ -10,8 +10,9 @@ from fastapi.responses import Response
 
 from modelbay.core.datasets import MAX_SIZE_BYTES
 from modelbay.core.errors import InvalidInput
+from modelbay.core.projects import Caller
 from modelbay.dialects.common.body import body_chunks
-from modelbay.dialects.datature import schemas
+from modelbay.dialects.datature import ids, schemas
 from modelbay.dialects.datature.deps import EngineDep, JsonObject, ProjectDep
 from modelbay.dialects.datature.errors import DatatureRoute
 from modelbay.store.tables import DatasetRow, ProjectRow
@@ -31,7 +32,7 @@ router = APIRouter(route_class=DatatureRoute, prefix="/projects/{project_id}/bat
 
 
 def upload_path(project: ProjectRow, row: DatasetRow) -> str:
-    return f"/projects/{project.datature_project_id}/batch/datasets/{schemas.external(PREFIX, row.id)}/upload"
+    return f"/projects/{ids.project_id(project.handle)}/batch/datasets/{schemas.external(PREFIX, row.id)}/upload"
 
 
 def dataset(row: DatasetRow, project: ProjectRow, request: Request) -> dict[str, Any]:
@@ -45,7 +46,7 @@ def dataset(row: DatasetRow, project: ProjectRow, request: Request) -> dict[str,
         "id": schemas.external(PREFIX, row.id),
         "object": "dataset",
         "name": row.name,
-        "projectId": project.datature_project_id,
+        "projectId": ids.project_id(project.handle),
         "expiryTime": schemas.ms(row.expires_at),
         "status": {
             "overview": OVERVIEW.get(row.status, row.status),
@@ -102,7 +103,7 @@ async def upload(project_id: str, dataset_id: str, request: Request, expires: st
                  signature: str | None = None) -> Response:
     engine = request.app.state.engine
     engine.url_signer.check(UPLOAD_METHOD, request.url.path, expires, signature)
-    project = await run_in_threadpool(engine.projects.find_by_datature_id, project_id)
+    project = await run_in_threadpool(ids.find_project, engine.projects, Caller(project_id=None), project_id)
     # The file streams to disk, checked against the size its dataset declared (a `FailedUpload`
     # past it); the hard maximum is refused before any of it is read.
     row = await engine.datasets.receive(project.id, schemas.internal(PREFIX, "dataset", dataset_id),

@@ -11,7 +11,7 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from modelbay.core.errors import ModelbayError, NotFound
-from modelbay.dialects.datature import schemas
+from modelbay.dialects.datature import ids, schemas
 from modelbay.dialects.datature.deps import EngineDep, ProjectDep
 from modelbay.dialects.datature.errors import DatatureRoute
 from modelbay.engine import Engine
@@ -31,7 +31,7 @@ def deployment(engine: Engine, row: DeploymentRow, project: ProjectRow) -> dict[
     return {
         "id": schemas.external(PREFIX, row.id),
         "name": row.name,
-        "projectId": project.datature_project_id,
+        "projectId": ids.project_id(project.handle),
         "status": {"overview": overview, "message": message, "updateDate": schemas.ms(row.updated_at)},
         "createDate": schemas.ms(row.created_at),
         "updateDate": schemas.ms(row.updated_at),

@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 
 from modelbay.core.errors import InvalidInput
 from modelbay.dialects.common.body import read_body
+from modelbay.dialects.datature import ids
 from modelbay.engine import Engine
 from modelbay.store.tables import ProjectRow
 
@@ -27,7 +28,7 @@ async def project_of(project_id: str, request: Request) -> ProjectRow:
     """The project `proj_…` of the path. 401 for a bad key, 403 for another project's id."""
     engine = _engine(request)
     caller = engine.projects.authenticate(request.headers.get("secret-key"))
-    return engine.projects.get_by_datature_id(caller, project_id)
+    return ids.find_project(engine.projects, caller, project_id)
 
 
 async def json_object(request: Request) -> dict[str, Any]:

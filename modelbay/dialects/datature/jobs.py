@@ -14,7 +14,7 @@ from modelbay.core.decimals import is_decimal
 from modelbay.core.errors import InvalidInput
 from modelbay.core.jobs import ItemOutcome, ItemStatus
 from modelbay.core.jobs import Status as JobStatus
-from modelbay.dialects.datature import schemas
+from modelbay.dialects.datature import ids, schemas
 from modelbay.dialects.datature.deps import EngineDep, JsonObject, ProjectDep
 from modelbay.dialects.datature.errors import DatatureRoute
 from modelbay.store.tables import JobLogRow, JobRow, ProjectRow
@@ -82,7 +82,7 @@ def job(row: JobRow, project: ProjectRow) -> dict[str, Any]:
         "id": schemas.external(PREFIX, row.id),
         "object": "batch_job",
         "name": row.name,
-        "projectId": project.datature_project_id,
+        "projectId": ids.project_id(project.handle),
         "spec": spec,
         "status": status,
         "createDate": schemas.ms(row.created_at),
@@ -201,6 +201,6 @@ async def logs(engine: EngineDep, project: ProjectDep, job_id: str, beforeTime: 
     return schemas.respond({
         "id": schemas.external(LOG_PREFIX, core_id),
         "object": "batch_job_log",
-        "projectId": project.datature_project_id,
+        "projectId": ids.project_id(project.handle),
         "entries": [log_entry(r) for r in rows],
     })

@@ -12,7 +12,7 @@ from fastapi.responses import Response
 
 from modelbay.core.errors import InvalidInput
 from modelbay.core.webhooks import DEFAULT_MAX_BACKOFF_MS, DEFAULT_MAX_RETRIES
-from modelbay.dialects.datature import schemas
+from modelbay.dialects.datature import ids, schemas
 from modelbay.dialects.datature.deps import EngineDep, JsonObject, ProjectDep
 from modelbay.dialects.datature.errors import DatatureRoute
 from modelbay.store.tables import ProjectRow, WebhookRow
@@ -27,7 +27,7 @@ def webhook(row: WebhookRow, project: ProjectRow) -> dict[str, Any]:
     return {
         "id": schemas.external(PREFIX, row.id),
         "object": "webhook",
-        "projectId": project.datature_project_id,
+        "projectId": ids.project_id(project.handle),
         "name": row.name,
         "endpoint": row.endpoint,
         "retries": {"maxRetries": row.max_retries, "maxBackoffMs": row.max_backoff_ms},
@@ -100,7 +100,7 @@ def update_secret(engine: EngineDep, project: ProjectDep, webhook_id: str, body:
 @router.post("/{webhook_id}:test")
 async def test(engine: EngineDep, project: ProjectDep, webhook_id: str) -> Response:
     core_id = schemas.internal(PREFIX, "webhook", webhook_id)
-    sample = orjson.dumps({"kind": "WebhookTest", "webhookId": webhook_id, "projectId": project.datature_project_id,
+    sample = orjson.dumps({"kind": "WebhookTest", "webhookId": webhook_id, "projectId": ids.project_id(project.handle),
                            "createTime": int(time.time() * 1000)})
     attempt = await engine.webhooks.test(project.id, core_id, sample)
     answer: dict[str, Any] = {

@@ -1,0 +1,93 @@
+"""Migrations that change stored rows, run on a database holding rows of the schema before them."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.operations import Operations
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import select, text
+
+from modelbay.core.projects import Caller, Projects
+from modelbay.dialects.abeja import ids as abeja_ids
+from modelbay.dialects.datature import ids as datature_ids
+from modelbay.store.db import MIGRATIONS_DIR, Database
+from modelbay.store.tables import ProjectRow
+
+ORGANIZATION_ID = "4821093746512"
+DATATURE_PROJECT_ID = "proj_" + "0123456789abcdef" * 2
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    database = Database(f"sqlite:///{tmp_path / 'test.db'}")
+    yield database
+    database.close()
+
+
+def old_project(db: Database) -> None:
+    """A project as the schema before 0006 stored it (the vendors' ids in its columns), and a deployment of it."""
+    db.run_migrations(command.upgrade, "0005")
+    with db.engine.begin() as conn:
+        conn.execute(text("INSERT INTO projects (id, name, token_hash, organization_id, datature_project_id, "
+                          "created_at) VALUES ('p', 'old', 'h', :org, :datature, :now)"),
+                     {"org": ORGANIZATION_ID, "datature": DATATURE_PROJECT_ID, "now": NOW})
+        conn.execute(text("INSERT INTO deployments (id, project_id, name, description, input_type, output_type, "
+                          "input_fields, output_fields, labels, created_at, updated_at) "
+                          "VALUES ('d', 'p', 'dep', '', 'plain', 'plain', '[]', '[]', '{}', :now, :now)"),
+                     {"now": NOW})
+
+
+def test_a_stored_project_keeps_its_abeja_and_datature_ids_through_0006(db: Database) -> None:
+    old_project(db)
+    db.migrate()
+
+    with db.read() as session:
+        project = session.scalar(select(ProjectRow))
+    assert abeja_ids.organization_id(project.number) == ORGANIZATION_ID
+    assert datature_ids.project_id(project.handle) == DATATURE_PROJECT_ID
+    projects = Projects(db, "admin")
+    admin = Caller(project_id=None)
+    assert abeja_ids.find_organization(projects, admin, ORGANIZATION_ID).id == "p"
+    assert datature_ids.find_project(projects, admin, DATATURE_PROJECT_ID).id == "p"
+    with db.engine.connect() as conn:  # rebuilding the table dropped the old one: nothing cascaded from it
+        assert conn.execute(text("SELECT project_id FROM deployments")).scalars().all() == ["p"]
+
+
+def test_0006_keeps_the_public_ids_unique(db: Database) -> None:
+    old_project(db)
+    db.migrate()
+    with pytest.raises(Exception, match="UNIQUE"), db.write() as session:
+        session.add(ProjectRow(id="q", name="other", token_hash="h2", number=int(ORGANIZATION_ID), handle="x",
+                               created_at=NOW))
+
+
+def test_0006_downgrades_to_the_ids_stored_before(db: Database) -> None:
+    old_project(db)
+    db.migrate()
+    db.run_migrations(command.downgrade, "0005")
+
+    with db.engine.connect() as conn:
+        rows = conn.execute(text("SELECT id, organization_id, datature_project_id FROM projects")).all()
+        assert [tuple(row) for row in rows] == [("p", ORGANIZATION_ID, DATATURE_PROJECT_ID)]
+        assert conn.execute(text("SELECT project_id FROM deployments")).scalars().all() == ["p"]
+
+
+def test_0006_alters_the_table_in_place_on_postgresql() -> None:
+    """PostgreSQL alters the table without rebuilding it; the SQL is rendered offline, as `alembic --sql` does."""
+    migration = ScriptDirectory(str(MIGRATIONS_DIR)).get_revision("0006").module
+    for step in (migration.upgrade, migration.downgrade):
+        out = io.StringIO()
+        context = MigrationContext.configure(dialect_name="postgresql", opts={"as_sql": True, "output_buffer": out})
+        with Operations.context(context):
+            step()
+        sql = out.getvalue()
+        assert "CREATE TABLE" not in sql and "DROP TABLE" not in sql
+        assert sql.count("ADD CONSTRAINT") == 2 and sql.count("DROP COLUMN") == 2
