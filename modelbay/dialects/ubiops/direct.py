@@ -23,10 +23,10 @@ from modelbay.core.requests import DIRECT_TIMEOUT_DEFAULT_S, DIRECT_TIMEOUT_MAX_
 from modelbay.core.stored_requests import check_timeout
 from modelbay.dialects.common.body import check_declared_size, too_large
 from modelbay.dialects.common.query import int_param
-from modelbay.dialects.ubiops import schemas
+from modelbay.dialects.ubiops import request_schemas
 from modelbay.dialects.ubiops.deps import caller_from
 from modelbay.dialects.ubiops.errors import ERRORS
-from modelbay.dialects.ubiops.requests import decode_input
+from modelbay.dialects.ubiops.inputs import decode_input
 from modelbay.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ class DirectRequests:
         data = decode_input(await _body(scope, receive, engine.settings.max_request_bytes), content_type or "",
                             target.input_type)
         record = await engine.requests.direct(target, data, timeout=timeout, origin={"created_by": "ubiops"})
-        return orjson.dumps(schemas.direct_request(record))
+        return orjson.dumps(request_schemas.deployment_direct(record))
 
 
 async def _body(scope: Scope, receive: Receive, limit: int) -> bytes:

@@ -1,11 +1,11 @@
-"""Pipelines, their versions and their requests in the shapes the UbiOps API answers with."""
+"""Pipelines and their versions, and the steps and operator requests of their requests, in the shapes the UbiOps
+API answers with."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from modelbay.core.pipeline_requests import PipelineRecord
-from modelbay.dialects.ubiops.schemas import decoded, iso, request_state
+from modelbay.dialects.ubiops.schemas import decoded, iso, version_header
 from modelbay.store.tables import OperatorRequestRow, PipelineRequestRow, PipelineRow, PipelineVersionRow
 
 
@@ -39,11 +39,7 @@ def pipeline_version(row: PipelineVersionRow, pipeline_row: PipelineRow) -> dict
             "metadata": obj.get("metadata") or {},
         })
     return {
-        "id": row.id,
-        "pipeline": pipeline_row.name,
-        "version": row.name,
-        "default": pipeline_row.default_version_id == row.id,
-        "description": row.description,
+        **version_header("pipeline", row, pipeline_row),
         "labels": row.labels,
         "creation_date": iso(row.created_at),
         "last_updated": iso(row.updated_at),
@@ -76,45 +72,6 @@ def steps(all_steps: list[dict[str, Any]], with_sizes: bool = True) -> dict[str,
             items.append(item)
         out[key] = items
     return out
-
-
-def direct_request(record: PipelineRecord) -> dict[str, Any]:
-    return {
-        "id": record.id,
-        "pipeline": record.pipeline_name,
-        "version": record.version_name,
-        "status": record.status,
-        "success": record.status == "completed",
-        "error_message": record.error_message,
-        **steps(record.steps, with_sizes=False),
-        "result": record.result,
-        "pipeline_timeout": record.timeout,
-        "deployment_timeout": record.timeout,
-    }
-
-
-def batch_created(record: PipelineRecord) -> dict[str, Any]:
-    return {
-        "id": record.id,
-        "pipeline": record.pipeline_name,
-        "version": record.version_name,
-        "status": record.status,
-        "time_created": iso(record.created_at),
-    }
-
-
-def request_list_item(row: PipelineRequestRow, pipeline_name: str, version_name: str) -> dict[str, Any]:
-    return {"id": row.id, "pipeline": pipeline_name, "version": version_name, **request_state(row)}
-
-
-def request_detail(row: PipelineRequestRow, pipeline_name: str, version_name: str, all_steps: list[dict[str, Any]],
-                   metadata_only: bool = False) -> dict[str, Any]:
-    detail = request_list_item(row, pipeline_name, version_name)
-    detail.update(error_message=row.error_message, pipeline_timeout=row.timeout, deployment_timeout=row.timeout,
-                  **steps(all_steps))
-    if not metadata_only:
-        detail.update(request_data=decoded(row.data), result=decoded(row.result))
-    return detail
 
 
 def operator_request(row: OperatorRequestRow, parent: PipelineRequestRow, pipeline_name: str, version_name: str,

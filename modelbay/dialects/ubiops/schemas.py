@@ -10,8 +10,7 @@ from fastapi.responses import Response
 
 from modelbay.core import environments
 from modelbay.core.clock import as_utc
-from modelbay.core.requests import RequestRecord
-from modelbay.store.tables import DeploymentRow, ProjectRow, RequestRow, RevisionRow, VersionRow
+from modelbay.store.tables import DeploymentRow, ProjectRow, RevisionRow, VersionRow
 
 #: UbiOps projects belong to an organisation; a modelbay server is one.
 ORGANIZATION_NAME = "modelbay"
@@ -60,13 +59,15 @@ def deployment(row: DeploymentRow, project_name: str, default_version: str | Non
     }
 
 
+def version_header(noun: str, row: Any, owner: Any) -> dict[str, Any]:
+    """The fields a version of a deployment or of a pipeline (`owner`) starts with; `noun` is the key of its name."""
+    return {"id": row.id, noun: owner.name, "version": row.name, "default": owner.default_version_id == row.id,
+            "description": row.description}
+
+
 def version(row: VersionRow, deployment_row: DeploymentRow, revision: RevisionRow | None = None) -> dict[str, Any]:
     return {
-        "id": row.id,
-        "deployment": deployment_row.name,
-        "version": row.name,
-        "default": deployment_row.default_version_id == row.id,
-        "description": row.description,
+        **version_header("deployment", row, deployment_row),
         "environment": row.environment,
         "environment_name": row.environment,
         "environment_display_name": environments.BUILT_IN.get(row.environment, row.environment),
@@ -148,56 +149,5 @@ def environment_tag(name: str, tag: str = "latest") -> dict[str, Any]:
     }
 
 
-def direct_request(record: RequestRecord) -> dict[str, Any]:
-    return {
-        "id": record.id,
-        "deployment": record.deployment_name,
-        "version": record.version_name,
-        "status": record.status,
-        "success": record.status == "completed",
-        "result": record.result,
-        "error_message": record.error_message,
-        "timeout": record.timeout,
-    }
-
-
 def decoded(raw: bytes | None) -> Any:
     return None if raw is None else orjson.loads(raw)
-
-
-def request_state(row: Any) -> dict[str, Any]:
-    """Status, times, sizes and origin of a stored deployment or pipeline request."""
-    return {
-        "status": row.status,
-        "success": row.status == "completed",
-        "time_created": iso(row.created_at),
-        "time_started": iso(row.started_at),
-        "time_completed": iso(row.finished_at),
-        "input_size": row.input_size,
-        "output_size": row.output_size if row.finished_at else None,
-        "origin": row.origin,
-    }
-
-
-def request_list_item(row: RequestRow, deployment_name: str, version_name: str) -> dict[str, Any]:
-    return {"id": row.id, "deployment": deployment_name, "version": version_name, **request_state(row)}
-
-
-def request_detail(
-    row: RequestRow, deployment_name: str, version_name: str, metadata_only: bool = False
-) -> dict[str, Any]:
-    detail = request_list_item(row, deployment_name, version_name)
-    detail.update(timeout=row.timeout, error_message=row.error_message, additional_data=None)
-    if not metadata_only:
-        detail.update(request_data=decoded(row.data), result=decoded(row.result))
-    return detail
-
-
-def batch_created(record: RequestRecord) -> dict[str, Any]:
-    return {
-        "id": record.id,
-        "deployment": record.deployment_name,
-        "version": record.version_name,
-        "status": record.status,
-        "time_created": iso(record.created_at),
-    }

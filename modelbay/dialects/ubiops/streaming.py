@@ -40,9 +40,10 @@ from modelbay.core.requests import DIRECT_TIMEOUT_DEFAULT_S, DIRECT_TIMEOUT_MAX_
 from modelbay.core.stored_requests import check_timeout
 from modelbay.dialects.common.errors import status_of
 from modelbay.dialects.common.query import int_param
-from modelbay.dialects.ubiops import schemas
+from modelbay.dialects.ubiops import request_schemas
 from modelbay.dialects.ubiops.errors import UbiopsRoute
-from modelbay.dialects.ubiops.requests import _int_query, _request_data, target_of
+from modelbay.dialects.ubiops.inputs import int_query, request_data
+from modelbay.dialects.ubiops.requests import target_of
 
 log = logging.getLogger(__name__)
 
@@ -154,15 +155,15 @@ async def _stream(request: Request) -> Response:
         engine, target = await target_of(request)
         Deployments.serving_target_check(target)
         timeout = _timeout(request)
-        _int_query(request, "priority")
-        data = await _request_data(request, target.input_type, engine.settings.max_request_bytes)
+        int_query(request, "priority")
+        data = await request_data(request, target.input_type, engine.settings.max_request_bytes)
         check_input(target, data)
     except ModelbayError as exc:
         return error_response(status_of(exc), exc.message)
     partials = Partials()
     return event_stream(
         engine.requests.direct(target, data, timeout=timeout, origin={"created_by": "ubiops"}, on_update=partials.put),
-        partials, schemas.direct_request,
+        partials, request_schemas.deployment_direct,
     )
 
 
