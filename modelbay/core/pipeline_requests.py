@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Table, delete, select, update
+from sqlalchemy import Connection, Table, delete, select
 
 from modelbay.core import operators
 from modelbay.core.background import Background
@@ -38,7 +38,9 @@ from modelbay.core.payloads import Payloads, named_keys
 from modelbay.core.pipelines import END, START, PipelineObject, Pipelines, Plan, Source
 from modelbay.core.requests import LIST_LIMIT_MAX, MAX_BATCH, Requests, cancel_selection, list_query
 from modelbay.core.scheduler import PRIORITY_BATCH, PRIORITY_DIRECT
-from modelbay.core.transitions import ALLOWED, REQUESTS, TERMINAL, Status
+from modelbay.core.states import PIPELINE_REQUEST, REQUESTS, move
+from modelbay.core.states import REQUEST_TERMINAL as TERMINAL
+from modelbay.core.states import RequestStatus as Status
 from modelbay.store.db import Database, Insert
 from modelbay.store.tables import OperatorRequestRow, PipelineRequestRow, PipelineVersionRow, ProjectRow
 
@@ -127,17 +129,6 @@ class PipelineRecord:
     created_at: datetime
 
 
-def _move(conn: Connection, request_id: str, old: Status, new: Status, **values: Any) -> None:
-    """Compare-and-set the status of a pipeline request; raises `StatusChanged` when another writer won."""
-    if new not in ALLOWED[old]:
-        raise ValueError(f"a pipeline request may not go from {old.value} to {new.value}")
-    done = conn.execute(update(PIPELINE_REQUESTS).where(
-        PIPELINE_REQUESTS.c.id == request_id, PIPELINE_REQUESTS.c.status == old.value
-    ).values(status=new.value, **values))
-    if done.rowcount == 0:
-        raise StatusChanged(request_id, old.value)
-
-
 class PipelineRequests:
     """Runs pipeline requests and answers questions about them."""
 
@@ -199,7 +190,8 @@ class PipelineRequests:
                 self._batch_started.add(asyncio.current_task())  # type: ignore[arg-type]
                 try:
                     await self._db.committer.submit_async(
-                        lambda conn: _move(conn, request_id, Status.PENDING, Status.PROCESSING, started_at=utcnow()))
+                        lambda conn: move(conn, PIPELINE_REQUEST, request_id, Status.PENDING, Status.PROCESSING,
+                                             started_at=utcnow()))
                 except StatusChanged:
                     return  # cancelled or deleted while it waited
                 try:
@@ -296,7 +288,7 @@ class PipelineRequests:
         def finish(conn: Connection) -> Status | None:
             if status is not Status.CANCELLED:
                 try:
-                    _move(conn, request_id, running, status, **values)
+                    move(conn, PIPELINE_REQUEST, request_id, running, status, **values)
                     return status
                 except StatusChanged:
                     pass
@@ -305,11 +297,11 @@ class PipelineRequests:
             values["error_message"] = None
             if status is Status.CANCELLED:  # stopped with its parent: its own cancel is not recorded yet
                 try:
-                    _move(conn, request_id, running, Status.CANCELLED_PENDING)
+                    move(conn, PIPELINE_REQUEST, request_id, running, Status.CANCELLED_PENDING)
                 except StatusChanged:
                     pass
             try:
-                _move(conn, request_id, Status.CANCELLED_PENDING, Status.CANCELLED, **values)
+                move(conn, PIPELINE_REQUEST, request_id, Status.CANCELLED_PENDING, Status.CANCELLED, **values)
                 return Status.CANCELLED
             except StatusChanged:
                 return None  # deleted meanwhile
@@ -573,7 +565,8 @@ class PipelineRequests:
             values = {"finished_at": utcnow()} if new is Status.CANCELLED else {}
             try:
                 await committer.submit_async(
-                    lambda conn, old=current, new=new, values=values: _move(conn, request_id, old, new, **values))
+                    lambda conn, old=current, new=new, values=values: move(conn, PIPELINE_REQUEST, request_id, old, new,
+                                                                          **values))
             except StatusChanged:
                 current = self._status(request_id)
                 continue
@@ -582,8 +575,9 @@ class PipelineRequests:
                 run.cancelled = True
                 await self._stop(run)  # its walk ends soon and records it cancelled
             elif new is Status.CANCELLED_PENDING:  # nothing here runs it (its server died): end it now
-                await committer.submit_async(lambda conn: _move(
-                    conn, request_id, Status.CANCELLED_PENDING, Status.CANCELLED, finished_at=utcnow()))
+                await committer.submit_async(lambda conn: move(
+                    conn, PIPELINE_REQUEST, request_id, Status.CANCELLED_PENDING, Status.CANCELLED,
+                    finished_at=utcnow()))
                 return Status.CANCELLED
             return new
         return current
@@ -658,10 +652,11 @@ class PipelineRequests:
                 PIPELINE_REQUESTS.c.status.in_([Status.PROCESSING.value, Status.CANCELLED_PENDING.value]))).all()
             for request_id, status in stuck:
                 if status == Status.CANCELLED_PENDING.value:
-                    _move(conn, request_id, Status.CANCELLED_PENDING, Status.CANCELLED, finished_at=now)
+                    move(conn, PIPELINE_REQUEST, request_id, Status.CANCELLED_PENDING, Status.CANCELLED,
+                         finished_at=now)
                 else:
-                    _move(conn, request_id, Status.PROCESSING, Status.FAILED, finished_at=now,
-                          error_message="The server stopped while this pipeline request was running")
+                    move(conn, PIPELINE_REQUEST, request_id, Status.PROCESSING, Status.FAILED, finished_at=now,
+                         error_message="The server stopped while this pipeline request was running")
             waiting = conn.execute(select(
                 PIPELINE_REQUESTS.c.id, PIPELINE_REQUESTS.c.project_id, PIPELINE_REQUESTS.c.version_id,
                 PIPELINE_REQUESTS.c.timeout,
@@ -675,8 +670,8 @@ class PipelineRequests:
             except (ModelbayError, ValueError) as exc:
                 message = f"The pipeline version of this request can no longer run: {exc}"
                 with self._db.write() as session:
-                    _move(session.connection(), request_id, Status.PENDING, Status.FAILED, finished_at=now,
-                          error_message=message)
+                    move(session.connection(), PIPELINE_REQUEST, request_id, Status.PENDING, Status.FAILED,
+                         finished_at=now, error_message=message)
                 continue
             self._spawn_batch(project, plan, request_id, timeout)
             queued += 1

@@ -2,7 +2,7 @@
 
 Direct requests run at once and answer with their outcome. Batch requests are committed
 first (all or nothing), then drained from the queue. Every status change is a
-compare-and-set through `transitions.transition`, so a cancel racing a completion is
+compare-and-set through `states.move`, so a cancel racing a completion is
 decided exactly once.
 """
 
@@ -27,7 +27,9 @@ from modelbay.core.fields import check_data
 from modelbay.core.payloads import Payloads, named_keys
 from modelbay.core.queue import BatchQueue, QueuedItem
 from modelbay.core.scheduler import PRIORITY_BATCH, PRIORITY_DIRECT, Scheduler
-from modelbay.core.transitions import REQUESTS, TERMINAL, Status, transition
+from modelbay.core.states import REQUEST, REQUESTS, move
+from modelbay.core.states import REQUEST_TERMINAL as TERMINAL
+from modelbay.core.states import RequestStatus as Status
 from modelbay.runtime.base import Call, CallTimedOut, InstanceLost, InstanceStartFailed
 from modelbay.store.db import Database, Insert
 from modelbay.store.tables import RequestRow, VersionRow
@@ -360,7 +362,7 @@ class Requests:
     def _claim(request_id: str, started_at: datetime) -> Callable[[Connection], bool]:
         def claim(conn: Connection) -> bool:
             try:
-                transition(conn, request_id, Status.PENDING, Status.PROCESSING, started_at=started_at)
+                move(conn, REQUEST, request_id, Status.PENDING, Status.PROCESSING, started_at=started_at)
             except StatusChanged:
                 return False  # cancelled or deleted meanwhile: its call was stopped
             return True
@@ -451,17 +453,17 @@ class Requests:
         def finish(conn: Connection) -> Status | None:
             if status is not Status.CANCELLED:
                 try:
-                    transition(conn, request_id, running, status, **values)
+                    move(conn, REQUEST, request_id, running, status, **values)
                     return status
                 except StatusChanged:
                     pass
             else:  # cancelled before its cancel could be recorded (it was recorded running meanwhile)
                 try:
-                    transition(conn, request_id, running, Status.CANCELLED_PENDING)
+                    move(conn, REQUEST, request_id, running, Status.CANCELLED_PENDING)
                 except (StatusChanged, ValueError):
                     pass
             try:
-                transition(conn, request_id, Status.CANCELLED_PENDING, Status.CANCELLED, finished_at=utcnow())
+                move(conn, REQUEST, request_id, Status.CANCELLED_PENDING, Status.CANCELLED, finished_at=utcnow())
                 return Status.CANCELLED
             except StatusChanged:
                 return None  # deleted meanwhile
@@ -545,7 +547,8 @@ class Requests:
             values = {"finished_at": utcnow()} if new is Status.CANCELLED else {}
             try:
                 await committer.submit_async(
-                    lambda conn, old=current, new=new, values=values: transition(conn, request_id, old, new, **values)
+                    lambda conn, old=current, new=new, values=values: move(conn, REQUEST, request_id, old, new,
+                                                                         **values)
                 )
             except StatusChanged:
                 current = self._status(request_id)
@@ -633,9 +636,9 @@ class Requests:
             for request_id, status in stuck:
                 old = Status(status)
                 if old is Status.CANCELLED_PENDING:
-                    transition(session, request_id, old, Status.CANCELLED, finished_at=now)
+                    move(session, REQUEST, request_id, old, Status.CANCELLED, finished_at=now)
                 else:
-                    transition(session, request_id, old, Status.FAILED, finished_at=now,
+                    move(session, REQUEST, request_id, old, Status.FAILED, finished_at=now,
                                error_message="The server stopped while this request was running")
             waiting = session.execute(
                 select(REQUESTS.c.id, REQUESTS.c.version_id, REQUESTS.c.data, REQUESTS.c.timeout, REQUESTS.c.priority,
