@@ -27,7 +27,8 @@ from sqlalchemy import insert
 
 from modelbay.core.clock import utcnow
 from modelbay.core.requests import Requests
-from modelbay.core.transitions import REQUESTS, Status
+from modelbay.core.states import REQUESTS
+from modelbay.core.states import RequestStatus as Status
 from modelbay.store.db import Database
 
 FINISHED = {"result": b'{"x":1}', "error_message": None, "logs": None, "output_size": 7}
@@ -105,7 +106,7 @@ def main() -> None:
             await committer.submit_async(lambda conn: None)  # the last finish is committed
 
         timed("empty committer transaction, awaited one by one", n, empty)
-        timed("claim through transition(), awaited one by one", n, claims)
+        timed("claim through move(), awaited one by one", n, claims)
         timed("claim (awaited) + finish (not awaited): a slow item's writes", n, chain)
         timed("finish from pending (not awaited): a quick item's one write", n, written_once)
         db.close()

@@ -22,6 +22,7 @@ from sqlalchemy import select
 
 from modelbay.core.clock import as_utc, utcnow
 from modelbay.core.errors import Conflict, InvalidInput, NotFound
+from modelbay.core.states import DATASET, DatasetStatus, move
 from modelbay.store.blobs import LocalBlobStore
 from modelbay.store.db import Database
 from modelbay.store.tables import DatasetRow, JobRow
@@ -35,17 +36,10 @@ MAX_SIZE_BYTES = 10 << 30
 MAX_LINE_BYTES = 16 << 20
 
 
-class Status:
-    WAITING = "waiting"
-    UPLOADED = "uploaded"
-    FAILED_UPLOAD = "failed_upload"
-    FAILED_PROCESSING = "failed_processing"
-
-
 class UploadRejected(Exception):
     """Raised inside `receive` when the file is wrong; its status says which way."""
 
-    def __init__(self, status: str, message: str) -> None:
+    def __init__(self, status: DatasetStatus, message: str) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -74,7 +68,7 @@ class Datasets:
         if isinstance(size_bytes, bool) or not isinstance(size_bytes, int) or not 0 < size_bytes <= MAX_SIZE_BYTES:
             raise InvalidInput(f"$size_bytes must be an integer from 1 to {MAX_SIZE_BYTES}", field="size_bytes")
         now = utcnow()
-        row = DatasetRow(id=str(uuid.uuid4()), project_id=project_id, name=name, status=Status.WAITING,
+        row = DatasetRow(id=str(uuid.uuid4()), project_id=project_id, name=name, status=DatasetStatus.WAITING,
                          message="Waiting for the file to be uploaded", size_bytes=size_bytes,
                          crc32c=check_crc32c(crc), item_count=0, blob_key=None, expires_at=now + DATASET_LIFETIME,
                          upload_expires_at=now + UPLOAD_URL_LIFETIME, created_at=now, updated_at=now)
@@ -118,7 +112,7 @@ class Datasets:
         """
         # The DB reads and writes run on a thread: this coroutine runs on the server's event loop.
         row = await asyncio.to_thread(self.get, project_id, dataset_id)
-        if row.status == Status.UPLOADED:
+        if row.status == DatasetStatus.UPLOADED:
             raise Conflict("This dataset's file has already been uploaded")
         key = f"datasets/{row.id}.ndjson"
         target = self._blobs.path(key)
@@ -135,14 +129,16 @@ class Datasets:
         except BaseException:
             os.unlink(tmp_name)
             raise
-        return await asyncio.to_thread(self._set, row.id, Status.UPLOADED, f"Uploaded {count} items", count, key)
+        return await asyncio.to_thread(self._set, row.id, DatasetStatus.UPLOADED, f"Uploaded {count} items", count, key)
 
-    def _set(self, dataset_id: str, status: str, message: str, count: int, key: str | None) -> DatasetRow:
+    def _set(self, dataset_id: str, status: DatasetStatus, message: str, count: int, key: str | None) -> DatasetRow:
         with self._db.write() as session:
             row = session.get(DatasetRow, dataset_id)
             if row is None:
                 raise NotFound("dataset", dataset_id)
-            row.status, row.message, row.item_count, row.blob_key = status, message, count, key
+            move(session, DATASET, dataset_id, DatasetStatus(row.status), status)
+            session.refresh(row, ["status"])
+            row.message, row.item_count, row.blob_key = message, count, key
             row.updated_at = utcnow()
         return row
 
@@ -171,24 +167,27 @@ async def _copy_checked(chunks: AsyncIterator[bytes], out: Any, row: DatasetRow)
     async for chunk in chunks:
         size += len(chunk)
         if size > row.size_bytes:
-            raise UploadRejected(Status.FAILED_UPLOAD, f"The file is larger than the {row.size_bytes} bytes declared")
+            raise UploadRejected(DatasetStatus.FAILED_UPLOAD,
+                                 f"The file is larger than the {row.size_bytes} bytes declared")
         crc = crc32c.crc32c(chunk, crc)
         out.write(chunk)
         pending += chunk
         *lines, pending = pending.split(b"\n")
         if len(pending) > MAX_LINE_BYTES:
-            raise UploadRejected(Status.FAILED_PROCESSING, f"Line {count + len(lines) + 1} is longer than "
+            raise UploadRejected(DatasetStatus.FAILED_PROCESSING, f"Line {count + len(lines) + 1} is longer than "
                                  f"{MAX_LINE_BYTES} bytes")
         for line in lines:
             count = _check_line(line, count)
     count = _check_line(pending, count)
     if size != row.size_bytes:
-        raise UploadRejected(Status.FAILED_UPLOAD, f"The file has {size} bytes, not the {row.size_bytes} declared")
+        raise UploadRejected(DatasetStatus.FAILED_UPLOAD,
+                             f"The file has {size} bytes, not the {row.size_bytes} declared")
     given = base64.b64encode(crc.to_bytes(4, "big")).decode()
     if given != row.crc32c:
-        raise UploadRejected(Status.FAILED_UPLOAD, f"The file's CRC32C is {given}, not the {row.crc32c} declared")
+        raise UploadRejected(DatasetStatus.FAILED_UPLOAD,
+                             f"The file's CRC32C is {given}, not the {row.crc32c} declared")
     if count == 0:
-        raise UploadRejected(Status.FAILED_PROCESSING, "The file holds no items")
+        raise UploadRejected(DatasetStatus.FAILED_PROCESSING, "The file holds no items")
     return count
 
 
@@ -199,7 +198,7 @@ def _check_line(line: bytes, count: int) -> int:
     try:
         item = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
-        raise UploadRejected(Status.FAILED_PROCESSING, f"Item {count + 1} is not valid JSON: {exc}") from None
+        raise UploadRejected(DatasetStatus.FAILED_PROCESSING, f"Item {count + 1} is not valid JSON: {exc}") from None
     if not isinstance(item, dict):
-        raise UploadRejected(Status.FAILED_PROCESSING, f"Item {count + 1} is not a JSON object")
+        raise UploadRejected(DatasetStatus.FAILED_PROCESSING, f"Item {count + 1} is not a JSON object")
     return count + 1

@@ -21,6 +21,8 @@ from sqlalchemy import Connection, Table, func, select, update
 from modelbay.core.background import Background, Coalescer
 from modelbay.core.hooks import WriteHook
 from modelbay.core.clock import as_utc, utcnow
+from modelbay.core.errors import StatusChanged
+from modelbay.core.states import DELIVERY, DeliveryStatus, move
 from modelbay.core.webhooks import backoff_ms, post_signed
 from modelbay.store.db import Database
 from modelbay.store.tables import DeliveryRow, WebhookRow
@@ -57,8 +59,8 @@ def new_delivery(webhook_id: str, body: bytes, *, job_id: str | None = None, ite
     """A row to insert (in the caller's transaction) for one body to one webhook, due now."""
     now = now or utcnow()
     return {"id": str(uuid.uuid4()), "webhook_id": webhook_id, "job_id": job_id, "item_index": item_index,
-            "body": body, "status": "pending", "attempts": 0, "next_attempt_at": now, "response_code": None,
-            "last_error": None, "created_at": now, "finished_at": None}
+            "body": body, "status": DeliveryStatus.PENDING.value, "attempts": 0, "next_attempt_at": now,
+            "response_code": None, "last_error": None, "created_at": now, "finished_at": None}
 
 
 class Deliveries:
@@ -101,7 +103,7 @@ class Deliveries:
                    DELIVERIES.c.body, DELIVERIES.c.attempts, WEBHOOKS.c.endpoint, WEBHOOKS.c.secret,
                    WEBHOOKS.c.max_retries, WEBHOOKS.c.max_backoff_ms)
             .select_from(DELIVERIES.outerjoin(WEBHOOKS, WEBHOOKS.c.id == DELIVERIES.c.webhook_id))
-            .where(DELIVERIES.c.status == "pending", DELIVERIES.c.next_attempt_at <= utcnow())
+            .where(DELIVERIES.c.status == DeliveryStatus.PENDING, DELIVERIES.c.next_attempt_at <= utcnow())
             .order_by(DELIVERIES.c.next_attempt_at)
             .limit(limit + len(exclude))
         )
@@ -114,7 +116,7 @@ class Deliveries:
     def _seconds_to_next_due(self) -> float:
         with self._db.read() as session:
             first = session.scalar(select(func.min(DELIVERIES.c.next_attempt_at))
-                                   .where(DELIVERIES.c.status == "pending"))
+                                   .where(DELIVERIES.c.status == DeliveryStatus.PENDING))
         if first is None:
             return IDLE_WAKE_S
         return max(0.0, min(IDLE_WAKE_S, (as_utc(first) - utcnow()).total_seconds()))
@@ -123,7 +125,7 @@ class Deliveries:
         try:
             if due.endpoint is None or due.secret is None:
                 await self._db.committer.submit_async(
-                    self._settle(due, "failed", None, "The webhook was deleted", due.attempts))
+                    self._settle(due, DeliveryStatus.FAILED, None, "The webhook was deleted", due.attempts))
                 return
             headers = {"X-Modelbay-Delivery": due.id, "X-Modelbay-Attempt": str(due.attempts + 1)}
             outcome = await post_signed(self._client, due.endpoint, due.secret, due.body, headers)
@@ -133,7 +135,7 @@ class Deliveries:
                 return
             # A refused target (see `webhook_targets`) is final: retrying would only be refused again.
             if attempts > due.max_retries or outcome.refused:
-                op = self._settle(due, "failed", outcome.status_code or None, outcome.error, attempts)
+                op = self._settle(due, DeliveryStatus.FAILED, outcome.status_code or None, outcome.error, attempts)
             else:
                 retry_at = utcnow() + timedelta(milliseconds=backoff_ms(attempts, due.max_backoff_ms))
                 op = self._retry_later(due, attempts, retry_at, outcome.status_code or None, outcome.error)
@@ -159,16 +161,16 @@ class Deliveries:
             ids = [due.id for due, _ in batch]
             # Compare-and-set on `pending`, for the whole batch: one given up meanwhile stays so.
             pending = set(conn.scalars(select(DELIVERIES.c.id).where(DELIVERIES.c.id.in_(ids),
-                                                                     DELIVERIES.c.status == "pending")))
+                                                                     DELIVERIES.c.status == DeliveryStatus.PENDING)))
             now = utcnow()
             by_code: dict[int, list[str]] = {}
             for due, code in batch:
                 if due.id in pending:
                     by_code.setdefault(code, []).append(due.id)
             for code, code_ids in by_code.items():
-                conn.execute(update(DELIVERIES).where(DELIVERIES.c.id.in_(code_ids)).values(
-                    status="delivered", attempts=DELIVERIES.c.attempts + 1, response_code=code, last_error=None,
-                    finished_at=now, body=None))
+                move(conn, DELIVERY, {"id": code_ids}, {DeliveryStatus.PENDING}, DeliveryStatus.DELIVERED,
+                     attempts=DELIVERIES.c.attempts + 1, response_code=code, last_error=None, finished_at=now,
+                     body=None)
             items = [(due.job_id, due.item_index) for due, _ in batch
                      if due.id in pending and due.job_id is not None and due.item_index is not None]
             if items:
@@ -176,15 +178,15 @@ class Deliveries:
 
         return settle
 
-    def _settle(self, due: Due, status: str, code: int | None, error: str | None,
+    def _settle(self, due: Due, status: DeliveryStatus, code: int | None, error: str | None,
                 attempts: int) -> Callable[[Connection], None]:
         def settle(conn: Connection) -> None:
-            done = conn.execute(
-                update(DELIVERIES).where(DELIVERIES.c.id == due.id, DELIVERIES.c.status == "pending")
-                .values(status=status, attempts=attempts, response_code=code, last_error=error,
-                        finished_at=utcnow())
-            )
-            if done.rowcount and due.job_id is not None and due.item_index is not None:  # type: ignore[attr-defined]
+            try:
+                move(conn, DELIVERY, due.id, DeliveryStatus.PENDING, status, attempts=attempts, response_code=code,
+                     last_error=error, finished_at=utcnow())
+            except StatusChanged:
+                return  # given up meanwhile (its job was stopped or deleted)
+            if due.job_id is not None and due.item_index is not None:
                 self.items_settled(conn, [(due.job_id, due.item_index)])
 
         return settle
@@ -194,7 +196,7 @@ class Deliveries:
                      error: str | None) -> Callable[[Connection], None]:
         def retry(conn: Connection) -> None:
             conn.execute(
-                update(DELIVERIES).where(DELIVERIES.c.id == due.id, DELIVERIES.c.status == "pending",
+                update(DELIVERIES).where(DELIVERIES.c.id == due.id, DELIVERIES.c.status == DeliveryStatus.PENDING,
                                          DELIVERIES.c.attempts == due.attempts)
                 .values(attempts=attempts, next_attempt_at=retry_at, response_code=code, last_error=error)
             )

@@ -74,3 +74,14 @@ class StatusChanged(ModelbayError):
         super().__init__(f"status of {entity_id} is no longer {expected}")
         self.entity_id = entity_id
         self.expected = expected
+
+
+class IllegalMove(ValueError):
+    """Raised for a status change its state machine does not allow: a bug in the core, never the
+    caller's input (so not a `ModelbayError`, which dialects answer as the caller's fault)."""
+
+    def __init__(self, kind: str, old: str, new: str) -> None:
+        super().__init__(f"a {kind} may not go from {old} to {new}")
+        self.kind = kind
+        self.old = old
+        self.new = new

@@ -13,6 +13,7 @@ so a waiting client always sees the counts add up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -27,11 +28,20 @@ from sqlalchemy import Connection, Table, case, delete, func, insert, select, up
 from modelbay.core.background import Background, Coalescer
 from modelbay.core.clock import as_utc, utcnow
 from modelbay.core.datasets import Datasets
-from modelbay.core.datasets import Status as DatasetStatus
 from modelbay.core.deliveries import DELIVERIES, Deliveries, new_delivery
 from modelbay.core.deployments import Deployments, Target
-from modelbay.core.errors import InvalidInput, ModelbayError, NotFound
+from modelbay.core.errors import InvalidInput, ModelbayError, NotFound, StatusChanged
 from modelbay.core.requests import Requests
+from modelbay.core.states import (
+    DELIVERY,
+    JOB,
+    JOB_ITEM,
+    DatasetStatus,
+    DeliveryStatus,
+    ItemStatus,
+    JobStatus,
+    move,
+)
 from modelbay.store.db import Database
 from modelbay.store.tables import DeploymentRow, JobLogRow, JobRow, ProjectRow, WebhookRow
 
@@ -61,28 +71,9 @@ LEVELS = ("Debug", "Info", "Warning", "Error")
 MAX_ITEM_LABEL = 300
 
 
-class Status:
-    SCHEDULED = "scheduled"
-    RUNNING = "running"
-    FINISHED = "finished"  # every item delivered or failed to deliver
-    STOPPED = "stopped"  # cancelled, or its stop time passed; what was open counts as failed
-    FAILED = "failed"  # could not run at all (its deployment went away)
+ACTIVE = (JobStatus.SCHEDULED, JobStatus.RUNNING)
 
-
-ACTIVE = (Status.SCHEDULED, Status.RUNNING)
-
-
-class ItemStatus:
-    """The outcome of an item, in its log entry; the last three are final."""
-
-    FAILED_PROCESS = "failed_process"
-    PREDICTED = "predicted"
-    FAILED_PREDICT = "failed_predict"
-    DELIVERED = "delivered"
-    FAILED_DELIVER = "failed_deliver"
-
-
-OPEN_ITEM = (ItemStatus.FAILED_PROCESS, ItemStatus.PREDICTED, ItemStatus.FAILED_PREDICT)
+OPEN_ITEM = (ItemStatus.FAILED_PROCESS, ItemStatus.PREDICTED, ItemStatus.FAILED_PREDICT)  # awaiting delivery
 
 
 @dataclass(frozen=True)
@@ -158,7 +149,7 @@ class Jobs:
         now = utcnow()
         row = JobRow(id=str(uuid.uuid4()), project_id=project.id, name=name, dataset_id=dataset.id,
                      deployment_id=deployment.id, webhook_ids=list(dict.fromkeys(webhook_ids)), start_at=start_at,
-                     stop_at=stop_at, cancelled_at=None, status=Status.SCHEDULED, message="Waiting to start",
+                     stop_at=stop_at, cancelled_at=None, status=JobStatus.SCHEDULED, message="Waiting to start",
                      reason=None, item_count=dataset.item_count, next_item=0, gathered=0, failed_gather=0,
                      preprocessed=0, failed_process=0, predicted=0, failed_predict=0, delivered=0,
                      failed_deliver=0, created_at=now, updated_at=now)
@@ -229,8 +220,8 @@ class Jobs:
         self._halt(job_id)
 
         def remove(conn: Connection) -> None:
-            conn.execute(update(DELIVERIES).where(DELIVERIES.c.job_id == job_id, DELIVERIES.c.status == "pending")
-                         .values(status="cancelled", finished_at=utcnow(), last_error="The job was deleted"))
+            move(conn, DELIVERY, {"job_id": job_id}, {DeliveryStatus.PENDING}, DeliveryStatus.CANCELLED,
+                 finished_at=utcnow(), last_error="The job was deleted")
             conn.execute(delete(LOGS).where(LOGS.c.job_id == job_id))
             conn.execute(delete(JOBS).where(JOBS.c.id == job_id))
 
@@ -249,26 +240,27 @@ class Jobs:
     async def _stop(self, job_id: str, reason: str, message: str) -> None:
         """Stop the runner and settle every open item as failed to deliver, in one transaction."""
         self._halt(job_id)
-        await self._db.committer.submit_async(self._settle_open(job_id, Status.STOPPED, reason, message))
+        await self._db.committer.submit_async(self._settle_open(job_id, JobStatus.STOPPED, reason, message))
 
     @staticmethod
-    def _settle_open(job_id: str, status: str, reason: str, message: str) -> Callable[[Connection], None]:
+    def _settle_open(job_id: str, status: JobStatus, reason: str, message: str) -> Callable[[Connection], None]:
         def settle(conn: Connection) -> None:
             job = conn.execute(select(JOBS).where(JOBS.c.id == job_id)).first()
             if job is None or job.status not in ACTIVE:
                 return  # finished, stopped or deleted meanwhile
-            conn.execute(update(DELIVERIES).where(DELIVERIES.c.job_id == job_id, DELIVERIES.c.status == "pending")
-                         .values(status="cancelled", finished_at=utcnow(), last_error=reason))
-            open_items = conn.execute(
-                update(LOGS).where(LOGS.c.job_id == job_id, LOGS.c.item_index.is_not(None),
-                                   LOGS.c.status.in_(OPEN_ITEM))
-                .values(status=ItemStatus.FAILED_DELIVER, reason=reason)
-            ).rowcount
             committed = job.failed_process + job.predicted + job.failed_predict
             never_run = max(0, job.item_count - committed)
-            conn.execute(update(JOBS).where(JOBS.c.id == job_id).values(
-                status=status, reason=reason, message=message, updated_at=utcnow(),
-                failed_deliver=JOBS.c.failed_deliver + open_items + never_run))
+            # The job first, compare-and-set: a settle that lost to another writer changes nothing.
+            if not move(conn, JOB, job_id, ACTIVE, status, reason=reason, message=message, updated_at=utcnow(),
+                        failed_deliver=JOBS.c.failed_deliver + never_run):
+                return
+            move(conn, DELIVERY, {"job_id": job_id}, {DeliveryStatus.PENDING}, DeliveryStatus.CANCELLED,
+                 finished_at=utcnow(), last_error=reason)
+            open_items = move(conn, JOB_ITEM, {"job_id": job_id}, OPEN_ITEM, ItemStatus.FAILED_DELIVER,
+                              reason=reason)
+            if open_items:
+                conn.execute(update(JOBS).where(JOBS.c.id == job_id)
+                             .values(failed_deliver=JOBS.c.failed_deliver + open_items))
 
         return settle
 
@@ -324,7 +316,7 @@ class Jobs:
                 return  # the job stays as it is; the next start resumes it
             log.exception("job %s failed", job_id)
             await self._db.committer.submit_async(
-                self._settle_open(job_id, Status.FAILED, "Error", f"The job failed: {exc}"))
+                self._settle_open(job_id, JobStatus.FAILED, "Error", f"The job failed: {exc}"))
 
     async def _run_job(self, job_id: str) -> None:
         stop = self._stops[job_id]
@@ -338,7 +330,7 @@ class Jobs:
             if job.stop_at is not None and as_utc(job.stop_at) <= now:
                 reason = "Cancelled" if job.cancelled_at else "StopTimeReached"
                 await self._db.committer.submit_async(
-                    self._settle_open(job_id, Status.STOPPED, reason, "The job's stop time was reached"))
+                    self._settle_open(job_id, JobStatus.STOPPED, reason, "The job's stop time was reached"))
                 return
             if job.start_at is None or as_utc(job.start_at) <= now:
                 break
@@ -359,10 +351,10 @@ class Jobs:
             target = self._deployments.serving_target(project, deployment.name, None)
         except ModelbayError as exc:
             await self._db.committer.submit_async(self._settle_open(
-                job_id, Status.FAILED, "DeploymentUnavailable", f"The deployment cannot serve: {exc.message}"))
+                job_id, JobStatus.FAILED, "DeploymentUnavailable", f"The deployment cannot serve: {exc.message}"))
             return
         runner = _Runner(self, job, dataset.id, target)
-        if job.status == Status.SCHEDULED:
+        if job.status == JobStatus.SCHEDULED:
             await self._db.committer.submit_async(runner.mark_running)
         self._live[job_id] = runner
         watchdog = asyncio.create_task(self._watch_stop_time(job_id, stop))
@@ -388,7 +380,7 @@ class Jobs:
             if runner is not None:
                 runner.stopping = True
             await self._db.committer.submit_async(
-                self._settle_open(job_id, Status.STOPPED, "StopTimeReached", "The job's stop time was reached"))
+                self._settle_open(job_id, JobStatus.STOPPED, "StopTimeReached", "The job's stop time was reached"))
             return
 
     # --- settling items (called in a delivery's transaction) --------------------------------
@@ -404,28 +396,31 @@ class Jobs:
                 select(DELIVERIES.c.item_index, DELIVERIES.c.status)
                 .where(DELIVERIES.c.job_id == job_id, DELIVERIES.c.item_index.in_(indexes))
             ).all()
-            open_items = {index for index, status in rows if status == "pending"}
-            failed = {index for index, status in rows if status not in ("pending", "delivered")}
+            open_items = {index for index, status in rows if status == DeliveryStatus.PENDING}
+            failed = {index for index, status in rows if status not in (DeliveryStatus.PENDING,
+                                                                          DeliveryStatus.DELIVERED)}
             done = set(indexes) - open_items
             increments = {}
             for final, group, counter in ((ItemStatus.DELIVERED, done - failed, "delivered"),
                                           (ItemStatus.FAILED_DELIVER, done & failed, "failed_deliver")):
                 if group:
-                    moved = conn.execute(update(LOGS).where(LOGS.c.job_id == job_id, LOGS.c.item_index.in_(group),
-                                                            LOGS.c.status.in_(OPEN_ITEM))
-                                         .values(status=final)).rowcount
+                    moved = move(conn, JOB_ITEM, {"job_id": job_id, "item_index": group}, OPEN_ITEM, final)
                     if moved:  # not when settled already (the job was stopped)
                         increments[counter] = moved
             if not increments:
                 continue
-            delivered = JOBS.c.delivered + increments.get("delivered", 0)
-            failed_deliver = JOBS.c.failed_deliver + increments.get("failed_deliver", 0)
-            complete = delivered + failed_deliver >= JOBS.c.item_count
-            conn.execute(update(JOBS).where(JOBS.c.id == job_id, JOBS.c.status == Status.RUNNING).values(
-                delivered=delivered, failed_deliver=failed_deliver, updated_at=utcnow(),
-                status=case((complete, Status.FINISHED), else_=JOBS.c.status),
-                message=case((complete, "Every item was delivered or failed to be"), else_=JOBS.c.message),
-            ))
+            now = utcnow()
+            counted = conn.execute(update(JOBS).where(JOBS.c.id == job_id, JOBS.c.status == JobStatus.RUNNING).values(
+                delivered=JOBS.c.delivered + increments.get("delivered", 0),
+                failed_deliver=JOBS.c.failed_deliver + increments.get("failed_deliver", 0), updated_at=now,
+            )).rowcount
+            if not counted:
+                continue
+            job = conn.execute(select(JOBS.c.delivered, JOBS.c.failed_deliver, JOBS.c.item_count)
+                               .where(JOBS.c.id == job_id)).one()
+            if job.delivered + job.failed_deliver >= job.item_count:
+                move(conn, JOB, job_id, JobStatus.RUNNING, JobStatus.FINISHED,
+                     message="Every item was delivered or failed to be", updated_at=now)
 
 
 #: An item's outcome to commit: its log entry, its deliveries and its status.
@@ -456,10 +451,11 @@ class _Runner:
         self._outbox: Coalescer[_Outcome, bool] = Coalescer(self._write)
 
     def mark_running(self, conn: Connection) -> None:
-        conn.execute(update(JOBS).where(JOBS.c.id == self._job.id, JOBS.c.status == Status.SCHEDULED)
-                     .values(status=Status.RUNNING, message="Running", updated_at=utcnow()))
+        with contextlib.suppress(StatusChanged):  # stopped meanwhile: the stop has settled it
+            move(conn, JOB, self._job.id, JobStatus.SCHEDULED, JobStatus.RUNNING, message="Running",
+                 updated_at=utcnow())
         conn.execute(insert(LOGS).values(job_id=self._job.id, item_index=None, created_ms=self._next_ms(),
-                                         kind="job_started", level="Info", item="", status=Status.RUNNING,
+                                         kind="job_started", level="Info", item="", status=JobStatus.RUNNING,
                                          time_ms=0.0, reason=""))
 
     def _next_ms(self) -> int:
@@ -563,7 +559,7 @@ class _Runner:
             values: dict[Any, Any] = {JOBS.c[name]: JOBS.c[name] + n for name, n in increments.items()}
             values[JOBS.c.next_item] = case((JOBS.c.next_item < cursor, cursor), else_=JOBS.c.next_item)
             values[JOBS.c.updated_at] = utcnow()
-            running = conn.execute(update(JOBS).where(JOBS.c.id == job_id, JOBS.c.status == Status.RUNNING)
+            running = conn.execute(update(JOBS).where(JOBS.c.id == job_id, JOBS.c.status == JobStatus.RUNNING)
                                    .values(values))
             if not running.rowcount:  # type: ignore[attr-defined]
                 return set()  # stopped meanwhile: the stop counted these items already

@@ -42,7 +42,8 @@ from modelbay.core.pipelines import Pipelines, Plan
 from modelbay.core.requests import Requests
 from modelbay.core.scheduler import PRIORITY_BATCH, PRIORITY_DIRECT
 from modelbay.core.stored_requests import StoredRequests, check_batch, chunks
-from modelbay.core.transitions import REQUESTS, Status
+from modelbay.core.states import PIPELINE_REQUEST, REQUESTS
+from modelbay.core.states import RequestStatus as Status
 from modelbay.store.db import Database, Insert
 from modelbay.store.tables import OperatorRequestRow, PipelineRequestRow, PipelineVersionRow, ProjectRow
 
@@ -84,7 +85,7 @@ class PipelineRecord:
 class PipelineRequests(StoredRequests):
     """Runs pipeline requests and answers questions about them."""
 
-    noun = "pipeline request"
+    machine = PIPELINE_REQUEST
     row_type = PipelineRequestRow
     version_row_type = PipelineVersionRow
 

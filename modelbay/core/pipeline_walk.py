@@ -31,7 +31,7 @@ from modelbay.core.pipeline_objects import PipelineObject
 from modelbay.core.pipelines import Plan
 from modelbay.core.requests import Requests
 from modelbay.core.scheduler import PRIORITY_DIRECT
-from modelbay.core.transitions import Status
+from modelbay.core.states import RequestStatus as Status
 from modelbay.store.db import Database, Insert
 from modelbay.store.tables import OperatorRequestRow, ProjectRow
 

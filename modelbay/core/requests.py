@@ -27,7 +27,8 @@ from modelbay.core.payloads import Payloads
 from modelbay.core.queue import BatchQueue, QueuedItem
 from modelbay.core.scheduler import PRIORITY_BATCH, PRIORITY_DIRECT, Scheduler
 from modelbay.core.stored_requests import StoredRequests, check_batch
-from modelbay.core.transitions import REQUESTS, Status
+from modelbay.core.states import REQUEST, REQUESTS
+from modelbay.core.states import RequestStatus as Status
 from modelbay.runtime.base import Call, CallTimedOut, InstanceLost, InstanceStartFailed
 from modelbay.store.db import Database, Insert
 from modelbay.store.tables import RequestRow, VersionRow
@@ -96,7 +97,7 @@ def check_priority(priority: Any) -> int:
 class Requests(StoredRequests):
     """Runs requests of deployment versions and answers questions about them."""
 
-    noun = "request"
+    machine = REQUEST
     row_type = RequestRow
     version_row_type = VersionRow
 

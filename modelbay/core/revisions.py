@@ -16,6 +16,7 @@ from modelbay.core.clock import utcnow
 from modelbay.core.deployments import Deployments
 from modelbay.core.errors import NotFound
 from modelbay.core.projects import Caller
+from modelbay.core.states import REVISION, VERSION, RevisionStatus, VersionStatus, move
 from modelbay.store.blobs import BlobStore
 from modelbay.store.db import Database
 from modelbay.store.tables import DeploymentRow, ProjectRow, RevisionRow, VersionRow
@@ -57,7 +58,7 @@ class Revisions:
         revision = RevisionRow(
             id=revision_id,
             version_id=version_row.id,
-            status="building",
+            status=RevisionStatus.BUILDING.value,
             archive_key=key,
             created_by="admin" if caller.is_admin else "project-token",
             created_at=now,
@@ -69,7 +70,8 @@ class Revisions:
             session.add(revision)
             row.latest_revision_id = revision_id
             row.last_file_upload = now
-            row.status = "building"
+            if row.status != VersionStatus.BUILDING:  # already building: the newest upload's build decides
+                move(session, VERSION, row.id, VersionStatus(row.status), VersionStatus.BUILDING)
             row.updated_at = now
         self._deployments.forget_targets()
         return revision, self._pool.submit(self._build, revision_id, version_row.handler)
@@ -99,7 +101,7 @@ class Revisions:
             rows = session.execute(
                 select(RevisionRow.id, VersionRow.handler)
                 .join(VersionRow, VersionRow.id == RevisionRow.version_id)
-                .where(RevisionRow.status == "building")
+                .where(RevisionRow.status == RevisionStatus.BUILDING)
             ).all()
         for revision_id, handler in rows:
             self._pool.submit(self._build, revision_id, handler)
@@ -132,20 +134,22 @@ class Revisions:
             version = session.get(VersionRow, revision.version_id)
             revision.finished_at = now
             revision.build_log = result.log
+            move(session, REVISION, revision_id, RevisionStatus.BUILDING,
+                 RevisionStatus.SUCCESS if result.ok else RevisionStatus.FAILED)
             if result.ok:
-                revision.status = "success"
                 revision.package_dir = str(result.package_dir)
                 revision.python = str(result.python)
                 revision.has_request_method = result.has_request_method
                 revision.has_requests_method = result.has_requests_method
             else:
-                revision.status = "failed"
                 revision.error_message = _tail(result.log)
             if version is not None and version.latest_revision_id == revision_id:
                 if result.ok:
                     version.active_revision_id = revision_id
                 # A failed build leaves a version that still has working code serving it.
-                version.status = "available" if version.active_revision_id else "failed"
+                status = VersionStatus.AVAILABLE if version.active_revision_id else VersionStatus.FAILED
+                if version.status != status:
+                    move(session, VERSION, version.id, VersionStatus(version.status), status)
                 version.updated_at = now
                 deployment = session.get(DeploymentRow, version.deployment_id)
                 if deployment is not None:

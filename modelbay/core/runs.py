@@ -10,7 +10,6 @@ Each attempt is one direct request, so it also shows in the version's request li
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import secrets
 from collections.abc import Iterable
@@ -19,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Table, and_, insert, or_, select, update
+from sqlalchemy import Connection, Table, and_, insert, or_, select
 
 from modelbay.core.background import Background
 from modelbay.core.hooks import Hook
@@ -30,6 +29,7 @@ from modelbay.core.fields import check_data
 from modelbay.core.journal import Journal, split_lines
 from modelbay.core.requests import Requests
 from modelbay.core.scheduler import Scheduler
+from modelbay.core.states import RUN, RunStatus, move
 from modelbay.runtime import wire
 from modelbay.runtime.base import CallTimedOut, InstanceStartFailed
 from modelbay.store.db import Database
@@ -48,46 +48,6 @@ RETRY_COUNT_MAX = 9
 
 #: Runs one page of a list holds.
 PAGE_SIZE = 20
-
-
-class RunStatus(enum.StrEnum):
-    SUBMITTED = "submitted"
-    PENDING = "pending"
-    RUNNABLE = "runnable"
-    STARTING = "starting"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-
-
-TERMINAL = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED})
-
-#: Every move a run may make. Back to `runnable`: a retry; back to `pending`: a restart of the server.
-ALLOWED: dict[RunStatus, frozenset[RunStatus]] = {
-    RunStatus.SUBMITTED: frozenset({RunStatus.PENDING, RunStatus.FAILED}),
-    RunStatus.PENDING: frozenset({RunStatus.RUNNABLE, RunStatus.FAILED}),
-    RunStatus.RUNNABLE: frozenset({RunStatus.STARTING, RunStatus.FAILED, RunStatus.PENDING}),
-    RunStatus.STARTING: frozenset({RunStatus.RUNNING, RunStatus.RUNNABLE, RunStatus.FAILED, RunStatus.PENDING}),
-    RunStatus.RUNNING: frozenset({RunStatus.SUCCEEDED, RunStatus.RUNNABLE, RunStatus.FAILED, RunStatus.PENDING}),
-    RunStatus.SUCCEEDED: frozenset(),
-    RunStatus.FAILED: frozenset(),
-}
-
-
-def transition(conn: Connection, run_id: str, old: RunStatus, new: RunStatus, **values: Any) -> None:
-    """Move a run from `old` to `new`, compare-and-set.
-
-    Raises `ValueError` for a move that is not allowed, `StatusChanged` when the run is no longer `old`.
-    """
-    if new not in ALLOWED[old]:
-        raise ValueError(f"a run may not go from {old.value} to {new.value}")
-    done = conn.execute(
-        update(RUNS)
-        .where(RUNS.c.id == run_id, RUNS.c.status == old.value)
-        .values(status=new.value, modified_at=utcnow(), **values)
-    )
-    if done.rowcount == 0:
-        raise StatusChanged(run_id, old.value)
 
 
 def check_retry_count(value: Any) -> int:
@@ -235,18 +195,18 @@ class Runs:
         with self._db.write() as session:
             rows = session.execute(
                 select(RUNS.c.id, RUNS.c.status, RUNS.c.attempts, RUNS.c.retry_count).where(
-                    RUNS.c.status.not_in([s.value for s in TERMINAL])
+                    RUNS.c.status.not_in([s.value for s in RUN.terminal])
                 )
             ).all()
             conn = session.connection()
             for run_id, status, attempts, retry_count in rows:
                 old = RunStatus(status)
                 if old in (RunStatus.STARTING, RunStatus.RUNNING) and attempts > retry_count:
-                    transition(conn, run_id, old, RunStatus.FAILED,
-                               error_message="The server stopped during the last attempt")
+                    move(conn, RUN, run_id, old, RunStatus.FAILED,
+                         error_message="The server stopped during the last attempt")
                     ended.append(run_id)
                 elif old is not RunStatus.SUBMITTED and old is not RunStatus.PENDING:
-                    transition(conn, run_id, old, RunStatus.PENDING)
+                    move(conn, RUN, run_id, old, RunStatus.PENDING)
                     resumed.append(run_id)
                 else:
                     resumed.append(run_id)
@@ -268,7 +228,7 @@ class Runs:
         rows = self._journal.rows(run_id, lines)
 
         def write(conn: Connection) -> None:
-            transition(conn, run_id, old, new, **values)
+            move(conn, RUN, run_id, old, new, **values)
             self._journal.write(conn, rows)
 
         await self._db.committer.submit_async(write)
@@ -315,7 +275,7 @@ class Runs:
         """End a run as failed from whatever status it has now (unless it has ended)."""
         with self._db.read() as session:
             current = session.scalar(select(RUNS.c.status).where(RUNS.c.id == run_id))
-        if current is None or RunStatus(current) in TERMINAL:
+        if current is None or RunStatus(current) in RUN.terminal:
             return
         try:
             await self._move(run_id, RunStatus(current), RunStatus.FAILED, [message], error_message=message)

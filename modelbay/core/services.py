@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import builtins
 import dataclasses
-import enum
 import logging
 import secrets
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from modelbay.core.background import Background
@@ -29,6 +28,7 @@ from modelbay.core.errors import InvalidInput, NotFound, Unavailable
 from modelbay.core.journal import Journal, split_lines
 from modelbay.core.requests import RequestRecord, Requests
 from modelbay.core.scheduler import Scheduler
+from modelbay.core.states import SERVICE, ServiceStatus, move
 from modelbay.runtime.base import Runtime
 from modelbay.store.db import Database
 from modelbay.store.tables import LogLineRow, ServiceRow
@@ -50,12 +50,6 @@ CALL_TIMEOUT_S = 600
 
 #: How long closing waits for service log lines still being written.
 LOG_WRITE_GRACE_S = 5.0
-
-
-class ServiceStatus(enum.StrEnum):
-    IN_PROGRESS = "in_progress"
-    READY = "ready"
-    STOPPED = "stopped"
 
 
 @dataclass(frozen=True)
@@ -116,11 +110,7 @@ class Services:
     def start(self) -> None:
         """Bring back every service that was running: ready again only once its instances are."""
         with self._db.write() as session:
-            session.execute(
-                update(ServiceRow)
-                .where(ServiceRow.status == ServiceStatus.READY.value)
-                .values(status=ServiceStatus.IN_PROGRESS.value)
-            )
+            move(session, SERVICE, {}, {ServiceStatus.READY}, ServiceStatus.IN_PROGRESS)
         self._background.every(RECONCILE_PERIOD_S, self._reconcile_pass, "reconcile", wake=self._wake)
 
     async def close(self) -> None:
@@ -187,10 +177,11 @@ class Services:
             # Over the stored settings, not the cached ones: two PATCHes naming different fields both hold.
             scaling = check_scaling(fields, Scaling(row.instance_number, row.min_instance_number,
                                                     row.max_instance_number, row.enable_autoscale))
+            if row.status == ServiceStatus.READY:
+                move(session, SERVICE, service_id, ServiceStatus.READY, ServiceStatus.IN_PROGRESS)
+                session.refresh(row, ["status"])
             for key, value in dataclasses.asdict(scaling).items():
                 setattr(row, key, value)
-            if row.status != ServiceStatus.STOPPED:
-                row.status = ServiceStatus.IN_PROGRESS.value
             row.modified_at = utcnow()
             return row
 
@@ -223,7 +214,9 @@ class Services:
                 raise InvalidInput(f"Service {service_id} is already running")
             if not running and stopped:
                 raise InvalidInput(f"Service {service_id} is not running")
-            row.status = (ServiceStatus.IN_PROGRESS if running else ServiceStatus.STOPPED).value
+            move(session, SERVICE, service_id, ServiceStatus(row.status),
+                 ServiceStatus.IN_PROGRESS if running else ServiceStatus.STOPPED)
+            session.refresh(row, ["status"])
             row.modified_at = utcnow()
             return row
 
@@ -348,13 +341,8 @@ class Services:
         (a scaling change or a stop in between would otherwise be marked ready too).
         Returns whether it was marked."""
         with self._db.write() as session:
-            done = session.execute(
-                update(ServiceRow)
-                .where(ServiceRow.id == service_id, ServiceRow.status == ServiceStatus.IN_PROGRESS.value,
-                       ServiceRow.modified_at == seen_modified_at)
-                .values(status=ServiceStatus.READY.value, modified_at=utcnow())
-            )
-            return bool(done.rowcount)
+            return bool(move(session, SERVICE, {"id": service_id, "modified_at": seen_modified_at},
+                             {ServiceStatus.IN_PROGRESS}, ServiceStatus.READY, modified_at=utcnow()))
 
     async def _write(self, write: Callable[[Session], T]) -> T:
         """Run `write` in a write transaction off the loop (waiting for SQLite's write lock would block it)."""

@@ -1,6 +1,6 @@
 """Stored requests: the lifecycle deployment requests and pipeline requests share once recorded.
 
-Both are rows of one version that move through the same statuses (`transitions.Status`), each
+Both are rows of one version that move through the same statuses (`states.RequestStatus`), each
 move a compare-and-set, so a cancel racing a completion is decided exactly once. This module
 reads and lists them, cancels and deletes them, writes their end, sweeps them past their
 retention time and settles what a stopped server left running. What runs them differs (a call on
@@ -21,7 +21,9 @@ from sqlalchemy.orm import Session
 from modelbay.core.clock import utcnow
 from modelbay.core.errors import InvalidInput, NotFound, StatusChanged
 from modelbay.core.payloads import Payloads, named_keys
-from modelbay.core.transitions import TERMINAL, Status, transition
+from modelbay.core.states import REQUEST_TERMINAL as TERMINAL
+from modelbay.core.states import Machine, move
+from modelbay.core.states import RequestStatus as Status
 from modelbay.store.db import Database
 
 #: Most requests one batch call may create, collect, cancel or delete.
@@ -127,8 +129,8 @@ def list_query(
 class StoredRequests:
     """The shared lifecycle of one kind of request row; `Requests` and `PipelineRequests` extend it."""
 
-    #: How errors and logs name one of these ("request", "pipeline request").
-    noun: ClassVar[str]
+    #: Their statuses and moves, and their table; its name is how errors name one of these.
+    machine: ClassVar[Machine]
     #: The row class of the requests and of their versions (which say how long requests are kept).
     row_type: ClassVar[Any]
     version_row_type: ClassVar[Any]
@@ -136,7 +138,8 @@ class StoredRequests:
     def __init__(self, db: Database, payloads: Payloads) -> None:
         self._db = db
         self._payloads = payloads
-        self._table: Table = self.row_type.__table__
+        self._table: Table = self.machine.table
+        self.noun = self.machine.name
 
     # --- what the kinds say ----------------------------------------------------------------
 
@@ -160,7 +163,7 @@ class StoredRequests:
     # --- status ----------------------------------------------------------------------------
 
     def _move(self, conn: Connection | Session, request_id: str, old: Status, new: Status, **values: Any) -> None:
-        transition(conn, self._table, request_id, old, new, **values)
+        move(conn, self.machine, request_id, old, new, **values)
 
     def _finish(self, request_id: str, running: Status, status: Status,
                 values: dict[str, Any]) -> Callable[[Connection], Status | None]:

@@ -18,7 +18,7 @@ from modelbay.core.payloads import INLINE_MAX_BYTES, ORPHAN_GRACE_S, Payloads
 from modelbay.core.pipeline_requests import OPERATOR_REQUESTS, PIPELINE_REQUESTS, PipelineRequests
 from modelbay.core.pipelines import Pipelines
 from modelbay.core.projects import Projects
-from modelbay.core.transitions import REQUESTS
+from modelbay.core.states import REQUESTS
 from modelbay.store.blobs import LocalBlobStore
 from modelbay.store.db import Database
 from modelbay.store.tables import RequestRow

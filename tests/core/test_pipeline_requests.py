@@ -15,7 +15,7 @@ from modelbay.core.pipeline_requests import PIPELINE_REQUESTS, PipelineRequests
 from modelbay.core.pipeline_walk import Run
 from modelbay.core.pipelines import Pipelines, Plan
 from modelbay.core.projects import Projects
-from modelbay.core.transitions import Status
+from modelbay.core.states import RequestStatus as Status
 from modelbay.store.blobs import LocalBlobStore
 from modelbay.store.db import Database, Insert
 from modelbay.store.tables import ProjectRow

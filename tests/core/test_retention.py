@@ -15,7 +15,7 @@ from modelbay.core.pipeline_requests import OPERATOR_REQUESTS, PIPELINE_REQUESTS
 from modelbay.core.pipelines import Pipelines
 from modelbay.core.projects import Projects
 from modelbay.core.requests import Requests
-from modelbay.core.transitions import REQUESTS
+from modelbay.core.states import REQUESTS
 from modelbay.store.blobs import LocalBlobStore
 from modelbay.store.db import Database
 

@@ -16,21 +16,16 @@ from modelbay.core.deployments import Deployments, Target
 from modelbay.core.errors import InvalidInput
 from modelbay.core.journal import MAX_LINE_CHARS, MAX_LINES_PER_CALL, Journal, split_lines
 from modelbay.core.projects import Caller, Projects
-from modelbay.core.runs import (
-    ALLOWED,
-    TERMINAL,
-    NewRun,
-    RunStatus,
-    call_input,
-    check_environment,
-    check_retry_count,
-)
+from modelbay.core.runs import NewRun, call_input, check_environment, check_retry_count
+from modelbay.core.states import RUN, RunStatus
 from modelbay.engine import Engine, open_database
 from modelbay.runtime import wire
 from modelbay.runtime.base import Call, CallOutcome
 from modelbay.settings import Settings
 from modelbay.store.tables import RevisionRow, RunRow, VersionRow
 from tests.core.test_scheduler import FakeRuntime
+
+ALLOWED, TERMINAL = RUN.allowed, RUN.terminal
 
 BASE = Target(
     project_id="p", project_name="p", deployment_id="d", deployment_name="d", version_id="v", version_name="1",

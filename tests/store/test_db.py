@@ -7,7 +7,8 @@ import pytest
 from sqlalchemy import func, insert, inspect, select, text
 
 from modelbay.core.errors import StatusChanged
-from modelbay.core.transitions import REQUESTS, Status, transition
+from modelbay.core.states import REQUEST, REQUESTS, move
+from modelbay.core.states import RequestStatus as Status
 from modelbay.store import db as store_db
 from modelbay.store.db import Database
 from modelbay.store.tables import RequestRow
@@ -86,13 +87,13 @@ def test_a_transition_is_decided_exactly_once(db: Database) -> None:
     with db.write() as session:
         session.add(_request("r1", "processing"))
     with db.write() as session:
-        transition(session, REQUESTS, "r1", Status.PROCESSING, Status.COMPLETED)
+        move(session, REQUEST, "r1", Status.PROCESSING, Status.COMPLETED)
     with pytest.raises(StatusChanged), db.write() as session:
-        transition(session, REQUESTS, "r1", Status.PROCESSING, Status.CANCELLED_PENDING)
+        move(session, REQUEST, "r1", Status.PROCESSING, Status.CANCELLED_PENDING)
     with db.read() as session:
         assert session.get(RequestRow, "r1").status == "completed"
 
 
 def test_a_transition_that_is_not_allowed_is_refused(db: Database) -> None:
     with pytest.raises(ValueError, match="from completed to processing"), db.write() as session:
-        transition(session, REQUESTS, "r1", Status.COMPLETED, Status.PROCESSING)
+        move(session, REQUEST, "r1", Status.COMPLETED, Status.PROCESSING)

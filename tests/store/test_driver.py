@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import insert, select
 
 from modelbay.core.clock import as_utc
-from modelbay.core.transitions import REQUESTS
+from modelbay.core.states import REQUESTS
 from modelbay.store.db import Database, Insert
 from modelbay.store.driver import driver_cursor, insert_statement
 from modelbay.store.tables import RequestRow

@@ -1,0 +1,299 @@
+"""Every status machine of the store, and `move()`: the one way a `status` column changes.
+
+A machine is data: the statuses of one kind of row (a str-Enum: its values are what the store
+holds), the moves each status may make, and the table and key columns its rows live in.
+`move()` writes compare-and-set (`… WHERE key = … AND status = old`), so a writer that lost a
+race (a cancel against a completion, a stop against a settle) learns it and changes nothing.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Dialect, Table, bindparam, update
+from sqlalchemy.orm import Session
+from sqlalchemy.sql import ClauseElement, ColumnElement
+
+from modelbay.core.clock import utcnow
+from modelbay.core.errors import IllegalMove, StatusChanged
+from modelbay.store.driver import DriverStatement, driver_cursor
+from modelbay.store.tables import (
+    DatasetRow,
+    DeliveryRow,
+    JobLogRow,
+    JobRow,
+    PipelineRequestRow,
+    RequestRow,
+    RevisionRow,
+    RunRow,
+    ServiceRow,
+    VersionRow,
+)
+
+REQUESTS: Table = RequestRow.__table__  # type: ignore[assignment]
+
+
+@dataclass(frozen=True, eq=False)
+class Machine:
+    """The statuses of one kind of row and the moves between them."""
+
+    name: str  # what its errors call a row ("a run may not go from …")
+    table: Table
+    key: tuple[str, ...]  # the columns naming one row
+    allowed: Mapping[Any, frozenset[Any]]  # every status -> the statuses it may move to
+    stamp: str | None = None  # a column every move sets to now (unless the move gives it)
+
+    @property
+    def terminal(self) -> frozenset[Any]:
+        """The statuses a row never leaves."""
+        return frozenset(status for status, moves in self.allowed.items() if not moves)
+
+
+# --- requests and pipeline requests ----------------------------------------------------------
+
+class RequestStatus(enum.StrEnum):
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED_PENDING = "cancelled_pending"
+    CANCELLED = "cancelled"
+
+
+_REQUEST_MOVES: dict[RequestStatus, frozenset[RequestStatus]] = {
+    # pending -> completed: a queued request that ran too briefly to be claimed (written once).
+    RequestStatus.PENDING: frozenset({RequestStatus.PROCESSING, RequestStatus.COMPLETED, RequestStatus.FAILED,
+                                      RequestStatus.CANCELLED}),
+    RequestStatus.PROCESSING: frozenset({RequestStatus.COMPLETED, RequestStatus.FAILED,
+                                         RequestStatus.CANCELLED_PENDING, RequestStatus.PENDING}),
+    RequestStatus.CANCELLED_PENDING: frozenset({RequestStatus.CANCELLED}),
+    RequestStatus.COMPLETED: frozenset(),
+    RequestStatus.FAILED: frozenset(),
+    RequestStatus.CANCELLED: frozenset(),
+}
+
+REQUEST = Machine("request", REQUESTS, ("id",), _REQUEST_MOVES)
+REQUEST_TERMINAL = REQUEST.terminal
+PIPELINE_REQUEST = Machine("pipeline request", PipelineRequestRow.__table__,  # type: ignore[arg-type]
+                           ("id",), _REQUEST_MOVES)
+
+
+# --- runs ------------------------------------------------------------------------------------
+
+class RunStatus(enum.StrEnum):
+    SUBMITTED = "submitted"
+    PENDING = "pending"
+    RUNNABLE = "runnable"
+    STARTING = "starting"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+#: Back to `runnable`: a retry; back to `pending`: a restart of the server.
+RUN = Machine("run", RunRow.__table__, ("id",), {  # type: ignore[arg-type]
+    RunStatus.SUBMITTED: frozenset({RunStatus.PENDING, RunStatus.FAILED}),
+    RunStatus.PENDING: frozenset({RunStatus.RUNNABLE, RunStatus.FAILED}),
+    RunStatus.RUNNABLE: frozenset({RunStatus.STARTING, RunStatus.FAILED, RunStatus.PENDING}),
+    RunStatus.STARTING: frozenset({RunStatus.RUNNING, RunStatus.RUNNABLE, RunStatus.FAILED, RunStatus.PENDING}),
+    RunStatus.RUNNING: frozenset({RunStatus.SUCCEEDED, RunStatus.RUNNABLE, RunStatus.FAILED, RunStatus.PENDING}),
+    RunStatus.SUCCEEDED: frozenset(),
+    RunStatus.FAILED: frozenset(),
+}, stamp="modified_at")
+
+
+# --- batch jobs, their items and deliveries --------------------------------------------------
+
+class JobStatus(enum.StrEnum):
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    FINISHED = "finished"  # every item delivered or failed to deliver
+    STOPPED = "stopped"  # cancelled, or its stop time passed; what was open counts as failed
+    FAILED = "failed"  # could not run at all (its deployment went away)
+
+
+JOB = Machine("job", JobRow.__table__, ("id",), {  # type: ignore[arg-type]
+    JobStatus.SCHEDULED: frozenset({JobStatus.RUNNING, JobStatus.STOPPED, JobStatus.FAILED}),
+    JobStatus.RUNNING: frozenset({JobStatus.FINISHED, JobStatus.STOPPED, JobStatus.FAILED}),
+    JobStatus.FINISHED: frozenset(),
+    JobStatus.STOPPED: frozenset(),
+    JobStatus.FAILED: frozenset(),
+})
+
+
+class ItemStatus(enum.StrEnum):
+    """The outcome of a job's item, in its log entry; the first three wait for their deliveries."""
+
+    FAILED_PROCESS = "failed_process"
+    PREDICTED = "predicted"
+    FAILED_PREDICT = "failed_predict"
+    DELIVERED = "delivered"
+    FAILED_DELIVER = "failed_deliver"
+
+
+_SETTLED = frozenset({ItemStatus.DELIVERED, ItemStatus.FAILED_DELIVER})
+JOB_ITEM = Machine("job item", JobLogRow.__table__, ("job_id", "item_index"), {  # type: ignore[arg-type]
+    ItemStatus.FAILED_PROCESS: _SETTLED,
+    ItemStatus.PREDICTED: _SETTLED,
+    ItemStatus.FAILED_PREDICT: _SETTLED,
+    ItemStatus.DELIVERED: frozenset(),
+    ItemStatus.FAILED_DELIVER: frozenset(),
+})
+
+
+class DeliveryStatus(enum.StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    CANCELLED = "cancelled"  # given up with its job
+
+
+DELIVERY = Machine("delivery", DeliveryRow.__table__, ("id",), {  # type: ignore[arg-type]
+    DeliveryStatus.PENDING: frozenset({DeliveryStatus.DELIVERED, DeliveryStatus.FAILED, DeliveryStatus.CANCELLED}),
+    DeliveryStatus.DELIVERED: frozenset(),
+    DeliveryStatus.FAILED: frozenset(),
+    DeliveryStatus.CANCELLED: frozenset(),
+})
+
+
+class DatasetStatus(enum.StrEnum):
+    WAITING = "waiting"
+    UPLOADED = "uploaded"
+    FAILED_UPLOAD = "failed_upload"
+    FAILED_PROCESSING = "failed_processing"
+
+
+#: A rejected file may be followed by another upload; an uploaded one is final.
+_UPLOAD_OUTCOMES = frozenset({DatasetStatus.UPLOADED, DatasetStatus.FAILED_UPLOAD, DatasetStatus.FAILED_PROCESSING})
+DATASET = Machine("dataset", DatasetRow.__table__, ("id",), {  # type: ignore[arg-type]
+    DatasetStatus.WAITING: _UPLOAD_OUTCOMES,
+    DatasetStatus.FAILED_UPLOAD: _UPLOAD_OUTCOMES,
+    DatasetStatus.FAILED_PROCESSING: _UPLOAD_OUTCOMES,
+    DatasetStatus.UPLOADED: frozenset(),
+})
+
+
+# --- services, versions and their revisions -------------------------------------------------
+
+class ServiceStatus(enum.StrEnum):
+    IN_PROGRESS = "in_progress"
+    READY = "ready"
+    STOPPED = "stopped"
+
+
+SERVICE = Machine("service", ServiceRow.__table__, ("id",), {  # type: ignore[arg-type]
+    ServiceStatus.IN_PROGRESS: frozenset({ServiceStatus.READY, ServiceStatus.STOPPED}),
+    # ready -> in_progress: its scaling changed, or the server restarted
+    ServiceStatus.READY: frozenset({ServiceStatus.IN_PROGRESS, ServiceStatus.STOPPED}),
+    ServiceStatus.STOPPED: frozenset({ServiceStatus.IN_PROGRESS}),
+})
+
+
+class VersionStatus(enum.StrEnum):
+    UNAVAILABLE = "unavailable"  # no code uploaded yet
+    BUILDING = "building"
+    AVAILABLE = "available"
+    FAILED = "failed"
+
+
+VERSION = Machine("version", VersionRow.__table__, ("id",), {  # type: ignore[arg-type]
+    VersionStatus.UNAVAILABLE: frozenset({VersionStatus.BUILDING}),
+    # building -> available: after a failed build too, while earlier working code still serves it
+    VersionStatus.BUILDING: frozenset({VersionStatus.AVAILABLE, VersionStatus.FAILED}),
+    VersionStatus.AVAILABLE: frozenset({VersionStatus.BUILDING}),
+    VersionStatus.FAILED: frozenset({VersionStatus.BUILDING}),
+})
+
+
+class RevisionStatus(enum.StrEnum):
+    BUILDING = "building"
+    SUCCESS = "success"
+    FAILED = "failed"
+
+
+REVISION = Machine("revision", RevisionRow.__table__, ("id",), {  # type: ignore[arg-type]
+    RevisionStatus.BUILDING: frozenset({RevisionStatus.SUCCESS, RevisionStatus.FAILED}),
+    RevisionStatus.SUCCESS: frozenset(),
+    RevisionStatus.FAILED: frozenset(),
+})
+
+
+# --- the one writer --------------------------------------------------------------------------
+
+def move(conn: Connection | Session, machine: Machine, key: Any, old: Any, new: Any, **values: Any) -> int:
+    """Move rows of `machine` from `old` to `new` compare-and-set, writing `values` with them.
+
+    `key` names one row (a value, or a tuple of one per key column), or is a dict of columns to
+    the value (or collection of values) each row must have. `old` is one status, and then a row
+    that is no longer in it raises `StatusChanged`; or a collection of statuses, and then
+    whichever rows are still in one of them move. Returns how many rows moved. Raises
+    `IllegalMove` (and writes nothing) for a move the machine does not allow.
+    """
+    single = isinstance(old, enum.Enum)
+    olds = (old,) if single else tuple(old)
+    for status in olds:
+        if new not in machine.allowed[status]:
+            raise IllegalMove(machine.name, status.value, new.value)
+    if machine.stamp is not None and machine.stamp not in values:
+        values[machine.stamp] = utcnow()
+    connection = conn.connection() if isinstance(conn, Session) else conn
+    if not single:
+        return _update(connection, machine, key, olds, new, values)
+    if type(key) is not dict and _plain(values):
+        # One row, plain values: a statement compiled once, run on the driver (the hot path).
+        params = {**values, "status": new.value, "_old": old.value}
+        if type(key) is tuple:
+            params.update(zip(_KEY_PARAMS, key, strict=False))
+        else:
+            params["_key0"] = key
+        moved = _statement(machine, frozenset(values), connection.dialect).execute(driver_cursor(connection), params)
+    else:
+        moved = _update(connection, machine, key, olds, new, values)
+    if moved == 0:
+        raise StatusChanged(str(key), old.value)
+    return moved
+
+
+def _plain(values: dict[str, Any]) -> bool:
+    """Whether every value is data (not an SQL expression such as `attempts + 1`)."""
+    for value in values.values():
+        if isinstance(value, ClauseElement):
+            return False
+    return True
+
+
+def _update(connection: Connection, machine: Machine, key: Any, olds: tuple[Any, ...], new: Any,
+            values: dict[str, Any]) -> int:
+    """The compare-and-set UPDATE built for this call: many rows, or values that are expressions."""
+    table = machine.table
+    match = key if type(key) is dict else dict(zip(machine.key, key if type(key) is tuple else (key,), strict=True))
+    where: list[ColumnElement[bool]] = [
+        table.c[name].in_(list(value)) if _is_collection(value) else table.c[name] == value
+        for name, value in match.items()
+    ]
+    where.append(table.c.status == olds[0].value if len(olds) == 1 else table.c.status.in_([s.value for s in olds]))
+    return int(connection.execute(update(table).where(*where).values(status=new.value, **values)).rowcount)
+
+
+def _is_collection(value: Any) -> bool:
+    return isinstance(value, Collection) and not isinstance(value, (str, bytes))
+
+
+_KEY_PARAMS = ("_key0", "_key1", "_key2")  # one per key column: no machine has more
+
+
+@functools.cache
+def _statement(machine: Machine, columns: frozenset[str], dialect: Dialect) -> DriverStatement:
+    """The compare-and-set UPDATE of one row writing `columns`, compiled once per dialect."""
+    table = machine.table
+    return DriverStatement(
+        update(table)
+        .where(*(table.c[name] == bindparam(param) for name, param in zip(machine.key, _KEY_PARAMS, strict=False)),
+               table.c.status == bindparam("_old"))
+        .values(status=bindparam("status"), **{name: bindparam(name) for name in sorted(columns)}),
+        dialect,
+    )
