@@ -22,7 +22,8 @@ from modelbay.core.datasets import Datasets
 from modelbay.core.deliveries import Deliveries
 from modelbay.core.deployments import Deployments, Target
 from modelbay.core.errors import NotFound, Unavailable
-from modelbay.core.jobs import ItemOutcome, Jobs, default_body
+from modelbay.core.job_items import ItemOutcome, default_body
+from modelbay.core.jobs import Jobs
 from modelbay.core.journal import Journal
 from modelbay.core.payloads import Payloads
 from modelbay.core.pipeline_requests import PipelineRequests

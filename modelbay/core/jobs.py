@@ -13,24 +13,21 @@ so a waiting client always sees the counts add up.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import orjson
-from sqlalchemy import Connection, Table, case, delete, func, insert, select, update
+from sqlalchemy import Connection, delete, select, update
 
-from modelbay.core.background import Background, Coalescer
+from modelbay.core.background import Background
 from modelbay.core.clock import as_utc, utcnow
 from modelbay.core.datasets import Datasets
-from modelbay.core.deliveries import DELIVERIES, Deliveries, new_delivery
-from modelbay.core.deployments import Deployments, Target
-from modelbay.core.errors import InvalidInput, ModelbayError, NotFound, StatusChanged
+from modelbay.core.deliveries import DELIVERIES, Deliveries
+from modelbay.core.deployments import Deployments
+from modelbay.core.errors import InvalidInput, ModelbayError, NotFound
+from modelbay.core.job_items import JOBS, LOGS, JobRunner, RenderBody, default_body
 from modelbay.core.requests import Requests
 from modelbay.core.states import (
     DELIVERY,
@@ -47,51 +44,16 @@ from modelbay.store.tables import DeploymentRow, JobLogRow, JobRow, ProjectRow, 
 
 log = logging.getLogger(__name__)
 
-JOBS: Table = JobRow.__table__  # type: ignore[assignment]
-LOGS: Table = JobLogRow.__table__  # type: ignore[assignment]
-
-#: How long one item may run on the deployment, in seconds.
-ITEM_TIMEOUT_S = 300
-
-#: Items in flight per instance the deployment may have: many, so instances take next items while
-#: earlier outcomes are committed, and one commit carries many outcomes (4 gave 175 items/s end
-#: to end on the bench, 32 ~300).
-ITEMS_IN_FLIGHT_PER_INSTANCE = 32
-
-#: Most items in flight per job, whatever the deployment allows.
-MAX_ITEMS_IN_FLIGHT = 256
-
 #: Log page size when the caller gives none; the SDK's `get_all_log_entries` stops on a shorter page.
 LOG_PAGE_DEFAULT = 1000
 LOG_PAGE_MAX = 10000
 
 LEVELS = ("Debug", "Info", "Warning", "Error")
 
-#: Most characters of an item kept in its log entry.
-MAX_ITEM_LABEL = 300
-
 
 ACTIVE = (JobStatus.SCHEDULED, JobStatus.RUNNING)
 
 OPEN_ITEM = (ItemStatus.FAILED_PROCESS, ItemStatus.PREDICTED, ItemStatus.FAILED_PREDICT)  # awaiting delivery
-
-
-@dataclass(frozen=True)
-class ItemOutcome:
-    """What one item came to, handed to the renderer of the delivered body."""
-
-    job_id: str
-    dataset_id: str
-    index: int
-    item: Any
-    status: str
-    result: Any
-    error: str | None
-
-
-def default_body(outcome: ItemOutcome) -> bytes:
-    return orjson.dumps({"job_id": outcome.job_id, "item_index": outcome.index, "item": outcome.item,
-                         "status": outcome.status, "result": outcome.result, "error": outcome.error})
 
 
 def ms(value: datetime | None) -> int | None:
@@ -102,7 +64,7 @@ class Jobs:
     """Creates jobs, runs them, stops them and reads their logs."""
 
     def __init__(self, db: Database, datasets: Datasets, deployments: Deployments, requests: Requests,
-                 deliveries: Deliveries, render_body: Callable[[ItemOutcome], bytes] = default_body) -> None:
+                 deliveries: Deliveries, render_body: RenderBody = default_body) -> None:
         self._db = db
         self._datasets = datasets
         self._deployments = deployments
@@ -110,7 +72,7 @@ class Jobs:
         self._deliveries = deliveries
         self._background = Background("jobs")  # one runner task per job
         self._stops: dict[str, asyncio.Event] = {}  # set when a job's stop time changes or it is stopped
-        self._live: dict[str, _Runner] = {}
+        self._live: dict[str, JobRunner] = {}
         self._closing = False
         #: Turns an item's outcome into the body its webhooks receive (the dialect's, given by the app).
         self.render_body = render_body
@@ -353,7 +315,7 @@ class Jobs:
             await self._db.committer.submit_async(self._settle_open(
                 job_id, JobStatus.FAILED, "DeploymentUnavailable", f"The deployment cannot serve: {exc.message}"))
             return
-        runner = _Runner(self, job, dataset.id, target)
+        runner = JobRunner(self._db, self._requests, self._deliveries, self.render_body, job, dataset.id, target)
         if job.status == JobStatus.SCHEDULED:
             await self._db.committer.submit_async(runner.mark_running)
         self._live[job_id] = runner
@@ -421,150 +383,3 @@ class Jobs:
             if job.delivered + job.failed_deliver >= job.item_count:
                 move(conn, JOB, job_id, JobStatus.RUNNING, JobStatus.FINISHED,
                      message="Every item was delivered or failed to be", updated_at=now)
-
-
-#: An item's outcome to commit: its log entry, its deliveries and its status.
-_Outcome = tuple[dict[str, Any], list[dict[str, Any]], str]
-
-#: The counters an item's outcome adds to.
-COUNTERS = {
-    ItemStatus.FAILED_PROCESS: ("gathered", "failed_process"),
-    ItemStatus.PREDICTED: ("gathered", "preprocessed", "predicted"),
-    ItemStatus.FAILED_PREDICT: ("gathered", "preprocessed", "failed_predict"),
-}
-
-
-class _Runner:
-    """Runs one job's items: a bounded window in flight, each outcome committed once."""
-
-    def __init__(self, jobs: Jobs, job: JobRow, dataset_id: str, target: Target) -> None:
-        self._jobs = jobs
-        self._db = jobs._db
-        self._job = job
-        self._dataset_id = dataset_id
-        self._target = target
-        self._cursor = job.next_item  # every item before it is committed
-        self._done_above: set[int] = set()
-        self._last_ms = 0
-        self.stopping = False
-        # Outcomes that finish while a commit is under way go together in the next one.
-        self._outbox: Coalescer[_Outcome, bool] = Coalescer(self._write)
-
-    def mark_running(self, conn: Connection) -> None:
-        with contextlib.suppress(StatusChanged):  # stopped meanwhile: the stop has settled it
-            move(conn, JOB, self._job.id, JobStatus.SCHEDULED, JobStatus.RUNNING, message="Running",
-                 updated_at=utcnow())
-        conn.execute(insert(LOGS).values(job_id=self._job.id, item_index=None, created_ms=self._next_ms(),
-                                         kind="job_started", level="Info", item="", status=JobStatus.RUNNING,
-                                         time_ms=0.0, reason=""))
-
-    def _next_ms(self) -> int:
-        """A log time unique within the job, so paging by time never splits one millisecond."""
-        self._last_ms = max(int(time.time() * 1000), self._last_ms + 1)
-        return self._last_ms
-
-    async def run(self, items: Any) -> None:
-        job = self._job
-        with self._db.read() as session:
-            # Committed out of order above the cursor before a restart: skip them.
-            committed = set(session.scalars(select(JobLogRow.item_index).where(
-                JobLogRow.job_id == job.id, JobLogRow.item_index >= self._cursor)))
-            self._last_ms = session.scalar(select(func.max(JobLogRow.created_ms))
-                                           .where(JobLogRow.job_id == job.id)) or 0
-        window = asyncio.Semaphore(
-            max(1, min(self._target.maximum_instances * ITEMS_IN_FLIGHT_PER_INSTANCE, MAX_ITEMS_IN_FLIGHT)))
-        in_flight: set[asyncio.Task[None]] = set()
-        try:
-            for index, line in items:
-                if self.stopping:
-                    break
-                if index in committed:
-                    self._mark_done(index)
-                    continue
-                await window.acquire()
-                if self.stopping:
-                    window.release()
-                    break
-                task = asyncio.create_task(self._item(index, line))
-                in_flight.add(task)
-                task.add_done_callback(lambda t: (in_flight.discard(t), window.release()))
-            await asyncio.gather(*in_flight)
-        finally:
-            for task in in_flight:
-                task.cancel()
-
-    def _mark_done(self, index: int) -> None:
-        self._done_above.add(index)
-        while self._cursor in self._done_above:
-            self._done_above.discard(self._cursor)
-            self._cursor += 1
-
-    async def _item(self, index: int, line: bytes) -> None:
-        job, target = self._job, self._target
-        started = time.monotonic()
-        data: Any = orjson.loads(line)
-        result, error = None, None
-        try:
-            record = await self._jobs._requests.direct(
-                target, data, timeout=ITEM_TIMEOUT_S, origin={"created_by": f"batch job {job.id}"})
-        except InvalidInput as exc:
-            status, error = ItemStatus.FAILED_PROCESS, exc.message
-        except ModelbayError as exc:
-            status, error = ItemStatus.FAILED_PREDICT, exc.message
-        else:
-            if record.status == "completed":
-                status, result = ItemStatus.PREDICTED, record.result
-            else:
-                status, error = ItemStatus.FAILED_PREDICT, record.error_message or f"The request {record.status}"
-        elapsed_ms = (time.monotonic() - started) * 1000
-        body = self._jobs.render_body(ItemOutcome(job.id, self._dataset_id, index, data, status, result, error))
-        label = data.get("url") if isinstance(data, dict) and isinstance(data.get("url"), str) else line.decode()
-        entry = {"job_id": job.id, "item_index": index, "created_ms": self._next_ms(), "kind": "item",
-                 "level": "Info" if status == ItemStatus.PREDICTED else "Error", "item": label[:MAX_ITEM_LABEL],
-                 "status": status, "time_ms": round(elapsed_ms, 3), "reason": error or ""}
-        deliveries = [new_delivery(webhook_id, body, job_id=job.id, item_index=index)
-                      for webhook_id in job.webhook_ids]
-        if await self._record(entry, deliveries, status):
-            self._jobs._deliveries.wake()
-        self._mark_done(index)
-
-    async def _record(self, entry: dict[str, Any], deliveries: list[dict[str, Any]], status: str) -> bool:
-        """Commit an item's outcome; True once committed, False when the job stopped first.
-
-        Outcomes that finish while a commit is under way go together in the next one: one
-        transaction of a few statements for many items, not a few statements for each.
-        """
-        return await self._outbox.add((entry, deliveries, status))
-
-    async def _write(self, batch: list[_Outcome]) -> list[bool]:
-        committed = await self._db.committer.submit_async(self._commit(batch, self._cursor))
-        return [entry["item_index"] in committed for entry, _, _ in batch]
-
-    def _commit(self, batch: list[_Outcome], cursor: int) -> Callable[[Connection], set[int]]:
-        """The write of a batch of item outcomes: the item indexes it committed."""
-        job_id = self._job.id
-
-        def commit(conn: Connection) -> set[int]:
-            indexes = [entry["item_index"] for entry, *_ in batch]
-            # Committed before (a resumed runner): never twice. The unique (job, item) backs this.
-            seen = set(conn.scalars(select(LOGS.c.item_index).where(LOGS.c.job_id == job_id,
-                                                                   LOGS.c.item_index.in_(indexes))))
-            fresh = [outcome for outcome in batch if outcome[0]["item_index"] not in seen]
-            if not fresh:
-                return set()
-            increments: dict[str, int] = {}
-            for _, _, status in fresh:
-                for name in COUNTERS[status]:
-                    increments[name] = increments.get(name, 0) + 1
-            values: dict[Any, Any] = {JOBS.c[name]: JOBS.c[name] + n for name, n in increments.items()}
-            values[JOBS.c.next_item] = case((JOBS.c.next_item < cursor, cursor), else_=JOBS.c.next_item)
-            values[JOBS.c.updated_at] = utcnow()
-            running = conn.execute(update(JOBS).where(JOBS.c.id == job_id, JOBS.c.status == JobStatus.RUNNING)
-                                   .values(values))
-            if not running.rowcount:  # type: ignore[attr-defined]
-                return set()  # stopped meanwhile: the stop counted these items already
-            conn.execute(insert(LOGS), [entry for entry, _, _ in fresh])
-            conn.execute(insert(DELIVERIES), [d for _, deliveries, _ in fresh for d in deliveries])
-            return {entry["item_index"] for entry, _, _ in fresh}
-
-        return commit

@@ -12,7 +12,7 @@ from fastapi.responses import Response
 
 from modelbay.core.decimals import is_decimal
 from modelbay.core.errors import InvalidInput
-from modelbay.core.jobs import ItemOutcome
+from modelbay.core.job_items import ItemOutcome
 from modelbay.core.states import ItemStatus, JobStatus
 from modelbay.dialects.datature import ids, schemas
 from modelbay.dialects.datature.deps import EngineDep, JsonObject, ProjectDep
