@@ -355,20 +355,27 @@ class Jobs:
             by_job.setdefault(job_id, []).append(index)
         for job_id, indexes in by_job.items():
             rows = conn.execute(
-                select(DELIVERIES.c.item_index, DELIVERIES.c.status)
+                select(DELIVERIES.c.item_index, DELIVERIES.c.status, DELIVERIES.c.attempts, DELIVERIES.c.last_error)
                 .where(DELIVERIES.c.job_id == job_id, DELIVERIES.c.item_index.in_(indexes))
             ).all()
-            open_items = {index for index, status in rows if status == DeliveryStatus.PENDING}
-            failed = {index for index, status in rows if status not in (DeliveryStatus.PENDING,
-                                                                          DeliveryStatus.DELIVERED)}
+            open_items = {row.item_index for row in rows if row.status == DeliveryStatus.PENDING}
+            failures: dict[int, list[str]] = {}  # item -> why each of its failed deliveries failed
+            for row in rows:
+                if row.status not in (DeliveryStatus.PENDING, DeliveryStatus.DELIVERED):
+                    failures.setdefault(row.item_index, []).append(_delivery_failure(row.attempts, row.last_error))
             done = set(indexes) - open_items
             increments = {}
-            for final, group, counter in ((ItemStatus.DELIVERED, done - failed, "delivered"),
-                                          (ItemStatus.FAILED_DELIVER, done & failed, "failed_deliver")):
-                if group:
-                    moved = move(conn, JOB_ITEM, {"job_id": job_id, "item_index": group}, OPEN_ITEM, final)
-                    if moved:  # not when settled already (the job was stopped)
-                        increments[counter] = moved
+            delivered = done - failures.keys()
+            if delivered:
+                moved = move(conn, JOB_ITEM, {"job_id": job_id, "item_index": delivered}, OPEN_ITEM,
+                             ItemStatus.DELIVERED)
+                if moved:  # not when settled already (the job was stopped)
+                    increments["delivered"] = moved
+            failed = sorted(done & failures.keys())
+            if failed:
+                moved = self._fail_delivery(conn, job_id, {index: failures[index] for index in failed})
+                if moved:
+                    increments["failed_deliver"] = moved
             if not increments:
                 continue
             now = utcnow()
@@ -383,3 +390,22 @@ class Jobs:
             if job.delivered + job.failed_deliver >= job.item_count:
                 move(conn, JOB, job_id, JobStatus.RUNNING, JobStatus.FINISHED,
                      message="Every item was delivered or failed to be", updated_at=now)
+
+    @staticmethod
+    def _fail_delivery(conn: Connection, job_id: str, failures: dict[int, list[str]]) -> int:
+        """Settle these items as failed to deliver, each with the reasons after what its log said
+        (a failed prediction's error stays first); returns how many were still open."""
+        said = dict(conn.execute(select(LOGS.c.item_index, LOGS.c.reason).where(
+            LOGS.c.job_id == job_id, LOGS.c.item_index.in_(list(failures)))).all())
+        moved = 0
+        for index, reasons in failures.items():
+            reason = "; ".join(filter(None, [said.get(index), *reasons]))
+            moved += move(conn, JOB_ITEM, {"job_id": job_id, "item_index": [index]}, OPEN_ITEM,
+                          ItemStatus.FAILED_DELIVER, reason=reason)
+        return moved
+
+
+def _delivery_failure(attempts: int, error: str | None) -> str:
+    """Why a delivery failed, as a job's log tells it."""
+    tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
+    return f"Delivery failed after {tries}: {error or 'no answer'}"

@@ -88,6 +88,21 @@ def test_failed_predictions_and_deliveries_still_count_so_waiting_ends(
     assert all(e.level == "Error" and e.reason for e in item_entries)
 
 
+def test_a_failed_delivery_says_why_in_the_job_log(
+    nexus: Any, deploy: Callable[..., str], receiver: Receiver, tmp_path: Path
+) -> None:
+    deployment_id = deploy("echo")
+    dataset_id = make_dataset(nexus, tmp_path / "items.ndjson", [{"x": 1}, {"x": 2}])
+    receiver.fail_always = True
+    webhook_id = nexus.batch.webhooks.create("down", webhook_spec(receiver, max_retries=1, max_backoff_ms=50)).id
+    job_id = nexus.batch.jobs.create("undelivered", {"dataset_id": dataset_id, "webhook_id": webhook_id,
+                                                     "deployment_id": deployment_id}).id
+    done = nexus.batch.jobs.wait_until_done(job_id, interval=1)
+    assert items_of(done)["predicted"] == 2 and items_of(done)["failed_deliver"] == 2
+    item_entries = [e for e in nexus.batch.jobs.get_all_log_entries(job_id) if e.kind == "ItemPredicted"]
+    assert [e.reason for e in item_entries] == ["Delivery failed after 2 attempts: The endpoint answered 500"] * 2
+
+
 def test_a_cancelled_job_settles_every_item(
     nexus: Any, deploy: Callable[..., str], receiver: Receiver, tmp_path: Path
 ) -> None:
