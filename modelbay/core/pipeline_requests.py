@@ -24,7 +24,7 @@ from sqlalchemy import Connection, Table, delete, select
 from modelbay.core.background import Background
 from modelbay.core.clock import utcnow
 from modelbay.core.deployments import Deployments
-from modelbay.core.errors import ModelbayError, NotFound, StatusChanged
+from modelbay.core.errors import InvalidInput, ModelbayError, NotFound, StatusChanged
 from modelbay.core.fields import check_data
 from modelbay.core.payloads import Payloads, named_keys
 from modelbay.core.pipeline_objects import PipelineObject
@@ -41,7 +41,7 @@ from modelbay.core.pipeline_walk import (
 from modelbay.core.pipelines import Pipelines, Plan
 from modelbay.core.requests import Requests
 from modelbay.core.scheduler import PRIORITY_BATCH, PRIORITY_DIRECT
-from modelbay.core.stored_requests import StoredRequests, check_batch, chunks
+from modelbay.core.stored_requests import MAX_BATCH, StoredRequests, check_batch, chunks
 from modelbay.core.states import PIPELINE_REQUEST, REQUESTS
 from modelbay.core.states import RequestStatus as Status
 from modelbay.store.db import Database, Insert
@@ -82,6 +82,27 @@ class PipelineRecord:
     created_at: datetime
 
 
+def check_input(plan: Plan, data: Any) -> bool:
+    """Check a direct request's input; returns whether it is a list of inputs, each walked through the
+    pipeline (the result is then the list of their results, as a deployment's `requests()` gives).
+
+    Raises `InvalidInput` naming the field, or the item of the list.
+    """
+    if not isinstance(data, list):
+        check_data(plan.io.input_type, plan.io.input_fields, data)
+        return False
+    if not data:
+        raise InvalidInput("The input list is empty")
+    if len(data) > MAX_BATCH:
+        raise InvalidInput(f"At most {MAX_BATCH} inputs are allowed in one request, not {len(data)}")
+    for index, item in enumerate(data):
+        try:
+            check_data(plan.io.input_type, plan.io.input_fields, item)
+        except InvalidInput as exc:
+            raise InvalidInput(f"Input {index} of the list: {exc.message}") from None
+    return True
+
+
 class PipelineRequests(StoredRequests):
     """Runs pipeline requests and answers questions about them."""
 
@@ -107,15 +128,16 @@ class PipelineRequests(StoredRequests):
 
         `on_update` receives the partials its deployment steps stream. Raises `InvalidInput`
         (nothing recorded) when `data` does not match the pipeline's input or the version is incomplete.
+        A list of inputs is walked item by item (see `check_input`).
         """
         plan.check_runnable()
-        check_data(plan.io.input_type, plan.io.input_fields, data)
+        as_list = check_input(plan, data)
         row = await self._new_row(plan, "direct", timeout, data, origin, Status.PROCESSING)
         # Not awaited: nobody has an answer before the run's last write, which follows it in
         # the committer's order; a crash before then leaves nothing accepted.
         self._db.committer.submit(Insert(PIPELINE_REQUESTS, [row])).add_done_callback(_log_failure)
         return await self._run(project, plan, row["id"], data, timeout, Status.PROCESSING, row["created_at"],
-                               on_update=on_update)
+                               on_update=on_update, as_list=as_list)
 
     async def create_batch(self, project: ProjectRow, plan: Plan, items: list[Any], *, timeout: int,
                            origin: dict[str, str]) -> list[PipelineRecord]:
@@ -183,12 +205,12 @@ class PipelineRequests(StoredRequests):
     async def _run(self, project: ProjectRow, plan: Plan, request_id: str, data: Any, timeout: int,
                    running: Status, created_at: datetime, parent: Run | None = None,
                    on_update: Callable[[str], None] | None = None,
-                   priority: int = PRIORITY_DIRECT) -> PipelineRecord:
+                   priority: int = PRIORITY_DIRECT, as_list: bool = False) -> PipelineRecord:
         """Walk the DAG for a recorded request and record how it ended."""
         loop = asyncio.get_running_loop()
         run = Run(request_id, project, plan, timeout, loop.time() + timeout,
                   on_update=on_update or (parent.on_update if parent else None),
-                  priority=parent.priority if parent else priority)
+                  priority=parent.priority if parent else priority, as_list=as_list)
         self._runs[request_id] = run
         if parent is not None:
             parent.children[request_id] = run

@@ -76,6 +76,7 @@ class Run:
     stopping: bool = False
     cancelled: bool = False
     on_update: Callable[[str], None] | None = None  # where streamed partials of its steps go
+    as_list: bool = False  # its input is a list of items, each walked, and its result their list
     priority: int = PRIORITY_DIRECT  # of its deployment steps: a batch request's wait as batch work
     recorded: asyncio.Event = field(default_factory=asyncio.Event)  # set once its end is written
 
@@ -132,7 +133,7 @@ class Walker:
         loop = asyncio.get_running_loop()
         done: dict[str, asyncio.Future[list[Any]]] = {name: loop.create_future() for name in plan.order}
         done[START] = loop.create_future()
-        done[START].set_result([data])
+        done[START].set_result(list(data) if run.as_list else [data])
 
         async def gather_inputs(destination: str, io_type: str) -> list[Any]:
             sources = plan.sources.get(destination, ())
@@ -167,6 +168,8 @@ class Walker:
                 if future.done() and not future.cancelled():
                     future.exception()
         items = end_task.result()
+        if run.as_list:
+            return items
         if not items:
             return None
         return items[0] if len(items) == 1 else items

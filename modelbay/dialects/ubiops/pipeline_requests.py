@@ -9,13 +9,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from modelbay.core.errors import ModelbayError
-from modelbay.core.fields import check_data
 from modelbay.core.pipeline_requests import (
     BATCH_TIMEOUT_DEFAULT_S,
     BATCH_TIMEOUT_MAX_S,
     DIRECT_TIMEOUT_DEFAULT_S,
     DIRECT_TIMEOUT_MAX_S,
     PipelineRecord,
+    check_input,
 )
 from modelbay.core.stored_requests import check_timeout
 from modelbay.dialects.common.errors import status_of
@@ -88,7 +88,7 @@ async def stream(request: Request) -> Response:
         plan = named.version
         timeout = _timeout(request, DIRECT_TIMEOUT_DEFAULT_S, DIRECT_TIMEOUT_MAX_S)
         data = await request_data(request, named.input_type, named.engine.settings.max_request_bytes)
-        check_data(plan.io.input_type, plan.io.input_fields, data)
+        check_input(plan, data)
     except ModelbayError as exc:
         return streaming.error_response(status_of(exc), exc.message)
     partials = streaming.Partials()

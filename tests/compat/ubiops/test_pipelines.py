@@ -127,6 +127,22 @@ def test_a_chain_of_two_deployments_answers_with_what_reaches_the_end(env: tuple
     assert first.result == {"x": 10} and first.origin["pipeline_request_id"] == response.id
 
 
+def test_a_list_of_inputs_walks_each_and_answers_the_list_of_results(env: tuple[ubiops.CoreApi, str]) -> None:
+    # what `ubiops pipelines requests create NAME --data '{"x": 5}'` sends: always a list
+    api, project = env
+    name = make_pipeline(api, project, CHAIN_OBJECTS, CHAIN_ATTACHMENTS)
+
+    response = api.pipeline_requests_create(project, name, [{"x": 5}, {"x": 1}])
+    single = api.pipeline_requests_create(project, name, [{"x": 5}])
+
+    assert (response.status, response.result) == ("completed", [{"y": 11}, {"y": 3}]), response.error_message
+    assert [s.pipeline_object for s in response.deployment_requests] == ["first", "first", "second", "second"]
+    assert (single.status, single.result) == ("completed", [{"y": 11}])
+    with pytest.raises(ubiops.ApiException) as error:
+        api.pipeline_requests_create(project, name, [{"x": 1}, {"x": "two"}])
+    assert error.value.status == 400 and "Input 1 of the list" in error.value.body
+
+
 def test_pipelines_list_and_get_show_fields_and_the_default_version(env: tuple[ubiops.CoreApi, str]) -> None:
     api, project = env
     name = make_pipeline(api, project, CHAIN_OBJECTS, CHAIN_ATTACHMENTS)
