@@ -35,6 +35,14 @@ async def service_status() -> Response:
     return schemas.respond({"status": "ok"})
 
 
+@router.get("/user")
+def user_get(engine: EngineDep, caller: CallerDep) -> Response:
+    """Who the token is (the CLI's `signin` and `status` show its email): a project's token is that
+    project's user; the admin token is the admin."""
+    projects = [] if caller.is_admin else engine.projects.list(caller)
+    return schemas.respond(schemas.user(projects[0] if projects else None))
+
+
 @router.get("/projects")
 def projects_list(engine: EngineDep, caller: CallerDep) -> Response:
     return schemas.respond([schemas.project(row) for row in engine.projects.list(caller)])

@@ -41,6 +41,19 @@ def project(row: ProjectRow) -> dict[str, Any]:
     }
 
 
+def user(project: ProjectRow | None) -> dict[str, Any]:
+    """The user a token stands for: a project's (named after it) or the admin (`project` None)."""
+    name = project.name if project is not None else "admin"
+    return {
+        "id": project.id if project is not None else "admin",
+        "email": f"{name}@modelbay.local",
+        "name": name,
+        "surname": ORGANIZATION_NAME,
+        "registration_date": iso(project.created_at) if project is not None else None,
+        "authentication": "token",
+    }
+
+
 def deployment(row: DeploymentRow, project_name: str, default_version: str | None = None) -> dict[str, Any]:
     return {
         "id": row.id,

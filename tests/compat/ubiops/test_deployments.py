@@ -42,6 +42,16 @@ def test_the_admin_token_creates_projects(server: Server, project: dict[str, str
         assert name in [p.name for p in api.projects_list()]
 
 
+def test_user_get_names_the_tokens_project_or_the_admin(api: ubiops.CoreApi, project: dict[str, str],
+                                                       server: Server) -> None:
+    # `ubiops signin` and `ubiops status` show this user's email
+    user = api.user_get()
+    assert (user.email, user.name, user.authentication) == (f"{project['name']}@modelbay.local", project["name"],
+                                                           "token")
+    with sdk_client(server, server.admin_token) as admin_client:
+        assert ubiops.CoreApi(admin_client).user_get().email == "admin@modelbay.local"
+
+
 def test_a_project_token_may_not_create_projects(api: ubiops.CoreApi) -> None:
     with pytest.raises(ubiops.ApiException) as denied:
         api.projects_create(ubiops.ProjectCreate(name="sneaky", organization_name="modelbay"))
