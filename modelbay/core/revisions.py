@@ -84,6 +84,10 @@ class Revisions:
             raise NotFound("revision", revision_id)
         return row
 
+    def archive(self, project: ProjectRow, deployment_name: str, version: str, revision_id: str) -> Path:
+        """The code archive a revision was made from, as uploaded; raises `NotFound` as `get` does."""
+        return self._blobs.path(self.get(project, deployment_name, version, revision_id).archive_key)
+
     def list(self, project: ProjectRow, deployment_name: str, version: str) -> list[RevisionRow]:
         version_row = self._deployments.get_version(project, deployment_name, version)
         with self._db.read() as session:

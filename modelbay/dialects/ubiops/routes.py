@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import zipfile
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import Response
+from fastapi.responses import FileResponse, Response
 
 from modelbay.core import environments
 from modelbay.core.errors import Forbidden, InvalidInput, NotFound
@@ -237,6 +238,17 @@ async def revisions_file_upload(
 def revisions_list(engine: EngineDep, project: ProjectDep, deployment_name: str, version: str) -> Response:
     rows = engine.revisions.list(project, deployment_name, version)
     return schemas.respond([schemas.revision(row, version) for row in rows])
+
+
+@router.get(REVISIONS + "/{revision_id}/download")
+def revisions_file_download(
+    engine: EngineDep, project: ProjectDep, deployment_name: str, version: str, revision_id: str
+) -> Response:
+    """The archive as uploaded (`ubiops deployments download`, `ubiops revisions download`)."""
+    path = engine.revisions.archive(project, deployment_name, version, revision_id)
+    suffix = "zip" if zipfile.is_zipfile(path) else "tar.gz"
+    return FileResponse(path, media_type="application/octet-stream",
+                        filename=f"{deployment_name}-{version}-{revision_id}.{suffix}")
 
 
 @router.get(REVISIONS + "/{revision_id}")

@@ -155,6 +155,26 @@ def test_an_uploaded_package_builds_and_the_sdk_wait_returns_at_its_first_poll(
     assert [r.id for r in api.revisions_list(p, "dep", "v1")] == [upload.revision]
 
 
+def test_a_revisions_archive_downloads_as_uploaded(
+    api: ubiops.CoreApi, client: ubiops.ApiClient, project: dict[str, str], tmp_path: Path
+) -> None:
+    p = project["name"]
+    api.deployments_create(p, ubiops.DeploymentCreate(name="dep", input_type="plain", output_type="plain"))
+    api.deployment_versions_create(p, "dep", ubiops.DeploymentVersionCreate(version="v1"))
+    archive = ubiops.utils.zip_dir(str(make_package_dir(tmp_path, NOOP)), str(tmp_path / "pkg.zip"))
+    revision = api.revisions_file_upload(p, "dep", "v1", file=archive).revision
+
+    # preloaded, the SDK saves the file under the name the answer gives
+    downloaded = api.revisions_file_download(p, "dep", revision, "v1", _preload_content=True,
+                                             _progress_bar=False)
+
+    assert Path(downloaded).name == f"dep-v1-{revision}.zip"
+    assert Path(downloaded).read_bytes() == Path(archive).read_bytes()
+    with pytest.raises(ubiops.ApiException) as missing:
+        api.revisions_file_download(p, "dep", "00000000-0000-0000-0000-000000000000", "v1", _progress_bar=False)
+    assert missing.value.status == 404
+
+
 def test_a_package_that_fails_to_import_fails_its_revision_with_the_reason(
     api: ubiops.CoreApi, client: ubiops.ApiClient, project: dict[str, str], tmp_path: Path
 ) -> None:
