@@ -14,8 +14,8 @@ from modelbay.store.tables import RequestRow
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Database:
-    database = Database(f"sqlite:///{tmp_path / 'test.db'}")
+def db(database_url: str) -> Database:
+    database = Database(database_url)
     database.migrate()
     yield database
     database.close()
@@ -65,9 +65,13 @@ def test_a_lingering_write_is_committed_at_once_when_the_committer_is_flushed(
         assert session.get(RequestRow, "late") is not None
 
 
-def test_migrations_create_every_table_in_wal_mode(db: Database) -> None:
+def test_migrations_create_every_table(db: Database) -> None:
     names = set(inspect(db.engine).get_table_names())
     assert {"projects", "deployments", "versions", "revisions", "requests", "alembic_version"} <= names
+
+
+@pytest.mark.sqlite_only("WAL is SQLite's journal mode")
+def test_sqlite_runs_in_wal_mode(db: Database) -> None:
     with db.engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
 
