@@ -14,12 +14,12 @@ _names = itertools.count()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """On PostgreSQL, tests about SQLite itself (marked `sqlite_only`) are skipped, with their reason."""
-    if not databases.ON_POSTGRESQL:
-        return
+    """Tests about one database (marked `sqlite_only` or `postgresql_only`) are skipped on the
+    other, with their reason."""
+    other = "sqlite_only" if databases.ON_POSTGRESQL else "postgresql_only"
     for item in items:
-        if (marker := item.get_closest_marker("sqlite_only")) is not None:
-            item.add_marker(pytest.mark.skip(reason=f"SQLite only: {marker.args[0]}"))
+        if (marker := item.get_closest_marker(other)) is not None:
+            item.add_marker(pytest.mark.skip(reason=f"{other.replace('_', ' ')}: {marker.args[0]}"))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,4 +1,6 @@
 import asyncio
+import subprocess
+import sys
 from concurrent.futures import wait
 from datetime import UTC, datetime
 from pathlib import Path
@@ -100,3 +102,19 @@ def test_a_transition_is_decided_exactly_once(db: Database) -> None:
 def test_a_transition_that_is_not_allowed_is_refused(db: Database) -> None:
     with pytest.raises(ValueError, match="from completed to processing"), db.write() as session:
         transition(session, REQUESTS, "r1", Status.COMPLETED, Status.PROCESSING)
+
+
+@pytest.mark.postgresql_only("on SQLite the data dir's lock lets one server at a time open the store")
+def test_servers_migrating_one_empty_database_at_once_all_succeed(database_url: str) -> None:
+    migrate = "import sys; from modelbay.store.db import Database; Database(sys.argv[1]).migrate()"
+    processes = [
+        subprocess.Popen([sys.executable, "-c", migrate, database_url], stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    outcomes = [(process.wait(timeout=120), process.stderr.read()) for process in processes]  # type: ignore[union-attr]
+    assert [code for code, _ in outcomes] == [0, 0, 0], outcomes
+    database = Database(database_url)
+    try:
+        assert "requests" in inspect(database.engine).get_table_names()
+    finally:
+        database.close()
