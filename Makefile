@@ -41,8 +41,13 @@ install-test: test-system-packages $(BIN)/.installed-test
 run: install
 	$(BIN)/modelbay serve $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
+# The whole suite on SQLite, then on PostgreSQL (tests/fixtures/postgres.py); both run even when
+# the first fails, and either failing fails `make test`.
 test: install-test
-	$(BIN)/python -m pytest -n 2 -q
+	@status=0; \
+	echo "== the suite on SQLite"; $(BIN)/python -m pytest -n 2 -q || status=1; \
+	echo "== the suite on PostgreSQL"; MODELBAY_TEST_DATABASE=postgresql $(BIN)/python -m pytest -n 2 -q || status=1; \
+	exit $$status
 
 bench: install-test
 	@command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)

@@ -115,6 +115,8 @@ def serve(
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     console.print(f"modelbay serving on [bold]{address}[/bold]")
     console.print(f"data directory: {settings.data_dir.resolve()}")
+    if settings.database_url:
+        console.print(f"database: {_safe_url(settings.sqlalchemy_url)}")
     if is_new:
         console.print(f"admin token (shown once, kept in the data directory): [bold]{token}[/bold]")
     else:

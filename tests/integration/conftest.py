@@ -177,7 +177,7 @@ class Row(tuple[Any, ...]):
 
 def query(data_dir: Path, sql: str, *params: Any) -> list[Any]:
     """Rows of the store of `data_dir` (SQL with `?` placeholders), as an operator reads them:
-    JSON columns as text, whichever database the store is."""
+    JSON and time columns as text, whichever database the store is."""
     url = database_url_for(data_dir)
     if url is None:
         with read_only_db(data_dir) as conn:
@@ -191,9 +191,31 @@ def query(data_dir: Path, sql: str, *params: Any) -> list[Any]:
 
     libpq_url = url.replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(libpq_url, autocommit=True, row_factory=rows) as conn:
-        for type_name in ("json", "jsonb"):
+        for type_name in ("json", "jsonb", "timestamptz", "timestamp"):  # as text, as SQLite keeps them
             conn.adapters.register_loader(type_name, TextLoader)
         return list(conn.execute(sql.replace("%", "%%").replace("?", "%s"), params))
+
+
+@contextlib.contextmanager
+def writes_stalled(data_dir: Path) -> Iterator[None]:
+    """The store of `data_dir` takes no write while the block runs (reads go on), as when a
+    committer is starved: another connection holds SQLite's write lock, or locks PostgreSQL's tables."""
+    url = database_url_for(data_dir)
+    if url is None:
+        blocker = sqlite3.connect(data_dir / "modelbay.db", isolation_level=None, timeout=10)
+        try:
+            blocker.execute("BEGIN IMMEDIATE")
+            yield
+        finally:
+            blocker.close()
+        return
+    import psycopg
+
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as conn:
+        tables = [name for (name,) in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+        conn.execute(f"LOCK TABLE {', '.join(tables)} IN EXCLUSIVE MODE")  # what a write takes waits; reads do not
+        yield
+        conn.rollback()
 
 
 # --- processes -----------------------------------------------------------------------------

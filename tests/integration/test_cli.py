@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.fixtures.server import Server, modelbay
 from tests.integration.conftest import query, unique
@@ -87,6 +88,7 @@ def test_an_invalid_project_name_is_refused_with_a_message(tmp_path: Path) -> No
     assert query(data_dir, "SELECT count(*) FROM projects")[0][0] == 0
 
 
+@pytest.mark.sqlite_only("the store is a file in the data dir only on SQLite")
 def test_project_create_refuses_a_data_dir_without_a_database_unless_told_to_init(tmp_path: Path) -> None:
     data_dir = tmp_path / "mistyped"
 
@@ -173,6 +175,10 @@ def test_project_list_shows_every_project_with_its_ids_and_no_token(tmp_path: Pa
     ]
     assert all(c["token"] not in listed.stdout + as_text.stdout for c in created)
     assert [line.split("\t")[0] for line in as_text.stdout.splitlines()] == ["first", "second"]
+
+
+@pytest.mark.sqlite_only("the store is a file in the data dir only on SQLite")
+def test_project_list_on_a_data_dir_without_a_database_is_one_clear_line(tmp_path: Path) -> None:
     # A data dir holding no database is one clear line, and nothing is created
     missing = modelbay("project", "list", "--data-dir", str(tmp_path / "typo"))
     assert missing.returncode == 1 and "no modelbay database in" in one_line(missing.stderr)
