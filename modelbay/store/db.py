@@ -110,7 +110,7 @@ class Database:
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
         with self.engine.begin() as conn:
-            if not self.is_sqlite:
+            if self.engine.dialect.name == "postgresql":
                 # Servers starting together on an empty database migrate one after the other
                 # (on SQLite the data dir's lock lets only one server start at all).
                 conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})

@@ -202,3 +202,18 @@ def test_serve_help_shows_the_defaults() -> None:
     assert result.returncode == 0, result.stderr
     text = one_line(result.stdout)
     assert "(default: MODELBAY_PORT or 8000)" in text and "(default: MODELBAY_HOST or 127.0.0.1)" in text
+
+
+@pytest.mark.postgresql_only("--database-url with a plain postgresql:// URL, as an operator gives it")
+def test_project_commands_take_a_plain_postgresql_url(tmp_path: Path) -> None:
+    url = os.environ["MODELBAY_DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://")
+    common = ("--data-dir", str(tmp_path / "data"), "--database-url", url)  # the option wins over the variable
+
+    refused = modelbay("project", "list", *common)
+    created = modelbay("project", "create", "plain", *common, "--json", "--init")
+    listed = modelbay("project", "list", *common, "--json")
+
+    assert refused.returncode == 1 and "no modelbay database in postgresql://" in one_line(refused.stderr)
+    assert created.returncode == 0, created.stderr
+    assert listed.returncode == 0, listed.stderr
+    assert [json.loads(line)["name"] for line in listed.stdout.splitlines()] == ["plain"]
