@@ -10,6 +10,7 @@ from sqlalchemy import func, insert, inspect, select, text
 
 from modelbay.core.errors import StatusChanged
 from modelbay.core.transitions import REQUESTS, Status, transition
+from modelbay.settings import Settings
 from modelbay.store import db as store_db
 from modelbay.store.db import Database
 from modelbay.store.tables import RequestRow
@@ -118,3 +119,9 @@ def test_servers_migrating_one_empty_database_at_once_all_succeed(database_url: 
         assert "requests" in inspect(database.engine).get_table_names()
     finally:
         database.close()
+
+
+def test_a_plain_postgresql_url_selects_psycopg_3() -> None:
+    for given in ("postgresql://u:p@db:5432/modelbay", "postgres://u:p@db:5432/modelbay"):
+        assert Settings(database_url=given).sqlalchemy_url == "postgresql+psycopg://u:p@db:5432/modelbay"
+    assert Settings(database_url="postgresql+psycopg://u@db/m").sqlalchemy_url == "postgresql+psycopg://u@db/m"
