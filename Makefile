@@ -6,15 +6,20 @@ BIN := $(VENV)/bin
 PORT ?=
 HOST ?=
 
-.PHONY: install install-test system-packages run test bench bench-batch bench-sandbox clean
+.PHONY: install install-test system-packages test-system-packages run test bench bench-batch bench-sandbox clean
+
+# $(call apt_install,PACKAGES): Debian's packages, as root or through sudo.
+apt_install = if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(1); \
+  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(1); fi
 
 # User code runs in bubblewrap (Debian's package `bubblewrap`): installed here when missing.
-SYSTEM_PACKAGES := bubblewrap
-
 system-packages:
-	@command -v bwrap >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $(SYSTEM_PACKAGES); \
-	  else sudo apt-get update -qq && sudo apt-get install -y -qq $(SYSTEM_PACKAGES); fi; }
+	@command -v bwrap >/dev/null || { $(call apt_install,bubblewrap); }
+
+# The tests also run on PostgreSQL servers they start themselves (Debian's package `postgresql`,
+# whose binaries live in /usr/lib/postgresql/<version>/bin): installed here when missing.
+test-system-packages: system-packages
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { $(call apt_install,postgresql); }
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,13 +36,22 @@ $(BIN)/.installed-test: pyproject.toml | $(BIN)/python
 
 install: system-packages $(BIN)/.installed
 
-install-test: system-packages $(BIN)/.installed-test
+install-test: test-system-packages $(BIN)/.installed-test
 
 run: install
 	$(BIN)/modelbay serve $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
+# The whole suite on SQLite and, at the same time, on PostgreSQL (tests/fixtures/postgres.py): the
+# tests mostly wait on servers and user code, so the two together take about 60% of one after the
+# other. The PostgreSQL run's output follows the SQLite run's; either failing fails `make test`.
 test: install-test
-	$(BIN)/python -m pytest -n 2 -q
+	@log=$$(mktemp); \
+	MODELBAY_TEST_DATABASE=postgresql $(BIN)/python -m pytest -n 2 -q >$$log 2>&1 & pg=$$!; \
+	trap 'kill $$pg 2>/dev/null; rm -f $$log; exit 130' INT TERM; \
+	echo "== the suite on SQLite"; $(BIN)/python -m pytest -n 2 -q; sqlite=$$?; \
+	wait $$pg; postgres=$$?; \
+	echo "== the suite on PostgreSQL"; cat $$log; rm -f $$log; \
+	[ $$sqlite = 0 ] && [ $$postgres = 0 ]
 
 bench: install-test
 	@command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)

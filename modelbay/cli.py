@@ -36,6 +36,15 @@ DataDir = Annotated[
     typer.Option("--data-dir", help=f"Data directory (default: MODELBAY_DATA_DIR or ./{_DEFAULTS['data_dir']})."),
 ]
 
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        help="Database URL, e.g. postgresql://user:password@host/modelbay "
+        "(default: MODELBAY_DATABASE_URL or a SQLite file in the data directory).",
+    ),
+]
+
 
 def _version(show: bool) -> None:
     if show:
@@ -75,11 +84,12 @@ def serve(
         int | None, typer.Option(help=f"Port to listen on (default: MODELBAY_PORT or {_DEFAULTS['port']}).")
     ] = None,
     data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
 ) -> None:
     """Start the server: every dialect, the scheduler and the workers, on one port."""
     from modelbay.datadir_lock import DataDirInUse, lock_data_dir
 
-    settings = _settings(data_dir, host=host, port=port)
+    settings = _settings(data_dir, host=host, port=port, database_url=database_url)
     try:
         sandbox.from_settings(settings.sandbox)
     except sandbox.SandboxUnavailable as exc:
@@ -105,6 +115,8 @@ def serve(
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     console.print(f"modelbay serving on [bold]{address}[/bold]")
     console.print(f"data directory: {settings.data_dir.resolve()}")
+    if settings.database_url:
+        console.print(f"database: {_safe_url(settings.sqlalchemy_url)}")
     if is_new:
         console.print(f"admin token (shown once, kept in the data directory): [bold]{token}[/bold]")
     else:
@@ -166,6 +178,7 @@ def _dialect_ids(number: int, handle: str) -> dict[str, str]:
 def project_create(
     name: str,
     data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the credentials as one JSON object.")] = False,
     init: Annotated[
         bool, typer.Option("--init", help="Create a new database if the data directory holds none.")
@@ -176,7 +189,7 @@ def project_create(
     from modelbay.core.projects import Projects
     from modelbay.engine import admin_token, database_exists, open_database
 
-    settings = _settings(data_dir)
+    settings = _settings(data_dir, database_url=database_url)
     # A mistyped --data-dir must not quietly become a new, empty platform. No server lock here:
     # projects are created next to a running server.
     if not init and not database_exists(settings):
@@ -204,15 +217,17 @@ def project_create(
 @project_app.command("list")
 def project_list(
     data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per project.")] = False,
 ) -> None:
     """List the projects and their ids (never their tokens)."""
     from modelbay.core.projects import Caller, Projects
     from modelbay.engine import admin_token, database_exists, open_database
 
-    settings = _settings(data_dir)
+    settings = _settings(data_dir, database_url=database_url)
     if not database_exists(settings):
-        _fail(f"no modelbay database in {settings.data_dir.resolve()}")
+        where = settings.data_dir.resolve() if settings.database_url is None else _safe_url(settings.database_url)
+        _fail(f"no modelbay database in {where}")
     db = open_database(settings)
     try:
         rows = Projects(db, admin_token(settings)[0]).list(Caller(project_id=None))

@@ -18,7 +18,9 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address the server listens on.")
     port: int = Field(8000, ge=0, le=65535, description="Port the server listens on.")
     database_url: str | None = Field(
-        None, description="SQLAlchemy URL; default is a SQLite file in the data dir."
+        None,
+        description="Database URL, e.g. postgresql://user:password@host/modelbay (the `postgres` extra); "
+        "default is a SQLite file in the data dir.",
     )
     admin_token: str | None = Field(
         None, description="Token that may act in every project; generated and kept in the data dir if unset."
@@ -61,5 +63,9 @@ class Settings(BaseSettings):
     @property
     def sqlalchemy_url(self) -> str:
         if self.database_url:
+            # A plain postgresql:// URL means psycopg 3 (the `postgres` extra), not SQLAlchemy's default psycopg2.
+            for plain in ("postgresql://", "postgres://"):
+                if self.database_url.startswith(plain):
+                    return "postgresql+psycopg://" + self.database_url[len(plain) :]
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'modelbay.db').resolve()}"

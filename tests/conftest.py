@@ -7,9 +7,53 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures import databases
 from tests.fixtures.server import Server
 
 _names = itertools.count()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests about one database (marked `sqlite_only` or `postgresql_only`) are skipped on the
+    other, with their reason."""
+    other = "sqlite_only" if databases.ON_POSTGRESQL else "postgresql_only"
+    for item in items:
+        if (marker := item.get_closest_marker(other)) is not None:
+            item.add_marker(pytest.mark.skip(reason=f"{other.replace('_', ' ')}: {marker.args[0]}"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def postgres_cluster() -> Iterator[None]:
+    """With MODELBAY_TEST_DATABASE=postgresql: this test process's own PostgreSQL cluster."""
+    if not databases.ON_POSTGRESQL:
+        yield
+        return
+    from tests.fixtures.postgres import Cluster
+
+    databases.cluster = cluster = Cluster().start()
+    yield
+    databases.cluster = None
+    cluster.stop()
+
+
+@pytest.fixture(autouse=True)
+def _test_database(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """On PostgreSQL, a test that has a `tmp_path` (where its own data dirs live) gets a fresh
+    database: its settings, servers and commands read it from MODELBAY_DATABASE_URL."""
+    if not databases.ON_POSTGRESQL or "tmp_path" not in request.fixturenames:
+        yield
+        return
+    assert databases.cluster is not None
+    name = databases.cluster.database()
+    monkeypatch.setenv("MODELBAY_DATABASE_URL", databases.cluster.url(name))
+    yield
+    databases.cluster.drop(name)
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    """The URL of a fresh, empty store for this test: a SQLite file, or a PostgreSQL database."""
+    return databases.store_url(tmp_path)
 
 
 @pytest.fixture(scope="session", autouse=True)

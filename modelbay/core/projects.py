@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 
 from modelbay.core.clock import utcnow
 from modelbay.core.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
@@ -80,13 +79,10 @@ class Projects:
             handle=secrets.token_hex(16),
             created_at=utcnow(),
         )
-        try:
-            with self._db.write() as session:
-                if session.scalar(select(ProjectRow.id).where(ProjectRow.name == name)):
-                    raise Conflict(f"A project named '{name}' already exists")
-                session.add(row)
-        except IntegrityError as exc:
-            raise Conflict(f"A project named '{name}' already exists") from exc
+        with self._db.write() as session:  # a racing duplicate is a Conflict too (Database.write)
+            if session.scalar(select(ProjectRow.id).where(ProjectRow.name == name)):
+                raise Conflict(f"A project named '{name}' already exists")
+            session.add(row)
         return Credentials(name, token, row.number, row.handle)
 
     def authenticate(self, token: str | None) -> Caller:

@@ -16,9 +16,11 @@ from typing import Any
 import orjson
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, Table, create_engine, event
+from sqlalchemy import Connection, Engine, Table, create_engine, event, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from modelbay.core.errors import Conflict
 from modelbay.store.driver import driver_cursor, insert_statement
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -31,6 +33,27 @@ LINGER_S = 0.01
 
 #: How long a writer waits for SQLite's write lock before giving up, in milliseconds.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+#: The PostgreSQL advisory lock that servers starting together on one database take to
+#: migrate one after the other (any fixed number: this one is "modelb" in ASCII).
+MIGRATION_LOCK_KEY = 0x6D6F_6465_6C62
+
+
+def as_conflict(exc: IntegrityError) -> Conflict | None:
+    """The `Conflict` a unique violation means (two writers made the same name at once), else None.
+
+    Call sites check for a duplicate before they insert; this catches the one that raced past
+    that check, on either database, so it answers 409 like the check does."""
+    orig = exc.orig
+    table: str | None
+    if getattr(orig, "sqlstate", None) == "23505":  # psycopg: unique_violation
+        table = orig.diag.table_name  # type: ignore[union-attr]
+    elif str(orig).startswith("UNIQUE constraint failed: "):  # sqlite3: "...: table.column, ..."
+        table = str(orig).removeprefix("UNIQUE constraint failed: ").split(".")[0]
+    else:
+        return None
+    kind = (table or "thing").removesuffix("s").replace("_", " ")
+    return Conflict(f"A {kind} with that name already exists")
 
 
 def _json_text(value: Any) -> str:
@@ -64,6 +87,9 @@ class Database:
         kwargs: dict[str, Any] = {}
         if self.is_sqlite:
             kwargs["connect_args"] = {"check_same_thread": False}
+        else:
+            # Callers read how many rows an INSERT made; SQLAlchemy keeps that for psycopg only when asked.
+            kwargs["execution_options"] = {"preserve_rowcount": True}
         # orjson for JSON columns: the stdlib encoder is the slowest part of writing a row.
         kwargs["json_serializer"] = _json_text
         kwargs["json_deserializer"] = orjson.loads
@@ -96,6 +122,10 @@ class Database:
                 raw.execute("PRAGMA foreign_keys=OFF")
             try:
                 with conn.begin():
+                    if self.engine.dialect.name == "postgresql":
+                        # Servers starting together on an empty database migrate one after the other
+                        # (on SQLite the data dir's lock lets only one server start at all).
+                        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
                     cfg.attributes["connection"] = conn
                     step(cfg, revision)
             finally:
@@ -109,9 +139,16 @@ class Database:
 
     @contextmanager
     def write(self) -> Iterator[Session]:
-        """A write transaction, committed when the block ends without an exception."""
-        with self._writer() as session, session.begin():
-            yield session
+        """A write transaction, committed when the block ends without an exception.
+
+        A unique violation becomes `Conflict`."""
+        try:
+            with self._writer() as session, session.begin():
+                yield session
+        except IntegrityError as exc:
+            if (conflict := as_conflict(exc)) is not None:
+                raise conflict from exc
+            raise
 
     def writer_connection(self) -> Connection:
         """A Core connection whose transactions take the write lock up front (no ORM)."""
@@ -234,6 +271,9 @@ class GroupCommitter:
             # The whole transaction rolled back; one bad write must not fail its neighbours.
             if len(batch) > 1:
                 return [outcome for item in batch for outcome in self._commit([item])]
+            if isinstance(exc, IntegrityError) and (conflict := as_conflict(exc)) is not None:
+                conflict.__cause__ = exc
+                return [(batch[0][1], None, conflict)]
             return [(batch[0][1], None, exc)]
         return [(waiter, result, None) for (_, waiter, _), result in zip(batch, results, strict=True)]
 

@@ -16,13 +16,14 @@ from modelbay.core.deliveries import DELIVERIES, Deliveries, new_delivery
 from modelbay.core.webhooks import Webhooks, backoff_ms, sign, verify
 from modelbay.store.db import Database
 from modelbay.store.tables import DeliveryRow, ProjectRow
+from tests.fixtures.databases import store_url
 from tests.compat.datature.receiver import Receiver, running_receiver
 
 pytestmark = pytest.mark.timeout(60)  # a worker that will not close fails here, not at the suite's 300 s
 
 
 def open_store(tmp_path: Path) -> Database:
-    db = Database(f"sqlite:///{tmp_path / 'store.db'}")
+    db = Database(store_url(tmp_path, "store.db"))
     db.migrate()
     with db.write() as session:
         session.add(ProjectRow(id="p", name="p", token_hash="h", number=1, handle="x",

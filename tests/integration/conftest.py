@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.fixtures.databases import database_url_for
 from tests.fixtures.server import Server, free_port, wait_until
 
 BUILD_DEADLINE_S = 120.0
@@ -159,9 +160,62 @@ def read_only_db(data_dir: Path) -> Iterator[sqlite3.Connection]:
         conn.close()
 
 
-def query(data_dir: Path, sql: str, *params: Any) -> list[sqlite3.Row]:
-    with read_only_db(data_dir) as conn:
-        return list(conn.execute(sql, params))
+class Row(tuple[Any, ...]):
+    """A PostgreSQL row read as `sqlite3.Row` reads: by index or by column name."""
+
+    def __new__(cls, names: list[str], values: Any) -> Row:
+        row = super().__new__(cls, values)
+        row._names = names
+        return row
+
+    def __getitem__(self, key: Any) -> Any:
+        return super().__getitem__(self._names.index(key) if isinstance(key, str) else key)
+
+    def keys(self) -> list[str]:
+        return list(self._names)
+
+
+def query(data_dir: Path, sql: str, *params: Any) -> list[Any]:
+    """Rows of the store of `data_dir` (SQL with `?` placeholders), as an operator reads them:
+    JSON and time columns as text, whichever database the store is."""
+    url = database_url_for(data_dir)
+    if url is None:
+        with read_only_db(data_dir) as conn:
+            return list(conn.execute(sql, params))
+    import psycopg
+    from psycopg.types.string import TextLoader
+
+    def rows(cursor: Any) -> Callable[[Any], Row]:
+        names = [column.name for column in cursor.description]
+        return lambda values: Row(names, values)
+
+    libpq_url = url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(libpq_url, autocommit=True, row_factory=rows) as conn:
+        for type_name in ("json", "jsonb", "timestamptz", "timestamp"):  # as text, as SQLite keeps them
+            conn.adapters.register_loader(type_name, TextLoader)
+        return list(conn.execute(sql.replace("%", "%%").replace("?", "%s"), params))
+
+
+@contextlib.contextmanager
+def writes_stalled(data_dir: Path) -> Iterator[None]:
+    """The store of `data_dir` takes no write while the block runs (reads go on), as when a
+    committer is starved: another connection holds SQLite's write lock, or locks PostgreSQL's tables."""
+    url = database_url_for(data_dir)
+    if url is None:
+        blocker = sqlite3.connect(data_dir / "modelbay.db", isolation_level=None, timeout=10)
+        try:
+            blocker.execute("BEGIN IMMEDIATE")
+            yield
+        finally:
+            blocker.close()
+        return
+    import psycopg
+
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as conn:
+        tables = [name for (name,) in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+        conn.execute(f"LOCK TABLE {', '.join(tables)} IN EXCLUSIVE MODE")  # what a write takes waits; reads do not
+        yield
+        conn.rollback()
 
 
 # --- processes -----------------------------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import signal
 import socket
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +19,7 @@ import pytest
 
 from modelbay.core.requests import MAX_UNCOMMITTED_RESULTS
 from tests.fixtures.server import Server, wait_until
-from tests.integration.conftest import deploy, ubiops
+from tests.integration.conftest import deploy, ubiops, writes_stalled
 from tests.integration.test_batch_queue import all_terminal, batch, direct, rows, statuses
 
 #: Structured deployment (field `x`, int): sleeps `x` milliseconds, reports its end, echoes its input.
@@ -121,18 +120,14 @@ def test_results_not_yet_committed_are_bounded_and_only_those_run_again_after_a_
     with deploy_reporter(first, recorder) as client:
         # One item of 1 s, then quick ones queued behind it.
         ids = batch(client, "rerun", "reporter", [{"x": 1000}] + [{"x": 0}] * 249)
-    # The store stops committing (this connection holds its write lock), as a starved or stalled
+    # The store stops committing (another connection holds its write lock), as a starved or stalled
     # committer would: the queue must not run further ahead of it than the bound.
-    blocker = sqlite3.connect(first.data_dir / "modelbay.db", isolation_level=None, timeout=10)
-    try:
-        blocker.execute("BEGIN IMMEDIATE")
+    with writes_stalled(first.data_dir):
         wait_until(lambda: recorder.ends(ids[0]), timeout=30)
         recorder.settled()
         ran = [i for i in ids if recorder.ends(i)]
         assert 1 < len(ran) <= MAX_UNCOMMITTED_RESULTS + 1, len(ran)  # + the item its one instance runs
         kill(first, own_server)
-    finally:
-        blocker.close()
     assert set(statuses(first.data_dir, ids)) <= {"pending", "processing"}  # nothing of them was committed
 
     second = own_server(first.data_dir)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.fixtures.server import Server, modelbay
 from tests.integration.conftest import query, unique
@@ -89,6 +90,7 @@ def test_an_invalid_project_name_is_refused_with_a_message(tmp_path: Path) -> No
     assert query(data_dir, "SELECT count(*) FROM projects")[0][0] == 0
 
 
+@pytest.mark.sqlite_only("the store is a file in the data dir only on SQLite")
 def test_project_create_refuses_a_data_dir_without_a_database_unless_told_to_init(tmp_path: Path) -> None:
     data_dir = tmp_path / "mistyped"
 
@@ -175,6 +177,10 @@ def test_project_list_shows_every_project_with_its_ids_and_no_token(tmp_path: Pa
     ]
     assert all(c["token"] not in listed.stdout + as_text.stdout for c in created)
     assert [line.split("\t")[0] for line in as_text.stdout.splitlines()] == ["first", "second"]
+
+
+@pytest.mark.sqlite_only("the store is a file in the data dir only on SQLite")
+def test_project_list_on_a_data_dir_without_a_database_is_one_clear_line(tmp_path: Path) -> None:
     # A data dir holding no database is one clear line, and nothing is created
     missing = modelbay("project", "list", "--data-dir", str(tmp_path / "typo"))
     assert missing.returncode == 1 and "no modelbay database in" in one_line(missing.stderr)
@@ -198,3 +204,18 @@ def test_serve_help_shows_the_defaults() -> None:
     assert result.returncode == 0, result.stderr
     text = one_line(result.stdout)
     assert "(default: MODELBAY_PORT or 8000)" in text and "(default: MODELBAY_HOST or 127.0.0.1)" in text
+
+
+@pytest.mark.postgresql_only("--database-url with a plain postgresql:// URL, as an operator gives it")
+def test_project_commands_take_a_plain_postgresql_url(tmp_path: Path) -> None:
+    url = os.environ["MODELBAY_DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://")
+    common = ("--data-dir", str(tmp_path / "data"), "--database-url", url)  # the option wins over the variable
+
+    refused = modelbay("project", "list", *common)
+    created = modelbay("project", "create", "plain", *common, "--json", "--init")
+    listed = modelbay("project", "list", *common, "--json")
+
+    assert refused.returncode == 1 and "no modelbay database in postgresql://" in one_line(refused.stderr)
+    assert created.returncode == 0, created.stderr
+    assert listed.returncode == 0, listed.stderr
+    assert [json.loads(line)["name"] for line in listed.stdout.splitlines()] == ["plain"]

@@ -3,6 +3,7 @@ through the API, the database file checked with the stdlib, the blob folder with
 
 from __future__ import annotations
 
+import json
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -68,8 +69,8 @@ def echo_pipeline(client: httpx.Client, project: str, deployment: str, **version
 
 
 def step_request_id(data_dir: Path, pipeline_request_id: str) -> str:
-    [row] = query(data_dir, "SELECT id FROM requests WHERE json_extract(origin, '$.pipeline_request_id') = ?",
-                  pipeline_request_id)
+    [row] = [row for row in query(data_dir, "SELECT id, origin FROM requests")
+             if json.loads(row["origin"]).get("pipeline_request_id") == pipeline_request_id]
     return str(row["id"])
 
 

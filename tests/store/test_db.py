@@ -1,7 +1,8 @@
 import asyncio
+import subprocess
+import sys
 from concurrent.futures import wait
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from sqlalchemy import func, insert, inspect, select, text
@@ -9,14 +10,15 @@ from sqlalchemy import func, insert, inspect, select, text
 from modelbay.core.errors import StatusChanged
 from modelbay.core.states import REQUEST, REQUESTS, move
 from modelbay.core.states import RequestStatus as Status
+from modelbay.settings import Settings
 from modelbay.store import db as store_db
 from modelbay.store.db import Database
 from modelbay.store.tables import RequestRow
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Database:
-    database = Database(f"sqlite:///{tmp_path / 'test.db'}")
+def db(database_url: str) -> Database:
+    database = Database(database_url)
     database.migrate()
     yield database
     database.close()
@@ -66,9 +68,13 @@ def test_a_lingering_write_is_committed_at_once_when_the_committer_is_flushed(
         assert session.get(RequestRow, "late") is not None
 
 
-def test_migrations_create_every_table_in_wal_mode(db: Database) -> None:
+def test_migrations_create_every_table(db: Database) -> None:
     names = set(inspect(db.engine).get_table_names())
     assert {"projects", "deployments", "versions", "revisions", "requests", "alembic_version"} <= names
+
+
+@pytest.mark.sqlite_only("WAL is SQLite's journal mode")
+def test_sqlite_runs_in_wal_mode(db: Database) -> None:
     with db.engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
 
@@ -97,3 +103,25 @@ def test_a_transition_is_decided_exactly_once(db: Database) -> None:
 def test_a_transition_that_is_not_allowed_is_refused(db: Database) -> None:
     with pytest.raises(ValueError, match="from completed to processing"), db.write() as session:
         move(session, REQUEST, "r1", Status.COMPLETED, Status.PROCESSING)
+
+
+@pytest.mark.postgresql_only("on SQLite the data dir's lock lets one server at a time open the store")
+def test_servers_migrating_one_empty_database_at_once_all_succeed(database_url: str) -> None:
+    migrate = "import sys; from modelbay.store.db import Database; Database(sys.argv[1]).migrate()"
+    processes = [
+        subprocess.Popen([sys.executable, "-c", migrate, database_url], stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    outcomes = [(process.wait(timeout=120), process.stderr.read()) for process in processes]  # type: ignore[union-attr]
+    assert [code for code, _ in outcomes] == [0, 0, 0], outcomes
+    database = Database(database_url)
+    try:
+        assert "requests" in inspect(database.engine).get_table_names()
+    finally:
+        database.close()
+
+
+def test_a_plain_postgresql_url_selects_psycopg_3() -> None:
+    for given in ("postgresql://u:p@db:5432/modelbay", "postgres://u:p@db:5432/modelbay"):
+        assert Settings(database_url=given).sqlalchemy_url == "postgresql+psycopg://u:p@db:5432/modelbay"
+    assert Settings(database_url="postgresql+psycopg://u@db/m").sqlalchemy_url == "postgresql+psycopg://u@db/m"

@@ -14,6 +14,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import select, text
 
+from modelbay.core.errors import Conflict
 from modelbay.core.projects import Caller, Projects
 from modelbay.dialects.abeja import ids as abeja_ids
 from modelbay.dialects.datature import ids as datature_ids
@@ -64,7 +65,7 @@ def test_a_stored_project_keeps_its_abeja_and_datature_ids_through_0006(db: Data
 def test_0006_keeps_the_public_ids_unique(db: Database) -> None:
     old_project(db)
     db.migrate()
-    with pytest.raises(Exception, match="UNIQUE"), db.write() as session:
+    with pytest.raises(Conflict), db.write() as session:  # the unique index, as Database.write answers it
         session.add(ProjectRow(id="q", name="other", token_hash="h2", number=int(ORGANIZATION_ID), handle="x",
                                created_at=NOW))
 

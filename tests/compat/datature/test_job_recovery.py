@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import signal
-import sqlite3
 from collections import Counter
 from pathlib import Path
 
 from tests.compat.datature.conftest import deploy_with, make_dataset, nexus_project, webhook_spec
 from tests.compat.datature.receiver import running_receiver
 from tests.fixtures.server import Server, wait_until
+from tests.integration.conftest import query
 
 ITEMS = 40
 
@@ -36,10 +36,9 @@ LOOPBACK_RECEIVERS = {"MODELBAY_WEBHOOK_ALLOW_PRIVATE_TARGETS": "true"}
 
 def committed(data_dir: Path) -> tuple[set[int], set[int], int]:
     """What the store holds: items with an outcome, items delivered, deliveries still pending."""
-    with sqlite3.connect(data_dir / "modelbay.db") as conn:
-        outcomes = {i for (i,) in conn.execute("SELECT item_index FROM job_logs WHERE item_index IS NOT NULL")}
-        delivered = {i for (i,) in conn.execute("SELECT item_index FROM deliveries WHERE status = 'delivered'")}
-        pending = conn.execute("SELECT count(*) FROM deliveries WHERE status = 'pending'").fetchone()[0]
+    outcomes = {i for (i,) in query(data_dir, "SELECT item_index FROM job_logs WHERE item_index IS NOT NULL")}
+    delivered = {i for (i,) in query(data_dir, "SELECT item_index FROM deliveries WHERE status = 'delivered'")}
+    [(pending,)] = query(data_dir, "SELECT count(*) FROM deliveries WHERE status = 'pending'")
     return outcomes, delivered, pending
 
 

@@ -23,6 +23,7 @@ from modelbay.store.tables import ProjectRow, WebhookRow
 
 from tests.compat.datature.conftest import nexus_project, webhook_spec
 from tests.compat.datature.receiver import running_receiver
+from tests.fixtures.databases import database_url_for
 from tests.fixtures.server import Server
 
 SETTING = "MODELBAY_WEBHOOK_ALLOW_PRIVATE_TARGETS"
@@ -123,7 +124,7 @@ def test_a_stored_loopback_webhook_is_refused_when_sent(strict_server: Server) -
 
 def store_webhook(server: Server, project: dict[str, str], endpoint: str, secret: str) -> str:
     """Write a webhook straight into the server's store, past the check at create; its core id."""
-    db = open_database(Settings(data_dir=server.data_dir))
+    db = open_database(Settings(data_dir=server.data_dir, database_url=database_url_for(server.data_dir)))
     try:
         with db.write() as session:
             project_id = session.scalars(select(ProjectRow.id).where(ProjectRow.name == project["name"])).one()

@@ -7,7 +7,6 @@ as several chunks (the server sends one `data:` line per line of the partial).
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import ubiops
 from ubiops.utils import stream_deployment_request
 
 from tests.fixtures.server import Server, wait_until
+from tests.integration.conftest import query
 
 STREAMS = '''
 class Deployment:
@@ -75,18 +75,9 @@ class Deployment:
 '''
 
 
-def _rows(server: Server, sql: str, *params: Any) -> list[sqlite3.Row]:
-    conn = sqlite3.connect(f"file:{server.data_dir / 'modelbay.db'}?mode=ro", uri=True, timeout=10)
-    conn.row_factory = sqlite3.Row
-    try:
-        return list(conn.execute(sql, params))
-    finally:
-        conn.close()
-
-
-def _requests_of(server: Server, project: str, deployment: str) -> list[sqlite3.Row]:
-    return _rows(
-        server,
+def _requests_of(server: Server, project: str, deployment: str) -> list[Any]:
+    return query(
+        server.data_dir,
         "SELECT r.id, r.mode, r.status FROM requests r JOIN deployments d ON d.id = r.deployment_id "
         "JOIN projects p ON p.id = d.project_id WHERE p.name = ? AND d.name = ?",
         project, deployment,
