@@ -330,9 +330,10 @@ class Services:
             except NotFound:
                 continue  # its version is going away with it
             if target.package_dir is None:
-                if row.status == ServiceStatus.IN_PROGRESS and target.status == VersionStatus.FAILED:
-                    await self._stop_unbuilt(row)
-                continue  # not built yet: it stays in progress
+                if (row.status == ServiceStatus.IN_PROGRESS and target.status == VersionStatus.FAILED
+                        and await self._stop_unbuilt(row) and self._rows.get(row.id) is row):
+                    row.status = ServiceStatus.STOPPED.value  # the serving path sees it stopped at once
+                continue  # not built: no instances (in progress while it builds)
             live.add(key)
             self._scheduler.ensure(target)
             if row.status == ServiceStatus.IN_PROGRESS and await self._is_ready(key, target):
@@ -349,18 +350,19 @@ class Services:
                 self._targets.pop(service_id, None)
         return any(row.status == ServiceStatus.IN_PROGRESS for row in rows)
 
-    async def _stop_unbuilt(self, row: ServiceRow) -> None:
-        """Stop a service that waited for a build that failed, saying why in its log."""
-        failure = build_failure(self._db, row.version_id) or "The version has no built code"
+    async def _stop_unbuilt(self, row: ServiceRow) -> bool:
+        """Stop a service that waited for a build that failed, saying why in its log; returns
+        whether it stopped (a change since the pass read it keeps it as it is)."""
+        failure = await asyncio.to_thread(build_failure, self._db, row.version_id) or "The version has no built code"
 
         def write(session: Session) -> int:
             return move(session, SERVICE, {"id": row.id, "modified_at": row.modified_at},
                         {ServiceStatus.IN_PROGRESS}, ServiceStatus.STOPPED, modified_at=utcnow())
 
-        if await self._write(write):
-            await self._journal.append(row.id, [f"{failure}; the service stopped"])
-            if self._rows.get(row.id) is row:  # the serving path sees it stopped at once
-                row.status = ServiceStatus.STOPPED.value
+        if not await self._write(write):
+            return False
+        await self._journal.append(row.id, [f"{failure}; the service stopped"])
+        return True
 
     async def _is_ready(self, key: str, target: Target) -> bool:
         instances = self._scheduler.instances(key)
