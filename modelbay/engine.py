@@ -154,6 +154,9 @@ class Engine:
             self.db, self.deployments, self.requests, self.scheduler, self.runtime, self.journal,
             scale_down_idle_s=settings.service_scale_down_idle_s,
         )
+        # Runs and services waiting for a version's code go on (or fail) when its build ends.
+        self.revisions.build_ended.add(self.runs.build_ended)
+        self.revisions.build_ended.add(self.services.build_ended)
         self._background = Background("engine")  # the retention sweep
 
     async def start(self) -> None:

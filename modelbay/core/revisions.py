@@ -15,6 +15,7 @@ from modelbay.core.builds import Builder, BuildResult
 from modelbay.core.clock import utcnow
 from modelbay.core.deployments import Deployments
 from modelbay.core.errors import NotFound
+from modelbay.core.hooks import Hook
 from modelbay.core.projects import Caller
 from modelbay.core.states import REVISION, VERSION, RevisionStatus, VersionStatus, move
 from modelbay.store.blobs import BlobStore
@@ -45,6 +46,9 @@ class Revisions:
         self._deployments = deployments
         self._on_version_changed = on_version_changed
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="build")
+        #: Told the id of a version whose deciding build (of its newest upload) ended, once written;
+        #: called on the build's thread.
+        self.build_ended: Hook[[str]] = Hook("revisions: build ended")
 
     def upload(
         self, caller: Caller, project: ProjectRow, deployment_name: str, version: str, archive: BinaryIO
@@ -147,7 +151,8 @@ class Revisions:
                 revision.has_requests_method = result.has_requests_method
             else:
                 revision.error_message = _tail(result.log)
-            if version is not None and version.latest_revision_id == revision_id:
+            decides = version is not None and version.latest_revision_id == revision_id
+            if decides and version is not None:
                 if result.ok:
                     version.active_revision_id = revision_id
                 # A failed build leaves a version that still has working code serving it.
@@ -162,6 +167,21 @@ class Revisions:
         if result.ok:
             # New code: instances of the old code are retired.
             self._on_version_changed(revision.version_id)
+        if decides:
+            self.build_ended(revision.version_id)
+
+
+def build_failure(db: Database, version_id: str) -> str | None:
+    """Why a version has no code to run when its newest build failed: the build and its reason.
+    None while that build runs, after it succeeded, or when earlier code still serves the version."""
+    with db.read() as session:
+        version = session.get(VersionRow, version_id)
+        if version is None or version.active_revision_id or version.latest_revision_id is None:
+            return None
+        revision = session.get(RevisionRow, version.latest_revision_id)
+    if revision is None or revision.status != RevisionStatus.FAILED:
+        return None
+    return f"The build of version '{version.name}' (revision {revision.id}) failed: {revision.error_message}"
 
 
 def _tail(text: str) -> str:

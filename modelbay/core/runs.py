@@ -4,6 +4,8 @@ A run is committed before its creator hears of it, then driven on the server's l
 `submitted` (accepted) -> `pending` (queued) -> `runnable` (has a slot of its version)
 -> `starting` (an instance is being made ready) -> `running` (the code runs) ->
 `succeeded` | `failed`. A failed attempt goes back to `runnable` while retries are left.
+A run of a version whose code is still building stays `submitted` until the build ends (told by
+`Revisions.build_ended`), then goes on, or fails with the build's reason.
 Each attempt is one direct request, so it also shows in the version's request list.
 """
 
@@ -28,8 +30,9 @@ from modelbay.core.errors import InvalidInput, NotFound, StatusChanged, Unavaila
 from modelbay.core.fields import check_data
 from modelbay.core.journal import Journal, split_lines
 from modelbay.core.requests import Requests
+from modelbay.core.revisions import build_failure
 from modelbay.core.scheduler import Scheduler
-from modelbay.core.states import RUN, RunStatus, move
+from modelbay.core.states import RUN, RunStatus, VersionStatus, move
 from modelbay.runtime import wire
 from modelbay.runtime.base import CallTimedOut, InstanceStartFailed
 from modelbay.store.db import Database
@@ -92,6 +95,11 @@ def call_input(target: Target, body: Any, environment: dict[str, str]) -> tuple[
     return (body if isinstance(body, str) else orjson.dumps(body).decode()), context
 
 
+def is_building(target: Target) -> bool:
+    """Whether the version has no code yet but a build that may give it some."""
+    return target.package_dir is None and target.status == VersionStatus.BUILDING
+
+
 @dataclass(frozen=True)
 class NewRun:
     """What a creator asks for; checked by `Runs.create`."""
@@ -117,6 +125,8 @@ class Runs:
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._background = Background("runs")  # one task per run driven, and journal writes
         self._closing = False  # the server is stopping: no new attempt starts
+        self._driving: set[str] = set()  # runs with a task driving them
+        self._loop: asyncio.AbstractEventLoop | None = None  # set by `start`: build ends are told on threads
         #: Told of each status a run takes, once written (tests and benches observe runs with it).
         self.status_changed: Hook[[str, RunStatus]] = Hook("runs: status changed")
 
@@ -125,10 +135,13 @@ class Runs:
     async def create(self, target: Target, new: NewRun) -> RunRow:
         """Commit a run of `target`, then start driving it; returns the row as committed.
 
-        Raises `Unavailable` when the version has no built code, `InvalidInput` for input its
+        A run of a version whose code is building is accepted and waits for the build. Raises
+        `Unavailable` when the version has no built code otherwise, `InvalidInput` for input its
         code cannot take.
         """
-        self._deployments.serving_target_check(target)
+        building = is_building(target)
+        if not building:
+            self._deployments.serving_target_check(target)
         if not target.handler and target.input_type == "structured":
             check_data(target.input_type, target.input_fields, new.input_data)
         now = utcnow()
@@ -149,8 +162,15 @@ class Runs:
             "created_at": now,
             "modified_at": now,
         }
-        await self._db.committer.submit_async(lambda conn: conn.execute(insert(RUNS), [row]))
-        self._background.spawn(self._drive(row["id"]), name=f"run-{row['id']}")
+        lines = ["The version's code is still building; the run starts when the build ends"] if building else []
+        journal = self._journal.rows(row["id"], lines)
+
+        def write(conn: Connection) -> None:
+            conn.execute(insert(RUNS), [row])
+            self._journal.write(conn, journal)
+
+        await self._db.committer.submit_async(write)
+        self._drive_soon(row["id"])
         return RunRow(**row)
 
     # --- reading -----------------------------------------------------------------------------
@@ -189,7 +209,9 @@ class Runs:
 
     def start(self) -> int:
         """After a restart: queue every unfinished run again. An attempt that was running counts
-        as failed (its instance is gone). Returns how many runs were resumed."""
+        as failed (its instance is gone). Runs waiting for a build wait again (or go on, if it ended
+        meanwhile). Returns how many runs were resumed."""
+        self._loop = asyncio.get_running_loop()
         resumed: list[str] = []
         ended: list[str] = []
         with self._db.write() as session:
@@ -214,8 +236,28 @@ class Runs:
             self._background.spawn(
                 self._journal.append(run_id, ["The server stopped during the last attempt; the run failed"]))
         for run_id in resumed:
-            self._background.spawn(self._drive(run_id, resumed=True), name=f"run-{run_id}")
+            self._drive_soon(run_id, resumed=True)
         return len(resumed)
+
+    def build_ended(self, version_id: str) -> None:
+        """A reaction to `Revisions.build_ended` (on the build's thread): drive the runs that waited."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._drive_waiting, version_id)
+
+    def _drive_waiting(self, version_id: str) -> None:
+        with self._db.read() as session:
+            waiting = session.scalars(select(RUNS.c.id).where(
+                RUNS.c.version_id == version_id,
+                RUNS.c.status.in_([RunStatus.SUBMITTED.value, RunStatus.PENDING.value]),
+            )).all()
+        for run_id in waiting:
+            self._drive_soon(run_id)
+
+    def _drive_soon(self, run_id: str, resumed: bool = False) -> None:
+        """Start a task driving the run, unless one already does."""
+        if run_id not in self._driving:
+            self._driving.add(run_id)
+            self._background.spawn(self._drive(run_id, resumed), name=f"run-{run_id}")
 
     async def close(self, grace_s: float = 30.0) -> None:
         """Let running attempts finish, for up to `grace_s`; runs that wait stay queued for the next start."""
@@ -249,12 +291,21 @@ class Runs:
             if row is None:
                 return
             status = RunStatus(row.status)
+            target = self._deployments.target_of_version(row.version_id)
+            if target.package_dir is None:
+                if is_building(target):
+                    # No await from the check to the end of the task: a build that ends meanwhile
+                    # finds the run undriven, and `build_ended` drives it again.
+                    return
+                failure = build_failure(self._db, row.version_id)
+                if failure is not None:
+                    raise Unavailable(failure)
+                self._deployments.serving_target_check(target)  # raises: no built code
             if resumed:
                 await self._journal.append(run_id, ["The server restarted; the run is queued again"])
             if status is RunStatus.SUBMITTED:
                 await self._move(run_id, status, RunStatus.PENDING)
                 status = RunStatus.PENDING
-            target = self._deployments.target_of_version(row.version_id)
             async with self._slot(target):
                 if self._closing:
                     return  # still pending: the next start resumes it
@@ -270,6 +321,8 @@ class Runs:
                 log.exception("run %s crashed", run_id)
                 message = f"The run crashed: {exc}"
             await self._fail(run_id, message)
+        finally:
+            self._driving.discard(run_id)
 
     async def _fail(self, run_id: str, message: str) -> None:
         """End a run as failed from whatever status it has now (unless it has ended)."""

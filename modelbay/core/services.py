@@ -4,6 +4,9 @@ A service owns its own instance pool in the scheduler (its own instance count an
 A reconcile loop compares what each stored service wants with what runs and closes the gap;
 a service is `in_progress` until its instances have loaded and passed a health check, then
 `ready`. The store holds what is wanted, so a restart brings every running service back.
+A service of a version whose code is building stays `in_progress` until the build ends (a pass
+follows at once, woken by `Revisions.build_ended`); if the build failed, the service stops and
+its `start_error` is the build's reason.
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ from modelbay.core.deployments import Deployments, Target
 from modelbay.core.errors import InvalidInput, NotFound, Unavailable
 from modelbay.core.journal import Journal, split_lines
 from modelbay.core.requests import RequestRecord, Requests
+from modelbay.core.revisions import build_failure
 from modelbay.core.scheduler import Scheduler
-from modelbay.core.states import SERVICE, ServiceStatus, move
+from modelbay.core.states import SERVICE, ServiceStatus, VersionStatus, move
 from modelbay.runtime.base import Runtime
 from modelbay.store.db import Database
 from modelbay.store.tables import LogLineRow, ServiceRow
@@ -104,14 +108,22 @@ class Services:
         self._background = Background("services")  # the reconcile loop and log writes of calls
         self._wake = asyncio.Event()
         self._generation = 0  # bumped on every change, so a reconcile that raced one is not applied
+        self._loop: asyncio.AbstractEventLoop | None = None  # set by `start`: build ends are told on threads
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
         """Bring back every service that was running: ready again only once its instances are."""
+        self._loop = asyncio.get_running_loop()
         with self._db.write() as session:
             move(session, SERVICE, {}, {ServiceStatus.READY}, ServiceStatus.IN_PROGRESS)
         self._background.every(RECONCILE_PERIOD_S, self._reconcile_pass, "reconcile", wake=self._wake)
+
+    def build_ended(self, version_id: str) -> None:
+        """A reaction to `Revisions.build_ended` (on the build's thread): reconcile now, so services
+        that waited for the build start, or stop if it failed."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
 
     async def close(self) -> None:
         """Stop reconciling; give the log lines of calls that have ended a moment to be written."""
@@ -121,7 +133,8 @@ class Services:
 
     async def create(self, target: Target, fields: dict[str, Any]) -> ServiceRow:
         """Create a service of `target`'s version; its instances start in the background."""
-        if target.package_dir is None and target.status != "building":
+        building = target.package_dir is None and target.status == VersionStatus.BUILDING
+        if target.package_dir is None and not building:
             raise Unavailable(f"Version '{target.version_name}' has no built code (status: {target.status})")
         scaling = check_scaling(fields)
         instance_type = fields.get("instance_type") or "cpu-0.25"
@@ -142,7 +155,10 @@ class Services:
             **dataclasses.asdict(scaling),
         )
         await self._write(lambda session: session.add(row))
-        await self._journal.append(row.id, [f"Service created with {self._wanted(row)} instance(s)"])
+        lines = [f"Service created with {self._wanted(row)} instance(s)"]
+        if building:
+            lines.append("The version's code is still building; the service starts when the build ends")
+        await self._journal.append(row.id, lines)
         self._changed(row)
         return row
 
@@ -274,9 +290,17 @@ class Services:
         self._targets[row.id] = (base, target)
         return target
 
-    def start_error(self, service_id: str) -> str | None:
-        """Why the service's last instance failed to start, until one starts."""
-        return self._scheduler.start_error(f"service:{service_id}")
+    def start_error(self, row: ServiceRow) -> str | None:
+        """Why the service cannot start: its version's failed build (while it is stopped for it), or
+        why its last instance failed to start, until one starts."""
+        if row.status == ServiceStatus.STOPPED:
+            try:
+                built = self._deployments.target_of_version(row.version_id).package_dir is not None
+            except NotFound:
+                return None
+            if not built:
+                return build_failure(self._db, row.version_id)
+        return self._scheduler.start_error(f"service:{row.id}")
 
     def instance_count(self, service_id: str) -> int:
         return len(self._scheduler.instances(f"service:{service_id}"))
@@ -306,7 +330,10 @@ class Services:
             except NotFound:
                 continue  # its version is going away with it
             if target.package_dir is None:
-                continue  # not built (yet): it stays in progress
+                if (row.status == ServiceStatus.IN_PROGRESS and target.status == VersionStatus.FAILED
+                        and await self._stop_unbuilt(row) and self._rows.get(row.id) is row):
+                    row.status = ServiceStatus.STOPPED.value  # the serving path sees it stopped at once
+                continue  # not built: no instances (in progress while it builds)
             live.add(key)
             self._scheduler.ensure(target)
             if row.status == ServiceStatus.IN_PROGRESS and await self._is_ready(key, target):
@@ -322,6 +349,20 @@ class Services:
                 self._rows.pop(service_id, None)
                 self._targets.pop(service_id, None)
         return any(row.status == ServiceStatus.IN_PROGRESS for row in rows)
+
+    async def _stop_unbuilt(self, row: ServiceRow) -> bool:
+        """Stop a service that waited for a build that failed, saying why in its log; returns
+        whether it stopped (a change since the pass read it keeps it as it is)."""
+        failure = await asyncio.to_thread(build_failure, self._db, row.version_id) or "The version has no built code"
+
+        def write(session: Session) -> int:
+            return move(session, SERVICE, {"id": row.id, "modified_at": row.modified_at},
+                        {ServiceStatus.IN_PROGRESS}, ServiceStatus.STOPPED, modified_at=utcnow())
+
+        if not await self._write(write):
+            return False
+        await self._journal.append(row.id, [f"{failure}; the service stopped"])
+        return True
 
     async def _is_ready(self, key: str, target: Target) -> bool:
         instances = self._scheduler.instances(key)

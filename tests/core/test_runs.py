@@ -11,13 +11,14 @@ from typing import Any
 
 import pytest
 
+from modelbay.core.builds import BuildResult
 from modelbay.core.clock import utcnow
 from modelbay.core.deployments import Deployments, Target
 from modelbay.core.errors import InvalidInput
 from modelbay.core.journal import MAX_LINE_CHARS, MAX_LINES_PER_CALL, Journal, split_lines
 from modelbay.core.projects import Caller, Projects
 from modelbay.core.runs import NewRun, call_input, check_environment, check_retry_count
-from modelbay.core.states import RUN, RunStatus
+from modelbay.core.states import RUN, VERSION, RunStatus, VersionStatus, move
 from modelbay.engine import Engine, open_database
 from modelbay.runtime import wire
 from modelbay.runtime.base import Call, CallOutcome
@@ -194,3 +195,110 @@ def test_log_lines_of_runs_that_are_gone_are_swept_and_the_others_kept(tmp_path:
         assert asyncio.run(scenario()) == (1, 2, 0)
     finally:
         db.close()
+
+
+# --- runs of a version whose code is still building ----------------------------------------
+
+
+def building_version(engine: Engine) -> tuple[Target, str]:
+    """A handler version whose one upload is building (no builder runs it); its target and revision id."""
+    project = engine.projects.get(Caller(None), engine.projects.create("runs").name)
+    engine.deployments.create(project, {"name": "d", "input_type": "plain", "output_type": "plain"})
+    version = engine.deployments.create_version(project, "d", {"name": "1", "handler": "main:handler"})
+    with engine.db.write() as session:
+        session.add(RevisionRow(id="r", version_id=version.id, status="building", archive_key="k",
+                                created_at=utcnow()))
+        row = session.get(VersionRow, version.id)
+        assert row is not None
+        row.latest_revision_id = "r"
+        move(session, VERSION, version.id, VersionStatus.UNAVAILABLE, VersionStatus.BUILDING)
+    engine.deployments.forget_targets()
+    return engine.deployments.target(project, "d", "1"), "r"
+
+
+def build_result(tmp_path: Path, ok: bool) -> BuildResult:
+    if ok:
+        return BuildResult(ok=True, log="Build succeeded\n", package_dir=tmp_path, python=Path(sys.executable))
+    return BuildResult(ok=False, log="Build failed: no wheel for torch\n", package_dir=None, python=None)
+
+
+def run_while_building(tmp_path: Path, ok: bool) -> tuple[RunRow, list[RunStatus], list[str]]:
+    """Create a run while its version builds, then end the build as `ok` says; wait for the run's end."""
+
+    async def scenario() -> tuple[RunRow, list[RunStatus], list[str]]:
+        engine = Engine(Settings(data_dir=tmp_path / "data"), runtime=ScriptedRuntime([True]))
+        await engine.start()
+        try:
+            target, revision_id = building_version(engine)
+            statuses: list[RunStatus] = []
+            done = asyncio.Event()
+
+            def seen(_run_id: str, status: RunStatus) -> None:
+                statuses.append(status)
+                if status in TERMINAL:
+                    done.set()
+
+            engine.runs.status_changed.add(seen)
+            row = await engine.runs.create(target, NewRun(None, None, 0, None, {}, None))
+            assert row.status == "submitted"
+            await asyncio.sleep(0)  # its task runs, and finds the build still going
+            assert statuses == [] and engine.runs.get(row.deployment_id, row.id).status == "submitted"
+            # The build ends on a build thread, as it does in `Revisions`.
+            await asyncio.to_thread(engine.revisions._finish, revision_id, build_result(tmp_path, ok))
+            await asyncio.wait_for(done.wait(), 10)
+            lines = [line.message for line in engine.journal.page(row.id)]
+            return engine.runs.get(row.deployment_id, row.id), statuses, lines
+        finally:
+            await engine.close()
+
+    return asyncio.run(scenario())
+
+
+def test_a_run_created_while_its_code_builds_stays_submitted_and_starts_when_the_build_succeeds(
+    tmp_path: Path,
+) -> None:
+    row, statuses, lines = run_while_building(tmp_path, ok=True)
+    assert statuses == [RunStatus.PENDING, RunStatus.RUNNABLE, RunStatus.STARTING, RunStatus.RUNNING,
+                        RunStatus.SUCCEEDED]
+    assert row.status == "succeeded" and row.attempts == 1
+    assert lines[0] == "The version's code is still building; the run starts when the build ends"
+
+
+def test_a_run_created_while_its_code_builds_fails_with_the_builds_reason_when_it_fails(tmp_path: Path) -> None:
+    row, statuses, lines = run_while_building(tmp_path, ok=False)
+    assert statuses == [RunStatus.FAILED]
+    assert row.attempts == 0
+    assert row.error_message == "The build of version '1' (revision r) failed: Build failed: no wheel for torch"
+    assert lines[-1] == row.error_message
+
+
+@pytest.mark.parametrize("ok", [True, False])
+def test_a_run_that_waited_for_a_build_that_ended_while_the_server_was_down_goes_on_at_start(
+    tmp_path: Path, ok: bool
+) -> None:
+    settings = Settings(data_dir=tmp_path / "data")
+
+    async def scenario() -> RunRow:
+        engine = Engine(settings, runtime=ScriptedRuntime([]))
+        await engine.start()
+        try:
+            target, revision_id = building_version(engine)
+            row = await engine.runs.create(target, NewRun(None, None, 0, None, {}, None))
+        finally:
+            await engine.close()
+        engine = Engine(settings, runtime=ScriptedRuntime([True]))
+        # The build ended before this server started: no one is told of it but the store.
+        engine.revisions._finish(revision_id, build_result(tmp_path, ok))
+        await engine.start()
+        try:
+            done = asyncio.Event()
+            engine.runs.status_changed.add(lambda _run_id, status: done.set() if status in TERMINAL else None)
+            await asyncio.wait_for(done.wait(), 10)
+            return engine.runs.get(row.deployment_id, row.id)
+        finally:
+            await engine.close()
+
+    row = asyncio.run(scenario())
+    assert row.status == ("succeeded" if ok else "failed")
+    if not ok:
+        assert row.error_message is not None and "no wheel for torch" in row.error_message

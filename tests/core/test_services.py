@@ -16,10 +16,11 @@ from modelbay.core.deployments import Deployments, Target
 from modelbay.core.errors import InvalidInput
 from modelbay.core.projects import Caller, Projects
 from modelbay.core.services import Scaling, Services, check_scaling
-from modelbay.engine import open_database
+from modelbay.engine import Engine, open_database
 from modelbay.settings import Settings
 from modelbay.store.tables import ServiceRow
-from tests.core.test_runs import BASE
+from tests.core.test_runs import BASE, build_result, building_version
+from tests.core.test_scheduler import FakeRuntime
 
 
 def test_a_new_service_runs_one_instance_by_default() -> None:
@@ -132,3 +133,42 @@ def test_a_call_that_outlives_the_deletion_of_its_service_leaves_no_pool_behind(
     asyncio.run(services.call("d", "s", {}, {}))
     # Then, once the call ends, that pool is retired too
     assert pools.live == set()
+
+
+# --- services of a version whose code is still building -------------------------------------
+
+
+def service_while_building(tmp_path: Path, ok: bool) -> tuple[ServiceRow, str | None, list[str]]:
+    """Create a service while its version builds, then end the build as `ok` says; wait until it settles."""
+
+    async def scenario() -> tuple[ServiceRow, str | None, list[str]]:
+        engine = Engine(Settings(data_dir=tmp_path / "data"), runtime=FakeRuntime())
+        await engine.start()
+        try:
+            target, revision_id = building_version(engine)
+            row = await engine.services.create(target, {})
+            assert row.status == "in_progress"
+            await asyncio.to_thread(engine.revisions._finish, revision_id, build_result(tmp_path, ok))
+            deadline = asyncio.get_running_loop().time() + 10
+            while (current := engine.services.get(row.deployment_id, row.id)).status == "in_progress":
+                assert asyncio.get_running_loop().time() < deadline, "the service never settled"
+                await asyncio.sleep(0.02)
+            lines = [line.message for line in engine.journal.page(row.id)]
+            return current, engine.services.start_error(current), lines
+        finally:
+            await engine.close()
+
+    return asyncio.run(scenario())
+
+
+def test_a_service_created_while_its_code_builds_becomes_ready_when_the_build_succeeds(tmp_path: Path) -> None:
+    row, error, lines = service_while_building(tmp_path, ok=True)
+    assert row.status == "ready" and error is None
+    assert lines[1] == "The version's code is still building; the service starts when the build ends"
+
+
+def test_a_service_created_while_its_code_builds_stops_with_the_builds_reason_when_it_fails(tmp_path: Path) -> None:
+    row, error, lines = service_while_building(tmp_path, ok=False)
+    assert row.status == "stopped"
+    assert error == "The build of version '1' (revision r) failed: Build failed: no wheel for torch"
+    assert lines[-1] == f"{error}; the service stopped"

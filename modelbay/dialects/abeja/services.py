@@ -64,7 +64,7 @@ def scaling_fields(body: dict[str, Any]) -> dict[str, Any]:
 
 def service_body(engine: Any, row: ServiceRow) -> dict[str, Any]:
     return schemas.service(row, target_or_none(engine, row.version_id), engine.services.instance_count(row.id),
-                           engine.services.start_error(row.id))
+                           engine.services.start_error(row))
 
 
 @router.post(S)
