@@ -109,18 +109,26 @@ def serve(
     address = _address(sock)
     lock.record(address)
     from modelbay.app import create_app  # only now: a refused second server exits without loading it
-    from modelbay.engine import admin_token
+    from modelbay.engine import admin_token, open_database
 
-    token, is_new = admin_token(settings)
+    db = open_database(settings)  # migrated here, before the app: the admin token lives in the store
+    try:
+        token = admin_token(settings, db)
+    finally:
+        db.close()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     console.print(f"modelbay serving on [bold]{address}[/bold]")
     console.print(f"data directory: {settings.data_dir.resolve()}")
     if settings.database_url:
         console.print(f"database: {_safe_url(settings.sqlalchemy_url)}")
-    if is_new:
-        console.print(f"admin token (shown once, kept in the data directory): [bold]{token}[/bold]")
+    if token.new_token is not None:
+        console.print(f"admin token (shown once, kept in the data directory): [bold]{token.new_token}[/bold]")
+    elif settings.admin_token:
+        console.print("admin token: MODELBAY_ADMIN_TOKEN")
+    elif token.kept_in is not None:
+        console.print(f"admin token: kept in {token.kept_in.resolve()}")
     else:
-        console.print(f"admin token: kept in {(settings.data_dir / 'admin_token').resolve()}")
+        console.print("admin token: the one made by the first server on this database (kept in its data directory)")
     # uvicorn drains on SIGTERM, then re-raises it; exiting 0 tells supervisors it was clean.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     config = uvicorn.Config(
@@ -197,7 +205,7 @@ def project_create(
         _fail(f"no modelbay database in {where}; pass --init to create a new one")
     db = open_database(settings)
     try:
-        credentials = Projects(db, admin_token(settings)[0]).create(name)
+        credentials = Projects(db, admin_token(settings, db).hash).create(name)
     except ModelbayError as exc:
         _fail(exc.message)
     finally:
@@ -230,7 +238,7 @@ def project_list(
         _fail(f"no modelbay database in {where}")
     db = open_database(settings)
     try:
-        rows = Projects(db, admin_token(settings)[0]).list(Caller(project_id=None))
+        rows = Projects(db, admin_token(settings, db).hash).list(Caller(project_id=None))
     finally:
         db.close()
     for row in rows:

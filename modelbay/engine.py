@@ -9,13 +9,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import secrets
 from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import create_engine, inspect, make_url
 
-from modelbay.core import signed_urls
+from modelbay.core import server_secrets, signed_urls
 from modelbay.core.background import Background
 from modelbay.core.builds import Builder
 from modelbay.core.datasets import Datasets
@@ -28,7 +27,7 @@ from modelbay.core.journal import Journal
 from modelbay.core.payloads import Payloads
 from modelbay.core.pipeline_requests import PipelineRequests
 from modelbay.core.pipelines import Pipelines
-from modelbay.core.projects import Projects
+from modelbay.core.projects import Projects, hash_token
 from modelbay.core.requests import Requests
 from modelbay.core.revisions import Revisions
 from modelbay.core.runs import Runs
@@ -46,23 +45,15 @@ from modelbay.store.tables import ProjectRow
 
 log = logging.getLogger(__name__)
 
-ADMIN_TOKEN_FILE = "admin_token"
-
 #: How often requests past their retention time are removed.
 RETENTION_SWEEP_PERIOD_S = 60.0
 
 
-def admin_token(settings: Settings) -> tuple[str, bool]:
-    """The admin token, and whether it was generated just now (to be shown once)."""
+def admin_token(settings: Settings, db: Database) -> server_secrets.AdminToken:
+    """The admin token: the one set in the settings wins; else the one every server on `db` shares."""
     if settings.admin_token:
-        return settings.admin_token, False
-    path = settings.data_dir / ADMIN_TOKEN_FILE
-    if path.exists():
-        return path.read_text().strip(), False
-    token = secrets.token_hex(20)
-    path.write_text(token + "\n")
-    path.chmod(0o600)
-    return token, True
+        return server_secrets.AdminToken(hash_token(settings.admin_token))
+    return server_secrets.admin_token(db, settings.data_dir)
 
 
 _SIZED_INSTANCE_TYPE = re.compile(r"^(\d{1,7})(mb|gb)(_|$)", re.IGNORECASE)
@@ -107,8 +98,6 @@ class Engine:
         self.settings = settings
         data = settings.data_dir
         self.db = open_database(settings)
-        token, self.admin_token_is_new = admin_token(settings)
-        self.admin_token = token
         self.blobs = LocalBlobStore(data / "blobs")
         self.payloads = Payloads(self.db, self.blobs)
         sandbox = sandbox_from_settings(settings.sandbox, check=False)  # `serve` checked it before
@@ -121,7 +110,7 @@ class Engine:
             shared_dirs=settings.shared_dirs,
         )
         self.scheduler = Scheduler(self.runtime, self._instance_spec, self._serving_target)
-        self.projects = Projects(self.db, token)
+        self.projects = Projects(self.db, admin_token(settings, self.db).hash)
         self.deployments = Deployments(self.db, self.scheduler.version_changed)
         self.revisions = Revisions(
             self.db,
@@ -137,7 +126,7 @@ class Engine:
             workers=settings.build_workers,
         )
         self.requests = Requests(self.db, self.scheduler, self.deployments, self.payloads)
-        self.url_signer = signed_urls.UrlSigner(signed_urls.load_key(data))
+        self.url_signer = signed_urls.UrlSigner(server_secrets.signing_key(self.db, data))
         # One client for every webhook POST: pooled connections to receivers, each checked.
         allow_private = settings.webhook_allow_private_targets
         self.http = webhook_client(allow_private=allow_private)

@@ -23,7 +23,9 @@ class Settings(BaseSettings):
         "default is a SQLite file in the data dir.",
     )
     admin_token: str | None = Field(
-        None, description="Token that may act in every project; generated and kept in the data dir if unset."
+        None,
+        description="Token that may act in every project; if unset, the first server on the database generates "
+        "one (kept in its data dir, its hash in the database).",
     )
     runtime: str = Field("local", description="Where instances run: 'local' processes.")
     uv_cache_dir: Path | None = Field(None, description="Package cache of builds (one folder per project); <data dir>/builds/uv-cache if unset.")

@@ -56,9 +56,9 @@ def hash_token(token: str) -> str:
 class Projects:
     """Creates projects and resolves tokens. Token lookups are cached: they sit on every request."""
 
-    def __init__(self, db: Database, admin_token: str) -> None:
+    def __init__(self, db: Database, admin_token_hash: str) -> None:
         self._db = db
-        self._admin_hash = hash_token(admin_token)
+        self._admin_hash = admin_token_hash  # servers keep only the hash (`core.server_secrets`)
         self._callers: dict[str, Caller] = {}
         self._by_name: dict[str, ProjectRow] = {}
         self._public_ids: dict[tuple[str, object], ProjectRow] = {}  # (column, value): what dialects look up

@@ -7,25 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import secrets
 import time
-from pathlib import Path
 
 from modelbay.core.decimals import is_decimal
 from modelbay.core.errors import Forbidden
-
-KEY_FILE = "url_signing_key"
-
-
-def load_key(data_dir: Path) -> bytes:
-    """The server's URL-signing key, made on first use and kept in the data dir (URLs outlive restarts)."""
-    path = data_dir / KEY_FILE
-    if path.exists():
-        return bytes.fromhex(path.read_text().strip())
-    key = secrets.token_bytes(32)
-    path.write_text(key.hex() + "\n")
-    path.chmod(0o600)
-    return key
 
 
 class UrlSigner:

@@ -402,3 +402,14 @@ class JobLogRow(Base):
     status: Mapped[str] = mapped_column(String(24))
     time_ms: Mapped[float] = mapped_column(Float, default=0.0)
     reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class ServerSecretRow(Base):
+    """A secret every server on the database shares (the URL-signing key, the admin token's hash),
+    made once by the first server to start (`core.server_secrets`)."""
+
+    __tablename__ = "server_secrets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime]
