@@ -10,6 +10,7 @@ hold keep working).
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,8 +91,9 @@ def admin_token(db: Database, data_dir: Path) -> AdminToken:
         return AdminToken(shared)  # made by another server on this database
     token = secrets.token_hex(20)
     # The file first: a server stopped before the insert finds it on its next start and moves it in.
-    path.write_text(token + "\n")
-    path.chmod(0o600)
+    # Created owner-only, so the token is never readable by others, not even for a moment.
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as file:
+        file.write(token + "\n")
     digest = hash_token(token)
     shared = stored_once(db, ADMIN_TOKEN_HASH, digest)
     if shared != digest:  # another server starting at the same time made one first
