@@ -164,7 +164,8 @@ def test_a_revisions_archive_downloads_as_uploaded(
     archive = ubiops.utils.zip_dir(str(make_package_dir(tmp_path, NOOP)), str(tmp_path / "pkg.zip"))
     revision = api.revisions_file_upload(p, "dep", "v1", file=archive).revision
 
-    # preloaded, the SDK saves the file under the name the answer gives
+    # preloaded, the SDK saves the file under the name the answer gives, in its temp folder
+    client.configuration.temp_folder_path = str(tmp_path)
     downloaded = api.revisions_file_download(p, "dep", revision, "v1", _preload_content=True,
                                              _progress_bar=False)
 
