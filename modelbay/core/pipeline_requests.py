@@ -42,7 +42,7 @@ from modelbay.core.pipelines import Pipelines, Plan
 from modelbay.core.requests import Requests
 from modelbay.core.scheduler import PRIORITY_BATCH, PRIORITY_DIRECT
 from modelbay.core.stored_requests import MAX_BATCH, StoredRequests, check_batch, chunks
-from modelbay.core.states import PIPELINE_REQUEST, REQUESTS
+from modelbay.core.states import PIPELINE_REQUEST, REQUESTS, move
 from modelbay.core.states import RequestStatus as Status
 from modelbay.store.db import Database, Insert
 from modelbay.store.tables import OperatorRequestRow, PipelineRequestRow, PipelineVersionRow, ProjectRow
@@ -159,7 +159,8 @@ class PipelineRequests(StoredRequests):
                 self._batch_started.add(asyncio.current_task())  # type: ignore[arg-type]
                 try:
                     await self._db.committer.submit_async(
-                        lambda conn: self._move(conn, request_id, Status.PENDING, Status.PROCESSING, started_at=utcnow()))
+                        lambda conn: move(conn, self.machine, request_id, Status.PENDING, Status.PROCESSING,
+                                          started_at=utcnow()))
                 except StatusChanged:
                     return  # cancelled or deleted while it waited
                 try:
@@ -362,7 +363,7 @@ class PipelineRequests(StoredRequests):
             except (ModelbayError, ValueError) as exc:
                 message = f"The pipeline version of this request can no longer run: {exc}"
                 with self._db.write() as session:
-                    self._move(session.connection(), request_id, Status.PENDING, Status.FAILED, finished_at=now,
+                    move(session.connection(), self.machine, request_id, Status.PENDING, Status.FAILED, finished_at=now,
                                error_message=message)
                 continue
             self._spawn_batch(project, plan, request_id, timeout)

@@ -27,7 +27,7 @@ from modelbay.core.payloads import Payloads
 from modelbay.core.queue import BatchQueue, QueuedItem
 from modelbay.core.scheduler import PRIORITY_BATCH, PRIORITY_DIRECT, Scheduler
 from modelbay.core.stored_requests import StoredRequests, check_batch
-from modelbay.core.states import REQUEST, REQUESTS
+from modelbay.core.states import REQUEST, REQUESTS, move
 from modelbay.core.states import RequestStatus as Status
 from modelbay.runtime.base import Call, CallTimedOut, InstanceLost, InstanceStartFailed
 from modelbay.store.db import Database, Insert
@@ -269,7 +269,7 @@ class Requests(StoredRequests):
     def _claim(self, request_id: str, started_at: datetime) -> Callable[[Connection], bool]:
         def claim(conn: Connection) -> bool:
             try:
-                self._move(conn, request_id, Status.PENDING, Status.PROCESSING, started_at=started_at)
+                move(conn, self.machine, request_id, Status.PENDING, Status.PROCESSING, started_at=started_at)
             except StatusChanged:
                 return False  # cancelled or deleted meanwhile: its call was stopped
             return True

@@ -16,7 +16,6 @@ from datetime import datetime, timedelta
 from typing import Any, ClassVar, Protocol
 
 from sqlalchemy import Connection, Select, Table, delete, select
-from sqlalchemy.orm import Session
 
 from modelbay.core.clock import utcnow
 from modelbay.core.errors import InvalidInput, NotFound, StatusChanged
@@ -162,9 +161,6 @@ class StoredRequests:
 
     # --- status ----------------------------------------------------------------------------
 
-    def _move(self, conn: Connection | Session, request_id: str, old: Status, new: Status, **values: Any) -> None:
-        move(conn, self.machine, request_id, old, new, **values)
-
     def _finish(self, request_id: str, running: Status, status: Status,
                 values: dict[str, Any]) -> Callable[[Connection], Status | None]:
         """The write that ends a request that was `running` with `status` and `values`; a cancel that
@@ -174,18 +170,18 @@ class StoredRequests:
         def finish(conn: Connection) -> Status | None:
             if status is not Status.CANCELLED:
                 try:
-                    self._move(conn, request_id, running, status, **values)
+                    move(conn, self.machine, request_id, running, status, **values)
                     return status
                 except StatusChanged:
                     pass
             elif running is Status.PROCESSING:  # stopped before its cancel was recorded
                 with contextlib.suppress(StatusChanged):
-                    self._move(conn, request_id, running, Status.CANCELLED_PENDING)
+                    move(conn, self.machine, request_id, running, Status.CANCELLED_PENDING)
             cancelled = {"finished_at": utcnow(), **values, "error_message": None}
             cancelled.pop("result", None)
             cancelled.pop("result_key", None)
             try:
-                self._move(conn, request_id, Status.CANCELLED_PENDING, Status.CANCELLED, **cancelled)
+                move(conn, self.machine, request_id, Status.CANCELLED_PENDING, Status.CANCELLED, **cancelled)
                 return Status.CANCELLED
             except StatusChanged:
                 return None  # deleted meanwhile, or cancelled while still pending
@@ -272,7 +268,8 @@ class StoredRequests:
             values = {"finished_at": utcnow()} if new is Status.CANCELLED else {}
             try:
                 await committer.submit_async(
-                    lambda conn, old=current, new=new, values=values: self._move(conn, request_id, old, new, **values))
+                    lambda conn, old=current, new=new, values=values: move(
+                        conn, self.machine, request_id, old, new, **values))
             except StatusChanged:
                 current = self._status(request_id)
                 continue
@@ -333,8 +330,8 @@ class StoredRequests:
             table.c.status.in_([Status.PROCESSING.value, Status.CANCELLED_PENDING.value]))).all()
         for request_id, status in stuck:
             if status == Status.CANCELLED_PENDING.value:
-                self._move(conn, request_id, Status.CANCELLED_PENDING, Status.CANCELLED, finished_at=now)
+                move(conn, self.machine, request_id, Status.CANCELLED_PENDING, Status.CANCELLED, finished_at=now)
             else:
-                self._move(conn, request_id, Status.PROCESSING, Status.FAILED, finished_at=now,
+                move(conn, self.machine, request_id, Status.PROCESSING, Status.FAILED, finished_at=now,
                            error_message=f"The server stopped while this {self.noun} was running")
         return len(stuck)
