@@ -24,6 +24,7 @@ from modelbay.core.errors import NotFound, Unavailable
 from modelbay.core.job_items import ItemOutcome, default_body
 from modelbay.core.jobs import Jobs
 from modelbay.core.journal import Journal
+from modelbay.core.nodes import Nodes
 from modelbay.core.payloads import Payloads
 from modelbay.core.pipeline_requests import PipelineRequests
 from modelbay.core.pipelines import Pipelines
@@ -98,6 +99,7 @@ class Engine:
         self.settings = settings
         data = settings.data_dir
         self.db = open_database(settings)
+        self.nodes = Nodes(self.db, data, lease_s=settings.node_lease_s)
         self.blobs = LocalBlobStore(data / "blobs")
         self.payloads = Payloads(self.db, self.blobs)
         sandbox = sandbox_from_settings(settings.sandbox, check=False)  # `serve` checked it before
@@ -151,6 +153,7 @@ class Engine:
     async def start(self) -> None:
         """Start the loops, then settle what a previous server left behind."""
         self.scheduler.start()
+        self.nodes.register()
         settled, queued = self.requests.recover()
         if settled:
             log.warning("%d requests were running when the server stopped; they are marked failed", settled)
@@ -174,6 +177,7 @@ class Engine:
             log.info("%d unfinished runs are queued again", resumed)
         self.services.start()
         self._background.every(RETENTION_SWEEP_PERIOD_S, self._sweep, "retention sweep")
+        self.nodes.start()
 
     async def _sweep(self) -> None:
         """Remove requests past their version's retention time, and payload files no request names, off
@@ -197,6 +201,7 @@ class Engine:
         # Running pipeline requests, run attempts and batch requests get their grace period side by side.
         await asyncio.gather(self.pipeline_requests.close(), self.runs.close(), self.requests.close())
         self.revisions.close()
+        await self.nodes.close()
         await self.scheduler.close()
         await self.http.aclose()
         self.db.close()

@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     webhook_allow_private_targets: bool = Field(
         False, description="Let webhooks POST to loopback, link-local and private addresses (refused by default)."
     )
+    node_lease_s: float = Field(
+        10.0, gt=0, description="How long a server of a cluster may miss its heartbeat (sent every fifth of "
+        "it) before another one takes back the work it had claimed.",
+    )
     log_level: str = Field("info", description="Server log level.")
     sandbox: Literal["bwrap", "none"] = Field(
         "bwrap", description="Where user code runs: 'bwrap' (bubblewrap) or 'none' (on the host: unsafe)."

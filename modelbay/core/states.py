@@ -224,14 +224,16 @@ REVISION = Machine("revision", RevisionRow.__table__, ("id",), {  # type: ignore
 
 # --- the one writer --------------------------------------------------------------------------
 
-def move(conn: Connection | Session, machine: Machine, key: Any, old: Any, new: Any, **values: Any) -> int:
+def move(conn: Connection | Session, machine: Machine, key: Any, old: Any, new: Any, *, fence: str | None = None,
+         **values: Any) -> int:
     """Move rows of `machine` from `old` to `new` compare-and-set, writing `values` with them.
 
     `key` names one row (a value, or a tuple of one per key column), or is a dict of columns to
     the value (or collection of values) each row must have. `old` is one status, and then a row
     that is no longer in it raises `StatusChanged`; or a collection of statuses, and then
     whichever rows are still in one of them move. Returns how many rows moved. Raises
-    `IllegalMove` (and writes nothing) for a move the machine does not allow.
+    `IllegalMove` (and writes nothing) for a move the machine does not allow. `fence`: the node
+    that must own the rows (`core.nodes`); a row another node recovered since is not moved.
     """
     single = isinstance(old, enum.Enum)
     olds = (old,) if single else tuple(old)
@@ -242,17 +244,18 @@ def move(conn: Connection | Session, machine: Machine, key: Any, old: Any, new: 
         values[machine.stamp] = utcnow()
     connection = conn.connection() if isinstance(conn, Session) else conn
     if not single:
-        return _update(connection, machine, key, olds, new, values)
+        return _update(connection, machine, key, olds, new, values, fence)
     if type(key) is not dict and _plain(values):
         # One row, plain values: a statement compiled once, run on the driver (the hot path).
-        params = {**values, "status": new.value, "_old": old.value}
+        params = {**values, "status": new.value, "_old": old.value, "_fence": fence}
         if type(key) is tuple:
             params.update(zip(_KEY_PARAMS, key, strict=False))
         else:
             params["_key0"] = key
-        moved = _statement(machine, frozenset(values), connection.dialect).execute(driver_cursor(connection), params)
+        statement = _statement(machine, frozenset(values), fence is not None, connection.dialect)
+        moved = statement.execute(driver_cursor(connection), params)
     else:
-        moved = _update(connection, machine, key, olds, new, values)
+        moved = _update(connection, machine, key, olds, new, values, fence)
     if moved == 0:
         raise StatusChanged(str(key), old.value)
     return moved
@@ -267,7 +270,7 @@ def _plain(values: dict[str, Any]) -> bool:
 
 
 def _update(connection: Connection, machine: Machine, key: Any, olds: tuple[Any, ...], new: Any,
-            values: dict[str, Any]) -> int:
+            values: dict[str, Any], fence: str | None) -> int:
     """The compare-and-set UPDATE built for this call: many rows, or values that are expressions."""
     table = machine.table
     match = key if type(key) is dict else dict(zip(machine.key, key if type(key) is tuple else (key,), strict=True))
@@ -276,6 +279,8 @@ def _update(connection: Connection, machine: Machine, key: Any, olds: tuple[Any,
         for name, value in match.items()
     ]
     where.append(table.c.status == olds[0].value if len(olds) == 1 else table.c.status.in_([s.value for s in olds]))
+    if fence is not None:
+        where.append(table.c.owner == fence)
     return int(connection.execute(update(table).where(*where).values(status=new.value, **values)).rowcount)
 
 
@@ -287,13 +292,16 @@ _KEY_PARAMS = ("_key0", "_key1", "_key2")  # one per key column: no machine has 
 
 
 @functools.cache
-def _statement(machine: Machine, columns: frozenset[str], dialect: Dialect) -> DriverStatement:
+def _statement(machine: Machine, columns: frozenset[str], fenced: bool, dialect: Dialect) -> DriverStatement:
     """The compare-and-set UPDATE of one row writing `columns`, compiled once per dialect."""
     table = machine.table
+    where = [table.c[name] == bindparam(param) for name, param in zip(machine.key, _KEY_PARAMS, strict=False)]
+    where.append(table.c.status == bindparam("_old"))
+    if fenced:
+        where.append(table.c.owner == bindparam("_fence"))
     return DriverStatement(
         update(table)
-        .where(*(table.c[name] == bindparam(param) for name, param in zip(machine.key, _KEY_PARAMS, strict=False)),
-               table.c.status == bindparam("_old"))
+        .where(*where)
         .values(status=bindparam("status"), **{name: bindparam(name) for name in sorted(columns)}),
         dialect,
     )

@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -96,6 +97,7 @@ class RevisionRow(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     version_id: Mapped[str] = mapped_column(ForeignKey("versions.id", ondelete="CASCADE"), index=True)
     status: Mapped[str] = mapped_column(String(16))  # queued / building / success / failed
+    owner: Mapped[str | None] = mapped_column(String(36))  # the node that claimed it (`core.nodes`)
     archive_key: Mapped[str] = mapped_column(String(200))  # blob key of the upload
     error_message: Mapped[str | None] = mapped_column(Text)
     build_log: Mapped[str] = mapped_column(Text, default="")
@@ -115,6 +117,9 @@ class RequestRow(Base):
     __table_args__ = (
         Index("ix_requests_version_created", "version_id", "created_at"),
         Index("ix_requests_status", "status"),
+        # The queue order of a version's pending requests: a claim reads a few rows, whatever the backlog.
+        Index("ix_requests_pending", "version_id", "priority", "created_at", "id",
+              postgresql_where=text("status = 'pending'"), sqlite_where=text("status = 'pending'")),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -123,6 +128,7 @@ class RequestRow(Base):
     version_id: Mapped[str] = mapped_column(String(36))
     mode: Mapped[str] = mapped_column(String(8))  # direct / batch
     status: Mapped[str] = mapped_column(String(20))
+    owner: Mapped[str | None] = mapped_column(String(36))  # the node that claimed it (`core.nodes`)
     priority: Mapped[int] = mapped_column(Integer, default=1)
     timeout: Mapped[int] = mapped_column(Integer)  # seconds
     data: Mapped[bytes | None] = mapped_column(LargeBinary)  # JSON-encoded input
@@ -194,6 +200,7 @@ class PipelineRequestRow(Base):
     parent_id: Mapped[str | None] = mapped_column(String(36), index=True)  # set for a sub-pipeline's request
     mode: Mapped[str] = mapped_column(String(8))  # direct / batch
     status: Mapped[str] = mapped_column(String(20))
+    owner: Mapped[str | None] = mapped_column(String(36))  # the node that claimed it (`core.nodes`)
     timeout: Mapped[int] = mapped_column(Integer)  # seconds
     data: Mapped[bytes | None] = mapped_column(LargeBinary)
     result: Mapped[bytes | None] = mapped_column(LargeBinary)
@@ -245,6 +252,7 @@ class RunRow(Base):
     deployment_id: Mapped[str] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"))
     version_id: Mapped[str] = mapped_column(ForeignKey("versions.id", ondelete="CASCADE"))
     status: Mapped[str] = mapped_column(String(16))
+    owner: Mapped[str | None] = mapped_column(String(36))  # the node that claimed it (`core.nodes`)
     input_data: Mapped[Any] = mapped_column(JSON, nullable=True)
     output_template: Mapped[Any] = mapped_column(JSON, nullable=True)
     retry_count: Mapped[int] = mapped_column(Integer)  # attempts after the first that a failure may use
@@ -267,6 +275,7 @@ class ServiceRow(Base):
     deployment_id: Mapped[str] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"), index=True)
     version_id: Mapped[str] = mapped_column(ForeignKey("versions.id", ondelete="CASCADE"))
     status: Mapped[str] = mapped_column(String(16))  # in_progress / ready / stopped / failed
+    owner: Mapped[str | None] = mapped_column(String(36))  # the node that claimed it (`core.nodes`)
     instance_number: Mapped[int] = mapped_column(Integer)
     min_instance_number: Mapped[int] = mapped_column(Integer)
     max_instance_number: Mapped[int] = mapped_column(Integer)
@@ -321,6 +330,7 @@ class DeliveryRow(Base):
     item_index: Mapped[int | None] = mapped_column(Integer)
     body: Mapped[bytes | None] = mapped_column(LargeBinary)  # dropped once delivered
     status: Mapped[str] = mapped_column(String(16))  # pending / delivered / failed / cancelled
+    owner: Mapped[str | None] = mapped_column(String(36))  # the node that claimed it (`core.nodes`)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime]
     response_code: Mapped[int | None] = mapped_column(Integer)
@@ -364,6 +374,7 @@ class JobRow(Base):
     stop_at: Mapped[datetime | None]
     cancelled_at: Mapped[datetime | None]
     status: Mapped[str] = mapped_column(String(16))  # scheduled / running / finished / stopped / failed
+    owner: Mapped[str | None] = mapped_column(String(36))  # the node that claimed it (`core.nodes`)
     message: Mapped[str] = mapped_column(Text, default="")
     reason: Mapped[str | None] = mapped_column(Text)
     item_count: Mapped[int] = mapped_column(Integer, default=0)
@@ -413,3 +424,34 @@ class ServerSecretRow(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime]
+
+
+class NodeRow(Base):
+    """One server process on the database: alive while its heartbeat is recent (`core.nodes`)."""
+
+    __tablename__ = "nodes"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))  # host and process, for people reading the table
+    started_at: Mapped[datetime]
+    heartbeat_at: Mapped[datetime]
+    ended_at: Mapped[datetime | None]
+    end: Mapped[str | None] = mapped_column(String(16))  # stopped (cleanly) / dead (declared by another node)
+
+
+class BlobRow(Base):
+    """A blob kept in the database, for nodes that share it (`store.blobs`); its bytes are its chunks."""
+
+    __tablename__ = "blobs"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime]
+
+
+class BlobChunkRow(Base):
+    __tablename__ = "blob_chunks"
+
+    key: Mapped[str] = mapped_column(ForeignKey("blobs.key", ondelete="CASCADE"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)

@@ -1,0 +1,151 @@
+"""Nodes: the servers sharing one database, each alive while its heartbeat is recent.
+
+Work a node runs is claimed first: the row gets the node's id as its `owner`, and the writes
+that end it are fenced by that owner (`states.move(…, fence=node.id)`). A node whose heartbeat
+is older than the lease is dead: one live node (the recovery is serialised by a lock) marks it
+so and, in the same transaction, every kind of work gives back what the dead node had claimed
+(`recovered`), to run again or to fail as that kind's rules say. A dead node that wakes up
+learns it from its next heartbeat and goes on under a new id; what it still finishes under the
+old one is refused by the fences.
+
+Start-up recovers the node that last ran on this data dir at once (the data dir's lock says it
+is gone); on SQLite one server holds the data, so every node that did not stop cleanly is.
+Clocks of the servers are assumed to agree within a small part of the lease (NTP).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import Connection, select, text, update
+
+from modelbay.core.background import Background
+from modelbay.core.clock import utcnow
+from modelbay.core.hooks import Hook
+from modelbay.store.db import Database
+from modelbay.store.tables import NodeRow
+
+log = logging.getLogger(__name__)
+
+NODES = NodeRow.__table__
+
+#: The PostgreSQL advisory lock the recovery runs under, so one node recovers a dead one ("nodes").
+RECOVERY_LOCK_KEY = 0x6E6F_6465_73
+
+#: Where a node leaves its id in its data dir, for the next server on that data dir to recover.
+NODE_FILE = "node"
+
+#: How a node ended.
+STOPPED = "stopped"
+DEAD = "dead"
+
+#: Gives back a dead node's work: (connection, dead node ids) -> rows given back. It writes in the
+#: recovery's transaction, so the node is marked dead exactly when its work is given back.
+Recoverer = Callable[[Connection, list[str]], int]
+
+
+class Nodes:
+    """This server as a node: registers, beats, recovers dead nodes, and gives its own work back on stop."""
+
+    def __init__(self, db: Database, data_dir: Path, *, lease_s: float) -> None:
+        self._db = db
+        self._data_dir = data_dir
+        self.lease_s = lease_s
+        self.id = str(uuid.uuid4())
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self._recoverers: list[Recoverer] = []
+        #: Told (after the commit) that work was given back, so queues look for it at once.
+        self.recovered = Hook[[]]("nodes.recovered")
+        self._background = Background("nodes")
+
+    def add_recoverer(self, recoverer: Recoverer) -> None:
+        self._recoverers.append(recoverer)
+
+    # --- life ------------------------------------------------------------------------------
+
+    def register(self) -> None:
+        """Join the cluster, and recover the node that ran on this data dir before (if it did not stop)."""
+        now = utcnow()
+        file = self._data_dir / NODE_FILE
+        previous = file.read_text().strip() if file.is_file() else None
+        with self._db.write() as session:
+            session.execute(NODES.insert().values(id=self.id, name=self.name[:200], started_at=now, heartbeat_at=now))
+        file.write_text(self.id)
+        gone = [previous] if previous else []
+        if self._db.is_sqlite:  # one server holds a SQLite store: every node that did not stop is gone
+            with self._db.read() as session:
+                gone = list(session.scalars(select(NODES.c.id).where(NODES.c.end.is_(None), NODES.c.id != self.id)))
+        self._recover(gone)
+
+    def start(self) -> None:
+        """Beat, and recover nodes whose heartbeat lapsed, every fifth of the lease."""
+        period = self.lease_s / 5
+        self._background.every(period, self._beat, "heartbeat")
+        self._background.every(period, self.recover_lapsed, "recovery")
+
+    async def close(self) -> None:
+        """Stop beating and give back what this node still holds (run by the queues' close first)."""
+        await self._background.stop_loops()
+        with self._db.write() as session:
+            conn = session.connection()
+            self._give_back(conn, [self.id])
+            conn.execute(update(NODES).where(NODES.c.id == self.id, NODES.c.end.is_(None))
+                         .values(end=STOPPED, ended_at=utcnow()))
+        self.recovered()
+
+    # --- heartbeats and recovery -----------------------------------------------------------
+
+    def _beat(self) -> None:
+        with self._db.write() as session:
+            beat = session.execute(update(NODES).where(NODES.c.id == self.id, NODES.c.end.is_(None))
+                                   .values(heartbeat_at=utcnow()))
+        if beat.rowcount == 0:
+            # Declared dead (a pause longer than the lease): our work went to others. Go on as a
+            # new node; what we still finish under the old id is refused by the fences.
+            old, self.id = self.id, str(uuid.uuid4())
+            log.error("node %s was declared dead by another node; it goes on as node %s", old, self.id)
+            now = utcnow()
+            with self._db.write() as session:
+                session.execute(NODES.insert().values(id=self.id, name=self.name[:200], started_at=now,
+                                                      heartbeat_at=now))
+            (self._data_dir / NODE_FILE).write_text(self.id)
+
+    def recover_lapsed(self) -> int:
+        """Recover the nodes whose heartbeat is older than the lease; returns how many."""
+        cutoff = utcnow() - timedelta(seconds=self.lease_s)
+        with self._db.read() as session:
+            lapsed = list(session.scalars(select(NODES.c.id).where(NODES.c.end.is_(None),
+                                                                   NODES.c.heartbeat_at < cutoff)))
+        return self._recover(lapsed, cutoff) if lapsed else 0
+
+    def _recover(self, node_ids: list[str], cutoff: object | None = None) -> int:
+        if not node_ids:
+            return 0
+        given_back = 0
+        with self._db.write() as session:
+            conn = session.connection()
+            if conn.dialect.name == "postgresql" and not conn.execute(
+                    text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": RECOVERY_LOCK_KEY}).scalar():
+                return 0  # another node is recovering; what is left, the next pass sees
+            where = [NODES.c.id.in_(node_ids), NODES.c.end.is_(None)]
+            if cutoff is not None:  # still lapsed: its heartbeat may have come meanwhile
+                where.append(NODES.c.heartbeat_at < cutoff)
+            dead = list(conn.execute(update(NODES).where(*where).values(end=DEAD, ended_at=utcnow())
+                                     .returning(NODES.c.id)).scalars())
+            if dead:
+                given_back = self._give_back(conn, dead)
+        if dead:
+            log.warning("node(s) %s stopped without a goodbye; %d claimed items were given back",
+                        ", ".join(dead), given_back)
+            self.recovered()
+        return len(dead)
+
+    def _give_back(self, conn: Connection, node_ids: list[str]) -> int:
+        # All kinds or none: a node is marked dead only with all its work given back.
+        return sum(recoverer(conn, node_ids) for recoverer in self._recoverers)
