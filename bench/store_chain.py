@@ -1,13 +1,13 @@
 """The store's share of a batch drain, in-process: no HTTP, no worker, a fresh SQLite file.
 
-A queued batch item that ends within 50 ms costs one status write through the group committer:
-its finish (`pending` -> `completed`, not awaited). A longer one costs two: a claim (`pending` ->
-`processing`) and a finish (`processing` -> `completed`). This times them alone, one item after
+A queued batch item (claimed by its node a few at a time, not timed here) that ends within 50 ms
+costs one status write through the group committer: its finish (`pending` -> `completed`, not
+awaited). A longer one costs two: marked `processing`, then its finish (`processing` -> `completed`). This times them alone, one item after
 another as one drainer does, next to an empty committer transaction and the same two
 transactions through the stdlib sqlite3 module (the floor).
 
 Run `.venv/bin/python bench/store_chain.py [--items N]`; it prints µs per item (a few seconds).
-It uses modelbay's private write helpers (`Requests._claim`, `Requests._finish`), so it follows
+It uses modelbay's private write helpers (`Requests._mark_processing`, `Requests._finish`), so it follows
 what the drain does today and may need updating when they change.
 """
 
@@ -34,6 +34,9 @@ from modelbay.store.db import Database
 FINISHED = {"result": b'{"x":1}', "error_message": None, "logs": None, "output_size": 7}
 
 
+NODE = "bench-node"
+
+
 def pending_rows(db: Database, n: int) -> list[str]:
     ids = [str(uuid.uuid4()) for _ in range(n)]
     now = utcnow()
@@ -45,6 +48,7 @@ def pending_rows(db: Database, n: int) -> list[str]:
             "version_id": "v",
             "mode": "batch",
             "status": "pending",
+            "owner": NODE,  # claimed by this node
             "priority": 1,
             "timeout": 60,
             "data": b'{"x":1}',
@@ -75,7 +79,7 @@ def main() -> None:
         db = Database(f"sqlite:///{tmp / 'store.db'}")
         db.migrate()
         committer = db.committer
-        requests = Requests(db, None, None, None)  # type: ignore[arg-type]  # only its writes are used
+        requests = Requests(db, None, None, None, None)  # type: ignore[arg-type]  # only its writes are used
 
         async def empty() -> None:
             for _ in range(n):
@@ -85,29 +89,29 @@ def main() -> None:
 
         async def claims() -> None:
             for rid in ids:
-                await committer.submit_async(requests._claim(rid, utcnow()))
+                await committer.submit_async(requests._mark_processing(rid, utcnow(), NODE))
 
         ids_once = pending_rows(db, n)
 
         async def written_once() -> None:  # what one drainer writes for a quick item
             for rid in ids_once:
                 values = {**FINISHED, "started_at": utcnow(), "finished_at": utcnow()}
-                committer.submit(requests._finish(rid, Status.PENDING, Status.COMPLETED, values))
+                committer.submit(requests._finish(rid, Status.PENDING, Status.COMPLETED, values, NODE))
             await committer.submit_async(lambda conn: None)  # the last finish is committed
 
         ids_chain = pending_rows(db, n)
 
         async def chain() -> None:  # what one drainer does, the worker call left out
             for rid in ids_chain:
-                if not await committer.submit_async(requests._claim(rid, utcnow())):
+                if not await committer.submit_async(requests._mark_processing(rid, utcnow(), NODE)):
                     raise RuntimeError("claim failed")
                 committer.submit(requests._finish(rid, Status.PROCESSING, Status.COMPLETED,
-                                                   {**FINISHED, "finished_at": utcnow()}))
+                                                   {**FINISHED, "finished_at": utcnow()}, NODE))
             await committer.submit_async(lambda conn: None)  # the last finish is committed
 
         timed("empty committer transaction, awaited one by one", n, empty)
-        timed("claim through move(), awaited one by one", n, claims)
-        timed("claim (awaited) + finish (not awaited): a slow item's writes", n, chain)
+        timed("marked processing through move(), awaited one by one", n, claims)
+        timed("marked processing (awaited) + finish: a slow item's writes", n, chain)
         timed("finish from pending (not awaited): a quick item's one write", n, written_once)
         db.close()
 

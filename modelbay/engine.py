@@ -127,7 +127,8 @@ class Engine:
             self.scheduler.version_changed,
             workers=settings.build_workers,
         )
-        self.requests = Requests(self.db, self.scheduler, self.deployments, self.payloads)
+        self.requests = Requests(self.db, self.scheduler, self.deployments, self.payloads, self.nodes)
+        self.nodes.add_recoverer(self.requests.give_back)
         self.url_signer = signed_urls.UrlSigner(server_secrets.signing_key(self.db, data))
         # One client for every webhook POST: pooled connections to receivers, each checked.
         allow_private = settings.webhook_allow_private_targets
@@ -153,12 +154,8 @@ class Engine:
     async def start(self) -> None:
         """Start the loops, then settle what a previous server left behind."""
         self.scheduler.start()
-        self.nodes.register()
-        settled, queued = self.requests.recover()
-        if settled:
-            log.warning("%d requests were running when the server stopped; they are marked failed", settled)
-        if queued:
-            log.info("%d pending requests are queued again", queued)
+        self.nodes.register()  # gives back what the server before this one held
+        self.requests.start()
         settled, queued = self.pipeline_requests.recover(self._project_of)
         if settled:
             log.warning("%d pipeline requests were running when the server stopped; they are marked failed", settled)

@@ -15,18 +15,22 @@ Clocks of the servers are assumed to agree within a small part of the lease (NTP
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import Connection, select, text, update
+from typing import Any
+
+from sqlalchemy import Connection, or_, select, text, update
+from sqlalchemy.sql import ColumnElement
 
 from modelbay.core.background import Background
-from modelbay.core.clock import utcnow
+from modelbay.core.clock import as_utc, utcnow
 from modelbay.core.hooks import Hook
 from modelbay.store.db import Database
 from modelbay.store.tables import NodeRow
@@ -46,8 +50,16 @@ STOPPED = "stopped"
 DEAD = "dead"
 
 #: Gives back a dead node's work: (connection, dead node ids) -> rows given back. It writes in the
-#: recovery's transaction, so the node is marked dead exactly when its work is given back.
-Recoverer = Callable[[Connection, list[str]], int]
+#: recovery's transaction, so the node is marked dead exactly when its work is given back. The
+#: ids may include None: rows claimed before nodes existed (no owner), given back once no node lives.
+Recoverer = Callable[[Connection, list[str | None]], int]
+
+
+def owned_by(owner: ColumnElement[Any], node_ids: list[str | None]) -> ColumnElement[bool]:
+    """Rows whose `owner` column names one of `node_ids` (None: rows without an owner)."""
+    named = [node_id for node_id in node_ids if node_id is not None]
+    condition = owner.in_(named)
+    return or_(condition, owner.is_(None)) if None in node_ids else condition
 
 
 class Nodes:
@@ -77,17 +89,21 @@ class Nodes:
         with self._db.write() as session:
             session.execute(NODES.insert().values(id=self.id, name=self.name[:200], started_at=now, heartbeat_at=now))
         file.write_text(self.id)
-        gone = [previous] if previous else []
+        gone: list[str | None] = [previous] if previous else []
+        cutoff = now - timedelta(seconds=self.lease_s)
+        with self._db.read() as session:
+            others = session.execute(select(NODES.c.id, NODES.c.heartbeat_at)
+                                     .where(NODES.c.end.is_(None), NODES.c.id != self.id)).all()
         if self._db.is_sqlite:  # one server holds a SQLite store: every node that did not stop is gone
-            with self._db.read() as session:
-                gone = list(session.scalars(select(NODES.c.id).where(NODES.c.end.is_(None), NODES.c.id != self.id)))
+            gone = [node_id for node_id, _ in others]
+        if not any(as_utc(beat) >= cutoff for node_id, beat in others if node_id not in gone):
+            gone.append(None)  # no node lives: rows without an owner (claimed before nodes existed) are free
         self._recover(gone)
 
     def start(self) -> None:
         """Beat, and recover nodes whose heartbeat lapsed, every fifth of the lease."""
         period = self.lease_s / 5
-        self._background.every(period, self._beat, "heartbeat")
-        self._background.every(period, self.recover_lapsed, "recovery")
+        self._background.every(period, self._pass, "heartbeat and recovery")
 
     async def close(self) -> None:
         """Stop beating and give back what this node still holds (run by the queues' close first)."""
@@ -100,6 +116,11 @@ class Nodes:
         self.recovered()
 
     # --- heartbeats and recovery -----------------------------------------------------------
+
+    async def _pass(self) -> None:
+        # Off the event loop: a slow database must not hold up the requests being served.
+        await asyncio.to_thread(self._beat)
+        await asyncio.to_thread(self.recover_lapsed)
 
     def _beat(self) -> None:
         with self._db.write() as session:
@@ -124,7 +145,7 @@ class Nodes:
                                                                    NODES.c.heartbeat_at < cutoff)))
         return self._recover(lapsed, cutoff) if lapsed else 0
 
-    def _recover(self, node_ids: list[str], cutoff: object | None = None) -> int:
+    def _recover(self, node_ids: list[str | None], cutoff: datetime | None = None) -> int:
         if not node_ids:
             return 0
         given_back = 0
@@ -133,19 +154,22 @@ class Nodes:
             if conn.dialect.name == "postgresql" and not conn.execute(
                     text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": RECOVERY_LOCK_KEY}).scalar():
                 return 0  # another node is recovering; what is left, the next pass sees
-            where = [NODES.c.id.in_(node_ids), NODES.c.end.is_(None)]
+            where = [NODES.c.id.in_([n for n in node_ids if n is not None]), NODES.c.end.is_(None)]
             if cutoff is not None:  # still lapsed: its heartbeat may have come meanwhile
                 where.append(NODES.c.heartbeat_at < cutoff)
-            dead = list(conn.execute(update(NODES).where(*where).values(end=DEAD, ended_at=utcnow())
-                                     .returning(NODES.c.id)).scalars())
+            dead: list[str | None] = list(conn.execute(update(NODES).where(*where)
+                                                       .values(end=DEAD, ended_at=utcnow())
+                                                       .returning(NODES.c.id)).scalars())
+            if None in node_ids:
+                dead.append(None)
             if dead:
                 given_back = self._give_back(conn, dead)
-        if dead:
-            log.warning("node(s) %s stopped without a goodbye; %d claimed items were given back",
-                        ", ".join(dead), given_back)
+        if given_back:
+            log.warning("%d items claimed by stopped node(s) %s were given back", given_back,
+                        ", ".join(node or "(none)" for node in dead))
             self.recovered()
         return len(dead)
 
-    def _give_back(self, conn: Connection, node_ids: list[str]) -> int:
+    def _give_back(self, conn: Connection, node_ids: list[str | None]) -> int:
         # All kinds or none: a node is marked dead only with all its work given back.
         return sum(recoverer(conn, node_ids) for recoverer in self._recoverers)

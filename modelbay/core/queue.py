@@ -1,4 +1,13 @@
-"""The queue of accepted batch requests: drained per version, in order, by up to one drainer per instance."""
+"""The queue of batch requests is the store: pending rows, claimed a few at a time by the node that runs them.
+
+A node claims a version's oldest pending rows (priority first) by writing its id as their
+`owner`, in one statement that skips rows another node is claiming (`FOR UPDATE SKIP LOCKED` on
+PostgreSQL; SQLite has one writer), and runs them one per drainer, up to the version's maximum
+instances. It holds only the rows it claimed, a few per drainer, so a backlog of any size stays
+in the store. A node learns of pending work from its own batch creations, from other nodes'
+messages and from a slow poll; work it claimed but had not started when it stopped or died goes
+back to the queue (`Requests.give_back`).
+"""
 
 from __future__ import annotations
 
@@ -12,10 +21,14 @@ from modelbay.core.background import Background
 
 log = logging.getLogger(__name__)
 
+#: How many rows a drainer claims at once: a few per round trip, few enough that other nodes
+#: (and a restart) find the rest in the store.
+CLAIM_PER_DRAINER = 4
+
 
 @dataclass(frozen=True)
 class QueuedItem:
-    """A committed `pending` request waiting for an instance."""
+    """A `pending` request this node claimed, waiting for an instance."""
 
     request_id: str
     version_id: str
@@ -24,69 +37,83 @@ class QueuedItem:
     priority: int  # 0 high, 1 standard
 
 
+#: Claims up to n pending rows of a version for this node, in queue order.
+Claim = Callable[[str, int], Awaitable[list[QueuedItem]]]
+
+
 class BatchQueue:
-    """In-memory order over the store's pending requests; the store stays the source of truth.
+    """Drains pending requests per version: `run` gets each claimed item once, in claim order;
+    `drainers_for` says how many items of a version may run at once (its maximum instances)."""
 
-    `run` gets each item once, in priority-then-arrival order per version; `drainers_for`
-    says how many items of a version may run at once (its maximum instances).
-    """
-
-    def __init__(
-        self,
-        run: Callable[[QueuedItem], Awaitable[None]],
-        drainers_for: Callable[[str], int],
-    ) -> None:
+    def __init__(self, claim: Claim, run: Callable[[QueuedItem], Awaitable[None]],
+                 drainers_for: Callable[[str], int]) -> None:
+        self._claim = claim
         self._run = run
         self._drainers_for = drainers_for
-        self._pending: dict[str, tuple[deque[QueuedItem], deque[QueuedItem]]] = {}
+        self._claimed: dict[str, deque[QueuedItem]] = {}  # version -> claimed, not yet started
         self._drainers: dict[str, int] = {}
+        self._claiming: set[str] = set()  # versions with a claim under way
+        self._woken: set[str] = set()  # versions woken since their last claim began
         self._background = Background("batch queue")
         self._closing = False
 
-    def push(self, items: list[QueuedItem]) -> None:
-        """Queue committed items (in arrival order) and start drainers for their versions."""
-        versions = set()
-        for item in items:
-            queues = self._pending.setdefault(item.version_id, (deque(), deque()))
-            queues[min(item.priority, 1)].append(item)
-            versions.add(item.version_id)
-        for version_id in versions:
-            self._start_drainers(version_id)
+    def wake(self, version_id: str) -> None:
+        """There may be pending work for `version_id`: start a drainer for it unless one runs."""
+        self._woken.add(version_id)  # a claim under way may have missed it: claim once more
+        if not self._closing and not self._drainers.get(version_id):
+            self._add_drainer(version_id)
+
+    def draining(self) -> set[str]:
+        """The versions this node is draining now."""
+        return set(self._drainers)
 
     def depth(self, version_id: str) -> int:
-        queues = self._pending.get(version_id)
-        return 0 if queues is None else len(queues[0]) + len(queues[1])
+        """Claimed items of a version waiting here for an instance."""
+        return len(self._claimed.get(version_id, ()))
 
     async def close(self, grace_s: float) -> None:
-        """Stop taking items, let running ones finish for up to `grace_s`, then cancel the rest."""
+        """Stop taking items, let running ones finish for up to `grace_s`, then cancel the rest.
+        What was claimed and not started stays pending, owned by this node until it is given back."""
         self._closing = True
         await self._background.close(grace_s)
 
-    def _pop(self, version_id: str) -> QueuedItem | None:
-        if self._closing:
-            return None
-        queues = self._pending.get(version_id)
-        if queues is None:
-            return None
-        for queue in queues:
-            if queue:
-                return queue.popleft()
-        del self._pending[version_id]
+    def _add_drainer(self, version_id: str) -> None:
+        self._drainers[version_id] = self._drainers.get(version_id, 0) + 1
+        self._background.spawn(self._drain(version_id), name=f"drain-{version_id}")
+
+    async def _next(self, version_id: str) -> QueuedItem | None:
+        while not self._closing:
+            claimed = self._claimed.get(version_id)
+            if claimed:
+                return claimed.popleft()
+            if version_id in self._claiming:
+                return None  # another drainer is claiming: it starts more drainers if it finds more
+            wanted = self._wanted(version_id)
+            self._claiming.add(version_id)
+            self._woken.discard(version_id)
+            try:
+                items = await self._claim(version_id, wanted * CLAIM_PER_DRAINER)
+            finally:
+                self._claiming.discard(version_id)
+            if not items:
+                if version_id in self._woken:
+                    continue
+                return None
+            self._claimed.setdefault(version_id, deque()).extend(items)
+            while self._drainers.get(version_id, 0) < min(wanted, len(items)):
+                self._add_drainer(version_id)
         return None
 
-    def _start_drainers(self, version_id: str) -> None:
+    def _wanted(self, version_id: str) -> int:
         try:
-            wanted = self._drainers_for(version_id)
+            return max(self._drainers_for(version_id), 1)
         except Exception:
             log.exception("cannot size the drainers of version %s", version_id)
-            wanted = 1
-        while self._drainers.get(version_id, 0) < min(wanted, self.depth(version_id)):
-            self._drainers[version_id] = self._drainers.get(version_id, 0) + 1
-            self._background.spawn(self._drain(version_id), name=f"drain-{version_id}")
+            return 1
 
     async def _drain(self, version_id: str) -> None:
         try:
-            while (item := self._pop(version_id)) is not None:
+            while (item := await self._next(version_id)) is not None:
                 try:
                     await self._run(item)
                 except Exception:
@@ -95,3 +122,5 @@ class BatchQueue:
             self._drainers[version_id] -= 1
             if not self._drainers[version_id]:
                 del self._drainers[version_id]
+                if not self._claimed.get(version_id):
+                    self._claimed.pop(version_id, None)

@@ -13,17 +13,19 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, select, update
 
 from modelbay.core.clock import utcnow
 from modelbay.core.deployments import Deployments, Target
 from modelbay.core.errors import InvalidInput, NotFound, StatusChanged
 from modelbay.core.fields import check_data
+from modelbay.core.nodes import Nodes
 from modelbay.core.payloads import Payloads
+from modelbay.core.background import Background
 from modelbay.core.queue import BatchQueue, QueuedItem
 from modelbay.core.scheduler import PRIORITY_BATCH, PRIORITY_DIRECT, Scheduler
 from modelbay.core.stored_requests import StoredRequests, check_batch
@@ -49,6 +51,10 @@ MAX_UNCOMMITTED_RESULTS = 32
 
 #: Most log text kept with one request; the worker already caps what it collects.
 MAX_STORED_LOG_CHARS = 1 << 20
+
+#: How often a node looks for pending requests nobody drains (accepted by another node whose
+#: message it missed, or given back by a node that stopped).
+POLL_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -101,11 +107,15 @@ class Requests(StoredRequests):
     row_type = RequestRow
     version_row_type = VersionRow
 
-    def __init__(self, db: Database, scheduler: Scheduler, deployments: Deployments, payloads: Payloads) -> None:
+    def __init__(self, db: Database, scheduler: Scheduler, deployments: Deployments, payloads: Payloads,
+                 nodes: Nodes) -> None:
         super().__init__(db, payloads)
         self._scheduler = scheduler
         self._deployments = deployments
-        self.queue = BatchQueue(self._run_queued, self._drainers_for)
+        self._nodes = nodes
+        self.queue = BatchQueue(self._claim_pending, self._run_queued, self._drainers_for)
+        self._poll_now = asyncio.Event()
+        self._background = Background("requests")
         self._running: dict[str, asyncio.Task[Any]] = {}  # request id -> its call, for cancels
         self._cancelling: set[str] = set()
         self._uncommitted: deque[asyncio.Future[Any]] = deque()  # batch results being written, oldest first
@@ -136,10 +146,12 @@ class Requests(StoredRequests):
         request_id = request_id or str(uuid.uuid4())
         encoded = orjson.dumps(data)
         created_at = utcnow()
+        node = self._nodes.id
         started = {
             **await self._new_row(target, request_id, "direct", priority, timeout, encoded, origin, created_at),
             "status": Status.PROCESSING.value,
             "started_at": created_at,
+            "owner": node,
         }
         committer = self._db.committer
         call = Call(request_id, data, {**(context or {}), "id": request_id, "request_mode": "direct",
@@ -165,7 +177,8 @@ class Requests(StoredRequests):
             timer.cancel()
         finished = await self._finished_values(request_id, target, outcome)
         if recorded:
-            status = await committer.submit_async(self._finish(request_id, Status.PROCESSING, outcome.status, finished))
+            status = await committer.submit_async(self._finish(request_id, Status.PROCESSING, outcome.status, finished,
+                                                               node))
         else:
             status = outcome.status
             await committer.submit_async(Insert(REQUESTS, [{**started, **finished, "status": status.value}]))
@@ -192,38 +205,62 @@ class Requests(StoredRequests):
         Raises `InvalidInput` naming the first faulty item; then nothing is stored.
         """
         check_batch(items, lambda item: check_data(target.input_type, target.input_fields, item))
-        created_at = utcnow()
+        now = utcnow()
         rows = []
-        for item in items:
+        for index, item in enumerate(items):
+            # A microsecond apart: the queue runs a version's requests in order of creation.
+            created_at = now + timedelta(microseconds=index)
             row = await self._new_row(
                 target, str(uuid.uuid4()), "batch", priority, timeout, orjson.dumps(item), origin, created_at
             )
             rows.append({**row, "status": Status.PENDING.value})
         await self._db.committer.submit_async(Insert(REQUESTS, rows))
-        self.queue.push(
-            [
-                QueuedItem(row["id"], target.version_id, item, timeout, priority)
-                for row, item in zip(rows, items, strict=True)
-            ]
-        )
+        self.queue.wake(target.version_id)
         return [
             RequestRecord(row["id"], target.deployment_name, target.version_name, "batch", "pending", timeout,
-                          None, None, created_at)
+                          None, None, row["created_at"])
             for row in rows
         ]
 
     def _drainers_for(self, version_id: str) -> int:
         return self._deployments.target_of_version(version_id).maximum_instances
 
+    async def _claim_pending(self, version_id: str, limit: int) -> list[QueuedItem]:
+        """Claim up to `limit` of the version's unclaimed pending requests for this node, in queue order."""
+        node = self._nodes.id
+        table = REQUESTS
+        oldest = (select(table.c.id)
+                  .where(table.c.version_id == version_id, table.c.status == Status.PENDING.value,
+                         table.c.owner.is_(None))
+                  .order_by(table.c.priority, table.c.created_at, table.c.id)
+                  .limit(limit)
+                  .with_for_update(skip_locked=True))  # PostgreSQL: rows another node is claiming are skipped
+        claim = (update(table).where(table.c.id.in_(oldest.scalar_subquery())).values(owner=node)
+                 .returning(table.c.id, table.c.data, table.c.data_key, table.c.timeout, table.c.priority,
+                            table.c.created_at))
+
+        def write(conn: Connection) -> list[Any]:
+            return list(conn.execute(claim).all())
+
+        rows = await self._db.committer.submit_async(write)
+        rows.sort(key=lambda row: (row.priority, row.created_at, row.id))
+        items = []
+        for row in rows:
+            data = (self._payloads.value(row.data, None) if row.data_key is None
+                    else await asyncio.to_thread(self._payloads.value, None, row.data_key))
+            items.append(QueuedItem(row.id, version_id, data, row.timeout, row.priority))
+        return items
+
     async def _run_queued(self, item: QueuedItem) -> None:
         committer = self._db.committer
+        node = self._nodes.id
         await self._limit_uncommitted()
         started_at = utcnow()
         try:
             target = self._deployments.target_of_version(item.version_id)
         except NotFound:
             values = {"error_message": "The version of this request no longer exists", "finished_at": started_at}
-            committer.submit(self._finish(item.request_id, Status.PENDING, Status.FAILED, values))
+            committer.submit(self._finish(item.request_id, Status.PENDING, Status.FAILED, values, node))
             return
         # As for direct requests: an item that ends within a moment is written once, from
         # `pending` to its end; one still running then is claimed (`processing`), so it can be
@@ -234,7 +271,7 @@ class Requests(StoredRequests):
         def claim() -> None:
             nonlocal running_from
             running_from = Status.PROCESSING
-            committer.submit(self._claim(item.request_id, started_at)).add_done_callback(_log_failure)
+            committer.submit(self._mark_processing(item.request_id, started_at, node)).add_done_callback(_log_failure)
 
         call = Call(item.request_id, item.data, {"id": item.request_id, "request_mode": "batch"})
         timer = asyncio.get_running_loop().call_later(RECORD_PROCESSING_AFTER_S, claim)
@@ -247,7 +284,7 @@ class Requests(StoredRequests):
             values["started_at"] = started_at
         # Nobody waits on a batch result: the write goes on while the next item runs, and may
         # share its commit with the next few (until then, a crash leaves the item to run again).
-        written = committer.submit_async(self._finish(item.request_id, running_from, outcome.status, values),
+        written = committer.submit_async(self._finish(item.request_id, running_from, outcome.status, values, node),
                                          linger=True)
         written.add_done_callback(_log_failure)
         self._uncommitted.append(written)
@@ -266,15 +303,16 @@ class Requests(StoredRequests):
             else:
                 return
 
-    def _claim(self, request_id: str, started_at: datetime) -> Callable[[Connection], bool]:
-        def claim(conn: Connection) -> bool:
+    def _mark_processing(self, request_id: str, started_at: datetime, node: str) -> Callable[[Connection], bool]:
+        def mark(conn: Connection) -> bool:
             try:
-                move(conn, self.machine, request_id, Status.PENDING, Status.PROCESSING, started_at=started_at)
+                move(conn, self.machine, request_id, Status.PENDING, Status.PROCESSING, fence=node,
+                     started_at=started_at)
             except StatusChanged:
-                return False  # cancelled or deleted meanwhile: its call was stopped
+                return False  # cancelled, deleted or given back meanwhile
             return True
 
-        return claim
+        return mark
 
     # --- execution -------------------------------------------------------------------------
 
@@ -368,32 +406,33 @@ class Requests(StoredRequests):
         except NotFound:  # not recorded yet: stop its call; it is then written once, cancelled
             await self._stop_running(request_id)
 
-    # --- recovery --------------------------------------------------------------------------
+    # --- the queue across nodes ----------------------------------------------------------
 
-    def recover(self) -> tuple[int, int]:
-        """After a restart: settle what was running (its instance is gone) and queue what waits.
+    def start(self) -> None:
+        """Drain what waits in the store, and look for it again now and then (and when told to)."""
+        self._nodes.recovered.add(self._poll_now.set)
+        self._background.every(POLL_S, self._poll, "batch poll", wake=self._poll_now)
 
-        Returns (settled, queued).
-        """
-        with self._db.write() as session:
-            settled = self._settle_stopped(session.connection())
-            waiting = session.execute(
-                select(REQUESTS.c.id, REQUESTS.c.version_id, REQUESTS.c.data, REQUESTS.c.timeout, REQUESTS.c.priority,
-                       REQUESTS.c.data_key)
-                .where(REQUESTS.c.status == Status.PENDING.value)
-                .order_by(REQUESTS.c.created_at, REQUESTS.c.id)
-            ).all()
-        self.queue.push(
-            [
-                QueuedItem(request_id, version_id, self._payloads.value(data, key), timeout, priority)
-                for request_id, version_id, data, timeout, priority, key in waiting
-            ]
-        )
-        return settled, len(waiting)
+    async def _poll(self) -> None:
+        table = REQUESTS
+
+        def versions() -> list[str]:
+            with self._db.read() as session:
+                return list(session.scalars(select(table.c.version_id).distinct().where(
+                    table.c.status == Status.PENDING.value, table.c.owner.is_(None))))
+
+        draining = self.queue.draining()
+        for version_id in await asyncio.to_thread(versions):
+            if version_id not in draining:
+                self.queue.wake(version_id)
 
     async def close(self, grace_s: float = 30.0) -> None:
-        """Let running batch requests finish, for up to `grace_s`; what waits stays pending."""
+        """Let running batch requests finish, for up to `grace_s`; what waits stays pending (what this
+        node claimed of it is given back when the node stops)."""
+        await self._background.close()
         await self.queue.close(grace_s)
+        self._db.committer.flush()  # the results still lingering for company are written before the node stops
+        await asyncio.gather(*self._uncommitted, return_exceptions=True)
 
 
 def _log_failure(future: Any) -> None:

@@ -15,10 +15,11 @@ from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, Protocol
 
-from sqlalchemy import Connection, Select, Table, delete, select
+from sqlalchemy import Connection, Select, Table, delete, select, update
 
 from modelbay.core.clock import utcnow
 from modelbay.core.errors import InvalidInput, NotFound, StatusChanged
+from modelbay.core.nodes import owned_by
 from modelbay.core.payloads import Payloads, named_keys
 from modelbay.core.states import REQUEST_TERMINAL as TERMINAL
 from modelbay.core.states import Machine, move
@@ -161,27 +162,29 @@ class StoredRequests:
 
     # --- status ----------------------------------------------------------------------------
 
-    def _finish(self, request_id: str, running: Status, status: Status,
-                values: dict[str, Any]) -> Callable[[Connection], Status | None]:
+    def _finish(self, request_id: str, running: Status, status: Status, values: dict[str, Any],
+                fence: str | None = None) -> Callable[[Connection], Status | None]:
         """The write that ends a request that was `running` with `status` and `values`; a cancel that
         came first wins (then its times and logs are written, not its result). Returns the status
-        written, or None when the request is gone (deleted meanwhile)."""
+        written, or None when the request is gone (deleted meanwhile, or given back: `fence` is
+        the node that must still own it)."""
 
         def finish(conn: Connection) -> Status | None:
             if status is not Status.CANCELLED:
                 try:
-                    move(conn, self.machine, request_id, running, status, **values)
+                    move(conn, self.machine, request_id, running, status, fence=fence, **values)
                     return status
                 except StatusChanged:
                     pass
             elif running is Status.PROCESSING:  # stopped before its cancel was recorded
                 with contextlib.suppress(StatusChanged):
-                    move(conn, self.machine, request_id, running, Status.CANCELLED_PENDING)
+                    move(conn, self.machine, request_id, running, Status.CANCELLED_PENDING, fence=fence)
             cancelled = {"finished_at": utcnow(), **values, "error_message": None}
             cancelled.pop("result", None)
             cancelled.pop("result_key", None)
             try:
-                move(conn, self.machine, request_id, Status.CANCELLED_PENDING, Status.CANCELLED, **cancelled)
+                move(conn, self.machine, request_id, Status.CANCELLED_PENDING, Status.CANCELLED, fence=fence,
+                     **cancelled)
                 return Status.CANCELLED
             except StatusChanged:
                 return None  # deleted meanwhile, or cancelled while still pending
@@ -320,6 +323,27 @@ class StoredRequests:
         return len(expired)
 
     # --- recovery --------------------------------------------------------------------------
+
+    def give_back(self, conn: Connection, node_ids: list[str | None]) -> int:
+        """What stopped nodes held (`core.nodes` recoverer): fail what was running (what ran it is
+        gone), cancel what was being cancelled, queue again what was claimed and not started.
+        Returns how many requests."""
+        now = utcnow()
+        table = self._table
+        held = conn.execute(select(table.c.id, table.c.status).where(
+            owned_by(table.c.owner, node_ids),
+            table.c.status.in_([Status.PENDING.value, Status.PROCESSING.value, Status.CANCELLED_PENDING.value]),
+        )).all()
+        for request_id, status in held:
+            if status == Status.PENDING.value:
+                conn.execute(update(table).where(table.c.id == request_id, table.c.status == status)
+                             .values(owner=None))
+            elif status == Status.CANCELLED_PENDING.value:
+                move(conn, self.machine, request_id, Status.CANCELLED_PENDING, Status.CANCELLED, finished_at=now)
+            else:
+                move(conn, self.machine, request_id, Status.PROCESSING, Status.FAILED, finished_at=now,
+                     error_message=f"The server stopped while this {self.noun} was running")
+        return len(held)
 
     def _settle_stopped(self, conn: Connection) -> int:
         """After a restart: fail what was running (what ran it is gone) and cancel what was being

@@ -49,7 +49,7 @@ def test_finished_requests_past_the_retention_time_are_swept_and_others_kept(db:
             row("fresh", "completed", 10), row("waiting", "pending", None),
         ])
     payloads = Payloads(db, LocalBlobStore(tmp_path / "blobs"))
-    assert Requests(db, None, deployments, payloads).sweep_expired() == 2  # type: ignore[arg-type]
+    assert Requests(db, None, deployments, payloads, None).sweep_expired() == 2  # type: ignore[arg-type]
     with db.read() as session:
         assert sorted(session.scalars(select(REQUESTS.c.id))) == ["fresh", "waiting"]
 

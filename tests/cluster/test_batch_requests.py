@@ -1,0 +1,136 @@
+"""Batch requests on a cluster: the store is the queue, every node drains it, a killed node loses nothing."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cluster.conftest import LEASE_S, Cluster
+from tests.fixtures.server import wait_until
+from tests.integration.conftest import deploy, descendants, kill_leftovers, query, ubiops
+
+pytestmark = pytest.mark.postgresql_only("a cluster is several servers on one PostgreSQL")
+
+#: Appends one mark per run to a file named by the item's `x`, then sleeps `ms` milliseconds.
+COUNTS_RUNS = """
+import os
+import time
+
+MARKS = {marks!r}
+MS = {ms}
+
+
+class Deployment:
+    def __init__(self, base_directory, context):
+        pass
+
+    def request(self, data):
+        with open(os.path.join(MARKS, str(data["x"])), "a") as marks:
+            marks.write("x")
+        time.sleep(MS / 1000)
+        return dict(data)
+"""
+
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+def counting_deployment(shared_path: Path, ms: int) -> tuple[str, Path]:
+    marks = shared_path / "marks"
+    marks.mkdir()
+    marks.chmod(0o777)
+    return COUNTS_RUNS.format(marks=str(marks), ms=ms), marks
+
+
+def runs_of(marks: Path) -> Counter[str]:
+    return Counter({path.name: len(path.read_text()) for path in marks.iterdir()})
+
+
+def requests(cluster: Cluster) -> list[dict[str, Any]]:
+    return [dict(row) for row in query(cluster.nodes[0].data_dir,
+                                       "SELECT id, status, owner, error_message, data FROM requests")]
+
+
+def node_ids(cluster: Cluster) -> dict[str, int]:
+    """Node id -> the pid of its server process (a node's name ends with its pid)."""
+    rows = query(cluster.nodes[0].data_dir, "SELECT id, name FROM nodes")
+    return {row["id"]: int(row["name"].rsplit(":", 1)[1]) for row in rows}
+
+
+def submit(cluster: Cluster, token: str, batches: int, size: int) -> list[str]:
+    """`batches` batches of `size` items, each through the next node; returns the request ids."""
+    client_of = cluster.round_robin(token)
+    ids: list[str] = []
+    for b in range(batches):
+        with client_of() as client:
+            items = [{"x": b * size + i} for i in range(size)]
+            response = client.post("/projects/work/deployments/counter/requests/batch", json=items)
+            assert response.status_code == 201, response.text
+            ids += [r["id"] for r in response.json()]
+    return ids
+
+
+def test_batches_accepted_by_every_node_are_drained_by_every_node_each_item_once(
+    cluster: Cluster, shared_path: Path
+) -> None:
+    first, *_ = cluster.start(3)
+    project = first.create_project("work")
+    source, marks = counting_deployment(shared_path, ms=5)
+    with ubiops(first, project["token"]) as client:
+        deploy(client, "work", "counter", source, plain=False, maximum_instances=2)
+
+    ids = submit(cluster, project["token"], batches=9, size=40)
+
+    wait_until(lambda: all(r["status"] in TERMINAL for r in requests(cluster)), timeout=120, interval=0.2)
+    found = requests(cluster)
+    assert sorted(r["id"] for r in found) == sorted(ids)
+    assert Counter(r["status"] for r in found) == {"completed": len(ids)}
+    assert runs_of(marks) == {str(i): 1 for i in range(len(ids))}  # each item ran once
+    owners = {r["owner"] for r in found}
+    assert owners <= set(node_ids(cluster)) and len(owners) == 3, owners  # every node drained some
+
+
+def test_a_node_killed_with_sigkill_mid_drain_loses_nothing_and_reruns_nothing_committed(
+    cluster: Cluster, shared_path: Path
+) -> None:
+    first, victim, _ = cluster.start(3)
+    project = first.create_project("work")
+    source, marks = counting_deployment(shared_path, ms=60)
+    with ubiops(first, project["token"]) as client:
+        deploy(client, "work", "counter", source, plain=False, maximum_instances=2)
+
+    ids = submit(cluster, project["token"], batches=12, size=50)
+    wait_until(lambda: sum(r["status"] == "completed" for r in requests(cluster)) >= 100, timeout=120)
+    assert victim.process is not None
+    orphans = descendants(victim.process.pid)
+    assert victim.stop(signal.SIGKILL) == -signal.SIGKILL
+    killed_at = time.monotonic()
+    kill_leftovers(orphans)  # its workers, as a crash of its machine would end them
+    (dead,) = [node for node, pid in node_ids(cluster).items() if pid == victim.process.pid]
+    held_then = [r for r in requests(cluster) if r["owner"] == dead and r["status"] in ("pending", "processing")]
+    assert held_then  # it died holding work
+
+    wait_until(lambda: all(r["status"] in TERMINAL for r in requests(cluster)), timeout=LEASE_S + 120,
+               interval=0.2)
+    recovered_in = time.monotonic() - killed_at
+    found = {r["id"]: r for r in requests(cluster)}
+    assert sorted(found) == sorted(ids)  # nothing lost
+    failed = [r for r in found.values() if r["status"] != "completed"]
+    for row in failed:  # only what was running on the killed node, failed with the reason
+        assert row["status"] == "failed" and row["owner"] == dead, row
+        assert "server stopped" in row["error_message"], row
+    assert len(failed) <= 2  # its two instances' calls
+    runs = runs_of(marks)
+    twice = [item for item, count in runs.items() if count > 1]
+    assert all(runs[item] <= 2 for item in twice), runs
+    # Run again only what the dead node held and had not committed: its claimed items.
+    assert len(twice) <= len(held_then), (twice, held_then)
+    assert sum(1 for r in found.values() if r["status"] == "completed") == len(ids) - len(failed)
+    print(f"\nkill -9 of a node: all {len(ids)} items settled {recovered_in:.1f} s after the kill "
+          f"(lease {LEASE_S} s); {len(held_then)} items were held by it, {len(twice)} ran twice, "
+          f"{len(failed)} failed")
+
