@@ -72,7 +72,7 @@ class Nodes:
         self.id = str(uuid.uuid4())
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self._recoverers: list[Recoverer] = []
-        #: Told (after the commit) that work was given back, so queues look for it at once.
+        #: Told (after the commit, on the event loop) that work was given back, so queues look for it at once.
         self.recovered = Hook[[]]("nodes.recovered")
         self._background = Background("nodes")
 
@@ -98,7 +98,8 @@ class Nodes:
             gone = [node_id for node_id, _ in others]
         if not any(as_utc(beat) >= cutoff for node_id, beat in others if node_id not in gone):
             gone.append(None)  # no node lives: rows without an owner (claimed before nodes existed) are free
-        self._recover(gone)
+        if self._recover(gone):
+            self.recovered()
 
     def start(self) -> None:
         """Beat, and recover nodes whose heartbeat lapsed, every fifth of the lease."""
@@ -120,7 +121,8 @@ class Nodes:
     async def _pass(self) -> None:
         # Off the event loop: a slow database must not hold up the requests being served.
         await asyncio.to_thread(self._beat)
-        await asyncio.to_thread(self.recover_lapsed)
+        if await asyncio.to_thread(self.recover_lapsed):
+            self.recovered()  # on the loop, where the reactions wake their queues
 
     def _beat(self) -> None:
         with self._db.write() as session:
@@ -167,7 +169,6 @@ class Nodes:
         if given_back:
             log.warning("%d items claimed by stopped node(s) %s were given back", given_back,
                         ", ".join(node or "(none)" for node in dead))
-            self.recovered()
         return len(dead)
 
     def _give_back(self, conn: Connection, node_ids: list[str | None]) -> int:
