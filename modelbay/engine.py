@@ -133,7 +133,7 @@ class Engine:
         allow_private = settings.webhook_allow_private_targets
         self.http = webhook_client(allow_private=allow_private)
         self.webhooks = Webhooks(self.db, self.http, allow_private_targets=allow_private)
-        self.deliveries = Deliveries(self.db, self.http)
+        self.deliveries = Deliveries(self.db, self.http, self.nodes)
         self.datasets = Datasets(self.db, self.blobs)
         self.jobs = Jobs(self.db, self.datasets, self.deployments, self.requests, self.deliveries, job_item_body)
         self.pipelines = Pipelines(self.db)
