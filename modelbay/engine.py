@@ -140,7 +140,7 @@ class Engine:
         self.pipeline_requests = PipelineRequests(self.db, self.pipelines, self.deployments, self.requests,
                                                   self.payloads)
         self.journal = Journal(self.db)
-        self.runs = Runs(self.db, self.deployments, self.requests, self.scheduler, self.journal)
+        self.runs = Runs(self.db, self.deployments, self.requests, self.scheduler, self.journal, self.nodes)
         self.services = Services(
             self.db, self.deployments, self.requests, self.scheduler, self.runtime, self.journal,
             scale_down_idle_s=settings.service_scale_down_idle_s,
@@ -172,9 +172,7 @@ class Engine:
         for version_id in self.deployments.versions_with_minimum_instances():
             if (target := self._serving_target(version_id)) is not None:
                 self.scheduler.warm(target)
-        resumed = self.runs.start()
-        if resumed:
-            log.info("%d unfinished runs are queued again", resumed)
+        self.runs.start()
         self.services.start()
         self._background.every(RETENTION_SWEEP_PERIOD_S, self._sweep, "retention sweep")
         self.nodes.start()
