@@ -312,7 +312,7 @@ class Runs:
         self.status_changed(run_id, new)
 
     def _slot(self, target: Target) -> asyncio.Semaphore:
-        """Runs of one version run at most `maximum_instances` at a time; the rest wait `runnable`."""
+        """Runs of one version run at most `maximum_instances` at a time on this node; the rest wait `pending`."""
         slot = self._slots.get(target.version_id)
         if slot is None:
             slot = self._slots[target.version_id] = asyncio.Semaphore(max(target.maximum_instances, 1))
