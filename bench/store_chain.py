@@ -26,6 +26,7 @@ import uvloop
 from sqlalchemy import insert
 
 from modelbay.core.clock import utcnow
+from modelbay.core.nodes import Nodes
 from modelbay.core.requests import Requests
 from modelbay.core.states import REQUESTS
 from modelbay.core.states import RequestStatus as Status
@@ -79,7 +80,8 @@ def main() -> None:
         db = Database(f"sqlite:///{tmp / 'store.db'}")
         db.migrate()
         committer = db.committer
-        requests = Requests(db, None, None, None, None)  # type: ignore[arg-type]  # only its writes are used
+        # Only its writes are used.
+        requests = Requests(db, None, None, None, Nodes(db, tmp, lease_s=30))  # type: ignore[arg-type]
 
         async def empty() -> None:
             for _ in range(n):

@@ -128,20 +128,19 @@ class Engine:
             workers=settings.build_workers,
         )
         self.requests = Requests(self.db, self.scheduler, self.deployments, self.payloads, self.nodes)
-        self.nodes.add_recoverer(self.requests.give_back)
         self.url_signer = signed_urls.UrlSigner(server_secrets.signing_key(self.db, data))
         # One client for every webhook POST: pooled connections to receivers, each checked.
         allow_private = settings.webhook_allow_private_targets
         self.http = webhook_client(allow_private=allow_private)
         self.webhooks = Webhooks(self.db, self.http, allow_private_targets=allow_private)
-        self.deliveries = Deliveries(self.db, self.http)
+        self.deliveries = Deliveries(self.db, self.http, self.nodes)
         self.datasets = Datasets(self.db, self.blobs)
         self.jobs = Jobs(self.db, self.datasets, self.deployments, self.requests, self.deliveries, job_item_body)
         self.pipelines = Pipelines(self.db)
         self.pipeline_requests = PipelineRequests(self.db, self.pipelines, self.deployments, self.requests,
                                                   self.payloads)
         self.journal = Journal(self.db)
-        self.runs = Runs(self.db, self.deployments, self.requests, self.scheduler, self.journal)
+        self.runs = Runs(self.db, self.deployments, self.requests, self.scheduler, self.journal, self.nodes)
         self.services = Services(
             self.db, self.deployments, self.requests, self.scheduler, self.runtime, self.journal,
             scale_down_idle_s=settings.service_scale_down_idle_s,
@@ -169,9 +168,7 @@ class Engine:
         for version_id in self.deployments.versions_with_minimum_instances():
             if (target := self._serving_target(version_id)) is not None:
                 self.scheduler.warm(target)
-        resumed = self.runs.start()
-        if resumed:
-            log.info("%d unfinished runs are queued again", resumed)
+        self.runs.start()
         self.services.start()
         self._background.every(RETENTION_SWEEP_PERIOD_S, self._sweep, "retention sweep")
         self.nodes.start()

@@ -1,8 +1,12 @@
 """Deliveries: bodies POSTed to webhooks, durable in the store, retried with capped exponential backoff.
 
 A delivery is a row before it is ever tried, so one due when the server dies is made after it
-restarts. The worker takes due rows, POSTs them (a bounded number at a time) and records each
-try compare-and-set on `pending`, so a delivery given up elsewhere (a cancelled job) stays so.
+restarts. The worker of every node claims due rows (sets their `owner`; they stay `pending`, so a
+job still counts them open), POSTs them (a bounded number at a time) and records each try
+compare-and-set on `pending` and fenced by the owner, so a delivery given up elsewhere (a
+cancelled job) stays so, and one given back from a node declared dead is recorded by one node only.
+A dead node's claimed deliveries go back unclaimed, due at once: delivery is at least once (a POST
+cut short by a kill may be made again), but one whose success was recorded is never made again.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from modelbay.core.background import Background, Coalescer
 from modelbay.core.hooks import WriteHook
 from modelbay.core.clock import as_utc, utcnow
 from modelbay.core.errors import StatusChanged
+from modelbay.core.nodes import Nodes
 from modelbay.core.states import DELIVERY, DeliveryStatus, move
 from modelbay.core.webhooks import backoff_ms, post_signed
 from modelbay.store.db import Database
@@ -40,9 +45,11 @@ MAX_IN_FLIGHT = 64
 #: Longest the worker sleeps with nothing due; a new delivery wakes it at once.
 IDLE_WAKE_S = 5.0
 
+
 @dataclass(frozen=True)
 class Due:
     id: str
+    owner: str  # the node that claimed it: the fence of what records its outcome
     webhook_id: str
     job_id: str | None
     item_index: int | None
@@ -66,9 +73,10 @@ def new_delivery(webhook_id: str, body: bytes, *, job_id: str | None = None, ite
 class Deliveries:
     """The delivery worker. `wake()` after committing new deliveries."""
 
-    def __init__(self, db: Database, client: httpx.AsyncClient) -> None:
+    def __init__(self, db: Database, client: httpx.AsyncClient, nodes: Nodes) -> None:
         self._db = db
         self._client = client
+        self._nodes = nodes
         self._in_flight: set[str] = set()
         self._wake = asyncio.Event()
         self._background = Background("deliveries")
@@ -76,6 +84,8 @@ class Deliveries:
         self.items_settled: WriteHook[[list[tuple[str, int]]]] = WriteHook("deliveries: items settled")
         # Successes waiting for their commit: many go in one write (see `_record_delivered`).
         self._delivered: Coalescer[tuple[Due, int], None] = Coalescer(self._write_delivered)
+        nodes.add_recoverer(self._give_back)
+        nodes.recovered.add(self.wake)
 
     def start(self) -> None:
         self._background.every(IDLE_WAKE_S, self._pass, "pass", wake=self._wake)
@@ -89,7 +99,7 @@ class Deliveries:
     async def _pass(self) -> float:
         """Start attempts of due deliveries; returns how long to wait before the next pass."""
         free = MAX_IN_FLIGHT - len(self._in_flight)
-        due = await asyncio.to_thread(self._due, free, set(self._in_flight)) if free > 0 else []
+        due = await asyncio.to_thread(self._claim_due, free) if free > 0 else []
         for item in due:
             self._in_flight.add(item.id)
             self._background.spawn(self._attempt(item), name=f"delivery-{item.id}")
@@ -97,26 +107,52 @@ class Deliveries:
             return await asyncio.to_thread(self._seconds_to_next_due)
         return IDLE_WAKE_S  # full: a finishing attempt wakes us
 
-    def _due(self, limit: int, exclude: set[str]) -> list[Due]:
+    def _claim_due(self, limit: int) -> list[Due]:
+        """Claim up to `limit` due deliveries no node holds, in one transaction.
+
+        On PostgreSQL the rows another node is claiming are skipped, not waited for (SKIP LOCKED);
+        on SQLite the write transaction holds the whole store.
+        """
+        node_id = self._nodes.id
         query = (
             select(DELIVERIES.c.id, DELIVERIES.c.webhook_id, DELIVERIES.c.job_id, DELIVERIES.c.item_index,
                    DELIVERIES.c.body, DELIVERIES.c.attempts, WEBHOOKS.c.endpoint, WEBHOOKS.c.secret,
                    WEBHOOKS.c.max_retries, WEBHOOKS.c.max_backoff_ms)
             .select_from(DELIVERIES.outerjoin(WEBHOOKS, WEBHOOKS.c.id == DELIVERIES.c.webhook_id))
-            .where(DELIVERIES.c.status == DeliveryStatus.PENDING, DELIVERIES.c.next_attempt_at <= utcnow())
+            .where(DELIVERIES.c.status == DeliveryStatus.PENDING, DELIVERIES.c.owner.is_(None),
+                   DELIVERIES.c.next_attempt_at <= utcnow())
             .order_by(DELIVERIES.c.next_attempt_at)
-            .limit(limit + len(exclude))
+            .limit(limit)
+            .with_for_update(skip_locked=True, of=DELIVERIES)
         )
-        with self._db.read() as session:
+        with self._db.write() as session:
             rows = session.execute(query).all()
-        return [Due(r.id, r.webhook_id, r.job_id, r.item_index, r.body or b"", r.attempts, r.endpoint, r.secret,
-                    r.max_retries or 0, r.max_backoff_ms or 0)
-                for r in rows if r.id not in exclude][:limit]
+            if not rows:
+                return []
+            claimed = set(session.scalars(
+                update(DELIVERIES)
+                .where(DELIVERIES.c.id.in_([r.id for r in rows]), DELIVERIES.c.status == DeliveryStatus.PENDING,
+                       DELIVERIES.c.owner.is_(None))
+                .values(owner=node_id)
+                .returning(DELIVERIES.c.id)))
+        return [Due(r.id, node_id, r.webhook_id, r.job_id, r.item_index, r.body or b"", r.attempts, r.endpoint,
+                    r.secret, r.max_retries or 0, r.max_backoff_ms or 0)
+                for r in rows if r.id in claimed]
+
+    def _give_back(self, conn: Connection, node_ids: list[str]) -> int:
+        """A recoverer (`Nodes`): the deliveries dead nodes were making are unclaimed again, due at once
+        (the try they were making is not counted)."""
+        return int(conn.execute(
+            update(DELIVERIES)
+            .where(DELIVERIES.c.owner.in_(node_ids), DELIVERIES.c.status == DeliveryStatus.PENDING)
+            .values(owner=None)
+        ).rowcount)
 
     def _seconds_to_next_due(self) -> float:
         with self._db.read() as session:
             first = session.scalar(select(func.min(DELIVERIES.c.next_attempt_at))
-                                   .where(DELIVERIES.c.status == DeliveryStatus.PENDING))
+                                   .where(DELIVERIES.c.status == DeliveryStatus.PENDING,
+                                          DELIVERIES.c.owner.is_(None)))
         if first is None:
             return IDLE_WAKE_S
         return max(0.0, min(IDLE_WAKE_S, (as_utc(first) - utcnow()).total_seconds()))
@@ -159,18 +195,21 @@ class Deliveries:
     def _settle_delivered(self, batch: list[tuple[Due, int]]) -> Callable[[Connection], None]:
         def settle(conn: Connection) -> None:
             ids = [due.id for due, _ in batch]
-            # Compare-and-set on `pending`, for the whole batch: one given up meanwhile stays so.
-            pending = set(conn.scalars(select(DELIVERIES.c.id).where(DELIVERIES.c.id.in_(ids),
-                                                                     DELIVERIES.c.status == DeliveryStatus.PENDING)))
+            # Compare-and-set on `pending` and the claim, for the whole batch: one given up meanwhile
+            # stays so, and one given back (its node declared dead) is another node's to record.
+            # Locked until the commit, so what is read here is what the moves below find.
+            owners = dict(conn.execute(select(DELIVERIES.c.id, DELIVERIES.c.owner).where(
+                DELIVERIES.c.id.in_(ids), DELIVERIES.c.status == DeliveryStatus.PENDING).with_for_update()).all())
+            pending = {due.id for due, _ in batch if owners.get(due.id, "") == due.owner}
             now = utcnow()
-            by_code: dict[int, list[str]] = {}
+            by_outcome: dict[tuple[int, str], list[str]] = {}
             for due, code in batch:
                 if due.id in pending:
-                    by_code.setdefault(code, []).append(due.id)
-            for code, code_ids in by_code.items():
+                    by_outcome.setdefault((code, due.owner), []).append(due.id)
+            for (code, owner), code_ids in by_outcome.items():
                 move(conn, DELIVERY, {"id": code_ids}, {DeliveryStatus.PENDING}, DeliveryStatus.DELIVERED,
-                     attempts=DELIVERIES.c.attempts + 1, response_code=code, last_error=None, finished_at=now,
-                     body=None)
+                     fence=owner, attempts=DELIVERIES.c.attempts + 1, response_code=code, last_error=None,
+                     finished_at=now, body=None)
             items = [(due.job_id, due.item_index) for due, _ in batch
                      if due.id in pending and due.job_id is not None and due.item_index is not None]
             if items:
@@ -182,10 +221,10 @@ class Deliveries:
                 attempts: int) -> Callable[[Connection], None]:
         def settle(conn: Connection) -> None:
             try:
-                move(conn, DELIVERY, due.id, DeliveryStatus.PENDING, status, attempts=attempts, response_code=code,
-                     last_error=error, finished_at=utcnow())
+                move(conn, DELIVERY, due.id, DeliveryStatus.PENDING, status, fence=due.owner, attempts=attempts,
+                     response_code=code, last_error=error, finished_at=utcnow())
             except StatusChanged:
-                return  # given up meanwhile (its job was stopped or deleted)
+                return  # given up meanwhile (its job was stopped or deleted), or given back
             if due.job_id is not None and due.item_index is not None:
                 self.items_settled(conn, [(due.job_id, due.item_index)])
 
@@ -197,8 +236,10 @@ class Deliveries:
         def retry(conn: Connection) -> None:
             conn.execute(
                 update(DELIVERIES).where(DELIVERIES.c.id == due.id, DELIVERIES.c.status == DeliveryStatus.PENDING,
-                                         DELIVERIES.c.attempts == due.attempts)
-                .values(attempts=attempts, next_attempt_at=retry_at, response_code=code, last_error=error)
+                                         DELIVERIES.c.owner == due.owner)
+                # Unclaimed again: any node makes the next try when it is due.
+                .values(attempts=attempts, next_attempt_at=retry_at, response_code=code, last_error=error,
+                        owner=None)
             )
 
         return retry

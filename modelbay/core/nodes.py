@@ -75,6 +75,7 @@ class Nodes:
         #: Told (after the commit, on the event loop) that work was given back, so queues look for it at once.
         self.recovered = Hook[[]]("nodes.recovered")
         self._background = Background("nodes")
+        self._stopping = False
 
     def add_recoverer(self, recoverer: Recoverer) -> None:
         self._recoverers.append(recoverer)
@@ -108,6 +109,7 @@ class Nodes:
 
     async def close(self) -> None:
         """Stop beating and give back what this node still holds (run by the queues' close first)."""
+        self._stopping = True  # a beat still under way in its thread must not take the stop for a death
         await self._background.stop_loops()
         with self._db.write() as session:
             conn = session.connection()
@@ -128,7 +130,7 @@ class Nodes:
         with self._db.write() as session:
             beat = session.execute(update(NODES).where(NODES.c.id == self.id, NODES.c.end.is_(None))
                                    .values(heartbeat_at=utcnow()))
-        if beat.rowcount == 0:
+        if beat.rowcount == 0 and not self._stopping:
             # Declared dead (a pause longer than the lease): our work went to others. Go on as a
             # new node; what we still finish under the old id is refused by the fences.
             old, self.id = self.id, str(uuid.uuid4())

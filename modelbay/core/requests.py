@@ -116,6 +116,8 @@ class Requests(StoredRequests):
         self.queue = BatchQueue(self._claim_pending, self._run_queued, self._drainers_for)
         self._poll_now = asyncio.Event()
         self._background = Background("requests")
+        nodes.add_recoverer(self.give_back)
+        nodes.recovered.add(self._poll_now.set)
         self._running: dict[str, asyncio.Task[Any]] = {}  # request id -> its call, for cancels
         self._cancelling: set[str] = set()
         self._uncommitted: deque[asyncio.Future[Any]] = deque()  # batch results being written, oldest first
@@ -410,7 +412,6 @@ class Requests(StoredRequests):
 
     def start(self) -> None:
         """Drain what waits in the store, and look for it again now and then (and when told to)."""
-        self._nodes.recovered.add(self._poll_now.set)
         self._background.every(POLL_S, self._poll, "batch poll", wake=self._poll_now)
 
     async def _poll(self) -> None:

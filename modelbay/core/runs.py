@@ -7,6 +7,11 @@ A run is committed before its creator hears of it, then driven on the server's l
 A run of a version whose code is still building stays `submitted` until the build ends (told by
 `Revisions.build_ended`), then goes on, or fails with the build's reason.
 Each attempt is one direct request, so it also shows in the version's request list.
+
+Any node of the cluster may run a run: the one that gets a slot of its version first claims it
+(`pending` -> `runnable` sets its `owner`, compare-and-set, so one node wins) and fences every
+later write by that claim. Runs a node accepts start there at once; a periodic pass of every node
+also drives the queued runs of the others. What a dead node held is given back by `_give_back`.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from modelbay.core.deployments import Deployments, Target
 from modelbay.core.errors import InvalidInput, NotFound, StatusChanged, Unavailable
 from modelbay.core.fields import check_data
 from modelbay.core.journal import Journal, split_lines
+from modelbay.core.nodes import Nodes
 from modelbay.core.requests import Requests
 from modelbay.core.revisions import build_failure
 from modelbay.core.scheduler import Scheduler
@@ -51,6 +57,15 @@ RETRY_COUNT_MAX = 9
 
 #: Runs one page of a list holds.
 PAGE_SIZE = 20
+
+#: How often a node looks for queued runs it does not drive yet (accepted by another node, given back).
+PICK_UP_PERIOD_S = 2.0
+
+#: The statuses of a run a node has claimed: `owner` names the node.
+CLAIMED = (RunStatus.RUNNABLE, RunStatus.STARTING, RunStatus.RUNNING)
+QUEUED = (RunStatus.SUBMITTED, RunStatus.PENDING)
+
+STOPPED_DURING_LAST_ATTEMPT = "The server stopped during the last attempt"
 
 
 def check_retry_count(value: Any) -> int:
@@ -113,11 +128,12 @@ class NewRun:
 
 
 class Runs:
-    """Creates runs and drives them to the end, one task per run; `start` resumes what a crash left."""
+    """Creates runs and drives them to the end, one task per run; `start` picks up queued runs."""
 
     def __init__(self, db: Database, deployments: Deployments, requests: Requests, scheduler: Scheduler,
-                 journal: Journal) -> None:
+                 journal: Journal, nodes: Nodes) -> None:
         self._db = db
+        self._nodes = nodes
         self._deployments = deployments
         self._requests = requests
         self._scheduler = scheduler
@@ -127,8 +143,11 @@ class Runs:
         self._closing = False  # the server is stopping: no new attempt starts
         self._driving: set[str] = set()  # runs with a task driving them
         self._loop: asyncio.AbstractEventLoop | None = None  # set by `start`: build ends are told on threads
+        self._wake = asyncio.Event()  # the pick-up pass runs at once
         #: Told of each status a run takes, once written (tests and benches observe runs with it).
         self.status_changed: Hook[[str, RunStatus]] = Hook("runs: status changed")
+        nodes.add_recoverer(self._give_back)
+        nodes.recovered.add(self._wake.set)
 
     # --- creating ----------------------------------------------------------------------------
 
@@ -207,37 +226,51 @@ class Runs:
 
     # --- driving -----------------------------------------------------------------------------
 
-    def start(self) -> int:
-        """After a restart: queue every unfinished run again. An attempt that was running counts
-        as failed (its instance is gone). Runs waiting for a build wait again (or go on, if it ended
-        meanwhile). Returns how many runs were resumed."""
+    def start(self) -> None:
+        """Give back the runs a server left claimed before nodes existed, then drive queued runs of
+        every node, now and every `PICK_UP_PERIOD_S`."""
         self._loop = asyncio.get_running_loop()
-        resumed: list[str] = []
-        ended: list[str] = []
         with self._db.write() as session:
-            rows = session.execute(
-                select(RUNS.c.id, RUNS.c.status, RUNS.c.attempts, RUNS.c.retry_count).where(
-                    RUNS.c.status.not_in([s.value for s in RUN.terminal])
-                )
-            ).all()
-            conn = session.connection()
-            for run_id, status, attempts, retry_count in rows:
-                old = RunStatus(status)
-                if old in (RunStatus.STARTING, RunStatus.RUNNING) and attempts > retry_count:
-                    move(conn, RUN, run_id, old, RunStatus.FAILED,
-                         error_message="The server stopped during the last attempt")
-                    ended.append(run_id)
-                elif old is not RunStatus.SUBMITTED and old is not RunStatus.PENDING:
-                    move(conn, RUN, run_id, old, RunStatus.PENDING)
-                    resumed.append(run_id)
+            # No node claims a run without naming itself: a claimed run with no owner is a
+            # server's from before the cluster, gone since.
+            self._give_back_where(session.connection(), RUNS.c.owner.is_(None))
+        self._background.every(PICK_UP_PERIOD_S, self._pick_up, "pick-up", wake=self._wake)
+
+    def _give_back(self, conn: Connection, node_ids: list[str]) -> int:
+        """A recoverer (`Nodes`): the runs dead nodes held are queued again, or fail when their
+        last attempt was under way (its instance went with the node)."""
+        return self._give_back_where(conn, RUNS.c.owner.in_(node_ids))
+
+    def _give_back_where(self, conn: Connection, owned: Any) -> int:
+        rows = conn.execute(select(RUNS.c.id, RUNS.c.status, RUNS.c.attempts, RUNS.c.retry_count).where(
+            owned, RUNS.c.status.in_([s.value for s in CLAIMED]))).all()
+        given_back = 0
+        for run_id, status, attempts, retry_count in rows:
+            old = RunStatus(status)
+            try:
+                if old is not RunStatus.RUNNABLE and attempts > retry_count:
+                    move(conn, RUN, run_id, old, RunStatus.FAILED, error_message=STOPPED_DURING_LAST_ATTEMPT)
+                    lines = [f"{STOPPED_DURING_LAST_ATTEMPT}; the run failed"]
                 else:
-                    resumed.append(run_id)
-        for run_id in ended:
-            self._background.spawn(
-                self._journal.append(run_id, ["The server stopped during the last attempt; the run failed"]))
-        for run_id in resumed:
-            self._drive_soon(run_id, resumed=True)
-        return len(resumed)
+                    move(conn, RUN, run_id, old, RunStatus.PENDING, owner=None)
+                    lines = ["The server restarted; the run is queued again"]
+            except StatusChanged:
+                continue  # it moved since the read: its node is alive after all, or it ended
+            self._journal.write(conn, self._journal.rows(run_id, lines))
+            given_back += 1
+        return given_back
+
+    async def _pick_up(self) -> None:
+        """Drive the queued runs no task here drives: accepted by another node, or given back."""
+        queued = await asyncio.to_thread(self._queued)
+        for run_id in queued:
+            self._drive_soon(run_id)
+
+    def _queued(self) -> list[str]:
+        with self._db.read() as session:
+            ids = session.scalars(select(RUNS.c.id).where(RUNS.c.status.in_([s.value for s in QUEUED]))
+                                  .order_by(RUNS.c.created_at)).all()
+        return [run_id for run_id in ids if run_id not in self._driving]
 
     def build_ended(self, version_id: str) -> None:
         """A reaction to `Revisions.build_ended` (on the build's thread): drive the runs that waited."""
@@ -253,43 +286,46 @@ class Runs:
         for run_id in waiting:
             self._drive_soon(run_id)
 
-    def _drive_soon(self, run_id: str, resumed: bool = False) -> None:
+    def _drive_soon(self, run_id: str) -> None:
         """Start a task driving the run, unless one already does."""
-        if run_id not in self._driving:
+        if run_id not in self._driving and not self._closing:
             self._driving.add(run_id)
-            self._background.spawn(self._drive(run_id, resumed), name=f"run-{run_id}")
+            self._background.spawn(self._drive(run_id), name=f"run-{run_id}")
 
     async def close(self, grace_s: float = 30.0) -> None:
-        """Let running attempts finish, for up to `grace_s`; runs that wait stay queued for the next start."""
+        """Let running attempts finish, for up to `grace_s`; runs that wait stay queued for any node
+        (what this node still holds, `Nodes.close` gives back)."""
         self._closing = True
         await self._background.close(grace_s)
 
-    async def _move(self, run_id: str, old: RunStatus, new: RunStatus, lines: Iterable[str] = (),
-                    **values: Any) -> None:
-        """Change a run's status, with the log lines that tell of it in the same commit."""
+    async def _move(self, run_id: str, old: RunStatus, new: RunStatus, lines: Iterable[str] = (), *,
+                    fence: str | None = None, **values: Any) -> None:
+        """Change a run's status, with the log lines that tell of it in the same commit. `fence`:
+        the node that claimed the run; raises `StatusChanged` if it holds it no more."""
         rows = self._journal.rows(run_id, lines)
 
         def write(conn: Connection) -> None:
-            move(conn, RUN, run_id, old, new, **values)
+            move(conn, RUN, run_id, old, new, fence=fence, **values)
             self._journal.write(conn, rows)
 
         await self._db.committer.submit_async(write)
         self.status_changed(run_id, new)
 
     def _slot(self, target: Target) -> asyncio.Semaphore:
-        """Runs of one version run at most `maximum_instances` at a time; the rest wait `runnable`."""
+        """Runs of one version run at most `maximum_instances` at a time on this node; the rest wait `pending`."""
         slot = self._slots.get(target.version_id)
         if slot is None:
             slot = self._slots[target.version_id] = asyncio.Semaphore(max(target.maximum_instances, 1))
         return slot
 
-    async def _drive(self, run_id: str, resumed: bool = False) -> None:
+    async def _drive(self, run_id: str) -> None:
         status = RunStatus.SUBMITTED
+        node_id: str | None = None  # the node's id when it claimed the run
         try:
             with self._db.read() as session:
                 row = session.get(RunRow, run_id)
-            if row is None:
-                return
+            if row is None or RunStatus(row.status) not in QUEUED:
+                return  # ended, or another node runs it
             status = RunStatus(row.status)
             target = self._deployments.target_of_version(row.version_id)
             if target.package_dir is None:
@@ -301,50 +337,61 @@ class Runs:
                 if failure is not None:
                     raise Unavailable(failure)
                 self._deployments.serving_target_check(target)  # raises: no built code
-            if resumed:
-                await self._journal.append(run_id, ["The server restarted; the run is queued again"])
             if status is RunStatus.SUBMITTED:
                 await self._move(run_id, status, RunStatus.PENDING)
                 status = RunStatus.PENDING
             async with self._slot(target):
                 if self._closing:
-                    return  # still pending: the next start resumes it
-                await self._move(run_id, status, RunStatus.RUNNABLE)
+                    return  # still pending: another node, or the next start, runs it
+                # The claim: of the nodes that have a slot for it, the first one runs it.
+                node_id = self._nodes.id
+                await self._move(run_id, status, RunStatus.RUNNABLE, owner=node_id)
                 status = RunStatus.RUNNABLE
-                status = await self._attempts(row, status)
+                with self._db.read() as session:  # attempts made before it was given back to the queue
+                    row.attempts = session.scalar(select(RUNS.c.attempts).where(RUNS.c.id == run_id)) or 0
+                status = await self._attempts(row, status, node_id)
         except asyncio.CancelledError:
-            raise  # the server is stopping: the run resumes when it starts again
+            raise  # the server is stopping: what it holds, it gives back
+        except StatusChanged:
+            # Another node moved it first: it claimed the run, or recovered it from this node.
+            log.info("run %s went on without this node (it is now %s)", run_id, self._status(run_id))
         except Exception as exc:
             if isinstance(exc, (NotFound, Unavailable)):
                 message = exc.message
             else:
                 log.exception("run %s crashed", run_id)
                 message = f"The run crashed: {exc}"
-            await self._fail(run_id, message)
+            await self._fail(run_id, message, node_id)
         finally:
             self._driving.discard(run_id)
 
-    async def _fail(self, run_id: str, message: str) -> None:
-        """End a run as failed from whatever status it has now (unless it has ended)."""
+    def _status(self, run_id: str) -> str | None:
         with self._db.read() as session:
-            current = session.scalar(select(RUNS.c.status).where(RUNS.c.id == run_id))
+            return session.scalar(select(RUNS.c.status).where(RUNS.c.id == run_id))
+
+    async def _fail(self, run_id: str, message: str, node_id: str | None) -> None:
+        """End a run as failed from whatever status it has now (unless it has ended). `node_id`: the
+        claim it was driven under, if it got that far; a run no longer held under it is left alone."""
+        current = self._status(run_id)
         if current is None or RunStatus(current) in RUN.terminal:
             return
         try:
-            await self._move(run_id, RunStatus(current), RunStatus.FAILED, [message], error_message=message)
+            await self._move(run_id, RunStatus(current), RunStatus.FAILED, [message], error_message=message,
+                             fence=node_id)
         except StatusChanged:
             return
 
-    async def _attempts(self, row: RunRow, status: RunStatus) -> RunStatus:
-        """Run attempts until one succeeds or the retries are used up; returns the final status."""
+    async def _attempts(self, row: RunRow, status: RunStatus, node_id: str) -> RunStatus:
+        """Run attempts until one succeeds or the retries are used up; returns the final status.
+        Every write is fenced by the claim of `node_id`."""
         run_id, attempt, total = row.id, row.attempts, row.retry_count + 1
         while True:
             if self._closing:
-                return status  # still runnable: the next start resumes it
+                return status  # still runnable: `Nodes.close` gives it back
             target = self._deployments.serving_target_check(self._deployments.target_of_version(row.version_id))
             attempt += 1
             await self._move(run_id, status, RunStatus.STARTING, [f"Attempt {attempt} of {total} is starting"],
-                             attempts=attempt)
+                             fence=node_id, attempts=attempt)
             status = RunStatus.STARTING
             error: str | None
             printed: list[str] = []
@@ -353,20 +400,21 @@ class Runs:
             except (InstanceStartFailed, CallTimedOut) as exc:
                 error = f"The code could not start: {getattr(exc, 'message', exc)}"
             else:
-                await self._move(run_id, status, RunStatus.RUNNING)
+                await self._move(run_id, status, RunStatus.RUNNING, fence=node_id)
                 status = RunStatus.RUNNING
                 error, printed = await self._attempt(run_id, row, target)
             if error is None:
                 await self._move(run_id, status, RunStatus.SUCCEEDED,
-                                 [*printed, f"Attempt {attempt} of {total} succeeded"])
+                                 [*printed, f"Attempt {attempt} of {total} succeeded"], fence=node_id)
                 return RunStatus.SUCCEEDED
             if attempt < total:
                 await self._move(run_id, status, RunStatus.RUNNABLE,
-                                 [*printed, f"Attempt {attempt} of {total} failed: {error}; retrying"])
+                                 [*printed, f"Attempt {attempt} of {total} failed: {error}; retrying"], fence=node_id)
                 status = RunStatus.RUNNABLE
                 continue
             await self._move(run_id, status, RunStatus.FAILED,
-                             [*printed, f"Attempt {attempt} of {total} failed: {error}"], error_message=error)
+                             [*printed, f"Attempt {attempt} of {total} failed: {error}"], fence=node_id,
+                             error_message=error)
             return RunStatus.FAILED
 
     async def _attempt(self, run_id: str, row: RunRow, target: Target) -> tuple[str | None, list[str]]:

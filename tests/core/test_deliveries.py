@@ -13,6 +13,7 @@ from sqlalchemy import insert, select
 
 from modelbay.core.clock import utcnow
 from modelbay.core.deliveries import DELIVERIES, Deliveries, new_delivery
+from modelbay.core.nodes import Nodes
 from modelbay.core.webhooks import Webhooks, backoff_ms, sign, verify
 from modelbay.store.db import Database
 from modelbay.store.tables import DeliveryRow, ProjectRow
@@ -20,6 +21,11 @@ from tests.fixtures.databases import store_url
 from tests.compat.datature.receiver import Receiver, running_receiver
 
 pytestmark = pytest.mark.timeout(60)  # a worker that will not close fails here, not at the suite's 300 s
+
+
+def a_node(db: Database) -> Nodes:
+    """A node that is never registered: the worker's claims need only its id."""
+    return Nodes(db, Path(), lease_s=30)
 
 
 def open_store(tmp_path: Path) -> Database:
@@ -37,7 +43,7 @@ async def deliver(db: Database, receiver: Receiver, bodies: list[bytes], *, max_
         hook = Webhooks(db, client, allow_private_targets=True).create("p", "h", receiver.url, receiver.secret, max_retries, 50)
         with db.write() as session:
             session.execute(insert(DELIVERIES), [new_delivery(hook.id, body) for body in bodies])
-        worker = Deliveries(db, client)
+        worker = Deliveries(db, client, a_node(db))
         worker.start()
         deadline = time.monotonic() + timeout
         try:

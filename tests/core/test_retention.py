@@ -9,6 +9,7 @@ from sqlalchemy import insert, select
 
 from modelbay.core import stored_requests
 from modelbay.core.clock import utcnow
+from modelbay.core.nodes import Nodes
 from modelbay.core.payloads import Payloads
 from modelbay.core.deployments import Deployments
 from modelbay.core.pipeline_requests import OPERATOR_REQUESTS, PIPELINE_REQUESTS, PipelineRequests
@@ -49,7 +50,8 @@ def test_finished_requests_past_the_retention_time_are_swept_and_others_kept(db:
             row("fresh", "completed", 10), row("waiting", "pending", None),
         ])
     payloads = Payloads(db, LocalBlobStore(tmp_path / "blobs"))
-    assert Requests(db, None, deployments, payloads, None).sweep_expired() == 2  # type: ignore[arg-type]
+    requests = Requests(db, None, deployments, payloads, Nodes(db, tmp_path, lease_s=30))  # type: ignore[arg-type]
+    assert requests.sweep_expired() == 2
     with db.read() as session:
         assert sorted(session.scalars(select(REQUESTS.c.id))) == ["fresh", "waiting"]
 

@@ -102,6 +102,24 @@ class ScriptedRuntime(FakeRuntime):
         return CallOutcome(ok=True, result=json.dumps(envelope), logs="all good\n")
 
 
+def handler_version(engine: Engine, tmp_path: Path, maximum_instances: int | None = None) -> Target:
+    """A project "runs" with a handler deployment "d" whose version "1" has code; the version's target."""
+    project = engine.projects.get(Caller(None), engine.projects.create("runs").name)
+    engine.deployments.create(project, {"name": "d", "input_type": "plain", "output_type": "plain"})
+    version = engine.deployments.create_version(project, "d", {"name": "1", "handler": "main:handler"})
+    with engine.db.write() as session:  # code "built" without a builder
+        session.add(RevisionRow(id="r", version_id=version.id, status="success", archive_key="k",
+                                package_dir=str(tmp_path), python=sys.executable, created_at=utcnow()))
+        row = session.get(VersionRow, version.id)
+        assert row is not None
+        row.active_revision_id = "r"
+        row.status = "available"
+        if maximum_instances is not None:
+            row.maximum_instances = maximum_instances
+    engine.deployments.forget_targets()
+    return engine.deployments.target(project, "d", "1")
+
+
 def drive(tmp_path: Path, script: list[bool], retry_count: int) -> tuple[list[RunStatus], RunRow, ScriptedRuntime,
                                                                          list[str]]:
     """Create a run of a handler version on an engine whose runtime follows `script`; wait for its end."""
@@ -111,15 +129,7 @@ def drive(tmp_path: Path, script: list[bool], retry_count: int) -> tuple[list[Ru
         engine = Engine(Settings(data_dir=tmp_path / "data"), runtime=runtime)
         await engine.start()
         try:
-            project = engine.projects.get(Caller(None), engine.projects.create("runs").name)
-            engine.deployments.create(project, {"name": "d", "input_type": "plain", "output_type": "plain"})
-            version = engine.deployments.create_version(project, "d", {"name": "1", "handler": "main:handler"})
-            with engine.db.write() as session:  # code "built" without a builder
-                session.add(RevisionRow(id="r", version_id=version.id, status="success", archive_key="k",
-                                        package_dir=str(tmp_path), python=sys.executable, created_at=utcnow()))
-                session.get(VersionRow, version.id).active_revision_id = "r"  # type: ignore[union-attr]
-                session.get(VersionRow, version.id).status = "available"  # type: ignore[union-attr]
-            engine.deployments.forget_targets()
+            target = handler_version(engine, tmp_path)
             statuses: list[RunStatus] = []
             done = asyncio.Event()
 
@@ -129,7 +139,6 @@ def drive(tmp_path: Path, script: list[bool], retry_count: int) -> tuple[list[Ru
                     done.set()
 
             engine.runs.status_changed.add(seen)
-            target = engine.deployments.target(project, "d", "1")
             new = NewRun({"a": 1}, None, retry_count, None, {"E": "x"}, None)
             row = await engine.runs.create(target, new)
             await asyncio.wait_for(done.wait(), 10)
@@ -195,6 +204,36 @@ def test_log_lines_of_runs_that_are_gone_are_swept_and_the_others_kept(tmp_path:
         assert asyncio.run(scenario()) == (1, 2, 0)
     finally:
         db.close()
+
+
+def test_a_run_left_claimed_by_a_server_from_before_nodes_is_queued_again_at_start(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data")
+
+    async def scenario() -> tuple[RunRow, list[str]]:
+        engine = Engine(settings, runtime=ScriptedRuntime([]))
+        await engine.start()
+        try:
+            target = handler_version(engine, tmp_path)
+            now = utcnow()
+            with engine.db.write() as session:  # running when that server died: no owner
+                session.add(RunRow(id="old", project_id=target.project_id, deployment_id=target.deployment_id,
+                                   version_id=target.version_id, status="running", retry_count=1, attempts=1,
+                                   environment={}, created_at=now, modified_at=now))
+        finally:
+            await engine.close()
+        engine = Engine(settings, runtime=ScriptedRuntime([True]))
+        await engine.start()
+        try:
+            done = asyncio.Event()
+            engine.runs.status_changed.add(lambda _run_id, status: done.set() if status in TERMINAL else None)
+            await asyncio.wait_for(done.wait(), 10)
+            return engine.runs.get(target.deployment_id, "old"), [line.message for line in engine.journal.page("old")]
+        finally:
+            await engine.close()
+
+    row, lines = asyncio.run(scenario())
+    assert (row.status, row.attempts) == ("succeeded", 2)
+    assert lines[0] == "The server restarted; the run is queued again"
 
 
 # --- runs of a version whose code is still building ----------------------------------------

@@ -30,7 +30,7 @@ from modelbay.core.webhooks import Webhooks, post_signed
 from modelbay.store.db import Database
 from modelbay.store.tables import DeliveryRow
 from tests.compat.datature.receiver import running_receiver
-from tests.core.test_deliveries import open_store
+from tests.core.test_deliveries import a_node, open_store
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -188,7 +188,7 @@ async def deliver_once(db: Database, endpoint: str, secret: str) -> list[Deliver
         hook = Webhooks(db, client).create("p", "h", endpoint, secret, 5, 50)
         with db.write() as session:
             session.execute(insert(DELIVERIES), [new_delivery(hook.id, b'{"n":1}')])
-        worker = Deliveries(db, client)
+        worker = Deliveries(db, client, a_node(db))
         worker.start()
         deadline = time.monotonic() + 10
         try:
