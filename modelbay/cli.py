@@ -193,6 +193,7 @@ def project_create(
     ] = False,
 ) -> None:
     """Create a project and print its credentials."""
+    from modelbay.core.bus import Bus
     from modelbay.core.errors import ModelbayError
     from modelbay.core.projects import Projects
     from modelbay.engine import admin_token, database_exists, open_database
@@ -205,7 +206,7 @@ def project_create(
         _fail(f"no modelbay database in {where}; pass --init to create a new one")
     db = open_database(settings)
     try:
-        credentials = Projects(db, admin_token(settings, db).hash).create(name)
+        credentials = Projects(db, admin_token(settings, db).hash, Bus(db)).create(name)
     except ModelbayError as exc:
         _fail(exc.message)
     finally:
@@ -229,6 +230,7 @@ def project_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per project.")] = False,
 ) -> None:
     """List the projects and their ids (never their tokens)."""
+    from modelbay.core.bus import Bus
     from modelbay.core.projects import Caller, Projects
     from modelbay.engine import admin_token, database_exists, open_database
 
@@ -238,7 +240,7 @@ def project_list(
         _fail(f"no modelbay database in {where}")
     db = open_database(settings)
     try:
-        rows = Projects(db, admin_token(settings, db).hash).list(Caller(project_id=None))
+        rows = Projects(db, admin_token(settings, db).hash, Bus(db)).list(Caller(project_id=None))
     finally:
         db.close()
     for row in rows:

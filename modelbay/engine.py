@@ -17,6 +17,7 @@ from sqlalchemy import create_engine, inspect, make_url
 from modelbay.core import server_secrets, signed_urls
 from modelbay.core.background import Background
 from modelbay.core.builds import Builder
+from modelbay.core.bus import Bus
 from modelbay.core.datasets import Datasets
 from modelbay.core.deliveries import Deliveries
 from modelbay.core.deployments import Deployments, Target
@@ -100,6 +101,7 @@ class Engine:
         data = settings.data_dir
         self.db = open_database(settings)
         self.nodes = Nodes(self.db, data, lease_s=settings.node_lease_s)
+        self.bus = Bus(self.db, lambda: self.nodes.id)
         self.blobs = LocalBlobStore(data / "blobs")
         self.payloads = Payloads(self.db, self.blobs)
         sandbox = sandbox_from_settings(settings.sandbox, check=False)  # `serve` checked it before
@@ -112,8 +114,8 @@ class Engine:
             shared_dirs=settings.shared_dirs,
         )
         self.scheduler = Scheduler(self.runtime, self._instance_spec, self._serving_target)
-        self.projects = Projects(self.db, admin_token(settings, self.db).hash)
-        self.deployments = Deployments(self.db, self.scheduler.version_changed)
+        self.projects = Projects(self.db, admin_token(settings, self.db).hash, self.bus)
+        self.deployments = Deployments(self.db, self.bus, self.scheduler.version_changed)
         self.revisions = Revisions(
             self.db,
             self.blobs,
@@ -124,7 +126,7 @@ class Engine:
                 memory_limit_bytes=settings.instance_memory_mib << 20,
             ),
             self.deployments,
-            self.scheduler.version_changed,
+            self.deployments.version_changed,  # on every node
             workers=settings.build_workers,
         )
         self.requests = Requests(self.db, self.scheduler, self.deployments, self.payloads, self.nodes)
@@ -136,22 +138,25 @@ class Engine:
         self.deliveries = Deliveries(self.db, self.http, self.nodes)
         self.datasets = Datasets(self.db, self.blobs)
         self.jobs = Jobs(self.db, self.datasets, self.deployments, self.requests, self.deliveries, job_item_body)
-        self.pipelines = Pipelines(self.db)
+        self.pipelines = Pipelines(self.db, self.bus)
         self.pipeline_requests = PipelineRequests(self.db, self.pipelines, self.deployments, self.requests,
                                                   self.payloads)
         self.journal = Journal(self.db)
         self.runs = Runs(self.db, self.deployments, self.requests, self.scheduler, self.journal, self.nodes)
         self.services = Services(
             self.db, self.deployments, self.requests, self.scheduler, self.runtime, self.journal,
-            scale_down_idle_s=settings.service_scale_down_idle_s,
+            scale_down_idle_s=settings.service_scale_down_idle_s, bus=self.bus,
         )
         # Runs and services waiting for a version's code go on (or fail) when its build ends.
         self.revisions.build_ended.add(self.runs.build_ended)
         self.revisions.build_ended.add(self.services.build_ended)
+        self.requests.use_bus(self.bus)
+        self.pipeline_requests.use_bus(self.bus)
         self._background = Background("engine")  # the retention sweep
 
     async def start(self) -> None:
         """Start the loops, then settle what a previous server left behind."""
+        await self.bus.start()
         self.scheduler.start()
         self.nodes.register()  # gives back what the server before this one held
         self.requests.start()
@@ -197,6 +202,7 @@ class Engine:
         self.revisions.close()
         await self.nodes.close()
         await self.scheduler.close()
+        await self.bus.close()
         await self.http.aclose()
         self.db.close()
 

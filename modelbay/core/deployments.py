@@ -9,7 +9,9 @@ from typing import Any
 
 from sqlalchemy import delete, select
 
+from modelbay.core import bus as topics
 from modelbay.core import environments
+from modelbay.core.bus import Bus, Message
 from modelbay.core.catalog import (
     DEPLOYMENTS,
     MAX_RETENTION_TIME,
@@ -80,13 +82,18 @@ class Target:
 
 
 class Deployments:
-    """CRUD of deployments and versions. `on_version_gone` is told when a version stops existing or changes code."""
+    """CRUD of deployments and versions. `on_version_changed` is told, on every node, when a version
+    stops existing or its code or settings change; every node's cached targets go with any change."""
 
-    def __init__(self, db: Database, on_version_changed: Callable[[str], None] = lambda _vid: None) -> None:
+    def __init__(self, db: Database, bus: Bus, on_version_changed: Callable[[str], None] = lambda _vid: None) -> None:
         self._db = db
+        self._bus = bus
         self._on_version_changed = on_version_changed
         self._targets: dict[tuple[str, str, str | None], Target] = {}
         self._generation = 0  # bumped on every change, so a load that raced a change is not cached
+        bus.subscribe(topics.DEPLOYMENTS, self._changed_elsewhere)
+        bus.subscribe(topics.VERSION, self._changed_elsewhere)
+        bus.subscribe_resync(self._drop_targets)
 
     # --- deployments -----------------------------------------------------------------------
 
@@ -131,7 +138,7 @@ class Deployments:
             session.delete(row)
         self.forget_targets()
         for version_id in version_ids:
-            self._on_version_changed(version_id)
+            self.version_changed(version_id)
 
     def default_version_name(self, deployment: DeploymentRow) -> str | None:
         with self._db.read() as session:
@@ -190,8 +197,7 @@ class Deployments:
             for key in VERSION_FIELDS:
                 setattr(row, key, values[key])
             row.updated_at = utcnow()
-        self.forget_targets()
-        self._on_version_changed(row.id)
+        self.version_changed(row.id)
         return row
 
     def delete_version(self, project: ProjectRow, deployment_name: str, version: str) -> None:
@@ -202,8 +208,7 @@ class Deployments:
             session.delete(row)
             if deployment.default_version_id == row.id:
                 deployment.default_version_id = None
-        self.forget_targets()
-        self._on_version_changed(row.id)
+        self.version_changed(row.id)
 
     # --- serving ---------------------------------------------------------------------------
 
@@ -258,7 +263,25 @@ class Deployments:
             return list(session.scalars(select(VersionRow.id).where(VersionRow.minimum_instances > 0)))
 
     def forget_targets(self) -> None:
-        """Drop cached targets: a deployment or version changed."""
+        """Drop cached targets on every node: a deployment or version changed (call it once committed)."""
+        self._drop_targets()
+        self._bus.publish(topics.DEPLOYMENTS)
+
+    def version_changed(self, version_id: str) -> None:
+        """On every node, drop cached targets and retire the instances of a version whose code or
+        settings changed, or that is gone (call it once committed)."""
+        self._drop_targets()
+        self._on_version_changed(version_id)
+        self._bus.publish(topics.VERSION, version_id)
+
+    def _changed_elsewhere(self, message: Message) -> None:
+        if message.from_here:  # done when it was sent
+            return
+        self._drop_targets()
+        if message.topic == topics.VERSION:
+            self._on_version_changed(message.payload)
+
+    def _drop_targets(self) -> None:
         self._generation += 1
         self._targets.clear()
 

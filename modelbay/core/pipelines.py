@@ -15,6 +15,8 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from modelbay.core import bus as topics
+from modelbay.core.bus import Bus, Message
 from modelbay.core.catalog import (
     PIPELINE_VERSIONS,
     PIPELINES,
@@ -62,14 +64,26 @@ class Plan:
 class Pipelines:
     """CRUD of pipelines and their versions, and their resolution into plans."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, bus: Bus) -> None:
         self._db = db
-        # Plans by (project id, pipeline, version or None), dropped on every pipeline change. A
-        # deployment change needs no drop: steps resolve their deployment version when they run.
+        self._bus = bus
+        # Plans by (project id, pipeline, version or None), dropped on every node with every pipeline
+        # change. A deployment change needs no drop: steps resolve their deployment version when they run.
         self._plans: dict[tuple[str, str, str | None], Plan] = {}
         self._generation = 0
+        bus.subscribe(topics.PIPELINES, self._changed_elsewhere)
+        bus.subscribe_resync(self._drop_plans)
 
     def _changed(self) -> None:
+        """A pipeline or version changed (committed): every node drops its plans."""
+        self._drop_plans()
+        self._bus.publish(topics.PIPELINES)
+
+    def _changed_elsewhere(self, message: Message) -> None:
+        if not message.from_here:  # dropped when it was sent
+            self._drop_plans()
+
+    def _drop_plans(self) -> None:
         self._generation += 1
         self._plans.clear()
 

@@ -13,8 +13,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
+from modelbay.core import bus as topics
+from modelbay.core.bus import Bus, Message
 from modelbay.core.clock import utcnow
 from modelbay.core.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from modelbay.store.db import Database
@@ -54,14 +56,19 @@ def hash_token(token: str) -> str:
 
 
 class Projects:
-    """Creates projects and resolves tokens. Token lookups are cached: they sit on every request."""
+    """Creates projects and resolves tokens. Token and project lookups are cached (they sit on every
+    request); a project's change drops them on every node."""
 
-    def __init__(self, db: Database, admin_token_hash: str) -> None:
+    def __init__(self, db: Database, admin_token_hash: str, bus: Bus) -> None:
         self._db = db
         self._admin_hash = admin_token_hash  # servers keep only the hash (`core.server_secrets`)
+        self._bus = bus
         self._callers: dict[str, Caller] = {}
         self._by_name: dict[str, ProjectRow] = {}
         self._public_ids: dict[tuple[str, object], ProjectRow] = {}  # (column, value): what dialects look up
+        self._generation = 0  # bumped on every change, so a lookup that raced a change is not cached
+        bus.subscribe(topics.PROJECTS, self._changed_elsewhere)
+        bus.subscribe_resync(self._forget)
 
     def create(self, name: str) -> Credentials:
         """Create a project and return its credentials; the token is shown only here."""
@@ -85,6 +92,30 @@ class Projects:
             session.add(row)
         return Credentials(name, token, row.number, row.handle)
 
+    def renew_token(self, caller: Caller, name: str) -> str:
+        """Give a project a new token and return it; the old one stops working on every node."""
+        project = self.get(caller, name)
+        token = secrets.token_hex(20)
+        with self._db.write() as session:
+            renewed = session.execute(update(ProjectRow).where(ProjectRow.id == project.id)
+                                      .values(token_hash=hash_token(token)))
+        if renewed.rowcount == 0:
+            raise NotFound("project", name)
+        self._forget()
+        self._bus.publish(topics.PROJECTS, project.id)
+        return token
+
+    def _changed_elsewhere(self, message: Message) -> None:
+        if not message.from_here:  # dropped when it was sent
+            self._forget()
+
+    def _forget(self) -> None:
+        """Drop every cached token and project (changes are rare; a lookup costs one query)."""
+        self._generation += 1
+        self._callers.clear()
+        self._by_name.clear()
+        self._public_ids.clear()
+
     def authenticate(self, token: str | None) -> Caller:
         """Resolve a token to its caller. Raises `Unauthorized` for a missing or unknown token."""
         if not token:
@@ -92,6 +123,7 @@ class Projects:
         caller = self._callers.get(token)
         if caller is not None:
             return caller
+        generation = self._generation
         digest = hash_token(token)
         if secrets.compare_digest(digest, self._admin_hash):
             caller = Caller(project_id=None)
@@ -101,18 +133,21 @@ class Projects:
             if project_id is None:
                 raise Unauthorized("Invalid token")
             caller = Caller(project_id=project_id)
-        self._callers[token] = caller
+        if generation == self._generation:  # no change raced the lookup
+            self._callers[token] = caller
         return caller
 
     def get(self, caller: Caller, name: str) -> ProjectRow:
         """The project named `name`. Raises `NotFound`, or `Forbidden` for another project's token."""
         project = self._by_name.get(name)
         if project is None:
+            generation = self._generation
             with self._db.read() as session:
                 project = session.scalar(select(ProjectRow).where(ProjectRow.name == name))
             if project is None:
                 raise NotFound("project", name)
-            self._by_name[name] = project
+            if generation == self._generation:
+                self._by_name[name] = project
         caller.check_access(project)
         return project
 
@@ -131,9 +166,10 @@ class Projects:
         id included, so ids cannot be probed); `NotFound` for the admin."""
         project = self._public_ids.get((column.key, value))
         if project is None and value is not None:
+            generation = self._generation
             with self._db.read() as session:
                 project = session.scalar(select(ProjectRow).where(column == value))
-            if project is not None:
+            if project is not None and generation == self._generation:
                 self._public_ids[(column.key, value)] = project
         if project is None and caller.is_admin:
             raise NotFound(kind, name)

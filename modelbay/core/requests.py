@@ -25,7 +25,9 @@ from modelbay.core.errors import InvalidInput, NotFound, StatusChanged
 from modelbay.core.fields import check_data
 from modelbay.core.nodes import Nodes
 from modelbay.core.payloads import Payloads
+from modelbay.core import bus as topics
 from modelbay.core.background import Background
+from modelbay.core.bus import Bus, Message
 from modelbay.core.queue import BatchQueue, QueuedItem
 from modelbay.core.scheduler import PRIORITY_BATCH, PRIORITY_DIRECT, Scheduler
 from modelbay.core.stored_requests import StoredRequests, check_batch
@@ -218,6 +220,8 @@ class Requests(StoredRequests):
             rows.append({**row, "status": Status.PENDING.value})
         await self._db.committer.submit_async(Insert(REQUESTS, rows))
         self.queue.wake(target.version_id)
+        if self._bus is not None:  # the other nodes drain it too
+            self._bus.publish(topics.WORK, target.version_id)
         return [
             RequestRecord(row["id"], target.deployment_name, target.version_name, "batch", "pending", timeout,
                           None, None, row["created_at"])
@@ -409,6 +413,15 @@ class Requests(StoredRequests):
             await self._stop_running(request_id)
 
     # --- the queue across nodes ----------------------------------------------------------
+
+    def use_bus(self, bus: Bus) -> None:
+        super().use_bus(bus)
+        bus.subscribe(topics.WORK, self._work_told)
+        bus.subscribe_resync(self._poll_now.set)  # messages may have been missed: look in the store
+
+    def _work_told(self, message: Message) -> None:
+        if not message.from_here:
+            self.queue.wake(message.payload)
 
     def start(self) -> None:
         """Drain what waits in the store, and look for it again now and then (and when told to)."""

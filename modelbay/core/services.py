@@ -24,7 +24,9 @@ from typing import Any, TypeVar
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from modelbay.core import bus as topics
 from modelbay.core.background import Background
+from modelbay.core.bus import Bus, Message
 from modelbay.core.clock import utcnow
 from modelbay.core.deployments import Deployments, Target
 from modelbay.core.errors import InvalidInput, NotFound, Unavailable
@@ -94,8 +96,9 @@ class Services:
     """CRUD, start/stop and scaling of services, and calls through them."""
 
     def __init__(self, db: Database, deployments: Deployments, requests: Requests, scheduler: Scheduler,
-                 runtime: Runtime, journal: Journal, scale_down_idle_s: float) -> None:
+                 runtime: Runtime, journal: Journal, scale_down_idle_s: float, bus: Bus) -> None:
         self._db = db
+        self._bus = bus
         self._deployments = deployments
         self._requests = requests
         self._scheduler = scheduler
@@ -109,6 +112,9 @@ class Services:
         self._wake = asyncio.Event()
         self._generation = 0  # bumped on every change, so a reconcile that raced one is not applied
         self._loop: asyncio.AbstractEventLoop | None = None  # set by `start`: build ends are told on threads
+        bus.subscribe(topics.SERVICES, self._changed_elsewhere)
+        bus.subscribe(topics.VERSION, self._version_changed)  # a build that ended elsewhere
+        bus.subscribe_resync(self._wake.set)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -401,6 +407,7 @@ class Services:
         if row.status == ServiceStatus.STOPPED:
             self._scheduler.drop(f"service:{row.id}")
         self._wake.set()
+        self._bus.publish(topics.SERVICES, row.id)
 
     def _forget(self, service_id: str) -> None:
         self._generation += 1
@@ -408,6 +415,33 @@ class Services:
         self._targets.pop(service_id, None)
         self._scheduler.drop(f"service:{service_id}")
         self._pools.discard(f"service:{service_id}")
+        self._wake.set()
+        self._bus.publish(topics.SERVICES, service_id)
+
+    async def _changed_elsewhere(self, message: Message) -> None:
+        """Another node changed a service: what is cached of it is read again (a row gone from the
+        cache would count as deleted), and the reconcile pass that follows retires its pool here if
+        it stopped or is gone."""
+        if message.from_here:
+            return
+        service_id = message.payload
+        self._generation += 1
+        self._targets.pop(service_id, None)
+        generation = self._generation
+
+        def read() -> ServiceRow | None:
+            with self._db.read() as session:
+                return session.get(ServiceRow, service_id)
+
+        row = await asyncio.to_thread(read)
+        if generation == self._generation:  # no change raced the read
+            if row is None:
+                self._rows.pop(service_id, None)
+            else:
+                self._rows[service_id] = row
+        self._wake.set()
+
+    def _version_changed(self, _message: Message) -> None:
         self._wake.set()
 
     @staticmethod

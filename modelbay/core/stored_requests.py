@@ -17,9 +17,11 @@ from typing import Any, ClassVar, Protocol
 
 from sqlalchemy import Connection, Select, Table, delete, select, update
 
+from modelbay.core import bus as topics
+from modelbay.core.bus import Bus, Message
 from modelbay.core.clock import utcnow
 from modelbay.core.errors import InvalidInput, NotFound, StatusChanged
-from modelbay.core.nodes import owned_by
+from modelbay.core.nodes import NODES, owned_by
 from modelbay.core.payloads import Payloads, named_keys
 from modelbay.core.states import REQUEST_TERMINAL as TERMINAL
 from modelbay.core.states import Machine, move
@@ -140,6 +142,33 @@ class StoredRequests:
         self._payloads = payloads
         self._table: Table = self.machine.table
         self.noun = self.machine.name
+        self._bus: Bus | None = None  # set by `use_bus`: until then cancels stop what runs here only
+
+    def use_bus(self, bus: Bus) -> None:
+        """Talk to the other nodes over `bus`: cancel and delete requests running on other nodes too
+        (they are told), and stop those of this node it is told of."""
+        self._bus = bus
+        bus.subscribe(topics.CANCEL, self._cancel_told)
+
+    async def _cancel_told(self, message: Message) -> None:
+        table, _, request_id = message.payload.partition(" ")
+        if table == self._table.name and not message.from_here:
+            await self._stop_running(request_id)  # what runs it records its end
+
+    def _tell_cancel(self, request_id: str) -> None:
+        """Tell the other nodes to stop the request if they run it (once its new status is committed)."""
+        if self._bus is not None:
+            self._bus.publish(topics.CANCEL, f"{self._table.name} {request_id}")
+
+    def _run_by_another_node(self, request_id: str) -> bool:
+        """Whether a live node other than this one has claimed the request (it then records its end)."""
+        if self._bus is None:
+            return False
+        with self._db.read() as session:
+            owner = session.scalar(select(self._table.c.owner).where(self._table.c.id == request_id))
+            alive = owner is not None and session.scalar(
+                select(NODES.c.id).where(NODES.c.id == owner, NODES.c.end.is_(None))) is not None
+        return alive and owner != self._bus.node_id
 
     # --- what the kinds say ----------------------------------------------------------------
 
@@ -278,7 +307,10 @@ class StoredRequests:
                 continue
             if await self._stop_running(request_id):  # what ran it records its end
                 return new
-            if new is Status.CANCELLED_PENDING:  # nothing here runs it (its server died): end it now
+            self._tell_cancel(request_id)
+            if new is Status.CANCELLED_PENDING and not self._run_by_another_node(request_id):
+                # Nothing here runs it, and no live node has claimed it (what ran it died, or runs it
+                # unclaimed and stops on being told): end it now.
                 await committer.submit_async(self._finish(request_id, Status.CANCELLED_PENDING, Status.CANCELLED, {}))
                 return Status.CANCELLED
             return new
@@ -293,6 +325,8 @@ class StoredRequests:
         if not ids:
             return
         await self._halt(ids)
+        for request_id in ids:  # those running on other nodes stop there; their end finds them gone
+            self._tell_cancel(request_id)
         keys = await self._db.committer.submit_async(lambda conn: self._remove(conn, ids))
         await asyncio.to_thread(self._payloads.discard, keys)
 

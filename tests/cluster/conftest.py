@@ -43,13 +43,15 @@ class Cluster:
             if node.process is not None and node.process.poll() is None:
                 self.seen.update(descendants(node.process.pid))
 
-    def round_robin(self, token: str) -> Callable[[], httpx.Client]:
-        """A client factory that spreads calls over the nodes still running, one after the other."""
-        turns = itertools.cycle(range(len(self.nodes)))
+    def round_robin(self, token: str, nodes: list[Server] | None = None) -> Callable[[], httpx.Client]:
+        """A client factory that spreads calls over the nodes (by default all) still running, one
+        after the other."""
+        nodes = nodes or self.nodes
+        turns = itertools.cycle(nodes)
 
         def client() -> httpx.Client:
-            for _ in range(len(self.nodes)):
-                node = self.nodes[next(turns)]
+            for _ in range(len(nodes)):
+                node = next(turns)
                 if node.process is not None and node.process.poll() is None:
                     return httpx.Client(base_url=f"{node.url}/v2.1", headers={"Authorization": f"Token {token}"},
                                         timeout=120)

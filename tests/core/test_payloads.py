@@ -12,6 +12,7 @@ import orjson
 import pytest
 from sqlalchemy import insert, select
 
+from modelbay.core.bus import Bus
 from modelbay.core.clock import utcnow
 from modelbay.core.errors import NotFound
 from modelbay.core.payloads import INLINE_MAX_BYTES, ORPHAN_GRACE_S, Payloads
@@ -122,9 +123,9 @@ def test_the_orphan_sweep_removes_old_files_no_row_names_and_keeps_the_rest(
 def test_a_pipeline_request_and_its_operator_request_keep_large_payloads_as_blobs_until_deleted(
         db: Database, payloads: Payloads, tmp_path: Path) -> None:
     # Given a pipeline whose one object, an if-condition, passes a string through
-    projects = Projects(db, "admin")
+    projects = Projects(db, "admin", Bus())
     project = projects.get(projects.authenticate(projects.create("big").token), "big")
-    pipelines = Pipelines(db)
+    pipelines = Pipelines(db, Bus())
     pipelines.create(project, {"name": "p", "input_fields": TEXT, "output_fields": TEXT})
     to_text = [{"source_field_name": "text", "destination_field_name": "text"}]
     pipelines.create_version(project, "p", {"version": "v1", "objects": [

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from modelbay.core import operators
+from modelbay.core.bus import Bus
 from modelbay.core.payloads import Payloads
 from modelbay.core.pipeline_requests import PIPELINE_REQUESTS, PipelineRequests
 from modelbay.core.pipeline_walk import Run
@@ -34,9 +35,9 @@ def db(database_url: str) -> Iterator[Database]:
 
 def _plus_one(db: Database, blobs: Path) -> tuple[ProjectRow, Plan, PipelineRequests]:
     """A project with pipeline `p`: one function operator adding 1 to `x`."""
-    projects = Projects(db, "admin")
+    projects = Projects(db, "admin", Bus())
     project = projects.get(projects.authenticate(projects.create("sub").token), "sub")
-    pipelines = Pipelines(db)
+    pipelines = Pipelines(db, Bus())
     pipelines.create(project, {"name": "p", "input_fields": X, "output_fields": X})
     pipelines.create_version(project, "p", {"version": "v1", "objects": [
         {"name": "plus", "reference_type": "operator", "reference_name": "function",

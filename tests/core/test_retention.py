@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import insert, select
 
 from modelbay.core import stored_requests
+from modelbay.core.bus import Bus
 from modelbay.core.clock import utcnow
 from modelbay.core.nodes import Nodes
 from modelbay.core.payloads import Payloads
@@ -30,10 +31,10 @@ def db(database_url: str) -> Iterator[Database]:
 
 
 def test_finished_requests_past_the_retention_time_are_swept_and_others_kept(db: Database, tmp_path: Path) -> None:
-    projects = Projects(db, "admin")
+    projects = Projects(db, "admin", Bus())
     token = projects.create("retention").token
     project = projects.get(projects.authenticate(token), "retention")
-    deployments = Deployments(db)
+    deployments = Deployments(db, Bus())
     deployments.create(project, {"name": "d", "input_type": "plain", "output_type": "plain"})
     version = deployments.create_version(project, "d", {"name": "v1", "request_retention_time": 3600})
     now = utcnow()
@@ -61,10 +62,10 @@ def test_finished_pipeline_requests_past_retention_are_swept_with_their_sub_requ
         db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ids_per_statement: int) -> None:
     # with one id per statement, every `IN (…)` of the sweep is split: what it removes must not change
     monkeypatch.setattr(stored_requests, "IDS_PER_STATEMENT", ids_per_statement)
-    projects = Projects(db, "admin")
+    projects = Projects(db, "admin", Bus())
     token = projects.create("retention").token
     project = projects.get(projects.authenticate(token), "retention")
-    pipelines = Pipelines(db)
+    pipelines = Pipelines(db, Bus())
     pipelines.create(project, {"name": "p", "input_type": "plain", "output_type": "plain"})
     version = pipelines.create_version(project, "p", {
         "version": "v1", "request_retention_time": 3600,

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from modelbay.core.builds import BuildResult
+from modelbay.core.bus import Bus
 from modelbay.core.clock import utcnow
 from modelbay.core.deployments import Deployments, Target
 from modelbay.core.errors import InvalidInput
@@ -183,8 +184,8 @@ def test_log_lines_of_runs_that_are_gone_are_swept_and_the_others_kept(tmp_path:
     settings = Settings(data_dir=tmp_path / "data")
     db = open_database(settings)  # no engine: its own sweeper would race this one
     journal = Journal(db)
-    projects = Projects(db, "admin")
-    deployments = Deployments(db)
+    projects = Projects(db, "admin", Bus())
+    deployments = Deployments(db, Bus())
 
     async def scenario() -> tuple[int, int, int]:
         project = projects.get(Caller(None), projects.create("sweep").name)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from modelbay.core import server_secrets
+from modelbay.core.bus import Bus
 from modelbay.core.projects import Caller, Projects, hash_token
 from modelbay.store.db import Database
 
@@ -103,7 +104,7 @@ def test_the_admin_token_is_made_once_kept_in_its_data_dir_and_accepted_everywhe
     other = server_secrets.admin_token(db, second)
     assert (other.hash, other.new_token, other.kept_in) == (made.hash, None, None)
     assert not (second / server_secrets.ADMIN_TOKEN_FILE).exists()  # only its hash is shared
-    assert Projects(db, other.hash).authenticate(made.new_token) == Caller(project_id=None)
+    assert Projects(db, other.hash, Bus()).authenticate(made.new_token) == Caller(project_id=None)
 
 
 def test_servers_making_the_admin_token_at_once_end_with_one_token_in_one_data_dir(

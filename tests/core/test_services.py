@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from modelbay.core.bus import Bus
 from modelbay.core.clock import utcnow
 from modelbay.core.deployments import Deployments, Target
 from modelbay.core.errors import InvalidInput
@@ -70,7 +71,7 @@ def test_bad_scaling_is_refused(fields: dict[str, object]) -> None:
 def test_a_service_changed_since_its_readiness_was_seen_is_not_marked_ready(tmp_path: Path) -> None:
     # Given a service in progress, as a reconcile pass read it
     db = open_database(Settings(data_dir=tmp_path / "data"))
-    projects, deployments = Projects(db, "admin"), Deployments(db)
+    projects, deployments = Projects(db, "admin", Bus()), Deployments(db, Bus())
     try:
         project = projects.get(Caller(None), projects.create("svc").name)
         deployments.create(project, {"name": "d", "input_type": "plain", "output_type": "plain"})
@@ -81,7 +82,7 @@ def test_a_service_changed_since_its_readiness_was_seen_is_not_marked_ready(tmp_
                                    version_id=version.id, status="in_progress", instance_number=1,
                                    min_instance_number=1, max_instance_number=1, instance_type="cpu-0.25",
                                    created_at=seen, modified_at=seen))
-        services = Services(db, deployments, None, None, None, None, 0)  # type: ignore[arg-type]
+        services = Services(db, deployments, None, None, None, None, 0, Bus())  # type: ignore[arg-type]
         # When a scaling change lands before the pass marks it ready, the mark is refused
         with db.write() as session:
             session.get(ServiceRow, "s").modified_at = utcnow()  # type: ignore[union-attr]
@@ -128,7 +129,7 @@ def test_a_call_that_outlives_the_deletion_of_its_service_leaves_no_pool_behind(
             return SimpleNamespace(logs="")
 
     stubs = Stubs()
-    services = Services(None, stubs, stubs, pools, None, None, 0)  # type: ignore[arg-type]
+    services = Services(None, stubs, stubs, pools, None, None, 0, Bus())  # type: ignore[arg-type]
     services._rows["s"] = row
     asyncio.run(services.call("d", "s", {}, {}))
     # Then, once the call ends, that pool is retired too

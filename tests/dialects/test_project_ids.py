@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from modelbay.core.bus import Bus
 from modelbay.core.errors import Forbidden, NotFound
 from modelbay.core.projects import Caller, Projects
 from modelbay.dialects.abeja import ids as abeja_ids
@@ -20,7 +21,7 @@ ADMIN = Caller(project_id=None)
 def projects(tmp_path: Path) -> Iterator[Projects]:
     db = Database(f"sqlite:///{tmp_path / 'test.db'}")
     db.migrate()
-    yield Projects(db, "admin")
+    yield Projects(db, "admin", Bus())
     db.close()
 
 

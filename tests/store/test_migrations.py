@@ -14,6 +14,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import select, text
 
+from modelbay.core.bus import Bus
 from modelbay.core.errors import Conflict
 from modelbay.core.projects import Caller, Projects
 from modelbay.dialects.abeja import ids as abeja_ids
@@ -54,7 +55,7 @@ def test_a_stored_project_keeps_its_abeja_and_datature_ids_through_0006(db: Data
         project = session.scalar(select(ProjectRow))
     assert abeja_ids.organization_id(project.number) == ORGANIZATION_ID
     assert datature_ids.project_id(project.handle) == DATATURE_PROJECT_ID
-    projects = Projects(db, "admin")
+    projects = Projects(db, "admin", Bus())
     admin = Caller(project_id=None)
     assert abeja_ids.find_organization(projects, admin, ORGANIZATION_ID).id == "p"
     assert datature_ids.find_project(projects, admin, DATATURE_PROJECT_ID).id == "p"
