@@ -18,7 +18,7 @@ from modelbay.core.errors import InvalidInput
 from modelbay.core.journal import MAX_LINE_CHARS, MAX_LINES_PER_CALL, Journal, split_lines
 from modelbay.core.projects import Caller, Projects
 from modelbay.core.runs import NewRun, call_input, check_environment, check_retry_count
-from modelbay.core.states import RUN, VERSION, RunStatus, VersionStatus, move
+from modelbay.core.states import REVISION, RUN, VERSION, RevisionStatus, RunStatus, VersionStatus, move
 from modelbay.engine import Engine, open_database
 from modelbay.runtime import wire
 from modelbay.runtime.base import Call, CallOutcome
@@ -32,7 +32,7 @@ BASE = Target(
     project_id="p", project_name="p", deployment_id="d", deployment_name="d", version_id="v", version_name="1",
     input_type="plain", output_type="plain", input_fields=(), output_fields=(), status="available",
     retention_mode="full", minimum_instances=0, maximum_instances=2, maximum_idle_time=300,
-    environment_variables={}, handler="main:handler", package_dir="/x", python="/x/python", has_requests_method=False,
+    environment_variables={}, handler="main:handler", revision_id="r", archive_key="k", has_requests_method=False,
 )
 
 
@@ -111,15 +111,10 @@ def drive(tmp_path: Path, script: list[bool], retry_count: int) -> tuple[list[Ru
         engine = Engine(Settings(data_dir=tmp_path / "data"), runtime=runtime)
         await engine.start()
         try:
-            project = engine.projects.get(Caller(None), engine.projects.create("runs").name)
-            engine.deployments.create(project, {"name": "d", "input_type": "plain", "output_type": "plain"})
-            version = engine.deployments.create_version(project, "d", {"name": "1", "handler": "main:handler"})
-            with engine.db.write() as session:  # code "built" without a builder
-                session.add(RevisionRow(id="r", version_id=version.id, status="success", archive_key="k",
-                                        package_dir=str(tmp_path), python=sys.executable, created_at=utcnow()))
-                session.get(VersionRow, version.id).active_revision_id = "r"  # type: ignore[union-attr]
-                session.get(VersionRow, version.id).status = "available"  # type: ignore[union-attr]
-            engine.deployments.forget_targets()
+            # code "built" without a builder
+            _, revision_id = building_version(engine)
+            await asyncio.to_thread(engine.revisions._finish, revision_id, build_result(tmp_path, True))
+            project = engine.projects.get(Caller(None), "runs")
             statuses: list[RunStatus] = []
             done = asyncio.Event()
 
@@ -206,8 +201,8 @@ def building_version(engine: Engine) -> tuple[Target, str]:
     engine.deployments.create(project, {"name": "d", "input_type": "plain", "output_type": "plain"})
     version = engine.deployments.create_version(project, "d", {"name": "1", "handler": "main:handler"})
     with engine.db.write() as session:
-        session.add(RevisionRow(id="r", version_id=version.id, status="building", archive_key="k",
-                                created_at=utcnow()))
+        session.add(RevisionRow(id="r", version_id=version.id, status="building", owner=engine.nodes.id,
+                                archive_key="k", created_at=utcnow()))
         row = session.get(VersionRow, version.id)
         assert row is not None
         row.latest_revision_id = "r"
@@ -288,6 +283,9 @@ def test_a_run_that_waited_for_a_build_that_ended_while_the_server_was_down_goes
             await engine.close()
         engine = Engine(settings, runtime=ScriptedRuntime([True]))
         # The build ended before this server started: no one is told of it but the store.
+        with engine.db.write() as session:  # (the first server queued it again when it stopped)
+            move(session, REVISION, revision_id, RevisionStatus.QUEUED, RevisionStatus.BUILDING,
+                 owner=engine.nodes.id)
         engine.revisions._finish(revision_id, build_result(tmp_path, ok))
         await engine.start()
         try:
