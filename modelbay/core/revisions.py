@@ -33,7 +33,7 @@ from modelbay.core.states import REVISION, VERSION, RevisionStatus, VersionStatu
 from modelbay.runtime.base import InstanceStartFailed
 from modelbay.store.blobs import BlobStore
 from modelbay.store.db import Database
-from modelbay.store.tables import DeploymentRow, ProjectRow, RevisionRow, VersionRow
+from modelbay.store.tables import DeploymentRow, NodeRow, ProjectRow, RevisionRow, VersionRow
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +183,11 @@ class Revisions:
                 return
             node_id = self._nodes.id
             with self._db.write() as session:
+                # Only while this node is alive (its row locked: a recovery of it waits for this claim
+                # and then gives the claimed builds back); a node declared dead learns it on its next beat.
+                if session.scalar(select(NodeRow.id).where(NodeRow.id == node_id, NodeRow.end.is_(None))
+                                  .with_for_update(read=True)) is None:
+                    return
                 # SKIP LOCKED: nodes claiming at once take different rows (SQLite writes one at a time).
                 claimed = list(session.scalars(
                     select(RevisionRow.id).where(RevisionRow.status == RevisionStatus.QUEUED)
