@@ -115,7 +115,7 @@ class Revisions:
         self._deployments.forget_targets()
         built: Future[None] = Future()
         self._uploads[revision_id] = built
-        self._claim()
+        self._claim_now()
         return revision, built
 
     def get(self, project: ProjectRow, deployment_name: str, version: str, revision_id: str) -> RevisionRow:
@@ -200,6 +200,13 @@ class Revisions:
                 self._building.add(revision_id)
                 self._pool.submit(self._build, revision_id)
 
+    def _claim_now(self) -> None:
+        """Claim at once, outside the periodic pass; what fails here the next pass does."""
+        try:
+            self._claim()
+        except Exception:
+            log.exception("claiming queued builds failed; the next pass tries again")
+
     def _give_back(self, conn: Connection, node_ids: list[str]) -> int:
         """Queue again the builds of dead (or stopping) nodes, for any node to claim."""
         return move(conn, REVISION, {"owner": node_ids}, (RevisionStatus.BUILDING,), RevisionStatus.QUEUED,
@@ -230,7 +237,7 @@ class Revisions:
             with self._claiming:
                 self._building.discard(revision_id)
             self._end_upload(revision_id)
-            self._claim()  # the next queued one, now a worker is free
+            self._claim_now()  # the next queued one, now a worker is free
 
     def _run_build(self, revision_id: str) -> None:
         try:
