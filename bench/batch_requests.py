@@ -182,12 +182,11 @@ class Store:
         return dict(rows)
 
     def package_dir(self, version_id: str) -> str:
+        """Where the server unpacked the version's code (its workers run in it, or in a folder inside)."""
         with contextlib.closing(self.connect()) as conn:
-            (package_dir,) = conn.execute(
-                "SELECT r.package_dir FROM versions v JOIN revisions r ON r.id = v.active_revision_id WHERE v.id = ?",
-                (version_id,),
-            ).fetchone()
-        return os.path.realpath(package_dir)
+            (revision_id,) = conn.execute("SELECT active_revision_id FROM versions WHERE id = ?",
+                                          (version_id,)).fetchone()
+        return os.path.realpath(self.db_path.parent / "builds" / "packages" / revision_id)
 
 
 # --- clients ----------------------------------------------------------------------------------
@@ -563,7 +562,8 @@ def version_workers(server: Proc, package_dir: str) -> list[int]:
             stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
             continue
-        if cwd == package_dir and stat[stat.rindex(")") + 2] != "Z":
+        inside = cwd == package_dir or cwd.startswith(package_dir + os.sep)
+        if inside and stat[stat.rindex(")") + 2] != "Z":
             found.append(pid)
     return found
 

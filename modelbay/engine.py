@@ -41,7 +41,7 @@ from modelbay.runtime.base import InstanceSpec, Runtime
 from modelbay.runtime.local import LocalRuntime
 from modelbay.runtime.sandbox import from_settings as sandbox_from_settings
 from modelbay.settings import Settings
-from modelbay.store.blobs import LocalBlobStore
+from modelbay.store.blobs import DatabaseBlobStore, LocalBlobStore
 from modelbay.store.db import Database
 from modelbay.store.tables import ProjectRow
 
@@ -102,7 +102,9 @@ class Engine:
         self.db = open_database(settings)
         self.nodes = Nodes(self.db, data, lease_s=settings.node_lease_s)
         self.bus = Bus(self.db, lambda: self.nodes.id)
-        self.blobs = LocalBlobStore(data / "blobs")
+        # Nodes sharing a database reach blobs through it; one server on SQLite keeps them as files.
+        self.blobs = (LocalBlobStore(data / "blobs") if self.db.is_sqlite
+                      else DatabaseBlobStore(self.db, data / "blob-cache"))
         self.payloads = Payloads(self.db, self.blobs)
         sandbox = sandbox_from_settings(settings.sandbox, check=False)  # `serve` checked it before
         self.runtime = runtime or LocalRuntime(
@@ -127,6 +129,7 @@ class Engine:
             ),
             self.deployments,
             self.deployments.version_changed,  # on every node
+            self.nodes,
             workers=settings.build_workers,
         )
         self.requests = Requests(self.db, self.scheduler, self.deployments, self.payloads, self.nodes)
@@ -136,7 +139,7 @@ class Engine:
         self.http = webhook_client(allow_private=allow_private)
         self.webhooks = Webhooks(self.db, self.http, allow_private_targets=allow_private)
         self.deliveries = Deliveries(self.db, self.http, self.nodes)
-        self.datasets = Datasets(self.db, self.blobs)
+        self.datasets = Datasets(self.db, self.blobs, data / "spool")
         self.jobs = Jobs(self.db, self.datasets, self.deployments, self.requests, self.deliveries, job_item_body)
         self.pipelines = Pipelines(self.db, self.bus)
         self.pipeline_requests = PipelineRequests(self.db, self.pipelines, self.deployments, self.requests,
@@ -165,7 +168,7 @@ class Engine:
             log.warning("%d pipeline requests were running when the server stopped; they are marked failed", settled)
         if queued:
             log.info("%d pending pipeline requests are queued again", queued)
-        self.revisions.resume()
+        self.revisions.start()
         self.deliveries.start()  # deliveries due while the server was down go out now
         resumed = self.jobs.resume()
         if resumed:
@@ -199,7 +202,7 @@ class Engine:
         await self.services.close()
         # Running pipeline requests, run attempts and batch requests get their grace period side by side.
         await asyncio.gather(self.pipeline_requests.close(), self.runs.close(), self.requests.close())
-        self.revisions.close()
+        await self.revisions.close()
         await self.nodes.close()
         await self.scheduler.close()
         await self.bus.close()
@@ -219,12 +222,12 @@ class Engine:
         except (NotFound, Unavailable):
             return None
 
-    def _instance_spec(self, target: Target) -> InstanceSpec:
-        assert target.package_dir is not None and target.python is not None
+    async def _instance_spec(self, target: Target) -> InstanceSpec:
+        package_dir, python = await asyncio.to_thread(self.revisions.materialise, target)
         return InstanceSpec(
             version_id=target.version_id,
-            package_dir=Path(target.package_dir),
-            python=Path(target.python),
+            package_dir=package_dir,
+            python=python,
             init_context={
                 "project": target.project_name,
                 "project_id": target.project_id,

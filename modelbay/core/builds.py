@@ -1,5 +1,8 @@
 """The builder: turns an uploaded code archive into a package directory and a Python environment.
 
+Both are this node's: one node builds a revision (`Revisions`), every other node that runs it
+prepares its own copy from the same archive (`prepare`), in its own `root`.
+
 A build unpacks the archive into `root/packages/<build_id>/`, finds the directory holding
 `deployment.py` (or the handler's module), gets a virtualenv for its requirements.txt from
 `root/envs/<hash>/` (creating it with uv when missing) and imports the code once in that
@@ -155,6 +158,32 @@ class Builder:
             has_request_method=found["request"],
             has_requests_method=found["requests"],
         )
+
+    def prepare(
+        self, archive: Path, build_id: str, *, handler: str | None = None, cache_key: str | None = None
+    ) -> BuildResult:
+        """This node's copy of code a build (here or on another node) succeeded with: the package
+        unpacked and the environment of its requirements made, each unless it is here already; no
+        import check (the build ran it). Blocking; returns ok=False with a log when it fails here."""
+        if not _BUILD_ID.match(build_id):
+            raise ValueError(f"invalid build id {build_id!r}")
+        log: list[str] = []
+        target = self.packages / build_id
+        scratch = self.scratch / build_id
+        with self._lock(f"prepare:{build_id}"):  # one at a time: the second finds the first's work
+            try:
+                module, _func = _parse_handler(handler)
+                if not target.is_dir():  # unpacking ends with a rename: a folder there is whole
+                    self._unpack(Path(archive), target)
+                package_dir = _find_code_root(target, module)
+                self._make_scratch(scratch)
+                python = self._environment(package_dir, build_id, scratch, self._cache(cache_key), log)
+            except BuildFailed as e:
+                log.append(f"Preparing the code failed: {e}")
+                return BuildResult(ok=False, log="\n".join(log) + "\n", package_dir=None, python=None)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+        return BuildResult(ok=True, log="\n".join(log) + "\n", package_dir=package_dir, python=python)
 
     # -- unpacking -------------------------------------------------------------------------
 

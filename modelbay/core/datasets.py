@@ -14,6 +14,7 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import crc32c
@@ -21,9 +22,9 @@ import orjson
 from sqlalchemy import select
 
 from modelbay.core.clock import as_utc, utcnow
-from modelbay.core.errors import Conflict, InvalidInput, NotFound
+from modelbay.core.errors import Conflict, IllegalMove, InvalidInput, ModelbayError, NotFound
 from modelbay.core.states import DATASET, DatasetStatus, move
-from modelbay.store.blobs import LocalBlobStore
+from modelbay.store.blobs import BlobStore
 from modelbay.store.db import Database
 from modelbay.store.tables import DatasetRow, JobRow
 
@@ -58,9 +59,11 @@ def check_crc32c(value: Any) -> str:
 class Datasets:
     """Creates datasets, takes their uploads, and streams their items."""
 
-    def __init__(self, db: Database, blobs: LocalBlobStore) -> None:
+    def __init__(self, db: Database, blobs: BlobStore, spool_dir: Path) -> None:
         self._db = db
         self._blobs = blobs
+        self._spool_dir = spool_dir  # node-local: files being uploaded, checked, then put in the store
+        spool_dir.mkdir(parents=True, exist_ok=True)
 
     def create(self, project_id: str, name: Any, size_bytes: Any, crc: Any) -> DatasetRow:
         if not isinstance(name, str) or not name.strip() or len(name) > 200:
@@ -114,22 +117,26 @@ class Datasets:
         row = await asyncio.to_thread(self.get, project_id, dataset_id)
         if row.status == DatasetStatus.UPLOADED:
             raise Conflict("This dataset's file has already been uploaded")
-        key = f"datasets/{row.id}.ndjson"
-        target = self._blobs.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=target.parent, suffix=".part")
+        # A key of its own per upload: a blob is never written again with other content.
+        key = f"datasets/{row.id}.{uuid.uuid4().hex[:8]}.ndjson"
+        fd, tmp_name = tempfile.mkstemp(dir=self._spool_dir, suffix=".part")
         try:
             with os.fdopen(fd, "wb") as out:
                 count = await _copy_checked(chunks, out, row)
-            os.replace(tmp_name, target)
+            await asyncio.to_thread(self._blobs.put_file, key, Path(tmp_name))
         except UploadRejected as exc:
             os.unlink(tmp_name)
             await asyncio.to_thread(self._set, row.id, exc.status, exc.message, 0, None)
             raise InvalidInput(exc.message) from None
         except BaseException:
-            os.unlink(tmp_name)
+            Path(tmp_name).unlink(missing_ok=True)
             raise
-        return await asyncio.to_thread(self._set, row.id, DatasetStatus.UPLOADED, f"Uploaded {count} items", count, key)
+        try:
+            return await asyncio.to_thread(self._set, row.id, DatasetStatus.UPLOADED, f"Uploaded {count} items",
+                                           count, key)
+        except (ModelbayError, IllegalMove):  # deleted, or another upload of it won: the blob is no one's
+            await asyncio.to_thread(self._blobs.delete, key)
+            raise
 
     def _set(self, dataset_id: str, status: DatasetStatus, message: str, count: int, key: str | None) -> DatasetRow:
         with self._db.write() as session:
@@ -146,7 +153,7 @@ class Datasets:
         """Stream `(index, line)` from item `start` on; the file is read, never loaded whole."""
         if dataset.blob_key is None:
             return
-        with open(self._blobs.path(dataset.blob_key), "rb") as source:
+        with self._blobs.open(dataset.blob_key) as source:
             index = 0
             for line in source:
                 line = line.strip()

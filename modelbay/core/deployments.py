@@ -72,8 +72,10 @@ class Target:
     maximum_idle_time: int
     environment_variables: dict[str, Any]
     handler: str | None
-    package_dir: str | None
-    python: str | None
+    #: The built code it runs, None until a build succeeded: its revision and that revision's
+    #: archive (each node unpacks it and makes its environment itself, `Revisions.materialise`).
+    revision_id: str | None
+    archive_key: str | None
     has_requests_method: bool
     instance_type: str = ""  # e.g. "2048mb": decides its instances' memory limit
     #: The instance pool serving it: None for the version's own pool, else a named group
@@ -250,7 +252,7 @@ class Deployments:
     @staticmethod
     def serving_target_check(target: Target) -> Target:
         """Raises `Unavailable` unless the target has built code."""
-        if target.package_dir is None:
+        if target.revision_id is None:
             raise Unavailable(
                 f"Version '{target.version_name}' of deployment '{target.deployment_name}' has no successfully "
                 f"built code (status: {target.status})"
@@ -308,8 +310,8 @@ class Deployments:
             maximum_idle_time=row.maximum_idle_time,
             environment_variables=dict(row.environment_variables),
             handler=row.handler,
-            package_dir=revision.package_dir if revision else None,
-            python=revision.python if revision else None,
+            revision_id=revision.id if revision else None,
+            archive_key=revision.archive_key if revision else None,
             has_requests_method=bool(revision and revision.has_requests_method),
             instance_type=row.instance_type,
         )

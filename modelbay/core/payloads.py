@@ -8,26 +8,24 @@ Lifecycle: a blob is written before the row values naming it are submitted, so a
 never names a missing blob; a delete reads the keys of its rows in its transaction (`named_keys`)
 and removes the blobs once it has committed (`discard`). What falls between (a crash after a
 write, a result whose finish lost to a cancel or delete, an input dropped after its batch request
-ran, the requests of a deleted deployment) is a file no row names: `sweep_orphans` removes those
-once they are older than `ORPHAN_GRACE_S` (and folders left empty as long), so a blob whose row is
-still being written is kept.
+ran, the requests of a deleted deployment) is a blob no row names: `sweep_orphans` removes those
+once they are older than `ORPHAN_GRACE_S` (and what the store keeps of them, such as emptied
+folders, once left as long), so a blob whose row is still being written is kept.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import time
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import orjson
 from sqlalchemy import Connection, Table, or_, select
 
 from modelbay.core.errors import NotFound
-from modelbay.store.blobs import LocalBlobStore
+from modelbay.store.blobs import BlobStore
 from modelbay.store.db import Database
 from modelbay.store.tables import OperatorRequestRow, PipelineRequestRow, RequestRow
 
@@ -69,7 +67,7 @@ def named_keys(conn: Connection, table: Table, *where: Any) -> list[str]:
 class Payloads:
     """Encodes payloads for their rows and reads them back."""
 
-    def __init__(self, db: Database, blobs: LocalBlobStore, inline_max: int = INLINE_MAX_BYTES) -> None:
+    def __init__(self, db: Database, blobs: BlobStore, inline_max: int = INLINE_MAX_BYTES) -> None:
         self._db = db
         self._blobs = blobs
         self.inline_max = inline_max
@@ -86,7 +84,7 @@ class Payloads:
 
     def load(self, inline: bytes | None, key: str | None) -> bytes | None:
         """A payload as its row keeps it: the inline bytes, or those of the blob `key` names."""
-        return inline if key is None else self._blobs.path(key).read_bytes()
+        return inline if key is None else self._blobs.read_bytes(key)
 
     def value(self, inline: bytes | None, key: str | None) -> Any:
         """A payload as the value it encodes (None when nothing is kept)."""
@@ -107,43 +105,24 @@ class Payloads:
 
     def discard(self, keys: Iterable[str]) -> None:
         """Remove blobs (of rows deleted in a committed transaction). Blocking: run it on a thread
-        from the event loop. Their emptied folders go with `sweep_orphans`, so a folder is never
-        removed under a write that has just made it."""
+        from the event loop."""
         for key in keys:
-            self._blobs.path(key).unlink(missing_ok=True)
+            self._blobs.delete(key)
 
     def sweep_orphans(self, grace_s: float = ORPHAN_GRACE_S) -> int:
-        """Remove payload files that no row names and that are older than `grace_s`, and folders
-        left empty for as long; returns how many files."""
-        root = self._blobs.path(ROOT)
-        if not root.is_dir():
-            return 0
-        folders = [entry for entry in root.iterdir() if entry.is_dir()]
-        cutoff = time.time() - grace_s
+        """Remove payload blobs that no row names and that are older than `grace_s`; returns how many."""
+        before = time.time() - grace_s
+        keys = self._blobs.keys(ROOT, before)
         removed = 0
-        for start in range(0, len(folders), IDS_PER_STATEMENT):
-            part = folders[start:start + IDS_PER_STATEMENT]
-            ids = [folder.name for folder in part]
+        for start in range(0, len(keys), IDS_PER_STATEMENT):
+            part = keys[start:start + IDS_PER_STATEMENT]
+            ids = sorted({key.split("/")[1] for key in part})  # payloads/<row id>/<column>
             with self._db.read() as session:
                 conn = session.connection()
                 named = {key for table in TABLES for key in named_keys(conn, table, table.c.id.in_(ids))}
-            for folder in part:
-                for path in _old(folder.iterdir(), cutoff):
-                    if f"{ROOT}/{folder.name}/{path.name}" not in named:
-                        path.unlink(missing_ok=True)
-                        removed += 1
-                for path in _old([folder], cutoff):
-                    with contextlib.suppress(OSError):  # not empty
-                        path.rmdir()
+            for key in part:
+                if key not in named:
+                    self._blobs.delete(key)
+                    removed += 1
+        self._blobs.tidy(ROOT, before)
         return removed
-
-
-def _old(paths: Iterable[Path], cutoff: float) -> list[Path]:
-    """Those of `paths` last modified before `cutoff` (a folder: when an entry last came or went)."""
-    old = []
-    with contextlib.suppress(FileNotFoundError):  # a delete removed the folder or a file meanwhile
-        for path in paths:
-            with contextlib.suppress(FileNotFoundError):
-                if path.stat().st_mtime < cutoff:
-                    old.append(path)
-    return old

@@ -1,35 +1,51 @@
-"""Revisions: uploaded code archives of a version, built in the background."""
+"""Revisions: uploaded code archives of a version, built in the background by one node.
+
+An upload is stored (its archive a blob every node reaches) and queued; a node with a free build
+worker claims it (`owner`, queued -> building) and builds it, and its finishing write is fenced
+by that claim. A node that dies mid-build gives its builds back to the queue (`nodes`), for
+any node to claim. The build's outcome is what every node can use: the revision's archive and
+its id; each node that runs the code unpacks it and makes its environment in its own data dir
+on first use (`materialise`), and reuses what it built itself at once.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 
+from modelbay.core.background import Background
 from modelbay.core.builds import Builder, BuildResult
 from modelbay.core.clock import utcnow
-from modelbay.core.deployments import Deployments
-from modelbay.core.errors import NotFound
+from modelbay.core.deployments import Deployments, Target
+from modelbay.core.errors import NotFound, StatusChanged
 from modelbay.core.hooks import Hook
+from modelbay.core.nodes import Nodes
 from modelbay.core.projects import Caller
 from modelbay.core.states import REVISION, VERSION, RevisionStatus, VersionStatus, move
+from modelbay.runtime.base import InstanceStartFailed
 from modelbay.store.blobs import BlobStore
 from modelbay.store.db import Database
-from modelbay.store.tables import DeploymentRow, ProjectRow, RevisionRow, VersionRow
+from modelbay.store.tables import DeploymentRow, NodeRow, ProjectRow, RevisionRow, VersionRow
 
 log = logging.getLogger(__name__)
 
 #: Longest build log tail kept as a revision's error message (the UbiOps SDK caps it at 1024).
 ERROR_MESSAGE_CHARS = 1000
 
+#: How often a node looks for queued builds (uploads to other nodes, builds of dead nodes).
+CLAIM_PERIOD_S = 2.0
+
 
 class Revisions:
-    """Accepts uploads and runs their builds on a small thread pool, never on the server's loop."""
+    """Accepts uploads and runs the builds this node claims on a small thread pool, never on the server's loop."""
 
     def __init__(
         self,
@@ -38,6 +54,7 @@ class Revisions:
         builder: Builder,
         deployments: Deployments,
         on_version_changed: Callable[[str], None],
+        nodes: Nodes,
         workers: int = 2,
     ) -> None:
         self._db = db
@@ -45,24 +62,42 @@ class Revisions:
         self._builder = builder
         self._deployments = deployments
         self._on_version_changed = on_version_changed
+        self._nodes = nodes
+        self._workers = workers
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="build")
+        self._claiming = threading.Lock()
+        self._building: set[str] = set()  # revisions this node claimed and builds
+        #: Uploads made here -> a future that ends with their build, on whichever node it ran.
+        self._uploads: dict[str, Future[None]] = {}
+        #: Revision id -> its package dir and python on this node (built or prepared here).
+        self._local: dict[str, tuple[Path, Path]] = {}
+        self._background = Background("revisions")
+        self._closed = False
         #: Told the id of a version whose deciding build (of its newest upload) ended, once written;
         #: called on the build's thread.
         self.build_ended: Hook[[str]] = Hook("revisions: build ended")
+        nodes.add_recoverer(self._give_back)
+
+    def start(self) -> None:
+        """Look for queued builds now and then (builds a previous server left are queued again by `nodes`)."""
+        with self._db.write() as session:  # left building by a server from before builds had owners
+            move(session, REVISION, {"owner": None}, (RevisionStatus.BUILDING,), RevisionStatus.QUEUED)
+        self._background.every(CLAIM_PERIOD_S, self._claim_pass, "claim builds")
 
     def upload(
         self, caller: Caller, project: ProjectRow, deployment_name: str, version: str, archive: BinaryIO
     ) -> tuple[RevisionRow, Future[None]]:
-        """Store an archive as a new revision of a version and start its build; the future ends with it."""
+        """Store an archive as a new revision of a version and queue its build (here when a worker
+        is free); the future ends with the build, wherever it runs."""
         version_row = self._deployments.get_version(project, deployment_name, version)
         revision_id = str(uuid.uuid4())
-        key = f"revisions/{revision_id}.archive"
+        key = f"revisions/{revision_id}.archive"  # a fresh key: an archive is never written over
         self._blobs.put(key, archive)
         now = utcnow()
         revision = RevisionRow(
             id=revision_id,
             version_id=version_row.id,
-            status=RevisionStatus.BUILDING.value,
+            status=RevisionStatus.QUEUED.value,
             archive_key=key,
             created_by="admin" if caller.is_admin else "project-token",
             created_at=now,
@@ -78,7 +113,10 @@ class Revisions:
                 move(session, VERSION, row.id, VersionStatus(row.status), VersionStatus.BUILDING)
             row.updated_at = now
         self._deployments.forget_targets()
-        return revision, self._pool.submit(self._build, revision_id, version_row.handler)
+        built: Future[None] = Future()
+        self._uploads[revision_id] = built
+        self._claim_now()
+        return revision, built
 
     def get(self, project: ProjectRow, deployment_name: str, version: str, revision_id: str) -> RevisionRow:
         version_row = self._deployments.get_version(project, deployment_name, version)
@@ -89,8 +127,9 @@ class Revisions:
         return row
 
     def archive(self, project: ProjectRow, deployment_name: str, version: str, revision_id: str) -> Path:
-        """The code archive a revision was made from, as uploaded; raises `NotFound` as `get` does."""
-        return self._blobs.path(self.get(project, deployment_name, version, revision_id).archive_key)
+        """The code archive a revision was made from, as uploaded, as a node-local file; raises
+        `NotFound` as `get` does."""
+        return self._blobs.local_path(self.get(project, deployment_name, version, revision_id).archive_key)
 
     def list(self, project: ProjectRow, deployment_name: str, version: str) -> list[RevisionRow]:
         version_row = self._deployments.get_version(project, deployment_name, version)
@@ -103,66 +142,155 @@ class Revisions:
                 )
             )
 
-    def resume(self) -> None:
-        """Restart builds a previous server left unfinished."""
-        with self._db.read() as session:
-            rows = session.execute(
-                select(RevisionRow.id, VersionRow.handler)
-                .join(VersionRow, VersionRow.id == RevisionRow.version_id)
-                .where(RevisionRow.status == RevisionStatus.BUILDING)
-            ).all()
-        for revision_id, handler in rows:
-            self._pool.submit(self._build, revision_id, handler)
+    def materialise(self, target: Target) -> tuple[Path, Path]:
+        """The package dir and python of `target`'s built code on this node: what this node built
+        or prepared before, else unpacked from its archive with its environment made or reused now
+        (blocking: run it on a thread). Raises `InstanceStartFailed` when that fails here."""
+        if target.revision_id is None or target.archive_key is None:
+            raise InstanceStartFailed(f"Version '{target.version_name}' has no successfully built code")
+        if (found := self._local.get(target.revision_id)) is not None:
+            return found
+        try:
+            archive = self._blobs.local_path(target.archive_key)
+        except FileNotFoundError:
+            raise InstanceStartFailed(f"The code archive of revision {target.revision_id} is gone") from None
+        # The project's own package cache, as its build had.
+        result = self._builder.prepare(archive, target.revision_id, handler=target.handler,
+                                       cache_key=target.project_id)
+        if not result.ok or result.package_dir is None or result.python is None:
+            raise InstanceStartFailed(f"The code of revision {target.revision_id} could not be prepared on "
+                                      f"this server: {_tail(result.log)}", result.log)
+        self._local[target.revision_id] = found = (result.package_dir, result.python)
+        return found
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """Claim no more builds; those under way end on their threads (`nodes` queues them again on its close)."""
+        self._closed = True
+        await self._background.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def _build(self, revision_id: str, handler: str | None) -> None:
+    # --- claiming builds ---------------------------------------------------------------------
+
+    async def _claim_pass(self) -> None:
+        await asyncio.to_thread(self._claim)
+        await asyncio.to_thread(self._end_uploads_built_elsewhere)
+
+    def _claim(self) -> None:
+        """Claim queued builds (oldest first) for this node's free workers, and start them."""
+        with self._claiming:
+            free = self._workers - len(self._building)
+            if free <= 0 or self._closed:
+                return
+            node_id = self._nodes.id
+            with self._db.write() as session:
+                # Only while this node is alive (its row locked: a recovery of it waits for this claim
+                # and then gives the claimed builds back); a node declared dead learns it on its next beat.
+                if session.scalar(select(NodeRow.id).where(NodeRow.id == node_id, NodeRow.end.is_(None))
+                                  .with_for_update(read=True)) is None:
+                    return
+                # SKIP LOCKED: nodes claiming at once take different rows (SQLite writes one at a time).
+                claimed = list(session.scalars(
+                    select(RevisionRow.id).where(RevisionRow.status == RevisionStatus.QUEUED)
+                    .order_by(RevisionRow.created_at, RevisionRow.id).limit(free)
+                    .with_for_update(skip_locked=True)))
+                for revision_id in claimed:
+                    move(session, REVISION, revision_id, RevisionStatus.QUEUED, RevisionStatus.BUILDING,
+                         owner=node_id)
+            for revision_id in claimed:
+                self._building.add(revision_id)
+                self._pool.submit(self._build, revision_id)
+
+    def _claim_now(self) -> None:
+        """Claim at once, outside the periodic pass; what fails here the next pass does."""
+        try:
+            self._claim()
+        except Exception:
+            log.exception("claiming queued builds failed; the next pass tries again")
+
+    def _give_back(self, conn: Connection, node_ids: list[str]) -> int:
+        """Queue again the builds of dead (or stopping) nodes, for any node to claim."""
+        return move(conn, REVISION, {"owner": node_ids}, (RevisionStatus.BUILDING,), RevisionStatus.QUEUED,
+                    owner=None)
+
+    def _end_uploads_built_elsewhere(self) -> None:
+        """End the futures of uploads made here whose build another node ran (or that went away)."""
+        waiting = list(self._uploads)  # a copy: build threads end theirs meanwhile
+        if not waiting:
+            return
+        with self._db.read() as session:
+            open_ids = set(session.scalars(select(RevisionRow.id).where(
+                RevisionRow.id.in_(waiting), RevisionRow.status.in_((RevisionStatus.QUEUED, RevisionStatus.BUILDING)))))
+        for revision_id in [r for r in waiting if r not in open_ids]:
+            self._end_upload(revision_id)
+
+    def _end_upload(self, revision_id: str) -> None:
+        built = self._uploads.pop(revision_id, None)
+        if built is not None and not built.done():
+            built.set_result(None)
+
+    # --- building ----------------------------------------------------------------------------
+
+    def _build(self, revision_id: str) -> None:
+        try:
+            self._run_build(revision_id)
+        finally:
+            with self._claiming:
+                self._building.discard(revision_id)
+            self._end_upload(revision_id)
+            self._claim_now()  # the next queued one, now a worker is free
+
+    def _run_build(self, revision_id: str) -> None:
         try:
             with self._db.read() as session:
                 revision = session.get(RevisionRow, revision_id)
                 version = session.get(VersionRow, revision.version_id) if revision is not None else None
                 deployment = session.get(DeploymentRow, version.deployment_id) if version is not None else None
-            if revision is None or deployment is None:  # deleted with its version meanwhile
+            if revision is None or version is None or deployment is None:  # deleted with its version meanwhile
                 return
-            archive = Path(self._blobs.path(revision.archive_key))
+            archive = self._blobs.local_path(revision.archive_key)
             # Each project's builds have a package cache of their own: a build cannot poison another's.
-            result = self._builder.build(archive, revision_id, handler=handler, cache_key=deployment.project_id)
+            result = self._builder.build(archive, revision_id, handler=version.handler,
+                                         cache_key=deployment.project_id)
         except Exception as exc:  # a builder bug must still end the build
             log.exception("build of revision %s crashed", revision_id)
             result = BuildResult(ok=False, log=f"The build crashed: {exc}", package_dir=None, python=None)
         self._finish(revision_id, result)
 
     def _finish(self, revision_id: str, result: BuildResult) -> None:
+        """Write the build's outcome, if this node still owns the build (else another node has it now)."""
         now = utcnow()
-        with self._db.write() as session:
-            revision = session.get(RevisionRow, revision_id)
-            if revision is None:
-                return
-            version = session.get(VersionRow, revision.version_id)
-            revision.finished_at = now
-            revision.build_log = result.log
-            move(session, REVISION, revision_id, RevisionStatus.BUILDING,
-                 RevisionStatus.SUCCESS if result.ok else RevisionStatus.FAILED)
-            if result.ok:
-                revision.package_dir = str(result.package_dir)
-                revision.python = str(result.python)
-                revision.has_request_method = result.has_request_method
-                revision.has_requests_method = result.has_requests_method
-            else:
-                revision.error_message = _tail(result.log)
-            decides = version is not None and version.latest_revision_id == revision_id
-            if decides and version is not None:
+        try:
+            with self._db.write() as session:
+                revision = session.get(RevisionRow, revision_id)
+                if revision is None:
+                    return
+                version = session.get(VersionRow, revision.version_id)
+                values: dict[str, object] = {"finished_at": now, "build_log": result.log}
                 if result.ok:
-                    version.active_revision_id = revision_id
-                # A failed build leaves a version that still has working code serving it.
-                status = VersionStatus.AVAILABLE if version.active_revision_id else VersionStatus.FAILED
-                if version.status != status:
-                    move(session, VERSION, version.id, VersionStatus(version.status), status)
-                version.updated_at = now
-                deployment = session.get(DeploymentRow, version.deployment_id)
-                if deployment is not None:
-                    deployment.updated_at = now
+                    values.update(has_request_method=result.has_request_method,
+                                  has_requests_method=result.has_requests_method)
+                else:
+                    values["error_message"] = _tail(result.log)
+                move(session, REVISION, revision_id, RevisionStatus.BUILDING,
+                     RevisionStatus.SUCCESS if result.ok else RevisionStatus.FAILED, fence=self._nodes.id, **values)
+                decides = version is not None and version.latest_revision_id == revision_id
+                if decides and version is not None:
+                    if result.ok:
+                        version.active_revision_id = revision_id
+                    # A failed build leaves a version that still has working code serving it.
+                    status = VersionStatus.AVAILABLE if version.active_revision_id else VersionStatus.FAILED
+                    if version.status != status:
+                        move(session, VERSION, version.id, VersionStatus(version.status), status)
+                    version.updated_at = now
+                    deployment = session.get(DeploymentRow, version.deployment_id)
+                    if deployment is not None:
+                        deployment.updated_at = now
+        except StatusChanged:
+            log.warning("the build of revision %s ended after another node took it over; its outcome is dropped",
+                        revision_id)
+            return
+        if result.ok and result.package_dir is not None and result.python is not None:
+            self._local[revision_id] = (result.package_dir, result.python)  # this node runs it at once
         self._deployments.forget_targets()
         if result.ok:
             # New code: instances of the old code are retired.

@@ -112,7 +112,7 @@ def call_input(target: Target, body: Any, environment: dict[str, str]) -> tuple[
 
 def is_building(target: Target) -> bool:
     """Whether the version has no code yet but a build that may give it some."""
-    return target.package_dir is None and target.status == VersionStatus.BUILDING
+    return target.revision_id is None and target.status == VersionStatus.BUILDING
 
 
 @dataclass(frozen=True)
@@ -328,7 +328,7 @@ class Runs:
                 return  # ended, or another node runs it
             status = RunStatus(row.status)
             target = self._deployments.target_of_version(row.version_id)
-            if target.package_dir is None:
+            if target.revision_id is None:
                 if is_building(target):
                     # No await from the check to the end of the task: a build that ends meanwhile
                     # finds the run undriven, and `build_ended` drives it again.

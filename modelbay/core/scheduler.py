@@ -10,7 +10,7 @@ import dataclasses
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from modelbay.core.background import Background
@@ -82,12 +82,13 @@ class _Pool:
 
 
 class Scheduler:
-    """Routes calls to instances. `make_spec` turns a target into what the runtime starts."""
+    """Routes calls to instances. `make_spec` turns a target into what the runtime starts (making
+    its code ready on this node first)."""
 
     def __init__(
         self,
         runtime: Runtime,
-        make_spec: Callable[[Target], InstanceSpec],
+        make_spec: Callable[[Target], Awaitable[InstanceSpec]],
         serving_target: Callable[[str], Target | None] = lambda _version_id: None,
     ) -> None:
         self._runtime = runtime
@@ -268,7 +269,7 @@ class Scheduler:
 
     async def _start_instance(self, pool: _Pool) -> None:
         try:
-            instance = await self._runtime.start(self._make_spec(pool.target))
+            instance = await self._runtime.start(await self._make_spec(pool.target))
         except InstanceStartFailed as exc:
             pool.starting -= 1
             pool.start_error, pool.failed_at = exc, time.monotonic()

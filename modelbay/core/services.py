@@ -139,8 +139,8 @@ class Services:
 
     async def create(self, target: Target, fields: dict[str, Any]) -> ServiceRow:
         """Create a service of `target`'s version; its instances start in the background."""
-        building = target.package_dir is None and target.status == VersionStatus.BUILDING
-        if target.package_dir is None and not building:
+        building = target.revision_id is None and target.status == VersionStatus.BUILDING
+        if target.revision_id is None and not building:
             raise Unavailable(f"Version '{target.version_name}' has no built code (status: {target.status})")
         scaling = check_scaling(fields)
         instance_type = fields.get("instance_type") or "cpu-0.25"
@@ -301,7 +301,7 @@ class Services:
         why its last instance failed to start, until one starts."""
         if row.status == ServiceStatus.STOPPED:
             try:
-                built = self._deployments.target_of_version(row.version_id).package_dir is not None
+                built = self._deployments.target_of_version(row.version_id).revision_id is not None
             except NotFound:
                 return None
             if not built:
@@ -335,7 +335,7 @@ class Services:
                 target = self.target(row)
             except NotFound:
                 continue  # its version is going away with it
-            if target.package_dir is None:
+            if target.revision_id is None:
                 if (row.status == ServiceStatus.IN_PROGRESS and target.status == VersionStatus.FAILED
                         and await self._stop_unbuilt(row) and self._rows.get(row.id) is row):
                     row.status = ServiceStatus.STOPPED.value  # the serving path sees it stopped at once

@@ -210,13 +210,16 @@ VERSION = Machine("version", VersionRow.__table__, ("id",), {  # type: ignore[ar
 
 
 class RevisionStatus(enum.StrEnum):
+    QUEUED = "queued"  # waiting for a node to claim its build
     BUILDING = "building"
     SUCCESS = "success"
     FAILED = "failed"
 
 
 REVISION = Machine("revision", RevisionRow.__table__, ("id",), {  # type: ignore[arg-type]
-    RevisionStatus.BUILDING: frozenset({RevisionStatus.SUCCESS, RevisionStatus.FAILED}),
+    RevisionStatus.QUEUED: frozenset({RevisionStatus.BUILDING}),
+    # building -> queued: the node building it died; another one builds it
+    RevisionStatus.BUILDING: frozenset({RevisionStatus.SUCCESS, RevisionStatus.FAILED, RevisionStatus.QUEUED}),
     RevisionStatus.SUCCESS: frozenset(),
     RevisionStatus.FAILED: frozenset(),
 })

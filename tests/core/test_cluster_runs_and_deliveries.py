@@ -94,7 +94,7 @@ def test_runs_created_through_either_node_each_run_exactly_once(tmp_path: Path, 
     async def scenario() -> None:
         await a.start()
         await b.start()
-        target = handler_version(a, tmp_path, maximum_instances=2)
+        target = handler_version(a, tmp_path, maximum_instances=2, others=(b,))
         targets = [target, b.deployments.target_of_version(target.version_id)]
         ids = []
         for i in range(24):
@@ -155,7 +155,7 @@ def test_a_node_that_dies_holding_runs_and_deliveries_leaves_them_to_the_other(
 
     async def scenario() -> None:
         await a.start()
-        target = handler_version(a, tmp_path, maximum_instances=3)
+        target = handler_version(a, tmp_path, maximum_instances=3, others=(b,))
         project_id = target.project_id
         # Given node A running three runs (one on its last attempt) and holding a fourth in its queue
         held = [(await a.runs.create(target, NewRun(None, None, retries, None, {}, None))).id for retries in (1, 1, 0)]

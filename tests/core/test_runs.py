@@ -19,7 +19,7 @@ from modelbay.core.errors import InvalidInput
 from modelbay.core.journal import MAX_LINE_CHARS, MAX_LINES_PER_CALL, Journal, split_lines
 from modelbay.core.projects import Caller, Projects
 from modelbay.core.runs import NewRun, call_input, check_environment, check_retry_count
-from modelbay.core.states import RUN, VERSION, RunStatus, VersionStatus, move
+from modelbay.core.states import REVISION, RUN, VERSION, RevisionStatus, RunStatus, VersionStatus, move
 from modelbay.engine import Engine, open_database
 from modelbay.runtime import wire
 from modelbay.runtime.base import Call, CallOutcome
@@ -33,7 +33,7 @@ BASE = Target(
     project_id="p", project_name="p", deployment_id="d", deployment_name="d", version_id="v", version_name="1",
     input_type="plain", output_type="plain", input_fields=(), output_fields=(), status="available",
     retention_mode="full", minimum_instances=0, maximum_instances=2, maximum_idle_time=300,
-    environment_variables={}, handler="main:handler", package_dir="/x", python="/x/python", has_requests_method=False,
+    environment_variables={}, handler="main:handler", revision_id="r", archive_key="k", has_requests_method=False,
 )
 
 
@@ -103,21 +103,17 @@ class ScriptedRuntime(FakeRuntime):
         return CallOutcome(ok=True, result=json.dumps(envelope), logs="all good\n")
 
 
-def handler_version(engine: Engine, tmp_path: Path, maximum_instances: int | None = None) -> Target:
-    """A project "runs" with a handler deployment "d" whose version "1" has code; the version's target."""
-    project = engine.projects.get(Caller(None), engine.projects.create("runs").name)
-    engine.deployments.create(project, {"name": "d", "input_type": "plain", "output_type": "plain"})
-    version = engine.deployments.create_version(project, "d", {"name": "1", "handler": "main:handler"})
-    with engine.db.write() as session:  # code "built" without a builder
-        session.add(RevisionRow(id="r", version_id=version.id, status="success", archive_key="k",
-                                package_dir=str(tmp_path), python=sys.executable, created_at=utcnow()))
-        row = session.get(VersionRow, version.id)
-        assert row is not None
-        row.active_revision_id = "r"
-        row.status = "available"
-        if maximum_instances is not None:
-            row.maximum_instances = maximum_instances
-    engine.deployments.forget_targets()
+def handler_version(engine: Engine, tmp_path: Path, maximum_instances: int | None = None,
+                    others: tuple[Engine, ...] = ()) -> Target:
+    """A project "runs" with a handler deployment "d" whose version "1" has code "built" without a
+    builder (on `engine`, and ready on the `others` too); the version's target."""
+    _, revision_id = building_version(engine)
+    engine.revisions._finish(revision_id, build_result(tmp_path, True))
+    for other in others:  # what another node would unpack from the archive
+        other.revisions._local[revision_id] = (tmp_path, Path(sys.executable))
+    project = engine.projects.get(Caller(None), "runs")
+    if maximum_instances is not None:
+        engine.deployments.update_version(project, "d", "1", {"maximum_instances": maximum_instances})
     return engine.deployments.target(project, "d", "1")
 
 
@@ -223,6 +219,7 @@ def test_a_run_left_claimed_by_a_server_from_before_nodes_is_queued_again_at_sta
         finally:
             await engine.close()
         engine = Engine(settings, runtime=ScriptedRuntime([True]))
+        engine.revisions._local["r"] = (tmp_path, Path(sys.executable))  # as unpacked before the restart
         await engine.start()
         try:
             done = asyncio.Event()
@@ -246,8 +243,8 @@ def building_version(engine: Engine) -> tuple[Target, str]:
     engine.deployments.create(project, {"name": "d", "input_type": "plain", "output_type": "plain"})
     version = engine.deployments.create_version(project, "d", {"name": "1", "handler": "main:handler"})
     with engine.db.write() as session:
-        session.add(RevisionRow(id="r", version_id=version.id, status="building", archive_key="k",
-                                created_at=utcnow()))
+        session.add(RevisionRow(id="r", version_id=version.id, status="building", owner=engine.nodes.id,
+                                archive_key="k", created_at=utcnow()))
         row = session.get(VersionRow, version.id)
         assert row is not None
         row.latest_revision_id = "r"
@@ -328,6 +325,9 @@ def test_a_run_that_waited_for_a_build_that_ended_while_the_server_was_down_goes
             await engine.close()
         engine = Engine(settings, runtime=ScriptedRuntime([True]))
         # The build ended before this server started: no one is told of it but the store.
+        with engine.db.write() as session:  # (the first server queued it again when it stopped)
+            move(session, REVISION, revision_id, RevisionStatus.QUEUED, RevisionStatus.BUILDING,
+                 owner=engine.nodes.id)
         engine.revisions._finish(revision_id, build_result(tmp_path, ok))
         await engine.start()
         try:

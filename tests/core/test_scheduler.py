@@ -76,14 +76,18 @@ def target(**changes: Any) -> Target:
         project_id="p", project_name="p", deployment_id="d", deployment_name="d", version_id="v",
         version_name="v1", input_type="plain", output_type="plain", input_fields=(), output_fields=(),
         status="available", retention_mode="full", minimum_instances=0, maximum_instances=2,
-        maximum_idle_time=300, environment_variables={}, handler=None, package_dir="/x", python="/x/python",
+        maximum_idle_time=300, environment_variables={}, handler=None, revision_id="r", archive_key="k",
         has_requests_method=False,
     )
     return dataclasses.replace(base, **changes)
 
 
+async def spec(t: Target) -> InstanceSpec:
+    return InstanceSpec(t.version_id, Path("/x"), Path("/x/python"), {})  # type: ignore[arg-type]
+
+
 def make(runtime: FakeRuntime) -> Scheduler:
-    return Scheduler(runtime, lambda t: InstanceSpec(t.version_id, Path("/x"), Path("/x/python"), {}))  # type: ignore[arg-type]
+    return Scheduler(runtime, spec)
 
 
 async def settle() -> None:

@@ -81,13 +81,14 @@ def workers(server: Server, version_id: str | None = None) -> dict[int, int]:
     found = {pid: start for pid, start in descendants(server.process.pid).items() if is_worker(pid)}
     if version_id is None:
         return found
-    (row,) = query(
-        server.data_dir,
-        "SELECT r.package_dir FROM versions v JOIN revisions r ON r.id = v.active_revision_id WHERE v.id = ?",
-        version_id,
-    )
-    package_dir = os.path.realpath(row["package_dir"])
-    return {pid: start for pid, start in found.items() if _cwd(pid) == package_dir}
+    (row,) = query(server.data_dir, "SELECT active_revision_id FROM versions WHERE id = ?", version_id)
+    # The server unpacked the revision's code under its data dir (the code's own folder may be inside).
+    unpacked = os.path.realpath(server.data_dir / "builds" / "packages" / row["active_revision_id"])
+    return {pid: start for pid, start in found.items() if _inside(_cwd(pid), unpacked)}
+
+
+def _inside(path: str | None, folder: str) -> bool:
+    return path is not None and (path == folder or path.startswith(folder + os.sep))
 
 
 def _cwd(pid: int) -> str | None:

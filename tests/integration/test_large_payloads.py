@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 
+from tests.fixtures.databases import database_url_for
 from tests.fixtures.server import Server, wait_until
 from tests.integration.conftest import deploy, kill_leftovers, query, ubiops, unique
 
@@ -44,6 +45,11 @@ def db_bytes(data_dir: Path) -> int:
 
 
 def payload_files(data_dir: Path, request_id: str) -> list[str]:
+    """The payload blobs of a request: files in the data dir on SQLite, blobs in the database shared
+    by every node otherwise (`store.blobs`)."""
+    if database_url_for(data_dir) is not None:
+        rows = query(data_dir, "SELECT key FROM blobs WHERE key LIKE ?", f"payloads/{request_id}/%")
+        return sorted(row["key"].rsplit("/", 1)[1] for row in rows)
     folder = data_dir / "blobs" / "payloads" / request_id
     return sorted(path.name for path in folder.iterdir()) if folder.exists() else []
 

@@ -213,5 +213,6 @@ async def download_archive(
     revisions = engine.revisions.list(project, deployment.name, row.name)
     if not revisions:
         raise NotFound("archive of version", version_id)
-    return FileResponse(engine.blobs.path(revisions[0].archive_key), media_type="application/gzip",
+    archive = await run_in_threadpool(engine.blobs.local_path, revisions[0].archive_key)
+    return FileResponse(archive, media_type="application/gzip",
                         filename=f"{version_id}.tar.gz")

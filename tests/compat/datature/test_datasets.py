@@ -11,10 +11,28 @@ import crc32c
 import httpx
 import pytest
 from datature.nexus import error
+from sqlalchemy import select
 
 from modelbay.core.errors import Forbidden
 from modelbay.core.signed_urls import UrlSigner
+from modelbay.store.blobs import BLOBS, DatabaseBlobStore
+from modelbay.store.db import Database
+from tests.fixtures.databases import database_url_for
 from tests.fixtures.server import Server
+
+
+def stored_datasets(server: Server, dataset_id: str) -> list[bytes]:
+    """The blobs of a dataset: files in the data dir on SQLite, in the database's blob tables
+    (every node reaches them) otherwise."""
+    if (url := database_url_for(server.data_dir)) is None:
+        return [p.read_bytes() for p in (server.data_dir / "blobs" / "datasets").glob(f"{dataset_id}*")]
+    db = Database(url)
+    try:
+        with db.read() as session:
+            keys = list(session.scalars(select(BLOBS.c.key).where(BLOBS.c.key.startswith(f"datasets/{dataset_id}"))))
+        return [DatabaseBlobStore(db, server.data_dir / "test-reads").read_bytes(key) for key in keys]
+    finally:
+        db.close()
 
 
 def ndjson(path: Path, lines: list[str]) -> str:
@@ -34,9 +52,8 @@ def test_create_uploads_the_file_and_counts_its_items(nexus: Any, server: Server
     assert done.status.overview == "Uploaded" and done.status.item_count == 7
     assert done.expiry_time > time.time() * 1000 + 86_400_000  # days ahead: `list` keeps it
     assert [d.id for d in nexus.batch.datasets.list().data] == [created.id]
-    # The file is a blob, byte for byte, not a database value.
-    stored = list((server.data_dir / "blobs" / "datasets").glob(f"{created.id.removeprefix('dataset_')}*"))
-    assert [p.read_bytes() for p in stored] == [Path(path).read_bytes()]
+    # The file is a blob, byte for byte, not a row's value.
+    assert stored_datasets(server, created.id.removeprefix("dataset_")) == [Path(path).read_bytes()]
 
     assert nexus.batch.datasets.delete(created.id).deleted is True
     with pytest.raises(error.NotFoundError):
