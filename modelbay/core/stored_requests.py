@@ -161,27 +161,29 @@ class StoredRequests:
 
     # --- status ----------------------------------------------------------------------------
 
-    def _finish(self, request_id: str, running: Status, status: Status,
-                values: dict[str, Any]) -> Callable[[Connection], Status | None]:
+    def _finish(self, request_id: str, running: Status, status: Status, values: dict[str, Any],
+                fence: str | None = None) -> Callable[[Connection], Status | None]:
         """The write that ends a request that was `running` with `status` and `values`; a cancel that
         came first wins (then its times and logs are written, not its result). Returns the status
-        written, or None when the request is gone (deleted meanwhile)."""
+        written, or None when the request is gone (deleted meanwhile, or `fence`, the node that ran
+        it, no longer holds it)."""
 
         def finish(conn: Connection) -> Status | None:
             if status is not Status.CANCELLED:
                 try:
-                    move(conn, self.machine, request_id, running, status, **values)
+                    move(conn, self.machine, request_id, running, status, fence=fence, **values)
                     return status
                 except StatusChanged:
                     pass
             elif running is Status.PROCESSING:  # stopped before its cancel was recorded
                 with contextlib.suppress(StatusChanged):
-                    move(conn, self.machine, request_id, running, Status.CANCELLED_PENDING)
+                    move(conn, self.machine, request_id, running, Status.CANCELLED_PENDING, fence=fence)
             cancelled = {"finished_at": utcnow(), **values, "error_message": None}
             cancelled.pop("result", None)
             cancelled.pop("result_key", None)
             try:
-                move(conn, self.machine, request_id, Status.CANCELLED_PENDING, Status.CANCELLED, **cancelled)
+                move(conn, self.machine, request_id, Status.CANCELLED_PENDING, Status.CANCELLED, fence=fence,
+                     **cancelled)
                 return Status.CANCELLED
             except StatusChanged:
                 return None  # deleted meanwhile, or cancelled while still pending
