@@ -232,7 +232,9 @@ class Jobs:
                      fence: str | None = None) -> Callable[[Connection], None]:
         """The write ending a job; `fence`: the node whose runner ends it (a user's stop is not fenced)."""
         def settle(conn: Connection) -> None:
-            job = conn.execute(select(JOBS).where(JOBS.c.id == job_id)).first()
+            # Locked: the counts below must not change before the move (another node's runner may
+            # be committing items of this job at the same moment).
+            job = conn.execute(select(JOBS).where(JOBS.c.id == job_id).with_for_update()).first()
             if job is None or job.status not in ACTIVE:
                 return  # finished, stopped or deleted meanwhile
             committed = job.failed_process + job.predicted + job.failed_predict

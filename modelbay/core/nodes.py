@@ -87,7 +87,7 @@ class Nodes:
         """Beat, and recover nodes whose heartbeat lapsed, every fifth of the lease."""
         period = self.lease_s / 5
         self._background.every(period, self._beat, "heartbeat")
-        self._background.every(period, self.recover_lapsed, "recovery")
+        self._background.every(period, self._recovery_pass, "recovery")
 
     async def close(self) -> None:
         """Stop beating and give back what this node still holds (run by the queues' close first)."""
@@ -115,6 +115,11 @@ class Nodes:
                 session.execute(NODES.insert().values(id=self.id, name=self.name[:200], started_at=now,
                                                       heartbeat_at=now))
             (self._data_dir / NODE_FILE).write_text(self.id)
+
+    def _recovery_pass(self) -> None:
+        # Returns nothing: a pass's return is the delay to the next (`Background.every`), and the
+        # count `recover_lapsed` returns would make the loop spin, starving the heartbeat.
+        self.recover_lapsed()
 
     def recover_lapsed(self) -> int:
         """Recover the nodes whose heartbeat is older than the lease; returns how many."""

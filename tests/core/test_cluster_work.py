@@ -38,10 +38,9 @@ from tests.core.test_scheduler import FakeRuntime
 
 pytestmark = pytest.mark.postgresql_only("several nodes share one database only on PostgreSQL")
 
-#: Short, so a dead node is noticed (and its work given back) within the test; long enough for a
-#: node on a busy machine (a start, or a database round trip, can take seconds there) never to
-#: miss a heartbeat by that much and be declared dead while alive.
-LEASE_S = 20.0
+#: Short, so a dead node is noticed (and its work given back) within seconds; long enough for a
+#: node on a busy machine never to miss a heartbeat by that much and be declared dead while alive.
+LEASE_S = 4.0
 
 ITEMS = 200
 
@@ -64,7 +63,7 @@ class SlowHandlerRuntime(FakeRuntime):
 
     async def call(self, instance: Any, call: Call, timeout: float, on_update: Any = None) -> CallOutcome:
         await asyncio.sleep(0.05)
-        if found := re.search(r'\bn\W{1,6}(\d+)', str(call.data)):  # the item, however the call wraps it
+        if found := re.search(r"""['"]n['"]: (\d+)""", str(call.data)):  # the item, however the call wraps it
             item = int(found[1])
             self.predicted.append((self.node, item))
             assert self.db is not None
@@ -119,7 +118,7 @@ class Node:
         self._loop.close()
 
 
-def _until(check: Callable[[], bool], timeout: float = 90.0) -> None:
+def _until(check: Callable[[], bool], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         assert time.monotonic() < deadline, "timed out"
@@ -169,7 +168,8 @@ def _job_setup(receiver: Any, package_dir: Path) -> Callable[[Engine], Awaitable
     """A project with a handler deployment, a dataset of `ITEMS` items and a webhook: what a job needs."""
     async def prepare(engine: Engine) -> tuple[ProjectRow, JobArgs]:
         project = engine.projects.get(Caller(None), engine.projects.create("cluster").name)
-        engine.deployments.create(project, {"name": "d", "input_type": "plain", "output_type": "plain"})
+        engine.deployments.create(project, {"name": "d", "input_type": "structured", "output_type": "plain",
+                                            "input_fields": [{"name": "n", "data_type": "int"}]})
         version = engine.deployments.create_version(project, "d", {"name": "1", "handler": "main:handler",
                                                                    "maximum_instances": 1})
         with engine.db.write() as session:  # code "built" without a builder (the fake runtime runs none)
@@ -199,6 +199,7 @@ def test_a_job_whose_node_dies_is_finished_by_another_with_every_item_run_once(
         _, job_args = a.run(_job_setup(receiver, tmp_path)(a.engine))
         job = a.call(lambda: a.engine.jobs.create(*job_args))
         _until(lambda: len(_logged_items(a.engine, job.id)) >= 10)
+        assert _read(a.engine, select(JobRow.owner).where(JobRow.id == job.id)) == a.engine.nodes.id
 
         # When node a dies
         a.kill()
@@ -207,6 +208,7 @@ def test_a_job_whose_node_dies_is_finished_by_another_with_every_item_run_once(
 
         # Then node b takes the job over once a's lease has lapsed, and finishes it
         _until(lambda: _read(b.engine, select(JobRow.status).where(JobRow.id == job.id)) == "finished")
+        assert _read(b.engine, select(JobRow.owner).where(JobRow.id == job.id)) == b.engine.nodes.id
         # predicting every item a had not committed,
         assert set(range(ITEMS)) - committed_by_a <= {n for node, n in predicted if node == "b"}
         # with every item once in the job's log, and none predicted once its outcome was committed.
@@ -275,4 +277,5 @@ def test_a_batch_pipeline_request_accepted_by_a_node_that_dies_runs_on_another(
 
         # Then node b runs every one of them to its end
         _until(lambda: all(row.status == "completed" for row in rows()))
-        assert [row.result for row in rows()] == [{"x": i + 1} for i in range(5)]
+        assert [row.owner for row in rows()] == [b.engine.nodes.id] * len(ids)
+        assert [orjson.loads(row.result) for row in rows()] == [{"x": i + 1} for i in range(5)]
