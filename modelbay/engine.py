@@ -140,10 +140,11 @@ class Engine:
         self.webhooks = Webhooks(self.db, self.http, allow_private_targets=allow_private)
         self.deliveries = Deliveries(self.db, self.http, self.nodes)
         self.datasets = Datasets(self.db, self.blobs, data / "spool")
-        self.jobs = Jobs(self.db, self.datasets, self.deployments, self.requests, self.deliveries, job_item_body)
+        self.jobs = Jobs(self.db, self.nodes, self.datasets, self.deployments, self.requests, self.deliveries,
+                         job_item_body)
         self.pipelines = Pipelines(self.db, self.bus)
-        self.pipeline_requests = PipelineRequests(self.db, self.pipelines, self.deployments, self.requests,
-                                                  self.payloads)
+        self.pipeline_requests = PipelineRequests(self.db, self.nodes, self.pipelines, self.deployments,
+                                                  self.requests, self.payloads)
         self.journal = Journal(self.db)
         self.runs = Runs(self.db, self.deployments, self.requests, self.scheduler, self.journal, self.nodes)
         self.services = Services(
@@ -163,16 +164,10 @@ class Engine:
         self.scheduler.start()
         self.nodes.register()  # gives back what the server before this one held
         self.requests.start()
-        settled, queued = self.pipeline_requests.recover(self._project_of)
-        if settled:
-            log.warning("%d pipeline requests were running when the server stopped; they are marked failed", settled)
-        if queued:
-            log.info("%d pending pipeline requests are queued again", queued)
+        self.pipeline_requests.start(self._project_of)
         self.revisions.start()
         self.deliveries.start()  # deliveries due while the server was down go out now
-        resumed = self.jobs.resume()
-        if resumed:
-            log.info("%d batch jobs resume", resumed)
+        self.jobs.start()
         for version_id in self.deployments.versions_with_minimum_instances():
             if (target := self._serving_target(version_id)) is not None:
                 self.scheduler.warm(target)

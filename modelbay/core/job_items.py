@@ -3,13 +3,14 @@
 The runner streams the dataset's items, runs each as a direct request, renders the body its
 webhooks receive, and commits the item's log entry, deliveries and the job's counters together
 (`Coalescer`: outcomes that finish during a commit share the next one). A log entry is the record
-that an item is done: a resumed runner skips every item that has one.
+that an item is done: a resumed runner skips every item that has one. Each commit is fenced by the
+node that owns the job (`core.nodes`): once it lost the job, nothing more of its is recorded, and
+the runner halts.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -83,12 +84,13 @@ class JobRunner:
     """Runs one job's items: a bounded window in flight, each outcome committed once."""
 
     def __init__(self, db: Database, requests: Requests, deliveries: Deliveries, render_body: RenderBody,
-                 job: JobRow, dataset_id: str, target: Target) -> None:
+                 job: JobRow, owner: str, dataset_id: str, target: Target) -> None:
         self._db = db
         self._requests = requests
         self._deliveries = deliveries
         self._render_body = render_body
         self._job = job
+        self._owner = owner  # the node running the job: every write of it is fenced by it
         self._dataset_id = dataset_id
         self._target = target
         self._cursor = job.next_item  # every item before it is committed
@@ -98,13 +100,17 @@ class JobRunner:
         # Outcomes that finish while a commit is under way go together in the next one.
         self._outbox: Coalescer[_Outcome, bool] = Coalescer(self._write)
 
-    def mark_running(self, conn: Connection) -> None:
-        with contextlib.suppress(StatusChanged):  # stopped meanwhile: the stop has settled it
-            move(conn, JOB, self._job.id, JobStatus.SCHEDULED, JobStatus.RUNNING, message="Running",
-                 updated_at=utcnow())
+    def mark_running(self, conn: Connection) -> bool:
+        """Move the job to running; False when it was stopped (the stop has settled it) or taken over."""
+        try:
+            move(conn, JOB, self._job.id, JobStatus.SCHEDULED, JobStatus.RUNNING, fence=self._owner,
+                 message="Running", updated_at=utcnow())
+        except StatusChanged:
+            return False
         conn.execute(insert(LOGS).values(job_id=self._job.id, item_index=None, created_ms=self._next_ms(),
                                          kind="job_started", level="Info", item="", status=JobStatus.RUNNING,
                                          time_ms=0.0, reason=""))
+        return True
 
     def _next_ms(self) -> int:
         """A log time unique within the job, so paging by time never splits one millisecond."""
@@ -186,13 +192,17 @@ class JobRunner:
 
     async def _write(self, batch: list[_Outcome]) -> list[bool]:
         committed = await self._db.committer.submit_async(self._commit(batch, self._cursor))
+        if committed is None:
+            self.stopping = True  # hand out no more items: they could not be recorded
+            committed = set()
         return [entry["item_index"] in committed for entry, _, _ in batch]
 
-    def _commit(self, batch: list[_Outcome], cursor: int) -> Callable[[Connection], set[int]]:
-        """The write of a batch of item outcomes: the item indexes it committed."""
-        job_id = self._job.id
+    def _commit(self, batch: list[_Outcome], cursor: int) -> Callable[[Connection], set[int] | None]:
+        """The write of a batch of item outcomes: the item indexes it committed, or None when the
+        job is no longer running on this node (stopped, deleted, or taken over by another)."""
+        job_id, owner = self._job.id, self._owner
 
-        def commit(conn: Connection) -> set[int]:
+        def commit(conn: Connection) -> set[int] | None:
             indexes = [entry["item_index"] for entry, *_ in batch]
             # Committed before (a resumed runner): never twice. The unique (job, item) backs this.
             seen = set(conn.scalars(select(LOGS.c.item_index).where(LOGS.c.job_id == job_id,
@@ -207,10 +217,10 @@ class JobRunner:
             values: dict[Any, Any] = {JOBS.c[name]: JOBS.c[name] + n for name, n in increments.items()}
             values[JOBS.c.next_item] = case((JOBS.c.next_item < cursor, cursor), else_=JOBS.c.next_item)
             values[JOBS.c.updated_at] = utcnow()
-            running = conn.execute(update(JOBS).where(JOBS.c.id == job_id, JOBS.c.status == JobStatus.RUNNING)
-                                   .values(values))
+            running = conn.execute(update(JOBS).where(JOBS.c.id == job_id, JOBS.c.status == JobStatus.RUNNING,
+                                                      JOBS.c.owner == owner).values(values))
             if not running.rowcount:  # type: ignore[attr-defined]
-                return set()  # stopped meanwhile: the stop counted these items already
+                return None  # stopped meanwhile (the stop counted these items already), or not ours
             conn.execute(insert(LOGS), [entry for entry, _, _ in fresh])
             conn.execute(insert(DELIVERIES), [d for _, deliveries, _ in fresh for d in deliveries])
             return {entry["item_index"] for entry, _, _ in fresh}

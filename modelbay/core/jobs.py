@@ -8,11 +8,18 @@ skips every item already committed, so nothing committed is predicted or deliver
 Deliveries settle items (`Deliveries.items_settled`), and the last settled item finishes the job.
 A stop (a cancel, or the stop time passing) settles every item still open as failed to deliver,
 so a waiting client always sees the counts add up.
+
+One node runs a job at a time: the one that created it, or one that claimed it once its node
+died (`core.nodes`: the recovery frees a dead node's jobs, a periodic pass claims free ones). The
+writes that record items and end the job are fenced by that owner, so a node declared dead
+cannot write into a job another has taken over; a runner re-reads its job every few seconds and
+halts once it is stopped, deleted or no longer its own (a cancel may come through any node).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Callable
@@ -28,6 +35,7 @@ from modelbay.core.deliveries import DELIVERIES, Deliveries
 from modelbay.core.deployments import Deployments
 from modelbay.core.errors import InvalidInput, ModelbayError, NotFound
 from modelbay.core.job_items import JOBS, LOGS, JobRunner, RenderBody, default_body
+from modelbay.core.nodes import Nodes
 from modelbay.core.requests import Requests
 from modelbay.core.states import (
     DELIVERY,
@@ -55,6 +63,16 @@ ACTIVE = (JobStatus.SCHEDULED, JobStatus.RUNNING)
 
 OPEN_ITEM = (ItemStatus.FAILED_PROCESS, ItemStatus.PREDICTED, ItemStatus.FAILED_PREDICT)  # awaiting delivery
 
+#: How often a node looks for open jobs no node runs (their node died), unless woken sooner.
+CLAIM_PERIOD_S = 2.0
+
+#: Most jobs one pass claims: several nodes looking at once share the free jobs out.
+CLAIM_BATCH = 4
+
+#: How often a runner re-reads its job: a stop, a delete or a new stop time made through another
+#: node, or the loss of the job to another node, is seen within this.
+CHECK_PERIOD_S = 2.0
+
 
 def ms(value: datetime | None) -> int | None:
     return None if value is None else int(as_utc(value).timestamp() * 1000)
@@ -63,9 +81,10 @@ def ms(value: datetime | None) -> int | None:
 class Jobs:
     """Creates jobs, runs them, stops them and reads their logs."""
 
-    def __init__(self, db: Database, datasets: Datasets, deployments: Deployments, requests: Requests,
+    def __init__(self, db: Database, nodes: Nodes, datasets: Datasets, deployments: Deployments, requests: Requests,
                  deliveries: Deliveries, render_body: RenderBody = default_body) -> None:
         self._db = db
+        self._nodes = nodes
         self._datasets = datasets
         self._deployments = deployments
         self._requests = requests
@@ -74,9 +93,12 @@ class Jobs:
         self._stops: dict[str, asyncio.Event] = {}  # set when a job's stop time changes or it is stopped
         self._live: dict[str, JobRunner] = {}
         self._closing = False
+        self._claimable = asyncio.Event()  # a node died: look for its jobs now
         #: Turns an item's outcome into the body its webhooks receive (the dialect's, given by the app).
         self.render_body = render_body
         deliveries.items_settled.add(self._items_settled)
+        nodes.add_recoverer(self._give_back)
+        nodes.recovered.add(self._claimable.set)
 
     # --- create and read -------------------------------------------------------------------
 
@@ -109,7 +131,8 @@ class Jobs:
                 raise NotFound("webhook", webhook_id)
         self._deployments.serving_target(project, deployment.name, None)  # raises unless it can serve
         now = utcnow()
-        row = JobRow(id=str(uuid.uuid4()), project_id=project.id, name=name, dataset_id=dataset.id,
+        owner = self._nodes.id  # the node that accepts a job runs it
+        row = JobRow(id=str(uuid.uuid4()), owner=owner, project_id=project.id, name=name, dataset_id=dataset.id,
                      deployment_id=deployment.id, webhook_ids=list(dict.fromkeys(webhook_ids)), start_at=start_at,
                      stop_at=stop_at, cancelled_at=None, status=JobStatus.SCHEDULED, message="Waiting to start",
                      reason=None, item_count=dataset.item_count, next_item=0, gathered=0, failed_gather=0,
@@ -117,7 +140,7 @@ class Jobs:
                      failed_deliver=0, created_at=now, updated_at=now)
         with self._db.write() as session:
             session.add(row)
-        self._launch(row.id)
+        self._launch(row.id, owner)
         return row
 
     def get(self, project_id: str, job_id: str) -> JobRow:
@@ -205,16 +228,20 @@ class Jobs:
         await self._db.committer.submit_async(self._settle_open(job_id, JobStatus.STOPPED, reason, message))
 
     @staticmethod
-    def _settle_open(job_id: str, status: JobStatus, reason: str, message: str) -> Callable[[Connection], None]:
+    def _settle_open(job_id: str, status: JobStatus, reason: str, message: str,
+                     fence: str | None = None) -> Callable[[Connection], None]:
+        """The write ending a job; `fence`: the node whose runner ends it (a user's stop is not fenced)."""
         def settle(conn: Connection) -> None:
-            job = conn.execute(select(JOBS).where(JOBS.c.id == job_id)).first()
+            # Locked: the counts below must not change before the move (another node's runner may
+            # be committing items of this job at the same moment).
+            job = conn.execute(select(JOBS).where(JOBS.c.id == job_id).with_for_update()).first()
             if job is None or job.status not in ACTIVE:
                 return  # finished, stopped or deleted meanwhile
             committed = job.failed_process + job.predicted + job.failed_predict
             never_run = max(0, job.item_count - committed)
             # The job first, compare-and-set: a settle that lost to another writer changes nothing.
-            if not move(conn, JOB, job_id, ACTIVE, status, reason=reason, message=message, updated_at=utcnow(),
-                        failed_deliver=JOBS.c.failed_deliver + never_run):
+            if not move(conn, JOB, job_id, ACTIVE, status, fence=fence, reason=reason, message=message,
+                        updated_at=utcnow(), failed_deliver=JOBS.c.failed_deliver + never_run):
                 return
             move(conn, DELIVERY, {"job_id": job_id}, {DeliveryStatus.PENDING}, DeliveryStatus.CANCELLED,
                  finished_at=utcnow(), last_error=reason)
@@ -228,29 +255,57 @@ class Jobs:
 
     # --- running ---------------------------------------------------------------------------
 
-    def resume(self) -> int:
-        """After a restart: start the runner of every job not yet ended. Returns how many.
+    def start(self) -> None:
+        """Start looking for open jobs no node runs: at once (those of the node that ran on this data
+        dir before, given back by its recovery), then every few seconds and whenever a node died.
 
         Called on the event loop, which then runs every job (creates may come from threads).
         """
         self._loop = asyncio.get_running_loop()
-        with self._db.read() as session:
-            ids = list(session.scalars(select(JobRow.id).where(JobRow.status.in_(ACTIVE))))
-        for job_id in ids:
-            self._launch(job_id)
-        return len(ids)
+        self._background.every(CLAIM_PERIOD_S, self._claim_pass, "claim", wake=self._claimable)
 
-    def _launch(self, job_id: str) -> None:
+    def _give_back(self, conn: Connection, node_ids: list[str]) -> int:
+        """A recoverer (`Nodes.add_recoverer`): the open jobs of dead nodes are free to claim again."""
+        return int(conn.execute(update(JOBS).where(JOBS.c.owner.in_(node_ids), JOBS.c.status.in_(ACTIVE))
+                                .values(owner=None)).rowcount)
+
+    async def _claim_pass(self) -> None:
+        if self._closing:
+            return
+        owner = self._nodes.id
+        claimed = await asyncio.to_thread(self._claim, owner, set(self._stops))
+        for job_id in claimed:
+            self._start_runner(job_id, owner)
+        if claimed:
+            log.info("%d batch jobs no node ran are resumed here", len(claimed))
+
+    def _claim(self, owner: str, running_here: set[str]) -> list[str]:
+        """Make `owner` the owner of a few open jobs that have none. The status does not change (a
+        job waiting for its start time stays scheduled), so the claim is a compare-and-set of the
+        owner alone; SKIP LOCKED lets nodes claiming at once take different jobs (PostgreSQL).
+        A job whose runner here has not ended yet (this node was declared dead) waits for it."""
+        with self._db.write() as session:
+            conn = session.connection()
+            free = list(conn.scalars(
+                select(JOBS.c.id).where(JOBS.c.owner.is_(None), JOBS.c.status.in_(ACTIVE),
+                                        JOBS.c.id.not_in(running_here))
+                .order_by(JOBS.c.created_at, JOBS.c.id).limit(CLAIM_BATCH).with_for_update(skip_locked=True)))
+            if not free:
+                return []
+            return list(conn.scalars(update(JOBS).where(JOBS.c.id.in_(free), JOBS.c.owner.is_(None))
+                                     .values(owner=owner).returning(JOBS.c.id)))
+
+    def _launch(self, job_id: str, owner: str) -> None:
         try:
             asyncio.get_running_loop()
         except RuntimeError:  # a route running on a worker thread
-            self._loop.call_soon_threadsafe(self._start_runner, job_id)
+            self._loop.call_soon_threadsafe(self._start_runner, job_id, owner)
         else:
-            self._start_runner(job_id)
+            self._start_runner(job_id, owner)
 
-    def _start_runner(self, job_id: str) -> None:
+    def _start_runner(self, job_id: str, owner: str) -> None:
         stop = self._stops[job_id] = asyncio.Event()
-        task = self._background.spawn(self._run(job_id), name=f"job-{job_id}")
+        task = self._background.spawn(self._run(job_id, owner), name=f"job-{job_id}")
 
         def forget(_: asyncio.Task[None]) -> None:
             if self._stops.get(job_id) is stop:
@@ -268,41 +323,42 @@ class Jobs:
             runner.stopping = True
         await self._background.close()
 
-    async def _run(self, job_id: str) -> None:
+    async def _run(self, job_id: str, owner: str) -> None:
         try:
-            await self._run_job(job_id)
+            await self._run_job(job_id, owner)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             if self._closing:
-                return  # the job stays as it is; the next start resumes it
+                return  # the job stays as it is; this node's stop gives it back for another to go on
             log.exception("job %s failed", job_id)
             await self._db.committer.submit_async(
-                self._settle_open(job_id, JobStatus.FAILED, "Error", f"The job failed: {exc}"))
+                self._settle_open(job_id, JobStatus.FAILED, "Error", f"The job failed: {exc}", fence=owner))
 
-    async def _run_job(self, job_id: str) -> None:
+    async def _run_job(self, job_id: str, owner: str) -> None:
         stop = self._stops[job_id]
-        # Wait for the start time, waking early for a changed stop time.
+        # Wait for the start time, waking early for a changed stop time, and re-reading the job
+        # now and then for what other nodes did to it.
         while not self._closing:
             with self._db.read() as session:
                 job = session.get(JobRow, job_id)
-            if job is None or job.status not in ACTIVE:
+            if job is None or job.status not in ACTIVE or job.owner != owner:
                 return
             now = utcnow()
             if job.stop_at is not None and as_utc(job.stop_at) <= now:
                 reason = "Cancelled" if job.cancelled_at else "StopTimeReached"
-                await self._db.committer.submit_async(
-                    self._settle_open(job_id, JobStatus.STOPPED, reason, "The job's stop time was reached"))
+                await self._db.committer.submit_async(self._settle_open(
+                    job_id, JobStatus.STOPPED, reason, "The job's stop time was reached", fence=owner))
                 return
             if job.start_at is None or as_utc(job.start_at) <= now:
                 break
             stop.clear()
             try:
-                await asyncio.wait_for(stop.wait(), (as_utc(job.start_at) - now).total_seconds())
+                await asyncio.wait_for(stop.wait(), min((as_utc(job.start_at) - now).total_seconds(), CHECK_PERIOD_S))
             except TimeoutError:
                 pass
         if self._closing:
-            return  # the job stays as it is; the next start resumes it
+            return  # the job stays as it is; this node's stop gives it back for another to go on
         with self._db.read() as session:
             project = session.get(ProjectRow, job.project_id)
             deployment = session.get(DeploymentRow, job.deployment_id)
@@ -313,36 +369,45 @@ class Jobs:
             target = self._deployments.serving_target(project, deployment.name, None)
         except ModelbayError as exc:
             await self._db.committer.submit_async(self._settle_open(
-                job_id, JobStatus.FAILED, "DeploymentUnavailable", f"The deployment cannot serve: {exc.message}"))
+                job_id, JobStatus.FAILED, "DeploymentUnavailable", f"The deployment cannot serve: {exc.message}",
+                fence=owner))
             return
-        runner = JobRunner(self._db, self._requests, self._deliveries, self.render_body, job, dataset.id, target)
-        if job.status == JobStatus.SCHEDULED:
-            await self._db.committer.submit_async(runner.mark_running)
+        runner = JobRunner(self._db, self._requests, self._deliveries, self.render_body, job, owner, dataset.id,
+                           target)
+        if job.status == JobStatus.SCHEDULED and not await self._db.committer.submit_async(runner.mark_running):
+            return  # stopped, or taken over, meanwhile
         self._live[job_id] = runner
-        watchdog = asyncio.create_task(self._watch_stop_time(job_id, stop))
+        watchdog = asyncio.create_task(self._watch(job_id, owner, stop))
         try:
             await runner.run(self._datasets.items(dataset, job.next_item))
         finally:
             watchdog.cancel()
             self._live.pop(job_id, None)
 
-    async def _watch_stop_time(self, job_id: str, stop: asyncio.Event) -> None:
-        """Stop the job when its stop time passes (re-read whenever it changes)."""
+    async def _watch(self, job_id: str, owner: str, stop: asyncio.Event) -> None:
+        """Halt the runner once its job is stopped, deleted or taken over (whichever node did it),
+        and stop the job when its stop time passes (re-read whenever it changes)."""
         while not self._closing:
             with self._db.read() as session:
-                stop_at = session.scalar(select(JobRow.stop_at).where(JobRow.id == job_id))
+                job = session.execute(select(JOBS.c.stop_at, JOBS.c.status, JOBS.c.owner)
+                                      .where(JOBS.c.id == job_id)).first()
+            if job is None or job.status not in ACTIVE or job.owner != owner:
+                self._halt(job_id)
+                return
             stop.clear()
-            wait = None if stop_at is None else max(0.0, (as_utc(stop_at) - utcnow()).total_seconds())
-            try:
-                await asyncio.wait_for(stop.wait(), wait)
+            left = None if job.stop_at is None else max(0.0, (as_utc(job.stop_at) - utcnow()).total_seconds())
+            if left is None or left > CHECK_PERIOD_S:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), CHECK_PERIOD_S)
+                continue  # re-read: the stop time may have changed
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), left)
                 continue  # the stop time changed
-            except TimeoutError:
-                pass
             runner = self._live.get(job_id)
             if runner is not None:
                 runner.stopping = True
-            await self._db.committer.submit_async(
-                self._settle_open(job_id, JobStatus.STOPPED, "StopTimeReached", "The job's stop time was reached"))
+            await self._db.committer.submit_async(self._settle_open(
+                job_id, JobStatus.STOPPED, "StopTimeReached", "The job's stop time was reached", fence=owner))
             return
 
     # --- settling items (called in a delivery's transaction) --------------------------------

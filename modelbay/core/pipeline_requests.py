@@ -3,8 +3,13 @@
 The pipeline request row is committed before it runs (direct) or before the call answers
 (batch); `pipeline_walk.Walker` walks its graph. Once stored, a pipeline request lives as every
 stored request does (`stored_requests.StoredRequests`); a delete or the retention sweep removes
-its sub-pipeline, operator and deployment requests with it. After a crash, `recover` fails what
-was running and runs again what was waiting.
+its sub-pipeline, operator and deployment requests with it.
+
+Every pipeline request runs on one node (`core.nodes`), its `owner`, and the write that ends it
+is fenced by that owner. A direct one runs where it was received. A batch one waits pending: the
+node that accepted it owns it at once and runs it when a slot is free; if that node dies, its
+recovery gives the pending ones back to be claimed by any node (a periodic pass), and fails
+what it was running (a walk cannot be resumed halfway).
 """
 
 from __future__ import annotations
@@ -19,13 +24,14 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Table, delete, select
+from sqlalchemy import Connection, Table, delete, select, update
 
 from modelbay.core.background import Background
 from modelbay.core.clock import utcnow
 from modelbay.core.deployments import Deployments
 from modelbay.core.errors import InvalidInput, ModelbayError, NotFound, StatusChanged
 from modelbay.core.fields import check_data
+from modelbay.core.nodes import Nodes
 from modelbay.core.payloads import Payloads, named_keys
 from modelbay.core.pipeline_objects import PipelineObject
 from modelbay.core.pipeline_walk import (
@@ -61,6 +67,9 @@ STOP_WAIT_S = 30.0
 
 #: Batch pipeline requests run at most this many at a time; the rest wait, pending.
 BATCH_CONCURRENCY = 8
+
+#: How often a node looks for pending batch requests no node holds (their node died), unless woken.
+CLAIM_PERIOD_S = 2.0
 
 #: Where the deployment steps of a batch pipeline request wait: as standard batch work (a batch
 #: deployment request's default priority, 1), behind direct requests and high-priority batches.
@@ -110,15 +119,19 @@ class PipelineRequests(StoredRequests):
     row_type = PipelineRequestRow
     version_row_type = PipelineVersionRow
 
-    def __init__(self, db: Database, pipelines: Pipelines, deployments: Deployments, requests: Requests,
-                 payloads: Payloads) -> None:
+    def __init__(self, db: Database, nodes: Nodes, pipelines: Pipelines, deployments: Deployments,
+                 requests: Requests, payloads: Payloads) -> None:
         super().__init__(db, payloads)
+        self._nodes = nodes
         self._pipelines = pipelines
         self._walker = Walker(db, payloads, deployments, requests, self._pipeline_step)
         self._runs: dict[str, Run] = {}  # every pipeline request walking now, sub-pipelines included
         self._batch_slots = asyncio.Semaphore(BATCH_CONCURRENCY)
         self._batch_tasks = Background("pipeline batch requests")
         self._batch_started: set[asyncio.Task[None]] = set()  # those past the wait for a slot
+        self._claimable = asyncio.Event()  # a node died: look for its pending requests now
+        nodes.add_recoverer(self.give_back)
+        nodes.recovered.add(self._claimable.set)
 
     # --- create ----------------------------------------------------------------------------
 
@@ -132,40 +145,41 @@ class PipelineRequests(StoredRequests):
         """
         plan.check_runnable()
         as_list = check_input(plan, data)
-        row = await self._new_row(plan, "direct", timeout, data, origin, Status.PROCESSING)
+        row = await self._new_row(plan, "direct", timeout, data, origin, Status.PROCESSING, self._nodes.id)
         # Not awaited: nobody has an answer before the run's last write, which follows it in
         # the committer's order; a crash before then leaves nothing accepted.
         self._db.committer.submit(Insert(PIPELINE_REQUESTS, [row])).add_done_callback(_log_failure)
-        return await self._run(project, plan, row["id"], data, timeout, Status.PROCESSING, row["created_at"],
-                               on_update=on_update, as_list=as_list)
+        return await self._run(project, plan, row["id"], row["owner"], data, timeout, Status.PROCESSING,
+                               row["created_at"], on_update=on_update, as_list=as_list)
 
     async def create_batch(self, project: ProjectRow, plan: Plan, items: list[Any], *, timeout: int,
                            origin: dict[str, str]) -> list[PipelineRecord]:
         """Validate every item, commit them all at once (all or nothing), then run them in the background."""
         plan.check_runnable()
         check_batch(items, lambda item: check_data(plan.io.input_type, plan.io.input_fields, item))
-        rows = [await self._new_row(plan, "batch", timeout, item, origin, Status.PENDING) for item in items]
+        owner = self._nodes.id  # the node that accepts them runs them, unless it dies first
+        rows = [await self._new_row(plan, "batch", timeout, item, origin, Status.PENDING, owner) for item in items]
         await self._db.committer.submit_async(Insert(PIPELINE_REQUESTS, rows))
         for row in rows:
-            self._spawn_batch(project, plan, row["id"], timeout)
+            self._spawn_batch(project, plan, row["id"], owner, timeout)
         return [PipelineRecord(r["id"], plan.pipeline_name, plan.version_name, "pending", timeout, None, None, [],
                                r["created_at"]) for r in rows]
 
-    def _spawn_batch(self, project: ProjectRow, plan: Plan, request_id: str, timeout: int) -> None:
-        """Run a committed batch request once a slot is free. Its input is read from the store only
-        then: thousands of waiting requests hold no input in memory."""
+    def _spawn_batch(self, project: ProjectRow, plan: Plan, request_id: str, owner: str, timeout: int) -> None:
+        """Run a committed batch request `owner` holds once a slot is free. Its input is read from the
+        store only then: thousands of waiting requests hold no input in memory."""
         async def run() -> None:
             async with self._batch_slots:
                 self._batch_started.add(asyncio.current_task())  # type: ignore[arg-type]
                 try:
                     await self._db.committer.submit_async(
                         lambda conn: move(conn, self.machine, request_id, Status.PENDING, Status.PROCESSING,
-                                          started_at=utcnow()))
+                                          fence=owner, started_at=utcnow()))
                 except StatusChanged:
-                    return  # cancelled or deleted while it waited
+                    return  # cancelled or deleted while it waited, or given back (this node was declared dead)
                 try:
                     data = self._input(request_id)
-                    await self._run(project, plan, request_id, data, timeout, Status.PROCESSING, utcnow(),
+                    await self._run(project, plan, request_id, owner, data, timeout, Status.PROCESSING, utcnow(),
                                     priority=BATCH_STEP_PRIORITY)
                 except Exception:
                     log.exception("batch pipeline request %s failed to run", request_id)
@@ -174,7 +188,7 @@ class PipelineRequests(StoredRequests):
         task.add_done_callback(self._batch_started.discard)
 
     async def _new_row(self, plan: Plan, mode: str, timeout: int, data: Any, origin: dict[str, str], status: Status,
-                       parent_id: str | None = None) -> dict[str, Any]:
+                       owner: str, parent_id: str | None = None) -> dict[str, Any]:
         request_id = str(uuid.uuid4())
         encoded = orjson.dumps(data)
         # a batch request keeps its input until it has run, whatever the retention
@@ -188,6 +202,7 @@ class PipelineRequests(StoredRequests):
             "parent_id": parent_id,
             "mode": mode,
             "status": status.value,
+            "owner": owner,
             "timeout": timeout,
             **await self._payloads.values(request_id, "data", kept),
             "result": None,
@@ -203,11 +218,11 @@ class PipelineRequests(StoredRequests):
 
     # --- running ---------------------------------------------------------------------------
 
-    async def _run(self, project: ProjectRow, plan: Plan, request_id: str, data: Any, timeout: int,
+    async def _run(self, project: ProjectRow, plan: Plan, request_id: str, owner: str, data: Any, timeout: int,
                    running: Status, created_at: datetime, parent: Run | None = None,
                    on_update: Callable[[str], None] | None = None,
                    priority: int = PRIORITY_DIRECT, as_list: bool = False) -> PipelineRecord:
-        """Walk the DAG for a recorded request and record how it ended."""
+        """Walk the DAG for a recorded request `owner` holds and record how it ended (fenced by `owner`)."""
         loop = asyncio.get_running_loop()
         run = Run(request_id, project, plan, timeout, loop.time() + timeout,
                   on_update=on_update or (parent.on_update if parent else None),
@@ -245,7 +260,8 @@ class PipelineRequests(StoredRequests):
         if plan.retention_mode != "full":  # a batch input kept until now (its blob goes with the orphan sweep)
             values["data"] = values["data_key"] = None
         try:
-            final = await self._db.committer.submit_async(self._finish(request_id, running, status, values))
+            final = await self._db.committer.submit_async(
+                self._finish(request_id, running, status, values, fence=owner))
         finally:
             run.recorded.set()
         return PipelineRecord(request_id, plan.pipeline_name, plan.version_name, (final or status).value, timeout,
@@ -263,14 +279,15 @@ class PipelineRequests(StoredRequests):
             raise StepFailed(f"Object '{obj.name}' failed: {exc.message}") from None
         origin = {"created_by": "pipeline", "pipeline": run.plan.pipeline_name, "pipeline_request_id": run.id,
                   "pipeline_object": obj.name}
-        row = await self._new_row(plan, "direct", timeout, item, origin, Status.PROCESSING, parent_id=run.id)
+        row = await self._new_row(plan, "direct", timeout, item, origin, Status.PROCESSING, self._nodes.id,
+                                  parent_id=run.id)
         entry = {"kind": "pipeline", "id": row["id"], "pipeline_object": obj.name, "pipeline": plan.pipeline_name,
                  "version": plan.version_name, "sequence_id": next_sequence_id(), "status": "processing",
                  "error_message": None, "input_size": row["input_size"], "output_size": None}
         run.steps.append(entry)
         await self._db.committer.submit_async(Insert(PIPELINE_REQUESTS, [row]))
-        record = await self._run(run.project, plan, row["id"], item, timeout, Status.PROCESSING, row["created_at"],
-                                 parent=run)
+        record = await self._run(run.project, plan, row["id"], row["owner"], item, timeout, Status.PROCESSING,
+                                 row["created_at"], parent=run)
         return step_result(run, obj, entry, record.status, record.result, record.error_message)
 
     # --- reading, cancel and delete (the rest is `StoredRequests`') -------------------------
@@ -339,40 +356,58 @@ class PipelineRequests(StoredRequests):
             conn.execute(delete(OPERATOR_REQUESTS).where(OPERATOR_REQUESTS.c.pipeline_request_id.in_(part)))
         return keys + super()._remove(conn, all_ids)
 
-    # --- recovery --------------------------------------------------------------------------
+    # --- claiming and recovery -------------------------------------------------------------
 
-    def recover(self, project_of: Callable[[str], ProjectRow]) -> tuple[int, int]:
-        """After a restart: fail what was running, cancel what was cancelling, run again what waits.
+    def start(self, project_of: Callable[[str], ProjectRow]) -> None:
+        """Start looking for pending batch requests no node holds: at once (those of the node that ran
+        on this data dir before, given back by its recovery), then every few seconds and whenever a
+        node died. `project_of(project_id)` gives a project row. Called on the event loop."""
+        self._project_of = project_of
+        self._batch_tasks.every(CLAIM_PERIOD_S, self._claim_pass, "claim", wake=self._claimable)
 
-        `project_of(project_id)` gives a project row. Returns (settled, queued).
-        """
-        now = utcnow()
-        with self._db.write() as session:
-            conn = session.connection()
-            settled = self._settle_stopped(conn)
-            waiting = conn.execute(select(
-                PIPELINE_REQUESTS.c.id, PIPELINE_REQUESTS.c.project_id, PIPELINE_REQUESTS.c.version_id,
-                PIPELINE_REQUESTS.c.timeout,
-            ).where(PIPELINE_REQUESTS.c.status == Status.PENDING.value).order_by(
-                PIPELINE_REQUESTS.c.created_at, PIPELINE_REQUESTS.c.id)).all()
-        queued = 0
-        for request_id, project_id, version_id, timeout in waiting:
+    async def _claim_pass(self) -> None:
+        """Claim as many free pending batch requests as there are free slots here, and run them."""
+        room = BATCH_CONCURRENCY - len(self._batch_tasks.tasks)
+        if room <= 0:
+            return
+        owner = self._nodes.id
+        for request_id, project_id, version_id, timeout in await asyncio.to_thread(self._claim, owner, room):
             try:
                 plan = self._pipelines.plan_of_version(version_id)
-                project = project_of(project_id)
+                project = self._project_of(project_id)
             except (ModelbayError, ValueError) as exc:
                 message = f"The pipeline version of this request can no longer run: {exc}"
-                with self._db.write() as session:
-                    move(session.connection(), self.machine, request_id, Status.PENDING, Status.FAILED, finished_at=now,
-                               error_message=message)
+                with contextlib.suppress(StatusChanged):
+                    await self._db.committer.submit_async(
+                        lambda conn, request_id=request_id, message=message: move(
+                            conn, self.machine, request_id, Status.PENDING, Status.FAILED, fence=owner,
+                            finished_at=utcnow(), error_message=message))
                 continue
-            self._spawn_batch(project, plan, request_id, timeout)
-            queued += 1
-        return settled, queued
+            self._spawn_batch(project, plan, request_id, owner, timeout)
+
+    def _claim(self, owner: str, limit: int) -> list[Any]:
+        """Make `owner` the owner of up to `limit` pending requests that have none, oldest first. They
+        stay pending until a slot runs them, so the claim is a compare-and-set of the owner alone;
+        SKIP LOCKED lets nodes claiming at once take different rows (PostgreSQL)."""
+        table = PIPELINE_REQUESTS
+        with self._db.write() as session:
+            conn = session.connection()
+            free = list(conn.scalars(
+                select(table.c.id).where(table.c.owner.is_(None), table.c.status == Status.PENDING.value)
+                .order_by(table.c.created_at, table.c.id).limit(limit).with_for_update(skip_locked=True)))
+            if not free:
+                return []
+            claimed = conn.execute(
+                update(table).where(table.c.id.in_(free), table.c.owner.is_(None),
+                                    table.c.status == Status.PENDING.value)
+                .values(owner=owner).returning(table.c.id, table.c.project_id, table.c.version_id,
+                                               table.c.timeout, table.c.created_at)).all()
+        return [row[:4] for row in sorted(claimed, key=lambda row: (row.created_at, row.id))]
 
     async def close(self, grace_s: float = 30.0) -> None:
-        """Let running batch requests finish, for up to `grace_s`; what waits stays pending and runs
-        again after a restart (what is still running then is failed at the restart)."""
+        """Let running batch requests finish, for up to `grace_s`; what waits stays pending (this
+        node's stop gives it back for another node to run)."""
+        await self._batch_tasks.stop_loops()
         for task in self._batch_tasks.tasks - self._batch_started:
             task.cancel()
         await self._batch_tasks.close(grace_s)

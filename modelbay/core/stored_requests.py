@@ -359,37 +359,22 @@ class StoredRequests:
     # --- recovery --------------------------------------------------------------------------
 
     def give_back(self, conn: Connection, node_ids: list[str | None]) -> int:
-        """What stopped nodes held (`core.nodes` recoverer): fail what was running (what ran it is
-        gone), cancel what was being cancelled, queue again what was claimed and not started.
-        Returns how many requests."""
+        """What stopped nodes held (a `core.nodes` recoverer): fail what was running (what ran it is
+        gone, and a walk cannot go on halfway), cancel what was being cancelled, and free what was
+        claimed and not started for any node to claim. Returns how many requests."""
         now = utcnow()
         table = self._table
         held = conn.execute(select(table.c.id, table.c.status).where(
             owned_by(table.c.owner, node_ids),
             table.c.status.in_([Status.PENDING.value, Status.PROCESSING.value, Status.CANCELLED_PENDING.value]),
         )).all()
-        for request_id, status in held:
-            if status == Status.PENDING.value:
-                conn.execute(update(table).where(table.c.id == request_id, table.c.status == status)
-                             .values(owner=None))
-            elif status == Status.CANCELLED_PENDING.value:
-                move(conn, self.machine, request_id, Status.CANCELLED_PENDING, Status.CANCELLED, finished_at=now)
-            else:
-                move(conn, self.machine, request_id, Status.PROCESSING, Status.FAILED, finished_at=now,
-                     error_message=f"The server stopped while this {self.noun} was running")
+        of = {status: [request_id for request_id, s in held if s == status.value] for status in Status}
+        for part in chunks(of[Status.PROCESSING]):
+            move(conn, self.machine, {"id": part}, {Status.PROCESSING}, Status.FAILED, finished_at=now,
+                 error_message=f"The server stopped while this {self.noun} was running")
+        for part in chunks(of[Status.CANCELLED_PENDING]):
+            move(conn, self.machine, {"id": part}, {Status.CANCELLED_PENDING}, Status.CANCELLED, finished_at=now)
+        for part in chunks(of[Status.PENDING]):
+            conn.execute(update(table).where(table.c.id.in_(part), table.c.status == Status.PENDING.value)
+                         .values(owner=None))
         return len(held)
-
-    def _settle_stopped(self, conn: Connection) -> int:
-        """After a restart: fail what was running (what ran it is gone) and cancel what was being
-        cancelled; returns how many."""
-        now = utcnow()
-        table = self._table
-        stuck = conn.execute(select(table.c.id, table.c.status).where(
-            table.c.status.in_([Status.PROCESSING.value, Status.CANCELLED_PENDING.value]))).all()
-        for request_id, status in stuck:
-            if status == Status.CANCELLED_PENDING.value:
-                move(conn, self.machine, request_id, Status.CANCELLED_PENDING, Status.CANCELLED, finished_at=now)
-            else:
-                move(conn, self.machine, request_id, Status.PROCESSING, Status.FAILED, finished_at=now,
-                           error_message=f"The server stopped while this {self.noun} was running")
-        return len(stuck)

@@ -15,6 +15,7 @@ from sqlalchemy import insert, select
 from modelbay.core.bus import Bus
 from modelbay.core.clock import utcnow
 from modelbay.core.errors import NotFound
+from modelbay.core.nodes import Nodes
 from modelbay.core.payloads import INLINE_MAX_BYTES, ORPHAN_GRACE_S, Payloads
 from modelbay.core.pipeline_requests import OPERATOR_REQUESTS, PIPELINE_REQUESTS, PipelineRequests
 from modelbay.core.pipelines import Pipelines
@@ -134,7 +135,7 @@ def test_a_pipeline_request_and_its_operator_request_keep_large_payloads_as_blob
         {"destination_name": "pass", "sources": [{"source_name": "pipeline_start", "mapping": to_text}]},
         {"destination_name": "pipeline_end", "sources": [{"source_name": "pass", "mapping": to_text}]}]})
     plan = pipelines.plan(project, "p", None)
-    requests = PipelineRequests(db, pipelines, None, None, payloads)  # type: ignore[arg-type]
+    requests = PipelineRequests(db, Nodes(db, tmp_path, lease_s=30.0), pipelines, None, None, payloads)  # type: ignore[arg-type]
     item = {"text": "é" * INLINE_MAX_BYTES}
 
     async def run() -> str:

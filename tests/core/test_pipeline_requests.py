@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from modelbay.core import operators
 from modelbay.core.bus import Bus
+from modelbay.core.nodes import Nodes
 from modelbay.core.payloads import Payloads
 from modelbay.core.pipeline_requests import PIPELINE_REQUESTS, PipelineRequests
 from modelbay.core.pipeline_walk import Run
@@ -45,7 +46,8 @@ def _plus_one(db: Database, blobs: Path) -> tuple[ProjectRow, Plan, PipelineRequ
         {"destination_name": "plus", "sources": [{"source_name": "pipeline_start", "mapping": TO_X}]},
         {"destination_name": "pipeline_end", "sources": [{"source_name": "plus", "mapping": TO_X}]}]})
     payloads = Payloads(db, LocalBlobStore(blobs))
-    requests = PipelineRequests(db, pipelines, None, None, payloads)  # type: ignore[arg-type]
+    requests = PipelineRequests(db, Nodes(db, blobs.parent, lease_s=30.0), pipelines, None, None,
+                                payloads)  # type: ignore[arg-type]
     return project, pipelines.plan(project, "p", None), requests
 
 
@@ -60,11 +62,12 @@ def test_a_sub_pipeline_that_starts_after_its_parent_was_stopped_runs_no_step(db
 
     async def run_child() -> str:
         parent = Run("parent", project, plan, 60, asyncio.get_running_loop().time() + 60, stopping=True)
-        row = await requests._new_row(plan, "direct", 60, {"x": 1}, {}, Status.PROCESSING, parent_id="parent")
+        row = await requests._new_row(plan, "direct", 60, {"x": 1}, {}, Status.PROCESSING, "node",
+                                      parent_id="parent")
         await db.committer.submit_async(Insert(PIPELINE_REQUESTS, [row]))
         # When the sub-pipeline request runs
-        record = await requests._run(project, plan, row["id"], {"x": 1}, 60, Status.PROCESSING, row["created_at"],
-                                     parent=parent)
+        record = await requests._run(project, plan, row["id"], "node", {"x": 1}, 60, Status.PROCESSING,
+                                     row["created_at"], parent=parent)
         # Then it is cancelled with its parent and its operator never ran
         assert record.status == "cancelled" and record.steps == []
         assert parent.children == {}

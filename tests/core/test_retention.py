@@ -89,7 +89,7 @@ def test_finished_pipeline_requests_past_retention_are_swept_with_their_sub_requ
             "id": "op", "pipeline_request_id": "old-child", "pipeline_object": "f", "operator": "function",
             "sequence_id": "1", "status": "completed", "input_size": 0, "output_size": 0, "created_at": now}])
     payloads = Payloads(db, LocalBlobStore(tmp_path / "blobs"))
-    sweeper = PipelineRequests(db, pipelines, None, None, payloads)  # type: ignore[arg-type]
+    sweeper = PipelineRequests(db, Nodes(db, tmp_path, lease_s=30.0), pipelines, None, None, payloads)  # type: ignore[arg-type]
     assert sweeper.sweep_expired() == 2
     with db.read() as session:
         assert sorted(session.scalars(select(PIPELINE_REQUESTS.c.id))) == ["fresh", "running"]
