@@ -143,17 +143,15 @@ async def _chunks(data: bytes) -> AsyncIterator[bytes]:
 @contextmanager
 def _two_nodes(tmp_path: Path, database_url: str, predicted: list[tuple[str, int]],
                again: list[tuple[str, int]]) -> Iterator[tuple[Node, Node]]:
-    """Nodes a and b: two engines with their own data dirs on one database, each on its own loop.
-    Their blob stores are one folder (it stands in for the blob store every node of a cluster reaches)."""
-    (tmp_path / "a" / "blobs").mkdir(parents=True)
-    (tmp_path / "b").mkdir()
-    (tmp_path / "b" / "blobs").symlink_to(tmp_path / "a" / "blobs")
+    """Nodes a and b: two engines with their own data dirs on one database, each on its own loop."""
     nodes = []
     for name in ("a", "b"):
         runtime = SlowHandlerRuntime(name, predicted, again)
         engine = Engine(Settings(data_dir=tmp_path / name, database_url=database_url, node_lease_s=LEASE_S,
                                  webhook_allow_private_targets=True), runtime=runtime)
         runtime.db = engine.db
+        # Revision "r" (see `_job_setup`) as every node would unpack it: the fake runtime runs no code.
+        engine.revisions._local["r"] = (tmp_path, Path(sys.executable))
         nodes.append(Node(engine))
     try:
         for node in nodes:
