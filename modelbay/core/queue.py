@@ -11,6 +11,7 @@ back to the queue (`Requests.give_back`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -21,9 +22,9 @@ from modelbay.core.background import Background
 
 log = logging.getLogger(__name__)
 
-#: How many rows a drainer claims at once: a few per round trip, few enough that other nodes
-#: (and a restart) find the rest in the store.
-CLAIM_PER_DRAINER = 4
+#: How many rows a drainer claims at once: several per round trip, few enough that other nodes
+#: (and a restart) find the rest in the store. The next claim starts when half are gone.
+CLAIM_PER_DRAINER = 8
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ class BatchQueue:
         self._drainers_for = drainers_for
         self._claimed: dict[str, deque[QueuedItem]] = {}  # version -> claimed, not yet started
         self._drainers: dict[str, int] = {}
-        self._claiming: set[str] = set()  # versions with a claim under way
+        self._claims: dict[str, asyncio.Task[int]] = {}  # version -> its claim under way
         self._woken: set[str] = set()  # versions woken since their last claim began
         self._background = Background("batch queue")
         self._closing = False
@@ -85,24 +86,35 @@ class BatchQueue:
         while not self._closing:
             claimed = self._claimed.get(version_id)
             if claimed:
-                return claimed.popleft()
-            if version_id in self._claiming:
-                return None  # another drainer is claiming: it starts more drainers if it finds more
-            wanted = self._wanted(version_id)
-            self._claiming.add(version_id)
-            self._woken.discard(version_id)
-            try:
-                items = await self._claim(version_id, wanted * CLAIM_PER_DRAINER)
-            finally:
-                self._claiming.discard(version_id)
-            if not items:
-                if version_id in self._woken:
-                    continue
+                item = claimed.popleft()
+                if len(claimed) <= self._wanted(version_id) * CLAIM_PER_DRAINER // 2:
+                    self._refill(version_id)  # half gone: claim the next ones while these run
+                return item
+            # Shielded: a drainer cancelled while it waits must not cancel the claim others wait on.
+            if not await asyncio.shield(self._refill(version_id)) and version_id not in self._woken:
                 return None
-            self._claimed.setdefault(version_id, deque()).extend(items)
-            while self._drainers.get(version_id, 0) < min(wanted, len(items)):
-                self._add_drainer(version_id)
         return None
+
+    def _refill(self, version_id: str) -> asyncio.Task[int]:
+        """The claim of the version's next items: the one under way, else a new one."""
+        claim = self._claims.get(version_id)
+        if claim is None:
+            claim = self._claims[version_id] = self._background.spawn(self._claim_more(version_id))
+        return claim
+
+    async def _claim_more(self, version_id: str) -> int:
+        try:
+            wanted = self._wanted(version_id)
+            self._woken.discard(version_id)
+            items = await self._claim(version_id, wanted * CLAIM_PER_DRAINER)
+        finally:
+            del self._claims[version_id]
+        if items:
+            claimed = self._claimed.setdefault(version_id, deque())
+            claimed.extend(items)
+            while not self._closing and self._drainers.get(version_id, 0) < min(wanted, len(claimed)):
+                self._add_drainer(version_id)
+        return len(items)
 
     def _wanted(self, version_id: str) -> int:
         try:

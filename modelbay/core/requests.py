@@ -8,6 +8,7 @@ stored request does (`stored_requests.StoredRequests`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
 from collections import deque
@@ -17,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, Dialect, bindparam, literal_column, select, update
 
 from modelbay.core.clock import utcnow
 from modelbay.core.deployments import Deployments, Target
@@ -35,6 +36,7 @@ from modelbay.core.states import REQUEST, REQUESTS, move
 from modelbay.core.states import RequestStatus as Status
 from modelbay.runtime.base import Call, CallTimedOut, InstanceLost, InstanceStartFailed
 from modelbay.store.db import Database, Insert
+from modelbay.store.driver import DriverStatement, driver_cursor
 from modelbay.store.tables import RequestRow, VersionRow
 
 log = logging.getLogger(__name__)
@@ -233,28 +235,18 @@ class Requests(StoredRequests):
 
     async def _claim_pending(self, version_id: str, limit: int) -> list[QueuedItem]:
         """Claim up to `limit` of the version's unclaimed pending requests for this node, in queue order."""
-        node = self._nodes.id
-        table = REQUESTS
-        oldest = (select(table.c.id)
-                  .where(table.c.version_id == version_id, table.c.status == Status.PENDING.value,
-                         table.c.owner.is_(None))
-                  .order_by(table.c.priority, table.c.created_at, table.c.id)
-                  .limit(limit)
-                  .with_for_update(skip_locked=True))  # PostgreSQL: rows another node is claiming are skipped
-        claim = (update(table).where(table.c.id.in_(oldest.scalar_subquery())).values(owner=node)
-                 .returning(table.c.id, table.c.data, table.c.data_key, table.c.timeout, table.c.priority,
-                            table.c.created_at))
+        params = {"owner": self._nodes.id, "version_id": version_id, "limit": limit, "offset": 0}
 
         def write(conn: Connection) -> list[Any]:
-            return list(conn.execute(claim).all())
+            return _claim_statement(conn.dialect).rows(driver_cursor(conn), params)
 
         rows = await self._db.committer.submit_async(write)
-        rows.sort(key=lambda row: (row.priority, row.created_at, row.id))
+        rows.sort(key=lambda row: (row[4], row[5], row[0]))  # priority, created_at, id: the queue order
         items = []
-        for row in rows:
-            data = (self._payloads.value(row.data, None) if row.data_key is None
-                    else await asyncio.to_thread(self._payloads.value, None, row.data_key))
-            items.append(QueuedItem(row.id, version_id, data, row.timeout, row.priority))
+        for request_id, data, data_key, timeout, priority, _ in rows:
+            data = (self._payloads.value(data, None) if data_key is None
+                    else await asyncio.to_thread(self._payloads.value, None, data_key))
+            items.append(QueuedItem(request_id, version_id, data, timeout, priority))
         return items
 
     async def _run_queued(self, item: QueuedItem) -> None:
@@ -447,6 +439,26 @@ class Requests(StoredRequests):
         await self.queue.close(grace_s)
         self._db.committer.flush()  # the results still lingering for company are written before the node stops
         await asyncio.gather(*self._uncommitted, return_exceptions=True)
+
+
+@functools.cache
+def _claim_statement(dialect: Dialect) -> DriverStatement:
+    """The claim of a version's oldest unclaimed pending requests, compiled once (it runs for every
+    few items of a drain). `status` is a literal, as the partial index of pending rows says it:
+    with a parameter neither database can tell that index covers the query. PostgreSQL skips the
+    rows another node is claiming at the same moment (SQLite has one writer)."""
+    table = REQUESTS
+    oldest = (select(table.c.id)
+              .where(table.c.version_id == bindparam("version_id"), table.c.status == literal_column("'pending'"),
+                     table.c.owner.is_(None))
+              .order_by(table.c.priority, table.c.created_at, table.c.id)
+              .limit(bindparam("limit"))
+              .offset(bindparam("offset"))  # SQLite writes an OFFSET with every LIMIT
+              .with_for_update(skip_locked=True))
+    claim = (update(table).where(table.c.id.in_(oldest.scalar_subquery())).values(owner=bindparam("owner"))
+             .returning(table.c.id, table.c.data, table.c.data_key, table.c.timeout, table.c.priority,
+                        table.c.created_at))
+    return DriverStatement(claim, dialect)
 
 
 def _log_failure(future: Any) -> None:

@@ -53,6 +53,12 @@ class DriverStatement:
         cursor.execute(self.sql, self.parameters(row))
         return int(cursor.rowcount)
 
+    def rows(self, cursor: Any, row: Mapping[str, Any]) -> list[Any]:
+        """Run it for one row and fetch what it returns (a SELECT, or a statement with RETURNING),
+        as the driver gives it: no result processing (SQLite's times stay text)."""
+        cursor.execute(self.sql, self.parameters(row))
+        return list(cursor.fetchall())
+
     def executemany(self, cursor: Any, rows: Iterable[Mapping[str, Any]]) -> None:
         cursor.executemany(self.sql, [self.parameters(row) for row in rows])
 
