@@ -158,7 +158,8 @@ def direct(workdir: Path, procs: list[Proc], name: str, database_url: str | None
     run_wrk(url, token, 8, 2, nodes.workdir)  # warm-up
     result = run_wrk(url, token, 8, seconds, nodes.workdir)
     nodes.stop()
-    log(f"direct, c=8, {name}: {result['rps']:,.0f} req/s, p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms")
+    log(f"direct, c=8, {name}: {result['rps']:,.0f} req/s, p50 {result['p50_ms']:.2f} ms, "
+        f"p99 {result['p99_ms']:.2f} ms")
     return {key: result[key] for key in ("rps", "p50_ms", "p90_ms", "p99_ms", "non_2xx")}
 
 

@@ -6,7 +6,7 @@ PostgreSQL; SQLite has one writer), and runs them one per drainer, up to the ver
 instances. It holds only the rows it claimed, a few per drainer, so a backlog of any size stays
 in the store. A node learns of pending work from its own batch creations, from other nodes'
 messages and from a slow poll; work it claimed but had not started when it stopped or died goes
-back to the queue (`Requests.give_back`).
+back to the queue (`StoredRequests.give_back`).
 """
 
 from __future__ import annotations

@@ -170,8 +170,9 @@ def test_a_cancel_through_one_node_stops_the_code_running_on_the_other(tmp_path:
             running = asyncio.create_task(a.requests.direct(target, str(marks), timeout=120,
                                                             origin={"created_by": "test"}, request_id=request_id))
             b_target = b.deployments.serving_target(project, "d", "1")
-            await eventually(lambda: marks.exists() and not raises(NotFound, lambda: b.requests.get(b_target, request_id)),
-                             "the request runs and is recorded", within=30)
+            await eventually(
+                lambda: marks.exists() and not raises(NotFound, lambda: b.requests.get(b_target, request_id)),
+                "the request runs and is recorded", within=30)
             # When it is cancelled through node B
             status = await b.requests.cancel(b_target, request_id)
             # Then its code stops on node A: the request ends cancelled, its instance is stopped,
