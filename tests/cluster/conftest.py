@@ -33,9 +33,9 @@ class Cluster:
         for _ in range(count):
             data_dir = self.root / f"node-{next(self._names)}"
             data_dir.mkdir(parents=True)
-            node = Server(data_dir=data_dir).start(env)
-            self.nodes.append(node)
-            started.append(node)
+            node = Server(data_dir=data_dir)
+            self.nodes.append(node)  # first: the teardown stops it even if it never comes up
+            started.append(node.start(env))
         return started
 
     def remember_children(self) -> None:

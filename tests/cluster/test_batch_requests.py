@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import signal
 import time
 from collections import Counter
@@ -135,3 +136,20 @@ def test_a_node_killed_with_sigkill_mid_drain_loses_nothing_and_reruns_nothing_c
           f"(lease {LEASE_S} s); {len(held_then)} items were held by it, {len(twice)} ran twice, "
           f"{len(failed)} failed")
 
+
+
+def test_nodes_starting_together_on_an_empty_database_all_come_up_and_serve(
+    cluster: Cluster, shared_path: Path
+) -> None:
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        nodes = list(pool.map(lambda _: cluster.start(1)[0], range(3)))  # the migrations race
+
+    project = nodes[0].create_project("work")
+    source, marks = counting_deployment(shared_path, ms=1)
+    with ubiops(nodes[0], project["token"]) as client:
+        deploy(client, "work", "counter", source, plain=False)
+    for index, node in enumerate(nodes):
+        with ubiops(node, project["token"]) as client:
+            response = client.post("/projects/work/deployments/counter/requests", json={"x": index})
+            assert response.status_code == 200 and response.json()["status"] == "completed", response.text
+    assert len(set(node_ids(cluster))) == 3
