@@ -172,7 +172,7 @@ class Engine:
             if (target := self._serving_target(version_id)) is not None:
                 self.scheduler.warm(target)
         self.runs.start()
-        self.services.start()
+        self.services.start(alone=self.nodes.alone)
         self._background.every(RETENTION_SWEEP_PERIOD_S, self._sweep, "retention sweep")
         self.nodes.start()
 

@@ -76,6 +76,8 @@ class Nodes:
         self.recovered = Hook[[]]("nodes.recovered")
         self._background = Background("nodes")
         self._stopping = False
+        #: Whether no other node lived when this one registered (what the others run goes on meanwhile).
+        self.alone = True
 
     def add_recoverer(self, recoverer: Recoverer) -> None:
         self._recoverers.append(recoverer)
@@ -97,7 +99,8 @@ class Nodes:
                                      .where(NODES.c.end.is_(None), NODES.c.id != self.id)).all()
         if self._db.is_sqlite:  # one server holds a SQLite store: every node that did not stop is gone
             gone = [node_id for node_id, _ in others]
-        if not any(as_utc(beat) >= cutoff for node_id, beat in others if node_id not in gone):
+        self.alone = not any(as_utc(beat) >= cutoff for node_id, beat in others if node_id not in gone)
+        if self.alone:
             gone.append(None)  # no node lives: rows without an owner (claimed before nodes existed) are free
         if self._recover(gone):
             self.recovered()

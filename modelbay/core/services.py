@@ -118,11 +118,13 @@ class Services:
 
     # --- lifecycle ---------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Bring back every service that was running: ready again only once its instances are."""
+    def start(self, alone: bool = True) -> None:
+        """Bring back every service that was running. When no other server runs (`alone`), a
+        service is ready again only once its instances are; else the other servers' instances serve it."""
         self._loop = asyncio.get_running_loop()
-        with self._db.write() as session:
-            move(session, SERVICE, {}, {ServiceStatus.READY}, ServiceStatus.IN_PROGRESS)
+        if alone:
+            with self._db.write() as session:
+                move(session, SERVICE, {}, {ServiceStatus.READY}, ServiceStatus.IN_PROGRESS)
         self._background.every(RECONCILE_PERIOD_S, self._reconcile_pass, "reconcile", wake=self._wake)
 
     def build_ended(self, version_id: str) -> None:

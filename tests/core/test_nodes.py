@@ -134,3 +134,13 @@ def test_owned_by_names_the_rows_of_the_given_nodes_and_none_means_without_owner
     owner = NODES.c.name  # any string column will do for the condition's shape
     assert str(owned_by(owner, ["a"]).compile()) == "nodes.name IN (__[POSTCOMPILE_name_1])"
     assert "IS NULL" in str(owned_by(owner, ["a", None]).compile())
+
+
+def test_a_node_knows_whether_it_joined_a_live_node(db: Database, tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, second = Nodes(db, tmp_path / "a", lease_s=60), Nodes(db, tmp_path / "b", lease_s=60)
+    first.register()
+    second.register()
+    assert first.alone
+    assert second.alone is db.is_sqlite  # on SQLite the first is gone by definition

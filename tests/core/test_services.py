@@ -173,3 +173,32 @@ def test_a_service_created_while_its_code_builds_stops_with_the_builds_reason_wh
     assert row.status == "stopped"
     assert error == "The build of version '1' (revision r) failed: Build failed: no wheel for torch"
     assert lines[-1] == f"{error}; the service stopped"
+
+
+@pytest.mark.parametrize("alone", [True, False])
+def test_a_server_joining_running_servers_leaves_their_ready_services_ready(tmp_path: Path, alone: bool) -> None:
+    db = open_database(Settings(data_dir=tmp_path / "data"))
+    projects, deployments = Projects(db, "admin", Bus()), Deployments(db, Bus())
+    try:
+        project = projects.get(Caller(None), projects.create("svc").name)
+        deployments.create(project, {"name": "d", "input_type": "plain", "output_type": "plain"})
+        version = deployments.create_version(project, "d", {"name": "1", "handler": "main:handler"})
+        with db.write() as session:
+            session.add(ServiceRow(id="s", project_id=project.id, deployment_id=version.deployment_id,
+                                   version_id=version.id, status="ready", instance_number=1,
+                                   min_instance_number=1, max_instance_number=1, instance_type="cpu-0.25",
+                                   created_at=utcnow(), modified_at=utcnow()))
+        services = Services(db, deployments, None, None, None, None, 0, Bus())  # type: ignore[arg-type]
+
+        async def start_and_close() -> None:
+            services.start(alone=alone)
+            await services.close()
+
+        asyncio.run(start_and_close())
+        with db.read() as session:
+            status = session.get(ServiceRow, "s").status  # type: ignore[union-attr]
+        # Alone, the server brings the service back (ready once its instances are); joining
+        # others, their instances serve it meanwhile.
+        assert status == ("in_progress" if alone else "ready")
+    finally:
+        db.close()
