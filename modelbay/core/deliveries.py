@@ -197,9 +197,11 @@ class Deliveries:
             ids = [due.id for due, _ in batch]
             # Compare-and-set on `pending` and the claim, for the whole batch: one given up meanwhile
             # stays so, and one given back (its node declared dead) is another node's to record.
-            # Locked until the commit, so what is read here is what the moves below find.
+            # Locked until the commit, so what is read here is what the moves below find; in id
+            # order, as a job's stop locks them (`Jobs._settle_open`), so the two never deadlock.
             owners = dict(conn.execute(select(DELIVERIES.c.id, DELIVERIES.c.owner).where(
-                DELIVERIES.c.id.in_(ids), DELIVERIES.c.status == DeliveryStatus.PENDING).with_for_update()).all())
+                DELIVERIES.c.id.in_(ids), DELIVERIES.c.status == DeliveryStatus.PENDING)
+                .order_by(DELIVERIES.c.id).with_for_update()).all())
             pending = {due.id for due, _ in batch if owners.get(due.id, "") == due.owner}
             now = utcnow()
             by_outcome: dict[tuple[int, str], list[str]] = {}

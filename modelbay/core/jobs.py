@@ -232,8 +232,14 @@ class Jobs:
                      fence: str | None = None) -> Callable[[Connection], None]:
         """The write ending a job; `fence`: the node whose runner ends it (a user's stop is not fenced)."""
         def settle(conn: Connection) -> None:
-            # Locked: the counts below must not change before the move (another node's runner may
-            # be committing items of this job at the same moment).
+            # Locked in the order deliveries take them (their pending rows by id, then the job),
+            # so a delivery settling items of this job on another node at the same moment waits
+            # rather than deadlocks.
+            conn.execute(select(DELIVERIES.c.id).where(DELIVERIES.c.job_id == job_id,
+                                                       DELIVERIES.c.status == DeliveryStatus.PENDING)
+                         .order_by(DELIVERIES.c.id).with_for_update())
+            # The counts below must not change before the move (another node's runner may be
+            # committing items of this job at the same moment).
             job = conn.execute(select(JOBS).where(JOBS.c.id == job_id).with_for_update()).first()
             if job is None or job.status not in ACTIVE:
                 return  # finished, stopped or deleted meanwhile
