@@ -56,6 +56,10 @@ MAX_UNCOMMITTED_RESULTS = 32
 #: Most log text kept with one request; the worker already caps what it collects.
 MAX_STORED_LOG_CHARS = 1 << 20
 
+#: A pending request, with the status as a literal, as the partial index of pending rows says it:
+#: with a parameter neither database can tell that index covers the query.
+IS_PENDING = REQUESTS.c.status == literal_column("'pending'")
+
 #: How often a node looks for pending requests nobody drains (accepted by another node whose
 #: message it missed, or given back by a node that stopped).
 POLL_S = 5.0
@@ -425,7 +429,7 @@ class Requests(StoredRequests):
         def versions() -> list[str]:
             with self._db.read() as session:
                 return list(session.scalars(select(table.c.version_id).distinct().where(
-                    table.c.status == Status.PENDING.value, table.c.owner.is_(None))))
+                    IS_PENDING, table.c.owner.is_(None))))
 
         draining = self.queue.draining()
         for version_id in await asyncio.to_thread(versions):
@@ -444,13 +448,11 @@ class Requests(StoredRequests):
 @functools.cache
 def _claim_statement(dialect: Dialect) -> DriverStatement:
     """The claim of a version's oldest unclaimed pending requests, compiled once (it runs for every
-    few items of a drain). `status` is a literal, as the partial index of pending rows says it:
-    with a parameter neither database can tell that index covers the query. PostgreSQL skips the
+    few items of a drain). PostgreSQL skips the
     rows another node is claiming at the same moment (SQLite has one writer)."""
     table = REQUESTS
     oldest = (select(table.c.id)
-              .where(table.c.version_id == bindparam("version_id"), table.c.status == literal_column("'pending'"),
-                     table.c.owner.is_(None))
+              .where(table.c.version_id == bindparam("version_id"), IS_PENDING, table.c.owner.is_(None))
               .order_by(table.c.priority, table.c.created_at, table.c.id)
               .limit(bindparam("limit"))
               .offset(bindparam("offset"))  # SQLite writes an OFFSET with every LIMIT

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,14 +12,6 @@ from sqlalchemy import Connection, select, update
 from modelbay.core.clock import utcnow
 from modelbay.core.nodes import DEAD, NODES, STOPPED, Nodes, owned_by
 from modelbay.store.db import Database
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    database = Database(database_url)
-    database.migrate()
-    yield database
-    database.close()
 
 
 class Recorder:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -26,14 +25,6 @@ from modelbay.store.db import Database
 from modelbay.store.tables import RequestRow
 
 TEXT = [{"name": "text", "data_type": "string"}]
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    database = Database(database_url)
-    database.migrate()
-    yield database
-    database.close()
 
 
 @pytest.fixture

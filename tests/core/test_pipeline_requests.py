@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,14 +23,6 @@ from modelbay.store.tables import ProjectRow
 
 X = [{"name": "x", "data_type": "int"}]
 TO_X = [{"source_field_name": "x", "destination_field_name": "x"}]
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    database = Database(database_url)
-    database.migrate()
-    yield database
-    database.close()
 
 
 def _plus_one(db: Database, blobs: Path) -> tuple[ProjectRow, Plan, PipelineRequests]:

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,14 +19,6 @@ from modelbay.core.requests import Requests
 from modelbay.core.states import REQUESTS
 from modelbay.store.blobs import LocalBlobStore
 from modelbay.store.db import Database
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    database = Database(database_url)
-    database.migrate()
-    yield database
-    database.close()
 
 
 def test_finished_requests_past_the_retention_time_are_swept_and_others_kept(db: Database, tmp_path: Path) -> None:

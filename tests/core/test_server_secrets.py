@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import stat
 import threading
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from modelbay.core import server_secrets
 from modelbay.core.bus import Bus
@@ -15,14 +12,6 @@ from modelbay.core.projects import Caller, Projects, hash_token
 from modelbay.store.db import Database
 
 OLD_KEY = bytes(range(32))
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    database = Database(database_url)
-    database.migrate()
-    yield database
-    database.close()
 
 
 def data_dirs(tmp_path: Path, count: int) -> list[Path]:
