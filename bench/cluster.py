@@ -5,8 +5,11 @@ and `make bench` install them); see bench/README.md ("A cluster on PostgreSQL").
 throwaway PostgreSQL in a temp dir (tests/fixtures/postgres.py) and, one phase after the other:
 
 1. Direct no-op requests at 8 clients (wrk) on one node on SQLite, then on one node on PostgreSQL.
-2. Batch drain: `--items` no-op items on PostgreSQL with 1 node, then 2 nodes (maximum_instances 1
-   per node), the batches POSTed round-robin; from the first POST until all are `completed`.
+2. Batch drain: `--items` no-op items on PostgreSQL with 1 node, then 2 nodes (maximum_instances
+   one per node: the limit counts across the cluster), the batches POSTed round-robin; from the
+   first POST until all are `completed`.
+   Then direct no-op requests at 8 clients on 2 nodes and a version with maximum_instances 1: through
+   the node that holds the instance, then through the other one, which sends each call there.
 3. Claim latency: the claim statement of the queue (`Requests._claim_pending`'s SQL, 4 rows) timed
    against a version with `--backlog` pending rows, rolled back each time.
 4. Failover: 2 nodes (lease 2 s) draining 50 ms items; one killed with SIGKILL; the time until its
@@ -168,7 +171,7 @@ def drain(workdir: Path, procs: list[Proc], pg: Cluster, count_nodes: int, items
     nodes = Nodes(workdir, procs, f"drain-{count_nodes}", url)
     servers = nodes.start(count_nodes)
     token = nodes.project_token()
-    deploy(servers[0].url, token, nodes.workdir, "drain", maximum_instances=1)
+    deploy(servers[0].url, token, nodes.workdir, "drain", maximum_instances=count_nodes)
     start = time.perf_counter()
     post_batches(servers, token, "drain", items)
     while count(url, "SELECT count(*) FROM requests WHERE status = 'completed'") < items:
@@ -179,6 +182,24 @@ def drain(workdir: Path, procs: list[Proc], pg: Cluster, count_nodes: int, items
     log(f"drain of {items} items, {count_nodes} node(s) on PostgreSQL: {items / elapsed:,.0f} items/s "
         f"({owners} nodes ran some)")
     return {"items": items, "seconds": elapsed, "items_per_s": items / elapsed, "nodes_that_ran_items": owners}
+
+
+def forwarded(workdir: Path, procs: list[Proc], pg: Cluster, seconds: int) -> dict[str, Any]:
+    nodes = Nodes(workdir, procs, "forwarded", pg.url(pg.database()))
+    holder, other = nodes.start(2)
+    token = nodes.project_token()
+    deploy(holder.url, token, nodes.workdir, "v1", maximum_instances=1)
+    results = {}
+    for name, server in (("local", holder), ("forwarded", other)):  # the holder's first: it takes the instance
+        url = f"{server.url}/v2.1/projects/{PROJECT}/deployments/{DEPLOYMENT}/versions/v1/requests"
+        run_wrk(url, token, 8, 2, nodes.workdir)  # warm-up
+        result = run_wrk(url, token, 8, seconds, nodes.workdir)
+        results[name] = {key: result[key] for key in ("rps", "p50_ms", "p90_ms", "p99_ms", "non_2xx")}
+        log(f"direct, c=8, maximum_instances 1 on 2 nodes, {name}: {result['rps']:,.0f} req/s, "
+            f"p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms")
+    instances = count(pg.url(pg.database()), "SELECT count(*) FROM instance_slots")
+    nodes.stop()
+    return {**results, "instances": instances}
 
 
 def insert_backlog(url: str, version_id: str, rows: int) -> None:
@@ -288,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
                 "postgresql": direct(workdir, procs, "direct-postgresql", pg.url(pg.database()), args.seconds),
             }
             results["drain"] = {f"{n}_nodes": drain(workdir, procs, pg, n, args.items) for n in (1, 2)}
+            results["direct_c8_maximum_1_on_2_nodes"] = forwarded(workdir, procs, pg, args.seconds)
             results["failover"] = failover(workdir, procs, pg)
             results["backlog"] = claim_and_memory(workdir, procs, pg, args.backlog)
     finally:
@@ -298,6 +320,10 @@ def main(argv: list[str] | None = None) -> int:
     one, two = results["drain"]["1_nodes"], results["drain"]["2_nodes"]
     print(f"drain: 2 nodes {two['items_per_s']:,.0f} items/s vs 1 node {one['items_per_s']:,.0f} "
           f"({two['items_per_s'] / one['items_per_s']:.2f}x)")
+    sent = results["direct_c8_maximum_1_on_2_nodes"]
+    print(f"direct c=8 through the node without the instance: {sent['forwarded']['rps']:,.0f} req/s vs "
+          f"{sent['local']['rps']:,.0f} through the one with it "
+          f"({sent['forwarded']['rps'] / sent['local']['rps']:.2f}x; {sent['instances']} instance in the cluster)")
     if not args.no_json:
         save_results(results, "cluster")
     return 0

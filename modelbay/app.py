@@ -31,6 +31,7 @@ from modelbay.dialects.ubiops.routes import PREFIXES as UBIOPS_PREFIXES
 from modelbay.dialects.ubiops.routes import router as ubiops_router
 from modelbay.dialects.ubiops.streaming import router as ubiops_streaming_router
 from modelbay.engine import Engine
+from modelbay.node_calls import router as node_calls_router
 from modelbay.settings import Settings
 
 #: The dialect mounted at each path prefix: its shape answers the paths there that no route serves.
@@ -79,6 +80,7 @@ def create_app(settings: Settings) -> ASGIApp:
         app.include_router(ubiops_logs_router, prefix=prefix)
         app.include_router(ubiops_pipelines_router, prefix=prefix)
         app.include_router(ubiops_pipeline_requests_router, prefix=prefix)
+    app.include_router(node_calls_router)
     app.include_router(abeja_runs_router)
     app.include_router(abeja_services_router)
     app.include_router(abeja_deployments_router)

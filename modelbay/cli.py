@@ -108,6 +108,8 @@ def serve(
         _fail(f"cannot listen on {settings.host}:{settings.port}: {(exc.strerror or str(exc)).lower()}")
     address = _address(sock)
     lock.record(address)
+    if settings.node_url is None:
+        settings = settings.model_copy(update={"node_url": _node_url(sock)})
     from modelbay.app import create_app  # only now: a refused second server exits without loading it
     from modelbay.engine import admin_token, open_database
 
@@ -157,6 +159,15 @@ def _listen(host: str, port: int) -> socket.socket:
 def _address(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
     return f"http://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"http://{host}:{port}"
+
+
+def _node_url(sock: socket.socket) -> str:
+    """Where other servers reach this one: its listening address, or this machine's name when it
+    listens on every address."""
+    host, port = sock.getsockname()[:2]
+    if host in ("0.0.0.0", "::"):
+        return f"http://{socket.getfqdn()}:{port}"
+    return _address(sock)
 
 
 def _safe_url(url: str) -> str:

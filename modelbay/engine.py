@@ -22,11 +22,13 @@ from modelbay.core.datasets import Datasets
 from modelbay.core.deliveries import Deliveries
 from modelbay.core.deployments import Deployments, Target
 from modelbay.core.errors import NotFound, Unavailable
+from modelbay.core.instance_slots import InstanceSlots, LocalSlots
 from modelbay.core.job_items import ItemOutcome, default_body
 from modelbay.core.jobs import Jobs
 from modelbay.core.journal import Journal
 from modelbay.core.nodes import Nodes
 from modelbay.core.payloads import Payloads
+from modelbay.core.peers import Peers, node_token
 from modelbay.core.pipeline_requests import PipelineRequests
 from modelbay.core.pipelines import Pipelines
 from modelbay.core.projects import Projects, hash_token
@@ -100,7 +102,7 @@ class Engine:
         self.settings = settings
         data = settings.data_dir
         self.db = open_database(settings)
-        self.nodes = Nodes(self.db, data, lease_s=settings.node_lease_s)
+        self.nodes = Nodes(self.db, data, lease_s=settings.node_lease_s, address=settings.node_url)
         self.bus = Bus(self.db, lambda: self.nodes.id)
         # Nodes sharing a database reach blobs through it; one server on SQLite keeps them as files.
         self.blobs = (LocalBlobStore(data / "blobs") if self.db.is_sqlite
@@ -115,7 +117,13 @@ class Engine:
             network=settings.sandbox_network,
             shared_dirs=settings.shared_dirs,
         )
-        self.scheduler = Scheduler(self.runtime, self._instance_spec, self._serving_target)
+        signing_key = server_secrets.signing_key(self.db, data)
+        self.node_token = node_token(signing_key)
+        # Instance limits count across the nodes sharing the database; one server on SQLite counts its own.
+        self.peers = None if self.db.is_sqlite else Peers(self.node_token)
+        self.scheduler = Scheduler(self.runtime, self._instance_spec, self._serving_target,
+                                   slots=LocalSlots() if self.db.is_sqlite else InstanceSlots(self.db, self.nodes),
+                                   peers=self.peers)
         self.projects = Projects(self.db, admin_token(settings, self.db).hash, self.bus)
         self.deployments = Deployments(self.db, self.bus, self.scheduler.version_changed)
         self.revisions = Revisions(
@@ -133,7 +141,7 @@ class Engine:
             workers=settings.build_workers,
         )
         self.requests = Requests(self.db, self.scheduler, self.deployments, self.payloads, self.nodes)
-        self.url_signer = signed_urls.UrlSigner(server_secrets.signing_key(self.db, data))
+        self.url_signer = signed_urls.UrlSigner(signing_key)
         # One client for every webhook POST: pooled connections to receivers, each checked.
         allow_private = settings.webhook_allow_private_targets
         self.http = webhook_client(allow_private=allow_private)
@@ -202,6 +210,8 @@ class Engine:
         await self.scheduler.close()
         await self.bus.close()
         await self.http.aclose()
+        if self.peers is not None:
+            await self.peers.close()
         self.db.close()
 
     def _project_of(self, project_id: str) -> ProjectRow:
@@ -216,6 +226,13 @@ class Engine:
             return Deployments.serving_target_check(self.deployments.target_of_version(version_id))
         except (NotFound, Unavailable):
             return None
+
+    def pool_target(self, version_id: str, pool: str | None) -> Target:
+        """What a call another node sent runs on: its version's target, or a service's. Raises
+        `NotFound` or `Unavailable` when this node cannot serve it."""
+        if pool is None:
+            return Deployments.serving_target_check(self.deployments.target_of_version(version_id))
+        return self.services.pool_target(pool)
 
     async def _instance_spec(self, target: Target) -> InstanceSpec:
         package_dir, python = await asyncio.to_thread(self.revisions.materialise, target)

@@ -43,6 +43,10 @@ class Settings(BaseSettings):
         10.0, gt=0, description="How long a server of a cluster may miss its heartbeat (sent every fifth of "
         "it) before another one takes back the work it had claimed.",
     )
+    node_url: str | None = Field(
+        None, description="Where the other servers of a cluster reach this one (http://host:port); by default "
+        "its listening address, with this machine's name when it listens on every address.",
+    )
     log_level: str = Field("info", description="Server log level.")
     sandbox: Literal["bwrap", "none"] = Field(
         "bwrap", description="Where user code runs: 'bwrap' (bubblewrap) or 'none' (on the host: unsafe)."

@@ -65,10 +65,11 @@ def owned_by(owner: ColumnElement[Any], node_ids: list[str | None]) -> ColumnEle
 class Nodes:
     """This server as a node: registers, beats, recovers dead nodes, and gives its own work back on stop."""
 
-    def __init__(self, db: Database, data_dir: Path, *, lease_s: float) -> None:
+    def __init__(self, db: Database, data_dir: Path, *, lease_s: float, address: str | None = None) -> None:
         self._db = db
         self._data_dir = data_dir
         self.lease_s = lease_s
+        self.address = address  # where the other nodes reach this one
         self.id = str(uuid.uuid4())
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self._recoverers: list[Recoverer] = []
@@ -89,8 +90,7 @@ class Nodes:
         now = utcnow()
         file = self._data_dir / NODE_FILE
         previous = file.read_text().strip() if file.is_file() else None
-        with self._db.write() as session:
-            session.execute(NODES.insert().values(id=self.id, name=self.name[:200], started_at=now, heartbeat_at=now))
+        self._insert(now)
         file.write_text(self.id)
         gone: list[str | None] = [previous] if previous else []
         cutoff = now - timedelta(seconds=self.lease_s)
@@ -138,11 +138,13 @@ class Nodes:
             # new node; what we still finish under the old id is refused by the fences.
             old, self.id = self.id, str(uuid.uuid4())
             log.error("node %s was declared dead by another node; it goes on as node %s", old, self.id)
-            now = utcnow()
-            with self._db.write() as session:
-                session.execute(NODES.insert().values(id=self.id, name=self.name[:200], started_at=now,
-                                                      heartbeat_at=now))
+            self._insert(utcnow())
             (self._data_dir / NODE_FILE).write_text(self.id)
+
+    def _insert(self, now: datetime) -> None:
+        with self._db.write() as session:
+            session.execute(NODES.insert().values(id=self.id, name=self.name[:200], address=self.address,
+                                                  started_at=now, heartbeat_at=now))
 
     def recover_lapsed(self) -> int:
         """Recover the nodes whose heartbeat is older than the lease; returns how many."""

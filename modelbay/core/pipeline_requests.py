@@ -314,6 +314,9 @@ class PipelineRequests(StoredRequests):
                                      .where(PipelineRequestRow.id == request_id)).first()
         return self._payloads.value(*stored) if stored else None
 
+    def _running_here(self) -> list[str]:
+        return list(self._runs)
+
     async def _stop_running(self, request_id: str) -> bool:
         run = self._runs.get(request_id)
         if run is None:

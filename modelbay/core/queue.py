@@ -44,7 +44,8 @@ Claim = Callable[[str, int], Awaitable[list[QueuedItem]]]
 
 class BatchQueue:
     """Drains pending requests per version: `run` gets each claimed item once, in claim order;
-    `drainers_for` says how many items of a version may run at once (its maximum instances)."""
+    `drainers_for` says how many items of a version may run at once here (its maximum instances,
+    or none while the other nodes of the cluster run all it may have)."""
 
     def __init__(self, claim: Claim, run: Callable[[QueuedItem], Awaitable[None]],
                  drainers_for: Callable[[str], int]) -> None:
@@ -106,7 +107,7 @@ class BatchQueue:
         try:
             wanted = self._wanted(version_id)
             self._woken.discard(version_id)
-            items = await self._claim(version_id, wanted * CLAIM_PER_DRAINER)
+            items = await self._claim(version_id, wanted * CLAIM_PER_DRAINER) if wanted else []
         finally:
             del self._claims[version_id]
         if items:
@@ -118,7 +119,7 @@ class BatchQueue:
 
     def _wanted(self, version_id: str) -> int:
         try:
-            return max(self._drainers_for(version_id), 1)
+            return max(self._drainers_for(version_id), 0)
         except Exception:
             log.exception("cannot size the drainers of version %s", version_id)
             return 1

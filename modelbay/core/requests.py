@@ -235,7 +235,7 @@ class Requests(StoredRequests):
         ]
 
     def _drainers_for(self, version_id: str) -> int:
-        return self._deployments.target_of_version(version_id).maximum_instances
+        return self._scheduler.capacity(self._deployments.target_of_version(version_id))
 
     async def _claim_pending(self, version_id: str, limit: int) -> list[QueuedItem]:
         """Claim up to `limit` of the version's unclaimed pending requests for this node, in queue order."""
@@ -392,6 +392,9 @@ class Requests(StoredRequests):
         return values
 
     # --- what the stored lifecycle asks -----------------------------------------------------
+
+    def _running_here(self) -> list[str]:
+        return list(self._running)
 
     async def _stop_running(self, request_id: str) -> bool:
         task = self._running.get(request_id)

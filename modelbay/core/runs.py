@@ -9,8 +9,9 @@ A run of a version whose code is still building stays `submitted` until the buil
 Each attempt is one direct request, so it also shows in the version's request list.
 
 Any node of the cluster may run a run: the one that gets a slot of its version first claims it
-(`pending` -> `runnable` sets its `owner`, compare-and-set, so one node wins) and fences every
-later write by that claim. Runs a node accepts start there at once; a periodic pass of every node
+(`pending` -> `runnable` sets its `owner`, compare-and-set, so one node wins, and only while the
+cluster runs fewer of the version's runs than its `maximum_instances`) and fences every later
+write by that claim. Runs a node accepts start there at once; a periodic pass of every node
 also drives the queued runs of the others. What a dead node held is given back by `_give_back`.
 """
 
@@ -19,13 +20,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Table, and_, insert, or_, select
+from sqlalchemy import Connection, Table, and_, func, insert, or_, select
 
 from modelbay.core.background import Background
 from modelbay.core.hooks import Hook
@@ -41,7 +43,7 @@ from modelbay.core.scheduler import Scheduler
 from modelbay.core.states import RUN, RunStatus, VersionStatus, move
 from modelbay.runtime import wire
 from modelbay.runtime.base import CallTimedOut, InstanceStartFailed
-from modelbay.store.db import Database
+from modelbay.store.db import Database, lock_until_commit
 from modelbay.store.tables import RunRow
 
 log = logging.getLogger(__name__)
@@ -139,6 +141,7 @@ class Runs:
         self._scheduler = scheduler
         self._journal = journal
         self._slots: dict[str, asyncio.Semaphore] = {}
+        self._full_until: dict[str, float] = {}  # version -> no claim tried before then: the cluster runs its maximum
         self._background = Background("runs")  # one task per run driven, and journal writes
         self._closing = False  # the server is stopping: no new attempt starts
         self._driving: set[str] = set()  # runs with a task driving them
@@ -311,6 +314,25 @@ class Runs:
         await self._db.committer.submit_async(write)
         self.status_changed(run_id, new)
 
+    async def _claim(self, run_id: str, old: RunStatus, target: Target, node_id: str) -> bool:
+        """Claim a queued run for this node, unless the cluster runs the version's maximum of runs
+        already; returns whether it claimed it. Raises `StatusChanged` when another node did."""
+        version_id = target.version_id
+
+        def write(conn: Connection) -> bool:
+            lock_until_commit(conn, f"runs:{version_id}")
+            running = conn.scalar(select(func.count()).select_from(RUNS).where(
+                RUNS.c.version_id == version_id, RUNS.c.status.in_([s.value for s in CLAIMED]))) or 0
+            if running >= max(target.maximum_instances, 1):
+                return False
+            move(conn, RUN, run_id, old, RunStatus.RUNNABLE, owner=node_id)
+            return True
+
+        claimed = await self._db.committer.submit_async(write)
+        if claimed:
+            self.status_changed(run_id, RunStatus.RUNNABLE)
+        return bool(claimed)
+
     def _slot(self, target: Target) -> asyncio.Semaphore:
         """Runs of one version run at most `maximum_instances` at a time on this node; the rest wait `pending`."""
         slot = self._slots.get(target.version_id)
@@ -341,15 +363,20 @@ class Runs:
                 await self._move(run_id, status, RunStatus.PENDING)
                 status = RunStatus.PENDING
             async with self._slot(target):
-                if self._closing:
-                    return  # still pending: another node, or the next start, runs it
+                if self._closing or self._full_until.get(target.version_id, 0.0) > time.monotonic():
+                    return  # still pending: another node, the next pass, or the next start runs it
                 # The claim: of the nodes that have a slot for it, the first one runs it.
                 node_id = self._nodes.id
-                await self._move(run_id, status, RunStatus.RUNNABLE, owner=node_id)
+                if not await self._claim(run_id, status, target, node_id):
+                    self._full_until[target.version_id] = time.monotonic() + PICK_UP_PERIOD_S / 2
+                    return
                 status = RunStatus.RUNNABLE
                 with self._db.read() as session:  # attempts made before it was given back to the queue
                     row.attempts = session.scalar(select(RUNS.c.attempts).where(RUNS.c.id == run_id)) or 0
-                status = await self._attempts(row, status, node_id)
+                try:
+                    status = await self._attempts(row, status, node_id)
+                finally:
+                    self._full_until.pop(target.version_id, None)  # a place just came free: the next run here tries
         except asyncio.CancelledError:
             raise  # the server is stopping: what it holds, it gives back
         except StatusChanged:

@@ -1,20 +1,26 @@
 """The scheduler: hands each request an idle instance of its version, scaling instances up and down.
 
-It runs on the server's event loop and talks to instances only through `Runtime`.
+It runs on the server's event loop and talks to instances only through `Runtime`. Every instance
+holds a slot of its pool (`instance_slots`), so a version's limits count across the cluster;
+a node that may not start one (the others run the maximum) runs the call on an instance another
+node holds (`Peers`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from modelbay.core.background import Background
 from modelbay.core.deployments import Target
+from modelbay.core.instance_slots import Holder, LocalSlots, NoCapacity
 from modelbay.runtime.base import (
     Call,
     CallOutcome,
@@ -43,6 +49,35 @@ START_RETRY_S = 5.0
 #: Target fields a pool may change without restarting its instances.
 SCALING_FIELDS = ("minimum_instances", "maximum_instances", "maximum_idle_time")
 
+#: How long a pool that found the cluster at its limit sends calls to the nodes holding its
+#: instances before it tries to start one of its own again.
+FULL_RECHECK_S = 2.0
+
+#: How long a call waits before it looks for an instance again when every holder it knew was gone.
+RETRY_ELSEWHERE_S = 0.05
+
+
+class Slots(Protocol):
+    """The ledger of instances that limits are counted in (`instance_slots`)."""
+
+    async def take(self, pool: str, limit: int) -> str | None: ...
+
+    async def give(self, slot_id: str) -> None: ...
+
+    async def give_if_above(self, slot_id: str, pool: str, floor: int) -> bool: ...
+
+    async def holders(self, pool: str) -> list[Holder]: ...
+
+    async def count(self, pool: str) -> int: ...
+
+
+class Peers(Protocol):
+    """Runs a call on an instance of `target` that the node at `address` holds. Raises what
+    `Scheduler.run` raises, and `NoCapacity` when that node has no instance of it to run it."""
+
+    async def run(self, address: str, target: Target, call: Call, timeout: float, priority: int,
+                  on_update: Callable[[str], None] | None) -> CallOutcome: ...
+
 
 def pool_key(target: Target) -> str:
     """The pool serving a target: the version's own, or a named one (a service's)."""
@@ -64,6 +99,11 @@ class _Pool:
     retired: bool = False
     start_error: InstanceStartFailed | None = None
     failed_at: float | None = None  # when an instance last failed to start (monotonic)
+    slots: dict[Instance, str] = field(default_factory=dict)  # instance -> the slot it holds
+    starting_slots: set[str] = field(default_factory=set)  # the slots of instances starting
+    full_until: float = 0.0  # the cluster runs the maximum: no start tried before then (monotonic)
+    minimum_met_until: float = 0.0  # the cluster runs the minimum: no start for it tried before then
+    holders: list[Holder] = field(default_factory=list)  # where the others run, while full
 
     @property
     def size(self) -> int:
@@ -90,10 +130,16 @@ class Scheduler:
         runtime: Runtime,
         make_spec: Callable[[Target], Awaitable[InstanceSpec]],
         serving_target: Callable[[str], Target | None] = lambda _version_id: None,
+        slots: Slots | None = None,
+        peers: Peers | None = None,
     ) -> None:
         self._runtime = runtime
         self._make_spec = make_spec
         self._serving_target = serving_target  # a version's current target, None unless it has code
+        self._slots: Slots = slots or LocalSlots()
+        self._peers = peers
+        self._closing = False
+        self._turns = itertools.count()  # spreads calls sent to other nodes over them
         self._pools: dict[str, _Pool] = {}
         # Instance starts and stops, and the reconcile loop. Closing stops the loop only: a start
         # cut short could leave a process nobody stops, and `runtime.close` stops the rest.
@@ -105,6 +151,7 @@ class Scheduler:
         self._background.every(RECONCILE_PERIOD_S, self._reconcile, "reconcile")
 
     async def close(self) -> None:
+        self._closing = True  # the node gives its slots back as it stops (`Nodes.close`)
         await self._background.stop_loops()
         for pool in list(self._pools.values()):
             self._retire(pool)
@@ -117,10 +164,14 @@ class Scheduler:
         timeout: float,
         priority: int = PRIORITY_DIRECT,
         on_update: Callable[[str], None] | None = None,
+        *,
+        here_only: bool = False,
     ) -> CallOutcome:
-        """Run one call on an instance of `target` within `timeout` seconds (waiting included).
+        """Run one call on an instance of `target` within `timeout` seconds (waiting included):
+        one of this node's, or, when the cluster runs the maximum elsewhere, one another node holds.
 
-        Raises `CallTimedOut`, `InstanceLost` or `InstanceStartFailed`.
+        Raises `CallTimedOut`, `InstanceLost` or `InstanceStartFailed`; with `here_only` (a call
+        another node sent), `NoCapacity` rather than sending it on.
         """
         deadline = time.monotonic() + timeout
         while True:
@@ -129,28 +180,43 @@ class Scheduler:
             if instance is not None:  # the common case: no wait, so no timer to set
                 break
             try:
-                async with asyncio.timeout_at(asyncio.get_running_loop().time() + timeout):
+                async with asyncio.timeout(deadline - time.monotonic()):
                     instance = await self._acquire(pool, priority)
             except TimeoutError:
                 raise CallTimedOut(timeout) from None
             except _Retired:
                 continue
+            except NoCapacity:
+                if here_only:
+                    raise
+                outcome = await self._run_elsewhere(pool, call, timeout, deadline, priority, on_update)
+                if outcome is None:
+                    continue  # the instances moved: look again
+                return outcome
             break
         try:
             outcome = await self._runtime.call(instance, call, max(deadline - time.monotonic(), 0.001), on_update)
         except (CallTimedOut, InstanceLost):
             pool.busy.discard(instance)
-            self._background.spawn(self._runtime.stop(instance))
+            self._stop(pool, instance)
             self._fill(pool)
             raise
         except BaseException:
             # Our caller went away mid-call (cancelled): the instance's state is unknown, replace it.
             pool.busy.discard(instance)
-            self._background.spawn(self._runtime.stop(instance))
+            self._stop(pool, instance)
             self._fill(pool)  # a waiter may have queued behind the instance just lost
             raise
         self._release(pool, instance)
         return outcome
+
+    def capacity(self, target: Target) -> int:
+        """How many calls of `target` this node may run at once: its maximum, or while the cluster
+        runs the maximum, the instances this node has (queued work is left to the others)."""
+        pool = self._pools.get(pool_key(target))
+        if pool is not None and pool.full_until > time.monotonic():
+            return pool.size
+        return target.maximum_instances
 
     def warm(self, target: Target) -> None:
         """Start the version's `minimum_instances` now, rather than at its first request."""
@@ -174,6 +240,11 @@ class Scheduler:
         pool = self._pools.get(key)
         return [] if pool is None else [i for i, _ in pool.idle] + list(pool.busy)
 
+    async def instances_elsewhere(self, key: str) -> int:
+        """The instances of a pool other nodes of the cluster run or start."""
+        pool = self._pools.get(key)
+        return max(await self._slots.count(key) - (len(pool.slots) + len(pool.starting_slots) if pool else 0), 0)
+
     def start_error(self, key: str) -> str | None:
         """Why the last instance of a pool failed to start, until one starts."""
         pool = self._pools.get(key)
@@ -192,7 +263,8 @@ class Scheduler:
             self._retire(pool)
 
     async def make_ready(self, target: Target, timeout: float) -> None:
-        """Wait until an instance of `target` is loaded and idle, starting one if needed.
+        """Wait until an instance of `target` is loaded and idle, starting one if needed (or until
+        it is clear that the instances of other nodes run its calls).
 
         Raises `CallTimedOut` or `InstanceStartFailed`.
         """
@@ -205,6 +277,8 @@ class Scheduler:
                 raise CallTimedOut(timeout) from None
             except _Retired:
                 continue
+            except NoCapacity:
+                return
             self._release(pool, instance)
             return
 
@@ -217,7 +291,12 @@ class Scheduler:
             if pool is not None:
                 scaled = dataclasses.replace(pool.target, **{f: getattr(target, f) for f in SCALING_FIELDS})
                 if scaled == target:  # only the scaling changed: keep the instances
+                    lowered = target.maximum_instances < pool.target.maximum_instances
                     pool.target = target
+                    pool.full_until = pool.minimum_met_until = 0.0
+                    if lowered:  # the cluster may now run more than the new maximum: idle ones go
+                        for instance, _ in pool.idle[:]:
+                            self._stop_if_above(pool, instance, target.maximum_instances)
                     self._fill(pool)
                     return pool
                 self._retire(pool)
@@ -237,6 +316,8 @@ class Scheduler:
         instance = self._take_idle(pool)
         if instance is not None:
             return instance
+        if not pool.size and pool.full_until > time.monotonic():
+            raise NoCapacity
         fut: asyncio.Future[Instance] = asyncio.get_running_loop().create_future()
         pool.waiters[min(priority, len(pool.waiters) - 1)].append(fut)
         self._fill(pool)
@@ -248,10 +329,36 @@ class Scheduler:
                 self._release(pool, fut.result())
             raise
 
+    async def _run_elsewhere(self, pool: _Pool, call: Call, timeout: float, deadline: float, priority: int,
+                             on_update: Callable[[str], None] | None) -> CallOutcome | None:
+        """Run a call on an instance of a node that holds the pool's; None when none of them could
+        take it (their instances stopped meanwhile, or a slot given back is on its way)."""
+        key = pool_key(pool.target)
+        if not pool.holders or pool.full_until <= time.monotonic():
+            pool.holders = await self._slots.holders(key)
+        holders = [holder for holder in pool.holders if holder.address and self._peers is not None]
+        if holders:  # spread the calls over the holders, one after the other
+            first = next(self._turns) % len(holders)
+            holders = holders[first:] + holders[:first]
+        for holder in holders:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise CallTimedOut(timeout)
+            try:
+                assert self._peers is not None and holder.address is not None
+                return await self._peers.run(holder.address, pool.target, call, remaining, priority, on_update)
+            except NoCapacity:
+                continue
+        pool.holders, pool.full_until = [], 0.0  # the next look asks the store
+        if time.monotonic() + RETRY_ELSEWHERE_S >= deadline:
+            raise CallTimedOut(timeout)
+        await asyncio.sleep(RETRY_ELSEWHERE_S)
+        return None
+
     def _release(self, pool: _Pool, instance: Instance) -> None:
         pool.busy.discard(instance)
         if pool.retired or instance.state is InstanceState.STOPPED:  # retired, or ended by its last call
-            self._background.spawn(self._runtime.stop(instance))
+            self._stop(pool, instance)
             self._fill(pool)
             return
         waiter = pool.next_waiter()
@@ -263,32 +370,95 @@ class Scheduler:
 
     def _fill(self, pool: _Pool) -> None:
         """Start instances for waiters nobody will serve soon, up to the version's maximum."""
-        while not pool.retired and pool.waiting() > pool.starting and pool.size < pool.target.maximum_instances:
+        while (not pool.retired and pool.waiting() > pool.starting and pool.size < pool.target.maximum_instances
+               and pool.full_until <= time.monotonic()):
             pool.starting += 1
             self._background.spawn(self._start_instance(pool))
 
-    async def _start_instance(self, pool: _Pool) -> None:
+    async def _start_instance(self, pool: _Pool, for_minimum: bool = False) -> None:
+        """Take a slot of the pool (below its maximum, or its minimum), then start an instance in it."""
+        target = pool.target
         try:
-            instance = await self._runtime.start(await self._make_spec(pool.target))
+            slot = await self._slots.take(pool_key(target),
+                                          target.minimum_instances if for_minimum else target.maximum_instances)
+        except Exception:
+            pool.starting -= 1
+            log.exception("counting the instances of version %s failed", target.version_id)
+            self._fail_waiters(pool, InstanceStartFailed("The instances of the cluster could not be counted"))
+            return
+        if slot is None:
+            pool.starting -= 1
+            if for_minimum:  # the other nodes run it: look again later
+                pool.minimum_met_until = time.monotonic() + FULL_RECHECK_S
+                self._fill(pool)
+            else:
+                pool.full_until = time.monotonic() + FULL_RECHECK_S
+                self._fail_waiters(pool, NoCapacity())  # unless this node has instances for them
+            return
+        pool.starting_slots.add(slot)
+        try:
+            instance = await self._runtime.start(await self._make_spec(target))
         except InstanceStartFailed as exc:
             pool.starting -= 1
+            pool.starting_slots.discard(slot)
+            self._give(slot)
             pool.start_error, pool.failed_at = exc, time.monotonic()
-            log.warning("instance of version %s failed to start: %s", pool.target.version_id, exc.message)
-            if not pool.idle and not pool.busy and not pool.starting:
-                # The code cannot load: fail the waiters rather than retry forever.
-                while (waiter := pool.next_waiter()) is not None:
-                    waiter.set_exception(exc)
+            log.warning("instance of version %s failed to start: %s", target.version_id, exc.message)
+            self._fail_waiters(pool, exc)  # the code cannot load: fail them rather than retry forever
             return
         except Exception:
             pool.starting -= 1
-            log.exception("starting an instance of version %s crashed", pool.target.version_id)
+            pool.starting_slots.discard(slot)
+            self._give(slot)
+            log.exception("starting an instance of version %s crashed", target.version_id)
             return
         pool.starting -= 1
+        pool.starting_slots.discard(slot)
         pool.start_error = pool.failed_at = None
-        if pool.retired:
-            await self._runtime.stop(instance)
-            return
+        pool.slots[instance] = slot
         self._release(pool, instance)
+
+    @staticmethod
+    def _fail_waiters(pool: _Pool, exc: Exception) -> None:
+        """Fail the pool's waiters with `exc` when no instance of this node is left to serve them."""
+        if not pool.idle and not pool.busy and not pool.starting:
+            while (waiter := pool.next_waiter()) is not None:
+                waiter.set_exception(exc)
+
+    def _stop(self, pool: _Pool, instance: Instance) -> None:
+        """Give an instance's slot back (first: its replacement may take it), and stop it."""
+        slot = pool.slots.pop(instance, None)
+        if slot is not None:
+            self._give(slot)
+        self._background.spawn(self._runtime.stop(instance))
+
+    def _give(self, slot: str) -> None:
+        self._background.spawn(self._give_now(slot))
+
+    async def _give_now(self, slot: str) -> None:
+        if not self._closing:  # a stopping node gives all its slots back at once
+            await self._slots.give(slot)
+
+    def _stop_if_above(self, pool: _Pool, instance: Instance, floor: int) -> None:
+        """Stop an idle instance if the cluster runs more than `floor` of the pool without it; else
+        keep it (idle from now). It counts as busy while the cluster's ledger decides."""
+        pool.idle = [item for item in pool.idle if item[0] is not instance]
+        pool.busy.add(instance)
+        self._background.spawn(self._stop_if_above_now(pool, instance, floor))
+
+    async def _stop_if_above_now(self, pool: _Pool, instance: Instance, floor: int) -> None:
+        slot = pool.slots.get(instance)
+        try:
+            above = slot is None or await self._slots.give_if_above(slot, pool_key(pool.target), floor)
+        except Exception:
+            log.exception("counting the instances of version %s failed", pool.target.version_id)
+            above = False
+        if not above:
+            self._release(pool, instance)
+            return
+        pool.slots.pop(instance, None)
+        pool.busy.discard(instance)
+        await self._runtime.stop(instance)
 
     def _retire_version(self, version_id: str) -> None:
         for pool in [p for p in self._pools.values() if p.target.version_id == version_id]:
@@ -303,8 +473,13 @@ class Scheduler:
         if self._pools.get(key) is pool:
             del self._pools[key]
         for instance, _ in pool.idle:
-            self._background.spawn(self._runtime.stop(instance))
+            self._stop(pool, instance)
         pool.idle.clear()
+        # Busy ones end their call without one: the pool of the new code or settings starts at once.
+        for slot in [*pool.slots.values(), *pool.starting_slots]:
+            self._give(slot)
+        pool.slots.clear()
+        pool.starting_slots.clear()
         while (waiter := pool.next_waiter()) is not None:
             waiter.set_exception(_Retired())
 
@@ -315,19 +490,22 @@ class Scheduler:
 
     def _scale(self, pool: _Pool, now: float) -> None:
         target = pool.target
-        keep = max(target.minimum_instances - len(pool.busy), 0)
         pool.idle.sort(key=lambda item: item[1])
-        while pool.idle and (
-            len(pool.idle) > keep and now - pool.idle[0][1] >= target.maximum_idle_time
-            or len(pool.idle) + len(pool.busy) > target.maximum_instances  # scaled down
-        ):
+        while pool.idle and len(pool.idle) + len(pool.busy) > target.maximum_instances:  # scaled down
             instance, _ = pool.idle.pop(0)
-            self._background.spawn(self._runtime.stop(instance))
+            self._stop(pool, instance)
+        # Idle past their time: each goes while the cluster runs more than the minimum without it.
+        for instance, since in pool.idle[:]:
+            if now - since >= target.maximum_idle_time:
+                self._stop_if_above(pool, instance, target.minimum_instances)
         self._keep_minimum(pool)
 
     def _keep_minimum(self, pool: _Pool) -> None:
-        if pool.failed_at is not None and time.monotonic() - pool.failed_at < START_RETRY_S:
+        now = time.monotonic()
+        if pool.failed_at is not None and now - pool.failed_at < START_RETRY_S:
             return  # code that cannot load is not restarted in a tight loop
+        if pool.minimum_met_until > now:
+            return  # other nodes run the minimum
         for _ in range(max(pool.target.minimum_instances - pool.size, 0)):
             pool.starting += 1
-            self._background.spawn(self._start_instance(pool))
+            self._background.spawn(self._start_instance(pool, for_minimum=True))

@@ -298,6 +298,20 @@ class Services:
         self._targets[row.id] = (base, target)
         return target
 
+    def pool_target(self, pool: str) -> Target:
+        """The target of a service's pool ("service:<id>"), for a call another node sent. Raises
+        `NotFound` for a service that is gone, `Unavailable` for one stopped or without code."""
+        service_id = pool.removeprefix("service:")
+        row = self._rows.get(service_id)
+        if row is None:
+            with self._db.read() as session:
+                row = session.get(ServiceRow, service_id)
+        if row is None:
+            raise NotFound("service", service_id)
+        if row.status == ServiceStatus.STOPPED:
+            raise Unavailable(f"Service {service_id} is stopped")
+        return self._deployments.serving_target_check(self.target(row))
+
     def start_error(self, row: ServiceRow) -> str | None:
         """Why the service cannot start: its version's failed build (while it is stopped for it), or
         why its last instance failed to start, until one starts."""
@@ -310,8 +324,10 @@ class Services:
                 return build_failure(self._db, row.version_id)
         return self._scheduler.start_error(f"service:{row.id}")
 
-    def instance_count(self, service_id: str) -> int:
-        return len(self._scheduler.instances(f"service:{service_id}"))
+    async def instance_count(self, service_id: str) -> int:
+        """The service's instances in the cluster: this node's loaded ones, and the others' of its."""
+        key = f"service:{service_id}"
+        return len(self._scheduler.instances(key)) + await self._scheduler.instances_elsewhere(key)
 
     # --- reconciling -------------------------------------------------------------------------
 
@@ -373,8 +389,13 @@ class Services:
         return True
 
     async def _is_ready(self, key: str, target: Target) -> bool:
+        """Whether the service runs its minimum, counting other nodes' instances, and this node's
+        have loaded and answer a health check."""
         instances = self._scheduler.instances(key)
-        if len(instances) < target.minimum_instances or len(instances) > target.maximum_instances:
+        if len(instances) > target.maximum_instances:
+            return False
+        if len(instances) < target.minimum_instances and (
+                len(instances) + await self._scheduler.instances_elsewhere(key) < target.minimum_instances):
             return False
         for instance in instances:
             if not await self._runtime.healthy(instance):

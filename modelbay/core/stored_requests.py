@@ -149,11 +149,28 @@ class StoredRequests:
         (they are told), and stop those of this node it is told of."""
         self._bus = bus
         bus.subscribe(topics.CANCEL, self._cancel_told)
+        bus.subscribe_resync(self._stop_cancelled_meanwhile)
 
     async def _cancel_told(self, message: Message) -> None:
         table, _, request_id = message.payload.partition(" ")
         if table == self._table.name and not message.from_here:
             await self._stop_running(request_id)  # what runs it records its end
+
+    async def _stop_cancelled_meanwhile(self) -> None:
+        """Messages may have been missed (the bus reconnected): stop what runs here and was cancelled
+        through another node meanwhile."""
+        running = self._running_here()
+        if not running:
+            return
+        table = self._table
+
+        def cancelled() -> list[str]:
+            with self._db.read() as session:
+                return list(session.scalars(select(table.c.id).where(
+                    table.c.id.in_(running), table.c.status == Status.CANCELLED_PENDING.value)))
+
+        for request_id in await asyncio.to_thread(cancelled):
+            await self._stop_running(request_id)
 
     def _tell_cancel(self, request_id: str) -> None:
         """Tell the other nodes to stop the request if they run it (once its new status is committed)."""
@@ -174,6 +191,10 @@ class StoredRequests:
 
     async def _stop_running(self, request_id: str) -> bool:
         """Stop whatever runs the request on this server; False when nothing does."""
+        raise NotImplementedError
+
+    def _running_here(self) -> list[str]:
+        """The requests this server runs now."""
         raise NotImplementedError
 
     def _remove(self, conn: Connection, ids: list[str]) -> list[str]:

@@ -6,6 +6,7 @@ import asyncio
 import queue
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ import orjson
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, Table, create_engine, event, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelbay.core.errors import Conflict
@@ -39,6 +40,15 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 MIGRATION_LOCK_KEY = 0x6D6F_6465_6C62
 
 
+#: deadlock_detected and serialization_failure: a transaction PostgreSQL chose to abort for another.
+TRANSIENT_SQLSTATES = ("40P01", "40001")
+
+#: How often the committer runs a write that met one of them before it gives up.
+TRANSIENT_ATTEMPTS = 3
+
+#: The first key of the advisory locks `lock_until_commit` takes ("mb").
+LOCK_CLASS = 0x6D62
+
 def as_conflict(exc: IntegrityError) -> Conflict | None:
     """The `Conflict` a unique violation means (two writers made the same name at once), else None.
 
@@ -54,6 +64,21 @@ def as_conflict(exc: IntegrityError) -> Conflict | None:
         return None
     kind = (table or "thing").removesuffix("s").replace("_", " ")
     return Conflict(f"A {kind} with that name already exists")
+
+
+def lock_until_commit(conn: Connection, scope: str) -> None:
+    """Take the lock named `scope` until the transaction ends, so writers deciding on the same thing
+    (a count, then an insert) take turns across nodes. PostgreSQL: an advisory lock; SQLite's one
+    writer already takes turns."""
+    if conn.dialect.name == "postgresql":
+        key = zlib.crc32(scope.encode()) - (1 << 31)  # signed 32 bits, as the two-key lock wants
+        conn.execute(text("SELECT pg_advisory_xact_lock(:kind, :key)"), {"kind": LOCK_CLASS, "key": key})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A PostgreSQL error that running the same transaction again may not meet: a deadlock with
+    another node's transaction, or a serialization failure."""
+    return isinstance(exc, OperationalError) and getattr(exc.orig, "sqlstate", None) in TRANSIENT_SQLSTATES
 
 
 def _json_text(value: Any) -> str:
@@ -252,7 +277,8 @@ class GroupCommitter:
             if stop:
                 return
 
-    def _commit(self, batch: list[tuple[Op, _Waiter, bool]]) -> list[tuple[_Waiter, Any, BaseException | None]]:
+    def _commit(self, batch: list[tuple[Op, _Waiter, bool]],
+                attempt: int = 1) -> list[tuple[_Waiter, Any, BaseException | None]]:
         try:
             with self._conn.begin():
                 conn = self._conn
@@ -271,6 +297,8 @@ class GroupCommitter:
             # The whole transaction rolled back; one bad write must not fail its neighbours.
             if len(batch) > 1:
                 return [outcome for item in batch for outcome in self._commit([item])]
+            if is_transient(exc) and attempt < TRANSIENT_ATTEMPTS:
+                return self._commit(batch, attempt + 1)  # another node's transaction won: once more
             if isinstance(exc, IntegrityError) and (conflict := as_conflict(exc)) is not None:
                 conflict.__cause__ = exc
                 return [(batch[0][1], None, conflict)]

@@ -437,6 +437,19 @@ class NodeRow(Base):
     heartbeat_at: Mapped[datetime]
     ended_at: Mapped[datetime | None]
     end: Mapped[str | None] = mapped_column(String(16))  # stopped (cleanly) / dead (declared by another node)
+    address: Mapped[str | None] = mapped_column(String(300))  # where other nodes reach it (http://host:port)
+
+
+class InstanceSlotRow(Base):
+    """An instance a node runs or starts, counted against its pool's limits across the cluster
+    (`core.instance_slots`)."""
+
+    __tablename__ = "instance_slots"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    pool: Mapped[str] = mapped_column(String(100), index=True)  # a version's id, or "service:<id>"
+    node_id: Mapped[str] = mapped_column(String(36), index=True)
+    taken_at: Mapped[datetime]
 
 
 class BlobRow(Base):

@@ -90,7 +90,8 @@ def test_batches_accepted_by_one_node_are_drained_by_every_node_each_item_once(
     wait_until(lambda: all(r["status"] in TERMINAL for r in requests(cluster)), timeout=120, interval=0.2)
     found = requests(cluster)
     assert sorted(r["id"] for r in found) == sorted(ids)
-    assert Counter(r["status"] for r in found) == {"completed": len(ids)}
+    assert Counter(r["status"] for r in found) == {"completed": len(ids)}, [
+        (r["status"], r["error_message"]) for r in found if r["status"] != "completed"]
     assert runs_of(marks) == {str(i): 1 for i in range(len(ids))}  # each item ran once
     owners = {r["owner"] for r in found}
     assert owners <= set(node_ids(cluster)) and len(owners) == 3, owners  # every node drained some

@@ -9,10 +9,13 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import psycopg
 import pytest
+from sqlalchemy import make_url, update
 
 from modelbay.core.errors import NotFound, Unauthorized, Unavailable
 from modelbay.core.projects import Caller
+from modelbay.core.states import REQUESTS
 from modelbay.engine import Engine
 from modelbay.settings import Settings
 from modelbay.store.tables import ProjectRow
@@ -185,5 +188,34 @@ def test_a_cancel_through_one_node_stops_the_code_running_on_the_other(tmp_path:
             size = marks.stat().st_size
             await asyncio.sleep(0.3)
             assert marks.stat().st_size == size
+
+    asyncio.run(scenario())
+
+
+def test_a_cancel_whose_message_was_missed_stops_the_code_once_the_node_listens_again(
+        tmp_path: Path, database_url: str) -> None:
+    async def scenario() -> None:
+        async with two_nodes(tmp_path) as (a, b):
+            project = a_deployment(a, "missed")
+            await upload(a, tmp_path, project, WRITES_UNTIL_STOPPED)
+            target = a.deployments.serving_target(project, "d", "1")
+            marks, request_id = tmp_path / "marks", str(uuid.uuid4())
+            running = asyncio.create_task(a.requests.direct(target, str(marks), timeout=120,
+                                                            origin={"created_by": "test"}, request_id=request_id))
+            await eventually(lambda: marks.exists() and a.requests.get(target, request_id).status == "processing",
+                             "the request runs and is recorded", within=30)
+            # Given a cancel that node A never heard of (written while its listener was away)
+            with b.db.write() as session:
+                session.execute(update(REQUESTS).where(REQUESTS.c.id == request_id)
+                                .values(status="cancelled_pending"))
+            # When node A's listener reconnects
+            conninfo = make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+            with psycopg.connect(conninfo, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+                              (f"modelbay bus {a.nodes.id}"[:63],))
+            # Then it looks for what it missed, and the code stops
+            record = await asyncio.wait_for(running, 30)
+            assert record.status == "cancelled"
+            await eventually(lambda: a.scheduler.instances(target.version_id) == [], "node A stopped the instance")
 
     asyncio.run(scenario())

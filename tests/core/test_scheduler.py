@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from modelbay.core.deployments import Target
+from modelbay.core.instance_slots import Holder, LocalSlots, NoCapacity
 from modelbay.core.scheduler import PRIORITY_BATCH, PRIORITY_DIRECT, Scheduler
 from modelbay.runtime.base import (
     Call,
@@ -201,8 +202,8 @@ def test_idle_instances_above_the_minimum_are_stopped_after_the_idle_time(monkey
         await asyncio.gather(*tasks)
         assert sched.instance_count("v") == 3
         sched._reconcile()
+        await settle()  # each waits for the count of the cluster's instances
         assert sched.instance_count("v") == 1
-        await settle()
         assert len(runtime.stopped) == 2
 
     asyncio.run(scenario())
@@ -308,5 +309,89 @@ def test_a_pool_whose_code_cannot_start_is_not_restarted_in_a_tight_loop() -> No
             await settle()
         assert attempts == 1
         assert sched.start_error("s") == "ImportError: no module named nothing"
+
+    asyncio.run(scenario())
+
+
+# --- limits counted across the cluster -------------------------------------------------------
+
+
+class OtherNodes(LocalSlots):
+    """A ledger where other nodes already hold `held` slots of every pool, at `address`."""
+
+    def __init__(self, held: int) -> None:
+        super().__init__()
+        self.held = held
+
+    async def take(self, pool: str, limit: int) -> str | None:
+        return None if self.held + await super().count(pool) >= limit else await super().take(pool, limit)
+
+    async def give_if_above(self, slot_id: str, pool: str, floor: int) -> bool:
+        return await super().give_if_above(slot_id, pool, floor - self.held)
+
+    async def count(self, pool: str) -> int:
+        return self.held + await super().count(pool)
+
+    async def holders(self, pool: str) -> list[Holder]:
+        return [Holder("other", "http://other:8000", self.held)] if self.held else []
+
+
+class RecordingPeers:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str]] = []
+
+    async def run(self, address: str, target: Target, call: Call, timeout: float, priority: int,
+                  on_update: Callable[[str], None] | None) -> CallOutcome:
+        self.sent.append((address, call.request_id))
+        return CallOutcome(ok=True, result={"by": address})
+
+
+def test_a_node_whose_cluster_runs_the_maximum_elsewhere_sends_its_calls_there_and_starts_nothing() -> None:
+    async def scenario() -> None:
+        runtime, peers = FakeRuntime(), RecordingPeers()
+        sched = Scheduler(runtime, spec, slots=OtherNodes(held=2), peers=peers)
+        t = target(maximum_instances=2)
+        outcomes = [await sched.run(t, call(i), 5) for i in range(3)]
+        assert [o.result for o in outcomes] == [{"by": "http://other:8000"}] * 3
+        assert runtime.started == [] and len(peers.sent) == 3
+        assert sched.capacity(t) == 0  # its batch queue leaves the work to the others
+        with pytest.raises(NoCapacity):  # a call another node sent is never sent on
+            await sched.run(t, call("sent"), 5, here_only=True)
+
+    asyncio.run(scenario())
+
+
+def test_a_node_starts_instances_only_up_to_what_the_cluster_leaves_and_waits_for_its_own() -> None:
+    async def scenario() -> None:
+        runtime, peers = FakeRuntime(), RecordingPeers()
+        runtime.gate = asyncio.Event()
+        sched = Scheduler(runtime, spec, slots=OtherNodes(held=1), peers=peers)
+        t = target(maximum_instances=2)
+        tasks = [asyncio.create_task(sched.run(t, call(i), 5)) for i in range(4)]
+        await asyncio.sleep(0.05)
+        runtime.gate.set()
+        await asyncio.gather(*tasks)
+        assert len(runtime.started) == 1 and peers.sent == []  # its one instance ran all four
+
+    asyncio.run(scenario())
+
+
+def test_the_minimum_is_counted_across_the_cluster_when_starting_and_when_stopping_idle_instances() -> None:
+    async def scenario() -> None:
+        runtime = FakeRuntime()
+        met = Scheduler(runtime, spec, slots=OtherNodes(held=1), peers=RecordingPeers())
+        met.warm(target(minimum_instances=1))
+        await settle()
+        assert runtime.started == []  # another node runs the minimum
+
+        runtime = FakeRuntime()
+        sched = Scheduler(runtime, spec, slots=OtherNodes(held=1), peers=RecordingPeers())
+        t = target(minimum_instances=2, maximum_instances=3, maximum_idle_time=0)
+        sched.warm(t)
+        await settle()
+        assert len(runtime.started) == 1  # one here and one elsewhere make the minimum
+        sched._reconcile()
+        await settle()
+        assert runtime.stopped == []  # idle past its time, but the cluster would drop below the minimum
 
     asyncio.run(scenario())

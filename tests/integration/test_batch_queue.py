@@ -306,7 +306,8 @@ def test_an_idle_instance_is_stopped_after_its_maximum_idle_time_and_the_next_re
     name = unique("idle")
     credentials = server.create_project(name)
     with ubiops(server, credentials["token"]) as client:
-        deploy(client, name, "sleeper", SLEEPS_MS, plain=False, minimum_instances=0, maximum_idle_time=1)
+        # Idle for 3 s: long enough to see the instance after its first request on a busy machine
+        deploy(client, name, "sleeper", SLEEPS_MS, plain=False, minimum_instances=0, maximum_idle_time=3)
         version = version_id(client, name, "sleeper")
         first = direct(client, name, "sleeper", {"x": 1})
         assert first.status_code == 200 and first.json()["status"] == "completed", first.text

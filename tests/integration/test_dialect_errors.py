@@ -112,7 +112,7 @@ def test_every_route_of_a_dialect_answers_its_errors_itself(tmp_path: Any) -> No
     app = create_app(Settings(data_dir=tmp_path)).app  # the FastAPI app behind the direct-request path
     paths = {path for path, route in _api_routes(app.router) if not isinstance(route, DialectRoute)}
 
-    assert paths == {"/health", "/metrics"}
+    assert paths == {"/health", "/metrics", "/_node/calls"}  # the last: between the nodes of a cluster only
 
 
 def _api_routes(router: Any) -> list[tuple[str, Any]]:

@@ -1,11 +1,13 @@
 import asyncio
 import subprocess
 import sys
+import threading
 from concurrent.futures import wait
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
-from sqlalchemy import func, insert, inspect, select, text
+from sqlalchemy import func, insert, inspect, select, text, update
 
 from modelbay.core.errors import StatusChanged
 from modelbay.core.states import REQUEST, REQUESTS, move
@@ -13,7 +15,7 @@ from modelbay.core.states import RequestStatus as Status
 from modelbay.settings import Settings
 from modelbay.store import db as store_db
 from modelbay.store.db import Database
-from modelbay.store.tables import RequestRow
+from modelbay.store.tables import RequestRow, ServerSecretRow
 
 
 @pytest.fixture
@@ -125,3 +127,32 @@ def test_a_plain_postgresql_url_selects_psycopg_3() -> None:
     for given in ("postgresql://u:p@db:5432/modelbay", "postgres://u:p@db:5432/modelbay"):
         assert Settings(database_url=given).sqlalchemy_url == "postgresql+psycopg://u:p@db:5432/modelbay"
     assert Settings(database_url="postgresql+psycopg://u@db/m").sqlalchemy_url == "postgresql+psycopg://u@db/m"
+
+
+@pytest.mark.postgresql_only("deadlocks between transactions of several connections")
+def test_a_write_that_loses_a_deadlock_to_another_nodes_transaction_is_run_again(db: Database) -> None:
+    with db.write() as session:
+        session.execute(insert(ServerSecretRow), [{"name": n, "value": "0", "created_at": datetime.now(UTC)}
+                                                  for n in ("a", "b")])
+
+    def set_value(conn: Any, name: str) -> None:
+        conn.execute(update(ServerSecretRow).where(ServerSecretRow.name == name).values(value="1"))
+
+    runs: list[int] = []
+    a_locked = threading.Event()
+
+    def a_then_b(conn: Any) -> str:
+        runs.append(1)
+        set_value(conn, "a")
+        a_locked.set()
+        set_value(conn, "b")  # waits for the other transaction, which then waits for "a": a deadlock
+        return "written"
+
+    with db.engine.connect() as other, other.begin():
+        set_value(other, "b")
+        written = db.committer.submit(a_then_b)
+        assert a_locked.wait(10)
+        set_value(other, "a")  # PostgreSQL aborts the committer's transaction, which began waiting first
+
+    assert written.result(timeout=30) == "written"
+    assert len(runs) == 2

@@ -62,9 +62,9 @@ def scaling_fields(body: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def service_body(engine: Any, row: ServiceRow) -> dict[str, Any]:
-    return schemas.service(row, target_or_none(engine, row.version_id), engine.services.instance_count(row.id),
-                           engine.services.start_error(row))
+async def service_body(engine: Any, row: ServiceRow) -> dict[str, Any]:
+    instances = await engine.services.instance_count(row.id)
+    return schemas.service(row, target_or_none(engine, row.version_id), instances, engine.services.start_error(row))
 
 
 @router.post(S)
@@ -79,23 +79,23 @@ async def create_service(
         "model_alias": model_alias(body),
     }
     row = await engine.services.create(target, fields)
-    return ok(service_body(engine, row))
+    return ok(await service_body(engine, row))
 
 
 @router.get(S)
 async def list_services(engine: EngineDep, deployment: DeploymentDep) -> Response:
-    return ok({"entries": [service_body(engine, row) for row in engine.services.list(deployment.id)]})
+    return ok({"entries": [await service_body(engine, row) for row in engine.services.list(deployment.id)]})
 
 
 @router.get(S + "/{service_id}")
 async def get_service(engine: EngineDep, deployment: DeploymentDep, service_id: str) -> Response:
-    return ok(service_body(engine, engine.services.get(deployment.id, ids.core_service_id(service_id))))
+    return ok(await service_body(engine, engine.services.get(deployment.id, ids.core_service_id(service_id))))
 
 
 @router.patch(S + "/{service_id}")
 async def update_service(engine: EngineDep, deployment: DeploymentDep, service_id: str, body: JsonObject) -> Response:
     row = await engine.services.update(deployment.id, ids.core_service_id(service_id), scaling_fields(body))
-    return ok(service_body(engine, row))
+    return ok(await service_body(engine, row))
 
 
 @router.delete(S + "/{service_id}")

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.compat.abeja.test_durability import deploy_gated
+from tests.fixtures.abeja_apps import deploy_gated
 from tests.fixtures.server import Server, wait_until
 
 pytestmark = pytest.mark.postgresql_only("on SQLite the store is a file in one server's data dir: one server")

@@ -8,22 +8,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.compat.abeja.test_runs import GATED
-from tests.fixtures.packages import make_package_dir, make_tar_gz
+from tests.fixtures.abeja_apps import deploy_gated
 from tests.fixtures.server import Server, wait_until
-
-
-def deploy_gated(client: httpx.Client, tmp_path: Path, shared_path: Path) -> tuple[str, str, Path]:
-    """A deployment whose runs wait for a gate file (in `shared_path`, which its sandboxed code sees);
-    returns its id, its built version's id and the gate."""
-    d = client.post("/deployments", json={"name": "gated"}).json()["deployment_id"]
-    version = client.post(f"/deployments/{d}/versions",
-                          json={"version": "1", "handler": "main:handler", "image": "x"}).json()
-    archive = make_tar_gz(make_package_dir(tmp_path, GATED, module_file="main.py"), tmp_path / "pkg")
-    assert httpx.put(version["upload_url"], content=archive.read_bytes()).status_code == 200
-    v = version["version_id"]
-    wait_until(lambda: client.get(f"/deployments/{d}/versions/{v}").json()["status"] == "READY", timeout=120)
-    return d, v, shared_path / "gate"
 
 
 def test_runs_accepted_before_a_kill_9_all_finish_after_the_restart(tmp_path: Path, shared_path: Path) -> None:

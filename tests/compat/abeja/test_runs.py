@@ -11,6 +11,7 @@ import httpx
 import pytest
 from abeja.exceptions import BadRequest
 
+from tests.fixtures.abeja_apps import GATED
 from tests.fixtures.server import Server, wait_until
 
 RUN_FIELDS = {
@@ -42,18 +43,6 @@ def handler(request, context):
     if count < int(os.environ["SUCCEED_ON"]):
         raise RuntimeError("not yet (call %d)" % count)
     return {"status_code": 200, "content_type": "application/json", "content": {"calls": count}}
-'''
-
-# Waits until the file named by `GATE` exists.
-GATED = '''
-import os
-import time
-
-
-def handler(request, context):
-    while not os.path.exists(os.environ["GATE"]):
-        time.sleep(0.02)
-    return {"status_code": 200, "content_type": "text/plain", "content": "done"}
 '''
 
 NOISY = '''

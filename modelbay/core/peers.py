@@ -1,0 +1,112 @@
+"""Peers: a call run on an instance another node of the cluster holds, over HTTP.
+
+A node that may not start an instance of a pool (the cluster runs the pool's maximum) sends the
+call to a node that holds one: `POST /_node/calls` there (`modelbay.node_calls`), which runs it
+on its own instances as its own calls, and streams back the call's updates and then its outcome,
+one JSON line each. The request stays recorded by the node that accepted it. When the caller
+goes away (a cancel), the connection closes and the other node stops the call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import orjson
+
+from modelbay.core.deployments import Target
+from modelbay.core.instance_slots import NoCapacity
+from modelbay.runtime.base import Call, CallOutcome, CallTimedOut, InstanceLost, InstanceStartFailed
+
+#: The header a node proves itself with to another.
+TOKEN_HEADER = "x-modelbay-node"
+
+#: The path of the calls a node runs for others.
+CALLS_PATH = "/_node/calls"
+
+
+def node_token(signing_key: bytes) -> str:
+    """What nodes of one cluster show each other: derived from the key they share in the store."""
+    return hmac.new(signing_key, b"modelbay node calls", hashlib.sha256).hexdigest()
+
+
+def encode_call(target: Target, call: Call, timeout: float, priority: int, updates: bool) -> bytes:
+    return orjson.dumps({
+        "version_id": target.version_id, "pool": target.pool, "request_id": call.request_id, "data": call.data,
+        "context": call.context, "timeout": timeout, "priority": priority, "updates": updates,
+    })
+
+
+def encode_outcome(outcome: CallOutcome) -> bytes:
+    return orjson.dumps({"outcome": {"ok": outcome.ok, "result": outcome.result, "error": outcome.error,
+                                     "logs": outcome.logs}}) + b"\n"
+
+
+def encode_error(exc: Exception) -> bytes:
+    """The line that ends a call that raised (one of what `Scheduler.run` raises)."""
+    if isinstance(exc, NoCapacity):
+        message: dict[str, Any] = {"error": "no_capacity"}
+    elif isinstance(exc, CallTimedOut):
+        message = {"error": "timed_out", "timeout": exc.timeout, "logs": exc.logs}
+    elif isinstance(exc, InstanceStartFailed):
+        message = {"error": "start_failed", "message": exc.message, "logs": exc.logs}
+    else:
+        assert isinstance(exc, InstanceLost)
+        message = {"error": "lost", "message": exc.message, "logs": exc.logs}
+    return orjson.dumps(message) + b"\n"
+
+
+def decode_end(message: dict[str, Any]) -> CallOutcome:
+    """The outcome a call's last line holds; raises what the call raised on the other node."""
+    if "outcome" in message:
+        return CallOutcome(**message["outcome"])
+    error = message.get("error")
+    if error == "no_capacity":
+        raise NoCapacity
+    if error == "timed_out":
+        raise CallTimedOut(message["timeout"], message.get("logs", ""))
+    if error == "start_failed":
+        raise InstanceStartFailed(message["message"], message.get("logs", ""))
+    raise InstanceLost(message.get("message") or "The node running this request could not run it",
+                       message.get("logs", ""))
+
+
+class Peers:
+    """Sends calls to other nodes (see the module's docstring)."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+        # No read timeout: a call takes as long as its own timeout, which the other node enforces.
+        self._client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=5.0),
+                                         limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
+
+    async def run(self, address: str, target: Target, call: Call, timeout: float, priority: int,
+                  on_update: Callable[[str], None] | None) -> CallOutcome:
+        """Run a call on an instance the node at `address` holds. Raises what `Scheduler.run`
+        raises, and `NoCapacity` when that node has no instance of the pool (or is gone)."""
+        body = encode_call(target, call, timeout, priority, on_update is not None)
+        try:
+            async with self._client.stream("POST", address.rstrip("/") + CALLS_PATH, content=body,
+                                           headers={TOKEN_HEADER: self._token}) as response:
+                if response.status_code != 200:
+                    raise InstanceLost(f"The node at {address} refused the call (HTTP {response.status_code})")
+                async for line in response.aiter_lines():
+                    if not line:
+                        continue
+                    message = orjson.loads(line)
+                    if "update" in message:
+                        if on_update is not None:
+                            on_update(message["update"])
+                        continue
+                    return decode_end(message)
+        except httpx.ConnectError:
+            raise NoCapacity from None  # that node is gone: try another
+        except httpx.TransportError as exc:
+            raise InstanceLost(f"The node running this request stopped ({exc.__class__.__name__})") from None
+        raise InstanceLost("The node running this request stopped")
+
+    async def close(self) -> None:
+        await self._client.aclose()
