@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -194,6 +195,11 @@ class Engine:
         if removed:
             log.info("removed %d pipeline requests past their retention time", removed)
         await asyncio.to_thread(self.journal.sweep_orphans)
+        removed = await asyncio.to_thread(self.revisions.sweep_local)
+        if removed:
+            log.info("removed this server's copies of the code of %d deleted revisions", removed)
+        for prefix in ("revisions", "datasets"):  # this server's copies of archives and datasets deleted anywhere
+            await asyncio.to_thread(self.blobs.tidy, prefix, time.time() - RETENTION_SWEEP_PERIOD_S)
         removed = await asyncio.to_thread(self.payloads.sweep_orphans)
         if removed:
             log.info("removed %d request payload files no request names", removed)

@@ -14,6 +14,7 @@ and a scratch directory, nothing else of the data directory.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -184,6 +185,20 @@ class Builder:
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
         return BuildResult(ok=True, log="\n".join(log) + "\n", package_dir=package_dir, python=python)
+
+    def discard_packages(self, keep: set[str], before: float) -> list[str]:
+        """Remove the unpacked code of every build not in `keep` unpacked before `before` (a time);
+        returns their ids. Environments stay: builds with the same requirements share them."""
+        removed = []
+        for path in self.packages.iterdir() if self.packages.is_dir() else []:
+            build_id = path.name
+            if build_id.startswith(".tmp-") or build_id in keep:
+                continue
+            with self._lock(f"prepare:{build_id}"), contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime < before:
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed.append(build_id)
+        return removed
 
     # -- unpacking -------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -42,6 +43,10 @@ ERROR_MESSAGE_CHARS = 1000
 
 #: How often a node looks for queued builds (uploads to other nodes, builds of dead nodes).
 CLAIM_PERIOD_S = 2.0
+
+#: How old this node's copy of a deleted revision's code must be before the sweep removes it (a
+#: revision made just after the sweep read the revisions is never taken for a deleted one).
+LOCAL_SWEEP_GRACE_S = 600.0
 
 
 class Revisions:
@@ -162,6 +167,19 @@ class Revisions:
                                       f"this server: {_tail(result.log)}", result.log)
         self._local[target.revision_id] = found = (result.package_dir, result.python)
         return found
+
+    def sweep_local(self, grace_s: float = LOCAL_SWEEP_GRACE_S) -> int:
+        """Remove this node's unpacked code of revisions that are gone (their version or deployment
+        was deleted, through any node), unpacked more than `grace_s` ago; returns how many."""
+        before = time.time() - grace_s
+        with self._db.read() as session:
+            existing = set(session.scalars(select(RevisionRow.id)))
+        with self._claiming:
+            keep = existing | self._building
+        removed = self._builder.discard_packages(keep, before)
+        for revision_id in removed:
+            self._local.pop(revision_id, None)
+        return len(removed)
 
     async def close(self) -> None:
         """Claim no more builds; those under way end on their threads (`nodes` queues them again on its close)."""

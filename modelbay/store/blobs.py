@@ -13,6 +13,7 @@ archives and dataset files have a fresh key per upload.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -33,6 +34,9 @@ _KEY = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 
 #: The size of one chunk of a blob kept in the database (one row of `blob_chunks`).
 CHUNK_BYTES = 1 << 20
+
+#: Keys one statement asks about.
+KEYS_PER_STATEMENT = 500
 
 BLOBS: Table = BlobRow.__table__  # type: ignore[assignment]
 CHUNKS: Table = BlobChunkRow.__table__  # type: ignore[assignment]
@@ -66,7 +70,8 @@ class BlobStore(Protocol):
         """The keys under `prefix/` of blobs written before `before` (seconds since the epoch)."""
 
     def tidy(self, prefix: str, before: float) -> None:
-        """Remove what deleted blobs left under `prefix/` since before `before` (empty folders)."""
+        """Remove what deleted blobs left under `prefix/` since before `before` (empty folders, and
+        a node's copies of blobs another node deleted)."""
 
 
 class LocalBlobStore:
@@ -219,7 +224,24 @@ class DatabaseBlobStore:
                 BLOBS.c.created_at < datetime.fromtimestamp(before, UTC))))
 
     def tidy(self, prefix: str, before: float) -> None:
-        """Nothing: a deleted blob leaves nothing behind in the database."""
+        """Remove this node's copies of blobs under `prefix/` that are gone from the database (another
+        node deleted them), copied before `before`. A deleted blob leaves nothing in the database."""
+        root = self.cache_dir / check_key(prefix)
+        copies = {}
+        for directory, _folders, files in os.walk(root):
+            for name in files:
+                path = Path(directory, name)
+                with contextlib.suppress(FileNotFoundError):
+                    if not name.endswith(".part") and path.stat().st_mtime < before:
+                        copies[path.relative_to(self.cache_dir).as_posix()] = path
+        found = list(copies)
+        for start in range(0, len(found), KEYS_PER_STATEMENT):
+            part = found[start:start + KEYS_PER_STATEMENT]
+            with self._db.read() as session:
+                kept = set(session.scalars(select(BLOBS.c.key).where(BLOBS.c.key.in_(part))))
+            for key in part:
+                if key not in kept:
+                    copies[key].unlink(missing_ok=True)
 
 
 def _claim_key(conn: Connection, key: str) -> None:

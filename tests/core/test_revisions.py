@@ -52,3 +52,31 @@ def test_a_built_revision_holds_no_path_and_each_server_prepares_its_code_from_t
     # A server that has not built it (here: the next one on the data dir) finds the unpacked code
     # and the environment there and reuses them.
     assert asyncio.run(restart()) == (package_dir, python)
+
+
+def test_the_sweep_removes_this_servers_copy_of_the_code_of_a_deleted_version_only(tmp_path: Path) -> None:
+    archive = make_zip(make_package_dir(tmp_path, PLAIN), tmp_path / "plain.zip").read_bytes()
+
+    async def scenario() -> None:
+        engine = Engine(Settings(data_dir=tmp_path / "data"))
+        await engine.start()
+        try:
+            project = engine.projects.get(Caller(None), engine.projects.create("sweeps").name)
+            engine.deployments.create(project, {"name": "d", "input_type": "plain", "output_type": "plain"})
+            packages = tmp_path / "data" / "builds" / "packages"
+            revisions = {}
+            for version in ("kept", "gone"):
+                engine.deployments.create_version(project, "d", {"name": version})
+                uploaded, built = engine.revisions.upload(Caller(None), project, "d", version, io.BytesIO(archive))
+                await asyncio.wrap_future(built)
+                revisions[version] = uploaded.id
+            assert engine.revisions.sweep_local(grace_s=0) == 0  # both exist
+            engine.deployments.delete_version(project, "d", "gone")
+
+            assert engine.revisions.sweep_local(grace_s=0) == 1
+            assert sorted(p.name for p in packages.iterdir()) == [revisions["kept"]]
+            assert engine.revisions.materialise(engine.deployments.target(project, "d", "kept"))[0].is_dir()
+        finally:
+            await engine.close()
+
+    asyncio.run(scenario())

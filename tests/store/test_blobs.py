@@ -130,3 +130,16 @@ def test_a_node_that_did_not_write_a_blob_reads_it(db: Database, tmp_path: Path)
     writer.put("revisions/a.archive", io.BytesIO(BIG))
     assert reader.local_path("revisions/a.archive").read_bytes() == BIG
     assert reader.local_path("revisions/a.archive").is_relative_to(tmp_path / "node-b")
+
+
+def test_a_nodes_copy_of_a_blob_another_node_deleted_goes_with_tidy(db: Database, tmp_path: Path) -> None:
+    writer = DatabaseBlobStore(db, tmp_path / "node-a")
+    reader = DatabaseBlobStore(db, tmp_path / "node-b")
+    for key in ("revisions/gone.archive", "revisions/kept.archive"):
+        writer.put(key, io.BytesIO(b"code"))
+        reader.local_path(key)
+    writer.delete("revisions/gone.archive")
+
+    reader.tidy("revisions", time.time() + 1)
+
+    assert sorted(p.name for p in (tmp_path / "node-b" / "revisions").iterdir()) == ["kept.archive"]
