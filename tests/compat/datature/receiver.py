@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ class Received:
     headers: dict[str, str]
     signature_ok: bool
     answered: int
+    at: float = field(default_factory=time.time)  # when it arrived
 
     @property
     def json(self) -> Any:

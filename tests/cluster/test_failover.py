@@ -1,0 +1,319 @@
+"""kill -9 of one node of three while batch items, runs and a batch job are all under way: nothing is
+lost or left stuck, no code runs again once its result was committed, and each webhook arrives once
+unless the dead node was making it when it died."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from modelbay.core.deliveries import MAX_IN_FLIGHT
+from modelbay.core.job_items import ITEMS_IN_FLIGHT_PER_INSTANCE
+from modelbay.core.stored_requests import MAX_BATCH
+from modelbay.dialects.abeja.ids import core_run_id
+from tests.cluster.conftest import LEASE_S, Cluster
+from tests.cluster.test_batch_requests import submit
+from tests.compat.datature.conftest import make_dataset, nexus_project, webhook_spec
+from tests.compat.datature.receiver import running_receiver
+from tests.fixtures.abeja_apps import deploy_handler
+from tests.fixtures.databases import database_url_for
+from tests.fixtures.server import Server, wait_until
+from tests.integration.conftest import deploy, descendants, kill_leftovers, ubiops
+
+pytestmark = pytest.mark.postgresql_only("a cluster is several servers on one PostgreSQL")
+
+BATCH_ITEMS = 10_000
+RUNS = 200
+JOB_ITEMS = 2_000
+
+#: Instances of each deployment a node may run (two cores run three nodes and their workers).
+BATCH_INSTANCES, RUN_INSTANCES, JOB_INSTANCES = 1, 2, 2
+
+#: How long a run's code takes: long enough that the victim is running some when it is killed.
+RUN_MS = 400
+
+#: How long after the lease the survivors may take to hold all the dead node's work: the recovery
+#: pass runs every fifth of the lease, the claim of its job every 2 s, on a busy machine.
+STUCK_MARGIN_S = 6.0
+
+#: The batch and job items' code: waits for the gate, then appends the time it runs to a file
+#: named by its item's `x`.
+MARKS_ITEMS = '''
+import os
+import time
+
+
+class Deployment:
+    def __init__(self, base_directory, context):
+        pass
+
+    def request(self, data):
+        while not os.path.exists({gate!r}):
+            time.sleep(0.005)
+        with open(os.path.join({marks!r}, str(data["x"])), "a") as marks:
+            marks.write(f"{{time.time()}}\\n")
+        return dict(data)
+'''
+
+#: The runs' handler: the same, named by the run's MARK variable, and it takes `ms` milliseconds.
+MARKS_RUNS = '''
+import os
+import time
+
+
+def handler(request, context):
+    while not os.path.exists({gate!r}):
+        time.sleep(0.005)
+    with open(os.path.join({marks!r}, os.environ["MARK"]), "a") as marks:
+        marks.write(f"{{time.time()}}\\n")
+    time.sleep({ms} / 1000)
+    return {{"status_code": 200, "content_type": "text/plain", "content": "done"}}
+'''
+
+#: The receiver listens on loopback, which webhooks may reach only when allowed.
+LOOPBACK_RECEIVERS = {"MODELBAY_WEBHOOK_ALLOW_PRIVATE_TARGETS": "true"}
+
+#: The statuses of work not ended yet, by table.
+UNFINISHED = {
+    "requests": ("pending", "processing", "cancelled_pending"),
+    "runs": ("submitted", "pending", "runnable", "starting", "running"),
+    "jobs": ("scheduled", "running"),
+    "deliveries": ("pending",),
+}
+
+
+@dataclass
+class Unit:
+    """One batch item, run, job item or delivery as the store has it: `ended` is when its end was
+    written (its result committed), as seconds since the epoch."""
+
+    status: str
+    owner: str | None
+    ended: float | None
+
+
+@dataclass
+class Store:
+    """The test's work in the cluster's store, read at one instant."""
+
+    items: dict[str, Unit]  # batch request id ->
+    runs: dict[str, Unit]  # run id ->
+    job: Unit
+    job_items: dict[int, Unit]  # item index -> its log entry (the record that its outcome is committed)
+    deliveries: dict[int, Unit]  # item index -> its delivery
+    nodes: dict[str, tuple[str, str | None]]  # node id -> (name, how it ended)
+    unfinished_of_dead: dict[str, int]  # table -> rows not ended that a dead node holds
+
+
+def read_store(url: str, job_id: str) -> Store:
+    """Everything at one instant: one repeatable-read transaction."""
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as conn:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+
+        def units(sql: str, *params: str) -> dict[str, Unit]:
+            return {key: Unit(*rest) for key, *rest in conn.execute(sql, params)}
+
+        items = units("SELECT r.id, r.status, r.owner, extract(epoch FROM r.finished_at)::float FROM requests r"
+                      " JOIN deployments d ON d.id = r.deployment_id WHERE d.name = 'counter'")
+        runs = units("SELECT id, status, owner, extract(epoch FROM modified_at)::float FROM runs")
+        (job,) = units("SELECT id, status, owner, NULL::float FROM jobs WHERE id = %s", job_id).values()
+        job_items = units("SELECT item_index, status, NULL, created_ms / 1000.0 FROM job_logs"
+                          " WHERE job_id = %s AND item_index IS NOT NULL", job_id)
+        deliveries = units("SELECT item_index, status, owner, extract(epoch FROM finished_at)::float"
+                           " FROM deliveries WHERE job_id = %s", job_id)
+        nodes = {node: (name, end) for node, name, end in conn.execute('SELECT id, name, "end" FROM nodes')}
+        unfinished_of_dead = {}
+        for table, statuses in UNFINISHED.items():
+            ((count,),) = conn.execute(f"SELECT count(*) FROM {table} WHERE status = ANY(%s)"
+                                       " AND owner IN (SELECT id FROM nodes WHERE \"end\" = 'dead')", (list(statuses),))
+            unfinished_of_dead[table] = count
+    return Store(items, runs, job, job_items, deliveries, nodes, unfinished_of_dead)
+
+
+def progress(url: str, job_id: str, node_pid: int) -> dict[str, int]:
+    """Batch items completed, runs succeeded, job items committed; runs running and deliveries
+    being made on the node of the server with pid `node_pid`."""
+    on_node = "(SELECT id FROM nodes WHERE name LIKE %s AND \"end\" IS NULL)"
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as conn:
+        ((items, runs, job, running, delivering),) = conn.execute(
+            "SELECT (SELECT count(*) FROM requests r JOIN deployments d ON d.id = r.deployment_id"
+            "        WHERE d.name = 'counter' AND r.status = 'completed'),"
+            "       (SELECT count(*) FROM runs WHERE status = 'succeeded'),"
+            "       (SELECT count(*) FROM job_logs WHERE job_id = %s AND item_index IS NOT NULL),"
+            f"      (SELECT count(*) FROM runs WHERE status = 'running' AND owner = {on_node}),"
+            f"      (SELECT count(*) FROM deliveries WHERE status = 'pending' AND owner = {on_node})",
+            (job_id, f"%:{node_pid}", f"%:{node_pid}"))
+    return {"items": items, "runs": runs, "job": job, "running on it": running, "delivering on it": delivering}
+
+
+def all_ended(store: Store) -> bool:
+    return (len(store.items) == BATCH_ITEMS and len(store.runs) == RUNS
+            and not any(u.status in UNFINISHED["requests"] for u in store.items.values())
+            and not any(u.status in UNFINISHED["runs"] for u in store.runs.values())
+            and store.job.status not in UNFINISHED["jobs"]
+            and not any(u.status in UNFINISHED["deliveries"] for u in store.deliveries.values()))
+
+
+def shared_dir(shared_path: Path, name: str) -> Path:
+    """A directory of `shared_path` that the sandboxed code may write into."""
+    path = shared_path / name
+    path.mkdir(mode=0o777)
+    path.chmod(0o777)  # mkdir's mode is cut by the umask
+    return path
+
+
+def marks(directory: Path) -> dict[str, list[float]]:
+    """When each item (or run) began to run, every time it did, by the name of its marks file."""
+    return {path.name: [float(line) for line in path.read_text().split()] for path in directory.iterdir()}
+
+
+def ran_after_its_end(ran: dict[str, list[float]], ended: dict[str, float | None]) -> dict[str, list[float]]:
+    """The units whose code began to run after their end was committed."""
+    return {name: times for name, times in ran.items()
+            if (end := ended[name]) is not None and max(times) > end}
+
+
+def create_runs(nodes: list[Server], org: dict[str, str], deployment: str, version: str) -> list[str]:
+    """RUNS runs, the nth through node n % len(nodes) and marking the file named n; their ids in order."""
+
+    def create(i: int) -> str:
+        answer = httpx.post(f"{nodes[i % len(nodes)].url}/organizations/{org['organization_id']}/deployments/"
+                            f"{deployment}/runs", json={"version_id": version, "environment": {"MARK": str(i)}},
+                            headers={"Authorization": f"Bearer {org['token']}"}, timeout=60)
+        assert answer.status_code == 200, answer.text
+        return core_run_id(answer.json()["run_id"])
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        return list(pool.map(create, range(RUNS)))
+
+
+def test_a_node_killed_mid_way_through_items_runs_and_a_job_loses_nothing_and_repeats_nothing_committed(
+    cluster: Cluster, shared_path: Path, tmp_path: Path
+) -> None:
+    began = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        first, victim, _ = pool.map(lambda _: cluster.start(1, LOOPBACK_RECEIVERS)[0], range(3))
+    project = first.create_project("work")
+    url = database_url_for(first.data_dir)
+    assert url is not None
+
+    # Given deployments for batch items, a job's items and runs, whose code waits for a gate
+    gate = shared_path / "gate"
+    item_marks, job_marks, run_marks = (shared_dir(shared_path, name) for name in ("items", "job", "runs"))
+    with ubiops(first, project["token"]) as client:
+        deploy(client, "work", "counter", MARKS_ITEMS.format(gate=str(gate), marks=str(item_marks)), plain=False,
+               maximum_instances=BATCH_INSTANCES)
+        deploy(client, "work", "scorer", MARKS_ITEMS.format(gate=str(gate), marks=str(job_marks)), plain=False,
+               maximum_instances=JOB_INSTANCES)
+    with httpx.Client(base_url=f"{first.url}/organizations/{project['organization_id']}",
+                      headers={"Authorization": f"Bearer {project['token']}"}, timeout=60) as client:
+        run_deployment, run_version = deploy_handler(
+            client, tmp_path, "runner", MARKS_RUNS.format(gate=str(gate), marks=str(run_marks), ms=RUN_MS))
+    with ubiops(first, project["token"]) as client:
+        answer = client.patch("/projects/work/deployments/runner/versions/1", json={"maximum_instances": RUN_INSTANCES})
+        assert answer.status_code == 200, answer.text
+    nexus = nexus_project(victim, project["token"], project["datature_project_id"])
+    dataset = make_dataset(nexus, tmp_path / "items.ndjson", [{"x": i} for i in range(JOB_ITEMS)])
+    scorer = next(d.id for d in nexus.deployments.list() if d.name == "scorer")
+
+    with running_receiver() as receiver:
+        webhook = nexus.batch.webhooks.create("results", webhook_spec(receiver, max_retries=10, max_backoff_ms=200)).id
+        # When batch items and runs arrive through every node, and a job runs on the victim ...
+        submitting = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            batches = pool.submit(submit, cluster, project["token"], BATCH_ITEMS // MAX_BATCH, MAX_BATCH)
+            runs = pool.submit(create_runs, cluster.nodes, project, run_deployment, run_version)
+            job_id = nexus.batch.jobs.create("survivor", {"dataset_id": dataset, "webhook_id": webhook,
+                                                          "deployment_id": scorer}).id.removeprefix("batchjob_")
+            item_ids, run_ids = batches.result(), runs.result()
+        submitted_in = time.monotonic() - submitting
+        gate.write_text("open")
+        # ... and it is killed with SIGKILL, with its workers, while all three are part-way there
+        assert victim.process is not None
+        wait_until(lambda: min(progress(url, job_id, victim.process.pid).values()) > 0, timeout=60, interval=0.05)
+        cluster.remember_children()
+        workers = descendants(victim.process.pid)
+        assert victim.stop(signal.SIGKILL) == -signal.SIGKILL
+        killed_at = time.monotonic()
+        kill_leftovers(workers)  # as a crash of its machine would end them
+        at_kill = read_store(url, job_id)
+        (dead,) = [node for node, (name, end) in at_kill.nodes.items()
+                   if name.endswith(f":{victim.process.pid}") and end is None]  # not recovered yet
+        mid_way = {"items": sum(u.status == "completed" for u in at_kill.items.values()),
+                   "runs": sum(u.status == "succeeded" for u in at_kill.runs.values()), "job": len(at_kill.job_items)}
+        assert 0 < mid_way["items"] < BATCH_ITEMS and 0 < mid_way["runs"] < RUNS, mid_way
+        assert 0 < mid_way["job"] < JOB_ITEMS and at_kill.job.owner == dead, (mid_way, at_kill.job)
+
+        # Then within the lease and a margin the others hold all it held (0 stuck) ...
+        def recovered() -> bool:
+            store = read_store(url, job_id)
+            return store.nodes[dead][1] == "dead" and not any(store.unfinished_of_dead.values())
+
+        wait_until(recovered, timeout=LEASE_S + STUCK_MARGIN_S, interval=0.1)
+        recovered_in = time.monotonic() - killed_at
+        # ... and everything ends (0 lost)
+        wait_until(lambda: all_ended(read_store(url, job_id)), timeout=300, interval=0.25)
+        ended_in = time.monotonic() - killed_at
+        wait_until(lambda: len({r.json["itemIndex"] for r in receiver.delivered()}) == JOB_ITEMS, timeout=30)
+        end = read_store(url, job_id)
+        arrivals: dict[int, list[float]] = {}
+        for received in receiver.delivered():
+            arrivals.setdefault(received.json["itemIndex"], []).append(received.at)
+
+    # Only the victim died: a live node that missed its heartbeats for a lease would give work back too
+    assert [node for node, (_, how) in end.nodes.items() if how == "dead"] == [dead], end.nodes
+
+    # Batch items: none lost; what failed was running on the dead node; none ran once committed
+    assert sorted(end.items) == sorted(item_ids)
+    held_items = {rid for rid, u in at_kill.items.items() if u.owner == dead and u.status in UNFINISHED["requests"]}
+    failed = {rid for rid, u in end.items.items() if u.status != "completed"}
+    assert failed <= held_items and len(failed) <= BATCH_INSTANCES, failed
+    id_of = dict(zip(map(str, range(BATCH_ITEMS)), item_ids, strict=True))  # x -> request id
+    items_ran = {id_of[x]: times for x, times in marks(item_marks).items()}
+    assert set(items_ran) == set(item_ids)
+    assert not ran_after_its_end(items_ran, {rid: u.ended for rid, u in end.items.items()})
+    items_twice = {rid for rid, times in items_ran.items() if len(times) > 1}
+    assert items_twice <= held_items and max(map(len, items_ran.values())) <= 2, items_twice
+
+    # Runs: every run succeeded; none ran once committed; only those the dead node held ran again
+    assert sorted(end.runs) == sorted(run_ids)
+    assert {u.status for u in end.runs.values()} == {"succeeded"}
+    runs_ran = {run_ids[int(n)]: times for n, times in marks(run_marks).items()}
+    assert set(runs_ran) == set(run_ids)
+    assert not ran_after_its_end(runs_ran, {rid: u.ended for rid, u in end.runs.items()})
+    held_runs = {rid for rid, u in at_kill.runs.items() if u.owner == dead and u.status in UNFINISHED["runs"]}
+    runs_twice = {rid for rid, times in runs_ran.items() if len(times) > 1}
+    assert held_runs and runs_twice <= held_runs and len(runs_twice) <= RUN_INSTANCES, (held_runs, runs_twice)
+
+    # The job: every item predicted and delivered; none committed before the kill predicted again
+    assert end.job.status == "finished", end.job
+    assert set(end.job_items) == set(range(JOB_ITEMS)) and {u.status for u in end.job_items.values()} == {"delivered"}
+    job_ran = {int(i): times for i, times in marks(job_marks).items()}
+    assert set(job_ran) == set(range(JOB_ITEMS))
+    assert not ran_after_its_end(job_ran, {i: u.ended for i, u in end.job_items.items()})
+    predicted_twice = {i for i, times in job_ran.items() if len(times) > 1}
+    assert not predicted_twice & set(at_kill.job_items), predicted_twice & set(at_kill.job_items)
+    assert len(predicted_twice) <= JOB_INSTANCES * ITEMS_IN_FLIGHT_PER_INSTANCE, len(predicted_twice)
+
+    # Webhooks: each item's delivery arrived, twice only if the dead node was making it, never once recorded
+    assert set(arrivals) == set(range(JOB_ITEMS))
+    assert {u.status for u in end.deliveries.values()} == {"delivered"}
+    assert not ran_after_its_end(arrivals, {i: u.ended for i, u in end.deliveries.items()})
+    held_deliveries = {i for i, u in at_kill.deliveries.items() if u.owner == dead and u.status == "pending"}
+    delivered_twice = {i for i, times in arrivals.items() if len(times) > 1}
+    assert delivered_twice <= held_deliveries and len(held_deliveries) <= MAX_IN_FLIGHT, delivered_twice
+
+    print(f"\nkill -9 of one node of three: {BATCH_ITEMS} batch items, {RUNS} runs and a {JOB_ITEMS}-item job "
+          f"submitted in {submitted_in:.1f} s; killed at {mid_way} done; it held {len(held_items)} items, "
+          f"{len(held_runs)} runs, the job and {len(held_deliveries)} deliveries; all given back "
+          f"{recovered_in:.1f} s after the kill (lease {LEASE_S} s), all ended {ended_in:.1f} s after it; "
+          f"ran again: {len(items_twice)} items ({len(failed)} failed), {len(runs_twice)} runs, "
+          f"{len(predicted_twice)} job items; {len(delivered_twice)} deliveries made twice; "
+          f"test {time.monotonic() - began:.0f} s")
