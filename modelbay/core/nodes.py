@@ -125,11 +125,12 @@ class Nodes:
 
     async def _pass(self) -> None:
         # Off the event loop: a slow database must not hold up the requests being served.
-        await asyncio.to_thread(self._beat)
-        if await asyncio.to_thread(self.recover_lapsed):
+        given_back = await asyncio.to_thread(self._beat)
+        if await asyncio.to_thread(self.recover_lapsed) or given_back:
             self.recovered()  # on the loop, where the reactions wake their queues
 
-    def _beat(self) -> None:
+    def _beat(self) -> int:
+        """Beat; returns how many rows it gave back (when it learns that it was declared dead)."""
         with self._db.write() as session:
             beat = session.execute(update(NODES).where(NODES.c.id == self.id, NODES.c.end.is_(None))
                                    .values(heartbeat_at=utcnow()))
@@ -139,7 +140,13 @@ class Nodes:
             old, self.id = self.id, str(uuid.uuid4())
             log.error("node %s was declared dead by another node; it goes on as node %s", old, self.id)
             self._insert(utcnow())
+            # What we claimed under the old id since the recovery (we did not know yet) no
+            # recovery will give back: give it back now, as the recovery gave back the rest.
+            with self._db.write() as session:
+                given_back = self._give_back(session.connection(), [old])
             (self._data_dir / NODE_FILE).write_text(self.id)
+            return given_back
+        return 0
 
     def _insert(self, now: datetime) -> None:
         with self._db.write() as session:

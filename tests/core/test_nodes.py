@@ -72,6 +72,24 @@ def test_a_node_declared_dead_goes_on_under_a_new_id(db: Database, tmp_path: Pat
     assert (tmp_path / "node").read_text() == node.id
 
 
+def test_a_node_declared_dead_gives_back_what_it_still_holds_under_its_old_id_when_it_learns_of_it(
+        db: Database, tmp_path: Path) -> None:
+    node = Nodes(db, tmp_path, lease_s=5)
+    node.register()
+    recorder = Recorder()
+    node.add_recoverer(recorder)
+    first = node.id
+    lapse(db, first, 6)
+    node.recover_lapsed()
+    assert recorder.calls == [[first]]
+
+    # What it claimed between that recovery and this beat, no recovery gives back: this beat does
+    assert node._beat() == 1
+
+    assert recorder.calls == [[first], [first]]
+    assert node._beat() == 0 and len(recorder.calls) == 2
+
+
 def test_the_next_server_on_a_data_dir_recovers_the_one_before_at_once(db: Database, tmp_path: Path) -> None:
     before = Nodes(db, tmp_path, lease_s=60)
     before.register()  # then killed: no close, its heartbeat is recent
