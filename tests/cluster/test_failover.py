@@ -34,8 +34,8 @@ BATCH_ITEMS = 10_000
 RUNS = 200
 JOB_ITEMS = 2_000
 
-#: Instances of each deployment a node may run (two cores run three nodes and their workers).
-BATCH_INSTANCES, RUN_INSTANCES, JOB_INSTANCES = 1, 2, 2
+#: Instances of each deployment the cluster may run (two cores run three nodes and their workers).
+BATCH_INSTANCES, RUN_INSTANCES, JOB_INSTANCES = 3, 6, 2
 
 #: How long a run's code takes: long enough that the victim is likely running some when it is killed.
 RUN_MS = 400
@@ -299,7 +299,8 @@ def test_a_node_killed_mid_way_through_items_runs_and_a_job_loses_nothing_and_re
     assert failed <= held_items and len(failed) <= BATCH_INSTANCES, failed
     id_of = dict(zip(map(str, range(BATCH_ITEMS)), item_ids, strict=True))  # x -> request id
     items_ran = {id_of[x]: times for x, times in marks(item_marks).items()}
-    assert set(items_ran) == set(item_ids)
+    completed = {rid for rid, u in end.items.items() if u.status == "completed"}
+    assert completed <= set(items_ran) <= set(item_ids)  # a failed one may have died before its code began
     assert not ran_after_its_end(items_ran, {rid: u.ended for rid, u in end.items.items()})
     items_twice = {rid for rid, times in items_ran.items() if len(times) > 1}
     assert items_twice <= held_items and max(map(len, items_ran.values())) <= 2, items_twice
