@@ -163,6 +163,7 @@ class Engine:
         # Runs and services waiting for a version's code go on (or fail) when its build ends.
         self.revisions.build_ended.add(self.runs.build_ended)
         self.revisions.build_ended.add(self.services.build_ended)
+        self.nodes.declared_dead.add(self.scheduler.retire_all)  # its instance slots went with its old id
         self.requests.use_bus(self.bus)
         self.pipeline_requests.use_bus(self.bus)
         self._background = Background("engine")  # the retention sweep

@@ -19,6 +19,7 @@ import asyncio
 import logging
 import os
 import socket
+import threading
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -75,7 +76,12 @@ class Nodes:
         self._recoverers: list[Recoverer] = []
         #: Told (after the commit, on the event loop) that work was given back, so queues look for it at once.
         self.recovered = Hook[[]]("nodes.recovered")
-        self._background = Background("nodes")
+        #: Told (on the event loop) that another node declared this one dead: its claims and instance
+        #: slots were given back, and it goes on under a new id.
+        self.declared_dead = Hook[[]]("nodes.declared_dead")
+        self._background = Background("nodes")  # the recovery passes
+        self._beater: threading.Thread | None = None
+        self._stop_beats = threading.Event()
         self._stopping = False
         #: Whether no other node lived when this one registered (what the others run goes on meanwhile).
         self.alone = True
@@ -106,14 +112,27 @@ class Nodes:
             self.recovered()
 
     def start(self) -> None:
-        """Beat, and recover nodes whose heartbeat lapsed, every fifth of the lease."""
+        """Beat every fifth of the lease, on a thread and a connection of its own: a busy event loop,
+        thread pool or connection pool must not make a live node look dead. Recover nodes whose
+        heartbeat lapsed as often, from the loop."""
         period = self.lease_s / 5
-        self._background.every(period, self._pass, "heartbeat and recovery")
+        loop = asyncio.get_running_loop()
+        self._beater = threading.Thread(target=self._beat_every, args=(period, loop), name="node heartbeat",
+                                        daemon=True)
+        self._beater.start()
+        self._background.every(period, self._recover_pass, "recovery")
+
+    async def stop_beating(self) -> None:
+        """Stop the heartbeat and the recovery passes (the node then looks dead after a lease)."""
+        self._stop_beats.set()
+        await self._background.stop_loops()
+        if self._beater is not None:
+            await asyncio.to_thread(self._beater.join)
 
     async def close(self) -> None:
         """Stop beating and give back what this node still holds (run by the queues' close first)."""
         self._stopping = True  # a beat still under way in its thread must not take the stop for a death
-        await self._background.stop_loops()
+        await self.stop_beating()
         with self._db.write() as session:
             conn = session.connection()
             self._give_back(conn, [self.id])
@@ -123,17 +142,40 @@ class Nodes:
 
     # --- heartbeats and recovery -----------------------------------------------------------
 
-    async def _pass(self) -> None:
-        # Off the event loop: a slow database must not hold up the requests being served.
-        given_back = await asyncio.to_thread(self._beat)
-        if await asyncio.to_thread(self.recover_lapsed) or given_back:
-            self.recovered()  # on the loop, where the reactions wake their queues
+    def _beat_every(self, period: float, loop: asyncio.AbstractEventLoop) -> None:
+        conn: Connection | None = None
+        while not self._stop_beats.wait(period):
+            try:
+                conn = conn or self._db.writer_connection()
+                known_as = self.id
+                given_back = self._beat(conn)
+            except Exception:
+                log.exception("the heartbeat of node %s failed; it tries again", self.id)
+                if conn is not None:
+                    conn.close()  # it may be broken: the next beat opens another
+                conn = None
+                continue
+            if self.id != known_as:
+                loop.call_soon_threadsafe(self.declared_dead)
+            if given_back:
+                loop.call_soon_threadsafe(self.recovered)  # on the loop, where the reactions wake their queues
+        if conn is not None:
+            conn.close()
 
-    def _beat(self) -> int:
-        """Beat; returns how many rows it gave back (when it learns that it was declared dead)."""
-        with self._db.write() as session:
-            beat = session.execute(update(NODES).where(NODES.c.id == self.id, NODES.c.end.is_(None))
-                                   .values(heartbeat_at=utcnow()))
+    async def _recover_pass(self) -> None:
+        # Off the event loop: a slow database must not hold up the requests being served.
+        if await asyncio.to_thread(self.recover_lapsed):
+            self.recovered()
+
+    def _beat(self, conn: Connection | None = None) -> int:
+        """Beat (on `conn`, else a connection of the pool); returns how many rows it gave back (when it
+        learns that it was declared dead)."""
+        if conn is None:
+            with self._db.writer_connection() as own:
+                return self._beat(own)
+        with conn.begin():
+            beat = conn.execute(update(NODES).where(NODES.c.id == self.id, NODES.c.end.is_(None))
+                                .values(heartbeat_at=utcnow()))
         if beat.rowcount == 0 and not self._stopping:
             # Declared dead (a pause longer than the lease): our work went to others. Go on as a
             # new node; what we still finish under the old id is refused by the fences.

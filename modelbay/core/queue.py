@@ -36,6 +36,7 @@ class QueuedItem:
     data: Any
     timeout: int
     priority: int  # 0 high, 1 standard
+    owner: str  # the node id it was claimed under: its writes are fenced by it
 
 
 #: Claims up to n pending rows of a version for this node, in queue order.

@@ -186,9 +186,12 @@ class Requests(StoredRequests):
         finally:
             timer.cancel()
         finished = await self._finished_values(request_id, target, outcome)
+        error = outcome.error
         if recorded:
             status = await committer.submit_async(self._finish(request_id, Status.PROCESSING, outcome.status, finished,
                                                                node))
+            if status is None:  # deleted meanwhile, or ended by a node that took this one for dead: say what it is
+                status, error = await asyncio.to_thread(self._stored_end, request_id)
         else:
             status = outcome.status
             await committer.submit_async(Insert(REQUESTS, [{**started, **finished, "status": status.value}]))
@@ -197,13 +200,20 @@ class Requests(StoredRequests):
             deployment_name=target.deployment_name,
             version_name=target.version_name,
             mode="direct",
-            status=(status or Status.CANCELLED).value,
+            status=status.value,
             timeout=timeout,
             result=outcome.result if status is Status.COMPLETED else None,
-            error_message=outcome.error if status is Status.FAILED else None,
+            error_message=error if status is Status.FAILED else None,
             created_at=created_at,
             logs=outcome.logs,
         )
+
+    def _stored_end(self, request_id: str) -> tuple[Status, str | None]:
+        """The status and error of a request as the store has it; cancelled if it is gone."""
+        with self._db.read() as session:
+            row = session.execute(select(REQUESTS.c.status, REQUESTS.c.error_message)
+                                  .where(REQUESTS.c.id == request_id)).first()
+        return (Status.CANCELLED, None) if row is None else (Status(row.status), row.error_message)
 
     # --- batch -----------------------------------------------------------------------------
 
@@ -239,7 +249,8 @@ class Requests(StoredRequests):
 
     async def _claim_pending(self, version_id: str, limit: int) -> list[QueuedItem]:
         """Claim up to `limit` of the version's unclaimed pending requests for this node, in queue order."""
-        params = {"owner": self._nodes.id, "version_id": version_id, "limit": limit, "offset": 0}
+        owner = self._nodes.id
+        params = {"owner": owner, "version_id": version_id, "limit": limit, "offset": 0}
 
         def write(conn: Connection) -> list[Any]:
             return _claim_statement(conn.dialect).rows(driver_cursor(conn), params)
@@ -250,12 +261,14 @@ class Requests(StoredRequests):
         for request_id, data, data_key, timeout, priority, _ in rows:
             data = (self._payloads.value(data, None) if data_key is None
                     else await asyncio.to_thread(self._payloads.value, None, data_key))
-            items.append(QueuedItem(request_id, version_id, data, timeout, priority))
+            items.append(QueuedItem(request_id, version_id, data, timeout, priority, owner))
         return items
 
     async def _run_queued(self, item: QueuedItem) -> None:
         committer = self._db.committer
-        node = self._nodes.id
+        node = item.owner
+        if node != self._nodes.id:
+            return  # claimed under an id this node lost (declared dead): given back, another node runs it
         await self._limit_uncommitted()
         started_at = utcnow()
         try:

@@ -256,6 +256,13 @@ class Scheduler:
         pool = self._pool(target)
         self._scale(pool, time.monotonic())
 
+    def retire_all(self) -> None:
+        """Retire every pool (the node was declared dead: the cluster no longer counts its instances);
+        instances start again, in new slots: the minimum at once, the rest as calls come."""
+        for pool in list(self._pools.values()):
+            self._retire(pool)
+            self.warm(pool.target)
+
     def drop(self, key: str) -> None:
         """Retire a pool: idle instances stop now, busy ones once their call ends."""
         pool = self._pools.get(key)

@@ -74,7 +74,7 @@ async def until(condition: Callable[[], Any], timeout: float = 30.0) -> None:
 async def abandon(engine: Engine) -> None:
     """A kill as far as the cluster sees it: no more heartbeats, and its runs and deliveries stop
     where they are (nothing written). The engine is not closed."""
-    await engine.nodes._background.stop_loops()
+    await engine.nodes.stop_beating()
     await engine.runs._background.close()
     await engine.deliveries._background.close()
 
@@ -94,7 +94,8 @@ def test_runs_created_through_either_node_each_run_exactly_once(tmp_path: Path, 
     async def scenario() -> None:
         await a.start()
         await b.start()
-        target = handler_version(a, tmp_path, maximum_instances=2, others=(b,))
+        # Instances enough for both nodes: engines in one process have no address to send calls to
+        target = handler_version(a, tmp_path, maximum_instances=48, others=(b,))
         targets = [target, b.deployments.target_of_version(target.version_id)]
         ids = []
         for i in range(24):

@@ -103,7 +103,7 @@ class Node:
                 task.cancel()
             await engine.jobs._background.close()
             await engine.pipeline_requests._batch_tasks.close()
-            await engine.nodes._background.stop_loops()
+            await engine.nodes.stop_beating()
             await engine.deliveries.close()
             # What it had handed to its committer before it died is in the store (or would have
             # been lost with the process): wait for it, so the test knows what was committed.

@@ -51,7 +51,7 @@ def test_batch_items_a_node_claimed_under_the_id_it_lost_all_end(tmp_path: Path,
             runtime.gate = asyncio.Event()  # calls wait
             # Given a node that paused for longer than its lease: another node declared it dead, and it
             # has not beaten since, so it does not know
-            await engine.nodes._background.stop_loops()
+            await engine.nodes.stop_beating()
             lost = engine.nodes.id
             other.register()
             lapse(engine.db, lost, LEASE_S + 1)
@@ -60,7 +60,8 @@ def test_batch_items_a_node_claimed_under_the_id_it_lost_all_end(tmp_path: Path,
             ids = [record.id for record in await engine.requests.create_batch(
                 target, ["a", "b", "c", "d"], timeout=60, priority=1, origin={"created_by": "test"})]
             await until(lambda: sum(owner == lost for _, owner in requests(ids).values()) >= 2, lambda: requests(ids))
-            await engine.nodes._pass()
+            assert await asyncio.to_thread(engine.nodes._beat)  # gives back what it claimed under the lost id
+            engine.nodes.recovered()
             assert engine.nodes.id != lost
             runtime.gate.set()
             # Then every item ends, and none is held by the id it lost

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -153,3 +154,23 @@ def test_a_node_knows_whether_it_joined_a_live_node(db: Database, tmp_path: Path
     second.register()
     assert first.alone
     assert second.alone is db.is_sqlite  # on SQLite the first is gone by definition
+
+
+def test_a_node_beats_while_its_event_loop_is_blocked(db: Database, tmp_path: Path) -> None:
+    node = Nodes(db, tmp_path, lease_s=0.5)
+    node.register()
+
+    def beat() -> datetime:
+        with db.read() as session:
+            return session.scalar(select(NODES.c.heartbeat_at).where(NODES.c.id == node.id))
+
+    async def blocked() -> tuple[datetime, datetime]:
+        node.start()
+        first = beat()
+        time.sleep(1.0)  # the loop is stuck (a slow request, a long collection): the beats go on
+        last = beat()
+        await node.close()
+        return first, last
+
+    first, last = asyncio.run(blocked())
+    assert last > first

@@ -395,3 +395,20 @@ def test_the_minimum_is_counted_across_the_cluster_when_starting_and_when_stoppi
         assert runtime.stopped == []  # idle past its time, but the cluster would drop below the minimum
 
     asyncio.run(scenario())
+
+
+def test_a_node_declared_dead_retires_its_instances_and_starts_its_minimum_again_in_new_slots() -> None:
+    async def scenario() -> None:
+        runtime, slots = FakeRuntime(), LocalSlots()
+        sched = Scheduler(runtime, spec, slots=slots)
+        sched.warm(target(minimum_instances=1))
+        await settle()
+        (first,) = runtime.started
+
+        sched.retire_all()
+        await settle()
+
+        assert runtime.stopped == [first] and len(runtime.started) == 2
+        assert await slots.count("v") == 1
+
+    asyncio.run(scenario())

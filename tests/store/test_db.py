@@ -16,6 +16,7 @@ from modelbay.settings import Settings
 from modelbay.store import db as store_db
 from modelbay.store.db import Database
 from modelbay.store.tables import RequestRow, ServerSecretRow
+from tests.fixtures.server import wait_until
 
 
 @pytest.fixture
@@ -152,6 +153,8 @@ def test_a_write_that_loses_a_deadlock_to_another_nodes_transaction_is_run_again
         set_value(other, "b")
         written = db.committer.submit(a_then_b)
         assert a_locked.wait(10)
+        with db.engine.connect() as watcher:  # the committer waits for "b" before this waits for "a"
+            wait_until(lambda: watcher.scalar(text("SELECT count(*) FROM pg_locks WHERE NOT granted")), timeout=10)
         set_value(other, "a")  # PostgreSQL aborts the committer's transaction, which began waiting first
 
     assert written.result(timeout=30) == "written"
