@@ -104,29 +104,39 @@ def test_a_node_killed_with_sigkill_mid_drain_loses_nothing_and_reruns_nothing_c
     project = first.create_project("work")
     source, marks = counting_deployment(shared_path, ms=60)
     with ubiops(first, project["token"]) as client:
-        deploy(client, "work", "counter", source, plain=False, maximum_instances=2)
+        deploy(client, "work", "counter", source, plain=False, maximum_instances=6)  # in the whole cluster
 
     ids = submit(cluster, project["token"], batches=12, size=50)
-    wait_until(lambda: sum(r["status"] == "completed" for r in requests(cluster)) >= 100, timeout=120)
     assert victim.process is not None
+    (dead,) = [node for node, pid in node_ids(cluster).items() if pid == victim.process.pid]
+
+    def held_by_victim() -> list[dict[str, Any]]:
+        return [r for r in requests(cluster) if r["owner"] == dead and r["status"] in ("pending", "processing")]
+
+    wait_until(lambda: sum(r["status"] == "completed" for r in requests(cluster)) >= 100 and held_by_victim(),
+               timeout=120)
     orphans = descendants(victim.process.pid)
     assert victim.stop(signal.SIGKILL) == -signal.SIGKILL
     killed_at = time.monotonic()
     kill_leftovers(orphans)  # its workers, as a crash of its machine would end them
-    (dead,) = [node for node, pid in node_ids(cluster).items() if pid == victim.process.pid]
-    held_then = [r for r in requests(cluster) if r["owner"] == dead and r["status"] in ("pending", "processing")]
+    held_then = held_by_victim()
     assert held_then  # it died holding work
 
-    wait_until(lambda: all(r["status"] in TERMINAL for r in requests(cluster)), timeout=LEASE_S + 120,
-               interval=0.2)
+    try:
+        wait_until(lambda: all(r["status"] in TERMINAL for r in requests(cluster)), timeout=LEASE_S + 120,
+                   interval=0.2)
+    except AssertionError:
+        stuck = Counter((r["status"], r["owner"]) for r in requests(cluster) if r["status"] not in TERMINAL)
+        raise AssertionError(f"not ended: {stuck}; nodes {node_ids(cluster)}, the killed one {dead}") from None
     recovered_in = time.monotonic() - killed_at
     found = {r["id"]: r for r in requests(cluster)}
     assert sorted(found) == sorted(ids)  # nothing lost
     failed = [r for r in found.values() if r["status"] != "completed"]
     for row in failed:  # only what was running on the killed node, failed with the reason
-        assert row["status"] == "failed" and row["owner"] == dead, row
-        assert "server stopped" in row["error_message"], row
-    assert len(failed) <= 2  # its two instances' calls
+        ran_there = row["owner"] == dead and "server stopped" in row["error_message"]
+        sent_there = row["error_message"].startswith("The node running this request stopped")  # by another node
+        assert row["status"] == "failed" and (ran_there or sent_there), row
+    assert len(failed) <= 2 * 6  # what its instances ran, its own items and the others' it ran
     runs = runs_of(marks)
     twice = [item for item, count in runs.items() if count > 1]
     assert all(runs[item] <= 2 for item in twice), runs
