@@ -7,10 +7,13 @@ import threading
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.compat.abeja.test_runs import GATED
 from tests.fixtures.packages import make_package_dir, make_tar_gz
 from tests.fixtures.server import Server, wait_until
+
+pytestmark = pytest.mark.single_server_only("kills and restarts a server of its own, not the shared one")
 
 
 def deploy_gated(client: httpx.Client, tmp_path: Path, shared_path: Path) -> tuple[str, str, Path]:
