@@ -116,7 +116,8 @@ def test_the_proxy_passes_json_and_bytes_to_the_handler_and_its_answer_back(
 
 
 @pytest.mark.cluster_xfail("Services.get answers from the node's cache, dropped only when the bus message of the "
-                           "change arrives (after the answer to the stop): the next node still answers READY")
+                           "change arrives (after the answer to the stop): the next node may still answer READY",
+                           strict=False)  # whether the message comes before the next call decides
 def test_a_stopped_service_answers_4xx_at_once_and_starts_again(
     services: Any, org: dict[str, str], service: Callable[..., tuple[str, str]]
 ) -> None:
