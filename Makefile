@@ -41,17 +41,22 @@ install-test: test-system-packages $(BIN)/.installed-test
 run: install
 	$(BIN)/modelbay serve $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
-# The whole suite on SQLite and, at the same time, on PostgreSQL (tests/fixtures/postgres.py): the
-# tests mostly wait on servers and user code, so the two together take about 60% of one after the
-# other. The PostgreSQL run's output follows the SQLite run's; either failing fails `make test`.
+# Three groups at the same time: the whole suite on SQLite, the whole suite on PostgreSQL
+# (tests/fixtures/postgres.py), and the SDK suites (tests/compat) on a cluster of three servers on
+# one PostgreSQL behind a round-robin balancer (tests/fixtures/cluster.py). The tests mostly wait on
+# servers and user code, so together they take far less than one after the other. The PostgreSQL
+# and cluster runs' output follows the SQLite run's; any of them failing fails `make test`.
 test: install-test
-	@log=$$(mktemp); \
-	MODELBAY_TEST_DATABASE=postgresql $(BIN)/python -m pytest -n 2 -q >$$log 2>&1 & pg=$$!; \
-	trap 'kill $$pg 2>/dev/null; rm -f $$log; exit 130' INT TERM; \
+	@pglog=$$(mktemp); clusterlog=$$(mktemp); \
+	MODELBAY_TEST_DATABASE=postgresql $(BIN)/python -m pytest -n 2 -q >$$pglog 2>&1 & pg=$$!; \
+	MODELBAY_TEST_DATABASE=postgresql MODELBAY_TEST_CLUSTER=3 \
+	  $(BIN)/python -m pytest -n 1 -q tests/compat >$$clusterlog 2>&1 & cluster=$$!; \
+	trap 'kill $$pg $$cluster 2>/dev/null; rm -f $$pglog $$clusterlog; exit 130' INT TERM; \
 	echo "== the suite on SQLite"; $(BIN)/python -m pytest -n 2 -q; sqlite=$$?; \
-	wait $$pg; postgres=$$?; \
-	echo "== the suite on PostgreSQL"; cat $$log; rm -f $$log; \
-	[ $$sqlite = 0 ] && [ $$postgres = 0 ]
+	wait $$pg; postgres=$$?; wait $$cluster; clustered=$$?; \
+	echo "== the suite on PostgreSQL"; cat $$pglog; \
+	echo "== the SDK suites on a cluster of three servers"; cat $$clusterlog; rm -f $$pglog $$clusterlog; \
+	[ $$sqlite = 0 ] && [ $$postgres = 0 ] && [ $$clustered = 0 ]
 
 bench: install-test
 	@command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)

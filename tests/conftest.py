@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures import databases
+from tests.fixtures.cluster import NODES, serving
 from tests.fixtures.server import Server
 
 _names = itertools.count()
@@ -15,11 +16,18 @@ _names = itertools.count()
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests about one database (marked `sqlite_only` or `postgresql_only`) are skipped on the
-    other, with their reason."""
-    other = "sqlite_only" if databases.ON_POSTGRESQL else "postgresql_only"
+    other, and tests of one server (`single_server_only`) on a cluster, with their reason; on a
+    cluster, tests of what a cluster gets wrong today (`cluster_xfail`) are expected to fail."""
+    skipped = ["sqlite_only" if databases.ON_POSTGRESQL else "postgresql_only"]
+    if NODES:
+        skipped.append("single_server_only")
     for item in items:
-        if (marker := item.get_closest_marker(other)) is not None:
-            item.add_marker(pytest.mark.skip(reason=f"{other.replace('_', ' ')}: {marker.args[0]}"))
+        for name in skipped:
+            if (marker := item.get_closest_marker(name)) is not None:
+                item.add_marker(pytest.mark.skip(reason=f"{name.replace('_', ' ')}: {marker.args[0]}"))
+        if NODES and (marker := item.get_closest_marker("cluster_xfail")) is not None:
+            item.add_marker(pytest.mark.xfail(reason=f"on a cluster: {marker.args[0]}",
+                                              strict=marker.kwargs.get("strict", True)))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -83,10 +91,11 @@ def shared_path(sandbox_shared_root: Path, request: pytest.FixtureRequest) -> Pa
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory, sandbox_shared_root: Path) -> Iterator[Server]:
-    """One real server per test process; tests isolate themselves with their own projects."""
+    """One real server per test process (or a cluster: tests/fixtures/cluster.py); tests isolate
+    themselves with their own projects."""
     root: Path = tmp_path_factory.mktemp("server")
     # Test webhook receivers listen on loopback, which webhooks may reach only when allowed.
-    srv = Server(data_dir=root / "data").start({"MODELBAY_WEBHOOK_ALLOW_PRIVATE_TARGETS": "true"})
+    srv = serving(root, {"MODELBAY_WEBHOOK_ALLOW_PRIVATE_TARGETS": "true"})
     yield srv
     srv.stop()
 

@@ -24,18 +24,19 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Table, delete, select, update
+from sqlalchemy import Connection, delete, select, update
 
 from modelbay.core.background import Background
 from modelbay.core.clock import utcnow
 from modelbay.core.deployments import Deployments
 from modelbay.core.errors import InvalidInput, ModelbayError, NotFound, StatusChanged
 from modelbay.core.fields import check_data
-from modelbay.core.nodes import Nodes
+from modelbay.core.nodes import NODES, Nodes
 from modelbay.core.payloads import Payloads, named_keys
 from modelbay.core.pipeline_objects import PipelineObject
 from modelbay.core.pipeline_walk import (
     OPERATOR_REQUESTS,
+    PIPELINE_REQUESTS,
     Run,
     StepFailed,
     Stopped,
@@ -54,8 +55,6 @@ from modelbay.store.db import Database, Insert
 from modelbay.store.tables import OperatorRequestRow, PipelineRequestRow, PipelineVersionRow, ProjectRow
 
 log = logging.getLogger(__name__)
-
-PIPELINE_REQUESTS: Table = PipelineRequestRow.__table__  # type: ignore[assignment]
 
 DIRECT_TIMEOUT_DEFAULT_S = 3600
 DIRECT_TIMEOUT_MAX_S = 7200
@@ -286,6 +285,7 @@ class PipelineRequests(StoredRequests):
                  "error_message": None, "input_size": row["input_size"], "output_size": None}
         run.steps.append(entry)
         await self._db.committer.submit_async(Insert(PIPELINE_REQUESTS, [row]))
+        self._walker.store_steps(run)
         record = await self._run(run.project, plan, row["id"], row["owner"], item, timeout, Status.PROCESSING,
                                  row["created_at"], parent=run)
         return step_result(run, obj, entry, record.status, record.result, record.error_message)
@@ -327,11 +327,30 @@ class PipelineRequests(StoredRequests):
 
     async def _halt(self, ids: list[str]) -> None:
         runs = [run for request_id in ids if (run := self._runs.get(request_id)) is not None]
+        elsewhere = self._running_elsewhere([request_id for request_id in ids if request_id not in self._runs])
         for run in runs:
             await self._stop_running(run.id)
+        for request_id in elsewhere:
+            self._tell_cancel(request_id)
         for run in runs:  # its steps are written with its end: wait for them, to delete them too
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(run.recorded.wait(), STOP_WAIT_S)
+        # Another node holds the steps of those it runs in its memory until it writes their end.
+        deadline = asyncio.get_running_loop().time() + STOP_WAIT_S
+        while elsewhere and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+            elsewhere = self._running_elsewhere(elsewhere)
+
+    def _running_elsewhere(self, ids: list[str]) -> list[str]:
+        """Those of `ids` that a live node other than this one runs (or is stopping)."""
+        if not ids:
+            return []
+        table = PIPELINE_REQUESTS
+        with self._db.read() as session:
+            return [request_id for part in chunks(ids) for request_id in session.scalars(
+                select(table.c.id).join(NODES, NODES.c.id == table.c.owner).where(
+                    table.c.id.in_(part), table.c.owner != self._nodes.id, NODES.c.end.is_(None),
+                    table.c.status.in_([Status.PROCESSING.value, Status.CANCELLED_PENDING.value])))]
 
     def _expired(self) -> tuple[Any, ...]:
         return (PIPELINE_REQUESTS.c.parent_id.is_(None),)  # sub-pipeline requests go with their parent

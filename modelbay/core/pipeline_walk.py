@@ -5,7 +5,9 @@ direct request through the same scheduler as any other (`Requests.direct`, with 
 naming the pipeline request), an operator runs here, a sub-pipeline is a pipeline request of its
 own (run by `PipelineRequests`). Independent branches run concurrently. Every step gets the time
 the pipeline has left, so a pipeline never outlives its timeout. The steps are kept in memory
-while the walk goes on (`Run.steps`) and stored with the request's end.
+while the walk goes on (`Run.steps`), stored when a deployment or sub-pipeline step starts (any
+node shows a running request's steps; a delete on any node removes their requests) and stored
+with the request's end.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import Table
+from sqlalchemy import Connection, Table, update
 
 from modelbay.core import operators
 from modelbay.core.clock import utcnow
@@ -33,9 +35,10 @@ from modelbay.core.requests import Requests
 from modelbay.core.scheduler import PRIORITY_DIRECT
 from modelbay.core.states import RequestStatus as Status
 from modelbay.store.db import Database, Insert
-from modelbay.store.tables import OperatorRequestRow, ProjectRow
+from modelbay.store.tables import OperatorRequestRow, PipelineRequestRow, ProjectRow
 
 OPERATOR_REQUESTS: Table = OperatorRequestRow.__table__  # type: ignore[assignment]
+PIPELINE_REQUESTS: Table = PipelineRequestRow.__table__  # type: ignore[assignment]
 
 
 class StepFailed(Exception):
@@ -125,6 +128,18 @@ class Walker:
         self._requests = requests
         self._pipeline_step = pipeline_step
 
+    def store_steps(self, run: Run) -> None:
+        """Write the steps of a running request (once its row is, in the committer's order). Not
+        awaited: a step need not wait for it."""
+        steps = [dict(step) for step in run.steps]  # as they are now: the walk goes on changing them
+
+        def write(conn: Connection) -> None:
+            conn.execute(update(PIPELINE_REQUESTS).where(PIPELINE_REQUESTS.c.id == run.id,
+                                                         PIPELINE_REQUESTS.c.status == Status.PROCESSING.value)
+                         .values(steps=steps))
+
+        self._db.committer.submit(write, linger=True)
+
     async def walk(self, run: Run, data: Any) -> Any:
         """Run every object once its sources are done; returns what reaches `pipeline_end`."""
         plan = run.plan
@@ -207,6 +222,7 @@ class Walker:
                  "status": "processing", "error_message": None, "input_size": len(orjson.dumps(item)),
                  "output_size": None}
         run.steps.append(entry)
+        self.store_steps(run)
         origin = {"created_by": "pipeline", "pipeline": run.plan.pipeline_name,
                   "pipeline_version": run.plan.version_name, "pipeline_request_id": run.id,
                   "pipeline_object": obj.name}

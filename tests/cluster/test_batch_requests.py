@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.conftest import LEASE_S, Cluster
+from tests.fixtures.cluster import LEASE_S, Cluster
 from tests.fixtures.server import Server, wait_until
 from tests.integration.conftest import deploy, descendants, kill_leftovers, query, ubiops
 

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import requests
 
+from tests.fixtures.cluster import serving
 from tests.fixtures.packages import make_package_dir, make_tar_gz
 from tests.fixtures.server import Server, free_port, wait_until
 
@@ -40,7 +41,7 @@ def _getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
 @pytest.fixture(scope="session")
 def abeja_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("abeja")
-    server = Server(root / "data", port=PORT).start({"MODELBAY_SERVICE_SCALE_DOWN_IDLE_S": SCALE_DOWN_IDLE_S})
+    server = serving(root, {"MODELBAY_SERVICE_SCALE_DOWN_IDLE_S": SCALE_DOWN_IDLE_S}, port=PORT)
     socket.getaddrinfo = _getaddrinfo
     try:
         yield server

@@ -11,7 +11,10 @@ import pytest
 from tests.fixtures.abeja_apps import deploy_gated
 from tests.fixtures.server import Server, wait_until
 
-pytestmark = pytest.mark.postgresql_only("on SQLite the store is a file in one server's data dir: one server")
+pytestmark = [
+    pytest.mark.postgresql_only("on SQLite the store is a file in one server's data dir: one server"),
+    pytest.mark.single_server_only("kills a node of its own two-node cluster, not of the shared one"),
+]
 
 LEASE = {"MODELBAY_NODE_LEASE_S": "2"}
 

@@ -7,9 +7,12 @@ import threading
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.fixtures.abeja_apps import deploy_gated
 from tests.fixtures.server import Server, wait_until
+
+pytestmark = pytest.mark.single_server_only("kills and restarts a server of its own, not the shared one")
 
 
 def test_runs_accepted_before_a_kill_9_all_finish_after_the_restart(tmp_path: Path, shared_path: Path) -> None:

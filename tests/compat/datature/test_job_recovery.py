@@ -6,10 +6,14 @@ import signal
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from tests.compat.datature.conftest import deploy_with, make_dataset, nexus_project, webhook_spec
 from tests.compat.datature.receiver import running_receiver
 from tests.fixtures.server import Server, wait_until
 from tests.integration.conftest import query
+
+pytestmark = pytest.mark.single_server_only("kills and restarts a server of its own, not the shared one")
 
 ITEMS = 40
 

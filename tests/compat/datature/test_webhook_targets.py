@@ -23,6 +23,7 @@ from modelbay.store.tables import ProjectRow, WebhookRow
 
 from tests.compat.datature.conftest import nexus_project, webhook_spec
 from tests.compat.datature.receiver import running_receiver
+from tests.fixtures.cluster import serving
 from tests.fixtures.databases import database_url_for
 from tests.fixtures.server import Server
 
@@ -34,7 +35,7 @@ _names = itertools.count()
 @pytest.fixture(scope="module")
 def strict_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A server with the default rule: private targets refused."""
-    srv = Server(data_dir=tmp_path_factory.mktemp("strict") / "data").start({SETTING: "false"})
+    srv = serving(tmp_path_factory.mktemp("strict"), {SETTING: "false"})
     yield srv
     srv.stop()
 
