@@ -16,8 +16,7 @@ _names = itertools.count()
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests about one database (marked `sqlite_only` or `postgresql_only`) are skipped on the
-    other, and tests of one server (`single_server_only`) on a cluster, with their reason; on a
-    cluster, tests of what a cluster gets wrong today (`cluster_xfail`) are expected to fail."""
+    other, and tests of one server (`single_server_only`) on a cluster, with their reason."""
     skipped = ["sqlite_only" if databases.ON_POSTGRESQL else "postgresql_only"]
     if NODES:
         skipped.append("single_server_only")
@@ -25,9 +24,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for name in skipped:
             if (marker := item.get_closest_marker(name)) is not None:
                 item.add_marker(pytest.mark.skip(reason=f"{name.replace('_', ' ')}: {marker.args[0]}"))
-        if NODES and (marker := item.get_closest_marker("cluster_xfail")) is not None:
-            item.add_marker(pytest.mark.xfail(reason=f"on a cluster: {marker.args[0]}",
-                                              strict=marker.kwargs.get("strict", True)))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -17,7 +17,7 @@ import asyncio
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, delete, func, select
+from sqlalchemy import Connection, delete, func, select, update
 
 from modelbay.core.clock import utcnow
 from modelbay.core.nodes import NODES, Nodes, owned_by
@@ -60,13 +60,21 @@ class InstanceSlots:
         """The other live nodes holding slots of `pool`, most slots first."""
         return await asyncio.to_thread(self._holders, pool)
 
+    async def loaded(self, slot_id: str) -> None:
+        """The slot's instance has loaded its code."""
+        await asyncio.to_thread(self._loaded, slot_id)
+
     async def count(self, pool: str) -> int:
-        """The pool's slots on live nodes."""
+        """The pool's loaded instances on live nodes."""
         return await asyncio.to_thread(self._count_now, pool)
+
+    def _loaded(self, slot_id: str) -> None:
+        with self._db.write() as session:
+            session.execute(update(SLOTS).where(SLOTS.c.id == slot_id).values(loaded_at=utcnow()))
 
     def _count_now(self, pool: str) -> int:
         with self._db.read() as session:
-            return self._count(session.connection(), pool)
+            return self._count(session.connection(), pool, loaded=True)
 
     def _take(self, pool: str, limit: int) -> str | None:
         with self._db.write() as session:
@@ -104,10 +112,13 @@ class InstanceSlots:
         return [Holder(node_id, address, count) for node_id, address, count in rows]
 
     @staticmethod
-    def _count(conn: Connection, pool: str) -> int:
+    def _count(conn: Connection, pool: str, loaded: bool = False) -> int:
+        """The pool's slots on live nodes (with `loaded`: of instances that have loaded)."""
         live = select(NODES.c.id).where(NODES.c.end.is_(None))
-        return conn.scalar(select(func.count()).select_from(SLOTS)
-                           .where(SLOTS.c.pool == pool, SLOTS.c.node_id.in_(live))) or 0
+        where = [SLOTS.c.pool == pool, SLOTS.c.node_id.in_(live)]
+        if loaded:
+            where.append(SLOTS.c.loaded_at.is_not(None))
+        return conn.scalar(select(func.count()).select_from(SLOTS).where(*where)) or 0
 
     @staticmethod
     def _give_back(conn: Connection, node_ids: list[str | None]) -> int:
@@ -127,6 +138,7 @@ class LocalSlots:
     def __init__(self) -> None:
         self._taken: dict[str, set[str]] = {}
         self._pool_of: dict[str, str] = {}
+        self._loaded: set[str] = set()
 
     async def take(self, pool: str, limit: int) -> str | None:
         taken = self._taken.setdefault(pool, set())
@@ -138,6 +150,7 @@ class LocalSlots:
         return slot_id
 
     async def give(self, slot_id: str) -> None:
+        self._loaded.discard(slot_id)
         pool = self._pool_of.pop(slot_id, None)
         if pool is not None:
             self._taken[pool].discard(slot_id)
@@ -151,5 +164,9 @@ class LocalSlots:
     async def holders(self, pool: str) -> list[Holder]:
         return []
 
+    async def loaded(self, slot_id: str) -> None:
+        if slot_id in self._pool_of:  # not given back meanwhile
+            self._loaded.add(slot_id)
+
     async def count(self, pool: str) -> int:
-        return len(self._taken.get(pool, ()))
+        return len(self._taken.get(pool, set()) & self._loaded)

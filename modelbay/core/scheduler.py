@@ -68,6 +68,8 @@ class Slots(Protocol):
 
     async def holders(self, pool: str) -> list[Holder]: ...
 
+    async def loaded(self, slot_id: str) -> None: ...
+
     async def count(self, pool: str) -> int: ...
 
 
@@ -241,9 +243,9 @@ class Scheduler:
         return [] if pool is None else [i for i, _ in pool.idle] + list(pool.busy)
 
     async def instances_elsewhere(self, key: str) -> int:
-        """The instances of a pool other nodes of the cluster run or start."""
+        """The loaded instances of a pool other nodes of the cluster run."""
         pool = self._pools.get(key)
-        return max(await self._slots.count(key) - (len(pool.slots) + len(pool.starting_slots) if pool else 0), 0)
+        return max(await self._slots.count(key) - (len(pool.slots) if pool else 0), 0)
 
     def start_error(self, key: str) -> str | None:
         """Why the last instance of a pool failed to start, until one starts."""
@@ -423,6 +425,7 @@ class Scheduler:
         pool.starting_slots.discard(slot)
         pool.start_error = pool.failed_at = None
         pool.slots[instance] = slot
+        self._background.spawn(self._slots.loaded(slot))  # counted as loaded by the others' readiness
         self._release(pool, instance)
 
     @staticmethod

@@ -171,13 +171,13 @@ class Services:
         return row
 
     def get(self, deployment_id: str, service_id: str) -> ServiceRow:
-        """Raises `NotFound` unless the service exists in this deployment."""
-        row = self._rows.get(service_id)
-        if row is None:
-            with self._db.read() as session:
-                row = session.get(ServiceRow, service_id)
-            if row is not None:
-                self._rows[service_id] = row
+        """Raises `NotFound` unless the service exists in this deployment. Read from the store, not
+        the cache: a change made through another node shows at once (its message may still be on
+        its way), and a service stopped there refuses calls here at once."""
+        with self._db.read() as session:
+            row = session.get(ServiceRow, service_id)
+        if row is not None:
+            self._rows[service_id] = row
         if row is None or row.deployment_id != deployment_id:
             raise NotFound("service", service_id)
         return row

@@ -450,6 +450,7 @@ class InstanceSlotRow(Base):
     pool: Mapped[str] = mapped_column(String(100), index=True)  # a version's id, or "service:<id>"
     node_id: Mapped[str] = mapped_column(String(36), index=True)
     taken_at: Mapped[datetime]
+    loaded_at: Mapped[datetime | None]  # once its instance has loaded (until then it is starting)
 
 
 class BlobRow(Base):

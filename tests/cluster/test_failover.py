@@ -19,7 +19,7 @@ from modelbay.core.deliveries import MAX_IN_FLIGHT
 from modelbay.core.job_items import ITEMS_IN_FLIGHT_PER_INSTANCE
 from modelbay.core.stored_requests import MAX_BATCH
 from modelbay.dialects.abeja.ids import core_run_id
-from tests.cluster.conftest import Cluster
+from tests.fixtures.cluster import Cluster
 from tests.cluster.test_batch_requests import submit
 from tests.compat.datature.conftest import make_dataset, nexus_project, webhook_spec
 from tests.compat.datature.receiver import running_receiver

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.cluster.conftest import LEASE_S, Cluster
+from tests.fixtures.cluster import LEASE_S, Cluster
 from tests.fixtures.abeja_apps import deploy_gated, deploy_handler
 from tests.fixtures.server import Server, wait_until
 from tests.integration.conftest import deploy, descendants, is_worker, kill_leftovers, query, ubiops

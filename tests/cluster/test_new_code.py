@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.cluster.conftest import Cluster
+from tests.fixtures.cluster import Cluster
 from tests.fixtures.server import Server, wait_until
 from tests.integration.conftest import create_version, deploy, package_zip, ubiops, upload, wait_built
 

@@ -31,6 +31,8 @@ def test_a_pool_takes_slots_up_to_its_limit_and_the_floor_keeps_the_last_ones(db
         assert await slots.take("other", 2)  # each pool counts its own
         assert not await slots.give_if_above(first, "v", 2)  # two is not above two
         assert await slots.give_if_above(first, "v", 1)
+        assert await slots.count("v") == 0  # loaded instances only
+        await slots.loaded(second)
         assert await slots.count("v") == 1
         await slots.give(second)
         assert await slots.count("v") == 0 and await slots.take("v", 2)
@@ -44,8 +46,11 @@ def test_slots_count_across_nodes_holders_name_the_others_and_a_dead_nodes_slots
     async def scenario() -> None:
         a, b = node(db, tmp_path, "a"), node(db, tmp_path, "b")
         on_a, on_b = InstanceSlots(db, a), InstanceSlots(db, b)
-        assert await on_a.take("v", 2) and await on_a.take("v", 2)
+        first = await on_a.take("v", 2)
+        assert first and await on_a.take("v", 2)
+        await on_a.loaded(first)
         assert await on_b.take("v", 2) is None  # node A runs the cluster's maximum
+        assert await on_b.count("v") == 1  # one has loaded, the other is starting
         assert [(h.node_id, h.address, h.slots) for h in await on_b.holders("v")] == [(a.id, "http://a:8000", 2)]
         assert await on_a.holders("v") == []  # the others only
 
@@ -75,6 +80,8 @@ def test_one_server_alone_counts_its_own_slots() -> None:
         first = await slots.take("v", 1)
         assert first and await slots.take("v", 1) is None
         assert not await slots.give_if_above(first, "v", 1)
+        await slots.loaded(first)
+        assert await slots.count("v") == 1
         await slots.give(first)
         assert await slots.count("v") == 0 and await slots.holders("v") == []
 

@@ -133,8 +133,6 @@ def test_retry_count_out_of_range_is_a_400_and_creates_nothing(
     assert runs.get_runs(o, d)["entries"] == []
 
 
-@pytest.mark.cluster_xfail("maximum_instances is counted per node (core/runs.py `_slot`: one semaphore per "
-                           "version per node): with 1, another node runs the second run at once")
 def test_statuses_follow_the_run_queued_running_and_finished(
     runs: Any, org: dict[str, str], deploy: Callable[..., tuple[str, str]], shared_path: Path, abeja_server: Server
 ) -> None:

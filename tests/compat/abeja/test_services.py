@@ -19,10 +19,6 @@ SERVICE_FIELDS = {
     "user_env_vars", "created_at", "modified_at",
 }
 
-#: Why instance counts differ on a cluster (`cluster_xfail`).
-INSTANCES_PER_NODE = ("each node starts instance_number instances of a service itself (core/services.py reconciles, "
-                      "core/scheduler.py counts a pool's instances per node): three nodes run three times as many")
-
 PROXY = '''
 import os
 import time
@@ -65,9 +61,6 @@ def service(services: Any, org: dict[str, str], deploy: Callable[..., tuple[str,
     return _service
 
 
-@pytest.mark.cluster_xfail("running_instance_number is the answering node's own count (Services.instance_count): "
-                           "a node whose instance is not up yet answers 0 while another node marked the service "
-                           "READY", strict=False)  # which node answers decides
 def test_a_service_is_in_progress_until_its_instance_is_up_then_ready_and_listed(
     services: Any, org: dict[str, str], deploy: Callable[..., tuple[str, str]]
 ) -> None:
@@ -115,9 +108,6 @@ def test_the_proxy_passes_json_and_bytes_to_the_handler_and_its_answer_back(
     assert "next_token" not in oldest_first.json()  # one page holds them all
 
 
-@pytest.mark.cluster_xfail("Services.get answers from the node's cache, dropped only when the bus message of the "
-                           "change arrives (after the answer to the stop): the next node may still answer READY",
-                           strict=False)  # whether the message comes before the next call decides
 def test_a_stopped_service_answers_4xx_at_once_and_starts_again(
     services: Any, org: dict[str, str], service: Callable[..., tuple[str, str]]
 ) -> None:
@@ -160,7 +150,6 @@ def test_a_deleted_service_stops_its_instances_and_answers_404(
     assert services.get_services(o, d) == {"entries": []}
 
 
-@pytest.mark.cluster_xfail(INSTANCES_PER_NODE)
 def test_instance_number_scales_the_service_up_and_down_and_requests_spread_over_instances(
     services: Any, org: dict[str, str], service: Callable[..., tuple[str, str]]
 ) -> None:
@@ -187,7 +176,6 @@ def test_instance_number_scales_the_service_up_and_down_and_requests_spread_over
         services.update_service(o, d, s, {"min_instance_number": 3, "max_instance_number": 2})
 
 
-@pytest.mark.cluster_xfail(INSTANCES_PER_NODE)
 def test_autoscale_adds_instances_under_load_and_gives_them_back_when_idle(
     services: Any, org: dict[str, str], service: Callable[..., tuple[str, str]]
 ) -> None:

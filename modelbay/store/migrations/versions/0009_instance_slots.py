@@ -1,7 +1,7 @@
 """instance slots: the instances every node runs, so a version's limits count across the cluster
 
-- `instance_slots`: one row per instance a node runs (or is starting), by pool (a version's own,
-  or a service's). A node takes a slot before it starts an instance, under a lock per pool, only
+- `instance_slots`: one row per instance a node runs (or is starting: `loaded_at` is set once it
+  has loaded), by pool (a version's own, or a service's). A node takes a slot before it starts an instance, under a lock per pool, only
   while the pool's live slots are below its limit (`core.instance_slots`).
 - `nodes.address`: where other nodes reach a node, to run a call on an instance it holds.
 
@@ -24,6 +24,7 @@ def upgrade() -> None:
         sa.Column("pool", sa.String(length=100), nullable=False),
         sa.Column("node_id", sa.String(length=36), nullable=False),
         sa.Column("taken_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("loaded_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id"),
     )
     op.create_index("ix_instance_slots_pool", "instance_slots", ["pool"])
