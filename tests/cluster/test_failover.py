@@ -296,7 +296,10 @@ def test_a_node_killed_mid_way_through_items_runs_and_a_job_loses_nothing_and_re
     assert sorted(end.items) == sorted(item_ids)
     held_items = {rid for rid, u in at_kill.items.items() if u.owner == dead and u.status in UNFINISHED["requests"]}
     failed = {rid for rid, u in end.items.items() if u.status != "completed"}
-    assert failed <= held_items and len(failed) <= BATCH_INSTANCES, failed
+    with connect(url) as conn:  # a live node's item its instance ran for it fails with the dead node
+        ran_there = {rid for rid, error in conn.execute("SELECT id, error_message FROM requests WHERE status = 'failed'")
+                     if rid in failed - held_items and error.startswith("The node running this request stopped")}
+    assert failed <= held_items | ran_there and len(failed) <= 2 * BATCH_INSTANCES, failed
     id_of = dict(zip(map(str, range(BATCH_ITEMS)), item_ids, strict=True))  # x -> request id
     items_ran = {id_of[x]: times for x, times in marks(item_marks).items()}
     completed = {rid for rid, u in end.items.items() if u.status == "completed"}

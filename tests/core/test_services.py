@@ -4,7 +4,9 @@ tests/dialects/test_abeja_scaling.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -128,9 +130,13 @@ def test_a_call_that_outlives_the_deletion_of_its_service_leaves_no_pool_behind(
             pools.live.add(t.pool)  # the waiting call makes the scheduler build the pool again
             return SimpleNamespace(logs="")
 
+    class Store:  # what `Services.get` reads: the service's row
+        @contextlib.contextmanager
+        def read(self) -> Iterator[Any]:
+            yield SimpleNamespace(get=lambda _table, service_id: row if service_id == "s" else None)
+
     stubs = Stubs()
-    services = Services(None, stubs, stubs, pools, None, None, 0, Bus())  # type: ignore[arg-type]
-    services._rows["s"] = row
+    services = Services(Store(), stubs, stubs, pools, None, None, 0, Bus())  # type: ignore[arg-type]
     asyncio.run(services.call("d", "s", {}, {}))
     # Then, once the call ends, that pool is retired too
     assert pools.live == set()

@@ -120,7 +120,7 @@ def test_a_build_whose_node_stopped_beating_is_built_by_another_node(tmp_path: P
         try:
             project = plain_version(a)
             # Node A claims the build, then hangs: its heartbeat stops and its build never ends.
-            await a.nodes._background.stop_loops()
+            await a.nodes.stop_beating()
             uploaded, built = a.revisions.upload(Caller(None), project, "d", "1", io.BytesIO(archive))
             assert revision(a, uploaded.id).owner == a.nodes.id
 
