@@ -185,19 +185,20 @@ def drain(workdir: Path, procs: list[Proc], pg: Cluster, count_nodes: int, items
 
 
 def forwarded(workdir: Path, procs: list[Proc], pg: Cluster, seconds: int) -> dict[str, Any]:
-    nodes = Nodes(workdir, procs, "forwarded", pg.url(pg.database()))
+    url = pg.url(pg.database())
+    nodes = Nodes(workdir, procs, "forwarded", url)
     holder, other = nodes.start(2)
     token = nodes.project_token()
     deploy(holder.url, token, nodes.workdir, "v1", maximum_instances=1)
     results = {}
     for name, server in (("local", holder), ("forwarded", other)):  # the holder's first: it takes the instance
-        url = f"{server.url}/v2.1/projects/{PROJECT}/deployments/{DEPLOYMENT}/versions/v1/requests"
-        run_wrk(url, token, 8, 2, nodes.workdir)  # warm-up
-        result = run_wrk(url, token, 8, seconds, nodes.workdir)
+        endpoint = f"{server.url}/v2.1/projects/{PROJECT}/deployments/{DEPLOYMENT}/versions/v1/requests"
+        run_wrk(endpoint, token, 8, 2, nodes.workdir)  # warm-up
+        result = run_wrk(endpoint, token, 8, seconds, nodes.workdir)
         results[name] = {key: result[key] for key in ("rps", "p50_ms", "p90_ms", "p99_ms", "non_2xx")}
         log(f"direct, c=8, maximum_instances 1 on 2 nodes, {name}: {result['rps']:,.0f} req/s, "
             f"p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms")
-    instances = count(pg.url(pg.database()), "SELECT count(*) FROM instance_slots")
+    instances = count(url, "SELECT count(*) FROM instance_slots")
     nodes.stop()
     return {**results, "instances": instances}
 
