@@ -378,15 +378,16 @@ class Services:
         """Stop a service that waited for a build that failed, saying why in its log; returns
         whether it stopped (a change since the pass read it keeps it as it is)."""
         failure = await asyncio.to_thread(build_failure, self._db, row.version_id) or "The version has no built code"
+        lines = self._journal.rows(row.id, [f"{failure}; the service stopped"])
 
         def write(session: Session) -> int:
-            return move(session, SERVICE, {"id": row.id, "modified_at": row.modified_at},
-                        {ServiceStatus.IN_PROGRESS}, ServiceStatus.STOPPED, modified_at=utcnow())
+            moved = move(session, SERVICE, {"id": row.id, "modified_at": row.modified_at},
+                         {ServiceStatus.IN_PROGRESS}, ServiceStatus.STOPPED, modified_at=utcnow())
+            if moved:  # the reason is in the log as soon as the service shows stopped
+                self._journal.write(session.connection(), lines)
+            return moved
 
-        if not await self._write(write):
-            return False
-        await self._journal.append(row.id, [f"{failure}; the service stopped"])
-        return True
+        return bool(await self._write(write))
 
     async def _is_ready(self, key: str, target: Target) -> bool:
         """Whether the service runs its minimum, counting other nodes' instances, and this node's
