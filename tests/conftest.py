@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from modelbay.store.db import Database
 from tests.fixtures import databases
 from tests.fixtures.cluster import NODES, serving
 from tests.fixtures.server import Server
@@ -58,6 +59,15 @@ def _test_database(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPat
 def database_url(tmp_path: Path) -> str:
     """The URL of a fresh, empty store for this test: a SQLite file, or a PostgreSQL database."""
     return databases.store_url(tmp_path)
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    """A migrated store of the test's own: a SQLite file, or a fresh PostgreSQL database."""
+    database = Database(database_url)
+    database.migrate()
+    yield database
+    database.close()
 
 
 @pytest.fixture(scope="session", autouse=True)

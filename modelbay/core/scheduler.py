@@ -443,11 +443,8 @@ class Scheduler:
         self._background.spawn(self._runtime.stop(instance))
 
     def _give(self, slot: str) -> None:
-        self._background.spawn(self._give_now(slot))
-
-    async def _give_now(self, slot: str) -> None:
         if not self._closing:  # a stopping node gives all its slots back at once
-            await self._slots.give(slot)
+            self._background.spawn(self._slots.give(slot))
 
     def _stop_if_above(self, pool: _Pool, instance: Instance, floor: int) -> None:
         """Stop an idle instance if the cluster runs more than `floor` of the pool without it; else

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,14 +15,6 @@ from modelbay.store.blobs import BLOBS, CHUNK_BYTES, CHUNKS, BlobStore, Database
 from modelbay.store.db import Database
 
 BIG = os.urandom(CHUNK_BYTES) + b"tail" * 1000  # two chunks
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    database = Database(database_url)
-    database.migrate()
-    yield database
-    database.close()
 
 
 @pytest.fixture(params=["local", "database"])

@@ -19,14 +19,6 @@ from modelbay.store.tables import RequestRow, ServerSecretRow
 from tests.fixtures.server import wait_until
 
 
-@pytest.fixture
-def db(database_url: str) -> Database:
-    database = Database(database_url)
-    database.migrate()
-    yield database
-    database.close()
-
-
 def _request(request_id: str, status: str = "pending") -> RequestRow:
     return RequestRow(
         id=request_id,

@@ -1,7 +1,5 @@
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
-import pytest
 from sqlalchemy import insert, select
 
 from modelbay.core.clock import as_utc
@@ -9,14 +7,6 @@ from modelbay.core.states import REQUESTS
 from modelbay.store.db import Database, Insert
 from modelbay.store.driver import driver_cursor, insert_statement
 from modelbay.store.tables import RequestRow
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    database = Database(database_url)
-    database.migrate()
-    yield database
-    database.close()
 
 
 CREATED = datetime(2026, 11, 22, 10, 30, 15, 123456, tzinfo=UTC)
