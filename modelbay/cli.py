@@ -85,11 +85,20 @@ def serve(
     ] = None,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
+    runtime: Annotated[
+        str | None, typer.Option(help=f"Where instances run: local or ray (default: MODELBAY_RUNTIME or "
+                                 f"{_DEFAULTS['runtime']}).")
+    ] = None,
+    ray_address: Annotated[
+        str | None, typer.Option(help="The Ray cluster for --runtime ray, host:port of its head (default: "
+                                 "MODELBAY_RAY_ADDRESS, else a local Ray instance the server starts).")
+    ] = None,
 ) -> None:
     """Start the server: every dialect, the scheduler and the workers, on one port."""
     from modelbay.datadir_lock import DataDirInUse, lock_data_dir
 
-    settings = _settings(data_dir, host=host, port=port, database_url=database_url)
+    settings = _settings(data_dir, host=host, port=port, database_url=database_url, runtime=runtime,
+                         ray_address=ray_address)
     try:
         sandbox.from_settings(settings.sandbox)
     except sandbox.SandboxUnavailable as exc:
@@ -108,6 +117,8 @@ def serve(
         _fail(f"cannot listen on {settings.host}:{settings.port}: {(exc.strerror or str(exc)).lower()}")
     address = _address(sock)
     lock.record(address)
+    if settings.runtime == "ray":
+        _join_ray(settings)
     if settings.node_url is None:
         settings = settings.model_copy(update={"node_url": _node_url(sock)})
     from modelbay.app import create_app  # only now: a refused second server exits without loading it
@@ -141,6 +152,18 @@ def serve(
         server.run(sockets=[sock])
     if not server.started:  # the app failed to start; it has logged why
         raise typer.Exit(1)
+
+
+def _join_ray(settings: Settings) -> None:
+    """Join the Ray cluster now: one clear line when it cannot be used."""
+    from modelbay.runtime.ray_runtime import RuntimeUnavailable, connect
+
+    cluster = f"the Ray cluster at {settings.ray_address}" if settings.ray_address else "a new local Ray instance"
+    console.print(f"joining {cluster}")
+    try:
+        connect(settings.ray_address, settings.ray_namespace)
+    except RuntimeUnavailable as exc:
+        _fail(str(exc))
 
 
 def _listen(host: str, port: int) -> socket.socket:

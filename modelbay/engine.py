@@ -27,6 +27,7 @@ from modelbay.core.instance_slots import InstanceSlots, LocalSlots
 from modelbay.core.job_items import ItemOutcome, default_body
 from modelbay.core.jobs import Jobs
 from modelbay.core.journal import Journal
+from modelbay.core.node_packages import NodePackages
 from modelbay.core.nodes import Nodes
 from modelbay.core.payloads import Payloads
 from modelbay.core.peers import Peers, node_token
@@ -40,8 +41,9 @@ from modelbay.core.scheduler import Scheduler
 from modelbay.core.services import Services
 from modelbay.core.webhook_targets import webhook_client
 from modelbay.core.webhooks import Webhooks
-from modelbay.runtime.base import InstanceSpec, Runtime
+from modelbay.runtime.base import Code, InstanceSpec, InstanceStartFailed, Runtime
 from modelbay.runtime.local import LocalRuntime
+from modelbay.runtime.sandbox import Sandbox
 from modelbay.runtime.sandbox import from_settings as sandbox_from_settings
 from modelbay.settings import Settings
 from modelbay.store.blobs import DatabaseBlobStore, LocalBlobStore
@@ -71,6 +73,37 @@ def memory_limit_bytes(instance_type: str, default_mib: int) -> int:
         return default_mib << 20
     size, unit = int(match[1]), match[2].lower()
     return max(size << (30 if unit == "gb" else 20), 64 << 20)
+
+
+def make_runtime(settings: Settings, sandbox: Sandbox, archive_path: Callable[[str], Path]) -> Runtime:
+    """The runtime the settings name. The `ray` one joins its cluster here (raises
+    `RuntimeUnavailable` when it cannot)."""
+    if settings.runtime == "local":
+        return LocalRuntime(
+            log_dir=settings.data_dir / "instances",
+            start_timeout=settings.instance_start_timeout_s,
+            sandbox=sandbox,
+            scratch_dir=settings.data_dir / "scratch",
+            network=settings.sandbox_network,
+            shared_dirs=settings.shared_dirs,
+        )
+    from modelbay.runtime import ray_runtime
+    from modelbay.runtime.ray_instance import NodeSetup
+
+    ray_runtime.connect(settings.ray_address, settings.ray_namespace)
+    node_dir = settings.ray_node_dir.absolute()
+    return ray_runtime.RayRuntime(
+        node=NodeSetup(root=node_dir, sandbox=settings.sandbox, network=settings.sandbox_network,
+                       shared_dirs=settings.shared_dirs, start_timeout=settings.instance_start_timeout_s),
+        preparer=NodePackages(node_dir / "code", settings.sandbox, settings.instance_memory_mib << 20),
+        archive_path=archive_path,
+        placements={
+            name: ray_runtime.Placement(t.num_cpus, t.num_gpus, t.memory_mib << 20 if t.memory_mib else None,
+                                        t.resources)
+            for name, t in settings.ray_instance_types.items()
+        },
+        start_timeout=settings.instance_start_timeout_s,
+    )
 
 
 def database_exists(settings: Settings) -> bool:
@@ -110,14 +143,7 @@ class Engine:
                       else DatabaseBlobStore(self.db, data / "blob-cache"))
         self.payloads = Payloads(self.db, self.blobs)
         sandbox = sandbox_from_settings(settings.sandbox, check=False)  # `serve` checked it before
-        self.runtime = runtime or LocalRuntime(
-            log_dir=data / "instances",
-            start_timeout=settings.instance_start_timeout_s,
-            sandbox=sandbox,
-            scratch_dir=data / "scratch",
-            network=settings.sandbox_network,
-            shared_dirs=settings.shared_dirs,
-        )
+        self.runtime = runtime or make_runtime(settings, sandbox, self.blobs.local_path)
         signing_key = server_secrets.signing_key(self.db, data)
         self.node_token = node_token(signing_key)
         # Instance limits count across the nodes sharing the database; one server on SQLite counts its own.
@@ -242,7 +268,12 @@ class Engine:
         return self.services.pool_target(pool)
 
     async def _instance_spec(self, target: Target) -> InstanceSpec:
-        package_dir, python = await asyncio.to_thread(self.revisions.materialise, target)
+        if target.revision_id is None or target.archive_key is None:
+            raise InstanceStartFailed(f"Version '{target.version_name}' has no successfully built code")
+        package_dir = python = None
+        if not self.runtime.prepares_code:
+            package_dir, python = await asyncio.to_thread(self.revisions.materialise, target)
+        memory_limit = memory_limit_bytes(target.instance_type, self.settings.instance_memory_mib)
         return InstanceSpec(
             version_id=target.version_id,
             package_dir=package_dir,
@@ -264,5 +295,7 @@ class Engine:
             environment={k: str(v) for k, v in target.environment_variables.items()},
             handler=target.handler,
             max_log_bytes=self.settings.max_log_bytes,
-            memory_limit_bytes=memory_limit_bytes(target.instance_type, self.settings.instance_memory_mib),
+            memory_limit_bytes=memory_limit,
+            code=Code(target.revision_id, target.archive_key, cache_key=target.project_id),
+            instance_type=target.instance_type,
         )

@@ -5,8 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class RayInstanceType(BaseModel):
+    """The Ray resources an instance of one instance type asks for."""
+
+    model_config = {"extra": "forbid"}
+
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+    memory_mib: int | None = Field(None, ge=1, description="Ray's memory resource (default: the memory limit).")
+    resources: dict[str, float] = Field(default_factory=dict, description="Custom resources of the nodes.")
 
 
 class Settings(BaseSettings):
@@ -27,7 +38,24 @@ class Settings(BaseSettings):
         description="Token that may act in every project; if unset, the first server on the database generates "
         "one (kept in its data dir, its hash in the database).",
     )
-    runtime: str = Field("local", description="Where instances run: 'local' processes.")
+    runtime: Literal["local", "ray"] = Field(
+        "local", description="Where instances run: 'local' processes, or actors on a Ray cluster ('ray', with the "
+        "`ray` extra).",
+    )
+    ray_address: str | None = Field(
+        None, description="The Ray cluster to place instances on (host:port of its head); none: the server starts a "
+        "local Ray instance.",
+    )
+    ray_namespace: str = Field("modelbay", description="The Ray namespace of the server's actors.")
+    ray_instance_types: dict[str, RayInstanceType] = Field(
+        default_factory=dict,
+        description='Ray resources per instance type, as JSON: {"gpu": {"num_cpus": 4, "num_gpus": 1, '
+        '"memory_mib": 16384}}; another type asks for one CPU and its memory limit.',
+    )
+    ray_node_dir: Path = Field(
+        Path("/tmp/modelbay-ray"), description="Where each Ray node keeps the code and environments of its "
+        "instances, and their logs and scratch directories.",
+    )
     uv_cache_dir: Path | None = Field(None, description="Package cache of builds (one folder per project); <data dir>/builds/uv-cache if unset.")
     max_log_bytes: int = Field(1 << 20, ge=1024, description="What one request may print before it is failed.")
     max_request_bytes: int = Field(64 << 20, ge=1024, description="Largest request body accepted.")
@@ -58,13 +86,6 @@ class Settings(BaseSettings):
     instance_memory_mib: int = Field(
         2048, ge=64, description="Memory limit of an instance whose instance type names no size (e.g. '512mb')."
     )
-
-    @field_validator("runtime")
-    @classmethod
-    def _known_runtime(cls, value: str) -> str:
-        if value not in ("local",):
-            raise ValueError(f"unknown runtime {value!r}; choose 'local'")
-        return value
 
     @property
     def shared_dirs(self) -> list[Path]:

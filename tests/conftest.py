@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from modelbay.store.db import Database
-from tests.fixtures import databases
+from tests.fixtures import databases, ray_cluster
 from tests.fixtures.cluster import NODES, serving
 from tests.fixtures.server import Server
 
@@ -93,6 +93,22 @@ def shared_path(sandbox_shared_root: Path, request: pytest.FixtureRequest) -> Pa
     path.mkdir(mode=0o777)
     path.chmod(0o777)  # mkdir's mode is cut by the umask
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ray_runtime_for_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """With MODELBAY_TEST_RUNTIME=ray: this test process's own Ray cluster, on which every server the
+    tests start places its instances."""
+    if ray_cluster.RUNTIME != "ray":
+        yield
+        return
+    cluster = ray_cluster.start()
+    env = ray_cluster.server_env(cluster, tmp_path_factory.mktemp("ray-nodes"))
+    os.environ.update(env)
+    yield
+    for name in env:
+        os.environ.pop(name, None)
+    cluster.shutdown()
 
 
 @pytest.fixture(scope="session")

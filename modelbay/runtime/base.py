@@ -24,17 +24,31 @@ class InstanceState(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class Code:
+    """Which built code an instance runs, wherever it is: a runtime whose instances live on other
+    machines prepares it there from the archive."""
+
+    revision_id: str
+    archive_key: str  # the archive's key in the blob store
+    cache_key: str | None = None  # whose package cache its environment is made with (the project's)
+
+
+@dataclass(frozen=True)
 class InstanceSpec:
     """Everything needed to start an instance of a version."""
 
     version_id: str
-    package_dir: Path  # the unpacked code, holding deployment.py (or the handler module)
-    python: Path  # the interpreter of the version's built environment
+    # The unpacked code (holding deployment.py or the handler module) and the interpreter of its
+    # environment, prepared on this server; None for a runtime that prepares `code` where it runs.
+    package_dir: Path | None
+    python: Path | None
     init_context: dict[str, Any]  # passed to Deployment(base_directory, context)
     environment: dict[str, str] = field(default_factory=dict)  # extra env vars for user code
     handler: str | None = None  # "module:function" for handler-style code, else the Deployment class
     max_log_bytes: int = 1 << 20  # what user code may print during one request
     memory_limit_bytes: int | None = None  # what its heap may grow to (a failed allocation past it)
+    code: Code | None = None
+    instance_type: str | None = None  # the version's instance type, which a runtime may place by
 
 
 @dataclass(frozen=True)
@@ -99,6 +113,10 @@ class CallTimedOut(RuntimeError_):
 
 class Runtime(Protocol):
     """Starts, calls and stops instances. All methods are coroutines on the server's loop."""
+
+    #: Whether `start` needs the code prepared on this server (`package_dir`, `python`), or
+    #: prepares `spec.code` where the instance runs.
+    prepares_code: bool
 
     async def start(self, spec: InstanceSpec) -> Instance:
         """Start an instance and return once its package has loaded.

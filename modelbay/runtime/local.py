@@ -100,6 +100,8 @@ class LocalRuntime:
     operator's `shared_dirs`.
     """
 
+    prepares_code = False  # it runs the code this server prepared
+
     def __init__(
         self,
         log_dir: Path,
@@ -125,6 +127,8 @@ class LocalRuntime:
     # --- start ---
 
     async def start(self, spec: InstanceSpec) -> Instance:
+        if spec.package_dir is None or spec.python is None:
+            raise RuntimeError_("The local runtime runs code prepared on this server; the spec names none.")
         instance_id = uuid.uuid4().hex
         self._log_dir.mkdir(parents=True, exist_ok=True)
         scratch = self._scratch_dir / instance_id

@@ -34,6 +34,8 @@ class FakeInstance:
 
 
 class FakeRuntime:
+    prepares_code = False
+
     def __init__(self) -> None:
         self.started: list[FakeInstance] = []
         self.stopped: list[FakeInstance] = []
