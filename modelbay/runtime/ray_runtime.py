@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import socket
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -44,6 +45,8 @@ STOP_GRACE_S = 5.0
 HEALTH_TIMEOUT_S = 5.0
 #: After this long without a node for an instance, the server says it waits for capacity.
 CAPACITY_NOTICE_S = 5.0
+#: How long the head of the Ray cluster may take to accept a connection.
+CONNECT_TIMEOUT_S = 10.0
 #: Archives kept in Ray's object store for instances still to start (the newest).
 ARCHIVES_KEPT = 16
 
@@ -86,12 +89,25 @@ def connect(address: str | None, namespace: str) -> None:
                                  "(pip install 'modelbay[ray]')") from None
     if ray.is_initialized():
         return
+    if address:
+        _check_reachable(address)
     try:
         ray.init(address=address or "local", namespace=namespace, log_to_driver=False,
                  logging_level=logging.WARNING, include_dashboard=False if not address else None)
     except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError... for a bad cluster
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         raise RuntimeUnavailable(f"could not use {where}: {exc}") from exc
+
+
+def _check_reachable(address: str) -> None:
+    """Ray waits without end for a head that does not answer: find out first whether one listens."""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not port.isdigit():
+        return  # a Ray Client address (ray://) or "auto": left to Ray
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise RuntimeUnavailable(f"could not reach the Ray cluster at {address}: {exc.strerror or exc}") from None
 
 
 class RayInstance:
