@@ -23,6 +23,9 @@ from tests.clients.conftest import Client, Run, clean_env, runner
 from tests.compat.ubiops.conftest import sdk_client
 from tests.fixtures.server import Server
 
+#: The first run installs the CLI (a minute or more) in its first test's setup.
+pytestmark = pytest.mark.timeout(900)
+
 #: The deployment's code: `deployment.py` as modelbay loads it, re-exporting the class of the file
 #: the user names with `--deployment_file` (modelbay does not read SYS_DEPLOYMENT_FILE_NAME).
 MAIN_PY = '''
@@ -150,8 +153,9 @@ def test_environment_variables_create_then_list_never_showing_a_secret(cli: Cli)
     assert bad.returncode == 1 and "Environment variable name 'NOT-A-NAME' is invalid" in bad.stdout
 
 
-def test_deploy_with_a_deployment_file_stores_it_as_a_variable_the_instance_sees(cli: Cli,
-                                                                                 deployed: CompletedProcess[str]) -> None:
+def test_deploy_with_a_deployment_file_stores_it_as_a_variable_the_instance_sees(
+    cli: Cli, deployed: CompletedProcess[str]
+) -> None:
     assert "Deployment was successfully deployed" in deployed.stdout
     listed = json_output(cli.run("environment_variables", "list", "-d", "cli-double", "-v", "v1", "-fmt", "json"))
     by_name = {v["name"]: v for v in listed}
