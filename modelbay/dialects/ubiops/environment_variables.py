@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from modelbay.core.environment_variables import Scope, Variable
-from modelbay.core.errors import InvalidInput
+from modelbay.core.errors import InvalidInput, NotFound
 from modelbay.dialects.ubiops.deps import EngineDep, JsonObject, ProjectDep
 from modelbay.dialects.ubiops.errors import UbiopsRoute
 from modelbay.dialects.ubiops.schemas import respond
@@ -161,3 +161,25 @@ def deployment_version_environment_variables_copy(engine: EngineDep, project: Pr
     scope = Scope(project, deployment_name, version)
     copied = engine.environment_variables.copy(scope, _copied_from(project, body))
     return respond([shape(v, inherited=True) for v in copied], 201)
+
+
+# --- pipeline objects ------------------------------------------------------------------------
+
+
+@router.get(PROJECT + "/pipelines/{pipeline_name}/versions/{version}/objects/{name}/environment-variables")
+def pipeline_version_object_environment_variables_list(engine: EngineDep, project: ProjectDep, pipeline_name: str,
+                                                       version: str, name: str) -> Response:
+    """The variables of the deployment version a pipeline object runs (none for an operator or a
+    sub-pipeline), as that version lists them."""
+    _pipeline, row = engine.pipelines.get_version(project, pipeline_name, version)
+    obj = next((o for o in row.objects if o["name"] == name), None)
+    if obj is None:
+        raise NotFound("pipeline object", name)
+    if obj["reference_type"] != "deployment":
+        return respond([])
+    deployment = obj["reference_name"]
+    deployment_version = obj.get("version") or engine.deployments.default_version_name(
+        engine.deployments.get(project, deployment))
+    if deployment_version is None:
+        return respond([])
+    return _list(engine, Scope(project, deployment, deployment_version))

@@ -155,3 +155,22 @@ def test_the_variables_of_a_deleted_deployment_go_with_it(api: ubiops.CoreApi, p
     with pytest.raises(ubiops.ApiException) as missing:
         api.deployment_environment_variables_list(p, "gone")
     assert missing.value.status == 404
+
+
+def test_a_pipeline_object_lists_the_variables_of_the_deployment_version_it_runs(
+    api: ubiops.CoreApi, project: dict[str, str]
+) -> None:
+    p = project["name"]
+    api.deployments_create(p, ubiops.DeploymentCreate(name="step", input_type="plain", output_type="plain"))
+    api.deployment_versions_create(p, "step", ubiops.DeploymentVersionCreate(version="v1"))
+    api.deployment_version_environment_variables_create(p, "step", "v1", Env(name="A", value="1", secret=False))
+    api.project_environment_variables_create(p, Env(name="B", value="2", secret=True))
+    api.pipelines_create(p, ubiops.PipelineCreate(name="pipe", input_type="plain", output_type="plain"))
+    api.pipeline_versions_create(p, "pipe", ubiops.PipelineVersionCreate(
+        version="v1", objects=[{"name": "obj", "reference_name": "step"}]))
+
+    assert listed(api.pipeline_version_object_environment_variables_list(p, "obj", "pipe", "v1")) == {
+        ("A", "1", False, None, None), ("B", None, True, "project", p)}
+    with pytest.raises(ubiops.ApiException) as missing:
+        api.pipeline_version_object_environment_variables_list(p, "nothing", "pipe", "v1")
+    assert missing.value.status == 404
