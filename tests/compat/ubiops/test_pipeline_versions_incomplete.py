@@ -29,13 +29,18 @@ def refused(call: Any) -> str:
     return str(body["error"])
 
 
+def with_echo_pipeline(api: ubiops.CoreApi, project: dict[str, str], deploy: Any, name: str) -> str:
+    """A built deployment `echo` and a structured pipeline `name` with no version yet; returns the project."""
+    deploy("echo", NOOP)
+    api.pipelines_create(project["name"], ubiops.PipelineCreate(name=name, input_type="structured", input_fields=X,
+                                                                output_type="structured", output_fields=X))
+    return project["name"]
+
+
 def test_an_empty_version_is_stored_refuses_every_kind_of_request_then_runs_once_complete(
     api: ubiops.CoreApi, project: dict[str, str], deploy: Any
 ) -> None:
-    p = project["name"]
-    deploy("echo", NOOP)
-    api.pipelines_create(p, ubiops.PipelineCreate(name="grown", input_type="structured", input_fields=X,
-                                                  output_type="structured", output_fields=X))
+    p = with_echo_pipeline(api, project, deploy, "grown")
     # Given a version created with nothing in it
     created = api.pipeline_versions_create(p, "grown", ubiops.PipelineVersionCreate(version="v1"))
     assert created.version == "v1"
@@ -65,10 +70,7 @@ def test_an_empty_version_is_stored_refuses_every_kind_of_request_then_runs_once
 def test_an_empty_version_beside_a_complete_default_leaves_the_default_running(
     api: ubiops.CoreApi, project: dict[str, str], deploy: Any
 ) -> None:
-    p = project["name"]
-    deploy("echo", NOOP)
-    api.pipelines_create(p, ubiops.PipelineCreate(name="two", input_type="structured", input_fields=X,
-                                                  output_type="structured", output_fields=X))
+    p = with_echo_pipeline(api, project, deploy, "two")
     api.pipeline_versions_create(p, "two", ubiops.PipelineVersionCreate(
         version="v1", objects=[{"name": "echo", "reference_name": "echo"}],
         attachments=[attach("echo", "pipeline_start"), attach("pipeline_end", "echo")]))
