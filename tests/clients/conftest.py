@@ -22,19 +22,21 @@ INSTALL_TIMEOUT_S = 600
 
 @dataclass(frozen=True)
 class Client:
-    """An installed client: its virtualenv and its command."""
+    """An installed client: its virtualenv."""
 
     venv: Path
-    command: Path
+
+    @property
+    def interpreter(self) -> Path:
+        return self.venv / "bin" / "python"
 
     def python(self, code: str) -> str:
         """What `code` prints, run by the client's own interpreter."""
-        done = subprocess.run([self.venv / "bin" / "python", "-c", code], capture_output=True, text=True,
-                              check=True, timeout=60)
+        done = subprocess.run([self.interpreter, "-c", code], capture_output=True, text=True, check=True, timeout=60)
         return done.stdout.strip()
 
 
-def installed(name: str, requirement: str, command: str) -> Client:
+def installed(name: str, requirement: str) -> Client:
     """The virtualenv `CLIENTS_DIR/name` with `requirement` installed, made on first use."""
     venv = CLIENTS_DIR / name
     stamp = venv / f".installed {requirement}"
@@ -50,22 +52,22 @@ def installed(name: str, requirement: str, command: str) -> Client:
                 if done.returncode != 0:
                     pytest.fail(f"could not install {requirement} ({' '.join(step)}):\n{done.stdout}{done.stderr}")
             stamp.touch()
-    return Client(venv, venv / "bin" / command)
+    return Client(venv)
 
 
 @pytest.fixture(scope="session")
 def ubiops_cli() -> Client:
-    return installed("ubiops-cli", "ubiops-cli==2.32.0", "ubiops")
+    return installed("ubiops-cli", "ubiops-cli==2.32.0")
 
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
 
-def runner(command: Path, cwd: Path, env: dict[str, str]) -> Run:
+def runner(command: list[str], cwd: Path, env: dict[str, str]) -> Run:
     """Runs `command` with arguments as a user at a shell would, in `cwd`; returns what it did."""
 
     def run(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(command), *args], cwd=cwd, env=env, capture_output=True, text=True,
+        return subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True,
                               timeout=timeout, stdin=subprocess.DEVNULL)
 
     return run

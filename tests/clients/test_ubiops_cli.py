@@ -1,16 +1,17 @@
 """`ubiops-cli` 2.32.0, unchanged, against a real modelbay server: what a UbiOps user types.
 
 The CLI keeps its configuration (the API, the token, the current project) in a file next to its own
-code, not in HOME: this module signs in once and removes that file before and after.
+code, not in HOME: each module runs its own copy of the CLI's package (on the CLI's interpreter, with
+the CLI's SDK), so that its sign-in is its own, in its temporary directory.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import textwrap
 import uuid
 import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from subprocess import CompletedProcess
@@ -25,6 +26,9 @@ from tests.fixtures.server import Server
 
 #: The first run installs the CLI (a minute or more) in its first test's setup.
 pytestmark = pytest.mark.timeout(900)
+
+#: What the `ubiops` command runs (its console script), on the copy of the package PYTHONPATH names.
+ENTRY_POINT = "import sys; sys.argv[0] = 'ubiops'; from ubiops_cli.main import main; main()"
 
 #: The deployment's code: `deployment.py` as modelbay loads it, re-exporting the class of the file
 #: the user names with `--deployment_file` (modelbay does not read SYS_DEPLOYMENT_FILE_NAME).
@@ -87,17 +91,19 @@ def json_output(done: CompletedProcess[str]) -> Any:
 
 
 @pytest.fixture(scope="module")
-def cli(ubiops_cli: Client, server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cli]:
-    config = Path(ubiops_cli.python("import os, ubiops_cli.utils as u; "
-                                    "print(os.path.join(os.path.dirname(os.path.abspath(u.__file__)), '.config'))"))
-    config.unlink(missing_ok=True)  # a fresh user: never signed in
+def cli(ubiops_cli: Client, server: Server, tmp_path_factory: pytest.TempPathFactory) -> Cli:
     workdir = tmp_path_factory.mktemp("ubiops-cli")
+    installed = Path(ubiops_cli.python("import os, ubiops_cli; print(os.path.dirname(ubiops_cli.__file__))"))
+    own = workdir / "cli"
+    # a fresh user, never signed in: the copy leaves out the installed package's configuration
+    shutil.copytree(installed, own / "ubiops_cli", ignore=shutil.ignore_patterns("__pycache__", ".config"))
+    env = {**clean_env(workdir / "home"), "PYTHONPATH": str(own)}
+    run = runner([str(ubiops_cli.interpreter), "-c", ENTRY_POINT], workdir, env)
     project = server.create_project(f"cli-{uuid.uuid4().hex[:8]}")
-    run = runner(ubiops_cli.command, workdir, clean_env(workdir / "home"))
     api = f"{server.url}/v2.1"
     signin = run("signin", "--token", "--password", f"Token {project['token']}", "--api", api)
-    yield Cli(run, project["name"], project["token"], api, workdir, signin)
-    config.unlink(missing_ok=True)
+    assert (own / "ubiops_cli" / ".config").exists(), signin  # the sign-in went to this module's copy
+    return Cli(run, project["name"], project["token"], api, workdir, signin)
 
 
 @pytest.fixture(scope="module")
