@@ -22,6 +22,7 @@ from modelbay.core.bus import Bus
 from modelbay.core.datasets import Datasets
 from modelbay.core.deliveries import Deliveries
 from modelbay.core.deployments import Deployments, Target
+from modelbay.core.environment_variables import EnvironmentVariables
 from modelbay.core.errors import NotFound, Unavailable
 from modelbay.core.instance_slots import InstanceSlots, LocalSlots
 from modelbay.core.job_items import ItemOutcome, default_body
@@ -153,6 +154,7 @@ class Engine:
                                    peers=self.peers)
         self.projects = Projects(self.db, admin_token(settings, self.db).hash, self.bus)
         self.deployments = Deployments(self.db, self.bus, self.scheduler.version_changed)
+        self.environment_variables = EnvironmentVariables(self.db, self.deployments.version_changed)
         self.revisions = Revisions(
             self.db,
             self.blobs,

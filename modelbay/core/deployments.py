@@ -27,6 +27,7 @@ from modelbay.core.catalog import (
     update_description_and_labels,
 )
 from modelbay.core.clock import utcnow
+from modelbay.core.environment_variables import effective
 from modelbay.core.errors import Conflict, InvalidInput, NotFound, Unavailable
 from modelbay.core.fields import check_definitions, check_io
 from modelbay.store.db import Database
@@ -292,6 +293,7 @@ class Deployments:
             deployment = DEPLOYMENTS.get(session, project.id, deployment_name)
             row = VERSIONS.get_or_default(session, deployment, version)
             revision = session.get(RevisionRow, row.active_revision_id) if row.active_revision_id else None
+            variables = effective(session, project.id, deployment.id, row.id, row.environment_variables)
         return Target(
             project_id=project.id,
             project_name=project.name,
@@ -308,7 +310,7 @@ class Deployments:
             minimum_instances=row.minimum_instances,
             maximum_instances=row.maximum_instances,
             maximum_idle_time=row.maximum_idle_time,
-            environment_variables=dict(row.environment_variables),
+            environment_variables=variables,
             handler=row.handler,
             revision_id=revision.id if revision else None,
             archive_key=revision.archive_key if revision else None,

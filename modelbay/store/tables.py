@@ -89,6 +89,26 @@ class VersionRow(Base):
     updated_at: Mapped[datetime]
 
 
+class EnvironmentVariableRow(Base):
+    """An environment variable of a project, a deployment or a version: the instances of a version
+    get the project's, then the deployment's, then the version's own, the most specific winning
+    (`core.environment_variables`)."""
+
+    __tablename__ = "environment_variables"
+    __table_args__ = (UniqueConstraint("scope_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    deployment_id: Mapped[str | None] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"), index=True)
+    version_id: Mapped[str | None] = mapped_column(ForeignKey("versions.id", ondelete="CASCADE"), index=True)
+    scope_id: Mapped[str] = mapped_column(String(36))  # the most specific of the three: names are unique in it
+    name: Mapped[str] = mapped_column(String(64))
+    value: Mapped[str] = mapped_column(Text)
+    secret: Mapped[bool] = mapped_column(default=False)  # its value is never answered
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
 class RevisionRow(Base):
     """One uploaded code archive of a version and its build."""
 

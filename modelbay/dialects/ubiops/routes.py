@@ -13,7 +13,7 @@ from fastapi.responses import FileResponse, Response
 from modelbay.core import environments
 from modelbay.core.errors import Forbidden, InvalidInput, NotFound
 from modelbay.dialects.common.body import multipart_file
-from modelbay.dialects.ubiops import schemas
+from modelbay.dialects.ubiops import environment_variables, schemas
 from modelbay.dialects.ubiops.deps import CallerDep, EngineDep, JsonObject, ProjectDep
 from modelbay.dialects.ubiops.errors import UbiopsRoute
 
@@ -24,8 +24,7 @@ PREFIXES = ("/v2.1", "/v2")
 UPLOAD_WAITS_FOR_BUILD_S = 2.0
 
 router = APIRouter(route_class=UbiopsRoute)
-
-
+router.include_router(environment_variables.router)
 
 
 # --- status and projects ---------------------------------------------------------------------
