@@ -22,6 +22,7 @@ from modelbay.core.bus import Bus
 from modelbay.core.datasets import Datasets
 from modelbay.core.deliveries import Deliveries
 from modelbay.core.deployments import Deployments, Target
+from modelbay.core.endpoints import Endpoints
 from modelbay.core.errors import NotFound, Unavailable
 from modelbay.core.instance_slots import InstanceSlots, LocalSlots
 from modelbay.core.job_items import ItemOutcome, default_body
@@ -160,6 +161,7 @@ class Engine:
             self.db, self.deployments, self.requests, self.scheduler, self.runtime, self.journal,
             scale_down_idle_s=settings.service_scale_down_idle_s, bus=self.bus,
         )
+        self.endpoints = Endpoints(self.db)
         # Runs and services waiting for a version's code go on (or fail) when its build ends.
         self.revisions.build_ended.add(self.runs.build_ended)
         self.revisions.build_ended.add(self.services.build_ended)
