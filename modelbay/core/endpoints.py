@@ -65,19 +65,14 @@ class Endpoints:
     def update(self, deployment_id: str, endpoint_id: str, service_id: object) -> EndpointRow:
         """Point the endpoint at another service of the deployment."""
         with self._db.write() as session:
-            row = session.get(EndpointRow, endpoint_id)
-            if row is None or row.deployment_id != deployment_id:
-                raise NotFound("endpoint", endpoint_id)
+            row = self._own(session, deployment_id, endpoint_id)
             row.service_id = _check_service(session, deployment_id, service_id)
             row.modified_at = utcnow()
         return row
 
     def delete(self, deployment_id: str, endpoint_id: str) -> None:
         with self._db.write() as session:
-            row = session.get(EndpointRow, endpoint_id)
-            if row is None or row.deployment_id != deployment_id:
-                raise NotFound("endpoint", endpoint_id)
-            session.delete(row)
+            session.delete(self._own(session, deployment_id, endpoint_id))
 
     def service_of(self, deployment_id: str, alias: str = DEFAULT_ALIAS) -> str:
         """The id of the service the alias points at; raises `NotFound` without such an endpoint."""
@@ -86,6 +81,13 @@ class Endpoints:
         if row is None:
             raise NotFound("endpoint", alias)
         return row.service_id
+
+    @staticmethod
+    def _own(session: Session, deployment_id: str, endpoint_id: str) -> EndpointRow:
+        row = session.get(EndpointRow, endpoint_id)
+        if row is None or row.deployment_id != deployment_id:
+            raise NotFound("endpoint", endpoint_id)
+        return row
 
     @staticmethod
     def _find(session: Session, deployment_id: str, alias: str) -> EndpointRow | None:
