@@ -11,6 +11,7 @@ in their own process (a user adds a line to /etc/hosts).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -63,16 +64,20 @@ def installed_version() -> str | None:
 
 @pytest.fixture(scope="session")
 def abeja_cli() -> Path:
-    """The `abeja` command of abejacli VERSION, installed into its own virtualenv once."""
-    if installed_version() != VERSION:
-        steps = ([sys.executable, "-m", "venv", str(VENV)],
-                 [str(VENV / "bin" / "pip"), "install", "--quiet", f"abejacli=={VERSION}"])
-        for step in steps:
-            done = subprocess.run(step, capture_output=True, text=True, timeout=900)
-            if done.returncode != 0:
-                pytest.fail(f"cannot install abejacli {VERSION}: {' '.join(step)} exited {done.returncode}:\n"
-                            f"{done.stderr[-3000:]}")
-        assert installed_version() == VERSION
+    """The `abeja` command of abejacli VERSION, installed into its own virtualenv once (under a
+    lock: the suites on SQLite and on PostgreSQL run side by side)."""
+    VENV.parent.mkdir(exist_ok=True)
+    with open(VENV.parent / "abejacli.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if installed_version() != VERSION:
+            steps = ([sys.executable, "-m", "venv", str(VENV)],
+                     [str(VENV / "bin" / "pip"), "install", "--quiet", f"abejacli=={VERSION}"])
+            for step in steps:
+                done = subprocess.run(step, capture_output=True, text=True, timeout=900)
+                if done.returncode != 0:
+                    pytest.fail(f"cannot install abejacli {VERSION}: {' '.join(step)} exited {done.returncode}:\n"
+                                f"{done.stderr[-3000:]}")
+            assert installed_version() == VERSION
     return ABEJA
 
 
