@@ -14,6 +14,7 @@ from starlette.types import ASGIApp
 
 from modelbay.dialects.abeja import errors as abeja_errors
 from modelbay.dialects.abeja.deployments import router as abeja_deployments_router
+from modelbay.dialects.abeja.endpoints import router as abeja_endpoints_router
 from modelbay.dialects.abeja.runs import router as abeja_runs_router
 from modelbay.dialects.abeja.services import proxy_router as abeja_proxy_router
 from modelbay.dialects.abeja.services import router as abeja_services_router
@@ -83,6 +84,7 @@ def create_app(settings: Settings) -> ASGIApp:
     app.include_router(node_calls_router)
     app.include_router(abeja_runs_router)
     app.include_router(abeja_services_router)
+    app.include_router(abeja_endpoints_router)
     app.include_router(abeja_deployments_router)
     for datature_router in datature_routers:
         app.include_router(datature_router)

@@ -1,4 +1,4 @@
-"""The `modelbay` command: run the server, create and list projects."""
+"""The `modelbay` command: run the server; create, list and delete projects, and renew their tokens."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import logging
 import signal
 import socket
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 import uvicorn
@@ -20,6 +21,9 @@ from rich.markup import escape
 
 from modelbay.runtime import sandbox
 from modelbay.settings import Settings
+
+if TYPE_CHECKING:
+    from modelbay.core.projects import Projects
 
 app = typer.Typer(help="modelbay: a self-hosted platform that runs model code and serves requests to it.")
 project_app = typer.Typer(help="Manage projects.")
@@ -257,15 +261,14 @@ def project_create(
             console.print(f"{key}: [bold]{value}[/bold]")
 
 
-@project_app.command("list")
-def project_list(
-    data_dir: DataDir = None,
-    database_url: DatabaseUrl = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per project.")] = False,
-) -> None:
-    """List the projects and their ids (never their tokens)."""
+@contextlib.contextmanager
+def _projects(data_dir: Path | None, database_url: str | None) -> Iterator[Projects]:
+    """The projects of an existing store (never a new one: a mistyped --data-dir fails); a core
+    error inside the block is one line on stderr and exit 1. No server lock: these run next to a
+    running server, which sees the change at once on PostgreSQL and within seconds on SQLite."""
     from modelbay.core.bus import Bus
-    from modelbay.core.projects import Caller, Projects
+    from modelbay.core.errors import ModelbayError
+    from modelbay.core.projects import Projects
     from modelbay.engine import admin_token, database_exists, open_database
 
     settings = _settings(data_dir, database_url=database_url)
@@ -274,9 +277,24 @@ def project_list(
         _fail(f"no modelbay database in {where}")
     db = open_database(settings)
     try:
-        rows = Projects(db, admin_token(settings, db).hash, Bus(db)).list(Caller(project_id=None))
+        yield Projects(db, admin_token(settings, db).hash, Bus(db))
+    except ModelbayError as exc:
+        _fail(exc.message)
     finally:
         db.close()
+
+
+@project_app.command("list")
+def project_list(
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per project.")] = False,
+) -> None:
+    """List the projects and their ids (never their tokens)."""
+    from modelbay.core.projects import Caller
+
+    with _projects(data_dir, database_url) as projects:
+        rows = projects.list(Caller(project_id=None))
     for row in rows:
         payload = {
             "name": row.name,
@@ -287,6 +305,43 @@ def project_list(
             print(json.dumps(payload))
         else:
             print("\t".join(str(value) for value in payload.values()))
+
+
+@project_app.command("delete")
+def project_delete(
+    name: str,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Delete without asking.")] = False,
+) -> None:
+    """Delete a project and everything in it (deployments, pipelines, requests, jobs, ...)."""
+    from modelbay.core.projects import Caller
+
+    with _projects(data_dir, database_url) as projects:
+        projects.get(Caller(project_id=None), name)  # an unknown name fails before the question
+        if not yes:
+            try:
+                confirmed = typer.confirm(f"Delete project '{name}' and everything in it?")
+            except typer.Abort:  # no answer: standard input is closed
+                confirmed = False
+            if not confirmed:
+                _fail("nothing deleted (pass --yes to delete without being asked)")
+        projects.delete(Caller(project_id=None), name)
+    console.print(f"project [bold]{escape(name)}[/bold] deleted")
+
+
+@project_app.command("token")
+def project_token(
+    name: str,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Give a project a new token and print it; the old token stops working."""
+    from modelbay.core.projects import Caller
+
+    with _projects(data_dir, database_url) as projects:
+        token = projects.renew_token(Caller(project_id=None), name)
+    print(token)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from modelbay.core.bus import Bus
 from modelbay.core.datasets import Datasets
 from modelbay.core.deliveries import Deliveries
 from modelbay.core.deployments import Deployments, Target
+from modelbay.core.endpoints import Endpoints
 from modelbay.core.environment_variables import EnvironmentVariables
 from modelbay.core.errors import NotFound, Unavailable
 from modelbay.core.instance_slots import InstanceSlots, LocalSlots
@@ -188,6 +189,7 @@ class Engine:
             self.db, self.deployments, self.requests, self.scheduler, self.runtime, self.journal,
             scale_down_idle_s=settings.service_scale_down_idle_s, bus=self.bus,
         )
+        self.endpoints = Endpoints(self.db)
         # Runs and services waiting for a version's code go on (or fail) when its build ends.
         self.revisions.build_ended.add(self.runs.build_ended)
         self.revisions.build_ended.add(self.services.build_ended)

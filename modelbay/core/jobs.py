@@ -465,14 +465,15 @@ class Jobs:
     @staticmethod
     def _fail_delivery(conn: Connection, job_id: str, failures: dict[int, list[str]]) -> int:
         """Settle these items as failed to deliver, each with the reasons after what its log said
-        (a failed prediction's error stays first); returns how many were still open."""
+        (a failed prediction's error stays first) and at level Error (a prediction that worked was
+        logged Info); returns how many were still open."""
         said = dict(conn.execute(select(LOGS.c.item_index, LOGS.c.reason).where(
             LOGS.c.job_id == job_id, LOGS.c.item_index.in_(list(failures)))).all())
         moved = 0
         for index, reasons in failures.items():
             reason = "; ".join(filter(None, [said.get(index), *reasons]))
             moved += move(conn, JOB_ITEM, {"job_id": job_id, "item_index": [index]}, OPEN_ITEM,
-                          ItemStatus.FAILED_DELIVER, reason=reason)
+                          ItemStatus.FAILED_DELIVER, reason=reason, level="Error")
         return moved
 
 

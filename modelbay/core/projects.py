@@ -9,20 +9,38 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from modelbay.core import bus as topics
 from modelbay.core.bus import Bus, Message
 from modelbay.core.clock import utcnow
 from modelbay.core.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from modelbay.store.db import Database
-from modelbay.store.tables import ProjectRow
+from modelbay.store.tables import (
+    DeliveryRow,
+    DeploymentRow,
+    JobLogRow,
+    JobRow,
+    OperatorRequestRow,
+    PipelineRequestRow,
+    ProjectRow,
+    RequestRow,
+    ServiceRow,
+    VersionRow,
+    WebhookRow,
+)
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}[a-z0-9]$")
+
+#: How long a cached token or project is trusted. A change made here, or through another node on
+#: PostgreSQL, drops the caches at once; one made by a command next to a server on SQLite (whose
+#: messages stay in their process) is seen within this time.
+CACHE_TTL_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -56,8 +74,8 @@ def hash_token(token: str) -> str:
 
 
 class Projects:
-    """Creates projects and resolves tokens. Token and project lookups are cached (they sit on every
-    request); a project's change drops them on every node."""
+    """Creates, renews and deletes projects and resolves tokens. Token and project lookups are
+    cached (they sit on every request) for `CACHE_TTL_S`; a project's change drops them on every node."""
 
     def __init__(self, db: Database, admin_token_hash: str, bus: Bus) -> None:
         self._db = db
@@ -67,6 +85,7 @@ class Projects:
         self._by_name: dict[str, ProjectRow] = {}
         self._public_ids: dict[tuple[str, object], ProjectRow] = {}  # (column, value): what dialects look up
         self._generation = 0  # bumped on every change, so a lookup that raced a change is not cached
+        self._cached_since = time.monotonic()
         bus.subscribe(topics.PROJECTS, self._changed_elsewhere)
         bus.subscribe_resync(self._forget)
 
@@ -105,6 +124,37 @@ class Projects:
         self._bus.publish(topics.PROJECTS, project.id)
         return token
 
+    def delete(self, caller: Caller, name: str) -> None:
+        """Delete a project and everything in it: deployments, versions, runs, services, requests,
+        pipelines, webhooks, datasets and jobs. Its token stops working on every node; the
+        instances of its versions and services are retired. Log lines and stored files that no
+        row names any more go with the next retention sweep."""
+        project = self.get(caller, name)
+        with self._db.write() as session:
+            version_ids = list(session.scalars(select(VersionRow.id).join(
+                DeploymentRow, DeploymentRow.id == VersionRow.deployment_id).where(
+                DeploymentRow.project_id == project.id)))
+            service_ids = list(session.scalars(select(ServiceRow.id).where(ServiceRow.project_id == project.id)))
+            # What the store does not delete with the project row (kept by id, not by a foreign key).
+            pipeline_requests = select(PipelineRequestRow.id).where(PipelineRequestRow.project_id == project.id)
+            jobs = select(JobRow.id).where(JobRow.project_id == project.id)
+            webhooks = select(WebhookRow.id).where(WebhookRow.project_id == project.id)
+            session.execute(delete(OperatorRequestRow).where(
+                OperatorRequestRow.pipeline_request_id.in_(pipeline_requests)))
+            session.execute(delete(PipelineRequestRow).where(PipelineRequestRow.project_id == project.id))
+            session.execute(delete(RequestRow).where(RequestRow.project_id == project.id))
+            session.execute(delete(JobLogRow).where(JobLogRow.job_id.in_(jobs)))
+            session.execute(delete(DeliveryRow).where(DeliveryRow.webhook_id.in_(webhooks)))
+            deleted = session.execute(delete(ProjectRow).where(ProjectRow.id == project.id))
+        if deleted.rowcount == 0:
+            raise NotFound("project", name)
+        self._forget()
+        self._bus.publish(topics.PROJECTS, project.id)
+        for version_id in version_ids:
+            self._bus.publish(topics.VERSION, version_id)
+        for service_id in service_ids:
+            self._bus.publish(topics.SERVICES, service_id)
+
     def _changed_elsewhere(self, message: Message) -> None:
         if not message.from_here:  # dropped when it was sent
             self._forget()
@@ -112,14 +162,20 @@ class Projects:
     def _forget(self) -> None:
         """Drop every cached token and project (changes are rare; a lookup costs one query)."""
         self._generation += 1
+        self._cached_since = time.monotonic()
         self._callers.clear()
         self._by_name.clear()
         self._public_ids.clear()
+
+    def _expire(self) -> None:
+        if time.monotonic() - self._cached_since > CACHE_TTL_S:
+            self._forget()
 
     def authenticate(self, token: str | None) -> Caller:
         """Resolve a token to its caller. Raises `Unauthorized` for a missing or unknown token."""
         if not token:
             raise Unauthorized("Authentication credentials were not provided")
+        self._expire()
         caller = self._callers.get(token)
         if caller is not None:
             return caller
@@ -139,6 +195,7 @@ class Projects:
 
     def get(self, caller: Caller, name: str) -> ProjectRow:
         """The project named `name`. Raises `NotFound`, or `Forbidden` for another project's token."""
+        self._expire()
         project = self._by_name.get(name)
         if project is None:
             generation = self._generation
@@ -164,6 +221,7 @@ class Projects:
         is no project's. `kind` and `name` are the dialect's word for a project and the id as the
         caller gave it, for the errors: `Forbidden` for a project the caller may not use (an unknown
         id included, so ids cannot be probed); `NotFound` for the admin."""
+        self._expire()
         project = self._public_ids.get((column.key, value))
         if project is None and value is not None:
             generation = self._generation

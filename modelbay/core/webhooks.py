@@ -11,6 +11,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -104,6 +105,17 @@ class Attempt:
     refused: bool = False
 
 
+def connection_failure(exc: httpx.HTTPError) -> str:
+    """`ConnectError: Connection refused`: the operating system's word, from the innermost cause
+    (httpx says only "All connection attempts failed" for a refused or unreachable receiver)."""
+    detail, cause, seen = str(exc), exc.__cause__ or exc.__context__, 0
+    while cause is not None and seen < 10:
+        if isinstance(cause, OSError) and cause.errno:
+            detail = os.strerror(cause.errno)
+        cause, seen = cause.__cause__ or cause.__context__, seen + 1
+    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+
+
 async def post_signed(client: httpx.AsyncClient, endpoint: str, secret: str, body: bytes,
                       headers: dict[str, str] | None = None) -> Attempt:
     """POST `body` once, signed with `secret`; never raises for what the receiver does. The answer's
@@ -126,7 +138,7 @@ async def post_signed(client: httpx.AsyncClient, endpoint: str, secret: str, bod
         return Attempt(False, 0, 0, f"The webhook endpoint is not a valid URL: {exc}", refused=True)
     except httpx.HTTPError as exc:
         latency = int((time.monotonic() - started) * 1000)
-        return Attempt(False, 0, latency, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+        return Attempt(False, 0, latency, connection_failure(exc))
     ok = 200 <= answer.status_code < 300
     return Attempt(ok, answer.status_code, latency, None if ok else f"The endpoint answered {answer.status_code}")
 

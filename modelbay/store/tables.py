@@ -307,6 +307,21 @@ class ServiceRow(Base):
     modified_at: Mapped[datetime]
 
 
+class EndpointRow(Base):
+    """A deployment's stable name for one of its services: `default` is what the deployment's own
+    URL calls. Deleting the service or the deployment deletes the endpoint with it."""
+
+    __tablename__ = "endpoints"
+    __table_args__ = (UniqueConstraint("deployment_id", "alias", name="uq_endpoints_deployment_alias"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    deployment_id: Mapped[str] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"))
+    service_id: Mapped[str] = mapped_column(ForeignKey("services.id", ondelete="CASCADE"), index=True)
+    alias: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    modified_at: Mapped[datetime]
+
+
 class LogLineRow(Base):
     """One line of a run's or a service's log; `id` orders the lines of one owner."""
 

@@ -26,6 +26,8 @@ CODE_OF = {
 
 
 class AbejaErrors(ErrorShape):
+    field_names = {"alias": "custom_alias"}
+
     def body(self, status: int, message: str) -> dict[str, Any]:
         return {"error": CODE_OF.get(status, "error"), "error_description": message}
 

@@ -2,7 +2,7 @@
 
 An organization is a project: its 13-digit id is the project's public number. A deployment's
 13-digit id is derived from its core id (a UUID); a version's `ver-` id is the first 16 hex digits
-of its UUID. Runs and services have 16-hex core ids that get a prefix.
+of its UUID. Runs, services and endpoints have 16-hex core ids that get a prefix.
 Looking a derived id up means scanning a deployment's few siblings, never a table of aliases.
 """
 
@@ -44,6 +44,10 @@ def run_id(core_id: str) -> str:
 
 def service_id(core_id: str) -> str:
     return "ser-" + core_id
+
+
+def endpoint_id(core_id: str) -> str:
+    return "pnt-" + core_id
 
 
 def core_run_id(value: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -188,17 +189,28 @@ def _core_deployment_id(engine: Engine, project: ProjectRow, deployment_id: str)
 
 @proxy_router.post("/deployments/{deployment_id}/services/{service_id}")
 async def request_service(request: Request, engine: EngineDep, deployment_id: str, service_id: str) -> Response:
+    return await _serve(request, engine, deployment_id, lambda deployment: ids.core_service_id(service_id))
+
+
+@proxy_router.post("/deployments/{deployment_id}")
+async def request_default_endpoint(request: Request, engine: EngineDep, deployment_id: str) -> Response:
+    """The deployment's own URL: the service its `default` endpoint points at answers."""
+    return await _serve(request, engine, deployment_id, engine.endpoints.service_of)
+
+
+async def _serve(request: Request, engine: Engine, deployment_id: str, service_of: Callable[[str], str]) -> Response:
+    """Hand the request to the service `service_of(core deployment id)` names, and its answer back."""
     match = ORGANIZATION_HOST.match(request.headers.get("host", ""))
     if match is None:
-        raise NotFound("service", f"{deployment_id}/{service_id} (the Host header names no organization)")
+        raise NotFound("deployment", f"{deployment_id} (the Host header names no organization)")
     caller = caller_from_header(engine, request.headers.get("authorization"))
     project = ids.find_organization(engine.projects, caller, match.group(1))
     deployment = _core_deployment_id(engine, project, deployment_id)
-    row = engine.services.get(deployment, ids.core_service_id(service_id))
+    row = engine.services.get(deployment, service_of(deployment))
     target = engine.services.target(row)
     content_type = request.headers.get("content-type") or "application/octet-stream"
     headers = {name: request.headers[name] for name in FORWARDED_HEADERS if name in request.headers}
-    headers.update({"x-abeja-deployment-id": deployment_id, "x-abeja-service-id": service_id})
+    headers.update({"x-abeja-deployment-id": deployment_id, "x-abeja-service-id": ids.service_id(row.id)})
     if row.model_alias:
         headers["x-abeja-model-id"] = row.model_alias
     raw = await read_body(request, engine.settings.max_request_bytes)

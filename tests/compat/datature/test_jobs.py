@@ -15,7 +15,7 @@ from tests.compat.datature.conftest import deploy_with, make_dataset, webhook_sp
 from tests.compat.datature.receiver import Receiver
 from tests.compat.ubiops.conftest import sdk_client
 from tests.fixtures.packages import RAISES
-from tests.fixtures.server import Server
+from tests.fixtures.server import Server, free_port
 
 SLOW = """
 import time
@@ -101,6 +101,24 @@ def test_a_failed_delivery_says_why_in_the_job_log(
     assert items_of(done)["predicted"] == 2 and items_of(done)["failed_deliver"] == 2
     item_entries = [e for e in nexus.batch.jobs.get_all_log_entries(job_id) if e.kind == "ItemPredicted"]
     assert [e.reason for e in item_entries] == ["Delivery failed after 2 attempts: The endpoint answered 500"] * 2
+    assert [e.level for e in item_entries] == ["Error"] * 2  # the prediction worked, its delivery did not
+
+
+def test_a_delivery_to_a_receiver_that_refuses_the_connection_says_so(
+    nexus: Any, deploy: Callable[..., str], receiver: Receiver, tmp_path: Path
+) -> None:
+    deployment_id = deploy("echo")
+    dataset_id = make_dataset(nexus, tmp_path / "items.ndjson", [{"x": 1}])
+    closed = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens there: every connection is refused
+    spec = {**webhook_spec(receiver, max_retries=2, max_backoff_ms=50), "endpoint": closed}
+    webhook_id = nexus.batch.webhooks.create("closed", spec).id
+    job_id = nexus.batch.jobs.create("unreachable", {"dataset_id": dataset_id, "webhook_id": webhook_id,
+                                                     "deployment_id": deployment_id}).id
+    done = nexus.batch.jobs.wait_until_done(job_id, interval=1)
+    assert items_of(done)["predicted"] == 1 and items_of(done)["failed_deliver"] == 1
+    [entry] = [e for e in nexus.batch.jobs.get_all_log_entries(job_id) if e.kind == "ItemPredicted"]
+    assert entry.status == "FailedDeliver" and entry.level == "Error"
+    assert entry.reason == "Delivery failed after 3 attempts: ConnectError: Connection refused"
 
 
 def test_a_cancelled_job_settles_every_item(
