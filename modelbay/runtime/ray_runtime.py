@@ -2,7 +2,8 @@
 of the cluster with the resources of its instance type; the actor prepares the version's code on
 its node and supervises the same worker process the local runtime starts.
 
-The server is the actors' owner (a Ray driver): they end with it. Calls are awaited from the
+The server is the actors' owner (a Ray driver): they end with it, and so does a local Ray instance
+it started (Ray's own exit handler). Calls are awaited from the
 server's event loop; the timeout is the worker's own, with an outer deadline and `ray.kill` as the
 backstop. Ray needs the `ray` extra on the server and the same modelbay installed on every node.
 """
@@ -306,6 +307,8 @@ class RayRuntime:
         await asyncio.shield(self._stop_task(self._own(instance)))
 
     def _stop_task(self, inst: RayInstance) -> asyncio.Future[None]:
+        """The one shutdown of this instance, started on first request (idempotent)."""
+        inst._state = InstanceState.STOPPED
         if inst._stopping is None:
             inst._stopping = asyncio.ensure_future(self._shutdown(inst))
         return inst._stopping
@@ -340,7 +343,10 @@ class RayRuntime:
     async def close(self) -> None:
         await asyncio.gather(*(self.stop(inst) for inst in list(self._instances.values())))
         self._archives.clear()
-        await asyncio.to_thread(self._ray.shutdown)  # a local Ray instance the server started ends here
+
+    def node_of(self, instance: Instance) -> str:
+        """The Ray node an instance was placed on: its address and id."""
+        return self._own(instance)._node
 
     def _own(self, instance: Instance) -> RayInstance:
         if not isinstance(instance, RayInstance):
