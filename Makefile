@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PORT ?=
 HOST ?=
 
-.PHONY: install install-test system-packages test-system-packages run test bench bench-batch bench-sandbox clean
+.PHONY: install install-test system-packages test-system-packages run test bench bench-batch bench-ray bench-sandbox clean
 
 # $(call apt_install,PACKAGES): Debian's packages, as root or through sudo.
 apt_install = if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(1); \
@@ -43,19 +43,20 @@ run: install
 
 # Three groups at the same time: the whole suite on SQLite, the whole suite on PostgreSQL
 # (tests/fixtures/postgres.py), and the SDK suites (tests/compat) on a cluster of three servers on
-# one PostgreSQL behind a round-robin balancer (tests/fixtures/cluster.py). The tests mostly wait on
+# one PostgreSQL behind a round-robin balancer (tests/fixtures/cluster.py), whose instances are
+# actors on a Ray cluster of two nodes (tests/fixtures/ray_cluster.py). The tests mostly wait on
 # servers and user code, so together they take far less than one after the other. The PostgreSQL
 # and cluster runs' output follows the SQLite run's; any of them failing fails `make test`.
 test: install-test
 	@pglog=$$(mktemp); clusterlog=$$(mktemp); \
 	MODELBAY_TEST_DATABASE=postgresql $(BIN)/python -m pytest -n 2 -q >$$pglog 2>&1 & pg=$$!; \
-	MODELBAY_TEST_DATABASE=postgresql MODELBAY_TEST_CLUSTER=3 \
+	MODELBAY_TEST_DATABASE=postgresql MODELBAY_TEST_CLUSTER=3 MODELBAY_TEST_RUNTIME=ray \
 	  $(BIN)/python -m pytest -n 1 -q tests/compat >$$clusterlog 2>&1 & cluster=$$!; \
 	trap 'kill $$pg $$cluster 2>/dev/null; rm -f $$pglog $$clusterlog; exit 130' INT TERM; \
 	echo "== the suite on SQLite"; $(BIN)/python -m pytest -n 2 -q; sqlite=$$?; \
 	wait $$pg; postgres=$$?; wait $$cluster; clustered=$$?; \
 	echo "== the suite on PostgreSQL"; cat $$pglog; \
-	echo "== the SDK suites on a cluster of three servers"; cat $$clusterlog; rm -f $$pglog $$clusterlog; \
+	echo "== the SDK suites on a cluster of three servers, instances on Ray"; cat $$clusterlog; rm -f $$pglog $$clusterlog; \
 	[ $$sqlite = 0 ] && [ $$postgres = 0 ] && [ $$clustered = 0 ]
 
 bench: install-test
@@ -65,11 +66,15 @@ bench: install-test
 bench-batch: install-test
 	$(BIN)/python bench/batch_requests.py $(BENCH_ARGS)
 
+bench-ray: install-test
+	@command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
+	$(BIN)/python bench/ray_runtime.py $(BENCH_ARGS)
+
 bench-sandbox: install-test
 	@command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
 	$(BIN)/python bench/sandbox.py $(BENCH_ARGS)
 
 # The data directory (./.modelbay: projects, requests, packages) is never removed here.
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .venv-clients .venv-bench .pytest_cache
 	@[ ! -d .modelbay ] || echo "kept the data directory .modelbay (remove it yourself to start afresh)"

@@ -239,7 +239,9 @@ class Pipelines:
         """Resolve a version (None: the default one) for running. Cached; raises `NotFound`."""
         key = (project.id, pipeline_name, version)
         plan = self._plans.get(key)
-        if plan is None:
+        # One that cannot run is read again: it may have been completed through another node a
+        # moment ago, whose message is on its way (a refusal costs a query; a run does not).
+        if plan is None or plan.incomplete is not None:
             generation = self._generation
             plan = self._load_plan(project, pipeline_name, version)
             if generation == self._generation:  # no change raced the load
