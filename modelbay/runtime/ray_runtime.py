@@ -3,9 +3,10 @@ of the cluster with the resources of its instance type; the actor prepares the v
 its node and supervises the same worker process the local runtime starts.
 
 The server is the actors' owner (a Ray driver): they end with it, and so does a local Ray instance
-it started (Ray's own exit handler). Calls are awaited from the
-server's event loop; the timeout is the worker's own, with an outer deadline and `ray.kill` as the
-backstop. Ray needs the `ray` extra on the server and the same modelbay installed on every node.
+it started (Ray's own exit handler). Calls go to the actor over a TCP connection of their own
+(`ray_instance.py` says why); the timeout is the worker's own, with an outer deadline and
+`ray.kill` as the backstop. Ray needs the `ray` extra on the server and the same modelbay
+installed on every node.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import pickle
+import secrets
 import socket
 import time
 import uuid
@@ -33,7 +36,7 @@ from modelbay.runtime.base import (
     InstanceState,
     RuntimeError_,
 )
-from modelbay.runtime.ray_instance import CodePreparer, InstanceActor, NodeSetup
+from modelbay.runtime.ray_instance import CodePreparer, InstanceActor, NodeSetup, frame, no_delay, read_frame
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +124,31 @@ class RayInstance:
         self._spec = spec
         self._node = "(not placed yet)"  # the node's address once the actor answered
         self._stopping: asyncio.Future[None] | None = None
+        self._writer: asyncio.StreamWriter | None = None  # the connection calls go over
+        self._reading: asyncio.Task[None] | None = None
+        self._answer: asyncio.Future[dict[str, Any] | None] | None = None  # None: the connection closed
+        self._on_update: Callable[[str], None] | None = None
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        """Hand updates to the call's listener and its answer to its future, until the connection ends."""
+        try:
+            while True:
+                message = pickle.loads(await read_frame(reader))
+                if message["kind"] == "update":
+                    if self._on_update is not None:
+                        try:
+                            self._on_update(message["text"])
+                        except Exception:  # a broken listener must not break the channel
+                            log.exception("on_update failed for instance %s", self._id)
+                elif self._answer is not None and not self._answer.done():
+                    self._answer.set_result(message)
+        except (asyncio.IncompleteReadError, ConnectionError, pickle.UnpicklingError):
+            pass
+        finally:
+            if self._answer is not None and not self._answer.done():
+                self._answer.set_result(None)
+            if self._writer is not None:
+                self._writer.close()
 
     @property
     def id(self) -> str:
@@ -184,14 +212,22 @@ class RayRuntime:
         inst = RayInstance(uuid.uuid4().hex, actor, spec)
         self._instances[inst.id] = inst
         deadline = time.monotonic() + self._start_timeout
+        key = secrets.token_bytes(32)
         try:
             inst._node = await self._placed(inst, placement, deadline)
-            reply = await asyncio.wait_for(actor.start.remote(spec, [archive]), max(deadline - time.monotonic(), 0))
+            reply = await asyncio.wait_for(actor.start.remote(spec, [archive], key),
+                                           max(deadline - time.monotonic(), 0))
+            if reply["kind"] == "started":
+                reader, inst._writer = await asyncio.wait_for(asyncio.open_connection(*reply["address"]),
+                                                              max(deadline - time.monotonic(), 0))
+                no_delay(inst._writer)
+                inst._writer.write(key)
+                inst._reading = asyncio.ensure_future(inst._read(reader))
         except TimeoutError:
             await self.stop(inst)
             raise InstanceStartFailed(f"The deployment did not finish loading within {self._start_timeout:g} s "
                                       f"(on Ray node {inst._node}).") from None
-        except self._exceptions.RayError as exc:
+        except (self._exceptions.RayError, OSError) as exc:
             await self.stop(inst)
             raise InstanceStartFailed(f"The instance's Ray actor failed while starting: {_first_line(exc)}") from None
         except BaseException:
@@ -259,26 +295,29 @@ class RayRuntime:
         if inst._state is not InstanceState.IDLE:
             raise RuntimeError_(f"Instance {inst.id} is {inst._state.value}; calls need an idle instance.")
         inst._state = InstanceState.BUSY
-        if on_update is None:
-            pending = answer = inst._actor.call.remote(call, timeout)
-        else:
-            pending = inst._actor.stream.remote(call, timeout)
-            answer = self._streamed(pending, on_update)
+        assert inst._writer is not None
+        inst._answer, inst._on_update = asyncio.get_running_loop().create_future(), on_update
         try:
-            reply = await asyncio.wait_for(answer, timeout + CALL_GRACE_S)
+            inst._writer.write(frame({"call": call, "timeout": timeout}))
+            await inst._writer.drain()
+            reply = await asyncio.wait_for(inst._answer, timeout + CALL_GRACE_S)
         except TimeoutError:
             self._kill(inst)
             raise CallTimedOut(timeout) from None
         except asyncio.CancelledError:
-            # The actor's call is cancelled too (its worker ends); the instance goes with it, as a
-            # local one does.
-            self._ray.cancel(pending)
+            # Closing the connection cancels the call in the actor, which ends its worker; the
+            # instance goes with it, as a local one does.
+            inst._writer.close()
             self._stop_task(inst)
             raise
-        except self._exceptions.RayError as exc:
+        except ConnectionError:
+            reply = None
+        finally:
+            inst._answer, inst._on_update = None, None
+        if reply is None:
             self._stop_task(inst)
             raise InstanceLost(f"The instance's Ray actor on node {inst._node} ended during the request: "
-                               f"{_first_line(exc)}") from None
+                               f"{await self._why_gone(inst)}")
         kind = reply["kind"]
         if kind == "outcome":
             if inst._state is InstanceState.BUSY:
@@ -289,17 +328,15 @@ class RayRuntime:
             raise CallTimedOut(timeout, reply["logs"])
         raise InstanceLost(reply["message"], reply["logs"])
 
-    async def _streamed(self, answers: Any, on_update: Callable[[str], None]) -> dict[str, Any]:
-        """Hand each update to `on_update`; the last answer is the call's."""
-        reply: dict[str, Any] = {}
-        async for ref in answers:
-            reply = await ref
-            if reply["kind"] == "update":
-                try:
-                    on_update(reply["text"])
-                except Exception:  # a broken listener must not end the call
-                    log.exception("on_update failed")
-        return reply
+    async def _why_gone(self, inst: RayInstance) -> str:
+        """What Ray says of an actor whose connection closed (it died, or its node was lost)."""
+        try:
+            await asyncio.wait_for(inst._actor.node.remote(), HEALTH_TIMEOUT_S)
+        except self._exceptions.RayError as exc:
+            return _first_line(exc)
+        except TimeoutError:
+            return "it does not answer"
+        return "its connection closed"
 
     # --- stop ---
 
@@ -315,6 +352,8 @@ class RayRuntime:
 
     async def _shutdown(self, inst: RayInstance) -> None:
         inst._state = InstanceState.STOPPED
+        if inst._writer is not None:
+            inst._writer.close()
         try:
             await asyncio.wait_for(inst._actor.stop.remote(), STOP_GRACE_S)
         except (TimeoutError, self._exceptions.RayError):
