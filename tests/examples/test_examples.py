@@ -58,7 +58,29 @@ def test_the_ubiops_example_runs_as_printed_and_again(
     assert matches_output(expected, printed), printed
 
 
-def test_the_abeja_example_runs_as_printed(server: Server, project: dict[str, str], tmp_path: Path) -> None:
+#: What the README's `/etc/hosts` line does, for the example's Python alone: `*.localhost` resolves.
+RESOLVES_LOCALHOST_NAMES = """
+import socket
+
+_getaddrinfo = socket.getaddrinfo
+
+
+def getaddrinfo(host, *args, **kwargs):
+    if isinstance(host, str) and host.endswith(".localhost"):
+        host = "127.0.0.1"
+    return _getaddrinfo(host, *args, **kwargs)
+
+
+socket.getaddrinfo = getaddrinfo
+"""
+
+
+@pytest.mark.parametrize("hosts_line", [False, True], ids=["without the hosts line", "with the hosts line"])
+def test_the_abeja_example_runs_as_printed(
+    server: Server, project: dict[str, str], tmp_path: Path, hosts_line: bool,
+) -> None:
+    """Without the `/etc/hosts` line the script calls the service with a `Host` header; with it, the
+    SDK's own `request_service` reaches it."""
     readme = EXAMPLES / "abeja" / "README.md"
     [command] = commands(readme)
     [expected] = outputs(readme)
@@ -67,6 +89,11 @@ def test_the_abeja_example_runs_as_printed(server: Server, project: dict[str, st
         "PLATFORM_AUTH_TOKEN": project["token"],
         "ABEJA_ORGANIZATION_ID": project["organization_id"],
     }
+    if hosts_line:
+        site = tmp_path / "site"
+        site.mkdir()
+        (site / "sitecustomize.py").write_text(RESOLVES_LOCALHOST_NAMES)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
     printed = run(command, workdir(tmp_path), env)
     assert matches_output(expected, printed), printed
 
