@@ -133,7 +133,8 @@ class _DeploymentRunner:
         base = os.path.join(package_dir, *module_name.split("."))
         if not (os.path.isfile(base + ".py") or os.path.isfile(os.path.join(base, "__init__.py"))):
             named = f" (named by {DEPLOYMENT_FILE_VARIABLE})" if os.environ.get(DEPLOYMENT_FILE_VARIABLE) else ""
-            raise _LoadError(f"{file}{named} was not found in the deployment package.")
+            raise _LoadError(f"{file}{named} was not found in the deployment package "
+                             f"(No module named '{module_name}').")
         module = importlib.import_module(module_name)
         cls = getattr(module, "Deployment", None)
         if not isinstance(cls, type):
