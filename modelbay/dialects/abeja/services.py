@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from starlette.convertors import StringConvertor, register_url_convertor
 
 from modelbay.core.decimals import is_decimal
 from modelbay.core.errors import InvalidInput, NotFound
@@ -196,12 +197,22 @@ def organization_in_host(host: str, abeja_host: str) -> str | None:
     return match.group(1)
 
 
-@proxy_router.post("/deployments/{deployment_id}/services/{service_id}")
+class _DeploymentIdConvertor(StringConvertor):
+    """A 13-digit deployment id: the proxy's paths hold one, so `/deployments/<anything else>` is
+    no route of it (a 404, not a 405 for the wrong method)."""
+
+    regex = ids.DEPLOYMENT_ID.pattern
+
+
+register_url_convertor("abeja_deployment_id", _DeploymentIdConvertor())
+
+
+@proxy_router.post("/deployments/{deployment_id:abeja_deployment_id}/services/{service_id}")
 async def request_service(request: Request, engine: EngineDep, deployment_id: str, service_id: str) -> Response:
     return await _serve(request, engine, deployment_id, lambda deployment: ids.core_service_id(service_id))
 
 
-@proxy_router.post("/deployments/{deployment_id}")
+@proxy_router.post("/deployments/{deployment_id:abeja_deployment_id}")
 async def request_default_endpoint(request: Request, engine: EngineDep, deployment_id: str) -> Response:
     """The deployment's own URL: the service its `default` endpoint points at answers."""
     return await _serve(request, engine, deployment_id, engine.endpoints.service_of)

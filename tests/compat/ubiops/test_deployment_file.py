@@ -95,7 +95,8 @@ def test_without_the_variable_a_package_without_deployment_py_fails_its_build_na
     assert version.status == "failed"
     [revision] = api.revisions_list(p, "no-variable", "v1")
     assert revision.status == "failed"
-    assert "deployment.py was not found" in api.revisions_get(p, "no-variable", revision_id=revision.id, version="v1").error_message
+    message = api.revisions_get(p, "no-variable", revision_id=revision.id, version="v1").error_message
+    assert "deployment.py was not found" in message
 
 
 @pytest.mark.parametrize("value", ["missing.py", "not a file"])
