@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     service_scale_down_idle_s: float = Field(
         60.0, gt=0, description="How long an autoscaled service keeps an idle instance above its minimum."
     )
+    abeja_host: str = Field(
+        "", description="The public host name the ABEJA service proxy answers on: requests to "
+        "<organization_id>.<abeja_host>[:port]; empty: <organization_id>. followed by any host.",
+    )
     webhook_allow_private_targets: bool = Field(
         False, description="Let webhooks POST to loopback, link-local and private addresses (refused by default)."
     )

@@ -40,6 +40,8 @@ MAX_MEMBERS = 100_000  # so does this, for archives of millions of empty files
 IMPORT_CHECK_TIMEOUT_S = 120.0
 LOG_STEP_MAX_CHARS = 100_000  # of one step's output kept in the build log
 DEFAULT_MODULE = "deployment"
+#: The UbiOps variable naming the file of `class Deployment` (`ubiops deployments deploy --deployment_file`).
+DEPLOYMENT_FILE_VARIABLE = "SYS_DEPLOYMENT_FILE_NAME"
 NOT_AN_ARCHIVE = "The uploaded file is not a valid zip or tar.gz archive"
 _RESULT_MARKER = "__modelbay_build_check__"
 _BUILD_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -119,11 +121,13 @@ class Builder:
         self._locks_guard = threading.Lock()
 
     def build(
-        self, archive: Path, build_id: str, *, handler: str | None = None, cache_key: str | None = None
+        self, archive: Path, build_id: str, *, handler: str | None = None, deployment_file: str | None = None,
+        cache_key: str | None = None,
     ) -> BuildResult:
         """Blocking; the server runs it in a worker thread. Never raises for bad user input: returns ok=False with a log.
 
-        Builds with the same `cache_key` share a package cache (builds can write to it).
+        `deployment_file` names the file of a `class Deployment` (no handler) when it is not
+        deployment.py. Builds with the same `cache_key` share a package cache (builds can write to it).
         """
         if not _BUILD_ID.match(build_id):
             raise ValueError(f"invalid build id {build_id!r}")  # a server bug, not a user error
@@ -131,7 +135,7 @@ class Builder:
         target = self.packages / build_id
         scratch = self.scratch / build_id
         try:
-            module, func = _parse_handler(handler)
+            module, func = _parse_handler(handler, deployment_file)
             log.append("Unpacking the deployment package...")
             self._unpack(Path(archive), target)
             package_dir = _find_code_root(target, module)
@@ -161,11 +165,14 @@ class Builder:
         )
 
     def prepare(
-        self, archive: Path, build_id: str, *, handler: str | None = None, cache_key: str | None = None
+        self, archive: Path, build_id: str, *, handler: str | None = None, deployment_file: str | None = None,
+        cache_key: str | None = None,
     ) -> BuildResult:
         """This node's copy of code a build (here or on another node) succeeded with: the package
         unpacked and the environment of its requirements made, each unless it is here already; no
-        import check (the build ran it). Blocking; returns ok=False with a log when it fails here."""
+        import check (the build ran it). Blocking; returns ok=False with a log when it fails here.
+        A module not found (the deployment file changed since the build, or is not known here)
+        leaves the package's own root: the instance's start says what is missing."""
         if not _BUILD_ID.match(build_id):
             raise ValueError(f"invalid build id {build_id!r}")
         log: list[str] = []
@@ -173,10 +180,13 @@ class Builder:
         scratch = self.scratch / build_id
         with self._lock(f"prepare:{build_id}"):  # one at a time: the second finds the first's work
             try:
-                module, _func = _parse_handler(handler)
+                module, _func = _parse_handler(handler, deployment_file)
                 if not target.is_dir():  # unpacking ends with a rename: a folder there is whole
                     self._unpack(Path(archive), target)
-                package_dir = _find_code_root(target, module)
+                try:
+                    package_dir = _find_code_root(target, module)
+                except BuildFailed:
+                    package_dir = _unwrapped(target)
                 self._make_scratch(scratch)
                 python = self._environment(package_dir, build_id, scratch, self._cache(cache_key), log)
             except BuildFailed as e:
@@ -328,14 +338,30 @@ class Builder:
 # -- helpers -------------------------------------------------------------------------------
 
 
-def _parse_handler(handler: str | None) -> tuple[str, str]:
-    """ "main:handler" -> ("main", "handler"); None -> ("deployment", "") meaning a Deployment class."""
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
+_MODULE = re.compile(rf"{_IDENT}(\.{_IDENT})*")
+
+
+def deployment_module(deployment_file: str | None) -> str:
+    """The module of a `class Deployment` file: "main.py" (or "main", as ubiops-cli's default
+    "deployment" is written) -> "main"; None or "" -> "deployment". Raises `BuildFailed`."""
+    if not deployment_file:
+        return DEFAULT_MODULE
+    module = deployment_file.removesuffix(".py").replace("/", ".")
+    if not _MODULE.fullmatch(module):
+        raise BuildFailed(f"{DEPLOYMENT_FILE_VARIABLE} {deployment_file!r} does not name a Python file of the "
+                          "package, e.g. 'main.py'")
+    return module
+
+
+def _parse_handler(handler: str | None, deployment_file: str | None = None) -> tuple[str, str]:
+    """ "main:handler" -> ("main", "handler"); None -> (the deployment file's module, "") meaning a
+    Deployment class."""
     if handler is None:
-        return DEFAULT_MODULE, ""
+        return deployment_module(deployment_file), ""
     module, _, func = handler.partition(":")
     func = func or "handler"
-    ident = r"[A-Za-z_][A-Za-z0-9_]*"
-    if not re.fullmatch(rf"{ident}(\.{ident})*", module) or not re.fullmatch(ident, func):
+    if not _MODULE.fullmatch(module) or not re.fullmatch(_IDENT, func):
         raise BuildFailed(f"invalid handler {handler!r}: expected 'module:function', e.g. 'main:handler'")
     return module, func
 
@@ -358,6 +384,13 @@ def _find_code_root(target: Path, module: str) -> Path:
         return holding[0]
     where = "in more than one top-level folder" if holding else "at the root of the archive or in one top-level folder"
     raise BuildFailed(f"{_module_file(module)} was not found {where}")
+
+
+def _unwrapped(target: Path) -> Path:
+    """The root of code whose module is not known: the one top-level folder the archive holds
+    (zipped from a folder), else the archive's root."""
+    entries = list(target.iterdir())
+    return entries[0] if len(entries) == 1 and entries[0].is_dir() else target
 
 
 def _inside(target: Path, name: str) -> bool:

@@ -23,9 +23,10 @@ from typing import BinaryIO
 from sqlalchemy import Connection, select
 
 from modelbay.core.background import Background
-from modelbay.core.builds import Builder, BuildResult
+from modelbay.core.builds import DEPLOYMENT_FILE_VARIABLE, Builder, BuildResult
 from modelbay.core.clock import utcnow
 from modelbay.core.deployments import Deployments, Target
+from modelbay.core.environment_variables import effective
 from modelbay.core.errors import NotFound, StatusChanged
 from modelbay.core.hooks import Hook
 from modelbay.core.nodes import Nodes
@@ -161,6 +162,7 @@ class Revisions:
             raise InstanceStartFailed(f"The code archive of revision {target.revision_id} is gone") from None
         # The project's own package cache, as its build had.
         result = self._builder.prepare(archive, target.revision_id, handler=target.handler,
+                                       deployment_file=target.environment_variables.get(DEPLOYMENT_FILE_VARIABLE),
                                        cache_key=target.project_id)
         if not result.ok or result.package_dir is None or result.python is None:
             raise InstanceStartFailed(f"The code of revision {target.revision_id} could not be prepared on "
@@ -263,11 +265,16 @@ class Revisions:
                 revision = session.get(RevisionRow, revision_id)
                 version = session.get(VersionRow, revision.version_id) if revision is not None else None
                 deployment = session.get(DeploymentRow, version.deployment_id) if version is not None else None
-            if revision is None or version is None or deployment is None:  # deleted with its version meanwhile
-                return
+                if revision is None or version is None or deployment is None:  # deleted with its version meanwhile
+                    return
+                # The deployment file as the variables name it now; a later change restarts the
+                # instances, which load the file it then names (no rebuild: the archive is the same).
+                variables = effective(session, deployment.project_id, deployment.id, version.id,
+                                      version.environment_variables)
             archive = self._blobs.local_path(revision.archive_key)
             # Each project's builds have a package cache of their own: a build cannot poison another's.
             result = self._builder.build(archive, revision_id, handler=version.handler,
+                                         deployment_file=variables.get(DEPLOYMENT_FILE_VARIABLE),
                                          cache_key=deployment.project_id)
         except Exception as exc:  # a builder bug must still end the build
             log.exception("build of revision %s crashed", revision_id)

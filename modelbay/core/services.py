@@ -235,9 +235,9 @@ class Services:
                 raise NotFound("service", service_id)
             stopped = row.status == ServiceStatus.STOPPED
             if running and not stopped:
-                raise InvalidInput(f"Service {service_id} is already running")
+                raise InvalidInput("The service is already running")
             if not running and stopped:
-                raise InvalidInput(f"Service {service_id} is not running")
+                raise InvalidInput("The service is not running")
             move(session, SERVICE, service_id, ServiceStatus(row.status),
                  ServiceStatus.IN_PROGRESS if running else ServiceStatus.STOPPED)
             session.refresh(row, ["status"])
@@ -257,7 +257,7 @@ class Services:
         `Unavailable` for a stopped one (at once: a caller never waits on a stopped service)."""
         row = self.get(deployment_id, service_id)
         if row.status == ServiceStatus.STOPPED:
-            raise Unavailable(f"Service {service_id} is stopped")
+            raise Unavailable("The service is stopped")
         target = self._deployments.serving_target_check(self.target(row))
         try:
             record = await self._requests.direct(
@@ -309,7 +309,7 @@ class Services:
         if row is None:
             raise NotFound("service", service_id)
         if row.status == ServiceStatus.STOPPED:
-            raise Unavailable(f"Service {service_id} is stopped")
+            raise Unavailable("The service is stopped")
         return self._deployments.serving_target_check(self.target(row))
 
     def start_error(self, row: ServiceRow) -> str | None:

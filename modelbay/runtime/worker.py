@@ -113,14 +113,32 @@ def _with_context(method: Callable[..., Any]) -> Callable[[Any, dict[str, Any]],
     return lambda data, context: method(data)
 
 
+#: The UbiOps variable naming the file of `class Deployment` (`ubiops deployments deploy --deployment_file`).
+DEPLOYMENT_FILE_VARIABLE = "SYS_DEPLOYMENT_FILE_NAME"
+
+
+def _deployment_module() -> str:
+    """The module of `class Deployment` as the instance's environment names its file: "main.py"
+    (or "main") -> "main"; unset -> "deployment"."""
+    file = os.environ.get(DEPLOYMENT_FILE_VARIABLE) or "deployment"
+    return (file[:-3] if file.endswith(".py") else file).replace("/", ".")
+
+
 class _DeploymentRunner:
-    """UbiOps style: `deployment.py` with `class Deployment`."""
+    """UbiOps style: `deployment.py` (or the file SYS_DEPLOYMENT_FILE_NAME names) with `class Deployment`."""
 
     def __init__(self, package_dir: str, init_context: dict[str, Any]) -> None:
-        module = importlib.import_module("deployment")
+        module_name = _deployment_module()
+        file = module_name.replace(".", "/") + ".py"
+        base = os.path.join(package_dir, *module_name.split("."))
+        if not (os.path.isfile(base + ".py") or os.path.isfile(os.path.join(base, "__init__.py"))):
+            named = f" (named by {DEPLOYMENT_FILE_VARIABLE})" if os.environ.get(DEPLOYMENT_FILE_VARIABLE) else ""
+            raise _LoadError(f"{file}{named} was not found in the deployment package "
+                             f"(No module named '{module_name}').")
+        module = importlib.import_module(module_name)
         cls = getattr(module, "Deployment", None)
         if not isinstance(cls, type):
-            raise _LoadError("deployment.py does not define a class named Deployment.")
+            raise _LoadError(f"{file} does not define a class named Deployment.")
         params = _parameters(cls)
         names = {p.name for p in params}
         any_keyword = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)

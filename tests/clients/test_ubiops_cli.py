@@ -30,8 +30,7 @@ pytestmark = pytest.mark.timeout(900)
 #: What the `ubiops` command runs (its console script), on the copy of the package PYTHONPATH names.
 ENTRY_POINT = "import sys; sys.argv[0] = 'ubiops'; from ubiops_cli.main import main; main()"
 
-#: The deployment's code: `deployment.py` as modelbay loads it, re-exporting the class of the file
-#: the user names with `--deployment_file` (modelbay does not read SYS_DEPLOYMENT_FILE_NAME).
+#: The deployment's code, in the file the user names with `--deployment_file` (no deployment.py).
 MAIN_PY = '''
 import os
 
@@ -46,7 +45,6 @@ class Deployment:
                 "greeting": os.environ.get("GREETING", ""),
                 "secret_seen": self.context.get("API_KEY") == "s3cret"}
 '''
-DEPLOYMENT_PY = "from main import Deployment  # noqa: F401\n"
 
 DEPLOYMENT_YAML = """
 deployment_name: cli-double
@@ -117,7 +115,6 @@ def deployed(cli: Cli, server: Server) -> CompletedProcess[str]:
     package = cli.workdir / "package"
     package.mkdir()
     (package / "main.py").write_text(textwrap.dedent(MAIN_PY))
-    (package / "deployment.py").write_text(DEPLOYMENT_PY)
     (package / "requirements.txt").write_text("")
     deploy = cli.run("deployments", "deploy", "cli-double", "-v", "v1", "-dir", str(package),
                      "--deployment_file", "main.py", "-y")
@@ -213,7 +210,7 @@ def test_deployments_download_and_revisions_download_give_back_the_uploaded_arch
     first = Path(stored.strip().removeprefix("Archive stored in: "))
     assert first.parent == out and zipfile.is_zipfile(first)
     names = zipfile.ZipFile(first).namelist()
-    assert any(name.endswith("main.py") for name in names) and any(name.endswith("deployment.py") for name in names)
+    assert any(name.endswith("main.py") for name in names) and any(name.endswith("requirements.txt") for name in names)
 
     revisions = json_output(cli.run("revisions", "list", "-d", "cli-double", "-v", "v1", "-fmt", "json"))
     again = ok(cli.run("revisions", "download", revisions[0]["id"], "-d", "cli-double", "-v", "v1",

@@ -235,7 +235,8 @@ class FakeBuilder:
     def __init__(self, package_dir: Path) -> None:
         self.package_dir = package_dir
 
-    def build(self, archive: Path, revision_id: str, *, handler: str | None, cache_key: str) -> BuildResult:
+    def build(self, archive: Path, revision_id: str, *, handler: str | None, deployment_file: str | None,
+              cache_key: str) -> BuildResult:
         return BuildResult(ok=True, log="built", package_dir=self.package_dir, python=Path(sys.executable))
 
 

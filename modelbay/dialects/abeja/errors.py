@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from modelbay.core.errors import ModelbayError, NotFound
+from modelbay.dialects.abeja import ids
 from modelbay.dialects.common.errors import DialectRoute, ErrorShape
 
 #: Where the dialect lives: its paths that no route serves are answered in its shape.
@@ -30,6 +32,12 @@ class AbejaErrors(ErrorShape):
 
     def body(self, status: int, message: str) -> dict[str, Any]:
         return {"error": CODE_OF.get(status, "error"), "error_description": message}
+
+    def message(self, exc: ModelbayError) -> str:
+        """The core's text with the ids ABEJA users know (`ser-…`, 13-digit deployment ids)."""
+        if isinstance(exc, NotFound) and (public := ids.public_id(exc.kind, exc.name)) is not None:
+            return f"{exc.kind.capitalize()} '{public}' was not found"
+        return ids.public_text(super().message(exc))
 
 
 ERRORS = AbejaErrors()

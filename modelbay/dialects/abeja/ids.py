@@ -16,6 +16,9 @@ from modelbay.store.tables import ProjectRow
 
 DEPLOYMENT_ID = ORGANIZATION_ID = re.compile(r"[1-9][0-9]{12}")
 HEX16 = re.compile(r"[0-9a-f]{16}")  # fullmatch: `$` would let a trailing newline through
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+#: A core text's mention of a revision: ABEJA has no revisions, so its users never see their ids.
+REVISION_MENTION = re.compile(r" \(revision [0-9a-f-]{36}\)")
 
 
 def organization_id(project_number: int) -> str:
@@ -48,6 +51,21 @@ def service_id(core_id: str) -> str:
 
 def endpoint_id(core_id: str) -> str:
     return "pnt-" + core_id
+
+
+def public_id(kind: str, core_id: str) -> str | None:
+    """The ABEJA id of a core id of `kind` (as a `NotFound` names it); None when `core_id` is not
+    one (e.g. the caller's own value, which the caller knows)."""
+    if kind in ("run", "service", "endpoint") and HEX16.fullmatch(core_id):
+        return {"run": run_id, "service": service_id, "endpoint": endpoint_id}[kind](core_id)
+    if kind in ("deployment", "version") and UUID.fullmatch(core_id):
+        return deployment_id(core_id) if kind == "deployment" else version_id(core_id)
+    return None
+
+
+def public_text(text: str) -> str:
+    """A core text (an error, a build's failure) without the core ids ABEJA users never see."""
+    return REVISION_MENTION.sub("", text)
 
 
 def core_run_id(value: str) -> str:

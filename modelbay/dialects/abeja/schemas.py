@@ -75,7 +75,7 @@ def version(deployment_row: DeploymentRow, row: VersionRow, build_error: str | N
         "image": (row.labels or {}).get("image"),
         "user_parameters": dict(row.environment_variables or {}),
         "status": VERSION_STATUS.get(row.status, row.status.upper()),
-        "build_error": build_error,
+        "build_error": ids.public_text(build_error) if build_error else build_error,
         "created_at": timestamp(row.created_at),
         "modified_at": timestamp(row.updated_at),
     }
@@ -96,7 +96,7 @@ def run(row: RunRow, target: Target | None) -> dict[str, Any]:
         "user_env_vars": {**{k: str(v) for k, v in user_parameters.items()}, **(row.environment or {})},
         "distribution": row.distribution,
         "attempts": row.attempts,
-        "error_message": row.error_message,
+        "error_message": ids.public_text(row.error_message) if row.error_message else row.error_message,
         "created_at": timestamp(row.created_at),
         "modified_at": timestamp(row.modified_at),
     }
@@ -122,7 +122,7 @@ def service(row: ServiceRow, target: Target | None, running_instances: int, erro
         "record_channel_id": None,
         "service_process_type": "multi",
         "running_instance_number": running_instances,
-        "error": error,
+        "error": ids.public_text(error) if error else error,
         "created_at": timestamp(row.created_at),
         "modified_at": timestamp(row.modified_at),
     }

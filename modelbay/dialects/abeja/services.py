@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from starlette.convertors import StringConvertor, register_url_convertor
 
 from modelbay.core.decimals import is_decimal
 from modelbay.core.errors import InvalidInput, NotFound
@@ -37,8 +38,8 @@ proxy_router = APIRouter(route_class=AbejaRoute, tags=["abeja service proxy"])
 
 S = "/organizations/{organization_id}/deployments/{deployment_id}/services"
 
-#: `Host: <organization_id>.<api host>[:port]`.
-ORGANIZATION_HOST = re.compile(r"^([0-9]{1,13})\.")
+#: `Host: <organization_id>.<host>[:port]`: the organization id and the host after it.
+ORGANIZATION_HOST = re.compile(r"^([0-9]{1,13})\.([^:]+)(:[0-9]+)?$")
 
 SCALING_NUMBERS = ("instance_number", "min_instance_number", "max_instance_number")
 
@@ -187,12 +188,31 @@ def _core_deployment_id(engine: Engine, project: ProjectRow, deployment_id: str)
     return core_id
 
 
-@proxy_router.post("/deployments/{deployment_id}/services/{service_id}")
+def organization_in_host(host: str, abeja_host: str) -> str | None:
+    """The organization id of `Host: <organization_id>.<abeja_host>[:port]` (any host after the id
+    when `abeja_host` is empty); None for another host."""
+    match = ORGANIZATION_HOST.match(host.strip().lower())
+    if match is None or (abeja_host and match.group(2).rstrip(".") != abeja_host.strip().lower().rstrip(".")):
+        return None
+    return match.group(1)
+
+
+class _DeploymentIdConvertor(StringConvertor):
+    """A 13-digit deployment id: the proxy's paths hold one, so `/deployments/<anything else>` is
+    no route of it (a 404, not a 405 for the wrong method)."""
+
+    regex = ids.DEPLOYMENT_ID.pattern
+
+
+register_url_convertor("abeja_deployment_id", _DeploymentIdConvertor())
+
+
+@proxy_router.post("/deployments/{deployment_id:abeja_deployment_id}/services/{service_id}")
 async def request_service(request: Request, engine: EngineDep, deployment_id: str, service_id: str) -> Response:
     return await _serve(request, engine, deployment_id, lambda deployment: ids.core_service_id(service_id))
 
 
-@proxy_router.post("/deployments/{deployment_id}")
+@proxy_router.post("/deployments/{deployment_id:abeja_deployment_id}")
 async def request_default_endpoint(request: Request, engine: EngineDep, deployment_id: str) -> Response:
     """The deployment's own URL: the service its `default` endpoint points at answers."""
     return await _serve(request, engine, deployment_id, engine.endpoints.service_of)
@@ -200,11 +220,14 @@ async def request_default_endpoint(request: Request, engine: EngineDep, deployme
 
 async def _serve(request: Request, engine: Engine, deployment_id: str, service_of: Callable[[str], str]) -> Response:
     """Hand the request to the service `service_of(core deployment id)` names, and its answer back."""
-    match = ORGANIZATION_HOST.match(request.headers.get("host", ""))
-    if match is None:
-        raise NotFound("deployment", f"{deployment_id} (the Host header names no organization)")
+    abeja_host = engine.settings.abeja_host
+    organization_id = organization_in_host(request.headers.get("host", ""), abeja_host)
+    if organization_id is None:
+        where = f"<organization_id>.{abeja_host}" if abeja_host else "<organization_id>.<host>"
+        raise NotFound("deployment", f"{deployment_id} (the Host header names no organization: requests go to "
+                                     f"http://{where}/deployments/{deployment_id})")
     caller = caller_from_header(engine, request.headers.get("authorization"))
-    project = ids.find_organization(engine.projects, caller, match.group(1))
+    project = ids.find_organization(engine.projects, caller, organization_id)
     deployment = _core_deployment_id(engine, project, deployment_id)
     row = engine.services.get(deployment, service_of(deployment))
     target = engine.services.target(row)
