@@ -13,7 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 from tests.examples.snippets import EXAMPLES, commands, matches_output, outputs
 from tests.fixtures.server import Server, free_port, wait_until
 
