@@ -45,11 +45,12 @@ run: install
 # (tests/fixtures/postgres.py), and the SDK suites (tests/compat) on a cluster of three servers on
 # one PostgreSQL behind a round-robin balancer (tests/fixtures/cluster.py), whose instances are
 # actors on a Ray cluster of two nodes (tests/fixtures/ray_cluster.py). The tests mostly wait on
-# servers and user code, so together they take far less than one after the other. The PostgreSQL
-# and cluster runs' output follows the SQLite run's; any of them failing fails `make test`.
+# servers and user code, so together they take far less than one after the other. tests/runtime
+# (instances on local processes and on Ray) opens no store: it runs in the SQLite group only. The
+# PostgreSQL and cluster runs' output follows the SQLite run's; any of them failing fails `make test`.
 test: install-test
 	@pglog=$$(mktemp); clusterlog=$$(mktemp); \
-	MODELBAY_TEST_DATABASE=postgresql $(BIN)/python -m pytest -n 2 -q >$$pglog 2>&1 & pg=$$!; \
+	MODELBAY_TEST_DATABASE=postgresql $(BIN)/python -m pytest -n 2 -q --ignore=tests/runtime >$$pglog 2>&1 & pg=$$!; \
 	MODELBAY_TEST_DATABASE=postgresql MODELBAY_TEST_CLUSTER=3 MODELBAY_TEST_RUNTIME=ray \
 	  $(BIN)/python -m pytest -n 1 -q tests/compat >$$clusterlog 2>&1 & cluster=$$!; \
 	trap 'kill $$pg $$cluster 2>/dev/null; rm -f $$pglog $$clusterlog; exit 130' INT TERM; \

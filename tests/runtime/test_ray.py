@@ -221,16 +221,21 @@ def test_an_instance_type_no_node_can_hold_fails_at_once_saying_what_it_needs(cl
 
 def test_an_instance_waiting_for_capacity_fails_after_the_start_timeout(cluster: Any, tmp_path: Path) -> None:
     code = archive(tmp_path)
+    whole_node = {"node": Placement(num_cpus=2)}
 
     async def scenario(runtime: RayRuntime) -> InstanceStartFailed:
         # Each node has two CPUs: the first two take a whole node each, the third must wait.
         held = await asyncio.gather(*(runtime.start(spec_for(code, instance_type="node")) for _ in range(2)))
+        impatient = RayRuntime(node=NodeSetup(root=tmp_path / "node"), archive_path=lambda key: tmp_path / key,
+                               preparer=NodePackages(tmp_path / "node" / "code", "bwrap"), placements=whole_node,
+                               start_timeout=3)
         with pytest.raises(InstanceStartFailed) as failed:
-            await runtime.start(spec_for(code, instance_type="node"))
+            await impatient.start(spec_for(code, instance_type="node"))
+        await impatient.close()
         assert all(instance.state is InstanceState.IDLE for instance in held)
         return failed.value
 
-    failed = with_runtime(tmp_path, scenario, placements={"node": Placement(num_cpus=2)}, start_timeout=3)
+    failed = with_runtime(tmp_path, scenario, placements=whole_node)
     assert "free within 3 s" in failed.message
 
 
