@@ -41,22 +41,24 @@ install-test: test-system-packages $(BIN)/.installed-test
 run: install
 	$(BIN)/modelbay serve $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
-# Three groups at the same time: the whole suite on SQLite, the whole suite on PostgreSQL
-# (tests/fixtures/postgres.py), and the SDK suites (tests/compat) on a cluster of three servers on
-# one PostgreSQL behind a round-robin balancer (tests/fixtures/cluster.py), whose instances are
-# actors on a Ray cluster of two nodes (tests/fixtures/ray_cluster.py). The tests mostly wait on
-# servers and user code, so together they take far less than one after the other. tests/runtime
-# (instances on local processes and on Ray) opens no store: it runs in the SQLite group only. The
-# PostgreSQL and cluster runs' output follows the SQLite run's; any of them failing fails `make test`.
+# Three groups at the same time: the whole suite on SQLite; the suite of the store, the engine and
+# the servers (all but the SDK, client and example suites) on PostgreSQL (tests/fixtures/postgres.py);
+# and the SDK suites (tests/compat) on a cluster of three servers on one PostgreSQL behind a
+# round-robin balancer (tests/fixtures/cluster.py), whose instances are actors on a Ray cluster of
+# two nodes (tests/fixtures/ray_cluster.py). The tests mostly wait on servers and user code, so
+# together they take far less than one after the other. tests/runtime opens no store, and the SDK
+# flows meet PostgreSQL in the cluster group: neither runs twice. The PostgreSQL and cluster runs'
+# output follows the SQLite run's; any of them failing fails `make test`.
 test: install-test
 	@pglog=$$(mktemp); clusterlog=$$(mktemp); \
-	MODELBAY_TEST_DATABASE=postgresql $(BIN)/python -m pytest -n 2 -q --ignore=tests/runtime >$$pglog 2>&1 & pg=$$!; \
+	MODELBAY_TEST_DATABASE=postgresql $(BIN)/python -m pytest -n 2 -q --ignore=tests/runtime \
+	  --ignore=tests/compat --ignore=tests/clients --ignore=tests/examples >$$pglog 2>&1 & pg=$$!; \
 	MODELBAY_TEST_DATABASE=postgresql MODELBAY_TEST_CLUSTER=3 MODELBAY_TEST_RUNTIME=ray \
 	  $(BIN)/python -m pytest -n 1 -q tests/compat >$$clusterlog 2>&1 & cluster=$$!; \
 	trap 'kill $$pg $$cluster 2>/dev/null; rm -f $$pglog $$clusterlog; exit 130' INT TERM; \
 	echo "== the suite on SQLite"; $(BIN)/python -m pytest -n 2 -q; sqlite=$$?; \
 	wait $$pg; postgres=$$?; wait $$cluster; clustered=$$?; \
-	echo "== the suite on PostgreSQL"; cat $$pglog; \
+	echo "== the store, the engine and the servers on PostgreSQL"; cat $$pglog; \
 	echo "== the SDK suites on a cluster of three servers, instances on Ray"; cat $$clusterlog; rm -f $$pglog $$clusterlog; \
 	[ $$sqlite = 0 ] && [ $$postgres = 0 ] && [ $$clustered = 0 ]
 
