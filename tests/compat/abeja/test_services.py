@@ -184,10 +184,14 @@ def test_autoscale_adds_instances_under_load_and_gives_them_back_when_idle(
     updated = services.update_service(o, d, s, {"enable_autoscale": "true", "min_instance_number": 1,
                                                 "max_instance_number": 2})
     assert updated["enable_autoscale"] is True
+    # Load until a second instance serves (its start may take seconds: on Ray, an actor is placed first).
+    instances: set[str] = set()
+    deadline = time.monotonic() + 60
     with ThreadPoolExecutor(4) as pool:
-        instances = set(pool.map(lambda _: services.request_service(o, d, s, json={"sleep": 0.5}).json()["instance"],
-                            range(8)))
-    assert len(instances) == 2  # the load started a second instance
+        while len(instances) < 2 and time.monotonic() < deadline:
+            instances |= set(pool.map(
+                lambda _: services.request_service(o, d, s, json={"sleep": 0.5}).json()["instance"], range(8)))
+    assert len(instances) == 2  # the load started a second instance, and no more
     # Idle, the extra instance is given back (the test server's scale-down idle time is 1 s).
     wait_until(lambda: services.get_service(o, d, s)["running_instance_number"] == 1, timeout=30)
     assert services.update_service(o, d, s, {"enable_autoscale": False})["enable_autoscale"] is False
