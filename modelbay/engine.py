@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, inspect, make_url
 
 from modelbay.core import server_secrets, signed_urls
 from modelbay.core.background import Background
-from modelbay.core.builds import Builder
+from modelbay.core.builds import DEPLOYMENT_FILE_VARIABLE, Builder
 from modelbay.core.bus import Bus
 from modelbay.core.datasets import Datasets
 from modelbay.core.deliveries import Deliveries
@@ -37,13 +37,13 @@ from modelbay.core.pipeline_requests import PipelineRequests
 from modelbay.core.pipelines import Pipelines
 from modelbay.core.projects import Projects, hash_token
 from modelbay.core.requests import Requests
-from modelbay.core.revisions import Revisions
+from modelbay.core.revisions import Revisions, built_code
 from modelbay.core.runs import Runs
 from modelbay.core.scheduler import Scheduler
 from modelbay.core.services import Services
 from modelbay.core.webhook_targets import webhook_client
 from modelbay.core.webhooks import Webhooks
-from modelbay.runtime.base import Code, InstanceSpec, InstanceStartFailed, Runtime
+from modelbay.runtime.base import InstanceSpec, Runtime
 from modelbay.runtime.local import LocalRuntime
 from modelbay.runtime.sandbox import Sandbox
 from modelbay.runtime.sandbox import from_settings as sandbox_from_settings
@@ -272,12 +272,10 @@ class Engine:
         return self.services.pool_target(pool)
 
     async def _instance_spec(self, target: Target) -> InstanceSpec:
-        if target.revision_id is None or target.archive_key is None:
-            raise InstanceStartFailed(f"Version '{target.version_name}' has no successfully built code")
+        code = built_code(target)
         package_dir = python = None
         if not self.runtime.prepares_code:
             package_dir, python = await asyncio.to_thread(self.revisions.materialise, target)
-        memory_limit = memory_limit_bytes(target.instance_type, self.settings.instance_memory_mib)
         return InstanceSpec(
             version_id=target.version_id,
             package_dir=package_dir,
@@ -298,8 +296,9 @@ class Engine:
             },
             environment={k: str(v) for k, v in target.environment_variables.items()},
             handler=target.handler,
+            deployment_file=target.environment_variables.get(DEPLOYMENT_FILE_VARIABLE),
             max_log_bytes=self.settings.max_log_bytes,
-            memory_limit_bytes=memory_limit,
-            code=Code(target.revision_id, target.archive_key, cache_key=target.project_id),
+            memory_limit_bytes=memory_limit_bytes(target.instance_type, self.settings.instance_memory_mib),
+            code=code,
             instance_type=target.instance_type,
         )

@@ -9,11 +9,11 @@ time per directory (a file lock); the second finds the first one's work done.
 from __future__ import annotations
 
 import fcntl
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelbay.core.builds import DEPLOYMENT_FILE_VARIABLE, Builder
+from modelbay.core.builds import Builder
 from modelbay.runtime.base import Code, InstanceStartFailed
 from modelbay.runtime.sandbox import from_settings as sandbox_from_settings
 
@@ -30,11 +30,11 @@ class NodePackages:
         """Whether the archive is unpacked here already (its environment is then at most a reuse away)."""
         return (self.root / "builds" / "packages" / code.revision_id).is_dir()
 
-    def prepare(self, code: Code, handler: str | None, environment: Mapping[str, str],
+    def prepare(self, code: Code, handler: str | None, deployment_file: str | None,
                 archive: Callable[[], bytes]) -> tuple[Path, Path]:
-        """The package dir and python of `code` on this machine (`environment`: the instance's
-        variables, which may name its deployment file). `archive` gives the archive's bytes when they
-        are needed. Blocking; raises `InstanceStartFailed` when the code cannot be prepared."""
+        """The package dir and python of `code` on this machine (`handler` and `deployment_file` as
+        in `InstanceSpec`). `archive` gives the archive's bytes when they are needed. Blocking;
+        raises `InstanceStartFailed` when the code cannot be prepared."""
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.root / "prepare.lock", "a+b") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -47,7 +47,7 @@ class NodePackages:
                 path.write_bytes(archive())
             try:
                 result = builder.prepare(path, code.revision_id, handler=handler, cache_key=code.cache_key,
-                                         deployment_file=environment.get(DEPLOYMENT_FILE_VARIABLE))
+                                         deployment_file=deployment_file)
             finally:
                 path.unlink(missing_ok=True)  # unpacked, or failed: the archive is not needed again
         if not result.ok or result.package_dir is None or result.python is None:

@@ -32,7 +32,7 @@ from modelbay.core.hooks import Hook
 from modelbay.core.nodes import Nodes
 from modelbay.core.projects import Caller
 from modelbay.core.states import REVISION, VERSION, RevisionStatus, VersionStatus, move
-from modelbay.runtime.base import InstanceStartFailed
+from modelbay.runtime.base import Code, InstanceStartFailed
 from modelbay.store.blobs import BlobStore
 from modelbay.store.db import Database
 from modelbay.store.tables import DeploymentRow, NodeRow, ProjectRow, RevisionRow, VersionRow
@@ -152,22 +152,21 @@ class Revisions:
         """The package dir and python of `target`'s built code on this node: what this node built
         or prepared before, else unpacked from its archive with its environment made or reused now
         (blocking: run it on a thread). Raises `InstanceStartFailed` when that fails here."""
-        if target.revision_id is None or target.archive_key is None:
-            raise InstanceStartFailed(f"Version '{target.version_name}' has no successfully built code")
-        if (found := self._local.get(target.revision_id)) is not None:
+        code = built_code(target)
+        if (found := self._local.get(code.revision_id)) is not None:
             return found
         try:
-            archive = self._blobs.local_path(target.archive_key)
+            archive = self._blobs.local_path(code.archive_key)
         except FileNotFoundError:
-            raise InstanceStartFailed(f"The code archive of revision {target.revision_id} is gone") from None
+            raise InstanceStartFailed(f"The code archive of revision {code.revision_id} is gone") from None
         # The project's own package cache, as its build had.
-        result = self._builder.prepare(archive, target.revision_id, handler=target.handler,
+        result = self._builder.prepare(archive, code.revision_id, handler=target.handler,
                                        deployment_file=target.environment_variables.get(DEPLOYMENT_FILE_VARIABLE),
-                                       cache_key=target.project_id)
+                                       cache_key=code.cache_key)
         if not result.ok or result.package_dir is None or result.python is None:
-            raise InstanceStartFailed(f"The code of revision {target.revision_id} could not be prepared on "
+            raise InstanceStartFailed(f"The code of revision {code.revision_id} could not be prepared on "
                                       f"this server: {_tail(result.log)}", result.log)
-        self._local[target.revision_id] = found = (result.package_dir, result.python)
+        self._local[code.revision_id] = found = (result.package_dir, result.python)
         return found
 
     def sweep_local(self, grace_s: float = LOCAL_SWEEP_GRACE_S) -> int:
@@ -322,6 +321,14 @@ class Revisions:
             self._on_version_changed(revision.version_id)
         if decides:
             self.build_ended(revision.version_id)
+
+
+def built_code(target: Target) -> Code:
+    """The built code `target` runs (its own package cache: the project's, as its build had);
+    raises `InstanceStartFailed` when its version has none."""
+    if target.revision_id is None or target.archive_key is None:
+        raise InstanceStartFailed(f"Version '{target.version_name}' has no successfully built code")
+    return Code(target.revision_id, target.archive_key, cache_key=target.project_id)
 
 
 def build_failure(db: Database, version_id: str) -> str | None:

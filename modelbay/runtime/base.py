@@ -45,6 +45,7 @@ class InstanceSpec:
     init_context: dict[str, Any]  # passed to Deployment(base_directory, context)
     environment: dict[str, str] = field(default_factory=dict)  # extra env vars for user code
     handler: str | None = None  # "module:function" for handler-style code, else the Deployment class
+    deployment_file: str | None = None  # the Deployment class's file, when not deployment.py
     max_log_bytes: int = 1 << 20  # what user code may print during one request
     memory_limit_bytes: int | None = None  # what its heap may grow to (a failed allocation past it)
     code: Code | None = None

@@ -227,6 +227,7 @@ class LocalRuntime:
             "type": "init",
             "package_dir": os.path.abspath(spec.package_dir),  # sys.path entries must not be relative
             "handler": spec.handler,
+            "deployment_file": spec.deployment_file,
             "init_context": spec.init_context,
             "max_log_bytes": spec.max_log_bytes,
             "memory_limit_mib": spec.memory_limit_bytes >> 20 if spec.memory_limit_bytes else None,

@@ -20,7 +20,7 @@ import pickle
 import shutil
 import socket
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -38,7 +38,7 @@ class CodePreparer(Protocol):
 
     def ready(self, code: Code) -> bool: ...
 
-    def prepare(self, code: Code, handler: str | None, environment: Mapping[str, str],
+    def prepare(self, code: Code, handler: str | None, deployment_file: str | None,
                 archive: Callable[[], bytes]) -> tuple[Path, Path]: ...
 
 
@@ -85,7 +85,7 @@ class InstanceActor:
         try:
             data = None if self._preparer.ready(spec.code) else await archive[0]
             package_dir, python = await asyncio.to_thread(
-                self._preparer.prepare, spec.code, spec.handler, spec.environment, lambda: data or b"")
+                self._preparer.prepare, spec.code, spec.handler, spec.deployment_file, lambda: data or b"")
             prepared = dataclasses.replace(spec, package_dir=package_dir, python=python)
             self._instance = await self._runtime.start(prepared)
         except InstanceStartFailed as exc:

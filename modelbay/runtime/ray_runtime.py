@@ -117,11 +117,10 @@ def _check_reachable(address: str) -> None:
 class RayInstance:
     """Handle of one actor. Only `id` and `state` are public."""
 
-    def __init__(self, instance_id: str, actor: Any, spec: InstanceSpec) -> None:
+    def __init__(self, instance_id: str, actor: Any) -> None:
         self._id = instance_id
         self._state = InstanceState.STARTING
         self._actor = actor
-        self._spec = spec
         self._node = "(not placed yet)"  # the node's address once the actor answered
         self._stopping: asyncio.Future[None] | None = None
         self._writer: asyncio.StreamWriter | None = None  # the connection calls go over
@@ -209,33 +208,31 @@ class RayRuntime:
         archive = await self._archive(spec.code)
         actor = self._actor_class.options(**placement.options(), max_restarts=0, max_task_retries=0).remote(
             self._node, self._preparer)
-        inst = RayInstance(uuid.uuid4().hex, actor, spec)
+        inst = RayInstance(uuid.uuid4().hex, actor)
         self._instances[inst.id] = inst
         deadline = time.monotonic() + self._start_timeout
         key = secrets.token_bytes(32)
         try:
-            inst._node = await self._placed(inst, placement, deadline)
+            inst._node = await self._placed(inst, spec, placement, deadline)
             reply = await asyncio.wait_for(actor.start.remote(spec, [archive], key),
                                            max(deadline - time.monotonic(), 0))
-            if reply["kind"] == "started":
-                reader, inst._writer = await asyncio.wait_for(asyncio.open_connection(*reply["address"]),
-                                                              max(deadline - time.monotonic(), 0))
-                no_delay(inst._writer)
-                inst._writer.write(key)
-                inst._reading = asyncio.ensure_future(inst._read(reader))
-        except TimeoutError:
-            await self.stop(inst)
-            raise InstanceStartFailed(f"The deployment did not finish loading within {self._start_timeout:g} s "
-                                      f"(on Ray node {inst._node}).") from None
-        except (self._exceptions.RayError, OSError) as exc:
-            await self.stop(inst)
-            raise InstanceStartFailed(f"The instance's Ray actor failed while starting: {_first_line(exc)}") from None
-        except BaseException:
-            await asyncio.shield(self._stop_task(inst))
-            raise
-        if reply["kind"] != "started":
-            await self.stop(inst)
-            raise InstanceStartFailed(reply["message"], reply["logs"])
+            if reply["kind"] != "started":
+                raise InstanceStartFailed(reply["message"], reply["logs"])
+            reader, inst._writer = await asyncio.wait_for(asyncio.open_connection(*reply["address"]),
+                                                          max(deadline - time.monotonic(), 0))
+        except BaseException as exc:
+            await asyncio.shield(self._stop_task(inst))  # no actor may outlive a start that failed
+            if isinstance(exc, TimeoutError):
+                why = (f"The deployment did not finish loading within {self._start_timeout:g} s "
+                       f"(on Ray node {inst._node}).")
+            elif isinstance(exc, (self._exceptions.RayError, OSError)):
+                why = f"The instance's Ray actor failed while starting: {_first_line(exc)}"
+            else:
+                raise
+            raise InstanceStartFailed(why) from None
+        no_delay(inst._writer)
+        inst._writer.write(key)
+        inst._reading = asyncio.ensure_future(inst._read(reader))
         inst._state = InstanceState.IDLE
         return inst
 
@@ -251,12 +248,12 @@ class RayRuntime:
             f"No node of the Ray cluster can run an instance of type '{spec.instance_type or 'default'}': it "
             f"needs {_resources(demand)}; the largest node offers {_resources(offered)}.")
 
-    async def _placed(self, inst: RayInstance, placement: Placement, deadline: float) -> str:
+    async def _placed(self, inst: RayInstance, spec: InstanceSpec, placement: Placement, deadline: float) -> str:
         """The node the actor was placed on, once Ray found one with the resources free."""
         where = asyncio.ensure_future(inst._actor.node.remote())
         done, _ = await asyncio.wait({where}, timeout=min(CAPACITY_NOTICE_S, max(deadline - time.monotonic(), 0)))
         if not done:
-            log.warning("an instance of version %s waits for a Ray node with %s free", inst._spec.version_id,
+            log.warning("an instance of version %s waits for a Ray node with %s free", spec.version_id,
                         _resources(placement.demand()))
         try:
             return await asyncio.wait_for(where, max(deadline - time.monotonic(), 0))
@@ -351,7 +348,6 @@ class RayRuntime:
         return inst._stopping
 
     async def _shutdown(self, inst: RayInstance) -> None:
-        inst._state = InstanceState.STOPPED
         if inst._writer is not None:
             inst._writer.close()
         try:

@@ -113,26 +113,17 @@ def _with_context(method: Callable[..., Any]) -> Callable[[Any, dict[str, Any]],
     return lambda data, context: method(data)
 
 
-#: The UbiOps variable naming the file of `class Deployment` (`ubiops deployments deploy --deployment_file`).
-DEPLOYMENT_FILE_VARIABLE = "SYS_DEPLOYMENT_FILE_NAME"
-
-
-def _deployment_module() -> str:
-    """The module of `class Deployment` as the instance's environment names its file: "main.py"
-    (or "main") -> "main"; unset -> "deployment"."""
-    file = os.environ.get(DEPLOYMENT_FILE_VARIABLE) or "deployment"
-    return (file[:-3] if file.endswith(".py") else file).replace("/", ".")
-
-
 class _DeploymentRunner:
-    """UbiOps style: `deployment.py` (or the file SYS_DEPLOYMENT_FILE_NAME names) with `class Deployment`."""
+    """UbiOps style: `deployment.py` (or the file the version's SYS_DEPLOYMENT_FILE_NAME names,
+    "main.py" or "main") with `class Deployment`."""
 
-    def __init__(self, package_dir: str, init_context: dict[str, Any]) -> None:
-        module_name = _deployment_module()
+    def __init__(self, package_dir: str, init_context: dict[str, Any], deployment_file: str | None) -> None:
+        name = deployment_file or "deployment"
+        module_name = (name[:-3] if name.endswith(".py") else name).replace("/", ".")
         file = module_name.replace(".", "/") + ".py"
         base = os.path.join(package_dir, *module_name.split("."))
         if not (os.path.isfile(base + ".py") or os.path.isfile(os.path.join(base, "__init__.py"))):
-            named = f" (named by {DEPLOYMENT_FILE_VARIABLE})" if os.environ.get(DEPLOYMENT_FILE_VARIABLE) else ""
+            named = " (named by SYS_DEPLOYMENT_FILE_NAME)" if deployment_file else ""
             raise _LoadError(f"{file}{named} was not found in the deployment package "
                              f"(No module named '{module_name}').")
         module = importlib.import_module(module_name)
@@ -276,7 +267,7 @@ def _load(init: dict[str, Any]) -> Any:
     sys.path[0:0] = [package_dir, os.path.join(package_dir, "libraries")]
     if init.get("handler"):
         return _HandlerRunner(init["handler"], init.get("init_context") or {})
-    return _DeploymentRunner(package_dir, init.get("init_context") or {})
+    return _DeploymentRunner(package_dir, init.get("init_context") or {}, init.get("deployment_file"))
 
 
 def _exception_line(exc: BaseException) -> str:

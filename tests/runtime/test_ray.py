@@ -66,13 +66,18 @@ def spec_for(path: Path, instance_type: str | None = None) -> InstanceSpec:
     return InstanceSpec("v1", None, None, {"deployment": "d", "version": "v1"}, code=code, instance_type=instance_type)
 
 
-def with_runtime(tmp_path: Path, scenario: Callable[[RayRuntime], Awaitable[T]], **kwargs: Any) -> T:
-    """Run `scenario` on a fresh loop against a runtime whose archives are the files in tmp_path."""
+def runtime_for(tmp_path: Path, **kwargs: Any) -> RayRuntime:
+    """A runtime whose archives are the files in tmp_path."""
     root = tmp_path / "node"
+    return RayRuntime(node=NodeSetup(root=root), preparer=NodePackages(root / "code", "bwrap"),
+                      archive_path=lambda key: tmp_path / key, **kwargs)
+
+
+def with_runtime(tmp_path: Path, scenario: Callable[[RayRuntime], Awaitable[T]], **kwargs: Any) -> T:
+    """Run `scenario` on a fresh loop against `runtime_for(tmp_path, **kwargs)`."""
 
     async def main() -> T:
-        runtime = RayRuntime(node=NodeSetup(root=root), preparer=NodePackages(root / "code", "bwrap"),
-                             archive_path=lambda key: tmp_path / key, **kwargs)
+        runtime = runtime_for(tmp_path, **kwargs)
         try:
             return await scenario(runtime)
         finally:
@@ -226,9 +231,7 @@ def test_an_instance_waiting_for_capacity_fails_after_the_start_timeout(cluster:
     async def scenario(runtime: RayRuntime) -> InstanceStartFailed:
         # Each node has two CPUs: the first two take a whole node each, the third must wait.
         held = await asyncio.gather(*(runtime.start(spec_for(code, instance_type="node")) for _ in range(2)))
-        impatient = RayRuntime(node=NodeSetup(root=tmp_path / "node"), archive_path=lambda key: tmp_path / key,
-                               preparer=NodePackages(tmp_path / "node" / "code", "bwrap"), placements=whole_node,
-                               start_timeout=3)
+        impatient = runtime_for(tmp_path, placements=whole_node, start_timeout=3)
         with pytest.raises(InstanceStartFailed) as failed:
             await impatient.start(spec_for(code, instance_type="node"))
         await impatient.close()

@@ -149,7 +149,7 @@ def test_statuses_follow_the_run_queued_running_and_finished(
     second = runs.create_run(o, d, v, environment={"GATE": str(gate)})["run_id"]
     assert time.monotonic() - started < 2.0  # each answered at once, whatever the code does
     # Then the first runs and the second waits its turn
-    wait_until(lambda: status(runs, o, d, first) == "RUNNING", timeout=30)
+    wait_until(lambda: status(runs, o, d, first) == "RUNNING", timeout=120)
     assert status(runs, o, d, second) == "PENDING"
     gate.write_text("open")
     assert finished(runs, o, d, first)["status"] == "SUCCEEDED"

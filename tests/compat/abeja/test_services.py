@@ -55,7 +55,7 @@ def service(services: Any, org: dict[str, str], deploy: Callable[..., tuple[str,
         d, v = deploy(PROXY, user_parameters={"GREETING": "version", "OTHER": "kept"})
         created = services.create_service(org["organization_id"], d, v, **options)
         wait_until(lambda: services.get_service(org["organization_id"], d, created["service_id"])["status"]
-                   == "READY", timeout=60)
+                   == "READY", timeout=120)
         return d, created["service_id"]
 
     return _service
@@ -73,7 +73,7 @@ def test_a_service_is_in_progress_until_its_instance_is_up_then_ready_and_listed
     assert created["instance_number"] == 1 and created["instance_type"] == "cpu-0.25"
     assert created["models"] == {"alias": "2222222222222"} and created["user_env_vars"] == {"GREETING": "service"}
     s = created["service_id"]
-    ready = wait_until(lambda: (x := services.get_service(o, d, s))["status"] == "READY" and x, timeout=60)
+    ready = wait_until(lambda: (x := services.get_service(o, d, s))["status"] == "READY" and x, timeout=120)
     assert ready["running_instance_number"] == 1
     assert [e["service_id"] for e in services.get_services(o, d)["entries"]] == [s]
 
@@ -128,7 +128,7 @@ def test_a_stopped_service_answers_4xx_at_once_and_starts_again(
     assert services.start_service(o, d, s) == {"message": f"{s} started"}
     with pytest.raises(BadRequest):
         services.start_service(o, d, s)
-    wait_until(lambda: services.get_service(o, d, s)["status"] == "READY", timeout=60)
+    wait_until(lambda: services.get_service(o, d, s)["status"] == "READY", timeout=120)
     assert services.request_service(o, d, s, json={"again": 1}).json()["got"] == {"again": 1}
 
 
@@ -159,7 +159,7 @@ def test_instance_number_scales_the_service_up_and_down_and_requests_spread_over
     assert updated["instance_number"] == 2 and updated["status"] == "IN_PROGRESS"
     assert {"merged_env_vars", "record_channel_id", "service_process_type"} <= set(updated)
     wait_until(lambda: (x := services.get_service(o, d, s))["status"] == "READY"
-               and x["running_instance_number"] == 2, timeout=60)
+               and x["running_instance_number"] == 2, timeout=120)
 
     def call(_: int) -> str:
         return str(services.request_service(o, d, s, json={"sleep": 0.2}).json()["instance"])
@@ -186,7 +186,7 @@ def test_autoscale_adds_instances_under_load_and_gives_them_back_when_idle(
     assert updated["enable_autoscale"] is True
     # Load until a second instance serves (its start may take seconds: on Ray, an actor is placed first).
     instances: set[str] = set()
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     with ThreadPoolExecutor(4) as pool:
         while len(instances) < 2 and time.monotonic() < deadline:
             instances |= set(pool.map(
@@ -217,11 +217,11 @@ def test_a_service_whose_code_cannot_start_stays_in_progress_saying_why(
     o = org["organization_id"]
     d, v = deploy(BROKEN_IN_SERVICE)
     s = services.create_service(o, d, v, environment={"BROKEN": "1"})["service_id"]
-    failing = wait_until(lambda: (x := services.get_service(o, d, s))["error"] and x, timeout=30)
+    failing = wait_until(lambda: (x := services.get_service(o, d, s))["error"] and x, timeout=120)
     assert "broken on purpose" in failing["error"] and failing["status"] == "IN_PROGRESS"
     assert failing["running_instance_number"] == 0
     healthy = services.create_service(o, d, v)["service_id"]  # the same code without the variable is fine
-    wait_until(lambda: services.get_service(o, d, healthy)["status"] == "READY", timeout=60)
+    wait_until(lambda: services.get_service(o, d, healthy)["status"] == "READY", timeout=120)
     assert services.request_service(o, d, healthy, json={}).text == "fine"
 
 

@@ -83,19 +83,19 @@ def test_list_filters_newest_first_and_rejects_bad_status(api: ubiops.CoreApi, c
 def test_cancelling_pending_and_processing_requests(api: ubiops.CoreApi, project, deploy) -> None:
     deploy("slow", SLOW, maximum_instances=1)
     first, second = api.batch_deployment_requests_create(project["name"], "slow", [{"x": 30000}, {"x": 1}])
-    wait_until(lambda: api.deployment_requests_get(project["name"], "slow", first.id).status == "processing", timeout=30)
+    wait_until(lambda: api.deployment_requests_get(project["name"], "slow", first.id).status == "processing", timeout=120)
     api.deployment_requests_update(project["name"], "slow", second.id, ubiops.DeploymentRequestUpdate(status="cancelled"))
     assert api.deployment_requests_get(project["name"], "slow", second.id).status == "cancelled"
     api.deployment_requests_update(project["name"], "slow", first.id, ubiops.DeploymentRequestUpdate(status="cancelled"))
     wait_until(lambda: api.deployment_requests_get(project["name"], "slow", first.id).status == "cancelled", timeout=30)
-    # The instance was stopped and replaced: the next request is served at once.
-    assert api.deployment_requests_create(project["name"], "slow", {"x": 1}, timeout=30).status == "completed"
+    # The instance was stopped and replaced: the next request is served by a new one.
+    assert api.deployment_requests_create(project["name"], "slow", {"x": 1}, timeout=300).status == "completed"
 
 
 def test_cancel_all_pending_with_an_empty_list(api: ubiops.CoreApi, project, deploy) -> None:
     deploy("slow", SLOW, maximum_instances=1)
     created = api.batch_deployment_requests_create(project["name"], "slow", [{"x": 30000}] + [{"x": 1}] * 5)
-    wait_until(lambda: api.deployment_requests_get(project["name"], "slow", created[0].id).status == "processing", timeout=30)
+    wait_until(lambda: api.deployment_requests_get(project["name"], "slow", created[0].id).status == "processing", timeout=120)
     api.deployment_requests_batch_cancel(project["name"], "slow", [], status="pending")
     statuses = [r.status for r in api.deployment_requests_batch_get(project["name"], "slow", [r.id for r in created[1:]])]
     assert statuses == ["cancelled"] * 5

@@ -110,9 +110,9 @@ def test_with_full_response_the_last_item_is_the_completed_request(
 def test_the_version_path_streams_that_version(client: ubiops.ApiClient, project: dict[str, str], deploy) -> None:
     deploy("streams", STREAMS)
     items = list(stream_deployment_request(client, project_name=project["name"], deployment_name="streams",
-                                           version="v1", data={"x": 5}, timeout=30, full_response=True))
+                                           version="v1", data={"x": 5}, timeout=300, full_response=True))
     assert items[:3] == ["one", "two", "three"]
-    assert (items[3].status, items[3].version, items[3].result, items[3].timeout) == ("completed", "v1", {"x": 6}, 30)
+    assert (items[3].status, items[3].version, items[3].result, items[3].timeout) == ("completed", "v1", {"x": 6}, 300)
 
 
 def test_a_partial_with_a_newline_reaches_the_sdk_as_one_chunk_per_line(
