@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp
 
+from modelbay.api_reference import install_api_reference
 from modelbay.dialects.abeja import errors as abeja_errors
 from modelbay.dialects.abeja.deployments import router as abeja_deployments_router
 from modelbay.dialects.abeja.endpoints import router as abeja_endpoints_router
@@ -61,7 +62,8 @@ def create_app(settings: Settings) -> ASGIApp:
         finally:
             await engine.close()
 
-    app = FastAPI(title="modelbay", version="0.1.0", lifespan=lifespan)
+    # FastAPI's own /docs and /redoc load their assets from a CDN: `install_api_reference` serves them.
+    app = FastAPI(title="modelbay", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     # What reaches the app unanswered by a route: a path no route serves.
     app.add_exception_handler(HTTPException, unrouted_handler(MOUNTED_ERRORS, default=ubiops_errors.ERRORS))
 
@@ -92,5 +94,7 @@ def create_app(settings: Settings) -> ASGIApp:
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    install_api_reference(app)  # /docs, /redoc and /openapi.json
 
     return DirectRequests(app, lambda: app.state.engine)

@@ -22,7 +22,7 @@ from modelbay.dialects.abeja.errors import AbejaRoute
 from modelbay.dialects.common.body import body_chunks
 from modelbay.store.tables import DeploymentRow, ProjectRow, VersionRow
 
-router = APIRouter(route_class=AbejaRoute, tags=["abeja deployments"])
+router = APIRouter(route_class=AbejaRoute, tags=["ABEJA · deployments"])
 
 D = "/organizations/{organization_id}/deployments"
 V = D + "/{deployment_id}/versions"

@@ -16,7 +16,7 @@ from modelbay.dialects.abeja.errors import AbejaRoute
 from modelbay.engine import Engine
 from modelbay.store.tables import DeploymentRow, EndpointRow
 
-router = APIRouter(route_class=AbejaRoute, tags=["abeja endpoints"])
+router = APIRouter(route_class=AbejaRoute, tags=["ABEJA · endpoints"])
 
 E = "/organizations/{organization_id}/deployments/{deployment_id}/endpoints"
 

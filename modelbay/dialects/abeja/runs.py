@@ -17,7 +17,7 @@ from modelbay.dialects.abeja.errors import AbejaRoute
 from modelbay.dialects.abeja.logs import log_page, recent_log_page
 from modelbay.store.tables import RunRow
 
-router = APIRouter(route_class=AbejaRoute, tags=["abeja runs"])
+router = APIRouter(route_class=AbejaRoute, tags=["ABEJA · runs"])
 
 R = "/organizations/{organization_id}/deployments/{deployment_id}/runs"
 

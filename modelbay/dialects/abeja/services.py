@@ -33,8 +33,8 @@ from modelbay.engine import Engine
 from modelbay.runtime import wire
 from modelbay.store.tables import ProjectRow, ServiceRow
 
-router = APIRouter(route_class=AbejaRoute, tags=["abeja services"])
-proxy_router = APIRouter(route_class=AbejaRoute, tags=["abeja service proxy"])
+router = APIRouter(route_class=AbejaRoute, tags=["ABEJA · services"])
+proxy_router = APIRouter(route_class=AbejaRoute, tags=["ABEJA · service calls"])
 
 S = "/organizations/{organization_id}/deployments/{deployment_id}/services"
 

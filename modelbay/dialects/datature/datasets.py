@@ -28,7 +28,8 @@ OVERVIEW = {
     "failed_processing": "FailedProcessing",
 }
 
-router = APIRouter(route_class=DatatureRoute, prefix="/projects/{project_id}/batch/datasets")
+router = APIRouter(route_class=DatatureRoute, prefix="/projects/{project_id}/batch/datasets",
+                   tags=["Datature · datasets"])
 
 
 def upload_path(project: ProjectRow, row: DatasetRow) -> str:

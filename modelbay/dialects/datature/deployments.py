@@ -19,7 +19,8 @@ from modelbay.store.tables import DeploymentRow, ProjectRow
 
 PREFIX = "deploy"
 
-router = APIRouter(route_class=DatatureRoute, prefix="/projects/{project_id}/deployments")
+router = APIRouter(route_class=DatatureRoute, prefix="/projects/{project_id}/deployments",
+                   tags=["Datature · deployments"])
 
 
 def deployment(engine: Engine, row: DeploymentRow, project: ProjectRow) -> dict[str, Any]:

@@ -41,7 +41,7 @@ ITEM_STATUS = {
 
 LOG_KIND = {"item": "ItemPredicted", "job_started": "JobStarted"}
 
-router = APIRouter(route_class=DatatureRoute, prefix="/projects/{project_id}/batch/jobs")
+router = APIRouter(route_class=DatatureRoute, prefix="/projects/{project_id}/batch/jobs", tags=["Datature · jobs"])
 
 
 def _dt(value: int | None) -> datetime | None:

@@ -19,7 +19,8 @@ from modelbay.store.tables import ProjectRow, WebhookRow
 
 PREFIX = "webhook"
 
-router = APIRouter(route_class=DatatureRoute, prefix="/projects/{project_id}/batch/webhooks")
+router = APIRouter(route_class=DatatureRoute, prefix="/projects/{project_id}/batch/webhooks",
+                   tags=["Datature · webhooks"])
 
 
 def webhook(row: WebhookRow, project: ProjectRow) -> dict[str, Any]:

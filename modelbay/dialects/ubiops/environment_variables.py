@@ -14,7 +14,7 @@ from modelbay.dialects.ubiops.errors import UbiopsRoute
 from modelbay.dialects.ubiops.schemas import respond
 from modelbay.store.tables import ProjectRow
 
-router = APIRouter(route_class=UbiopsRoute)
+router = APIRouter(route_class=UbiopsRoute, tags=["UbiOps · environment variables"])
 
 PROJECT = "/projects/{project_name}"
 DEPLOYMENT = PROJECT + "/deployments/{deployment_name}"

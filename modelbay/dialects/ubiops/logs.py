@@ -20,7 +20,7 @@ from modelbay.dialects.ubiops.deps import caller_of
 from modelbay.dialects.ubiops.errors import UbiopsRoute
 from modelbay.engine import Engine
 
-router = APIRouter(route_class=UbiopsRoute)
+router = APIRouter(route_class=UbiopsRoute, tags=["UbiOps · logs"])
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 #: Digits of a time in nanoseconds since the epoch, up to the year 2286.

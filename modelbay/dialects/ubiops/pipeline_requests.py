@@ -121,7 +121,7 @@ async def object_request_output_get(request: Request) -> Response:
     return payload_file(row.result, "output", row.id)
 
 
-router = APIRouter(route_class=UbiopsRoute)
+router = APIRouter(route_class=UbiopsRoute, tags=["UbiOps · pipeline requests"])
 ROUTES.add_routes(router)
 OBJECT_REQUESTS = ROUTES.path + VERSION + "/object-requests/{request_id}"
 router.add_api_route(OBJECT_REQUESTS, object_request_get, methods=["GET"], name="pipeline_version_object_requests_get")

@@ -12,7 +12,7 @@ from modelbay.dialects.ubiops.deps import EngineDep, JsonObject, ProjectDep
 from modelbay.dialects.ubiops.errors import UbiopsRoute
 from modelbay.dialects.ubiops.schemas import respond
 
-router = APIRouter(route_class=UbiopsRoute)
+router = APIRouter(route_class=UbiopsRoute, tags=["UbiOps · pipelines"])
 
 PIPELINES = "/projects/{project_name}/pipelines"
 PIPELINE = PIPELINES + "/{pipeline_name}"

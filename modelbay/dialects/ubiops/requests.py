@@ -41,7 +41,7 @@ class DeploymentRequestRoutes(StoredRequestRoutes):
 
 
 ROUTES = DeploymentRequestRoutes()
-router = APIRouter(route_class=UbiopsRoute)
+router = APIRouter(route_class=UbiopsRoute, tags=["UbiOps · requests"])
 ROUTES.add_routes(router)
 
 

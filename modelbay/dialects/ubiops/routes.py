@@ -23,7 +23,7 @@ PREFIXES = ("/v2.1", "/v2")
 #: client's first poll (`wait_for_deployment_version` polls every 4 s).
 UPLOAD_WAITS_FOR_BUILD_S = 2.0
 
-router = APIRouter(route_class=UbiopsRoute)
+router = APIRouter(route_class=UbiopsRoute, tags=["UbiOps · projects and deployments"])
 router.include_router(environment_variables.router)
 
 

@@ -47,7 +47,7 @@ from modelbay.dialects.ubiops.requests import target_of
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(route_class=UbiopsRoute)
+router = APIRouter(route_class=UbiopsRoute, tags=["UbiOps · requests"])
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")  # what both SSE and the SDK's `iter_lines` split on
 _END = object()
