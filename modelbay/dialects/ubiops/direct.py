@@ -4,7 +4,7 @@ A direct request is the call clients make most, and the engine serves it in a fr
 what FastAPI's middleware, routing and response layers would add to it. So `DirectRequests`
 wraps the app: it answers `POST …/deployments/{d}[/versions/{v}]/requests` itself, with the
 same credentials, checks, errors and answer as every UbiOps route, and hands every other
-request to the app. (Being outside the framework, these two routes are not listed in /docs.)
+request to the app. (Being outside the framework, these routes are listed in /docs by `api_reference`.)
 """
 
 from __future__ import annotations
