@@ -130,6 +130,7 @@ def install_api_reference(app: FastAPI) -> None:
         )
 
     async def redoc(request: Request) -> HTMLResponse:
+        # ReDoc's sidebar shows Redocly's logo from their CDN: offline it leaves the image out, no more.
         root = request.scope.get("root_path", "").rstrip("/")
         return get_redoc_html(
             openapi_url=f"{root}{app.openapi_url}",
@@ -160,7 +161,8 @@ def finish(schema: dict[str, Any]) -> dict[str, Any]:
                 continue
             # A router included in another carries its parent's tags before its own: keep its own.
             operation["tags"] = operation.get("tags", [SERVER_TAG])[-1:]
-            operation["parameters"] = declared_path_parameters(path, operation.get("parameters", []))
+            if parameters := declared_path_parameters(path, operation.get("parameters", [])):
+                operation["parameters"] = parameters
             dialect = dialect_of.get(operation["tags"][0])
             if dialect in SECURITY and path not in PUBLIC_PATHS:
                 operation["security"] = SECURITY[dialect]
@@ -236,7 +238,7 @@ def direct_request_paths() -> dict[str, dict[str, Any]]:
                     "content": {"application/json": {"schema": {}}, "text/plain": {"schema": {"type": "string"}}},
                 },
                 "responses": {
-                    "200": {"description": "The request is done (completed or failed).",
+                    "200": {"description": "The request is done: completed, failed or cancelled.",
                             "content": {"application/json": {"schema": _DIRECT_RESULT}}},
                     "400": {"description": "Invalid input or query, or the version is not available.",
                             **_UBIOPS_ERROR},
