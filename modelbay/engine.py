@@ -179,7 +179,7 @@ class Engine:
         self.deliveries = Deliveries(self.db, self.http, self.nodes)
         self.datasets = Datasets(self.db, self.blobs, data / "spool")
         self.jobs = Jobs(self.db, self.nodes, self.datasets, self.deployments, self.requests, self.deliveries,
-                         job_item_body)
+                         self.scheduler, job_item_body)
         self.pipelines = Pipelines(self.db, self.bus)
         self.pipeline_requests = PipelineRequests(self.db, self.nodes, self.pipelines, self.deployments,
                                                   self.requests, self.payloads)
@@ -269,6 +269,8 @@ class Engine:
         `NotFound` or `Unavailable` when this node cannot serve it."""
         if pool is None:
             return Deployments.serving_target_check(self.deployments.target_of_version(version_id))
+        if pool.startswith("job:"):
+            return self.jobs.pool_target(pool)
         return self.services.pool_target(pool)
 
     async def _instance_spec(self, target: Target) -> InstanceSpec:
