@@ -170,6 +170,7 @@ class Engine:
             self.nodes,
             workers=settings.build_workers,
         )
+        self.environment_variables.deployment_file_changed.add(self.revisions.rebuild_failed)
         self.requests = Requests(self.db, self.scheduler, self.deployments, self.payloads, self.nodes)
         self.url_signer = signed_urls.UrlSigner(signing_key)
         # One client for every webhook POST: pooled connections to receivers, each checked.
