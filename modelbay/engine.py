@@ -170,6 +170,7 @@ class Engine:
             self.nodes,
             workers=settings.build_workers,
         )
+        self.environment_variables.deployment_file_changed.add(self.revisions.rebuild_failed)
         self.requests = Requests(self.db, self.scheduler, self.deployments, self.payloads, self.nodes)
         self.url_signer = signed_urls.UrlSigner(signing_key)
         # One client for every webhook POST: pooled connections to receivers, each checked.
@@ -179,7 +180,7 @@ class Engine:
         self.deliveries = Deliveries(self.db, self.http, self.nodes)
         self.datasets = Datasets(self.db, self.blobs, data / "spool")
         self.jobs = Jobs(self.db, self.nodes, self.datasets, self.deployments, self.requests, self.deliveries,
-                         job_item_body)
+                         self.scheduler, job_item_body)
         self.pipelines = Pipelines(self.db, self.bus)
         self.pipeline_requests = PipelineRequests(self.db, self.nodes, self.pipelines, self.deployments,
                                                   self.requests, self.payloads)
@@ -269,6 +270,8 @@ class Engine:
         `NotFound` or `Unavailable` when this node cannot serve it."""
         if pool is None:
             return Deployments.serving_target_check(self.deployments.target_of_version(version_id))
+        if pool.startswith("job:"):
+            return self.jobs.pool_target(pool)
         return self.services.pool_target(pool)
 
     async def _instance_spec(self, target: Target) -> InstanceSpec:

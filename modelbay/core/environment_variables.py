@@ -4,7 +4,8 @@ A version's instances get the project's variables, then its deployment's, then i
 of the same name at a more specific level wins (`effective`). The lists of a deployment and of a
 version show the variables they inherit that none of theirs hides. A secret variable's value
 reaches the instances, never a reader. A change restarts the instances of every version it
-reaches, as a change of a version's settings does.
+reaches, as a change of a version's settings does; a change of the variable naming the
+deployment file (`builds.DEPLOYMENT_FILE_VARIABLE`) also lets a failed build of it run again.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from modelbay.core.builds import DEPLOYMENT_FILE_VARIABLE
 from modelbay.core.catalog import DEPLOYMENTS, VERSIONS
 from modelbay.core.clock import utcnow
 from modelbay.core.errors import Conflict, InvalidInput, NotFound
+from modelbay.core.hooks import Hook
 from modelbay.store.db import Database
 from modelbay.store.tables import DeploymentRow, EnvironmentVariableRow, ProjectRow, VersionRow
 
@@ -123,6 +126,8 @@ class EnvironmentVariables:
     def __init__(self, db: Database, version_changed: Callable[[str], None]) -> None:
         self._db = db
         self._version_changed = version_changed
+        #: Told, once committed, the ids of the versions whose deployment file variable changed.
+        self.deployment_file_changed: Hook[[list[str]]] = Hook("environment variables: deployment file changed")
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -163,7 +168,7 @@ class EnvironmentVariables:
             row = _new_row(resolved, name, value, secret, now)
             session.add(row)
             versions = _versions_reached(session, resolved)
-        self._changed(versions)
+        self._changed(versions, {name})
         return _visible(row)
 
     def update(self, scope: Scope, key: str, fields: dict[str, Any]) -> Variable:
@@ -171,6 +176,7 @@ class EnvironmentVariables:
         with self._db.write() as session:
             resolved = _resolve(session, scope)
             row = _own(session, resolved, key)
+            names = {row.name}
             if fields.get("name") is not None and fields["name"] != row.name:
                 name = check_name(fields["name"])
                 _refuse_taken(session, resolved, name)
@@ -180,16 +186,18 @@ class EnvironmentVariables:
             if fields.get("secret") is not None:
                 row.secret = _check_secret(fields["secret"])
             row.updated_at = utcnow()
+            names.add(row.name)
             versions = _versions_reached(session, resolved)
-        self._changed(versions)
+        self._changed(versions, names)
         return _visible(row)
 
     def delete(self, scope: Scope, key: str) -> None:
         with self._db.write() as session:
             resolved = _resolve(session, scope)
-            session.delete(_own(session, resolved, key))
+            row = _own(session, resolved, key)
+            session.delete(row)
             versions = _versions_reached(session, resolved)
-        self._changed(versions)
+        self._changed(versions, {row.name})
 
     def copy(self, scope: Scope, source: Scope) -> list[Variable]:
         """Copy the variables of a deployment or version (its own, secret ones too) into `scope`,
@@ -203,19 +211,23 @@ class EnvironmentVariables:
                 raise InvalidInput("The source of a copy is where it copies to")
             mine = {row.name: row for row in session.scalars(select(EnvironmentVariableRow).where(
                 EnvironmentVariableRow.scope_id == resolved.scope_id))}
+            names = set()
             for row in session.scalars(select(EnvironmentVariableRow).where(
                     EnvironmentVariableRow.scope_id == origin.scope_id)):
+                names.add(row.name)
                 if (existing := mine.get(row.name)) is not None:
                     existing.value, existing.secret, existing.updated_at = row.value, row.secret, now
                 else:
                     session.add(_new_row(resolved, row.name, row.value, row.secret, now))
             versions = _versions_reached(session, resolved)
-        self._changed(versions)
+        self._changed(versions, names)
         return self.list_variables(scope)
 
-    def _changed(self, version_ids: list[str]) -> None:
+    def _changed(self, version_ids: list[str], names: set[str]) -> None:
         for version_id in version_ids:
             self._version_changed(version_id)
+        if DEPLOYMENT_FILE_VARIABLE in names and version_ids:
+            self.deployment_file_changed(version_ids)
 
 
 def _resolve(session: Session, scope: Scope) -> _Resolved:

@@ -5,6 +5,8 @@ in flight through `Requests.direct`, and commits each item's outcome together wi
 and counters in one transaction. That row (a job log entry per item, unique per job and item) is
 the record that the item is done: after a restart the runner resumes from the job's cursor and
 skips every item already committed, so nothing committed is predicted or delivered twice.
+A job runs on a deployment's serving version, or on instances of its own (`Ephemeral`): a pool
+of a version's code started with the job and stopped once its items have run.
 Deliveries settle items (`Deliveries.items_settled`), and the last settled item finishes the job.
 A stop (a cancel, or the stop time passing) settles every item still open as failed to deliver,
 so a waiting client always sees the counts add up.
@@ -20,9 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -32,11 +36,12 @@ from modelbay.core.background import Background
 from modelbay.core.clock import as_utc, utcnow
 from modelbay.core.datasets import Datasets
 from modelbay.core.deliveries import DELIVERIES, Deliveries
-from modelbay.core.deployments import Deployments
+from modelbay.core.deployments import Deployments, Target
 from modelbay.core.errors import InvalidInput, ModelbayError, NotFound
 from modelbay.core.job_items import JOBS, LOGS, JobRunner, RenderBody, default_body
 from modelbay.core.nodes import Nodes
 from modelbay.core.requests import Requests
+from modelbay.core.scheduler import Scheduler
 from modelbay.core.states import (
     DELIVERY,
     JOB,
@@ -48,7 +53,7 @@ from modelbay.core.states import (
     move,
 )
 from modelbay.store.db import Database
-from modelbay.store.tables import DeploymentRow, JobLogRow, JobRow, ProjectRow, WebhookRow
+from modelbay.store.tables import DeploymentRow, JobLogRow, JobRow, ProjectRow, VersionRow, WebhookRow
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +79,21 @@ CLAIM_BATCH = 4
 CHECK_PERIOD_S = 2.0
 
 
+#: Most instances a job may start for itself.
+MAX_OWN_INSTANCES = 16
+
+
+@dataclass(frozen=True)
+class Ephemeral:
+    """A job's own instances: `replicas` of them, of `instance_type` (None: the version's), running
+    the code of `version_id`. `template` is how the client described them, to be shown back."""
+
+    version_id: str
+    replicas: int
+    instance_type: str | None
+    template: dict[str, Any]
+
+
 def ms(value: datetime | None) -> int | None:
     return None if value is None else int(as_utc(value).timestamp() * 1000)
 
@@ -82,8 +102,9 @@ class Jobs:
     """Creates jobs, runs them, stops them and reads their logs."""
 
     def __init__(self, db: Database, nodes: Nodes, datasets: Datasets, deployments: Deployments, requests: Requests,
-                 deliveries: Deliveries, render_body: RenderBody = default_body) -> None:
+                 deliveries: Deliveries, scheduler: Scheduler, render_body: RenderBody = default_body) -> None:
         self._db = db
+        self._scheduler = scheduler
         self._nodes = nodes
         self._datasets = datasets
         self._deployments = deployments
@@ -102,12 +123,14 @@ class Jobs:
 
     # --- create and read -------------------------------------------------------------------
 
-    def create(self, project: ProjectRow, name: Any, dataset_id: str, deployment_id: str, webhook_ids: list[str],
-               start_at: datetime | None, stop_at: datetime | None) -> JobRow:
-        """Check everything the job names, then store it and start its runner.
+    def create(self, project: ProjectRow, name: Any, dataset_id: str, deployment_id: str | None,
+               webhook_ids: list[str], start_at: datetime | None, stop_at: datetime | None,
+               ephemeral: Ephemeral | None = None) -> JobRow:
+        """Check everything the job names, then store it and start its runner. The job runs on the
+        serving version of `deployment_id`, or with `ephemeral`, on instances of its own.
 
         Raises `InvalidInput` or `NotFound` (nothing stored) for a bad name, a dataset that is not
-        uploaded, a deployment or webhook not of this project, or a deployment without built code.
+        uploaded, a deployment, version or webhook not of this project, or code not built.
         """
         if not isinstance(name, str) or not name.strip() or len(name) > 200:
             raise InvalidInput("The job name must be 1-200 characters")
@@ -120,20 +143,28 @@ class Jobs:
             raise InvalidInput(f"The dataset's file has not been uploaded (its status is {dataset.status})")
         if self._datasets.is_expired(dataset):
             raise InvalidInput("The dataset has expired")
+        if ephemeral is not None:
+            if not 1 <= ephemeral.replicas <= MAX_OWN_INSTANCES:
+                raise InvalidInput(f"A job may start 1 to {MAX_OWN_INSTANCES} instances of its own", field="replicas")
+            deployment_id = self._deployment_of_version(project, ephemeral.version_id)
         with self._db.read() as session:
-            deployment = session.get(DeploymentRow, deployment_id)
+            deployment = session.get(DeploymentRow, deployment_id) if deployment_id else None
             found = set(session.scalars(select(WebhookRow.id).where(WebhookRow.id.in_(webhook_ids),
                                                                      WebhookRow.project_id == project.id)))
         if deployment is None or deployment.project_id != project.id:
-            raise NotFound("deployment", deployment_id)
+            raise NotFound("deployment", deployment_id or "")
         for webhook_id in webhook_ids:
             if webhook_id not in found:
                 raise NotFound("webhook", webhook_id)
-        self._deployments.serving_target(project, deployment.name, None)  # raises unless it can serve
+        if ephemeral is None:
+            self._deployments.serving_target(project, deployment.name, None)  # raises unless it can serve
+        else:
+            Deployments.serving_target_check(self._deployments.target_of_version(ephemeral.version_id))
         now = utcnow()
         owner = self._nodes.id  # the node that accepts a job runs it
         row = JobRow(id=str(uuid.uuid4()), owner=owner, project_id=project.id, name=name, dataset_id=dataset.id,
-                     deployment_id=deployment.id, webhook_ids=list(dict.fromkeys(webhook_ids)), start_at=start_at,
+                     deployment_id=deployment.id,
+                     ephemeral=None if ephemeral is None else dataclasses.asdict(ephemeral), webhook_ids=list(dict.fromkeys(webhook_ids)), start_at=start_at,
                      stop_at=stop_at, cancelled_at=None, status=JobStatus.SCHEDULED, message="Waiting to start",
                      reason=None, item_count=dataset.item_count, next_item=0, gathered=0, failed_gather=0,
                      preprocessed=0, failed_process=0, predicted=0, failed_predict=0, delivered=0,
@@ -142,6 +173,30 @@ class Jobs:
             session.add(row)
         self._launch(row.id, owner)
         return row
+
+    def _deployment_of_version(self, project: ProjectRow, version_id: str) -> str:
+        """The deployment of a version of this project; raises `NotFound`."""
+        with self._db.read() as session:
+            version = session.get(VersionRow, version_id)
+            deployment = session.get(DeploymentRow, version.deployment_id) if version else None
+        if deployment is None or deployment.project_id != project.id:
+            raise NotFound("version", version_id)
+        return deployment.id
+
+    def pool_target(self, pool: str) -> Target:
+        """The target of a job's own instances (`job:<id>`), for a call another node sent there."""
+        job_id = pool.removeprefix("job:")
+        with self._db.read() as session:
+            job = session.get(JobRow, job_id)
+        if job is None or job.ephemeral is None:
+            raise NotFound("job", job_id)
+        return self._own_target(job.id, Ephemeral(**job.ephemeral))
+
+    def _own_target(self, job_id: str, own: Ephemeral) -> Target:
+        """The job's own pool: its version's code, with exactly `replicas` instances, none idle-stopped."""
+        base = Deployments.serving_target_check(self._deployments.target_of_version(own.version_id))
+        return dataclasses.replace(base, pool=f"job:{job_id}", minimum_instances=own.replicas,
+                                   maximum_instances=own.replicas, instance_type=own.instance_type or base.instance_type)
 
     def get(self, project_id: str, job_id: str) -> JobRow:
         """Raises `NotFound` unless the job exists in the project."""
@@ -372,7 +427,10 @@ class Jobs:
         try:
             if project is None or deployment is None:
                 raise NotFound("deployment", job.deployment_id)
-            target = self._deployments.serving_target(project, deployment.name, None)
+            if job.ephemeral is None:
+                target = self._deployments.serving_target(project, deployment.name, None)
+            else:
+                target = self._own_target(job_id, Ephemeral(**job.ephemeral))
         except ModelbayError as exc:
             await self._db.committer.submit_async(self._settle_open(
                 job_id, JobStatus.FAILED, "DeploymentUnavailable", f"The deployment cannot serve: {exc.message}",
@@ -383,12 +441,16 @@ class Jobs:
         if job.status == JobStatus.SCHEDULED and not await self._db.committer.submit_async(runner.mark_running):
             return  # stopped, or taken over, meanwhile
         self._live[job_id] = runner
+        if target.pool is not None:
+            self._scheduler.ensure(target)  # the job's own instances start now, all of them
         watchdog = asyncio.create_task(self._watch(job_id, owner, stop))
         try:
             await runner.run(self._datasets.items(dataset, job.next_item))
         finally:
             watchdog.cancel()
             self._live.pop(job_id, None)
+            if target.pool is not None:
+                self._scheduler.drop(target.pool)  # its items have run: its own instances go
 
     async def _watch(self, job_id: str, owner: str, stop: asyncio.Event) -> None:
         """Halt the runner once its job is stopped, deleted or taken over (whichever node did it),

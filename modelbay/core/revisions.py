@@ -124,6 +124,25 @@ class Revisions:
         self._claim_now()
         return revision, built
 
+    def rebuild_failed(self, version_ids: list[str]) -> None:
+        """Queue again the newest build of each of these versions that failed: what it was built
+        with changed (the file of `class Deployment` its variables name), the archive did not."""
+        with self._db.write() as session:
+            versions = session.execute(select(VersionRow.id, VersionRow.status, VersionRow.latest_revision_id)
+                                       .where(VersionRow.id.in_(version_ids))).all()
+            queued = 0
+            for version in versions:
+                if version.latest_revision_id is None or not move(
+                        session, REVISION, version.latest_revision_id, RevisionStatus.FAILED, RevisionStatus.QUEUED,
+                        owner=None, finished_at=None, error_message=None):
+                    continue
+                queued += 1
+                if version.status != VersionStatus.BUILDING:
+                    move(session, VERSION, version.id, VersionStatus(version.status), VersionStatus.BUILDING)
+        if queued:
+            self._deployments.forget_targets()
+            self._claim_now()
+
     def get(self, project: ProjectRow, deployment_name: str, version: str, revision_id: str) -> RevisionRow:
         version_row = self._deployments.get_version(project, deployment_name, version)
         with self._db.read() as session:

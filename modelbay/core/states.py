@@ -221,7 +221,8 @@ REVISION = Machine("revision", RevisionRow.__table__, ("id",), {  # type: ignore
     # building -> queued: the node building it died; another one builds it
     RevisionStatus.BUILDING: frozenset({RevisionStatus.SUCCESS, RevisionStatus.FAILED, RevisionStatus.QUEUED}),
     RevisionStatus.SUCCESS: frozenset(),
-    RevisionStatus.FAILED: frozenset(),
+    # failed -> queued: the variable naming its deployment file changed; the same archive builds again
+    RevisionStatus.FAILED: frozenset({RevisionStatus.QUEUED}),
 })
 
 

@@ -404,6 +404,8 @@ class JobRow(Base):
     name: Mapped[str] = mapped_column(String(200))
     dataset_id: Mapped[str] = mapped_column(String(36), index=True)
     deployment_id: Mapped[str] = mapped_column(String(36))
+    #: For a job on instances of its own (`core.jobs.Ephemeral`, as a dict), else None.
+    ephemeral: Mapped[dict[str, Any] | None]
     webhook_ids: Mapped[list[Any]] = mapped_column(default=list)
     start_at: Mapped[datetime | None]
     stop_at: Mapped[datetime | None]

@@ -24,12 +24,16 @@ router = APIRouter(route_class=DatatureRoute, prefix="/projects/{project_id}/dep
 
 
 def deployment(engine: Engine, row: DeploymentRow, project: ProjectRow) -> dict[str, Any]:
+    served: dict[str, Any] = {}
     try:
         target = engine.deployments.serving_target(project, row.name, None)
         overview, message = "Available", f"Serving version {target.version_name}"
+        # Its code, which a job may run on instances of its own (`artifacts.py`).
+        served = {"artifactId": schemas.external("artifact", target.version_id), "versionTag": target.version_name}
     except ModelbayError as exc:
         overview, message = "Unavailable", exc.message
     return {
+        **served,
         "id": schemas.external(PREFIX, row.id),
         "name": row.name,
         "projectId": ids.project_id(project.handle),

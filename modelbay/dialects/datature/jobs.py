@@ -14,7 +14,7 @@ from modelbay.core.decimals import is_decimal
 from modelbay.core.errors import InvalidInput
 from modelbay.core.job_items import ItemOutcome
 from modelbay.core.states import ItemStatus, JobStatus
-from modelbay.dialects.datature import ids, schemas
+from modelbay.dialects.datature import artifacts, ids, schemas
 from modelbay.dialects.datature.deps import EngineDep, JsonObject, ProjectDep
 from modelbay.dialects.datature.errors import DatatureRoute
 from modelbay.store.tables import JobLogRow, JobRow, ProjectRow
@@ -51,7 +51,9 @@ def _dt(value: int | None) -> datetime | None:
 def job(row: JobRow, project: ProjectRow) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "datasetId": schemas.external("dataset", row.dataset_id),
-        "deployment": {"kind": "ExistingDeployment", "deploymentId": schemas.external("deploy", row.deployment_id)},
+        "deployment": ({"kind": "ExistingDeployment", "deploymentId": schemas.external("deploy", row.deployment_id)}
+                       if row.ephemeral is None else
+                       {"kind": "NewEphemeralDeployment", "template": row.ephemeral["template"]}),
         "resultDelivery": {"destinations": [{"kind": "Webhook", "webhookId": schemas.external("webhook", w)}
                                             for w in row.webhook_ids]},
     }
@@ -124,13 +126,19 @@ def log_entry(row: JobLogRow) -> dict[str, Any]:
 def create(engine: EngineDep, project: ProjectDep, body: JsonObject) -> Response:
     spec = schemas.obj(body.get("spec"), "spec")
     deployment = schemas.obj(spec.get("deployment"), "spec.deployment")
-    if deployment.get("kind") != "ExistingDeployment":
-        raise InvalidInput("Only spec.deployment.kind 'ExistingDeployment' is supported: give the deploymentId "
-                           "of a deployment of this project (GET /projects/{id}/deployments lists them)")
-    deployment_id = deployment.get("deploymentId")
     dataset_id = spec.get("datasetId")
-    if not isinstance(deployment_id, str) or not isinstance(dataset_id, str):
-        raise InvalidInput("spec.datasetId and spec.deployment.deploymentId are required")
+    if not isinstance(dataset_id, str):
+        raise InvalidInput("spec.datasetId is required")
+    own = None
+    if deployment.get("kind") == "ExistingDeployment":
+        if not isinstance(deployment.get("deploymentId"), str):
+            raise InvalidInput("spec.deployment.deploymentId is required")
+        deployment_id: str | None = schemas.internal("deploy", "deployment", deployment["deploymentId"])
+    elif deployment.get("kind") == "NewEphemeralDeployment":
+        own, deployment_id = artifacts.ephemeral(engine, project, deployment), None
+    else:
+        raise InvalidInput("spec.deployment.kind must be 'ExistingDeployment' (with the deploymentId of a deployment "
+                           "of this project) or 'NewEphemeralDeployment' (with a template)")
     destinations = schemas.obj(spec.get("resultDelivery"), "spec.resultDelivery").get("destinations")
     if not isinstance(destinations, list) or not destinations:
         raise InvalidInput("spec.resultDelivery.destinations must list at least one webhook")
@@ -144,10 +152,11 @@ def create(engine: EngineDep, project: ProjectDep, body: JsonObject) -> Response
         project,
         body.get("name"),
         schemas.internal("dataset", "dataset", dataset_id),
-        schemas.internal("deploy", "deployment", deployment_id),
+        deployment_id,
         webhook_ids,
         _dt(schemas.optional_int(spec.get("startAtTime"), "spec.startAtTime")),
         _dt(schemas.optional_int(spec.get("stopAtTime"), "spec.stopAtTime")),
+        own,
     )
     return schemas.respond(job(row, project))
 

@@ -99,6 +99,29 @@ def test_without_the_variable_a_package_without_deployment_py_fails_its_build_na
     assert "deployment.py was not found" in message
 
 
+def test_naming_the_file_after_a_failed_build_builds_the_same_upload_again(
+    api: ubiops.CoreApi, client: ubiops.ApiClient, project: dict[str, str], tmp_path: Path
+) -> None:
+    p = project["name"]
+    create_version(api, p, "named-later")
+    assert upload(api, client, p, "named-later", tmp_path, {"main.py": MAIN_PY}).status == "failed"
+
+    # When the variable is set afterwards (the CLI's order reversed), the upload builds again
+    api.deployment_version_environment_variables_create(
+        p, "named-later", "v1", Env(name="SYS_DEPLOYMENT_FILE_NAME", value="main.py", secret=False))
+    ubiops.utils.wait_for_deployment_version(client, p, "named-later", "v1", quiet=True, timeout=120)
+
+    # Then the version serves main.py from the one revision there is
+    [revision] = api.revisions_list(p, "named-later", "v1")
+    assert (revision.status, api.deployment_versions_get(p, "named-later", "v1").status) == ("success", "available")
+    assert api.deployment_requests_create(p, "named-later", "hi").result == "main: hi"
+    # Another variable leaves a build that failed as it is
+    create_version(api, p, "unnamed")
+    assert upload(api, client, p, "unnamed", tmp_path, {"main.py": MAIN_PY}).status == "failed"
+    api.deployment_version_environment_variables_create(p, "unnamed", "v1", Env(name="OTHER", value="1", secret=False))
+    assert api.deployment_versions_get(p, "unnamed", "v1").status == "failed"
+
+
 @pytest.mark.parametrize("value", ["missing.py", "not a file"])
 def test_a_variable_naming_no_file_of_the_package_fails_the_build_naming_it(
     api: ubiops.CoreApi, client: ubiops.ApiClient, project: dict[str, str], tmp_path: Path, value: str
