@@ -60,6 +60,7 @@ TAGS: dict[str, dict[str, str]] = {
     },
     "Datature": {
         "Datature · deployments": "The deployments a batch job can run on.",
+        "Datature · artifacts": "The instance types a job on instances of its own may ask for.",
         "Datature · datasets": "Batch datasets: the items a job runs through, uploaded as a file.",
         "Datature · jobs": "Batch jobs: a deployment run over a dataset, each result delivered to a webhook.",
         "Datature · webhooks": "Webhooks that receive a job's results, signed with their secret.",

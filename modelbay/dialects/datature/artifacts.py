@@ -30,7 +30,8 @@ DEFAULT_INSTANCE = "instance_x1cpu-standard"
 #: Resource keys Datature may ask for that a modelbay instance cannot have.
 GPUS = ("GPU_T4", "GPU_L4", "GPU_A100_40GB", "GPU_A100_80GB", "GPU_H100")
 
-router = APIRouter(route_class=DatatureRoute, prefix="/projects/{project_id}/artifacts")
+router = APIRouter(route_class=DatatureRoute, prefix="/projects/{project_id}/artifacts",
+                   tags=["Datature · artifacts"])
 
 
 @router.get("/{artifact_id}/availableInstances/regions/{region}")
