@@ -200,7 +200,7 @@ def test_a_bad_job_is_refused_and_not_stored(
     theirs = deploy_with(server, other, tmp_path, "theirs")
     with pytest.raises(error.NotFoundError):
         nexus.batch.jobs.create("bad", {**good, "deployment_id": theirs})
-    with pytest.raises(error.BadRequestError):  # a new ephemeral deployment is not supported
+    with pytest.raises(error.NotFoundError):  # no such artifact (test_ephemeral_jobs.py: jobs on their own instances)
         nexus.batch.jobs.create("eph", {"dataset_id": dataset_id, "webhook_id": webhook_id,
                                         "artifact_id": "artifact_1", "deployment_metadata": {"instance_id": "x"}})
     assert nexus.batch.jobs.list().data == []
