@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp
 
+from modelbay.console import install_console
 from modelbay.dialects.abeja import errors as abeja_errors
 from modelbay.dialects.abeja.deployments import router as abeja_deployments_router
 from modelbay.dialects.abeja.endpoints import router as abeja_endpoints_router
@@ -88,6 +89,8 @@ def create_app(settings: Settings) -> ASGIApp:
     app.include_router(abeja_deployments_router)
     for datature_router in datature_routers:
         app.include_router(datature_router)
+
+    install_console(app)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

@@ -1,0 +1,103 @@
+"""The console's sign-in and its guard against cross-site requests, over plain HTTP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from tests.console.conftest import Console
+from tests.fixtures.server import Server
+
+
+def test_root_redirects_to_the_console(server: Server) -> None:
+    response = httpx.get(f"{server.url}/", follow_redirects=False)
+    assert response.status_code in (302, 307)
+    assert response.headers["location"] == "/ui/"
+
+
+def test_pages_ask_for_a_sign_in(server: Server) -> None:
+    response = httpx.get(f"{server.url}/ui/", follow_redirects=False)
+    assert response.status_code == 303
+    assert response.headers["location"] == "/ui/sign-in"
+
+
+def test_the_vendored_assets_are_served(server: Server) -> None:
+    script = httpx.get(f"{server.url}/ui/static/htmx.min.js")
+    assert script.status_code == 200 and "htmx" in script.text and "Zero-Clause BSD" in script.text
+    assert httpx.get(f"{server.url}/ui/static/console.css").status_code == 200
+
+
+def test_a_wrong_token_gets_the_form_again(console: Console) -> None:
+    response = console.sign_in("not-a-token")
+    assert response.status_code == 401
+    assert "not valid" in response.text and 'name="token"' in response.text
+    assert "modelbay_console_token" not in response.headers.get("set-cookie", "")
+
+
+def test_sign_in_keeps_the_token_in_a_strict_http_only_cookie(console: Console, deployed: dict[str, Any]) -> None:
+    response = console.sign_in(deployed["a"]["token"])
+    assert response.status_code == 303 and response.headers["location"] == "/ui/"
+    cookie = next(c for c in response.headers.get_list("set-cookie") if c.startswith("modelbay_console_token="))
+    attributes = {part.strip().lower() for part in cookie.split(";")}
+    assert {"httponly", "samesite=strict", "path=/ui"} <= attributes
+    assert "secure" not in attributes  # plain http on loopback
+    page = console.http.get("/ui/")
+    assert page.status_code == 200 and deployed["a"]["name"] in page.text
+    assert deployed["b"]["name"] not in page.text
+
+
+def test_the_admin_token_sees_every_project(console: Console, server: Server, deployed: dict[str, Any]) -> None:
+    assert console.sign_in(server.admin_token).status_code == 303
+    page = console.http.get("/ui/").text
+    assert deployed["a"]["name"] in page and deployed["b"]["name"] in page
+
+
+def test_a_post_without_the_csrf_token_is_refused(console: Console, deployed: dict[str, Any]) -> None:
+    console.sign_in(deployed["a"]["token"])
+    path = f"/ui/projects/{deployed['a']['name']}/deployments/echo/versions/v1/playground"
+    assert console.post(path, {"data": "x"}, csrf=False).status_code == 403
+    forged = console.http.post(path, data={"data": "x", "csrf_token": "forged"}, headers={"Origin": console.server.url})
+    assert forged.status_code == 403
+    assert console.post(path, {"data": "abc"}).status_code == 200  # the same, from the console's page
+
+
+def test_a_post_from_another_origin_is_refused(console: Console, deployed: dict[str, Any]) -> None:
+    console.sign_in(deployed["a"]["token"])
+    path = f"/ui/projects/{deployed['a']['name']}/deployments/echo/versions/v1/playground"
+    assert console.post(path, {"data": "x"}, origin="http://evil.example").status_code == 403
+    assert console.post(path, {"data": "x"}, origin=None).status_code == 403  # neither Origin nor Referer
+    referer = console.http.post(path, data={"data": "abc", "csrf_token": console.csrf},
+                                headers={"Referer": f"{console.server.url}/ui/"})
+    assert referer.status_code == 200
+    # The sign-in form is guarded too (a forged sign-in would put a victim in the attacker's project).
+    assert console.post("/ui/sign-in", {"token": deployed["a"]["token"]}, csrf=False).status_code == 403
+
+
+def test_sign_out_forgets_the_token(console: Console, deployed: dict[str, Any]) -> None:
+    console.sign_in(deployed["a"]["token"])
+    response = console.post("/ui/sign-out")
+    assert response.status_code == 303
+    assert console.http.get("/ui/").status_code == 303
+
+
+def test_another_projects_objects_answer_404(console: Console, deployed: dict[str, Any]) -> None:
+    a, b = deployed["a"], deployed["b"]
+    console.sign_in(b["token"])
+    for path in (
+        f"/ui/projects/{a['name']}",
+        f"/ui/projects/{a['name']}/requests",
+        f"/ui/projects/{a['name']}/requests/{deployed['request_id']}",
+        f"/ui/projects/{a['name']}/deployments/echo/versions/v1",
+        f"/ui/projects/{b['name']}/requests/{deployed['request_id']}",  # A's request under B's name
+        f"/ui/projects/{b['name']}/requests/{deployed['request_id']}/input",
+    ):
+        response = console.http.get(path)
+        assert response.status_code == 404, path
+        assert "olleh" not in response.text and "got hello" not in response.text
+    cancel = console.post(f"/ui/projects/{b['name']}/requests/{deployed['request_id']}/cancel")
+    assert cancel.status_code == 404
+    # The owner sees it.
+    console.sign_in(a["token"])
+    page = console.http.get(f"/ui/projects/{a['name']}/requests/{deployed['request_id']}")
+    assert page.status_code == 200 and "olleh" in page.text and "got hello" in page.text
