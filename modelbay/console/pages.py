@@ -20,6 +20,7 @@ from modelbay.console import session
 from modelbay.console.rendering import ConsoleRoute, render
 from modelbay.console.session import caller_of, engine_of, project_of
 from modelbay.core import browse
+from modelbay.core.clock import as_utc
 from modelbay.core.deployments import Deployments
 from modelbay.core.errors import InvalidInput, NotFound, Unauthorized
 from modelbay.core.payloads import INLINE_MAX_BYTES
@@ -173,17 +174,17 @@ def _filters(request: Request, version_id: str | None) -> tuple[browse.RequestFi
 def _request_list(request: Request, project: ProjectRow, version_id: str | None, context: dict[str, Any]) -> Response:
     where, given = _filters(request, version_id)
     before = None
-    if (before_time := request.query_params.get("before_time")) and (before_id := request.query_params.get("before_id")):
-        before = (_when(before_time), before_id)
-    rows = browse.request_page(engine_of(request).db, project.id, where, before=before)
+    if before_time := _when(request.query_params.get("before_time")):
+        before = (before_time, request.query_params.get("before_id", ""))
+    page = browse.request_page(engine_of(request).db, project.id, where, before=before)
     older = None
-    if len(rows) == browse.PAGE_SIZE:
-        last = rows[-1]
-        older = "?" + urlencode({**given, "before_time": last.created_at.isoformat(), "before_id": last.id})
+    if page.next is not None:
+        created, request_id = page.next
+        older = "?" + urlencode({**given, "before_time": as_utc(created).isoformat(), "before_id": request_id})
     return render(request, "requests.html", {
-        **context, "project": project, "rows": rows, "names": _names(request, project), "given": given,
+        **context, "project": project, "rows": page.rows, "names": _names(request, project), "given": given,
         "statuses": STATUSES, "origins": list(browse.ORIGINS), "older": older, "origin_of": browse.origin_of,
-        "paged": before is not None,
+        "paged": before is not None, "scanned_only": page.scanned_only, "scan_limit": browse.SCAN_LIMIT,
     })
 
 

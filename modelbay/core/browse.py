@@ -21,6 +21,9 @@ from modelbay.store.tables import RequestRow
 #: Requests on one page of a list.
 PAGE_SIZE = 50
 
+#: Most requests one page reads to find those matching a status or origin filter (see `request_page`).
+SCAN_LIMIT = 10_000
+
 #: Where a request came from, as a list filters it: each a condition on its row. `direct` and
 #: `batch` are requests a user made through an API (or the console); the others were made by the
 #: engine for a pipeline request, an ABEJA run or service, or a Datature job.
@@ -55,37 +58,67 @@ def origin_of(origin: dict[str, Any], mode: str) -> str:
 class RequestFilter:
     """What a list of requests is narrowed to; None is no narrowing."""
 
-    version_id: str | None = None
+    version_id: str | None = None  # one of the project's versions, found through the project
     status: str | None = None
     origin: str | None = None  # a key of ORIGINS
     created_from: datetime | None = None
     created_to: datetime | None = None
 
 
+@dataclass(frozen=True)
+class Page:
+    """A page of requests, and where the next one starts: the (created time, id) to pass as
+    `before`, None at the end of the list."""
+
+    rows: list[Any]
+    next: tuple[datetime, str] | None
+    #: Whether the page is short because its scan ended, not the list (see `request_page`).
+    scanned_only: bool = False
+
+
 def request_page(db: Database, project_id: str, where: RequestFilter, *,
-                 before: tuple[datetime, str] | None = None, limit: int = PAGE_SIZE) -> list[Any]:
+                 before: tuple[datetime, str] | None = None, limit: int = PAGE_SIZE,
+                 scan_limit: int = SCAN_LIMIT) -> Page:
     """One page of a project's requests, newest first (by created time, then id), those older than
-    `before` (the created time and id of the last row of the previous page): a keyset page, which
-    costs the same on the thousandth page as on the first."""
-    query = select(*LISTED).where(RequestRow.project_id == project_id)
-    if where.version_id is not None:
-        query = query.where(RequestRow.version_id == where.version_id)
-    if where.status is not None:
-        query = query.where(RequestRow.status == where.status)
-    if where.origin is not None:
-        query = query.where(ORIGINS[where.origin])
+    `before` (the created time and id of the last row of the previous page; an empty id: older than
+    that time): a keyset page, which costs the same on the thousandth page as on the first.
+
+    The project, version and time filters are what an index serves; the status and origin filters
+    are checked on the next `scan_limit` requests at most, so a filter that matches few rows still
+    answers at once: a short page whose `next` goes on where its scan ended."""
+    # A version is one of the project's (its caller found it through the project): its own index
+    # serves its list, which a second condition on the project would leave for the project's index.
+    bounds = [RequestRow.project_id == project_id if where.version_id is None
+              else RequestRow.version_id == where.version_id]
     if where.created_from is not None:
-        query = query.where(RequestRow.created_at >= where.created_from)
+        bounds.append(RequestRow.created_at >= where.created_from)
     if where.created_to is not None:
-        query = query.where(RequestRow.created_at < where.created_to)
+        bounds.append(RequestRow.created_at < where.created_to)
     if before is not None:
         created, request_id = before
         # (created_at, id) < (created, request_id), written so that an index on created_at serves it
-        query = query.where(RequestRow.created_at <= created,
-                            or_(RequestRow.created_at < created, RequestRow.id < request_id))
-    query = query.order_by(RequestRow.created_at.desc(), RequestRow.id.desc()).limit(limit)
+        bounds += [RequestRow.created_at <= created, or_(RequestRow.created_at < created, RequestRow.id < request_id)]
+    checks = []
+    if where.status is not None:
+        checks.append(RequestRow.status == where.status)
+    if where.origin is not None:
+        checks.append(ORIGINS[where.origin])
+    query = select(*LISTED).where(*bounds).order_by(RequestRow.created_at.desc(), RequestRow.id.desc()).limit(limit)
     with db.read() as session:
-        return list(session.execute(query).all())
+        edge = None
+        if checks:
+            # The created time `scan_limit` rows down: read from the index alone, it bounds the scan.
+            edge = session.scalar(select(RequestRow.created_at).where(*bounds)
+                                  .order_by(RequestRow.created_at.desc()).offset(scan_limit - 1).limit(1))
+            query = query.where(*checks)
+            if edge is not None:
+                query = query.where(RequestRow.created_at >= edge)
+        rows = list(session.execute(query).all())
+    if len(rows) == limit:
+        return Page(rows, (rows[-1].created_at, rows[-1].id))
+    if edge is not None:  # short because the scan ended: the next page starts past every row it read
+        return Page(rows, (edge, ""), scanned_only=True)
+    return Page(rows, None)
 
 
 def project_request(db: Database, project_id: str, request_id: str) -> RequestRow | None:

@@ -43,15 +43,15 @@ def store(db: Database, made: list[dict[str, Any]]) -> None:
         session.execute(insert(RequestRow), made)
 
 
-def every_page(db: Database, project_id: str, where: RequestFilter, limit: int) -> list[str]:
+def every_page(db: Database, project_id: str, where: RequestFilter, limit: int, scan_limit: int = 1000) -> list[str]:
     seen: list[str] = []
     before = None
     while True:
-        page = browse.request_page(db, project_id, where, before=before, limit=limit)
-        seen += [row.id for row in page]
-        if len(page) < limit:
+        page = browse.request_page(db, project_id, where, before=before, limit=limit, scan_limit=scan_limit)
+        seen += [row.id for row in page.rows]
+        if page.next is None:
             return seen
-        before = (page[-1].created_at, page[-1].id)
+        before = page.next
 
 
 def newest_first(made: list[dict[str, Any]]) -> list[str]:
@@ -60,10 +60,11 @@ def newest_first(made: list[dict[str, Any]]) -> list[str]:
 
 def test_keyset_pages_walk_every_request_once_newest_first(db: Database) -> None:
     made = rows("p1", "v1", 53) + rows("p1", "v2", 10)
-    store(db, made + rows("p2", "v9", 20))
+    other = rows("p2", "v9", 20)
+    store(db, made + other)
     assert every_page(db, "p1", RequestFilter(), limit=7) == newest_first(made)
     assert every_page(db, "p1", RequestFilter(version_id="v2"), limit=4) == newest_first(made[53:])
-    assert every_page(db, "p2", RequestFilter(version_id="v1"), limit=5) == []  # another project's version
+    assert every_page(db, "p2", RequestFilter(), limit=50) == newest_first(other)  # each project its own
 
 
 def test_filters_by_status_origin_and_time(db: Database) -> None:
@@ -76,6 +77,12 @@ def test_filters_by_status_origin_and_time(db: Database) -> None:
         found = every_page(db, "p1", RequestFilter(origin=name), limit=50)
         assert found == newest_first([r for r in made if r["origin"] == origin and r["mode"] == mode]), name
         assert browse.origin_of(origin, mode) == name
+    # A filter matching few rows reads a bounded window per page, short pages going on where it ended.
+    for scan_limit in (5, 7, 36):
+        found = every_page(db, "p1", RequestFilter(origin="job", status="failed"), limit=2, scan_limit=scan_limit)
+        assert found == newest_first([r for r in made if r["origin"] == ORIGINS["job"][0] and r["status"] == "failed"])
+    first = browse.request_page(db, "p1", RequestFilter(origin="job"), limit=50, scan_limit=6)
+    assert len(first.rows) == 1 and first.scanned_only
     window = RequestFilter(created_from=T0 + timedelta(seconds=2), created_to=T0 + timedelta(seconds=4))
     assert every_page(db, "p1", window, limit=50) == newest_first(made[6:12])
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import html
+import re
 from typing import Any
 
 import httpx
 
-from tests.console.conftest import Console
-from tests.fixtures.server import Server
+from tests.console.conftest import ECHO, Console
+from tests.fixtures.server import Server, wait_until
+from tests.integration.conftest import deploy, ubiops
 
 
 def test_root_redirects_to_the_console(server: Server) -> None:
@@ -101,3 +104,30 @@ def test_another_projects_objects_answer_404(console: Console, deployed: dict[st
     console.sign_in(a["token"])
     page = console.http.get(f"/ui/projects/{a['name']}/requests/{deployed['request_id']}")
     assert page.status_code == 200 and "olleh" in page.text and "got hello" in page.text
+
+
+def test_requests_are_paged_newest_first_and_filtered(console: Console, server: Server,
+                                                      deployed: dict[str, Any]) -> None:
+    project = deployed["b"]["name"]  # a project of its own: its list holds only these
+    base = f"/projects/{project}/deployments/pager/versions/v1/requests"
+    with ubiops(server, deployed["b"]["token"]) as client:
+        deploy(client, project, "pager", ECHO)
+        created = client.post(f"{base}/batch", json=[f"item {n}" for n in range(60)])
+        assert created.status_code == 201, created.text
+        ids = [item["id"] for item in created.json()]
+        wait_until(lambda: all(r["status"] == "completed" for r in client.post(f"{base}/collect", json=ids).json()),
+                   timeout=120)
+    console.sign_in(deployed["b"]["token"])
+    page = console.http.get(f"/ui{base}")
+    shown = re.findall(r'class="request-link" href="[^"]*/requests/([0-9a-f-]{36})"', page.text)
+    older = re.search(r'href="(\?[^"]*)" rel="next">Older<', page.text)
+    assert len(shown) == 50 and older is not None
+    rest = console.http.get(f"/ui{base}" + html.unescape(older[1]))
+    shown += re.findall(r'class="request-link" href="[^"]*/requests/([0-9a-f-]{36})"', rest.text)
+    assert sorted(shown) == sorted(ids) and 'rel="next"' not in rest.text
+    # Filters: a status none has, a time range after them all, an origin, a wrong value.
+    assert "No requests match these filters" in console.http.get(f"/ui{base}?status=failed").text
+    assert "No requests match these filters" in console.http.get(f"/ui{base}?from=2999-01-01T00:00").text
+    assert len(re.findall('class="request-link"', console.http.get(f"/ui{base}?origin=batch").text)) == 50
+    assert "No requests match" in console.http.get(f"/ui{base}?origin=pipeline").text
+    assert console.http.get(f"/ui{base}?status=nonsense").status_code == 400
