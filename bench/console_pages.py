@@ -37,7 +37,9 @@ ORIGINS = [({"created_by": "ubiops"}, "direct"), ({"created_by": "ubiops"}, "bat
            ({"created_by": "batch job j"}, "direct")]
 STATUSES = ["completed"] * 8 + ["failed", "cancelled"]
 CHUNK = 20_000
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
+#: The requests are 37 ms apart, the newest an hour old: well within their retention time (a week),
+#: so the retention sweep leaves them be while the pages are timed.
+SPACING = timedelta(milliseconds=37)
 
 
 def fill(settings: Settings, count: int) -> tuple[str, datetime]:
@@ -45,6 +47,7 @@ def fill(settings: Settings, count: int) -> tuple[str, datetime]:
     the created time of a request in the middle."""
     db = open_database(settings)
     now = datetime.now(UTC)
+    first = now - timedelta(hours=1) - SPACING * count
     version_ids = [str(uuid.uuid4()), str(uuid.uuid4())]
     middle: tuple[str, datetime] | None = None
     try:
@@ -65,7 +68,7 @@ def fill(settings: Settings, count: int) -> tuple[str, datetime]:
             rows = []
             for n in range(start, min(start + CHUNK, count)):
                 origin, mode = ORIGINS[n % len(ORIGINS)]
-                created = T0 + timedelta(milliseconds=37 * n)
+                created = first + SPACING * n
                 rows.append({
                     "id": str(uuid.uuid4()), "project_id": "p", "deployment_id": "d", "version_id": version_ids[n % 2],
                     "mode": mode, "status": STATUSES[n % len(STATUSES)], "timeout": 300, "origin": origin,
@@ -104,6 +107,8 @@ def main() -> None:
         settings = Settings(data_dir=root / "data", admin_token="bench-admin-token")
         print(f"filling the store with {args.requests:,} requests")
         middle, middle_time = fill(settings, args.requests)
+        hour = (middle_time.replace(tzinfo=None) - timedelta(hours=1)).isoformat(timespec="minutes")
+        hour_end = middle_time.replace(tzinfo=None).isoformat(timespec="minutes")
         with TestClient(create_app(settings), base_url="http://testserver") as client:
             client.get("/ui/sign-in")
             csrf = client.cookies.get("modelbay_console_csrf")
@@ -118,7 +123,7 @@ def main() -> None:
                 "version requests, first page": f"{version}/requests",
                 "version requests, failed": f"{version}/requests?status=failed",
                 "version requests, from pipelines": f"{version}/requests?origin=pipeline",
-                "version requests, one hour": f"{version}/requests?from=2026-01-01T05:00&to=2026-01-01T06:00",
+                "version requests, one hour": f"{version}/requests?from={hour}&to={hour_end}",
                 "project requests, first page": "/ui/projects/bench/requests",
                 "project requests, jobs that failed": "/ui/projects/bench/requests?origin=job&status=failed",
                 "a request": f"/ui/projects/bench/requests/{middle}",

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 from starlette.staticfiles import StaticFiles
 
-from modelbay.console.pages import router
+from modelbay.console import more_pages, pages
 from modelbay.console.rendering import HERE
 from modelbay.console.session import ROOT
 
@@ -24,4 +24,5 @@ def install_console(app: FastAPI) -> None:
         return RedirectResponse(f"{ROOT}/", status_code=307)
 
     app.mount(f"{ROOT}/static", StaticFiles(directory=HERE / "static"), name="console-static")
-    app.include_router(router)
+    app.include_router(pages.router)
+    app.include_router(more_pages.router)

@@ -16,7 +16,7 @@ from sqlalchemy import and_, or_, select
 from modelbay.core.scheduler import Scheduler
 from modelbay.runtime.base import InstanceState
 from modelbay.store.db import Database
-from modelbay.store.tables import RequestRow
+from modelbay.store.tables import DeliveryRow, RequestRow
 
 #: Requests on one page of a list.
 PAGE_SIZE = 50
@@ -149,3 +149,14 @@ async def instances(scheduler: Scheduler, version_id: str) -> Instances:
         busy=sum(state is InstanceState.BUSY for state in loaded),
         elsewhere=await scheduler.instances_elsewhere(version_id),
     )
+
+
+#: Most deliveries a job's page lists.
+DELIVERIES_SHOWN = 200
+
+
+def job_deliveries(db: Database, job_id: str, limit: int = DELIVERIES_SHOWN) -> list[DeliveryRow]:
+    """The webhook deliveries of a job's items, in item order (the job was found through its project)."""
+    with db.read() as session:
+        return list(session.scalars(select(DeliveryRow).where(DeliveryRow.job_id == job_id)
+                                    .order_by(DeliveryRow.item_index, DeliveryRow.created_at).limit(limit)))

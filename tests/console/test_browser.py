@@ -99,6 +99,19 @@ def test_sign_in_and_open_every_page(tab: Tab, deployed: dict[str, Any]) -> None
     tab.goto(f"/ui/projects/{project}/requests")
     expect(page.locator(f"a.request-link >> text={deployed['request_id']}")).to_be_visible()
     tab.shot("project-requests")
+    tab.goto(f"/ui/projects/{project}")
+    page.click("text=Pipelines")
+    expect(page.get_by_role("heading", name=f"Pipelines of {project}")).to_be_visible()
+    tab.shot("pipelines")
+    tab.goto(f"/ui/projects/{project}")
+    page.click("text=Batch jobs")
+    expect(page.get_by_role("heading", name=f"Batch jobs of {project}")).to_be_visible()
+    tab.shot("jobs")
+    tab.goto(f"/ui/projects/{project}")
+    page.click("a >> text=echo")
+    expect(page.get_by_role("heading", name="Services")).to_be_visible()
+    expect(page.get_by_role("heading", name="Runs")).to_be_visible()
+    tab.shot("deployment")
 
 
 def test_follow_a_request_from_the_list_to_its_logs(tab: Tab, deployed: dict[str, Any]) -> None:

@@ -131,3 +131,74 @@ def test_requests_are_paged_newest_first_and_filtered(console: Console, server: 
     assert len(re.findall('class="request-link"', console.http.get(f"/ui{base}?origin=batch").text)) == 50
     assert "No requests match" in console.http.get(f"/ui{base}?origin=pipeline").text
     assert console.http.get(f"/ui{base}?status=nonsense").status_code == 400
+
+
+def test_pipelines_deployments_and_jobs_pages(console: Console, server: Server, deployed: dict[str, Any]) -> None:
+    a = deployed["a"]
+    with ubiops(server, a["token"]) as client:
+        created = client.post(f"/projects/{a['name']}/pipelines",
+                              json={"name": "chain", "input_type": "plain", "output_type": "plain"})
+        assert created.status_code == 201, created.text
+        version = client.post(f"/projects/{a['name']}/pipelines/chain/versions", json={
+            "version": "v1",
+            "objects": [{"name": "first", "reference_name": "echo", "reference_type": "deployment"}],
+            "attachments": [
+                {"destination_name": "first", "sources": [{"source_name": "pipeline_start", "mapping": []}]},
+                {"destination_name": "pipeline_end", "sources": [{"source_name": "first", "mapping": []}]},
+            ]})
+        assert version.status_code == 201, version.text
+        walked = client.post(f"/projects/{a['name']}/pipelines/chain/requests", json="piped")
+        assert walked.status_code == 200 and walked.json()["status"] == "completed", walked.text
+        step = walked.json()["deployment_requests"][0]["id"]
+    console.sign_in(a["token"])
+    page = console.http.get(f"/ui/projects/{a['name']}/pipelines")
+    assert page.status_code == 200
+    assert "chain" in page.text and "pipeline_start → first" in page.text and "first → pipeline_end" in page.text
+    step_page = console.http.get(f"/ui/projects/{a['name']}/requests/{step}")
+    assert step_page.status_code == 200 and "its pipeline" in step_page.text and "got piped" in step_page.text
+    listed = console.http.get(f"/ui/projects/{a['name']}/requests?origin=pipeline").text
+    assert step in listed and deployed["request_id"] not in listed
+    deployment = console.http.get(f"/ui/projects/{a['name']}/deployments/echo")
+    assert deployment.status_code == 200 and "No services." in deployment.text and "No runs." in deployment.text
+    jobs = console.http.get(f"/ui/projects/{a['name']}/jobs")
+    assert jobs.status_code == 200 and "No batch jobs." in jobs.text
+    # None of them opens for another project's token.
+    console.sign_in(deployed["b"]["token"])
+    for path in (f"/ui/projects/{a['name']}/pipelines", f"/ui/projects/{a['name']}/deployments/echo",
+                 f"/ui/projects/{a['name']}/jobs", f"/ui/projects/{a['name']}/deployments/echo/runs/r1",
+                 f"/ui/projects/{deployed['b']['name']}/jobs/no-such-job"):
+        assert console.http.get(path).status_code == 404, path
+    stop = console.post(f"/ui/projects/{a['name']}/deployments/echo/services/s1/stop")
+    assert stop.status_code == 404
+
+
+def test_a_service_is_stopped_and_started_and_a_run_has_its_page(console: Console, server: Server,
+                                                                  deployed: dict[str, Any]) -> None:
+    a = deployed["a"]
+    abeja = httpx.Client(base_url=f"{server.url}/organizations/{a['organization_id']}",
+                         headers={"Authorization": f"Bearer {a['token']}"}, timeout=60)
+    with abeja:
+        found = abeja.get("/deployments").json()["entries"]
+        deployment_id = next(d["deployment_id"] for d in found if d["name"] == "echo")
+        version_id = abeja.get(f"/deployments/{deployment_id}/versions").json()["entries"][0]["version_id"]
+        service = abeja.post(f"/deployments/{deployment_id}/services", json={"version_id": version_id})
+        assert service.status_code == 200, service.text
+        service_id = service.json()["service_id"]
+        run = abeja.post(f"/deployments/{deployment_id}/runs", json={"version_id": version_id, "input_data": "ran"})
+        assert run.status_code == 200, run.text
+        run_id = run.json()["run_id"]
+        console.sign_in(a["token"])
+        page = console.http.get(f"/ui/projects/{a['name']}/deployments/echo")
+        core_service = re.search(r'id="service-([^"]+)"', page.text)
+        assert core_service is not None and core_service[1] in service_id
+        core_run = re.search(r'/runs/([^"]+)"', page.text)
+        assert core_run is not None and core_run[1] in run_id
+        stopped = console.post(f"/ui/projects/{a['name']}/deployments/echo/services/{core_service[1]}/stop")
+        assert stopped.status_code == 303
+        assert abeja.get(f"/deployments/{deployment_id}/services/{service_id}").json()["status"] == "STOPPED"
+        assert ">Start<" in console.http.get(f"/ui/projects/{a['name']}/deployments/echo").text
+        started = console.post(f"/ui/projects/{a['name']}/deployments/echo/services/{core_service[1]}/start")
+        assert started.status_code == 303
+        assert abeja.get(f"/deployments/{deployment_id}/services/{service_id}").json()["status"] != "STOPPED"
+        run_page = console.http.get(f"/ui/projects/{a['name']}/deployments/echo/runs/{core_run[1]}")
+        assert run_page.status_code == 200 and core_run[1] in run_page.text and "Attempts" in run_page.text
