@@ -3,7 +3,6 @@ what a person did wrong)."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
@@ -18,8 +17,6 @@ from starlette.templating import Jinja2Templates
 from modelbay.console import session
 from modelbay.core.clock import as_utc
 from modelbay.core.errors import Forbidden, ModelbayError, NotFound
-
-log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -37,11 +34,9 @@ def _seconds(start: datetime | None, end: datetime | None) -> str:
 
 def _size(count: int | None) -> str:
     count = count or 0
-    for unit in ("B", "KiB", "MiB"):
-        if count < 1024 or unit == "MiB":
-            return f"{count} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024  # type: ignore[assignment]
-    return ""
+    if count < 1024:
+        return f"{count} B"
+    return f"{count / 1024:.1f} KiB" if count < 1024**2 else f"{count / 1024**2:.1f} MiB"
 
 
 def _json(value: Any) -> str:
