@@ -202,3 +202,20 @@ def test_a_service_is_stopped_and_started_and_a_run_has_its_page(console: Consol
         assert abeja.get(f"/deployments/{deployment_id}/services/{service_id}").json()["status"] != "STOPPED"
         run_page = console.http.get(f"/ui/projects/{a['name']}/deployments/echo/runs/{core_run[1]}")
         assert run_page.status_code == 200 and core_run[1] in run_page.text and "Attempts" in run_page.text
+
+
+def test_a_large_input_and_output_are_downloads(console: Console, server: Server, deployed: dict[str, Any]) -> None:
+    a = deployed["a"]
+    large = "x" * 70_000 + "end"  # past what a request row keeps inline: a blob
+    with ubiops(server, a["token"]) as client:
+        response = client.post(f"/projects/{a['name']}/deployments/echo/versions/v1/requests", json=large)
+        assert response.status_code == 200 and response.json()["status"] == "completed", response.text
+        request_id = response.json()["id"]
+    console.sign_in(a["token"])
+    page = console.http.get(f"/ui/projects/{a['name']}/requests/{request_id}")
+    assert page.status_code == 200
+    assert "Download the input" in page.text and "Download the output" in page.text
+    assert 'id="input"' not in page.text and 'id="output"' not in page.text  # (its logs print the input)
+    output = console.http.get(f"/ui/projects/{a['name']}/requests/{request_id}/output")
+    assert output.status_code == 200 and output.json() == large[::-1]
+    assert "attachment" in output.headers["content-disposition"]
