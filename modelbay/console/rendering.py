@@ -16,7 +16,7 @@ from starlette.templating import Jinja2Templates
 
 from modelbay.console import session
 from modelbay.core.clock import as_utc
-from modelbay.core.errors import Forbidden, ModelbayError, NotFound
+from modelbay.core.errors import Forbidden, ModelbayError, NotFound, TooLarge
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -83,6 +83,8 @@ class ConsoleRoute(APIRoute):
                 return _error_page(request, 404, "Not found", exc.message)
             except Forbidden:  # another project's: told apart from a missing one by nothing
                 return _error_page(request, 404, "Not found", "Nothing of that name is in your projects")
+            except TooLarge as exc:
+                return _error_page(request, 413, "Too large", exc.message)
             except ModelbayError as exc:
                 return _error_page(request, 400, "Cannot do that", exc.message)
 

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from fastapi import Request
 from fastapi.responses import Response
 
-from modelbay.core.errors import Forbidden, NotFound, Unauthorized
+from modelbay.core.errors import Forbidden, NotFound, TooLarge, Unauthorized
 from modelbay.core.projects import Caller
 from modelbay.engine import Engine
 from modelbay.store.tables import ProjectRow
@@ -99,9 +99,13 @@ def _same_host(request: Request) -> bool:
 
 
 async def check_post(request: Request) -> None:
-    """Refuse (`CrossSiteRefused`) a state-changing request another site may have made."""
+    """Refuse (`CrossSiteRefused`) a state-changing request another site may have made, and
+    (`TooLarge`) a body past the server's limit before any of it is read."""
     if not _same_host(request):
         raise CrossSiteRefused("The request did not come from a page of this console")
+    length = request.headers.get("content-length", "")
+    if not length.isdigit() or int(length) > engine_of(request).settings.max_request_bytes:
+        raise TooLarge("A form must say its length (Content-Length), within the server's limit")
     expected = request.cookies.get(CSRF_COOKIE)
     sent = request.headers.get(CSRF_HEADER)
     if sent is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import re
+import socket
 from typing import Any
 
 import httpx
@@ -75,6 +76,15 @@ def test_a_post_from_another_origin_is_refused(console: Console, deployed: dict[
     assert referer.status_code == 200
     # The sign-in form is guarded too (a forged sign-in would put a victim in the attacker's project).
     assert console.post("/ui/sign-in", {"token": deployed["a"]["token"]}, csrf=False).status_code == 403
+
+
+def test_a_form_past_the_body_limit_is_refused_unread(server: Server) -> None:
+    host = server.url.removeprefix("http://")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:  # headers only, no body
+        sock.sendall(f"POST /ui/sign-in HTTP/1.1\r\nHost: {host}\r\nOrigin: {server.url}\r\n"
+                     "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000000000000\r\n\r\n".encode())
+        status_line = sock.recv(4096).split(b"\r\n", 1)[0]
+    assert status_line.split()[1] == b"413"
 
 
 def test_sign_out_forgets_the_token(console: Console, deployed: dict[str, Any]) -> None:
