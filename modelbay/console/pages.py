@@ -22,7 +22,7 @@ from modelbay.console.session import caller_of, engine_of, project_of
 from modelbay.core import browse
 from modelbay.core.clock import as_utc
 from modelbay.core.deployments import Deployments
-from modelbay.core.errors import InvalidInput, NotFound, Unauthorized
+from modelbay.core.errors import InvalidInput, NotFound, Unauthorized, Unavailable
 from modelbay.core.payloads import INLINE_MAX_BYTES
 from modelbay.core.requests import DIRECT_TIMEOUT_DEFAULT_S
 from modelbay.store.tables import ProjectRow, RequestRow
@@ -122,7 +122,7 @@ async def playground(request: Request, project_name: str, deployment_name: str, 
         target = Deployments.serving_target_check(engine.deployments.target(project, deployment_name, version_name))
         data = text if target.input_type == "plain" else _json_input(text)
         record = await engine.requests.direct(target, data, timeout=DIRECT_TIMEOUT_DEFAULT_S, origin=ORIGIN)
-    except InvalidInput as exc:
+    except (InvalidInput, Unavailable) as exc:  # shown in the form's place (htmx swaps no error answer)
         return render(request, "_playground_result.html", {"error": exc.message, "project": project})
     return render(request, "_playground_result.html", {"record": record, "project": project})
 
