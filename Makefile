@@ -17,9 +17,11 @@ system-packages:
 	@command -v bwrap >/dev/null || { $(call apt_install,bubblewrap); }
 
 # The tests also run on PostgreSQL servers they start themselves (Debian's package `postgresql`,
-# whose binaries live in /usr/lib/postgresql/<version>/bin): installed here when missing.
+# whose binaries live in /usr/lib/postgresql/<version>/bin), and drive the web console in a headless
+# Chromium (Debian's package `chromium`, at /usr/bin/chromium): installed here when missing.
 test-system-packages: system-packages
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { $(call apt_install,postgresql); }
+	@[ -x /usr/bin/chromium ] || { $(call apt_install,chromium); }
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

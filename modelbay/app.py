@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp
 
 from modelbay.api_reference import install_api_reference
+from modelbay.console import install_console
 from modelbay.dialects.abeja import errors as abeja_errors
 from modelbay.dialects.abeja.deployments import router as abeja_deployments_router
 from modelbay.dialects.abeja.endpoints import router as abeja_endpoints_router
@@ -90,6 +91,8 @@ def create_app(settings: Settings) -> ASGIApp:
     app.include_router(abeja_deployments_router)
     for datature_router in datature_routers:
         app.include_router(datature_router)
+
+    install_console(app)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

@@ -136,6 +136,8 @@ class RequestRow(Base):
     __tablename__ = "requests"
     __table_args__ = (
         Index("ix_requests_version_created", "version_id", "created_at"),
+        # A project's requests newest first, a page at a time (the web console's lists: core/browse.py).
+        Index("ix_requests_project_created", "project_id", "created_at", "id"),
         Index("ix_requests_status", "status"),
         # The queue order of a version's pending requests: a claim reads a few rows, whatever the backlog.
         Index("ix_requests_pending", "version_id", "priority", "created_at", "id",

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from modelbay.app import create_app
+from modelbay.console.rendering import ConsoleRoute
 from modelbay.dialects.common.errors import DialectRoute
 from modelbay.settings import Settings
 from tests.fixtures.server import Server
@@ -108,11 +109,13 @@ def test_a_path_of_no_dialect_is_a_404_with_an_error_body(server: Server) -> Non
 
 
 def test_every_route_of_a_dialect_answers_its_errors_itself(tmp_path: Any) -> None:
-    """A dialect router without its route class would answer its errors in another shape."""
+    """A dialect router without its route class would answer its errors in another shape. (The web
+    console's routes answer theirs as pages: `ConsoleRoute`.)"""
     app = create_app(Settings(data_dir=tmp_path)).app  # the FastAPI app behind the direct-request path
-    paths = {path for path, route in _api_routes(app.router) if not isinstance(route, DialectRoute)}
+    paths = {path for path, route in _api_routes(app.router) if not isinstance(route, DialectRoute | ConsoleRoute)}
 
-    assert paths == {"/health", "/metrics", "/_node/calls"}  # the last: between the nodes of a cluster only
+    # the last: between the nodes of a cluster only; "/" sends a browser to the console
+    assert paths == {"/", "/health", "/metrics", "/_node/calls"}
 
 
 def _api_routes(router: Any) -> list[tuple[str, Any]]:

@@ -1,0 +1,79 @@
+"""The console's tests: a real server (the shared one), real deployments made through the UbiOps
+HTTP API, and the console read with httpx or in a headless Chromium driven by Playwright."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.fixtures.server import Server
+from tests.integration.conftest import deploy, ubiops, unique
+
+#: Prints two lines, then answers its plain input reversed; "sleep" waits (for a request to cancel).
+ECHO = '''
+import time
+
+
+class Deployment:
+    def __init__(self, base_directory, context):
+        pass
+
+    def request(self, data):
+        print("got", data)
+        print("second line")
+        if data.startswith("sleep"):
+            time.sleep(60)
+        return data[::-1]
+'''
+
+CSRF_COOKIE = "modelbay_console_csrf"
+
+
+class Console:
+    """A browser-less console session: httpx with the console's cookies, posting as its pages do."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.http = httpx.Client(base_url=server.url, timeout=60, follow_redirects=False)
+        self.http.get("/ui/sign-in").raise_for_status()  # the CSRF cookie
+
+    @property
+    def csrf(self) -> str:
+        return str(self.http.cookies.get(CSRF_COOKIE, path="/ui"))
+
+    def post(self, path: str, data: dict[str, Any] | None = None, *, csrf: bool = True,
+             origin: str | None = "same") -> httpx.Response:
+        headers = {} if origin is None else {"Origin": self.server.url if origin == "same" else origin}
+        form = dict(data or {})
+        if csrf:
+            form["csrf_token"] = self.csrf
+        return self.http.post(path, data=form, headers=headers)
+
+    def sign_in(self, token: str) -> httpx.Response:
+        return self.post("/ui/sign-in", {"token": token})
+
+    def close(self) -> None:
+        self.http.close()
+
+
+@pytest.fixture
+def console(server: Server) -> Iterator[Console]:
+    session = Console(server)
+    yield session
+    session.close()
+
+
+@pytest.fixture(scope="module")
+def deployed(server: Server) -> dict[str, Any]:
+    """Two projects; the first with a built deployment `echo` (v1, plain input) and one finished request."""
+    projects = [server.create_project(unique("console")) for _ in range(2)]
+    first = projects[0]
+    with ubiops(server, first["token"]) as client:
+        deploy(client, first["name"], "echo", ECHO)
+        response = client.post(f"/projects/{first['name']}/deployments/echo/versions/v1/requests", json="hello")
+        assert response.status_code == 200, response.text
+        request_id = response.json()["id"]
+    return {"a": first, "b": projects[1], "request_id": request_id}
