@@ -201,6 +201,9 @@ def test_a_service_is_stopped_and_started_and_a_run_has_its_page(console: Consol
         page = console.http.get(f"/ui/projects/{a['name']}/deployments/echo")
         core_service = re.search(r'id="service-([^"]+)"', page.text)
         assert core_service is not None and core_service[1] in service_id
+        # ABEJA's metrics_url of the service is that page, at the service
+        assert service.json()["metrics_url"] == \
+            f"{server.url}/ui/projects/{a['name']}/deployments/echo#service-{core_service[1]}"
         core_run = re.search(r'/runs/([^"]+)"', page.text)
         assert core_run is not None and core_run[1] in run_id
         stopped = console.post(f"/ui/projects/{a['name']}/deployments/echo/services/{core_service[1]}/stop")

@@ -102,7 +102,8 @@ def run(row: RunRow, target: Target | None) -> dict[str, Any]:
     }
 
 
-def service(row: ServiceRow, target: Target | None, running_instances: int, error: str | None) -> dict[str, Any]:
+def service(row: ServiceRow, target: Target | None, running_instances: int, error: str | None, *,
+            metrics_url: str) -> dict[str, Any]:
     user_parameters = {k: str(v) for k, v in (target.environment_variables if target else {}).items()}
     return {
         "service_id": ids.service_id(row.id),
@@ -116,7 +117,7 @@ def service(row: ServiceRow, target: Target | None, running_instances: int, erro
         "max_instance_number": row.max_instance_number,
         "enable_autoscale": row.enable_autoscale,
         "instance_type": row.instance_type,
-        "metrics_url": None,
+        "metrics_url": metrics_url,
         "user_env_vars": dict(row.environment or {}),
         "merged_env_vars": {**user_parameters, **(row.environment or {})},
         "record_channel_id": None,

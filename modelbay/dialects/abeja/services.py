@@ -5,10 +5,11 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
+from urllib.parse import quote
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from starlette.convertors import StringConvertor, register_url_convertor
 
@@ -38,6 +39,9 @@ proxy_router = APIRouter(route_class=AbejaRoute, tags=["ABEJA · service calls"]
 
 S = "/organizations/{organization_id}/deployments/{deployment_id}/services"
 
+#: Where the server's web console lives: a service's `metrics_url` is its deployment's page there.
+CONSOLE_ROOT = "/ui"
+
 #: `Host: <organization_id>.<host>[:port]`: the organization id and the host after it.
 ORGANIZATION_HOST = re.compile(r"^([0-9]{1,13})\.([^:]+)(:[0-9]+)?$")
 
@@ -64,14 +68,25 @@ def scaling_fields(body: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
-async def service_body(engine: Any, row: ServiceRow) -> dict[str, Any]:
+async def service_body(engine: Any, row: ServiceRow, console: str) -> dict[str, Any]:
+    """The service as ABEJA shows it; `console`: its deployment's page in the web console."""
     instances = await engine.services.instance_count(row.id)
-    return schemas.service(row, target_or_none(engine, row.version_id), instances, engine.services.start_error(row))
+    return schemas.service(row, target_or_none(engine, row.version_id), instances, engine.services.start_error(row),
+                           metrics_url=f"{console}#service-{row.id}")
+
+
+def console_page(request: Request, organization: OrganizationDep, deployment: DeploymentDep) -> str:
+    """Where the web console shows a deployment's services (`metrics_url`)."""
+    return (f"{str(request.base_url).rstrip('/')}{CONSOLE_ROOT}/projects/{quote(organization.name, safe='')}"
+            f"/deployments/{quote(deployment.name, safe='')}")
+
+
+ConsolePage = Annotated[str, Depends(console_page)]
 
 
 @router.post(S)
 async def create_service(
-    engine: EngineDep, organization: OrganizationDep, deployment: DeploymentDep, body: JsonObject
+    engine: EngineDep, organization: OrganizationDep, deployment: DeploymentDep, body: JsonObject, console: ConsolePage
 ) -> Response:
     target = version_target(engine, organization, deployment, body)
     fields = {
@@ -81,23 +96,24 @@ async def create_service(
         "model_alias": model_alias(body),
     }
     row = await engine.services.create(target, fields)
-    return ok(await service_body(engine, row))
+    return ok(await service_body(engine, row, console))
 
 
 @router.get(S)
-async def list_services(engine: EngineDep, deployment: DeploymentDep) -> Response:
-    return ok({"entries": [await service_body(engine, row) for row in engine.services.list(deployment.id)]})
+async def list_services(engine: EngineDep, deployment: DeploymentDep, console: ConsolePage) -> Response:
+    return ok({"entries": [await service_body(engine, row, console) for row in engine.services.list(deployment.id)]})
 
 
 @router.get(S + "/{service_id}")
-async def get_service(engine: EngineDep, deployment: DeploymentDep, service_id: str) -> Response:
-    return ok(await service_body(engine, engine.services.get(deployment.id, ids.core_service_id(service_id))))
+async def get_service(engine: EngineDep, deployment: DeploymentDep, service_id: str, console: ConsolePage) -> Response:
+    return ok(await service_body(engine, engine.services.get(deployment.id, ids.core_service_id(service_id)), console))
 
 
 @router.patch(S + "/{service_id}")
-async def update_service(engine: EngineDep, deployment: DeploymentDep, service_id: str, body: JsonObject) -> Response:
+async def update_service(engine: EngineDep, deployment: DeploymentDep, service_id: str, body: JsonObject,
+                         console: ConsolePage) -> Response:
     row = await engine.services.update(deployment.id, ids.core_service_id(service_id), scaling_fields(body))
-    return ok(await service_body(engine, row))
+    return ok(await service_body(engine, row, console))
 
 
 @router.delete(S + "/{service_id}")
