@@ -173,7 +173,8 @@ class Requests(StoredRequests):
                                        "batch_list": as_list})
         if target.retention_mode == "none":  # nothing of it is kept: run it and answer
             outcome = await self._execute(target, call, timeout, priority, on_update)
-            self._ended(target, request_id, origin_of("direct", origin), outcome.status, outcome.error, began)
+            self._ended(target, request_id, origin_of("direct", origin), outcome, outcome.status, outcome.error,
+                        began)
             return RequestRecord(request_id, target.deployment_name, target.version_name, "direct",
                                  outcome.status.value, timeout, outcome.result, outcome.error, created_at,
                                  outcome.logs)
@@ -201,7 +202,7 @@ class Requests(StoredRequests):
         else:
             status = outcome.status
             await committer.submit_async(Insert(REQUESTS, [{**started, **finished, "status": status.value}]))
-        self._ended(target, request_id, origin_of("direct", origin), status, error, began)
+        self._ended(target, request_id, origin_of("direct", origin), outcome, status, error, began)
         return RequestRecord(
             id=request_id,
             deployment_name=target.deployment_name,
@@ -311,17 +312,20 @@ class Requests(StoredRequests):
                                          linger=True)
         written.add_done_callback(_log_failure)
         self._uncommitted.append(written)
-        self._ended(target, item.request_id, "batch", outcome.status, outcome.error, began)
+        self._ended(target, item.request_id, "batch", outcome, outcome.status, outcome.error, began)
 
-    def _ended(self, target: Target, request_id: str, origin: str, status: Status, error: str | None,
-               began: float) -> None:
-        """Count a request that ended (its status as written), and log why when it failed."""
+    def _ended(self, target: Target, request_id: str, origin: str, outcome: Outcome, status: Status,
+               error: str | None, began: float) -> None:
+        """Count a request that ended (`status`, `error`: as written), and log why when it failed:
+        its error, and the last line the code printed (of a traceback: the exception)."""
         self.activity.request_finished(target.version_id, origin, status.value, time.monotonic() - began)
         if status is Status.FAILED:
-            log.warning("request %s of %s/%s failed: %s", request_id, target.deployment_name, target.version_name,
-                        last_line(error), extra={"request_id": request_id, "project": target.project_name,
-                                                 "deployment": target.deployment_name,
-                                                 "version": target.version_name, "origin": origin})
+            printed = last_line(outcome.logs) if outcome.logs else None
+            log.warning("request %s of %s/%s failed: %s%s", request_id, target.deployment_name,
+                        target.version_name, last_line(error), f" (its output ends: {printed})" if printed else "",
+                        extra={"request_id": request_id, "project": target.project_name,
+                               "deployment": target.deployment_name, "version": target.version_name,
+                               "origin": origin, "event": "request failed"})
 
     async def _limit_uncommitted(self) -> None:
         """Wait while `MAX_UNCOMMITTED_RESULTS` batch results wait for their commit. Without it a

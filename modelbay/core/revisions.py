@@ -273,9 +273,10 @@ class Revisions:
                 # instances, which load the file it then names (no rebuild: the archive is the same).
                 variables = effective(session, deployment.project_id, deployment.id, version.id,
                                       version.environment_variables)
+                project = session.get(ProjectRow, deployment.project_id)
             log.info("build of %s/%s (revision %s) started", deployment.name, version.name, revision_id,
-                     extra={"deployment": deployment.name, "version": version.name, "revision": revision_id,
-                            "event": "build started"})
+                     extra={"project": project.name if project else "?", "deployment": deployment.name,
+                            "version": version.name, "revision": revision_id, "event": "build started"})
             archive = self._blobs.local_path(revision.archive_key)
             # Each project's builds have a package cache of their own: a build cannot poison another's.
             result = self._builder.build(archive, revision_id, handler=version.handler,
@@ -296,6 +297,7 @@ class Revisions:
                     return
                 version = session.get(VersionRow, revision.version_id)
                 deployment = session.get(DeploymentRow, version.deployment_id) if version is not None else None
+                project = session.get(ProjectRow, deployment.project_id) if deployment is not None else None
                 values: dict[str, object] = {"finished_at": now, "build_log": result.log}
                 if result.ok:
                     values.update(has_request_method=result.has_request_method,
@@ -319,7 +321,7 @@ class Revisions:
             log.warning("the build of revision %s ended after another node took it over; its outcome is dropped",
                         revision_id)
             return
-        self._log_end(revision, deployment, version, result)
+        self._log_end(revision, project, deployment, version, result)
         if result.ok and result.package_dir is not None and result.python is not None:
             self._local[revision_id] = (result.package_dir, result.python)  # this node runs it at once
         self._deployments.forget_targets()
@@ -329,15 +331,15 @@ class Revisions:
         if decides:
             self.build_ended(revision.version_id)
 
-    def _log_end(self, revision: RevisionRow, deployment: DeploymentRow | None, version: VersionRow | None,
-                 result: BuildResult) -> None:
+    def _log_end(self, revision: RevisionRow, project: ProjectRow | None, deployment: DeploymentRow | None,
+                 version: VersionRow | None, result: BuildResult) -> None:
         """Count a build that ended, and log it (a failure with the last line of its log: why)."""
         outcome = "succeeded" if result.ok else "failed"
         self._activity.count("builds", revision.version_id, outcome)
         deployment_name = "?" if deployment is None else deployment.name
         version_name = "?" if version is None else version.name
-        fields = {"deployment": deployment_name, "version": version_name, "revision": revision.id,
-                  "event": f"build {outcome}"}
+        fields = {"project": "?" if project is None else project.name, "deployment": deployment_name,
+                  "version": version_name, "revision": revision.id, "event": f"build {outcome}"}
         if result.ok:
             log.info("build of %s/%s (revision %s) succeeded", deployment_name, version_name, revision.id,
                      extra=fields)
