@@ -220,8 +220,8 @@ class Nodes:
             if cutoff is not None:  # still lapsed: its heartbeat may have come meanwhile
                 where.append(NODES.c.heartbeat_at < cutoff)
             dead = list(conn.execute(update(NODES).where(*where)
-                                                       .values(end=DEAD, ended_at=utcnow())
-                                                       .returning(NODES.c.id)).scalars())
+                                     .values(end=DEAD, ended_at=utcnow())
+                                     .returning(NODES.c.id)).scalars())
             if None in node_ids:
                 dead.append(None)
             if dead:
