@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp
 
@@ -33,6 +33,7 @@ from modelbay.dialects.ubiops.requests import router as ubiops_requests_router
 from modelbay.dialects.ubiops.routes import PREFIXES as UBIOPS_PREFIXES
 from modelbay.dialects.ubiops.routes import router as ubiops_router
 from modelbay.dialects.ubiops.streaming import router as ubiops_streaming_router
+from modelbay import metrics as engine_metrics
 from modelbay.engine import Engine
 from modelbay.node_calls import router as node_calls_router
 from modelbay.settings import Settings
@@ -96,7 +97,7 @@ def create_app(settings: Settings) -> ASGIApp:
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        return Response(await engine_metrics.render(app.state.engine), media_type=CONTENT_TYPE_LATEST)
 
     install_api_reference(app)  # /docs, /redoc and /openapi.json
 

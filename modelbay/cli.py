@@ -10,8 +10,11 @@ import signal
 import socket
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
+
+import orjson
 
 import typer
 import uvicorn
@@ -32,6 +35,14 @@ console = Console(stderr=True)
 
 #: Connections the kernel queues while the server starts (uvicorn's default).
 LISTEN_BACKLOG = 2048
+
+#: A line of the server's log in the `text` format.
+TEXT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+#: What every log record has: the rest are the event's own fields (`extra=`). `color_message` is
+#: uvicorn's colored copy of the message.
+_RECORD_ATTRIBUTES = {*logging.LogRecord("", 0, "", 0, "", None, None).__dict__, "message", "asctime",
+                      "color_message"}
 
 _DEFAULTS = {name: field.default for name, field in Settings.model_fields.items()}
 
@@ -97,12 +108,22 @@ def serve(
         str | None, typer.Option(help="The Ray cluster for --runtime ray, host:port of its head (default: "
                                  "MODELBAY_RAY_ADDRESS, else a local Ray instance the server starts).")
     ] = None,
+    log_format: Annotated[
+        str | None, typer.Option(help="How the server logs: text, or json (one object per line: time, level, "
+                                 f"logger, message and the event's fields) (default: MODELBAY_LOG_FORMAT or "
+                                 f"{_DEFAULTS['log_format']}).")
+    ] = None,
+    access_log: Annotated[
+        bool | None, typer.Option("--access-log/--no-access-log",
+                                  help="Log every HTTP request (default: MODELBAY_ACCESS_LOG or off: a line per "
+                                  "request costs the direct-request path CPU).")
+    ] = None,
 ) -> None:
     """Start the server: every dialect, the scheduler and the workers, on one port."""
     from modelbay.datadir_lock import DataDirInUse, lock_data_dir
 
     settings = _settings(data_dir, host=host, port=port, database_url=database_url, runtime=runtime,
-                         ray_address=ray_address)
+                         ray_address=ray_address, log_format=log_format, access_log=access_log)
     try:
         sandbox.from_settings(settings.sandbox)
     except sandbox.SandboxUnavailable as exc:
@@ -133,7 +154,7 @@ def serve(
         token = admin_token(settings, db)
     finally:
         db.close()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings)
     console.print(f"modelbay serving on [bold]{address}[/bold]")
     console.print(f"data directory: {settings.data_dir.resolve()}")
     if settings.database_url:
@@ -148,14 +169,42 @@ def serve(
         console.print("admin token: the one made by the first server on this database (kept in its data directory)")
     # uvicorn drains on SIGTERM, then re-raises it; exiting 0 tells supervisors it was clean.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    config = uvicorn.Config(
-        create_app(settings), log_level=settings.log_level, access_log=False, timeout_graceful_shutdown=30
-    )
+    # No logging config of uvicorn's own: its lines go through the root logger, in the server's format.
+    config = uvicorn.Config(create_app(settings), log_config=None, log_level=settings.log_level,
+                            access_log=settings.access_log, timeout_graceful_shutdown=30)
     server = uvicorn.Server(config)
     with contextlib.suppress(KeyboardInterrupt):
         server.run(sockets=[sock])
     if not server.started:  # the app failed to start; it has logged why
         raise typer.Exit(1)
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, the event's own fields, and the
+    traceback of an exception logged with one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update((key, value) for key, value in record.__dict__.items() if key not in _RECORD_ATTRIBUTES)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry, default=str).decode()
+
+
+def configure_logging(settings: Settings) -> None:
+    """The server's log: on standard error, at `log_level`, in `log_format`; every logger's lines
+    (modelbay's, uvicorn's, the libraries') go through the root logger's one handler."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonLogFormatter() if settings.log_format == "json" else logging.Formatter(TEXT_LOG_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level.upper())
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # its notes at every start say nothing to an operator
 
 
 def _join_ray(settings: Settings) -> None:

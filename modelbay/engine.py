@@ -16,6 +16,7 @@ from pathlib import Path
 from sqlalchemy import create_engine, inspect, make_url
 
 from modelbay.core import server_secrets, signed_urls
+from modelbay.core.activity import Activity
 from modelbay.core.background import Background
 from modelbay.core.builds import DEPLOYMENT_FILE_VARIABLE, Builder
 from modelbay.core.bus import Bus
@@ -136,6 +137,7 @@ class Engine:
     def __init__(self, settings: Settings, runtime: Runtime | None = None, *,
                  job_item_body: Callable[[ItemOutcome], bytes] = default_body) -> None:
         self.settings = settings
+        self.activity = Activity()  # what this server did, counted for the metrics
         data = settings.data_dir
         self.db = open_database(settings)
         self.nodes = Nodes(self.db, data, lease_s=settings.node_lease_s, address=settings.node_url)
@@ -169,23 +171,25 @@ class Engine:
             self.deployments.version_changed,  # on every node
             self.nodes,
             workers=settings.build_workers,
+            activity=self.activity,
         )
         self.environment_variables.deployment_file_changed.add(self.revisions.rebuild_failed)
-        self.requests = Requests(self.db, self.scheduler, self.deployments, self.payloads, self.nodes)
+        self.requests = Requests(self.db, self.scheduler, self.deployments, self.payloads, self.nodes, self.activity)
         self.url_signer = signed_urls.UrlSigner(signing_key)
         # One client for every webhook POST: pooled connections to receivers, each checked.
         allow_private = settings.webhook_allow_private_targets
         self.http = webhook_client(allow_private=allow_private)
         self.webhooks = Webhooks(self.db, self.http, allow_private_targets=allow_private)
-        self.deliveries = Deliveries(self.db, self.http, self.nodes)
+        self.deliveries = Deliveries(self.db, self.http, self.nodes, self.activity)
         self.datasets = Datasets(self.db, self.blobs, data / "spool")
         self.jobs = Jobs(self.db, self.nodes, self.datasets, self.deployments, self.requests, self.deliveries,
-                         self.scheduler, job_item_body)
+                         self.scheduler, job_item_body, self.activity)
         self.pipelines = Pipelines(self.db, self.bus)
         self.pipeline_requests = PipelineRequests(self.db, self.nodes, self.pipelines, self.deployments,
                                                   self.requests, self.payloads)
         self.journal = Journal(self.db)
-        self.runs = Runs(self.db, self.deployments, self.requests, self.scheduler, self.journal, self.nodes)
+        self.runs = Runs(self.db, self.deployments, self.requests, self.scheduler, self.journal, self.nodes,
+                         self.activity)
         self.services = Services(
             self.db, self.deployments, self.requests, self.scheduler, self.runtime, self.journal,
             scale_down_idle_s=settings.service_scale_down_idle_s, bus=self.bus,

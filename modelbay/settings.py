@@ -80,6 +80,14 @@ class Settings(BaseSettings):
         "its listening address, with this machine's name when it listens on every address.",
     )
     log_level: str = Field("info", description="Server log level.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="How the server logs: 'text' lines, or 'json': one object per line with time, level, "
+        "logger, message and the event's fields.",
+    )
+    access_log: bool = Field(
+        False, description="Log every HTTP request (uvicorn's access log). Off by default: a line per request costs "
+        "the direct-request path CPU.",
+    )
     sandbox: Literal["bwrap", "none"] = Field(
         "bwrap", description="Where user code runs: 'bwrap' (bubblewrap) or 'none' (on the host: unsafe)."
     )

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 from sqlalchemy import Connection, Table, func, select, update
 
+from modelbay.core.activity import Activity
 from modelbay.core.background import Background, Coalescer
 from modelbay.core.hooks import WriteHook
 from modelbay.core.clock import as_utc, utcnow
@@ -59,6 +60,7 @@ class Due:
     secret: str | None
     max_retries: int
     max_backoff_ms: int
+    project_id: str | None  # the webhook's (None: the webhook was deleted)
 
 
 def new_delivery(webhook_id: str, body: bytes, *, job_id: str | None = None, item_index: int | None = None,
@@ -73,8 +75,9 @@ def new_delivery(webhook_id: str, body: bytes, *, job_id: str | None = None, ite
 class Deliveries:
     """The delivery worker. `wake()` after committing new deliveries."""
 
-    def __init__(self, db: Database, client: httpx.AsyncClient, nodes: Nodes) -> None:
+    def __init__(self, db: Database, client: httpx.AsyncClient, nodes: Nodes, activity: Activity | None = None) -> None:
         self._db = db
+        self._activity = activity or Activity()  # where the POSTs made here are counted
         self._client = client
         self._nodes = nodes
         self._in_flight: set[str] = set()
@@ -84,7 +87,7 @@ class Deliveries:
         self.items_settled: WriteHook[[list[tuple[str, int]]]] = WriteHook("deliveries: items settled")
         # Successes waiting for their commit: many go in one write (see `_record_delivered`).
         self._delivered: Coalescer[tuple[Due, int], None] = Coalescer(self._write_delivered)
-        nodes.add_recoverer(self._give_back)
+        nodes.add_recoverer(self._give_back, "webhook deliveries")
         nodes.recovered.add(self.wake)
 
     def start(self) -> None:
@@ -117,7 +120,7 @@ class Deliveries:
         query = (
             select(DELIVERIES.c.id, DELIVERIES.c.webhook_id, DELIVERIES.c.job_id, DELIVERIES.c.item_index,
                    DELIVERIES.c.body, DELIVERIES.c.attempts, WEBHOOKS.c.endpoint, WEBHOOKS.c.secret,
-                   WEBHOOKS.c.max_retries, WEBHOOKS.c.max_backoff_ms)
+                   WEBHOOKS.c.max_retries, WEBHOOKS.c.max_backoff_ms, WEBHOOKS.c.project_id)
             .select_from(DELIVERIES.outerjoin(WEBHOOKS, WEBHOOKS.c.id == DELIVERIES.c.webhook_id))
             .where(DELIVERIES.c.status == DeliveryStatus.PENDING, DELIVERIES.c.owner.is_(None),
                    DELIVERIES.c.next_attempt_at <= utcnow())
@@ -136,7 +139,7 @@ class Deliveries:
                 .values(owner=node_id)
                 .returning(DELIVERIES.c.id)))
         return [Due(r.id, node_id, r.webhook_id, r.job_id, r.item_index, r.body or b"", r.attempts, r.endpoint,
-                    r.secret, r.max_retries or 0, r.max_backoff_ms or 0)
+                    r.secret, r.max_retries or 0, r.max_backoff_ms or 0, r.project_id)
                 for r in rows if r.id in claimed]
 
     def _give_back(self, conn: Connection, node_ids: list[str]) -> int:
@@ -160,6 +163,7 @@ class Deliveries:
     async def _attempt(self, due: Due) -> None:
         try:
             if due.endpoint is None or due.secret is None:
+                self._ended(due, "failed", due.attempts, "The webhook was deleted")
                 await self._db.committer.submit_async(
                     self._settle(due, DeliveryStatus.FAILED, None, "The webhook was deleted", due.attempts))
                 return
@@ -167,12 +171,15 @@ class Deliveries:
             outcome = await post_signed(self._client, due.endpoint, due.secret, due.body, headers)
             attempts = due.attempts + 1
             if outcome.ok:
+                self._activity.count("deliveries", due.project_id or "", "delivered")
                 await self._record_delivered(due, outcome.status_code)
                 return
             # A refused target (see `webhook_targets`) is final: retrying would only be refused again.
             if attempts > due.max_retries or outcome.refused:
+                self._ended(due, "failed", attempts, outcome.error)
                 op = self._settle(due, DeliveryStatus.FAILED, outcome.status_code or None, outcome.error, attempts)
             else:
+                self._ended(due, "retried", attempts, outcome.error)
                 retry_at = utcnow() + timedelta(milliseconds=backoff_ms(attempts, due.max_backoff_ms))
                 op = self._retry_later(due, attempts, retry_at, outcome.status_code or None, outcome.error)
             await self._db.committer.submit_async(op)
@@ -183,6 +190,17 @@ class Deliveries:
         finally:
             self._in_flight.discard(due.id)
             self._wake.set()
+
+    def _ended(self, due: Due, outcome: str, attempts: int, answer: str | None) -> None:
+        """Count a POST that failed (`retried`, or `failed`: given up), and log what the receiver answered;
+        one that will be tried again at INFO, one given up at WARNING."""
+        self._activity.count("deliveries", due.project_id or "", outcome)
+        given_up = outcome == "failed"
+        log.log(logging.WARNING if given_up else logging.INFO, "delivery %s to webhook %s failed after %d %s%s: %s",
+                due.id, due.webhook_id, attempts, "attempt" if attempts == 1 else "attempts",
+                "" if given_up else ", to be tried again", answer or "no answer",
+                extra={"delivery_id": due.id, "webhook_id": due.webhook_id, "job_id": due.job_id,
+                       "attempts": attempts, "answer": answer, "event": f"delivery {outcome}"})
 
     async def _record_delivered(self, due: Due, code: int) -> None:
         """Record a success. Those that arrive while a write is under way share the next one."""

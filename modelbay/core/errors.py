@@ -85,3 +85,9 @@ class IllegalMove(ValueError):
         self.kind = kind
         self.old = old
         self.new = new
+
+
+def last_line(text: str | None) -> str:
+    """The last non-blank line of a message (of a traceback: the exception), for a one-line log."""
+    lines = [line for line in (text or "").splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "(no reason given)"

@@ -43,7 +43,7 @@ class InstanceSlots:
     def __init__(self, db: Database, nodes: Nodes) -> None:
         self._db = db
         self._nodes = nodes
-        nodes.add_recoverer(self._give_back)
+        nodes.add_recoverer(self._give_back, "instance slots")
 
     async def take(self, pool: str, limit: int) -> str | None:
         """A new slot of `pool` for this node, or None when the pool's live slots reach `limit`."""

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Table, case, func, insert, select, update
 
+from modelbay.core.activity import Activity
 from modelbay.core.background import Coalescer
 from modelbay.core.clock import utcnow
 from modelbay.core.deliveries import DELIVERIES, Deliveries, new_delivery
@@ -84,8 +85,9 @@ class JobRunner:
     """Runs one job's items: a bounded window in flight, each outcome committed once."""
 
     def __init__(self, db: Database, requests: Requests, deliveries: Deliveries, render_body: RenderBody,
-                 job: JobRow, owner: str, dataset_id: str, target: Target) -> None:
+                 job: JobRow, owner: str, dataset_id: str, target: Target, activity: Activity) -> None:
         self._db = db
+        self._activity = activity  # where the items that end here are counted
         self._requests = requests
         self._deliveries = deliveries
         self._render_body = render_body
@@ -179,6 +181,7 @@ class JobRunner:
         deliveries = [new_delivery(webhook_id, body, job_id=job.id, item_index=index)
                       for webhook_id in job.webhook_ids]
         if await self._record(entry, deliveries, status):
+            self._activity.count("job_items", target.version_id, status)
             self._deliveries.wake()
         self._mark_done(index)
 

@@ -32,6 +32,7 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, select, update
 
+from modelbay.core.activity import Activity
 from modelbay.core.background import Background
 from modelbay.core.clock import as_utc, utcnow
 from modelbay.core.datasets import Datasets
@@ -102,9 +103,11 @@ class Jobs:
     """Creates jobs, runs them, stops them and reads their logs."""
 
     def __init__(self, db: Database, nodes: Nodes, datasets: Datasets, deployments: Deployments, requests: Requests,
-                 deliveries: Deliveries, scheduler: Scheduler, render_body: RenderBody = default_body) -> None:
+                 deliveries: Deliveries, scheduler: Scheduler, render_body: RenderBody = default_body,
+                 activity: Activity | None = None) -> None:
         self._db = db
         self._scheduler = scheduler
+        self._activity = activity or Activity()  # where the items run here are counted
         self._nodes = nodes
         self._datasets = datasets
         self._deployments = deployments
@@ -118,7 +121,7 @@ class Jobs:
         #: Turns an item's outcome into the body its webhooks receive (the dialect's, given by the app).
         self.render_body = render_body
         deliveries.items_settled.add(self._items_settled)
-        nodes.add_recoverer(self._give_back)
+        nodes.add_recoverer(self._give_back, "jobs")
         nodes.recovered.add(self._claimable.set)
 
     # --- create and read -------------------------------------------------------------------
@@ -304,6 +307,8 @@ class Jobs:
             if not move(conn, JOB, job_id, ACTIVE, status, fence=fence, reason=reason, message=message,
                         updated_at=utcnow(), failed_deliver=JOBS.c.failed_deliver + never_run):
                 return
+            log.log(logging.WARNING if status is JobStatus.FAILED else logging.INFO, "job %s %s: %s", job_id, status,
+                    message, extra={"job_id": job_id, "event": f"job {status}", "reason": reason})
             move(conn, DELIVERY, {"job_id": job_id}, {DeliveryStatus.PENDING}, DeliveryStatus.CANCELLED,
                  finished_at=utcnow(), last_error=reason)
             open_items = move(conn, JOB_ITEM, {"job_id": job_id}, OPEN_ITEM, ItemStatus.FAILED_DELIVER,
@@ -437,7 +442,7 @@ class Jobs:
                 fence=owner))
             return
         runner = JobRunner(self._db, self._requests, self._deliveries, self.render_body, job, owner, dataset.id,
-                           target)
+                           target, self._activity)
         if job.status == JobStatus.SCHEDULED and not await self._db.committer.submit_async(runner.mark_running):
             return  # stopped, or taken over, meanwhile
         self._live[job_id] = runner
@@ -520,9 +525,12 @@ class Jobs:
                 continue
             job = conn.execute(select(JOBS.c.delivered, JOBS.c.failed_deliver, JOBS.c.item_count)
                                .where(JOBS.c.id == job_id)).one()
-            if job.delivered + job.failed_deliver >= job.item_count:
-                move(conn, JOB, job_id, JobStatus.RUNNING, JobStatus.FINISHED,
-                     message="Every item was delivered or failed to be", updated_at=now)
+            if job.delivered + job.failed_deliver >= job.item_count and move(
+                    conn, JOB, job_id, JobStatus.RUNNING, JobStatus.FINISHED,
+                    message="Every item was delivered or failed to be", updated_at=now):
+                log.info("job %s finished: %d items delivered, %d failed", job_id, job.delivered, job.failed_deliver,
+                         extra={"job_id": job_id, "event": "job finished", "delivered": job.delivered,
+                                "failed": job.failed_deliver})
 
     @staticmethod
     def _fail_delivery(conn: Connection, job_id: str, failures: dict[int, list[str]]) -> int:

@@ -73,7 +73,7 @@ class Nodes:
         self.address = address  # where the other nodes reach this one
         self.id = str(uuid.uuid4())
         self.name = f"{socket.gethostname()}:{os.getpid()}"
-        self._recoverers: list[Recoverer] = []
+        self._recoverers: list[tuple[Recoverer, str]] = []  # each with what it gives back, for the log
         #: Told (after the commit, on the event loop) that work was given back, so queues look for it at once.
         self.recovered = Hook[[]]("nodes.recovered")
         #: Told (on the event loop) that another node declared this one dead: its claims and instance
@@ -86,8 +86,9 @@ class Nodes:
         #: Whether no other node lived when this one registered (what the others run goes on meanwhile).
         self.alone = True
 
-    def add_recoverer(self, recoverer: Recoverer) -> None:
-        self._recoverers.append(recoverer)
+    def add_recoverer(self, recoverer: Recoverer, what: str = "items") -> None:
+        """Have `recoverer` give back the work of dead nodes; `what` names it in the log ("requests")."""
+        self._recoverers.append((recoverer, what))
 
     # --- life ------------------------------------------------------------------------------
 
@@ -108,7 +109,7 @@ class Nodes:
         self.alone = not any(as_utc(beat) >= cutoff for node_id, beat in others if node_id not in gone)
         if self.alone:
             gone.append(None)  # no node lives: rows without an owner (claimed before nodes existed) are free
-        if self._recover(gone):
+        if self._recover(gone, at_start=True):
             self.recovered()
 
     def start(self) -> None:
@@ -203,10 +204,13 @@ class Nodes:
                                                                    NODES.c.heartbeat_at < cutoff)))
         return self._recover(lapsed, cutoff) if lapsed else 0
 
-    def _recover(self, node_ids: list[str | None], cutoff: datetime | None = None) -> int:
+    def _recover(self, node_ids: list[str | None], cutoff: datetime | None = None, *, at_start: bool = False) -> int:
+        """Declare `node_ids` dead and give back their work; logged (`at_start`: this server recovers
+        what the server before it left, a crash, at INFO; a node that died meanwhile, at WARNING)."""
         if not node_ids:
             return 0
-        given_back = 0
+        given_back: dict[str, int] = {}
+        dead: list[str | None] = []
         with self._db.write() as session:
             conn = session.connection()
             if conn.dialect.name == "postgresql" and not conn.execute(
@@ -215,18 +219,32 @@ class Nodes:
             where = [NODES.c.id.in_([n for n in node_ids if n is not None]), NODES.c.end.is_(None)]
             if cutoff is not None:  # still lapsed: its heartbeat may have come meanwhile
                 where.append(NODES.c.heartbeat_at < cutoff)
-            dead: list[str | None] = list(conn.execute(update(NODES).where(*where)
-                                                       .values(end=DEAD, ended_at=utcnow())
-                                                       .returning(NODES.c.id)).scalars())
+            dead = list(conn.execute(update(NODES).where(*where)
+                                     .values(end=DEAD, ended_at=utcnow())
+                                     .returning(NODES.c.id)).scalars())
             if None in node_ids:
                 dead.append(None)
             if dead:
-                given_back = self._give_back(conn, dead)
-        if given_back:
-            log.warning("%d items claimed by stopped node(s) %s were given back", given_back,
-                        ", ".join(node or "(none)" for node in dead))
+                given_back = self._give_back_each(conn, dead)
+        nodes = [node for node in dead if node is not None]
+        if any(given_back.values()) or (at_start and nodes):
+            counts = ", ".join(f"{n} {what}" for what, n in given_back.items() if n) or "nothing"
+            names = ", ".join(nodes) or "(none)"
+            fields = {"event": "recovery", "nodes": nodes, "given_back": given_back}
+            if at_start:
+                log.info("recovered what the server before this one left running (node %s): gave back %s", names,
+                         counts, extra=fields)
+            else:
+                log.warning("node(s) %s stopped beating: gave back %s", names, counts, extra=fields)
         return len(dead)
 
     def _give_back(self, conn: Connection, node_ids: list[str | None]) -> int:
-        # All kinds or none: a node is marked dead only with all its work given back.
-        return sum(recoverer(conn, node_ids) for recoverer in self._recoverers)
+        return sum(self._give_back_each(conn, node_ids).values())
+
+    def _give_back_each(self, conn: Connection, node_ids: list[str | None]) -> dict[str, int]:
+        """What each recoverer gave back, by what it names. All kinds or none: a node is marked dead
+        only with all its work given back."""
+        given: dict[str, int] = {}
+        for recoverer, what in self._recoverers:
+            given[what] = given.get(what, 0) + recoverer(conn, node_ids)
+        return given

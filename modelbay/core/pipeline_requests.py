@@ -129,7 +129,7 @@ class PipelineRequests(StoredRequests):
         self._batch_tasks = Background("pipeline batch requests")
         self._batch_started: set[asyncio.Task[None]] = set()  # those past the wait for a slot
         self._claimable = asyncio.Event()  # a node died: look for its pending requests now
-        nodes.add_recoverer(self.give_back)
+        nodes.add_recoverer(self.give_back, "pipeline requests")
         nodes.recovered.add(self._claimable.set)
 
     # --- create ----------------------------------------------------------------------------

@@ -74,6 +74,10 @@ class BatchQueue:
         """Claimed items of a version waiting here for an instance."""
         return len(self._claimed.get(version_id, ()))
 
+    def depths(self) -> dict[str, int]:
+        """Claimed items waiting here for an instance, per version that has any."""
+        return {version_id: len(claimed) for version_id, claimed in self._claimed.items() if claimed}
+
     async def close(self, grace_s: float) -> None:
         """Stop taking items, let running ones finish for up to `grace_s`, then cancel the rest.
         What was claimed and not started stays pending, owned by this node until it is given back."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -20,9 +21,10 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Dialect, bindparam, literal_column, select, update
 
+from modelbay.core.activity import Activity, origin_of
 from modelbay.core.clock import utcnow
 from modelbay.core.deployments import Deployments, Target
-from modelbay.core.errors import InvalidInput, NotFound, StatusChanged
+from modelbay.core.errors import InvalidInput, NotFound, StatusChanged, last_line
 from modelbay.core.fields import check_data
 from modelbay.core.nodes import Nodes
 from modelbay.core.payloads import Payloads
@@ -116,15 +118,17 @@ class Requests(StoredRequests):
     version_row_type = VersionRow
 
     def __init__(self, db: Database, scheduler: Scheduler, deployments: Deployments, payloads: Payloads,
-                 nodes: Nodes) -> None:
+                 nodes: Nodes, activity: Activity | None = None) -> None:
         super().__init__(db, payloads)
+        #: Where the requests that end here are counted (for the metrics).
+        self.activity = activity or Activity()
         self._scheduler = scheduler
         self._deployments = deployments
         self._nodes = nodes
         self.queue = BatchQueue(self._claim_pending, self._run_queued, self._drainers_for)
         self._poll_now = asyncio.Event()
         self._background = Background("requests")
-        nodes.add_recoverer(self.give_back)
+        nodes.add_recoverer(self.give_back, "requests")
         nodes.recovered.add(self._poll_now.set)
         self._running: dict[str, asyncio.Task[Any]] = {}  # request id -> its call, for cancels
         self._cancelling: set[str] = set()
@@ -153,6 +157,7 @@ class Requests(StoredRequests):
         `InvalidInput` (nothing recorded) when `data` does not match the input definition.
         """
         as_list = check_input(target, data)
+        began = time.monotonic()
         request_id = request_id or str(uuid.uuid4())
         encoded = orjson.dumps(data)
         created_at = utcnow()
@@ -168,6 +173,8 @@ class Requests(StoredRequests):
                                        "batch_list": as_list})
         if target.retention_mode == "none":  # nothing of it is kept: run it and answer
             outcome = await self._execute(target, call, timeout, priority, on_update)
+            self._ended(target, request_id, origin_of("direct", origin), outcome, outcome.status, outcome.error,
+                        began)
             return RequestRecord(request_id, target.deployment_name, target.version_name, "direct",
                                  outcome.status.value, timeout, outcome.result, outcome.error, created_at,
                                  outcome.logs)
@@ -195,6 +202,7 @@ class Requests(StoredRequests):
         else:
             status = outcome.status
             await committer.submit_async(Insert(REQUESTS, [{**started, **finished, "status": status.value}]))
+        self._ended(target, request_id, origin_of("direct", origin), outcome, status, error, began)
         return RequestRecord(
             id=request_id,
             deployment_name=target.deployment_name,
@@ -270,6 +278,7 @@ class Requests(StoredRequests):
         if node != self._nodes.id:
             return  # claimed under an id this node lost (declared dead): given back, another node runs it
         await self._limit_uncommitted()
+        began = time.monotonic()
         started_at = utcnow()
         try:
             target = self._deployments.target_of_version(item.version_id)
@@ -303,6 +312,20 @@ class Requests(StoredRequests):
                                          linger=True)
         written.add_done_callback(_log_failure)
         self._uncommitted.append(written)
+        self._ended(target, item.request_id, "batch", outcome, outcome.status, outcome.error, began)
+
+    def _ended(self, target: Target, request_id: str, origin: str, outcome: Outcome, status: Status,
+               error: str | None, began: float) -> None:
+        """Count a request that ended (`status`, `error`: as written), and log why when it failed:
+        its error, and the last line the code printed (of a traceback: the exception)."""
+        self.activity.request_finished(target.version_id, origin, status.value, time.monotonic() - began)
+        if status is Status.FAILED:
+            printed = last_line(outcome.logs) if outcome.logs else None
+            log.warning("request %s of %s/%s failed: %s%s", request_id, target.deployment_name,
+                        target.version_name, last_line(error), f" (its output ends: {printed})" if printed else "",
+                        extra={"request_id": request_id, "project": target.project_name,
+                               "deployment": target.deployment_name, "version": target.version_name,
+                               "origin": origin, "event": "request failed"})
 
     async def _limit_uncommitted(self) -> None:
         """Wait while `MAX_UNCOMMITTED_RESULTS` batch results wait for their commit. Without it a

@@ -22,12 +22,13 @@ from typing import BinaryIO
 
 from sqlalchemy import Connection, select
 
+from modelbay.core.activity import Activity
 from modelbay.core.background import Background
 from modelbay.core.builds import DEPLOYMENT_FILE_VARIABLE, Builder, BuildResult
 from modelbay.core.clock import utcnow
 from modelbay.core.deployments import Deployments, Target
 from modelbay.core.environment_variables import effective
-from modelbay.core.errors import NotFound, StatusChanged
+from modelbay.core.errors import NotFound, StatusChanged, last_line
 from modelbay.core.hooks import Hook
 from modelbay.core.nodes import Nodes
 from modelbay.core.projects import Caller
@@ -62,8 +63,10 @@ class Revisions:
         on_version_changed: Callable[[str], None],
         nodes: Nodes,
         workers: int = 2,
+        activity: Activity | None = None,
     ) -> None:
         self._db = db
+        self._activity = activity or Activity()  # where the builds that end here are counted
         self._blobs = blobs
         self._builder = builder
         self._deployments = deployments
@@ -82,7 +85,7 @@ class Revisions:
         #: Told the id of a version whose deciding build (of its newest upload) ended, once written;
         #: called on the build's thread.
         self.build_ended: Hook[[str]] = Hook("revisions: build ended")
-        nodes.add_recoverer(self._give_back)
+        nodes.add_recoverer(self._give_back, "builds")
 
     def start(self) -> None:
         """Look for queued builds now and then (builds a previous server left are queued again by `nodes`)."""
@@ -289,6 +292,10 @@ class Revisions:
                 # instances, which load the file it then names (no rebuild: the archive is the same).
                 variables = effective(session, deployment.project_id, deployment.id, version.id,
                                       version.environment_variables)
+                project = session.get(ProjectRow, deployment.project_id)
+            log.info("build of %s/%s (revision %s) started", deployment.name, version.name, revision_id,
+                     extra={"project": project.name if project else "?", "deployment": deployment.name,
+                            "version": version.name, "revision": revision_id, "event": "build started"})
             archive = self._blobs.local_path(revision.archive_key)
             # Each project's builds have a package cache of their own: a build cannot poison another's.
             result = self._builder.build(archive, revision_id, handler=version.handler,
@@ -308,6 +315,8 @@ class Revisions:
                 if revision is None:
                     return
                 version = session.get(VersionRow, revision.version_id)
+                deployment = session.get(DeploymentRow, version.deployment_id) if version is not None else None
+                project = session.get(ProjectRow, deployment.project_id) if deployment is not None else None
                 values: dict[str, object] = {"finished_at": now, "build_log": result.log}
                 if result.ok:
                     values.update(has_request_method=result.has_request_method,
@@ -325,13 +334,13 @@ class Revisions:
                     if version.status != status:
                         move(session, VERSION, version.id, VersionStatus(version.status), status)
                     version.updated_at = now
-                    deployment = session.get(DeploymentRow, version.deployment_id)
                     if deployment is not None:
                         deployment.updated_at = now
         except StatusChanged:
             log.warning("the build of revision %s ended after another node took it over; its outcome is dropped",
                         revision_id)
             return
+        self._log_end(revision, project, deployment, version, result)
         if result.ok and result.package_dir is not None and result.python is not None:
             self._local[revision_id] = (result.package_dir, result.python)  # this node runs it at once
         self._deployments.forget_targets()
@@ -340,6 +349,22 @@ class Revisions:
             self._on_version_changed(revision.version_id)
         if decides:
             self.build_ended(revision.version_id)
+
+    def _log_end(self, revision: RevisionRow, project: ProjectRow | None, deployment: DeploymentRow | None,
+                 version: VersionRow | None, result: BuildResult) -> None:
+        """Count a build that ended, and log it (a failure with the last line of its log: why)."""
+        outcome = "succeeded" if result.ok else "failed"
+        self._activity.count("builds", revision.version_id, outcome)
+        deployment_name = "?" if deployment is None else deployment.name
+        version_name = "?" if version is None else version.name
+        fields = {"project": "?" if project is None else project.name, "deployment": deployment_name,
+                  "version": version_name, "revision": revision.id, "event": f"build {outcome}"}
+        if result.ok:
+            log.info("build of %s/%s (revision %s) succeeded", deployment_name, version_name, revision.id,
+                     extra=fields)
+        else:
+            log.warning("build of %s/%s (revision %s) failed: %s", deployment_name, version_name, revision.id,
+                        last_line(result.log), extra=fields)
 
 
 def built_code(target: Target) -> Code:

@@ -29,11 +29,12 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Table, and_, func, insert, or_, select
 
+from modelbay.core.activity import Activity
 from modelbay.core.background import Background
 from modelbay.core.hooks import Hook
 from modelbay.core.clock import utcnow
 from modelbay.core.deployments import Deployments, Target
-from modelbay.core.errors import InvalidInput, NotFound, StatusChanged, Unavailable
+from modelbay.core.errors import InvalidInput, NotFound, StatusChanged, Unavailable, last_line
 from modelbay.core.fields import check_data
 from modelbay.core.journal import Journal, split_lines
 from modelbay.core.nodes import Nodes
@@ -133,8 +134,9 @@ class Runs:
     """Creates runs and drives them to the end, one task per run; `start` picks up queued runs."""
 
     def __init__(self, db: Database, deployments: Deployments, requests: Requests, scheduler: Scheduler,
-                 journal: Journal, nodes: Nodes) -> None:
+                 journal: Journal, nodes: Nodes, activity: Activity | None = None) -> None:
         self._db = db
+        self._activity = activity or Activity()  # where the runs that end here are counted
         self._nodes = nodes
         self._deployments = deployments
         self._requests = requests
@@ -149,7 +151,7 @@ class Runs:
         self._wake = asyncio.Event()  # the pick-up pass runs at once
         #: Told of each status a run takes, once written (tests and benches observe runs with it).
         self.status_changed: Hook[[str, RunStatus]] = Hook("runs: status changed")
-        nodes.add_recoverer(self._give_back)
+        nodes.add_recoverer(self._give_back, "runs")
         nodes.recovered.add(self._wake.set)
 
     # --- creating ----------------------------------------------------------------------------
@@ -343,6 +345,7 @@ class Runs:
     async def _drive(self, run_id: str) -> None:
         status = RunStatus.SUBMITTED
         node_id: str | None = None  # the node's id when it claimed the run
+        row: RunRow | None = None
         try:
             with self._db.read() as session:
                 row = session.get(RunRow, run_id)
@@ -375,6 +378,8 @@ class Runs:
                     row.attempts = session.scalar(select(RUNS.c.attempts).where(RUNS.c.id == run_id)) or 0
                 try:
                     status = await self._attempts(row, status, node_id)
+                    if status in RUN.terminal:
+                        self._ended(row, status)
                 finally:
                     self._full_until.pop(target.version_id, None)  # a place just came free: the next run here tries
         except asyncio.CancelledError:
@@ -388,7 +393,8 @@ class Runs:
             else:
                 log.exception("run %s crashed", run_id)
                 message = f"The run crashed: {exc}"
-            await self._fail(run_id, message, node_id)
+            if await self._fail(run_id, message, node_id) and row is not None:
+                self._ended(row, RunStatus.FAILED, message)
         finally:
             self._driving.discard(run_id)
 
@@ -396,17 +402,32 @@ class Runs:
         with self._db.read() as session:
             return session.scalar(select(RUNS.c.status).where(RUNS.c.id == run_id))
 
-    async def _fail(self, run_id: str, message: str, node_id: str | None) -> None:
-        """End a run as failed from whatever status it has now (unless it has ended). `node_id`: the
-        claim it was driven under, if it got that far; a run no longer held under it is left alone."""
+    async def _fail(self, run_id: str, message: str, node_id: str | None) -> bool:
+        """End a run as failed from whatever status it has now (unless it has ended); returns whether
+        it did. `node_id`: the claim it was driven under, if it got that far; a run no longer held
+        under it is left alone."""
         current = self._status(run_id)
         if current is None or RunStatus(current) in RUN.terminal:
-            return
+            return False
         try:
             await self._move(run_id, RunStatus(current), RunStatus.FAILED, [message], error_message=message,
                              fence=node_id)
         except StatusChanged:
-            return
+            return False
+        return True
+
+    def _ended(self, row: RunRow, status: RunStatus, why: str | None = None) -> None:
+        """Count a run that ended here, and log it."""
+        self._activity.count("runs", row.version_id, status.value)
+        if status is RunStatus.SUCCEEDED:
+            log.info("run %s succeeded", row.id, extra={"run_id": row.id, "event": "run succeeded"})
+        else:
+            log.warning("run %s failed: %s", row.id, last_line(why or self._error_of(row.id)),
+                        extra={"run_id": row.id, "event": "run failed"})
+
+    def _error_of(self, run_id: str) -> str | None:
+        with self._db.read() as session:
+            return session.scalar(select(RUNS.c.error_message).where(RUNS.c.id == run_id))
 
     async def _attempts(self, row: RunRow, status: RunStatus, node_id: str) -> RunStatus:
         """Run attempts until one succeeds or the retries are used up; returns the final status.

@@ -86,6 +86,17 @@ def pool_key(target: Target) -> str:
     return target.pool or target.version_id
 
 
+@dataclass(frozen=True)
+class PoolLoad:
+    """What a pool of this node has at one moment (for the metrics)."""
+
+    target: Target
+    starting: int
+    idle: int
+    busy: int  # each runs a call
+    waiting: int  # calls waiting for an instance
+
+
 class _Retired(Exception):
     """The pool a waiter queued on was retired (new code or settings); wait on the new one."""
 
@@ -198,15 +209,21 @@ class Scheduler:
             break
         try:
             outcome = await self._runtime.call(instance, call, max(deadline - time.monotonic(), 0.001), on_update)
-        except (CallTimedOut, InstanceLost):
+        except CallTimedOut:
             pool.busy.discard(instance)
-            self._stop(pool, instance)
+            self._stop(pool, instance, "its call ran past its timeout")
+            self._fill(pool)
+            raise
+        except InstanceLost as exc:
+            _log_instance(logging.WARNING, "lost", instance, pool.target, exc.message)
+            pool.busy.discard(instance)
+            self._stop(pool, instance, None)
             self._fill(pool)
             raise
         except BaseException:
             # Our caller went away mid-call (cancelled): the instance's state is unknown, replace it.
             pool.busy.discard(instance)
-            self._stop(pool, instance)
+            self._stop(pool, instance, "its call was abandoned")
             self._fill(pool)  # a waiter may have queued behind the instance just lost
             raise
         self._release(pool, instance)
@@ -246,6 +263,11 @@ class Scheduler:
         """The loaded instances of a pool other nodes of the cluster run."""
         pool = self._pools.get(key)
         return max(await self._slots.count(key) - (len(pool.slots) if pool else 0), 0)
+
+    def loads(self) -> list[PoolLoad]:
+        """What each pool of this node has now: its instances by state and the calls waiting."""
+        return [PoolLoad(pool.target, pool.starting, len(pool.idle), len(pool.busy), pool.waiting())
+                for pool in self._pools.values()]
 
     def start_error(self, key: str) -> str | None:
         """Why the last instance of a pool failed to start, until one starts."""
@@ -367,7 +389,11 @@ class Scheduler:
     def _release(self, pool: _Pool, instance: Instance) -> None:
         pool.busy.discard(instance)
         if pool.retired or instance.state is InstanceState.STOPPED:  # retired, or ended by its last call
-            self._stop(pool, instance)
+            if pool.retired:
+                self._stop(pool, instance, "its version changed")
+            else:
+                _log_instance(logging.WARNING, "lost", instance, pool.target, "it exited after its call")
+                self._stop(pool, instance, None)
             self._fill(pool)
             return
         waiter = pool.next_waiter()
@@ -425,6 +451,7 @@ class Scheduler:
         pool.starting_slots.discard(slot)
         pool.start_error = pool.failed_at = None
         pool.slots[instance] = slot
+        _log_instance(logging.INFO, "started", instance, target)
         self._background.spawn(self._slots.loaded(slot))  # counted as loaded by the others' readiness
         self._release(pool, instance)
 
@@ -435,8 +462,11 @@ class Scheduler:
             while (waiter := pool.next_waiter()) is not None:
                 waiter.set_exception(exc)
 
-    def _stop(self, pool: _Pool, instance: Instance) -> None:
-        """Give an instance's slot back (first: its replacement may take it), and stop it."""
+    def _stop(self, pool: _Pool, instance: Instance, why: str | None) -> None:
+        """Give an instance's slot back (first: its replacement may take it), and stop it; logged
+        with `why` (None: the caller logged it)."""
+        if why is not None:
+            _log_instance(logging.INFO, "stopped", instance, pool.target, why)
         slot = pool.slots.pop(instance, None)
         if slot is not None:
             self._give(slot)
@@ -465,6 +495,7 @@ class Scheduler:
             return
         pool.slots.pop(instance, None)
         pool.busy.discard(instance)
+        _log_instance(logging.INFO, "stopped", instance, pool.target, "idle past its time, or above the maximum")
         await self._runtime.stop(instance)
 
     def _retire_version(self, version_id: str) -> None:
@@ -479,8 +510,9 @@ class Scheduler:
         key = pool_key(pool.target)
         if self._pools.get(key) is pool:
             del self._pools[key]
+        why = "the server stops" if self._closing else "its version changed, or its pool was dropped"
         for instance, _ in pool.idle:
-            self._stop(pool, instance)
+            self._stop(pool, instance, why)
         pool.idle.clear()
         # Busy ones end their call without one: the pool of the new code or settings starts at once.
         for slot in [*pool.slots.values(), *pool.starting_slots]:
@@ -500,7 +532,7 @@ class Scheduler:
         pool.idle.sort(key=lambda item: item[1])
         while pool.idle and len(pool.idle) + len(pool.busy) > target.maximum_instances:  # scaled down
             instance, _ = pool.idle.pop(0)
-            self._stop(pool, instance)
+            self._stop(pool, instance, "above the maximum")
         # Idle past their time: each goes while the cluster runs more than the minimum without it.
         for instance, since in pool.idle[:]:
             if now - since >= target.maximum_idle_time:
@@ -516,3 +548,11 @@ class Scheduler:
         for _ in range(max(pool.target.minimum_instances - pool.size, 0)):
             pool.starting += 1
             self._background.spawn(self._start_instance(pool, for_minimum=True))
+
+
+def _log_instance(level: int, event: str, instance: Instance, target: Target, why: str | None = None) -> None:
+    """One line for an instance that started, stopped or was lost."""
+    log.log(level, "instance %s of %s/%s %s%s", instance.id, target.deployment_name, target.version_name, event,
+            f": {why}" if why else "",
+            extra={"instance": instance.id, "project": target.project_name, "deployment": target.deployment_name,
+                   "version": target.version_name, "event": f"instance {event}"})

@@ -21,6 +21,7 @@ from sqlalchemy import Connection, Engine, Table, create_engine, event, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from modelbay.core.activity import COMMIT_SECONDS_BUCKETS, Histogram
 from modelbay.core.errors import Conflict
 from modelbay.store.driver import driver_cursor, insert_statement
 
@@ -218,6 +219,8 @@ class GroupCommitter:
     def __init__(self, db: Database) -> None:
         self._db = db
         self._queue: queue.SimpleQueue[tuple[Op, _Waiter, bool] | None] = queue.SimpleQueue()
+        #: How long each commit took (for the metrics); written on the committer's thread only.
+        self.commit_seconds = Histogram(COMMIT_SECONDS_BUCKETS)
         self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
         self._thread.start()
 
@@ -273,7 +276,10 @@ class GroupCommitter:
                 batch.append(item)
                 if not item[2]:
                     deadline = 0.0
-            _settle(self._commit(batch))
+            began = time.monotonic()
+            outcomes = self._commit(batch)
+            self.commit_seconds.observe(time.monotonic() - began)
+            _settle(outcomes)
             if stop:
                 return
 
