@@ -13,8 +13,7 @@ from typing import Any
 
 from sqlalchemy import and_, or_, select
 
-from modelbay.core.scheduler import Scheduler
-from modelbay.runtime.base import InstanceState
+from modelbay.core.scheduler import Scheduler, pool_key
 from modelbay.store.db import Database
 from modelbay.store.tables import DeliveryRow, RequestRow
 
@@ -141,12 +140,11 @@ class Instances:
 
 async def instances(scheduler: Scheduler, version_id: str) -> Instances:
     """The instances of a version's own pool now."""
-    loaded = [instance.state for instance in scheduler.instances(version_id)]
-    pool = scheduler._pools.get(version_id)  # read only: the count of instances still loading
+    own = next((load for load in scheduler.loads() if pool_key(load.target) == version_id), None)
     return Instances(
-        starting=0 if pool is None else pool.starting,
-        idle=sum(state is InstanceState.IDLE for state in loaded),
-        busy=sum(state is InstanceState.BUSY for state in loaded),
+        starting=0 if own is None else own.starting,
+        idle=0 if own is None else own.idle,
+        busy=0 if own is None else own.busy,
         elsewhere=await scheduler.instances_elsewhere(version_id),
     )
 
