@@ -195,7 +195,9 @@ class Services:
         self.get(deployment_id, service_id)
 
         def write(session: Session) -> ServiceRow:
-            row = session.get(ServiceRow, service_id)
+            # Locked: the status read here is the one the move below compares (the service may be
+            # becoming ready at this moment, on this node or another).
+            row = session.get(ServiceRow, service_id, with_for_update=True, populate_existing=True)
             if row is None:
                 raise NotFound("service", service_id)
             # Over the stored settings, not the cached ones: two PATCHes naming different fields both hold.
@@ -230,7 +232,7 @@ class Services:
         self.get(deployment_id, service_id)
 
         def write(session: Session) -> ServiceRow:
-            row = session.get(ServiceRow, service_id)
+            row = session.get(ServiceRow, service_id, with_for_update=True, populate_existing=True)  # as in `update`
             if row is None:
                 raise NotFound("service", service_id)
             stopped = row.status == ServiceStatus.STOPPED

@@ -53,8 +53,8 @@ class HandlerRuntime(FakeRuntime):
         return CallOutcome(ok=True, result=json.dumps(envelope))
 
 
-def node(tmp_path: Path, name: str, database_url: str, runtime: HandlerRuntime) -> Engine:
-    settings = Settings(data_dir=tmp_path / name, database_url=database_url, node_lease_s=LEASE_S,
+def node(tmp_path: Path, name: str, database_url: str, runtime: HandlerRuntime, lease_s: float = LEASE_S) -> Engine:
+    settings = Settings(data_dir=tmp_path / name, database_url=database_url, node_lease_s=lease_s,
                         webhook_allow_private_targets=True)
     return Engine(settings, runtime=runtime)
 
@@ -89,7 +89,9 @@ async def close_after(engines: list[Engine], scenario: Callable[[], Awaitable[No
 
 def test_runs_created_through_either_node_each_run_exactly_once(tmp_path: Path, database_url: str) -> None:
     runtimes = [HandlerRuntime(), HandlerRuntime()]
-    a, b = (node(tmp_path, name, database_url, runtime) for name, runtime in zip("ab", runtimes, strict=True))
+    # Nobody dies here: a lease a loaded machine cannot miss (at 1 s, one node was once declared dead).
+    a, b = (node(tmp_path, name, database_url, runtime, lease_s=10.0)
+            for name, runtime in zip("ab", runtimes, strict=True))
 
     async def scenario() -> None:
         await a.start()
