@@ -150,4 +150,6 @@ def test_a_write_that_loses_a_deadlock_to_another_nodes_transaction_is_run_again
         set_value(other, "a")  # PostgreSQL aborts the committer's transaction, which began waiting first
 
     assert written.result(timeout=30) == "written"
-    assert len(runs) == 2
+    # Run again until it wins: twice, or more when the retry takes "a" again before the other
+    # transaction (woken by the abort) does, which a loaded machine sometimes lets happen.
+    assert len(runs) >= 2
