@@ -54,7 +54,7 @@ from modelbay.core.states import (
     move,
 )
 from modelbay.store.db import Database
-from modelbay.store.tables import DeploymentRow, JobLogRow, JobRow, ProjectRow, VersionRow, WebhookRow
+from modelbay.store.tables import DeploymentRow, JobLogRow, JobRow, ProjectRow, WebhookRow
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,10 @@ class Jobs:
         if ephemeral is not None:
             if not 1 <= ephemeral.replicas <= MAX_OWN_INSTANCES:
                 raise InvalidInput(f"A job may start 1 to {MAX_OWN_INSTANCES} instances of its own", field="replicas")
-            deployment_id = self._deployment_of_version(project, ephemeral.version_id)
+            own = self._deployments.target_of_version(ephemeral.version_id)  # raises NotFound
+            if own.project_id != project.id:
+                raise NotFound("version", ephemeral.version_id)
+            deployment_id = own.deployment_id
         with self._db.read() as session:
             deployment = session.get(DeploymentRow, deployment_id) if deployment_id else None
             found = set(session.scalars(select(WebhookRow.id).where(WebhookRow.id.in_(webhook_ids),
@@ -162,7 +165,7 @@ class Jobs:
         if ephemeral is None:
             self._deployments.serving_target(project, deployment.name, None)  # raises unless it can serve
         else:
-            Deployments.serving_target_check(self._deployments.target_of_version(ephemeral.version_id))
+            Deployments.serving_target_check(own)
         now = utcnow()
         owner = self._nodes.id  # the node that accepts a job runs it
         row = JobRow(id=str(uuid.uuid4()), owner=owner, project_id=project.id, name=name, dataset_id=dataset.id,
@@ -176,15 +179,6 @@ class Jobs:
             session.add(row)
         self._launch(row.id, owner)
         return row
-
-    def _deployment_of_version(self, project: ProjectRow, version_id: str) -> str:
-        """The deployment of a version of this project; raises `NotFound`."""
-        with self._db.read() as session:
-            version = session.get(VersionRow, version_id)
-            deployment = session.get(DeploymentRow, version.deployment_id) if version else None
-        if deployment is None or deployment.project_id != project.id:
-            raise NotFound("version", version_id)
-        return deployment.id
 
     def pool_target(self, pool: str) -> Target:
         """The target of a job's own instances (`job:<id>`), for a call another node sent there."""

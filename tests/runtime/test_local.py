@@ -449,17 +449,25 @@ def test_an_instance_that_dies_while_idle_is_reported_unhealthy(tmp_path: Path) 
         """
         import os
         import threading
+        import time
+
+        def exit_once(signal_file):
+            while not os.path.exists(signal_file):
+                time.sleep(0.01)
+            os._exit(3)
 
         class Deployment:
             def request(self, data):
-                threading.Timer(0.05, os._exit, args=(3,)).start()
+                threading.Thread(target=exit_once, args=(data,), daemon=True).start()
                 return "bye"
         """,
     )
+    goodbye = directory / "goodbye"  # the code directory: the sandbox shows it (read-only)
 
     async def scenario(runtime: LocalRuntime) -> None:
         instance = await runtime.start(spec_for(directory))
-        assert (await runtime.call(instance, Call("r", None), 30)).result == "bye"
+        assert (await runtime.call(instance, Call("r", str(goodbye)), 30)).result == "bye"
+        goodbye.touch()  # it dies once its answer is in: idle
         deadline = time.monotonic() + 10
         while await runtime.healthy(instance):
             assert time.monotonic() < deadline, "the dead instance still looks healthy"

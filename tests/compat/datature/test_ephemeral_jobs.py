@@ -4,6 +4,7 @@ with the job, serve only its items, and stop once its items have run."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,25 @@ class Deployment:
     def request(self, data):
         print("instance", self.name)
         time.sleep(0.2)
+        return data
+"""
+
+
+#: Each item waits at a gate (a socket of the test's) until the test closes it.
+GATED = """
+import socket
+
+
+class Deployment:
+    def __init__(self, base_directory, context):
+        pass
+
+    def request(self, data):
+        try:
+            with socket.create_connection(("127.0.0.1", data["gate"]), timeout=120) as gate:
+                gate.recv(1)
+        except OSError:  # closed: go on
+            pass
         return data
 """
 
@@ -89,20 +109,25 @@ def test_the_jobs_instances_stop_once_its_items_have_run(
     nexus: Any, deploy: Callable[..., str], receiver: Receiver, tmp_path: Path, server: Server,
 ) -> None:
     assert server.process is not None
-    deployment_id = deploy("brief", NAMED)
+    deployment_id = deploy("brief", GATED)
 
     def workers() -> int:
         return sum(1 for pid in descendants(server.process.pid) if is_worker(pid))
 
     before = workers()
-    dataset_id = make_dataset(nexus, tmp_path / "items.ndjson", [{"x": i} for i in range(10)])
+    gate = socket.create_server(("127.0.0.1", 0), backlog=16)  # items wait on it: the job cannot end early
+    port = gate.getsockname()[1]
+    dataset_id = make_dataset(nexus, tmp_path / "items.ndjson", [{"x": i, "gate": port} for i in range(10)])
     webhook_id = nexus.batch.webhooks.create("results", webhook_spec(receiver)).id
     job_id = nexus.batch.jobs.create("brief", {
         "dataset_id": dataset_id, "webhook_id": webhook_id,
         "artifact_id": nexus.deployments.get(deployment_id).artifact_id,
         "deployment_metadata": {"instance_id": "instance_x1cpu-standard", "replicas": 3},
     }).id
-    wait_until(lambda: workers() >= before + 3, timeout=120)  # all three start with the job
+    try:
+        wait_until(lambda: workers() >= before + 3, timeout=120)  # all three start with the job
+    finally:
+        gate.close()
     assert nexus.batch.jobs.wait_until_done(job_id, interval=1).status.items.delivered == 10
     wait_until(lambda: workers() <= before, timeout=60)
 
