@@ -404,11 +404,15 @@ class Scheduler:
             pool.idle.append((instance, time.monotonic()))
 
     def _fill(self, pool: _Pool) -> None:
-        """Start instances for waiters nobody will serve soon, up to the version's maximum."""
+        """Start instances for waiters nobody will serve soon, up to the version's maximum; while the
+        cluster runs the maximum elsewhere and this node has none left, send the waiters there."""
+        full = pool.full_until > time.monotonic()
         while (not pool.retired and pool.waiting() > pool.starting and pool.size < pool.target.maximum_instances
-               and pool.full_until <= time.monotonic()):
+               and not full):
             pool.starting += 1
             self._background.spawn(self._start_instance(pool))
+        if full:
+            self._fail_waiters(pool, NoCapacity())
 
     async def _start_instance(self, pool: _Pool, for_minimum: bool = False) -> None:
         """Take a slot of the pool (below its maximum, or its minimum), then start an instance in it."""
@@ -538,6 +542,7 @@ class Scheduler:
             if now - since >= target.maximum_idle_time:
                 self._stop_if_above(pool, instance, target.minimum_instances)
         self._keep_minimum(pool)
+        self._fill(pool)  # the cluster may have room again for waiters that found it full
 
     def _keep_minimum(self, pool: _Pool) -> None:
         now = time.monotonic()

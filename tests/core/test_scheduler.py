@@ -414,3 +414,21 @@ def test_a_node_declared_dead_retires_its_instances_and_starts_its_minimum_again
         assert await slots.count("v") == 1  # the new one, loaded
 
     asyncio.run(scenario())
+
+
+def test_calls_waiting_for_an_instance_that_was_replaced_while_the_cluster_is_full_go_elsewhere() -> None:
+    async def scenario() -> None:
+        runtime, peers = FakeRuntime(), RecordingPeers()
+        runtime.gate = asyncio.Event()  # calls hold their instance
+        sched = Scheduler(runtime, spec, slots=OtherNodes(held=1), peers=peers)
+        t = target(maximum_instances=2)
+        abandoned = asyncio.create_task(sched.run(t, call("abandoned"), 30))
+        await settle()
+        assert len(runtime.started) == 1  # this node's one instance runs it
+        waiting = asyncio.create_task(sched.run(t, call("waiting"), 30))
+        await settle()  # it waits for that instance: the cluster runs its maximum
+        abandoned.cancel()  # its caller went away: the instance is replaced, and no other may start
+        outcome = await asyncio.wait_for(waiting, 5)
+        assert outcome.result == {"by": "http://other:8000"} and peers.sent == [("http://other:8000", "waiting")]
+
+    asyncio.run(scenario())
