@@ -17,6 +17,7 @@ from sqlalchemy import create_engine, inspect, make_url
 
 from modelbay.core import server_secrets, signed_urls
 from modelbay.core.activity import Activity
+from modelbay.core.activity_history import ActivityHistory, existing_versions, observe
 from modelbay.core.background import Background
 from modelbay.core.builds import DEPLOYMENT_FILE_VARIABLE, Builder
 from modelbay.core.bus import Bus
@@ -201,7 +202,10 @@ class Engine:
         self.nodes.declared_dead.add(self.scheduler.retire_all)  # its instance slots went with its old id
         self.requests.use_bus(self.bus)
         self.pipeline_requests.use_bus(self.bus)
-        self._background = Background("engine")  # the retention sweep
+        # Each version's recent past, sampled for the console's live charts.
+        self.activity_history = ActivityHistory(lambda: observe(self.activity, self.scheduler, self.requests.queue),
+                                                lambda version_ids: existing_versions(self.db, version_ids))
+        self._background = Background("engine")  # the retention sweep, the activity sampling
 
     async def start(self) -> None:
         """Start the loops, then settle what a previous server left behind."""
@@ -219,6 +223,7 @@ class Engine:
         self.runs.start()
         self.services.start(alone=self.nodes.alone)
         self._background.every(RETENTION_SWEEP_PERIOD_S, self._sweep, "retention sweep")
+        self.activity_history.start(self._background)
         self.nodes.start()
 
     async def _sweep(self) -> None:

@@ -111,6 +111,17 @@ async def version_instances(request: Request, project_name: str, deployment_name
     return render(request, "_instances.html", {"instances": await browse.instances(engine.scheduler, row.id)})
 
 
+@router.get("/projects/{project_name}/deployments/{deployment_name}/versions/{version_name}/activity")
+async def version_activity(request: Request, project_name: str, deployment_name: str, version_name: str) -> Response:
+    """The samples of a version's recent past on this server, as JSON columns (drawn by `charts.js`)."""
+    project = project_of(request, project_name)
+    engine = engine_of(request)
+    row = engine.deployments.get_version(project, deployment_name, version_name)
+    history = engine.activity_history
+    body = {"period_s": history.period_s, "window_s": history.window_s, "series": history.series(row.id)}
+    return Response(orjson.dumps(body), media_type="application/json", headers={"Cache-Control": "no-store"})
+
+
 @router.post("/projects/{project_name}/deployments/{deployment_name}/versions/{version_name}/playground")
 async def playground(request: Request, project_name: str, deployment_name: str, version_name: str) -> Response:
     """Make a direct request of the version from the playground's form; answer its outcome."""

@@ -4,6 +4,8 @@ The request path counts here with a dict operation or two per request: no lock, 
 metrics library (`modelbay.metrics` turns the counts into series when they are scraped, naming
 the versions then). Each server counts what it did; a cluster's totals are the sum over its servers.
 Counts are keyed by version id, so a version that stops existing takes its counts with it (`forget`).
+The durations of the requests that ended since the console's sampler last took them are kept too,
+the first `RECENT_SECONDS_KEPT` of each version (`core.activity_history` reads their percentiles).
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ REQUEST_SECONDS_BUCKETS = (0.005, 0.025, 0.1, 0.5, 2.5, 10.0, 60.0)
 
 #: The store's commit latency buckets, in seconds.
 COMMIT_SECONDS_BUCKETS = (0.001, 0.005, 0.025, 0.1, 0.5, 2.5)
+
+#: Most durations kept per version between two samples: the first ones of the interval (cheaper than
+#: a reservoir, which would draw a random number per request past the cap).
+RECENT_SECONDS_KEPT = 2000
 
 #: The origins whose name is what made the request (`created_by`); the others are named by their mode.
 _NAMED_ORIGINS = frozenset({"pipeline", "run", "service"})
@@ -74,6 +80,7 @@ class Activity:
     def __init__(self) -> None:
         self.requests: Counts = {}  # (version id, origin, status) -> requests that ended so
         self.request_seconds: dict[str, Histogram] = {}  # version id -> how long its requests took
+        self.recent_seconds: dict[str, list[float]] = {}  # version id -> durations since `take_recent_seconds`
         self.builds: Counts = {}  # (version id, result: succeeded or failed) -> builds
         self.runs: Counts = {}  # (version id, status: succeeded or failed) -> runs that ended so
         self.job_items: Counts = {}  # (version id, outcome) -> job items
@@ -88,7 +95,18 @@ class Activity:
         histogram = self.request_seconds.get(version_id)
         if histogram is None:
             histogram = self.request_seconds[version_id] = Histogram(REQUEST_SECONDS_BUCKETS)
+            self.recent_seconds[version_id] = []
         histogram.observe(seconds)
+        recent = self.recent_seconds[version_id]
+        if len(recent) < RECENT_SECONDS_KEPT:
+            recent.append(seconds)
+
+    def take_recent_seconds(self) -> dict[str, list[float]]:
+        """The durations kept since the last call, per version (a version without any: an empty list);
+        the next ones are kept afresh. Event loop only."""
+        taken = self.recent_seconds
+        self.recent_seconds = {version_id: [] for version_id in taken}
+        return taken
 
     def count(self, what: str, *key: str) -> None:
         """One more of `key` in the counts named `what` (`builds`, `runs`, `job_items`, `deliveries`),
@@ -119,6 +137,7 @@ class Activity:
             return
         self.requests = {key: n for key, n in self.requests.items() if key[0] not in gone}
         self.request_seconds = {key: h for key, h in self.request_seconds.items() if key not in gone}
+        self.recent_seconds = {key: s for key, s in self.recent_seconds.items() if key not in gone}
         with self._lock:
             for name in ("builds", "runs", "job_items"):
                 setattr(self, name, {key: n for key, n in getattr(self, name).items() if key[0] not in gone})
