@@ -5,23 +5,31 @@
 
   const POLL_MS = 5000;
   const HEIGHT = 170;
+  const SHORTEST_SPAN_S = 300; // a version's first samples are not stretched over the whole width
+  const COUNTS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]; // ticks of whole numbers
   const BLUE = "#1f5fbf", RED = "#b3261e", AMBER = "#8a5a00", GREEN = "#1e7a3c", GREY = "#7a8494";
 
-  // Each chart: its series, each read from a column of the answer (scaled: latencies in ms).
+  // Each chart: its lines, each read from a column of the answer (scaled: latencies in ms), and
+  // whether it counts whole things.
   const CHARTS = {
-    requests: [{ label: "requests/s", column: "requests_per_s", stroke: BLUE }],
-    latency: [
-      { label: "p50", column: "latency_p50_s", stroke: GREEN, scale: 1000 },
-      { label: "p95", column: "latency_p95_s", stroke: AMBER, scale: 1000 },
-      { label: "p99", column: "latency_p99_s", stroke: RED, scale: 1000 },
-    ],
-    failures: [{ label: "failures/s", column: "failures_per_s", stroke: RED }],
-    queue: [{ label: "waiting", column: "queue_depth", stroke: AMBER }],
-    instances: [
-      { label: "starting", column: "instances_starting", stroke: GREY },
-      { label: "idle", column: "instances_idle", stroke: GREEN },
-      { label: "busy", column: "instances_busy", stroke: BLUE },
-    ],
+    requests: { lines: [{ label: "requests/s", column: "requests_per_s", stroke: BLUE }] },
+    latency: {
+      lines: [
+        { label: "p50", column: "latency_p50_s", stroke: GREEN, scale: 1000 },
+        { label: "p95", column: "latency_p95_s", stroke: AMBER, scale: 1000 },
+        { label: "p99", column: "latency_p99_s", stroke: RED, scale: 1000 },
+      ],
+    },
+    failures: { lines: [{ label: "failures/s", column: "failures_per_s", stroke: RED }] },
+    queue: { lines: [{ label: "waiting", column: "queue_depth", stroke: AMBER }], whole: true },
+    instances: {
+      lines: [
+        { label: "starting", column: "instances_starting", stroke: GREY },
+        { label: "idle", column: "instances_idle", stroke: GREEN },
+        { label: "busy", column: "instances_busy", stroke: BLUE },
+      ],
+      whole: true,
+    },
   };
 
   function widthOf(figure) {
@@ -33,6 +41,14 @@
     return [0, max === null || max <= 0 ? 1 : max * 1.1];
   }
 
+  // From the first sample to the last, over at least a few minutes (read from the data: uPlot widens
+  // a single point's range to a day's worth of milliseconds, taken as seconds).
+  function recentPast(u) {
+    const times = u.data[0];
+    const end = times.length ? times[times.length - 1] : Date.now() / 1000;
+    return [Math.min(times.length ? times[0] : end, end - SHORTEST_SPAN_S), end];
+  }
+
   function columns(series, lines) {
     return [series.time, ...lines.map((line) => series[line.column].map(
       (value) => (value === null || line.scale === undefined ? value : value * line.scale)))];
@@ -41,11 +57,13 @@
   function setUp(root) {
     const charts = [];
     for (const figure of root.querySelectorAll("figure[data-chart]")) {
-      const lines = CHARTS[figure.dataset.chart];
+      const chart = CHARTS[figure.dataset.chart];
+      const lines = chart.lines;
       const options = {
         width: widthOf(figure),
         height: HEIGHT,
-        scales: { y: { range: fromZero } },
+        scales: { x: { time: true, range: recentPast }, y: { range: fromZero } },
+        axes: [{}, chart.whole ? { incrs: COUNTS } : {}],
         series: [{}, ...lines.map((line) => ({ label: line.label, stroke: line.stroke, width: 1.5 }))],
       };
       const plot = new uPlot(options, [[], ...lines.map(() => [])], figure);
