@@ -97,7 +97,7 @@ class Activity:
             histogram = self.request_seconds[version_id] = Histogram(REQUEST_SECONDS_BUCKETS)
             self.recent_seconds[version_id] = []
         histogram.observe(seconds)
-        recent = self.recent_seconds[version_id]
+        recent = self.recent_seconds[version_id]  # made with the histogram, and forgotten with it
         if len(recent) < RECENT_SECONDS_KEPT:
             recent.append(seconds)
 

@@ -84,7 +84,7 @@ class Observed:
 def observe(activity: Activity, scheduler: Scheduler, queue: BatchQueue) -> Observed:
     """Read the counts, take the durations kept since the last call, and read the scheduler's pools
     (a version's own pool and its services' pools, summed) and the batch queue. Event loop only."""
-    observed = Observed(durations=activity.take_recent_seconds(), queue_depth=dict(queue.depths()))
+    observed = Observed(durations=activity.take_recent_seconds(), queue_depth=queue.depths())
     totals = observed.totals
     for (version_id, _origin, status), n in activity.requests.items():
         ended, failed = totals.get(version_id, (0, 0))
