@@ -2,7 +2,9 @@
 
 The pages load their scripts and styles from this server (`/docs/assets/`, the files the
 `fastapi-offline` package ships: Swagger UI and ReDoc), never from a CDN, so they work on a machine
-without internet. All three stay public, like every FastAPI app's: they describe the API, no data.
+without internet. ReDoc's script is served with the one address it loads by itself (Redocly's logo,
+from their CDN) taken out: its sidebar then shows "API docs by Redocly" without the image. All three
+stay public, like every FastAPI app's: they describe the API, no data.
 
 The document FastAPI generates is finished once, on first use, and kept (`app.openapi_schema`):
 - every operation carries the one tag of its router (`APIRouter(tags=…)` in each dialect); a router
@@ -16,11 +18,13 @@ The document FastAPI generates is finished once, on first use, and kept (`app.op
 from __future__ import annotations
 
 import re
+from functools import cache
+from importlib.resources import files
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from modelbay.core.requests import DIRECT_TIMEOUT_DEFAULT_S, DIRECT_TIMEOUT_MAX_S
@@ -33,6 +37,10 @@ ASSETS_URL = "/docs/assets"
 #: The package whose folder holds the pages' assets: swagger-ui-bundle.js, swagger-ui.css,
 #: redoc.standalone.js and favicon.png.
 ASSETS_PACKAGE = ("fastapi_offline", "static")
+REDOC_JS = "redoc.standalone.js"
+#: The image ReDoc's sidebar loads from the internet. With no address the image fails at once, without
+#: a request (nor an error in the browser's console), and ReDoc leaves it out.
+REDOC_LOGO_URL = '"https://cdn.redoc.ly/redoc/logo-mini.svg"'
 
 #: The tags, in the order the pages show them, each with its description. The dialects' routers
 #: name theirs; an operation of no dialect (the app's own `/health`) is the server's.
@@ -116,6 +124,12 @@ def install_api_reference(app: FastAPI) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to change the document
+
+    async def redoc_js(request: Request) -> Response:
+        return Response(redoc_script(), media_type="text/javascript; charset=utf-8")
+
+    # Before the assets' mount, which would answer it with the file as shipped.
+    app.add_route(f"{ASSETS_URL}/{REDOC_JS}", redoc_js, include_in_schema=False)
     app.mount(ASSETS_URL, StaticFiles(packages=[ASSETS_PACKAGE]), name="api-reference-assets")
 
     async def swagger_ui(request: Request) -> HTMLResponse:
@@ -131,12 +145,11 @@ def install_api_reference(app: FastAPI) -> None:
         )
 
     async def redoc(request: Request) -> HTMLResponse:
-        # ReDoc's sidebar shows Redocly's logo from their CDN: offline it leaves the image out, no more.
         root = request.scope.get("root_path", "").rstrip("/")
         return get_redoc_html(
             openapi_url=f"{root}{app.openapi_url}",
             title=f"{app.title} - ReDoc",
-            redoc_js_url=f"{root}{ASSETS_URL}/redoc.standalone.js",
+            redoc_js_url=f"{root}{ASSETS_URL}/{REDOC_JS}",
             redoc_favicon_url=f"{root}{ASSETS_URL}/favicon.png",
             with_google_fonts=False,  # the fonts would come from the internet
         )
@@ -144,6 +157,13 @@ def install_api_reference(app: FastAPI) -> None:
     # Plain routes, as FastAPI adds its own pages: no operations of the API.
     app.add_route(DOCS_URL, swagger_ui, include_in_schema=False)
     app.add_route(REDOC_URL, redoc, include_in_schema=False)
+
+
+@cache
+def redoc_script() -> bytes:
+    """ReDoc's script as `fastapi-offline` ships it, without the address of Redocly's logo."""
+    package, folder = ASSETS_PACKAGE
+    return (files(package) / folder / REDOC_JS).read_bytes().replace(REDOC_LOGO_URL.encode(), b'""')
 
 
 def finish(schema: dict[str, Any]) -> dict[str, Any]:

@@ -3,11 +3,14 @@ HTTP API, and the console read with httpx or in a headless Chromium driven by Pl
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.fixtures.server import Server
 from tests.integration.conftest import deploy, ubiops, unique
@@ -77,3 +80,61 @@ def deployed(server: Server) -> dict[str, Any]:
         assert response.status_code == 200, response.text
         request_id = response.json()["id"]
     return {"a": first, "b": projects[1], "request_id": request_id}
+
+
+# --- in a real browser: the system's headless Chromium driven by Playwright ---------------------
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+STATUS_ERROR = re.compile(r"^Failed to load resource: the server responded with a status of (\d{3})")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+class Tab:
+    """A page of a fresh browser context, with what it logged as errors and screenshots by name."""
+
+    def __init__(self, page: Page, server: Server, shots: Path) -> None:
+        self.page = page
+        self.server = server
+        self.shots = shots
+        self.errors: list[str] = []
+        self.expected_statuses: set[int] = set()
+        page.on("console", lambda message: self.errors.append(message.text) if message.type == "error" else None)
+        page.on("pageerror", lambda error: self.errors.append(f"uncaught: {error}"))
+
+    def goto(self, path: str) -> Any:
+        return self.page.goto(self.server.url + path)
+
+    def shot(self, name: str, *, full_page: bool = True) -> None:
+        self.page.screenshot(path=self.shots / f"{name}.png", full_page=full_page)
+
+    def sign_in(self, token: str) -> None:
+        self.goto("/ui/sign-in")
+        self.page.fill("#token", token)
+        self.page.click("button[type=submit]")
+
+    def unexpected_errors(self) -> list[str]:
+        def expected(text: str) -> bool:
+            match = STATUS_ERROR.match(text)
+            return match is not None and int(match[1]) in self.expected_statuses
+
+        return [text for text in self.errors if not expected(text)]
+
+
+@pytest.fixture
+def tab(browser: Browser, server: Server, tmp_path: Path) -> Iterator[Tab]:
+    context = browser.new_context()
+    tab = Tab(context.new_page(), server, tmp_path)
+    yield tab
+    context.close()
+    assert tab.unexpected_errors() == []
+    assert list(tmp_path.glob("*.png")), "every test saves a screenshot of what it saw"

@@ -69,6 +69,15 @@ def test_a_reference_page_loads_its_assets_from_the_server_itself(server: Server
     assert "/openapi.json" in response.text  # the document the page shows
 
 
+def test_the_redoc_script_leaves_out_the_logo_it_would_load_from_redocly(server: Server) -> None:
+    script = httpx.get(f"{server.url}/docs/assets/redoc.standalone.js")
+
+    assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+    assert len(script.content) > 1_000_000  # the whole of it, not a stub
+    assert b"cdn.redoc.ly" not in script.content
+    assert b"API docs by Redocly" in script.content  # the rest of its sidebar is as shipped
+
+
 def test_every_path_parameter_is_declared_by_each_operation(document: dict[str, Any]) -> None:
     undeclared = []
     for path, method, operation in operations(document):
