@@ -5,19 +5,15 @@ screenshot is saved under the test's `tmp_path`, and any error the page logs or 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import expect
 
+from tests.console.conftest import CHROMIUM, Tab
 from tests.fixtures.server import Server
 from tests.integration.conftest import ubiops
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (make install-test)")
 
@@ -37,39 +33,16 @@ REQUESTS_LINE_DRAWN = """() => {
 }"""
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    """A page of a fresh browser context; the test fails on any error it logs or throws."""
-    context = browser.new_context()
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
-    page.on("pageerror", lambda error: errors.append(f"uncaught: {error}"))
-    yield page
-    context.close()
-    assert errors == []
-
-
-def test_the_version_page_draws_its_activity(page: Page, server: Server, deployed: dict[str, Any],
-                                             tmp_path: Path) -> None:
+def test_the_version_page_draws_its_activity(tab: Tab, server: Server, deployed: dict[str, Any]) -> None:
     project = deployed["a"]
     with ubiops(server, project["token"]) as client:
         for text in ("one", "two", "three"):
             response = client.post(f"/projects/{project['name']}/deployments/echo/versions/v1/requests", json=text)
             assert response.status_code == 200, response.text
-    page.goto(f"{server.url}/ui/sign-in")
-    page.fill("#token", project["token"])
-    page.click("button[type=submit]")
+    page = tab.page
+    tab.sign_in(project["token"])
     expect(page.get_by_role("heading", name="Projects")).to_be_visible()
-    page.goto(f"{server.url}/ui/projects/{project['name']}/deployments/echo/versions/v1")
+    tab.goto(f"/ui/projects/{project['name']}/deployments/echo/versions/v1")
     charts = page.locator("#activity figure.chart")
     expect(charts).to_have_count(5)
     expect(page.locator("#activity figure.chart canvas")).to_have_count(5)  # drawn before any data
@@ -77,5 +50,4 @@ def test_the_version_page_draws_its_activity(page: Page, server: Server, deploye
     page.wait_for_function(REQUESTS_LINE_DRAWN, timeout=DRAWN_WITHIN_MS)  # polled on its own
     expect(page.locator("#activity-note")).to_contain_text("One sample every 5")
     page.set_viewport_size({"width": 900, "height": 1200})  # the charts follow the page's width
-    page.screenshot(path=tmp_path / "version-activity.png", full_page=True)
-    assert (tmp_path / "version-activity.png").stat().st_size > 0
+    tab.shot("version-activity")
