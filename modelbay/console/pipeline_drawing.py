@@ -3,8 +3,10 @@
 Boxes are the version's objects with `pipeline_start` and `pipeline_end`; edges are its
 attachments (source to destination, with their field mappings). Boxes stand in columns, left to
 right, by the longest path from `pipeline_start` (an object nothing feeds, as in a version still
-being built, stands in the first column after it; `pipeline_end` always stands last); within a
-column they are ordered by the mean row of their sources, so most edges run straight.
+being built, stands in the first column after it; `pipeline_end` always stands last). An edge
+that skips columns takes a place in each it crosses, as a box would (Sugiyama's dummy nodes), so
+no edge runs over a box. Within a column, boxes and crossings are ordered by the mean row of what
+feeds them, so most edges run straight.
 
 Pure: it reads a version's stored `objects` and `attachments` and returns coordinates.
 """
@@ -73,12 +75,17 @@ class Edge:
     y1: int
     x2: int
     y2: int
+    #: Where it enters each column it crosses between its boxes (it crosses them straight).
+    waypoints: tuple[tuple[int, int], ...] = ()
 
     @property
     def path(self) -> str:
-        """An SVG path: a curve that leaves and enters its boxes horizontally."""
-        middle = (self.x1 + self.x2) // 2
-        return f"M{self.x1},{self.y1} C{middle},{self.y1} {middle},{self.y2} {self.x2},{self.y2}"
+        """An SVG path: curves that leave and enter boxes and columns horizontally."""
+        path, (x, y) = f"M{self.x1},{self.y1}", (self.x1, self.y1)
+        for wx, wy in self.waypoints:
+            path += _curve(x, y, wx, wy) + f" L{wx + BOX_WIDTH},{wy}"
+            x, y = wx + BOX_WIDTH, wy
+        return path + _curve(x, y, self.x2, self.y2)
 
     @property
     def title(self) -> str:
@@ -94,8 +101,17 @@ class Drawing:
     height: int
 
 
+def _curve(x1: int, y1: int, x2: int, y2: int) -> str:
+    middle = (x1 + x2) // 2
+    return f" C{middle},{y1} {middle},{y2} {x2},{y2}"
+
+
 def _cut(text: str) -> str:
     return text if len(text) <= LINE_CHARACTERS else text[:LINE_CHARACTERS - 1] + "…"
+
+
+#: A box, or where an edge crosses a column between its boxes: (the edge's index, the column).
+Node = str | tuple[int, int]
 
 
 def draw(objects: list[dict[str, Any]], attachments: list[dict[str, Any]]) -> Drawing:
@@ -106,19 +122,32 @@ def draw(objects: list[dict[str, Any]], attachments: list[dict[str, Any]]) -> Dr
               tuple((m["source_field_name"], m["destination_field_name"]) for m in source.get("mapping") or []))
              for attachment in attachments for source in attachment.get("sources") or []]
     links = [link for link in links if link[0] in kinds and link[1] in kinds]  # a stored version names only these
-    column = _columns([o["name"] for o in objects], [(s, d) for s, d, _ in links])
-    rows = _rows(column, [(s, d) for s, d, _ in links])
+    column: dict[Node, int] = dict(_columns([o["name"] for o in objects], [(s, d) for s, d, _ in links]))
+    # An edge that skips columns takes a place in each column it crosses (as a box would), so it
+    # runs between the boxes there, never over one.
+    chains: list[list[Node]] = []
+    for index, (source, destination, _) in enumerate(links):
+        crossed = [(index, c) for c in range(column[source] + 1, column[destination])]
+        column.update({waypoint: waypoint[1] for waypoint in crossed})
+        chains.append([source, *crossed, destination])
+    rows = _rows(column, [(a, b) for chain in chains for a, b in zip(chain, chain[1:], strict=False)])
     tallest = max(len(names) for names in rows)
-    boxes: dict[str, Box] = {}
+    at: dict[Node, tuple[int, int]] = {}
     for index, names in enumerate(rows):
         top = MARGIN + (tallest - len(names)) * (BOX_HEIGHT + ROW_GAP) // 2  # each column centred
         for row, name in enumerate(names):
+            at[name] = (MARGIN + index * (BOX_WIDTH + COLUMN_GAP), top + row * (BOX_HEIGHT + ROW_GAP))
+    boxes = []
+    for name, (x, y) in at.items():
+        if isinstance(name, str):
             reference_name, version = refers.get(name, (None, None))
-            boxes[name] = Box(name, kinds[name], reference_name, version, index,
-                              MARGIN + index * (BOX_WIDTH + COLUMN_GAP), top + row * (BOX_HEIGHT + ROW_GAP))
-    edges = tuple(Edge(s, d, mapping, boxes[s].x + BOX_WIDTH, boxes[s].y + BOX_HEIGHT // 2,
-                       boxes[d].x, boxes[d].y + BOX_HEIGHT // 2) for s, d, mapping in links)
-    return Drawing(tuple(boxes.values()), edges,
+            boxes.append(Box(name, kinds[name], reference_name, version, column[name], x, y))
+    middle = BOX_HEIGHT // 2
+    edges = tuple(
+        Edge(s, d, mapping, at[s][0] + BOX_WIDTH, at[s][1] + middle, at[d][0], at[d][1] + middle,
+             tuple((at[w][0], at[w][1] + middle) for w in chain[1:-1]))
+        for (s, d, mapping), chain in zip(links, chains, strict=True))
+    return Drawing(tuple(boxes), edges,
                    width=2 * MARGIN + len(rows) * BOX_WIDTH + (len(rows) - 1) * COLUMN_GAP,
                    height=2 * MARGIN + tallest * BOX_HEIGHT + (tallest - 1) * ROW_GAP)
 
@@ -143,20 +172,20 @@ def _columns(names: list[str], links: list[tuple[str, str]]) -> dict[str, int]:
     return column
 
 
-def _rows(column: dict[str, int], links: list[tuple[str, str]]) -> list[list[str]]:
-    """The boxes of each column, top to bottom: by the mean row of their sources (the barycentre
+def _rows(column: dict[Node, int], links: list[tuple[Node, Node]]) -> list[list[Node]]:
+    """What stands in each column, top to bottom: by the mean row of what feeds it (the barycentre
     heuristic, one pass left to right), then by name."""
-    sources: dict[str, list[str]] = {}
+    sources: dict[Node, list[Node]] = {}
     for source, destination in links:
         sources.setdefault(destination, []).append(source)
-    rows: list[list[str]] = [[] for _ in range(max(column.values()) + 1)]
-    row_of: dict[str, float] = {}
+    rows: list[list[Node]] = [[] for _ in range(max(column.values()) + 1)]
+    row_of: dict[Node, float] = {}
     for index in range(len(rows)):
         names = [name for name, c in column.items() if c == index]
 
-        def place(name: str) -> tuple[float, str]:
+        def place(name: Node) -> tuple[float, str]:
             placed = [row_of[s] for s in sources.get(name, ()) if s in row_of]
-            return (sum(placed) / len(placed) if placed else 0.0, name)
+            return (sum(placed) / len(placed) if placed else 0.0, str(name))
 
         rows[index] = sorted(names, key=place)
         for row, name in enumerate(rows[index]):

@@ -76,6 +76,26 @@ def test_edges_join_their_boxes_with_their_mappings() -> None:
     assert next(e for e in drawing.edges if e.source == "left").title == "left → join"
 
 
+def test_an_edge_that_skips_columns_runs_between_the_boxes() -> None:
+    drawing = draw(OBJECTS, ATTACHMENTS)
+    skip = next(e for e in drawing.edges if e.source == "pipeline_start" and e.destination == "join")
+    drawn = boxes(drawing)
+    assert [x for x, _ in skip.waypoints] == [drawn["split"].x, drawn["left"].x]  # columns 1 and 2
+    for x, y in skip.waypoints:
+        assert f" L{x + BOX_WIDTH},{y}" in skip.path
+        for box in drawing.boxes:  # its straight run through a column touches no box there
+            assert not (box.x == x and box.y <= y <= box.y + BOX_HEIGHT), box.name
+    assert all(e.waypoints == () for e in drawing.edges if e is not skip)
+    # a version still being built: its end stands last, the edge to it passes the loose object
+    built = draw([{"name": "first", "reference_name": "echo"},
+                  {"name": "constant", "reference_type": "operator", "reference_name": "pipeline-variable"}],
+                 [attach("first", "pipeline_start"), attach("constant", "first"), attach("pipeline_end", "first")])
+    [to_end] = [e for e in built.edges if e.destination == "pipeline_end"]
+    [(x, y)] = to_end.waypoints
+    constant = boxes(built)["constant"]
+    assert x == constant.x and not constant.y <= y <= constant.y + BOX_HEIGHT
+
+
 def test_a_version_being_built_is_drawn_too() -> None:
     # nothing attached yet: every object stands after the start, the end after them
     loose = draw([{"name": "a", "reference_name": "echo"}, {"name": "b", "reference_name": "echo"}], [])
