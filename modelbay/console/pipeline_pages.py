@@ -9,18 +9,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from urllib.parse import urlencode
 
-import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from modelbay.console import session
+from modelbay.console.payload_views import download, shown
 from modelbay.console.pipeline_drawing import draw
 from modelbay.console.rendering import ConsoleRoute, render
 from modelbay.console.session import engine_of, project_of
 from modelbay.core import browse
 from modelbay.core.clock import as_utc
 from modelbay.core.errors import InvalidInput, NotFound
-from modelbay.core.payloads import INLINE_MAX_BYTES
 from modelbay.store.tables import PipelineRequestRow, ProjectRow
 
 router = APIRouter(prefix=session.ROOT, route_class=ConsoleRoute, include_in_schema=False)
@@ -76,14 +75,6 @@ def _pipeline_request(request: Request, project: ProjectRow, request_id: str) ->
     return row
 
 
-def _shown(payload: bytes | None, key: str | None, size: int) -> str | None:
-    """A payload as the page shows it: pretty JSON, or None when it is kept as a file (a download)."""
-    if key is not None or size > INLINE_MAX_BYTES or payload is None:
-        return None
-    value = orjson.loads(payload)
-    return value if isinstance(value, str) else orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
-
-
 @router.get("/projects/{project_name}/pipeline-requests/{request_id}")
 async def pipeline_request(request: Request, project_name: str, request_id: str) -> Response:
     project = project_of(request, project_name)
@@ -95,29 +86,19 @@ async def pipeline_request(request: Request, project_name: str, request_id: str)
         version_name = next((v.name for v in engine.pipelines.list_versions(project, pipeline.name)[1]
                              if v.id == row.version_id), None)
     steps = engine.pipeline_requests.steps_of(row)
-    shown = steps[:STEPS_SHOWN]
+    listed = steps[:STEPS_SHOWN]
     return render(request, "pipeline_request.html", {
         "project": project, "row": row, "pipeline": pipeline, "version_name": version_name,
-        "input": _shown(row.data, row.data_key, row.input_size),
-        "output": _shown(row.result, row.result_key, row.output_size),
-        "steps": shown, "more_steps": len(steps) - len(shown),
-        "times": browse.step_times(engine.db, project.id, row.id, shown),
+        "input": shown(row.data, row.data_key, row.input_size),
+        "output": shown(row.result, row.result_key, row.output_size),
+        "steps": listed, "more_steps": len(steps) - len(listed),
+        "times": browse.step_times(engine.db, project.id, row.id, listed),
     })
 
 
 @router.get("/projects/{project_name}/pipeline-requests/{request_id}/{which}")
 async def pipeline_request_payload(request: Request, project_name: str, request_id: str, which: str) -> Response:
     """A pipeline request's input or output as a file."""
-    if which not in ("input", "output"):
-        raise NotFound("page", which)
     project = project_of(request, project_name)
     row = _pipeline_request(request, project, request_id)
-    inline, key = (row.data, row.data_key) if which == "input" else (row.result, row.result_key)
-    try:
-        content = engine_of(request).payloads.load(inline, key)
-    except FileNotFoundError:
-        content = None  # deleted meanwhile
-    if content is None:
-        raise NotFound(f"{which} of pipeline request", request_id)
-    headers = {"Content-Disposition": f'attachment; filename="{request_id}-{which}.json"'}
-    return Response(content, media_type="application/json", headers=headers)
+    return download(engine_of(request).payloads, row, which, "pipeline request")
