@@ -111,5 +111,6 @@ async def webhooks(request: Request, project_name: str) -> Response:
     rows, more = engine.webhooks.list(project.id, 0, WEBHOOKS_SHOWN)
     return render(request, "webhooks.html", {
         "project": project, "webhooks": rows, "more": more, "recent": browse.RECENT_DELIVERIES,
-        "outcomes": browse.webhook_outcomes(engine.db, [w.id for w in rows]),
+        "jobs_searched": browse.JOBS_SEARCHED,
+        "outcomes": browse.webhook_outcomes(engine.db, project.id, [w.id for w in rows]),
     })

@@ -12,12 +12,19 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, or_, select
 
 from modelbay.core.scheduler import Scheduler, pool_key
 from modelbay.core.stored_requests import chunks
 from modelbay.store.db import Database
-from modelbay.store.tables import DeliveryRow, OperatorRequestRow, PipelineRequestRow, RequestRow, RunRow
+from modelbay.store.tables import (
+    DeliveryRow,
+    JobRow,
+    OperatorRequestRow,
+    PipelineRequestRow,
+    RequestRow,
+    RunRow,
+)
 
 #: Requests on one page of a list.
 PAGE_SIZE = 50
@@ -261,19 +268,40 @@ def run_attempts(db: Database, run: RunRow, ended: bool, limit: int = ATTEMPTS_S
         return list(session.execute(query).all())
 
 
-#: How many of a webhook's latest deliveries its outcome counts are taken over.
+#: How many of a webhook's latest deliveries its outcome counts are taken over, and in how many of
+#: the project's latest jobs they are looked for.
 RECENT_DELIVERIES = 100
+JOBS_SEARCHED = 20
 
 
-def webhook_outcomes(db: Database, webhook_ids: list[str], last: int = RECENT_DELIVERIES) -> dict[str, dict[str, int]]:
-    """For each webhook, how many of its `last` deliveries are in each status (pending, delivered,
-    failed, cancelled); a webhook that never had one is missing."""
+def webhook_outcomes(db: Database, project_id: str, webhook_ids: list[str], last: int = RECENT_DELIVERIES,
+                     jobs_searched: int = JOBS_SEARCHED) -> dict[str, dict[str, int]]:
+    """For each webhook of the project, how many of its `last` latest deliveries are in each status
+    (pending, delivered, failed, cancelled); a webhook with none is missing.
+
+    Every delivery is made for an item of a job, so they are found job by job, from the project's
+    latest (of at most `jobs_searched`) and in each from its last item back: one read of the
+    (job, item) index per job, of `last` deliveries for each webhook the job names, that stops
+    once every webhook has its `last`. No read goes through all the deliveries of a webhook (a job
+    of a million items makes a million of them)."""
     outcomes: dict[str, dict[str, int]] = {}
+    needed = dict.fromkeys(webhook_ids, last)
     with db.read() as session:
-        for webhook_id in webhook_ids:
-            recent = (select(DeliveryRow.status).where(DeliveryRow.webhook_id == webhook_id)
-                      .order_by(DeliveryRow.created_at.desc()).limit(last).subquery())
-            counts = session.execute(select(recent.c.status, func.count()).group_by(recent.c.status)).all()
-            if counts:
-                outcomes[webhook_id] = {status: count for status, count in counts}
+        jobs = session.execute(select(JobRow.id, JobRow.webhook_ids).where(JobRow.project_id == project_id)
+                               .order_by(JobRow.created_at.desc(), JobRow.id.desc()).limit(jobs_searched)).all()
+        for job_id, named in jobs:
+            named = list(named or [])
+            if not any(needed.get(w, 0) > 0 for w in named):
+                continue
+            # an item has one delivery per webhook of its job: these are those of its last `last` items
+            deliveries = session.execute(
+                select(DeliveryRow.webhook_id, DeliveryRow.status).where(DeliveryRow.job_id == job_id)
+                .order_by(DeliveryRow.item_index.desc()).limit(last * len(named))).all()
+            for webhook_id, status in deliveries:
+                if needed.get(webhook_id, 0) > 0:
+                    needed[webhook_id] -= 1
+                    counts = outcomes.setdefault(webhook_id, {})
+                    counts[status] = counts.get(status, 0) + 1
+            if not any(needed.values()):
+                break
     return outcomes

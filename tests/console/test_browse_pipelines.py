@@ -10,7 +10,15 @@ from sqlalchemy import insert
 
 from modelbay.core import browse
 from modelbay.store.db import Database
-from modelbay.store.tables import DeliveryRow, OperatorRequestRow, PipelineRequestRow, RequestRow, RunRow
+from modelbay.store.tables import (
+    DeliveryRow,
+    JobRow,
+    OperatorRequestRow,
+    PipelineRequestRow,
+    ProjectRow,
+    RequestRow,
+    RunRow,
+)
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -105,16 +113,30 @@ def test_a_runs_attempts_are_its_versions_requests_made_by_it(db: Database) -> N
     assert [row.id for row in browse.run_attempts(db, run, ended=False)] == [r["id"] for r in mine] + [noise[-1]["id"]]
 
 
-def delivery(webhook_id: str, status: str, at: datetime) -> dict[str, Any]:
-    return {"id": str(uuid.uuid4()), "webhook_id": webhook_id, "status": status, "attempts": 1,
-            "next_attempt_at": at, "created_at": at}
+def delivery(webhook_id: str, job_id: str, item: int, status: str) -> dict[str, Any]:
+    return {"id": str(uuid.uuid4()), "webhook_id": webhook_id, "job_id": job_id, "item_index": item,
+            "status": status, "attempts": 1, "next_attempt_at": T0, "created_at": T0 + timedelta(seconds=item)}
+
+
+def job(project_id: str, job_id: str, webhook_ids: list[str], at: datetime) -> dict[str, Any]:
+    return {"id": job_id, "project_id": project_id, "name": job_id, "dataset_id": "ds", "deployment_id": "d",
+            "webhook_ids": webhook_ids, "status": "finished", "created_at": at, "updated_at": at}
 
 
 def test_webhook_outcomes_count_its_latest_deliveries(db: Database) -> None:
-    old = [delivery("w1", "failed", T0 + timedelta(seconds=n)) for n in range(5)]
-    recent = ([delivery("w1", "delivered", T0 + timedelta(minutes=1, seconds=n)) for n in range(3)]
-              + [delivery("w1", "pending", T0 + timedelta(minutes=2))])
-    store(db, DeliveryRow, old + recent + [delivery("w2", "failed", T0)])
-    assert browse.webhook_outcomes(db, ["w1", "w2", "w3"], last=5) == {
-        "w1": {"delivered": 3, "pending": 1, "failed": 1}, "w2": {"failed": 1}}
-    assert browse.webhook_outcomes(db, ["w1"])["w1"] == {"delivered": 3, "pending": 1, "failed": 5}
+    with db.write() as session:
+        session.execute(insert(ProjectRow), [{"id": p, "name": p, "token_hash": p, "number": n, "handle": p,
+                                              "created_at": T0} for n, p in enumerate(("p1", "p2"))])
+    store(db, JobRow, [job("p1", "old", ["w1", "w2"], T0), job("p1", "new", ["w1"], T0 + timedelta(days=1)),
+                       job("p2", "theirs", ["w1"], T0 + timedelta(days=2))])
+    store(db, DeliveryRow,
+          [delivery("w1", "old", n, "failed") for n in range(5)]
+          + [delivery("w2", "old", n, "delivered") for n in range(5)]
+          + [delivery("w1", "new", n, "delivered") for n in range(3)] + [delivery("w1", "new", 3, "pending")]
+          + [delivery("w1", "theirs", n, "cancelled") for n in range(9)])  # another project's job: never read
+    # the newest job's last items first, then the older job's
+    assert browse.webhook_outcomes(db, "p1", ["w1", "w2", "w3"], last=5) == {
+        "w1": {"pending": 1, "delivered": 3, "failed": 1}, "w2": {"delivered": 5}}
+    assert browse.webhook_outcomes(db, "p1", ["w1"])["w1"] == {"pending": 1, "delivered": 3, "failed": 5}
+    assert browse.webhook_outcomes(db, "p1", ["w1"], last=5, jobs_searched=1) == {"w1": {"pending": 1, "delivered": 3}}
+    assert browse.webhook_outcomes(db, "p2", ["w2"]) == {}
