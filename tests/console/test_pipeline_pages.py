@@ -134,7 +134,9 @@ def test_a_pipelines_requests_are_paged_newest_first(console: Console, server: S
     assert console.http.get(f"/ui/projects/{project}/pipelines/chain/requests?before_time=never").status_code == 400
 
 
-def test_a_runs_page_lists_its_attempts(console: Console, server: Server, deployed: dict[str, Any]) -> None:
+@pytest.fixture(scope="module")
+def ran(server: Server, deployed: dict[str, Any]) -> str:
+    """The core id of an ABEJA run of echo in project A, succeeded."""
     a = deployed["a"]
     abeja = httpx.Client(base_url=f"{server.url}/organizations/{a['organization_id']}",
                          headers={"Authorization": f"Bearer {a['token']}"}, timeout=60)
@@ -148,16 +150,20 @@ def test_a_runs_page_lists_its_attempts(console: Console, server: Server, deploy
         wait_until(lambda: abeja.get(f"/deployments/{deployment_id}/runs/{run_id}").json()["status"]
                    in ("SUCCEEDED", "FAILED"), timeout=120)
         assert abeja.get(f"/deployments/{deployment_id}/runs/{run_id}").json()["status"] == "SUCCEEDED"
-    core_run = run_id.removeprefix("run-")
+    return str(run_id).removeprefix("run-")
+
+
+def test_a_runs_page_lists_its_attempts(console: Console, deployed: dict[str, Any], ran: str) -> None:
+    a = deployed["a"]
     console.sign_in(a["token"])
-    page = console.http.get(f"/ui/projects/{a['name']}/deployments/echo/runs/{core_run}")
+    page = console.http.get(f"/ui/projects/{a['name']}/deployments/echo/runs/{ran}")
     assert page.status_code == 200
     attempts = page.text[page.text.index('<table class="attempts">'):]
     [attempt] = re.findall(r'href="/ui/projects/[^/]+/requests/([0-9a-f-]{36})"', attempts[:attempts.index("</table>")])
     assert "status-completed" in attempts
     request = console.http.get(f"/ui/projects/{a['name']}/requests/{attempt}")
     assert request.status_code == 200 and "got ran" in request.text
-    assert f'/deployments/echo/runs/{core_run}">its run' in request.text
+    assert f'/deployments/echo/runs/{ran}">its run' in request.text
 
 
 def test_the_webhooks_page_shows_no_secret(console: Console, server: Server, deployed: dict[str, Any]) -> None:
@@ -180,7 +186,7 @@ def test_the_webhooks_page_shows_no_secret(console: Console, server: Server, dep
 
 
 def test_another_projects_pipelines_runs_and_webhooks_answer_404(console: Console, deployed: dict[str, Any],
-                                                                 piped: dict[str, Any]) -> None:
+                                                                 piped: dict[str, Any], ran: str) -> None:
     a, b = deployed["a"], deployed["b"]
     console.sign_in(b["token"])
     for path in (
@@ -189,12 +195,13 @@ def test_another_projects_pipelines_runs_and_webhooks_answer_404(console: Consol
         f"/ui/projects/{a['name']}/pipeline-requests/{piped['id']}",
         f"/ui/projects/{a['name']}/pipeline-requests/{piped['id']}/input",
         f"/ui/projects/{a['name']}/webhooks",
+        f"/ui/projects/{a['name']}/deployments/echo/runs/{ran}",
         f"/ui/projects/{b['name']}/pipelines/outer/requests",  # A's pipeline under B's name
         f"/ui/projects/{b['name']}/pipeline-requests/{piped['id']}",  # A's request under B's name
         f"/ui/projects/{b['name']}/pipeline-requests/{piped['id']}/output",
     ):
         response = console.http.get(path)
         assert response.status_code == 404, path
-        assert "piped" not in response.text, path
+        assert "piped" not in response.text and "got ran" not in response.text, path
     own = console.http.get(f"/ui/projects/{b['name']}/webhooks").text
     assert "No webhooks." in own and "results-hook" not in own
