@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 from starlette.staticfiles import StaticFiles
 
-from modelbay.console import more_pages, pages
+from modelbay.console import more_pages, pages, pipeline_pages
 from modelbay.console.rendering import HERE
 from modelbay.console.session import ROOT
 
@@ -26,3 +26,4 @@ def install_console(app: FastAPI) -> None:
     app.mount(f"{ROOT}/static", StaticFiles(directory=HERE / "static"), name="console-static")
     app.include_router(pages.router)
     app.include_router(more_pages.router)
+    app.include_router(pipeline_pages.router)

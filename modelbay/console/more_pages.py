@@ -1,5 +1,6 @@
-"""The console's pages beyond deployments and requests: a deployment's runs and services (start and
-stop), pipelines (their objects and attachments), and batch jobs with their deliveries (cancel).
+"""The console's pages beyond deployments and requests: a deployment's runs (with their attempts)
+and services (start and stop), and batch jobs with their deliveries (cancel) and webhooks.
+Pipelines have theirs in `pipeline_pages`.
 
 As in `pages`, every object is found through a project of the signed-in caller.
 """
@@ -15,7 +16,7 @@ from modelbay.console.session import engine_of, project_of
 from modelbay.core import browse
 from modelbay.core.clock import utcnow
 from modelbay.core.jobs import ACTIVE as ACTIVE_JOB
-from modelbay.core.states import ServiceStatus
+from modelbay.core.states import RUN, RunStatus, ServiceStatus
 from modelbay.store.tables import DeploymentRow, ProjectRow
 
 router = APIRouter(prefix=session.ROOT, route_class=ConsoleRoute, include_in_schema=False)
@@ -27,8 +28,9 @@ RUNS_SHOWN = 50
 LOG_LINES_SHOWN = 500
 JOB_LOGS_SHOWN = 200
 
-#: Jobs a project's page of jobs lists.
+#: Jobs a project's page of jobs lists, and webhooks its page of webhooks lists.
 JOBS_SHOWN = 200
+WEBHOOKS_SHOWN = 200
 
 
 def _deployment(request: Request, project_name: str, deployment_name: str) -> tuple[ProjectRow, DeploymentRow]:
@@ -56,8 +58,10 @@ async def run(request: Request, project_name: str, deployment_name: str, run_id:
     project, row = _deployment(request, project_name, deployment_name)
     engine = engine_of(request)
     run_row = engine.runs.get(row.id, run_id)
+    ended = RunStatus(run_row.status) in RUN.terminal
     return render(request, "run.html", {
         "project": project, "deployment": row, "run": run_row,
+        "attempts": browse.run_attempts(engine.db, run_row, ended),
         "lines": engine.journal.page(run_row.id, limit=LOG_LINES_SHOWN),
     })
 
@@ -70,14 +74,6 @@ async def start_or_stop(request: Request, project_name: str, deployment_name: st
         return render(request, "error.html", {"title": "Not found", "message": f"No action '{action}'"}, 404)
     await engine_of(request).services.set_running(row.id, service_id, action == "start")
     return RedirectResponse(f"{session.ROOT}/projects/{project.name}/deployments/{row.name}", status_code=303)
-
-
-@router.get("/projects/{project_name}/pipelines")
-async def pipelines(request: Request, project_name: str) -> Response:
-    project = project_of(request, project_name)
-    core = engine_of(request).pipelines
-    listed = [(p, core.list_versions(project, p.name)[1]) for p in core.list_pipelines(project)]
-    return render(request, "pipelines.html", {"project": project, "pipelines": listed})
 
 
 @router.get("/projects/{project_name}/jobs")
@@ -106,3 +102,15 @@ async def cancel_job(request: Request, project_name: str, job_id: str) -> Respon
     project = project_of(request, project_name)
     await engine_of(request).jobs.set_stop_time(project.id, job_id, utcnow())  # a stop time now cancels it
     return RedirectResponse(f"{session.ROOT}/projects/{project.name}/jobs/{job_id}", status_code=303)
+
+
+@router.get("/projects/{project_name}/webhooks")
+async def webhooks(request: Request, project_name: str) -> Response:
+    project = project_of(request, project_name)
+    engine = engine_of(request)
+    rows, more = engine.webhooks.list(project.id, 0, WEBHOOKS_SHOWN)
+    return render(request, "webhooks.html", {
+        "project": project, "webhooks": rows, "more": more, "recent": browse.RECENT_DELIVERIES,
+        "jobs_searched": browse.JOBS_SEARCHED,
+        "outcomes": browse.webhook_outcomes(engine.db, project.id, [w.id for w in rows]),
+    })

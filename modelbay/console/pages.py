@@ -17,13 +17,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
 from modelbay.console import session
+from modelbay.console.payload_views import download, shown
 from modelbay.console.rendering import ConsoleRoute, render
 from modelbay.console.session import caller_of, engine_of, project_of
 from modelbay.core import browse
 from modelbay.core.clock import as_utc
 from modelbay.core.deployments import Deployments
 from modelbay.core.errors import InvalidInput, NotFound, Unauthorized, Unavailable
-from modelbay.core.payloads import INLINE_MAX_BYTES
 from modelbay.core.requests import DIRECT_TIMEOUT_DEFAULT_S
 from modelbay.store.tables import ProjectRow, RequestRow
 
@@ -221,14 +221,6 @@ def _project_request(request: Request, project: ProjectRow, request_id: str) -> 
     return row
 
 
-def _shown(payload: bytes | None, key: str | None, size: int) -> str | None:
-    """A payload as the page shows it: pretty JSON, or None when it is kept as a file (a download)."""
-    if key is not None or size > INLINE_MAX_BYTES or payload is None:
-        return None
-    value = orjson.loads(payload)
-    return value if isinstance(value, str) else orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
-
-
 @router.get("/projects/{project_name}/requests/{request_id}")
 async def request_page(request: Request, project_name: str, request_id: str) -> Response:
     project = project_of(request, project_name)
@@ -237,8 +229,8 @@ async def request_page(request: Request, project_name: str, request_id: str) -> 
     deployment, _, version_name = names.get(row.version_id, "/").partition("/")
     return render(request, "request.html", {
         "project": project, "row": row, "deployment_name": deployment, "version_name": version_name,
-        "input": _shown(row.data, row.data_key, row.input_size),
-        "output": _shown(row.result, row.result_key, row.output_size),
+        "input": shown(row.data, row.data_key, row.input_size),
+        "output": shown(row.result, row.result_key, row.output_size),
         "origin": browse.origin_of(row.origin, row.mode), "cancellable": row.status in CANCELLABLE,
     })
 
@@ -246,19 +238,8 @@ async def request_page(request: Request, project_name: str, request_id: str) -> 
 @router.get("/projects/{project_name}/requests/{request_id}/{which}")
 async def request_payload(request: Request, project_name: str, request_id: str, which: str) -> Response:
     """A request's input or output as a file."""
-    if which not in ("input", "output"):
-        raise NotFound("page", which)
     project = project_of(request, project_name)
-    row = _project_request(request, project, request_id)
-    inline, key = (row.data, row.data_key) if which == "input" else (row.result, row.result_key)
-    try:
-        content = engine_of(request).payloads.load(inline, key)
-    except FileNotFoundError:
-        content = None  # deleted meanwhile
-    if content is None:
-        raise NotFound(f"{which} of request", request_id)
-    headers = {"Content-Disposition": f'attachment; filename="{request_id}-{which}.json"'}
-    return Response(content, media_type="application/json", headers=headers)
+    return download(engine_of(request).payloads, _project_request(request, project, request_id), which, "request")
 
 
 @router.post("/projects/{project_name}/requests/{request_id}/cancel")

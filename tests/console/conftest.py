@@ -82,6 +82,49 @@ def deployed(server: Server) -> dict[str, Any]:
     return {"a": first, "b": projects[1], "request_id": request_id}
 
 
+# --- pipelines ------------------------------------------------------------------------------
+
+
+def pipeline(client: httpx.Client, project: str, name: str, objects: list[dict[str, Any]],
+             attachments: list[dict[str, Any]], version: str = "v1") -> None:
+    if client.get(f"/projects/{project}/pipelines/{name}").status_code == 404:
+        created = client.post(f"/projects/{project}/pipelines",
+                              json={"name": name, "input_type": "plain", "output_type": "plain"})
+        assert created.status_code == 201, created.text
+    made = client.post(f"/projects/{project}/pipelines/{name}/versions",
+                       json={"version": version, "objects": objects, "attachments": attachments})
+    assert made.status_code == 201, made.text
+
+
+def attach(destination: str, source: str) -> dict[str, Any]:
+    return {"destination_name": destination, "sources": [{"source_name": source, "mapping": []}]}
+
+
+@pytest.fixture(scope="module")
+def piped(server: Server, deployed: dict[str, Any]) -> dict[str, Any]:
+    """In project A: `chain` (echo), `outer` v1 (echo, then `chain` as a sub-pipeline) with one
+    request walked, and `outer` v2 still being built (an operator not yet attached to the end)."""
+    project = deployed["a"]["name"]
+    with ubiops(server, deployed["a"]["token"]) as client:
+        pipeline(client, project, "chain", [{"name": "only", "reference_name": "echo"}],
+                 [attach("only", "pipeline_start"), attach("pipeline_end", "only")])
+        pipeline(client, project, "outer", [
+            {"name": "first", "reference_type": "deployment", "reference_name": "echo"},
+            {"name": "sub", "reference_type": "pipeline", "reference_name": "chain"},
+        ], [attach("first", "pipeline_start"), attach("sub", "first"), attach("pipeline_end", "sub")])
+        pipeline(client, project, "outer", [
+            {"name": "first", "reference_name": "echo"},
+            {"name": "constant", "reference_type": "operator", "reference_name": "pipeline-variable",
+             "configuration": {"output_fields": [{"name": "x", "data_type": "string"}],
+                               "output_values": [{"name": "x", "value": "k"}]}},
+        ], [attach("first", "pipeline_start"), attach("constant", "first"), attach("pipeline_end", "first")],
+            version="v2")
+        walked = client.post(f"/projects/{project}/pipelines/outer/versions/v1/requests", json="piped")
+        assert walked.status_code == 200 and walked.json()["status"] == "completed", walked.text
+        body = walked.json()
+    return {"id": body["id"], "step": body["deployment_requests"][0]["id"], "sub": body["pipeline_requests"][0]["id"]}
+
+
 # --- in a real browser: the system's headless Chromium driven by Playwright ---------------------
 
 CHROMIUM = "/usr/bin/chromium"

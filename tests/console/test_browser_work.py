@@ -3,12 +3,11 @@ button, an ABEJA run followed to its log, Datature jobs with their deliveries (o
 button); and the API reference (/docs, /redoc) in a browser that reaches nothing but the server.
 
 As in `test_browser`, each test saves screenshots under its `tmp_path` and fails on any error the
-page logs. Pages that do not refresh themselves are reloaded until they show what is awaited."""
+page logs. The pages of work under way refresh themselves: the tests wait for what they show."""
 
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -53,19 +52,6 @@ class Deployment:
 
 #: How long a page that refreshes itself while something is under way may take to show its end.
 LIVE_WITHIN_MS = 120_000
-
-
-def reload_until(tab: Tab, locator: Locator, text: str | re.Pattern[str], timeout_s: float = 120) -> None:
-    """Reload the page until `locator` has `text` (the page does not refresh that part itself)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            expect(locator).to_have_text(text, timeout=1_000)
-            return
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
-            tab.page.reload()
 
 
 def press(page: Page, button: Locator) -> None:
@@ -129,7 +115,7 @@ def test_a_run_is_followed_from_its_deployment_to_its_log(tab: Tab, abeja: dict[
     tab.shot("deployment-runs")
     page.get_by_role("link", name=run_id).click()
     expect(page).to_have_url(re.compile(f"/runs/{run_id}$"))
-    reload_until(tab, page.locator("h1 .status"), "succeeded")
+    expect(page.locator("h1 .status")).to_have_text("succeeded", timeout=LIVE_WITHIN_MS)  # refreshed by itself
     expect(page.locator("#logs")).to_contain_text("printing {'page': 'run'}")
     expect(page.locator("pre.payload")).to_contain_text('"page"')  # its input
     tab.shot("run")
