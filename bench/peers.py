@@ -10,10 +10,10 @@ Run `.venv/bin/python bench/peers.py` (wrk installed: `make bench` installs it);
 - BentoML 1.4 (one worker) and Ray Serve 2.60 (one replica), each in a virtualenv of its own under
   `.venv-bench/`, made on first use.
 
-All of them are started first and stay up. Then, in each of `--rounds` rounds, every server in
-turn gets `--requests` requests one after another and wrk at each `--concurrency`: the rounds are
-interleaved so that the machine's noise spreads over every server. A figure is the median of the
-rounds (max: the highest of them). The ratios are modelbay's throughput over each other server's.
+In each of `--rounds` rounds, every server in turn is started (alone on the machine), answers
+`--requests` requests one after another and wrk at each `--concurrency`, and is stopped: the rounds
+are interleaved so that the machine's noise spreads over every server. A figure is the median of
+the rounds (max: the highest of them). The ratios are modelbay's throughput over each other server's.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ class Target:
 
 def start_modelbay_target(workdir: Path, procs: list[Proc]) -> Target:
     phase = workdir / "modelbay"
-    phase.mkdir()
+    phase.mkdir(parents=True)
     started = time.perf_counter()
     server, token, _ = start_modelbay(phase, procs)
     with ubiops_api(server.url, token) as api:
@@ -118,7 +118,7 @@ def start_modelbay_target(workdir: Path, procs: list[Proc]) -> Target:
 
 def start_bare_uvicorn_target(workdir: Path, procs: list[Proc]) -> Target:
     phase = workdir / "bare-uvicorn"
-    phase.mkdir()
+    phase.mkdir(parents=True)
     started = time.perf_counter()
     server = start_baseline(phase, procs)
     return Target(
@@ -133,7 +133,7 @@ def start_bare_uvicorn_target(workdir: Path, procs: list[Proc]) -> Target:
 
 def start_bentoml_target(workdir: Path, procs: list[Proc]) -> Target:
     phase = workdir / "bentoml"
-    phase.mkdir()
+    phase.mkdir(parents=True)
     (phase / "noop_service.py").write_text(textwrap.dedent(BENTOML_SERVICE))
     python = bench_venv(BENTOML_VENV, BENTOML_PIN)
     port = free_port()
@@ -150,7 +150,7 @@ def start_bentoml_target(workdir: Path, procs: list[Proc]) -> Target:
 
 def start_ray_serve_target(workdir: Path, procs: list[Proc]) -> Target:
     phase = workdir / "ray-serve"
-    phase.mkdir()
+    phase.mkdir(parents=True)
     app = phase / "noop_app.py"
     app.write_text(textwrap.dedent(RAY_SERVE_APP))
     python = bench_venv(RAY_SERVE_VENV, RAY_SERVE_PIN)
@@ -182,42 +182,46 @@ def check_answer(target: Target) -> None:
 # --- one round -------------------------------------------------------------------------------
 
 
-def measure_wrk(
-    target: Target, others: list[Target], connections: int, args: argparse.Namespace, workdir: Path
-) -> dict[str, Any]:
-    """wrk against `target`, with the CPU the other (idle) servers and the rest of the machine used
-    meanwhile, in cores: noise in the figure."""
-    idle_before = sum(sum(tree_cpu(o.proc.process.pid).values()) for o in others)
+def measure_wrk(target: Target, connections: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """wrk against `target`, with the CPU anything else on the machine used meanwhile, in cores:
+    noise in the figure."""
     ours_before = sum(tree_cpu(target.proc.process.pid).values()) + _children_cpu()
     busy_before = system_busy_seconds()
     started = time.perf_counter()
     result = run_wrk(target.url, target.token, connections, args.duration, workdir)
     elapsed = time.perf_counter() - started
-    idle = sum(sum(tree_cpu(o.proc.process.pid).values()) for o in others) - idle_before
     ours = sum(tree_cpu(target.proc.process.pid).values()) + _children_cpu() - ours_before
-    result["idle_servers_cores"] = idle / elapsed
-    result["other_cpu_cores"] = max(system_busy_seconds() - busy_before - ours - idle, 0.0) / elapsed
+    result["other_cpu_cores"] = max(system_busy_seconds() - busy_before - ours, 0.0) / elapsed
     return result
 
 
-def run_round(number: int, targets: list[Target], args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+def measure(target: Target, number: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """One round's figures for one server, started alone: the requests one after another, then wrk."""
+    check_answer(target)  # for modelbay, this first request starts the instance
+    log(f"round {number}, {target.name}: up in {target.start_s:.1f} s, answers {EXPECTED_RESULT}")
+    seq = sequential(target.proc.port, target.path, target.token, args.requests, args.warmup)
+    log(f"round {number}, {target.name}: {args.requests} one after another: p50 {seq['p50_ms']:.2f} ms, "
+        f"p99 {seq['p99_ms']:.2f} ms")
+    figures: dict[str, Any] = {"start_s": target.start_s, "sequential": seq, "wrk": {}}
+    for connections in args.concurrency:
+        result = measure_wrk(target, connections, args, workdir)
+        figures["wrk"][connections] = result
+        log(f"round {number}, {target.name}: c={connections}: {result['rps']:,.0f} req/s, "
+            f"p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms, max {result['max_ms']:.1f} ms, "
+            f"non-2xx {result['non_2xx']}, other processes {result['other_cpu_cores']:.2f} cores")
+    check_answer(target)  # still right after the load
+    return figures
+
+
+def run_round(number: int, args: argparse.Namespace, workdir: Path, procs: list[Proc]) -> dict[str, Any]:
+    """Each server in turn: started, measured, stopped (so that none idles beside another's load)."""
     out: dict[str, Any] = {}
-    for target in targets:
-        others = [t for t in targets if t is not target]
-        figures: dict[str, Any] = {
-            "sequential": sequential(target.proc.port, target.path, target.token, args.requests, args.warmup),
-            "wrk": {},
-        }
-        seq = figures["sequential"]
-        log(f"round {number}, {target.name}: {args.requests} one after another: p50 {seq['p50_ms']:.2f} ms, "
-            f"p99 {seq['p99_ms']:.2f} ms")
-        for connections in args.concurrency:
-            result = measure_wrk(target, others, connections, args, workdir)
-            figures["wrk"][connections] = result
-            log(f"round {number}, {target.name}: c={connections}: {result['rps']:,.0f} req/s, "
-                f"p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms, max {result['max_ms']:.1f} ms, "
-                f"non-2xx {result['non_2xx']}, others {result['other_cpu_cores']:.2f} cores")
-        out[target.name] = figures
+    for name in args.only:
+        target = STARTERS[name](workdir / f"round-{number}", procs)
+        try:
+            out[name] = measure(target, number, args, workdir)
+        finally:
+            log(f"round {number}, {name}: stopped (exit code {target.proc.stop()})")
     return out
 
 
@@ -236,6 +240,7 @@ def summarize(rounds: list[dict[str, Any]], names: list[str], concurrency: list[
         runs = [r[name] for r in rounds]
         seqs = [run["sequential"] for run in runs]
         server: dict[str, Any] = {
+            "start_s": median([run["start_s"] for run in runs]),
             "sequential": {
                 key: median([s[key] for s in seqs]) for key in ("rps", "p50_ms", "p99_ms")
             }
@@ -246,7 +251,7 @@ def summarize(rounds: list[dict[str, Any]], names: list[str], concurrency: list[
             wrks = [run["wrk"][connections] for run in runs]
             server["wrk"][connections] = {
                 key: median([w[key] for w in wrks])
-                for key in ("rps", "p50_ms", "p99_ms", "other_cpu_cores", "idle_servers_cores")
+                for key in ("rps", "p50_ms", "p99_ms", "other_cpu_cores")
             } | {
                 "max_ms": max((w["max_ms"] for w in wrks if w["max_ms"] is not None), default=None),
                 "non_2xx": sum(w["non_2xx"] for w in wrks),
@@ -291,15 +296,22 @@ def report(results: dict[str, Any]) -> None:
     for name in names:
         table.add_column(f"{LABELS[name]}\n{versions[name]}", justify="right")
     seq_label = f"{settings['sequential_requests']} one after another"
-    rows = [(seq_label, "sequential", ("rps", "p50_ms", "p99_ms", "max_ms"))]
+    rows = [("start", "start", ("start_s",)), (seq_label, "sequential", ("rps", "p50_ms", "p99_ms", "max_ms"))]
     rows += [(f"wrk -c{c}", c, ("rps", "p50_ms", "p99_ms", "max_ms", "other_cpu_cores")) for c in settings["concurrency"]]
-    titles = {"rps": "req/s", "p50_ms": "p50 ms", "p99_ms": "p99 ms", "max_ms": "max ms",
-              "other_cpu_cores": "other CPU (cores; noise)"}
+    titles = {
+        "start_s": "until it answers, s",
+        "rps": "req/s",
+        "p50_ms": "p50 ms",
+        "p99_ms": "p99 ms",
+        "max_ms": "max ms",
+        "other_cpu_cores": "other processes' CPU (cores; noise)",
+    }
     for label, run, keys in rows:
         for i, key in enumerate(keys):
             cells = []
             for name in names:
-                figures = summary[name]["sequential"] if run == "sequential" else summary[name]["wrk"][run]
+                server = summary[name]
+                figures = server if run == "start" else server[run] if run == "sequential" else server["wrk"][run]
                 cells.append(_f(figures[key], 0 if key == "rps" else 2))
             table.add_row(label if i == 0 else "", titles[key], *cells, end_section=i == len(keys) - 1)
     console.print(table)
@@ -330,9 +342,8 @@ def report(results: dict[str, Any]) -> None:
     for line in errors:
         console.print(f"[red]{line}[/red]")
     console.print(
-        "Every server stays up during the whole run; the others idle meanwhile (their CPU is in "
-        "the JSON as idle_servers_cores). The baseline is a bare uvicorn handler, not a front handing "
-        "requests to a worker process: it is the ceiling of one Python front, not of modelbay's design.",
+        "The bare uvicorn baseline is a handler with no worker process: the ceiling of one Python "
+        "front on this machine, not of modelbay's design (a front handing each request to a worker).",
         highlight=False,
     )
 
@@ -394,14 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     with bench_run("modelbay-bench-peers-", args.keep) as (workdir, procs):
-        targets = [STARTERS[name](workdir, procs) for name in args.only]
-        results["start_s"] = {t.name: t.start_s for t in targets}
-        for target in targets:
-            check_answer(target)  # for modelbay, this first request starts the instance
-            log(f"{target.name}: up in {target.start_s:.1f} s, answers {EXPECTED_RESULT}")
-        rounds = [run_round(n, targets, args, workdir) for n in range(1, args.rounds + 1)]
-        for target in targets:
-            check_answer(target)  # still right after the load
+        rounds = [run_round(n, args, workdir, procs) for n in range(1, args.rounds + 1)]
     results["rounds"] = rounds
     results["summary"] = summarize(rounds, args.only, args.concurrency)
     results["ratios"] = ratios(results["summary"], args.concurrency)
