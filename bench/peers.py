@@ -116,21 +116,6 @@ def start_modelbay_target(workdir: Path, procs: list[Proc]) -> Target:
     )
 
 
-def start_bare_uvicorn_target(workdir: Path, procs: list[Proc]) -> Target:
-    phase = workdir / "bare-uvicorn"
-    phase.mkdir(parents=True)
-    started = time.perf_counter()
-    server = start_baseline(phase, procs)
-    return Target(
-        "bare-uvicorn",
-        server,
-        request_path(PROJECT, DEPLOYMENT),
-        "",
-        time.perf_counter() - started,
-        lambda body: body.get("result"),
-    )
-
-
 def start_bentoml_target(workdir: Path, procs: list[Proc]) -> Target:
     phase = workdir / "bentoml"
     phase.mkdir(parents=True)
@@ -157,11 +142,27 @@ def start_ray_serve_target(workdir: Path, procs: list[Proc]) -> Target:
     port = free_port()
     log(f"starting Ray Serve on 127.0.0.1:{port}")
     started = time.perf_counter()
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    # No request log line to stderr, which Ray forwards to the driver's output: as for BentoML.
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_SERVE_LOG_TO_STDERR": "0"}
     argv = [str(python), str(app), str(port)]
     server = start_process("ray-serve", argv, phase, port, "/", env=env, deadline_s=PEER_STARTUP_DEADLINE_S)
     procs.append(server)
     return Target("ray-serve", server, "/", "", time.perf_counter() - started, lambda body: body)
+
+
+def start_bare_uvicorn_target(workdir: Path, procs: list[Proc]) -> Target:
+    phase = workdir / "bare-uvicorn"
+    phase.mkdir(parents=True)
+    started = time.perf_counter()
+    server = start_baseline(phase, procs)
+    return Target(
+        "bare-uvicorn",
+        server,
+        request_path(PROJECT, DEPLOYMENT),
+        "",
+        time.perf_counter() - started,
+        lambda body: body.get("result"),
+    )
 
 
 STARTERS: dict[str, Callable[[Path, list[Proc]], Target]] = {
