@@ -260,12 +260,14 @@ def start_process(
     health_path: str,
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
+    deadline_s: float = STARTUP_DEADLINE_S,
 ) -> Proc:
+    """Start `argv` (its output in `workdir/<name>.log`) and wait until `health_path` answers 200."""
     log_path = workdir / f"{name}.log"
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=cwd)
     proc = Proc(name, process, port, log_path)
-    deadline = time.monotonic() + STARTUP_DEADLINE_S
+    deadline = time.monotonic() + deadline_s
     try:
         while True:
             if process.poll() is not None:
@@ -276,7 +278,7 @@ def start_process(
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{name} did not become healthy within {STARTUP_DEADLINE_S:.0f} s")
+                raise RuntimeError(f"{name} did not become healthy within {deadline_s:.0f} s")
             time.sleep(0.05)
     except BaseException:
         proc.stop()
@@ -338,6 +340,22 @@ def start_modelbay(
     if created.returncode != 0:
         raise RuntimeError(f"project create failed: {created.stderr}")
     return server, json.loads(created.stdout)["token"], data_dir
+
+
+def bench_venv(venv: Path, *requirements: str) -> Path:
+    """The Python of a virtualenv of the benchmarks' own (under `.venv-bench/`, git-ignored), made
+    with `requirements` installed on first use and again when they change: a peer's packages never
+    meet modelbay's."""
+    python = venv / "bin" / "python"
+    marker = venv / ".installed"
+    wanted = " ".join(requirements)
+    if not marker.exists() or marker.read_text().strip() != wanted:
+        log(f"installing {wanted} into {venv}")
+        if not python.exists():
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *requirements], check=True)
+        marker.write_text(wanted + "\n")
+    return python
 
 
 def start_baseline(workdir: Path, procs: list[Proc]) -> Proc:

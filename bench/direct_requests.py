@@ -131,6 +131,8 @@ def parse_wrk(output: str) -> dict[str, Any]:
         match = re.search(pattern + r"\s+" + _DURATION, output)
         return float(match.group(1)) * _UNITS_MS[match.group(2)] if match else None
 
+    # The "Latency avg stdev max +/- stdev" line: its third figure is the slowest response.
+    slowest = re.search(r"Latency" + (r"\s+" + _DURATION) * 3, output)
     rps = re.search(r"Requests/sec:\s+([0-9.]+)", output)
     total = re.search(r"(\d+) requests in ([0-9.]+)(us|ms|s|m|h)", output)
     non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
@@ -143,6 +145,7 @@ def parse_wrk(output: str) -> dict[str, Any]:
         "p75_ms": ms(r"\n\s+75%"),
         "p90_ms": ms(r"\n\s+90%"),
         "p99_ms": ms(r"\n\s+99%"),
+        "max_ms": float(slowest.group(5)) * _UNITS_MS[slowest.group(6)] if slowest else None,
         "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
         "socket_errors": {
             key: int(value)
