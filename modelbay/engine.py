@@ -90,6 +90,7 @@ def make_runtime(settings: Settings, sandbox: Sandbox, archive_path: Callable[[s
             scratch_dir=settings.data_dir / "scratch",
             network=settings.sandbox_network,
             shared_dirs=settings.shared_dirs,
+            depth=settings.instance_call_depth,
         )
     from modelbay.runtime import ray_runtime
     from modelbay.runtime.ray_instance import NodeSetup

@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     max_log_bytes: int = Field(1 << 20, ge=1024, description="What one request may print before it is failed.")
     max_request_bytes: int = Field(64 << 20, ge=1024, description="Largest request body accepted.")
     instance_start_timeout_s: float = Field(120.0, gt=0, description="How long an instance may take to load.")
+    instance_call_depth: int = Field(
+        2, ge=1, le=16,
+        description="How many calls a local instance is sent at once once its version runs its maximum of "
+                    "instances: it runs one, the others wait in it, so the next starts as soon as one ends.")
     build_workers: int = Field(2, ge=1, description="Builds that run at the same time.")
     service_scale_down_idle_s: float = Field(
         60.0, gt=0, description="How long an autoscaled service keeps an idle instance above its minimum."

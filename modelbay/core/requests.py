@@ -286,23 +286,31 @@ class Requests(StoredRequests):
             values = {"error_message": "The version of this request no longer exists", "finished_at": started_at}
             committer.submit(self._finish(item.request_id, Status.PENDING, Status.FAILED, values, node))
             return
-        # As for direct requests: an item that ends within a moment is written once, from
-        # `pending` to its end; one still running then is claimed (`processing`), so it can be
-        # seen and, after a crash, is failed rather than run again. A cancel or delete of an
-        # item that runs unclaimed stops its call (see `_cancel`); its finish then finds it gone.
+        # As for direct requests: an item that ends within a moment of starting to run is written
+        # once, from `pending` to its end; one still running then is claimed (`processing`), so it
+        # can be seen and, after a crash, is failed rather than run again (one that waited for an
+        # instance, or in one, runs again). A cancel or delete of an item that runs unclaimed stops
+        # its call (see `_cancel`); its finish then finds it gone.
         running_from = Status.PENDING
+        timer: asyncio.TimerHandle | None = None
 
         def claim() -> None:
             nonlocal running_from
             running_from = Status.PROCESSING
             committer.submit(self._mark_processing(item.request_id, started_at, node)).add_done_callback(_log_failure)
 
+        def started() -> None:
+            nonlocal timer
+            if timer is None:  # once: a call that waited in an instance that ended starts again elsewhere
+                timer = asyncio.get_running_loop().call_later(RECORD_PROCESSING_AFTER_S, claim)
+
         call = Call(item.request_id, item.data, {"id": item.request_id, "request_mode": "batch"})
-        timer = asyncio.get_running_loop().call_later(RECORD_PROCESSING_AFTER_S, claim)
         try:
-            outcome = await self._execute(target, call, item.timeout, PRIORITY_BATCH + item.priority)
+            outcome = await self._execute(target, call, item.timeout, PRIORITY_BATCH + item.priority,
+                                          on_start=started)
         finally:
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
         values = await self._finished_values(item.request_id, target, outcome)
         if running_from is Status.PENDING:
             values["started_at"] = started_at
@@ -361,13 +369,14 @@ class Requests(StoredRequests):
         timeout: int,
         priority: int,
         on_update: Callable[[str], None] | None = None,
+        on_start: Callable[[], None] | None = None,
     ) -> Outcome:
         """Run a call and turn every way it can end into an outcome."""
         me = asyncio.current_task()
         assert me is not None
         self._running[call.request_id] = me  # a cancel cancels this task while it awaits the call
         try:
-            outcome = await self._scheduler.run(target, call, timeout, priority, on_update)
+            outcome = await self._scheduler.run(target, call, timeout, priority, on_update, on_start=on_start)
         except CallTimedOut as exc:
             return Outcome(Status.FAILED, error=f"Request timed out after {timeout} seconds", logs=exc.logs)
         except InstanceLost as exc:

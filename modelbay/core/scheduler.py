@@ -23,6 +23,7 @@ from modelbay.core.deployments import Target
 from modelbay.core.instance_slots import Holder, LocalSlots, NoCapacity
 from modelbay.runtime.base import (
     Call,
+    CallNotStarted,
     CallOutcome,
     CallTimedOut,
     Instance,
@@ -93,7 +94,7 @@ class PoolLoad:
     target: Target
     starting: int
     idle: int
-    busy: int  # each runs a call
+    busy: int  # each runs a call (and may hold more, waiting in it)
     waiting: int  # calls waiting for an instance
 
 
@@ -105,7 +106,7 @@ class _Retired(Exception):
 class _Pool:
     target: Target
     idle: list[tuple[Instance, float]] = field(default_factory=list)  # (instance, idle since), LIFO
-    busy: set[Instance] = field(default_factory=set)
+    busy: dict[Instance, int] = field(default_factory=dict)  # instance -> the calls sent to it, not yet answered
     starting: int = 0
     #: One queue of waiters per priority level: direct, batch high, batch standard.
     waiters: tuple[deque[asyncio.Future[Instance]], ...] = field(default_factory=lambda: (deque(), deque(), deque()))
@@ -147,6 +148,7 @@ class Scheduler:
         peers: Peers | None = None,
     ) -> None:
         self._runtime = runtime
+        self._depth = max(runtime.depth, 1)  # calls an instance takes at once (one runs, the others wait in it)
         self._make_spec = make_spec
         self._serving_target = serving_target  # a version's current target, None unless it has code
         self._slots: Slots = slots or LocalSlots()
@@ -179,63 +181,63 @@ class Scheduler:
         on_update: Callable[[str], None] | None = None,
         *,
         here_only: bool = False,
+        on_start: Callable[[], None] | None = None,
     ) -> CallOutcome:
         """Run one call on an instance of `target` within `timeout` seconds (waiting included):
         one of this node's, or, when the cluster runs the maximum elsewhere, one another node holds.
 
         Raises `CallTimedOut`, `InstanceLost` or `InstanceStartFailed`; with `here_only` (a call
-        another node sent), `NoCapacity` rather than sending it on.
+        another node sent), `NoCapacity` rather than sending it on. `on_start` is told when the call
+        starts running (it may wait in an instance first; one sent to another node: as it is sent).
         """
         deadline = time.monotonic() + timeout
         while True:
             pool = self._pool(target)
             instance = self._take_idle(pool)
-            if instance is not None:  # the common case: no wait, so no timer to set
-                break
+            if instance is None:  # the common case is an idle instance: no wait, so no timer to set
+                try:
+                    async with asyncio.timeout(deadline - time.monotonic()):
+                        instance = await self._acquire(pool, priority)
+                except TimeoutError:
+                    raise CallTimedOut(timeout) from None
+                except _Retired:
+                    continue
+                except NoCapacity:
+                    if here_only:
+                        raise
+                    outcome = await self._run_elsewhere(pool, call, timeout, deadline, priority, on_update,
+                                                        on_start)
+                    if outcome is None:
+                        continue  # the instances moved: look again
+                    return outcome
             try:
-                async with asyncio.timeout(deadline - time.monotonic()):
-                    instance = await self._acquire(pool, priority)
-            except TimeoutError:
-                raise CallTimedOut(timeout) from None
-            except _Retired:
+                outcome = await self._runtime.call(instance, call, max(deadline - time.monotonic(), 0.001),
+                                                   on_update, on_start)
+            except CallNotStarted:
+                self._lose(pool, instance, None)  # it waited in an instance that ended: send it again
                 continue
-            except NoCapacity:
-                if here_only:
-                    raise
-                outcome = await self._run_elsewhere(pool, call, timeout, deadline, priority, on_update)
-                if outcome is None:
-                    continue  # the instances moved: look again
-                return outcome
-            break
-        try:
-            outcome = await self._runtime.call(instance, call, max(deadline - time.monotonic(), 0.001), on_update)
-        except CallTimedOut:
-            pool.busy.discard(instance)
-            self._stop(pool, instance, "its call ran past its timeout")
-            self._fill(pool)
-            raise
-        except InstanceLost as exc:
-            _log_instance(logging.WARNING, "lost", instance, pool.target, exc.message)
-            pool.busy.discard(instance)
-            self._stop(pool, instance, None)
-            self._fill(pool)
-            raise
-        except BaseException:
-            # Our caller went away mid-call (cancelled): the instance's state is unknown, replace it.
-            pool.busy.discard(instance)
-            self._stop(pool, instance, "its call was abandoned")
-            self._fill(pool)  # a waiter may have queued behind the instance just lost
-            raise
-        self._release(pool, instance)
-        return outcome
+            except CallTimedOut:
+                self._end_call(pool, instance, "its call ran past its timeout")
+                raise
+            except InstanceLost as exc:
+                _log_instance(logging.WARNING, "lost", instance, pool.target, exc.message)
+                self._lose(pool, instance, None)
+                raise
+            except BaseException:
+                # Our caller went away mid-call (cancelled): a call that ran left the instance's state unknown.
+                self._end_call(pool, instance, "its call was abandoned")
+                raise
+            self._release(pool, instance)
+            return outcome
 
     def capacity(self, target: Target) -> int:
-        """How many calls of `target` this node may run at once: its maximum, or while the cluster
-        runs the maximum, the instances this node has (queued work is left to the others)."""
+        """How many calls of `target` this node may have at once: what its maximum of instances take,
+        or while the cluster runs the maximum, what this node's instances take (queued work is left to
+        the others)."""
         pool = self._pools.get(pool_key(target))
         if pool is not None and pool.full_until > time.monotonic():
-            return pool.size
-        return target.maximum_instances
+            return pool.size * self._depth
+        return target.maximum_instances * self._depth
 
     def warm(self, target: Target) -> None:
         """Start the version's `minimum_instances` now, rather than at its first request."""
@@ -334,14 +336,38 @@ class Scheduler:
             pool = self._pools[key] = _Pool(target)
         return pool
 
-    @staticmethod
-    def _take_idle(pool: _Pool) -> Instance | None:
-        """An idle instance, unless there is none or others wait ahead of us."""
-        if pool.idle and not pool.waiting():
+    def _take_idle(self, pool: _Pool) -> Instance | None:
+        """An idle instance, else a seat in a busy one when no more may start; none when there is
+        neither or others wait ahead of us."""
+        if pool.waiting():
+            return None
+        while pool.idle:
             instance, _ = pool.idle.pop()
-            pool.busy.add(instance)
+            if instance.state is InstanceState.STOPPED:  # it ended while idle (or a call withdrawn from it ran)
+                _log_instance(logging.WARNING, "lost", instance, pool.target, "it ended while idle")
+                self._stop(pool, instance, None)
+                continue
+            pool.busy[instance] = 1
             return instance
-        return None
+        instance = self._free_seat(pool)
+        if instance is not None:
+            pool.busy[instance] += 1
+        return instance
+
+    def _free_seat(self, pool: _Pool) -> Instance | None:
+        """For a call that finds no idle instance and no waiter ahead: the busy instance with the
+        fewest calls, if it takes one more and the call would otherwise wait."""
+        if not self._shares_seats(pool, wanting=1):
+            return None
+        instance, calls = min(pool.busy.items(), key=lambda item: item[1], default=(None, self._depth))
+        return instance if calls < self._depth and instance.state is not InstanceState.STOPPED else None
+
+    def _shares_seats(self, pool: _Pool, wanting: int) -> bool:
+        """Whether calls (`wanting` of them) go to wait in busy instances: only when no instance may
+        start for them and none is starting that will take them (one waiting in an instance may wait
+        for a long call ahead of it; a new instance would serve it at once)."""
+        return (self._depth > 1 and wanting > pool.starting
+                and not (pool.size < pool.target.maximum_instances and pool.full_until <= time.monotonic()))
 
     async def _acquire(self, pool: _Pool, priority: int) -> Instance:
         instance = self._take_idle(pool)
@@ -361,7 +387,8 @@ class Scheduler:
             raise
 
     async def _run_elsewhere(self, pool: _Pool, call: Call, timeout: float, deadline: float, priority: int,
-                             on_update: Callable[[str], None] | None) -> CallOutcome | None:
+                             on_update: Callable[[str], None] | None,
+                             on_start: Callable[[], None] | None) -> CallOutcome | None:
         """Run a call on an instance of a node that holds the pool's; None when none of them could
         take it (their instances stopped meanwhile, or a slot given back is on its way)."""
         key = pool_key(pool.target)
@@ -377,6 +404,8 @@ class Scheduler:
                 raise CallTimedOut(timeout)
             try:
                 assert self._peers is not None and holder.address is not None
+                if on_start is not None:
+                    on_start()
                 return await self._peers.run(holder.address, pool.target, call, remaining, priority, on_update)
             except NoCapacity:
                 continue
@@ -387,8 +416,19 @@ class Scheduler:
         return None
 
     def _release(self, pool: _Pool, instance: Instance) -> None:
-        pool.busy.discard(instance)
+        """A call of `instance` was answered: its seat goes to the next waiter, or the instance idles."""
+        left = pool.busy.pop(instance, 1) - 1
+        if left:
+            pool.busy[instance] = left
+        self._hand_over(pool, instance)
+
+    def _hand_over(self, pool: _Pool, instance: Instance) -> None:
+        """Give `instance` (in `pool.busy` with its calls, if it has any) to waiters: the first, and
+        more up to its depth while no instance may start; else it idles. A retired one stops once its
+        calls are answered."""
         if pool.retired or instance.state is InstanceState.STOPPED:  # retired, or ended by its last call
+            if instance in pool.busy:
+                return  # the calls still in it end first (retired), or end with it (stopped)
             if pool.retired:
                 self._stop(pool, instance, "its version changed")
             else:
@@ -396,12 +436,32 @@ class Scheduler:
                 self._stop(pool, instance, None)
             self._fill(pool)
             return
-        waiter = pool.next_waiter()
-        if waiter is not None:
-            pool.busy.add(instance)
+        while True:
+            calls = pool.busy.get(instance, 0)
+            if calls and (calls >= self._depth or not self._shares_seats(pool, wanting=pool.waiting())):
+                break
+            waiter = pool.next_waiter()
+            if waiter is None:
+                break
+            pool.busy[instance] = calls + 1
             waiter.set_result(instance)
-        else:
+        if instance not in pool.busy:
             pool.idle.append((instance, time.monotonic()))
+
+    def _end_call(self, pool: _Pool, instance: Instance, why: str) -> None:
+        """A call failed or was abandoned: one that ran ended its instance; one withdrawn while it
+        waited in it left the instance going, with a seat free."""
+        if instance.state is InstanceState.STOPPED:
+            self._lose(pool, instance, why)
+        else:
+            self._release(pool, instance)
+
+    def _lose(self, pool: _Pool, instance: Instance, why: str | None) -> None:
+        """An instance ended with calls in it: each call that learns it takes it out (once), and
+        a waiter may have queued behind it."""
+        if pool.busy.pop(instance, None) is not None or instance in pool.slots:
+            self._stop(pool, instance, why)
+        self._fill(pool)
 
     def _fill(self, pool: _Pool) -> None:
         """Start instances for waiters nobody will serve soon, up to the version's maximum; while the
@@ -484,7 +544,7 @@ class Scheduler:
         """Stop an idle instance if the cluster runs more than `floor` of the pool without it; else
         keep it (idle from now). It counts as busy while the cluster's ledger decides."""
         pool.idle = [item for item in pool.idle if item[0] is not instance]
-        pool.busy.add(instance)
+        pool.busy[instance] = self._depth  # no seat free meanwhile
         self._background.spawn(self._stop_if_above_now(pool, instance, floor))
 
     async def _stop_if_above_now(self, pool: _Pool, instance: Instance, floor: int) -> None:
@@ -495,10 +555,11 @@ class Scheduler:
             log.exception("counting the instances of version %s failed", pool.target.version_id)
             above = False
         if not above:
-            self._release(pool, instance)
+            pool.busy.pop(instance, None)
+            self._hand_over(pool, instance)
             return
         pool.slots.pop(instance, None)
-        pool.busy.discard(instance)
+        pool.busy.pop(instance, None)
         _log_instance(logging.INFO, "stopped", instance, pool.target, "idle past its time, or above the maximum")
         await self._runtime.stop(instance)
 

@@ -112,12 +112,21 @@ class CallTimedOut(RuntimeError_):
         self.logs = logs
 
 
+class CallNotStarted(RuntimeError_):
+    """Raised by `call` for a call that waited in an instance behind another and never started:
+    the instance ended (the call ahead of it timed out, crashed or was cancelled). It may be sent again."""
+
+
 class Runtime(Protocol):
     """Starts, calls and stops instances. All methods are coroutines on the server's loop."""
 
     #: Whether `start` needs the code prepared on this server (`package_dir`, `python`), or
     #: prepares `spec.code` where the instance runs.
     prepares_code: bool
+
+    #: How many calls an instance takes at once: it runs one, the others wait in it (sent ahead, so
+    #: the next starts as soon as one ends).
+    depth: int
 
     async def start(self, spec: InstanceSpec) -> Instance:
         """Start an instance and return once its package has loaded.
@@ -132,11 +141,14 @@ class Runtime(Protocol):
         call: Call,
         timeout: float,
         on_update: Callable[[str], None] | None = None,
+        on_start: Callable[[], None] | None = None,
     ) -> CallOutcome:
-        """Run one request on an idle instance and return its outcome.
+        """Run one request on an instance that has fewer than `depth` calls, and return its outcome.
 
-        `on_update` receives each partial result the code streams. Raises `CallTimedOut`
-        (the instance is killed) or `InstanceLost` (it died); either way it is then stopped.
+        `on_update` receives each partial result the code streams; `on_start` is told when the call
+        starts running (at once, unless it waits in the instance behind others). Raises `CallTimedOut` (the
+        instance is killed if the call was running; one that waited behind others is withdrawn),
+        `InstanceLost` (it died; then it is stopped) or `CallNotStarted`.
         """
         ...
 

@@ -27,6 +27,7 @@ import orjson
 from modelbay.runtime import wire
 from modelbay.runtime.base import (
     Call,
+    CallNotStarted,
     CallOutcome,
     CallTimedOut,
     Instance,
@@ -40,11 +41,13 @@ from modelbay.runtime.sandbox import Bubblewrap, Jail, Sandbox, interpreter_path
 from modelbay.runtime.worker_process import (
     CHANNEL_LOST,
     LOG_LIMIT,
+    NOT_STARTED,
     STOPPED,
     TIMED_OUT,
     ChannelProtocol,
     LocalInstance,
     OutputProtocol,
+    PendingCall,
 )
 
 _WORKER = str(Path(__file__).with_name("worker.py"))
@@ -112,7 +115,9 @@ class LocalRuntime:
         scratch_dir: Path | None = None,
         network: bool = True,
         shared_dirs: list[Path] | None = None,
+        depth: int = 1,
     ) -> None:
+        self.depth = depth  # calls sent to an instance at once: one runs, the others wait in it
         self._log_dir = Path(log_dir)
         self._scratch_dir = Path(scratch_dir) if scratch_dir is not None else self._log_dir.parent / "scratch"
         self._start_timeout = start_timeout
@@ -235,7 +240,7 @@ class LocalRuntime:
         return await self._exchange(inst, orjson.dumps(init), self._start_timeout)
 
     async def _exchange(self, inst: LocalInstance, body: bytes, timeout: float) -> Any:
-        """Write one frame and wait for the reply future (a message or a `Closed`)."""
+        """Write the init frame and wait for its answer (a message or a `Closed`)."""
         if inst._channel_lost:  # it died before we got to ask
             return CHANNEL_LOST
         loop = asyncio.get_running_loop()
@@ -257,12 +262,14 @@ class LocalRuntime:
         call: Call,
         timeout: float,
         on_update: Callable[[str], None] | None = None,
+        on_start: Callable[[], None] | None = None,
     ) -> CallOutcome:
         inst = self._own(instance)
         if inst._state is InstanceState.STOPPED:
             raise InstanceLost("The instance is not running.", await self._log_tail(inst))
-        if inst._state is not InstanceState.IDLE:
-            raise RuntimeError_(f"Instance {inst.id} is {inst._state.value}; calls need an idle instance.")
+        if inst._state is InstanceState.STARTING or len(inst._calls) >= self.depth:
+            raise RuntimeError_(f"Instance {inst.id} is {inst._state.value} with {len(inst._calls)} calls sent; "
+                                f"it takes {self.depth} at most.")
         message = {"type": "call", "id": call.request_id, "data": call.data, "context": call.context}
         try:
             body = orjson.dumps(message)
@@ -276,31 +283,44 @@ class LocalRuntime:
                 ok=False, error=f"The request is too large ({len(body)} bytes; the limit is {wire.MAX_FRAME})."
             )
 
-        inst._state = InstanceState.BUSY
-        inst._call_id, inst._on_update, inst._call_output = call.request_id, on_update, 0
+        loop = asyncio.get_running_loop()
+        pending = PendingCall(call.request_id, loop.create_future(), on_update, on_start)
+        inst._calls.append(pending)
+        if len(inst._calls) == 1:  # it runs at once
+            inst._state, inst._call_output = InstanceState.BUSY, 0
+            pending.started()
+        timer = loop.call_later(timeout, _expire, pending.reply)
         try:
-            reply = await self._exchange(inst, body, timeout)
+            assert inst._writer is not None
+            inst._writer.write(wire.frame(body))
+            reply = await pending.reply
         except asyncio.CancelledError:
-            # User code cannot be interrupted, so a cancelled call costs the instance.
-            inst._kill()
-            self._stop_task(inst)
+            if inst._running is pending:
+                # User code cannot be interrupted, so a cancelled call costs the instance.
+                inst._kill()
+                self._stop_task(inst)
+            else:
+                self._withdraw(inst, pending)  # it has not started: the instance goes on
             raise
         finally:
-            inst._call_id, inst._on_update = None, None
+            timer.cancel()
 
         if isinstance(reply, dict):
             if reply.get("retire"):  # the worker exits after this answer (out of memory)
                 inst._state = InstanceState.STOPPED
                 self._stop_task(inst)
-            elif inst._state is InstanceState.BUSY:
-                inst._state = InstanceState.IDLE
             return CallOutcome(
                 ok=bool(reply.get("ok")),
                 result=reply.get("result"),
                 error=reply.get("error"),
                 logs=str(reply.get("logs") or ""),
             )
+        if reply is NOT_STARTED:
+            raise CallNotStarted()
         if reply is TIMED_OUT:
+            if inst._running is not pending:  # it waited its whole time behind the calls ahead of it
+                self._withdraw(inst, pending)
+                raise CallTimedOut(timeout)
             logs = await self._logs_so_far(inst)
             inst._kill()
             await self._wait_exit(inst)
@@ -316,6 +336,14 @@ class LocalRuntime:
             f"The instance stopped unexpectedly ({self._exit_description(returncode)}) during the request."
         )
         raise InstanceLost(message_text, await self._log_tail(inst))
+
+    @staticmethod
+    def _withdraw(inst: LocalInstance, pending: PendingCall) -> None:
+        """Withdraw a call that waits in the worker: it is skipped there, and answered as withdrawn."""
+        pending.given_up = True
+        writer = inst._writer
+        if writer is not None and not writer.is_closing():
+            writer.write(wire.frame(orjson.dumps({"type": "withdraw", "id": pending.id})))
 
     async def _logs_so_far(self, inst: LocalInstance) -> str:
         """Ask a timed-out worker for what its request printed; it may be unable to answer."""

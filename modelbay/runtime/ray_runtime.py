@@ -170,6 +170,7 @@ class RayRuntime:
     """
 
     prepares_code = True
+    depth = 1  # an actor takes one call at a time
 
     def __init__(
         self,
@@ -285,8 +286,11 @@ class RayRuntime:
         call: Call,
         timeout: float,
         on_update: Callable[[str], None] | None = None,
+        on_start: Callable[[], None] | None = None,
     ) -> CallOutcome:
         inst = self._own(instance)
+        if on_start is not None:  # an actor takes one call at a time: it starts as it is sent
+            on_start()
         if inst._state is InstanceState.STOPPED:
             raise InstanceLost("The instance is not running.")
         if inst._state is not InstanceState.IDLE:

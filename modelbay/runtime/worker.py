@@ -12,6 +12,7 @@ into that request's capture instead, which becomes the request's `logs` (`worker
 from __future__ import annotations
 
 import base64
+import collections
 import faulthandler
 import importlib
 import importlib.util
@@ -47,6 +48,8 @@ if sys.path and os.path.abspath(sys.path[0] or os.curdir) == _HERE:
 
 GENERIC_ERROR = "An exception occurred in the request. See the logs for details."
 
+_READ_SIZE = 1 << 20  # the server's pipe holds 1 MiB
+
 _output = worker_output.Output()  # where stdout and stderr go
 _current_id: str | None = None  # the running request's id, if any
 
@@ -55,15 +58,47 @@ _current_id: str | None = None  # the running request's id, if any
 
 
 class _Channel:
-    """Blocking reads in the main thread; writes from any thread (streaming updates), locked."""
+    """Reads in the main thread, from the raw pipe into whole messages (so it can tell, without
+    waiting, what has arrived); writes from any thread (streaming updates), locked."""
 
     def __init__(self, read_fd: int, write_fd: int) -> None:
-        self._reader = open(read_fd, "rb", buffering=1 << 16)
+        import select
+
+        self._read_fd = read_fd
+        self._frames = wire.FrameBuffer()
+        self._inbox: collections.deque[dict[str, Any]] = collections.deque()  # arrived, not yet taken
+        self._ended = False  # the server closed its end
+        self._poller = select.poll()
+        self._poller.register(read_fd, select.POLLIN)
         self._write_fd = write_fd
         self._lock = threading.Lock()
 
     def receive(self) -> dict[str, Any] | None:
-        return wire.read_message(self._reader)
+        """The next message, waiting for it; None once the server closed the channel."""
+        while not self._inbox:
+            if self._ended:
+                return None
+            self._read()
+        return self._inbox.popleft()
+
+    def arrived(self) -> list[dict[str, Any]]:
+        """The messages that have arrived, without waiting (a frame still arriving stays for later)."""
+        while not self._ended and self._poller.poll(0):
+            self._read()
+        taken = list(self._inbox)
+        self._inbox.clear()
+        return taken
+
+    def _read(self) -> None:
+        data = os.read(self._read_fd, _READ_SIZE)
+        if not data:
+            self._ended = True
+            return
+        for body in self._frames.feed(data):
+            message = json.loads(body)
+            if not isinstance(message, dict):
+                raise ValueError("a message must be a JSON object")
+            self._inbox.append(message)
 
     def send(self, message: dict[str, Any]) -> None:
         self.send_body(wire.encode(message))
@@ -416,12 +451,40 @@ def main(argv: list[str]) -> int:
     _install_logs_signal(channel)
     channel.send({"type": "ready"})
 
+    _serve_calls(channel, runner, log_limit, memory_mib)
+    return 0
+
+
+def _serve_calls(channel: _Channel, runner: Any, log_limit: int, memory_mib: int | None) -> None:
+    """Run the calls in the order they came, until the server says stop or goes away. The server may
+    send the next calls while one runs (they wait here), and withdraw one that has not started: its
+    caller timed out or gave up. What arrived is looked at before each call, so a withdrawal is seen."""
+    waiting: collections.deque[dict[str, Any]] = collections.deque()
+    withdrawn: set[str] = set()
+
+    def take(message: dict[str, Any]) -> bool:
+        kind = message.get("type")
+        if kind == "call":
+            waiting.append(message)
+        elif kind == "withdraw" and any(call["id"] == message.get("id") for call in waiting):
+            withdrawn.add(message["id"])  # of one already run: nothing to do
+        return kind != "stop"
+
     while True:
-        message = channel.receive()
-        if message is None or message.get("type") == "stop":
-            return 0
-        if message.get("type") == "call" and _serve(channel, runner, message, log_limit, memory_mib):
-            return 0
+        if not waiting:
+            message = channel.receive()
+            if message is None or not take(message):
+                return
+        if not all(take(message) for message in channel.arrived()):
+            return
+        if not waiting:
+            continue
+        call = waiting.popleft()
+        if call["id"] in withdrawn:
+            withdrawn.discard(call["id"])
+            channel.send({"type": "withdrawn", "id": call["id"]})
+        elif _serve(channel, runner, call, log_limit, memory_mib):
+            return
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ import json
 import logging
 import os
 import signal
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,31 @@ TIMED_OUT = Closed("timed out")
 CHANNEL_LOST = Closed("channel lost")
 STOPPED = Closed("stopped")
 LOG_LIMIT = Closed("printed too much")
+NOT_STARTED = Closed("ended before it started")  # a call waiting in the worker when the instance ended
+
+#: How long a call given up while it waited in the worker may take to be withdrawn once the calls
+#: ahead of it are done; past it, it runs, and nobody waits for it: the worker is ended.
+WITHDRAW_GRACE_S = 1.0
+
+
+@dataclass(eq=False)
+class PendingCall:
+    """A call sent to the worker and not yet answered. The worker runs them in the order sent: the
+    first is running (or about to), the others wait in the worker."""
+
+    id: str
+    reply: asyncio.Future[Any]  # its result message, or a `Closed`
+    on_update: Callable[[str], None] | None
+    on_start: Callable[[], None] | None = None
+    given_up: bool = False  # its caller timed out or went away while it waited: withdrawn
+
+    def started(self) -> None:
+        """It became the call the worker runs."""
+        if self.on_start is not None:
+            try:
+                self.on_start()
+            except Exception:  # a broken listener must not break the channel
+                logger.exception("on_start failed for call %s", self.id)
 
 
 class LocalInstance:
@@ -57,9 +84,9 @@ class LocalInstance:
         self._call_output = 0  # bytes the running call wrote to fd 1/2
         self._reader: asyncio.ReadTransport | None = None
         self._writer: asyncio.WriteTransport | None = None
-        self._waiter: asyncio.Future[Any] | None = None  # the reply being waited for
-        self._call_id: str | None = None
-        self._on_update: Callable[[str], None] | None = None
+        self._waiter: asyncio.Future[Any] | None = None  # the answer to the init message
+        self._calls: deque[PendingCall] = deque()  # sent, not yet answered, in the order sent
+        self._grace: asyncio.TimerHandle | None = None  # for a call given up that became the first
         self._logs_waiter: asyncio.Future[str] | None = None  # logs of a timed-out call
         self._channel_lost = False  # the worker's end of the channel is gone
         self._broken: str | None = None  # why the channel was declared unusable, if we did
@@ -78,22 +105,53 @@ class LocalInstance:
 
     # --- called from the channel protocol ---
 
+    @property
+    def _running(self) -> PendingCall | None:
+        """The call the worker runs (or is about to): the first sent of those not answered."""
+        return self._calls[0] if self._calls else None
+
     def _on_message(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
         if kind == "update":
-            if message.get("id") == self._call_id and self._on_update is not None:
+            running = self._running
+            if running is not None and message.get("id") == running.id and running.on_update is not None:
                 try:
-                    self._on_update(message["text"])
+                    running.on_update(message["text"])
                 except Exception:  # a broken listener must not break the channel
                     logger.exception("on_update failed for instance %s", self._id)
         elif kind == "logs" or (kind == "result" and self._logs_waiter is not None):
             if self._logs_waiter is not None and not self._logs_waiter.done():
                 self._logs_waiter.set_result(str(message.get("logs") or ""))
-        elif kind in ("result", "ready", "start_failed"):
+        elif kind in ("result", "withdrawn"):
+            running = self._running
+            if running is not None and message.get("id") == running.id:
+                self._calls.popleft()
+                if not running.reply.done():
+                    running.reply.set_result(message)
+                self._next_runs()
+        elif kind in ("ready", "start_failed"):
             waiter = self._waiter
             if waiter is not None and not waiter.done():
-                if kind != "result" or message.get("id") == self._call_id:
-                    waiter.set_result(message)
+                waiter.set_result(message)
+
+    def _next_runs(self) -> None:
+        """The call that ran was answered: the next one runs, with a log budget of its own."""
+        self._call_output = 0
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+        running = self._running
+        if running is None:
+            if self._state is InstanceState.BUSY:
+                self._state = InstanceState.IDLE
+        elif running.given_up:  # withdrawn: the worker says so at once, unless it had started it
+            self._grace = asyncio.get_running_loop().call_later(WITHDRAW_GRACE_S, self._end_given_up, running)
+        else:
+            running.started()
+
+    def _end_given_up(self, call: PendingCall) -> None:
+        if self._running is call:  # it runs, and nobody waits for its answer
+            self._kill()
 
     def _on_channel_lost(self, why: str | None = None) -> None:
         if why is not None and self._broken is None:
@@ -105,8 +163,12 @@ class LocalInstance:
             self._logs_waiter.set_result("")
 
     def _resolve(self, closed: Closed) -> None:
+        """No answer will come: the running call ends with `closed`, the waiting ones never started."""
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(closed)
+        for i, call in enumerate(self._calls):
+            if not call.reply.done():
+                call.reply.set_result(closed if i == 0 else NOT_STARTED)
 
     def _on_call_output(self, size: int) -> None:
         """Raw writes to fd 1/2 during a call count against its log budget, as prints do."""
@@ -177,7 +239,7 @@ class OutputProtocol(asyncio.Protocol):
         self.closed = asyncio.get_running_loop().create_future()
 
     def data_received(self, data: bytes) -> None:
-        if self._instance._call_id is not None:
+        if self._instance._calls:
             self._instance._on_call_output(len(data))
         if self._size + len(data) > INSTANCE_LOG_MAX_BYTES:
             self._log.seek(0)

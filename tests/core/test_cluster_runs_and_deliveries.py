@@ -45,7 +45,8 @@ class HandlerRuntime(FakeRuntime):
         self.calls: list[Call] = []
         self.hold = asyncio.Event() if hold else None
 
-    async def call(self, instance: Any, call: Call, timeout: float, on_update: Any = None) -> CallOutcome:
+    async def call(self, instance: Any, call: Call, timeout: float, on_update: Any = None,
+                   on_start: Any = None) -> CallOutcome:
         self.calls.append(call)
         if self.hold is not None:
             await self.hold.wait()

@@ -61,7 +61,8 @@ class SlowHandlerRuntime(FakeRuntime):
         self.again = again
         self.db: Database | None = None
 
-    async def call(self, instance: Any, call: Call, timeout: float, on_update: Any = None) -> CallOutcome:
+    async def call(self, instance: Any, call: Call, timeout: float, on_update: Any = None,
+                   on_start: Any = None) -> CallOutcome:
         await asyncio.sleep(0.05)
         if found := re.search(r"""['"]n['"]: (\d+)""", str(call.data)):  # the item, however the call wraps it
             item = int(found[1])

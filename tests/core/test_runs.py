@@ -94,7 +94,8 @@ class ScriptedRuntime(FakeRuntime):
         self.script = list(script)
         self.calls: list[Call] = []
 
-    async def call(self, instance: Any, call: Call, timeout: float, on_update: Any = None) -> CallOutcome:
+    async def call(self, instance: Any, call: Call, timeout: float, on_update: Any = None,
+                   on_start: Any = None) -> CallOutcome:
         self.calls.append(call)
         ok = self.script.pop(0)
         if not ok:

@@ -16,6 +16,7 @@ from modelbay.core.instance_slots import Holder, LocalSlots, NoCapacity
 from modelbay.core.scheduler import PRIORITY_BATCH, PRIORITY_DIRECT, Scheduler
 from modelbay.runtime.base import (
     Call,
+    CallNotStarted,
     CallOutcome,
     CallTimedOut,
     InstanceLost,
@@ -36,7 +37,8 @@ class FakeInstance:
 class FakeRuntime:
     prepares_code = False
 
-    def __init__(self) -> None:
+    def __init__(self, depth: int = 1) -> None:
+        self.depth = depth
         self.started: list[FakeInstance] = []
         self.stopped: list[FakeInstance] = []
         self.gate: asyncio.Event | None = None  # when set, calls wait for it
@@ -52,7 +54,8 @@ class FakeRuntime:
         self.started.append(instance)
         return instance
 
-    async def call(self, instance: Any, call: Call, timeout: float, on_update: Callable[[str], None] | None = None) -> CallOutcome:
+    async def call(self, instance: Any, call: Call, timeout: float, on_update: Callable[[str], None] | None = None,
+                   on_start: Callable[[], None] | None = None) -> CallOutcome:
         if self.lose_next:
             self.lose_next = False
             raise InstanceLost("The instance stopped unexpectedly (exit code 1)")
@@ -60,7 +63,11 @@ class FakeRuntime:
             try:
                 await asyncio.wait_for(self.gate.wait(), timeout)
             except TimeoutError:
+                instance.state = InstanceState.STOPPED  # as a runtime kills an instance whose call ran too long
                 raise CallTimedOut(timeout) from None
+            except asyncio.CancelledError:
+                instance.state = InstanceState.STOPPED  # and one whose running call was abandoned
+                raise
         self.order.append(call.request_id)
         return CallOutcome(ok=True, result={"by": instance.id})
 
@@ -430,5 +437,109 @@ def test_calls_waiting_for_an_instance_that_was_replaced_while_the_cluster_is_fu
         abandoned.cancel()  # its caller went away: the instance is replaced, and no other may start
         outcome = await asyncio.wait_for(waiting, 5)
         assert outcome.result == {"by": "http://other:8000"} and peers.sent == [("http://other:8000", "waiting")]
+
+    asyncio.run(scenario())
+
+
+# --- several calls sent to one instance (a runtime of depth 2) ---------------------------------
+
+
+class PipelinedRuntime(FakeRuntime):
+    """Takes two calls per instance; counts the most each instance held at once. A call named in
+    `not_started` ends as one that waited in an instance that ended; one in `withdrawn` times out
+    while it waits (the instance goes on)."""
+
+    def __init__(self) -> None:
+        super().__init__(depth=2)
+        self.held: dict[str, int] = {}
+        self.most: dict[str, int] = {}
+        self.not_started: set[str] = set()
+        self.withdrawn: set[str] = set()
+
+    async def call(self, instance: Any, call: Call, timeout: float, on_update: Callable[[str], None] | None = None,
+                   on_start: Callable[[], None] | None = None) -> CallOutcome:
+        held = self.held[instance.id] = self.held.get(instance.id, 0) + 1
+        self.most[instance.id] = max(self.most.get(instance.id, 0), held)
+        assert held <= self.depth, "more calls sent to an instance than it takes"
+        try:
+            await asyncio.sleep(0)
+            if call.request_id in self.not_started:
+                self.not_started.discard(call.request_id)
+                instance.state = InstanceState.STOPPED
+                raise CallNotStarted()
+            if call.request_id in self.withdrawn:
+                raise CallTimedOut(timeout)
+            return await super().call(instance, call, timeout, on_update)
+        finally:
+            self.held[instance.id] -= 1
+
+
+def test_at_its_maximum_a_pool_sends_a_call_to_wait_in_a_busy_instance_as_deep_as_it_takes() -> None:
+    async def scenario() -> None:
+        runtime = PipelinedRuntime()
+        runtime.gate = asyncio.Event()
+        sched = make(runtime)
+        t = target(maximum_instances=1)
+        tasks = [asyncio.create_task(sched.run(t, call(i), 5)) for i in range(5)]
+        await settle()
+        (instance,) = runtime.started
+        assert runtime.held == {instance.id: 2}  # two sent at once; the other three wait here
+        assert sched.capacity(t) == 2  # the batch queue keeps as many going
+        runtime.gate.set()
+        await asyncio.gather(*tasks)
+        assert runtime.most == {instance.id: 2} and runtime.order == [str(i) for i in range(5)]
+
+    asyncio.run(scenario())
+
+
+def test_below_its_maximum_a_pool_starts_an_instance_rather_than_send_a_call_to_a_busy_one() -> None:
+    async def scenario() -> None:
+        runtime = PipelinedRuntime()
+        runtime.gate = asyncio.Event()
+        sched = make(runtime)
+        tasks = [asyncio.create_task(sched.run(target(maximum_instances=2), call(i), 5)) for i in range(2)]
+        await settle()
+        runtime.gate.set()
+        await asyncio.gather(*tasks)
+        assert len(runtime.started) == 2 and set(runtime.most.values()) == {1}
+
+    asyncio.run(scenario())
+
+
+def test_a_call_that_waited_in_an_instance_that_ended_is_sent_again() -> None:
+    async def scenario() -> None:
+        runtime = PipelinedRuntime()
+        runtime.not_started = {"again"}
+        sched = make(runtime)
+        outcome = await sched.run(target(maximum_instances=1), call("again"), 5)
+        first, second = runtime.started
+        assert outcome.result == {"by": second.id} and runtime.stopped == [first]
+
+    asyncio.run(scenario())
+
+
+def test_a_call_withdrawn_while_it_waited_leaves_its_instance_in_service() -> None:
+    async def scenario() -> None:
+        runtime = PipelinedRuntime()
+        runtime.withdrawn = {"late"}
+        sched = make(runtime)
+        t = target(maximum_instances=1)
+        with pytest.raises(CallTimedOut):
+            await sched.run(t, call("late"), 5)
+        assert (await sched.run(t, call("next"), 5)).ok
+        assert len(runtime.started) == 1 and runtime.stopped == []
+
+    asyncio.run(scenario())
+
+
+def test_an_idle_instance_that_ended_is_replaced_before_a_call_is_sent_to_it() -> None:
+    async def scenario() -> None:
+        runtime = FakeRuntime()
+        sched = make(runtime)
+        await sched.run(target(), call(1), 5)
+        (first,) = runtime.started
+        first.state = InstanceState.STOPPED  # e.g. its process exited while idle
+        outcome = await sched.run(target(), call(2), 5)
+        assert runtime.stopped == [first] and outcome.result == {"by": runtime.started[1].id}
 
     asyncio.run(scenario())

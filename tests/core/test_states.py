@@ -223,7 +223,8 @@ def test_the_recorder_catches_a_status_written_around_move(db: Database, status_
 class HandlerRuntime(FakeRuntime):
     """Answers every call as a handler does (gated like `FakeRuntime`)."""
 
-    async def call(self, instance: Any, call: Call, timeout: float, on_update: Any = None) -> CallOutcome:
+    async def call(self, instance: Any, call: Call, timeout: float, on_update: Any = None,
+                   on_start: Any = None) -> CallOutcome:
         await super().call(instance, call, timeout, on_update)
         envelope = {"status_code": 200, "content_type": "text/plain", "body": "ok", "encoding": "text"}
         return CallOutcome(ok=True, result=orjson.dumps(envelope).decode())
