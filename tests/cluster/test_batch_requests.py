@@ -108,14 +108,20 @@ def test_a_node_killed_with_sigkill_mid_drain_loses_nothing_and_reruns_nothing_c
 
     ids = submit(cluster, project["token"], batches=12, size=50)
     assert victim.process is not None
-    (dead,) = [node for node, pid in node_ids(cluster).items() if pid == victim.process.pid]
+
+    def victim_ids() -> set[str]:
+        """The node ids the victim has had (on a loaded machine, a late heartbeat may have had it
+        declared dead: it then goes on under a new id)."""
+        return {node for node, pid in node_ids(cluster).items() if pid == victim.process.pid}
 
     def held_by_victim() -> list[dict[str, Any]]:
-        return [r for r in requests(cluster) if r["owner"] == dead and r["status"] in ("pending", "processing")]
+        dead = victim_ids()
+        return [r for r in requests(cluster) if r["owner"] in dead and r["status"] in ("pending", "processing")]
 
     wait_until(lambda: sum(r["status"] == "completed" for r in requests(cluster)) >= 100 and held_by_victim(),
                timeout=120)
     orphans = descendants(victim.process.pid)
+    dead = victim_ids()
     assert victim.stop(signal.SIGKILL) == -signal.SIGKILL
     killed_at = time.monotonic()
     kill_leftovers(orphans)  # its workers, as a crash of its machine would end them
@@ -133,7 +139,7 @@ def test_a_node_killed_with_sigkill_mid_drain_loses_nothing_and_reruns_nothing_c
     assert sorted(found) == sorted(ids)  # nothing lost
     failed = [r for r in found.values() if r["status"] != "completed"]
     for row in failed:  # only what was running on the killed node, failed with the reason
-        ran_there = row["owner"] == dead and "server stopped" in row["error_message"]
+        ran_there = row["owner"] in dead and "server stopped" in row["error_message"]
         sent_there = row["error_message"].startswith("The node running this request stopped")  # by another node
         assert row["status"] == "failed" and (ran_there or sent_there), row
     assert len(failed) <= 2 * 6  # what its instances ran, its own items and the others' it ran
@@ -163,4 +169,4 @@ def test_nodes_starting_together_on_an_empty_database_all_come_up_and_serve(
         with ubiops(node, project["token"]) as client:
             response = client.post("/projects/work/deployments/counter/requests", json={"x": index})
             assert response.status_code == 200 and response.json()["status"] == "completed", response.text
-    assert len(set(node_ids(cluster))) == 3
+    assert len(set(node_ids(cluster).values())) == 3  # three servers (a late heartbeat may give one a new id)

@@ -111,10 +111,10 @@ def test_the_jobs_instances_stop_once_its_items_have_run(
     assert server.process is not None
     deployment_id = deploy("brief", GATED)
 
-    def workers() -> int:
-        return sum(1 for pid in descendants(server.process.pid) if is_worker(pid))
+    def workers() -> set[int]:
+        return {pid for pid in descendants(server.process.pid) if is_worker(pid)}
 
-    before = workers()
+    before = workers()  # of earlier tests on this server (they may stop meanwhile: the job's are told by pid)
     gate = socket.create_server(("127.0.0.1", 0), backlog=16)  # items wait on it: the job cannot end early
     port = gate.getsockname()[1]
     dataset_id = make_dataset(nexus, tmp_path / "items.ndjson", [{"x": i, "gate": port} for i in range(10)])
@@ -125,11 +125,12 @@ def test_the_jobs_instances_stop_once_its_items_have_run(
         "deployment_metadata": {"instance_id": "instance_x1cpu-standard", "replicas": 3},
     }).id
     try:
-        wait_until(lambda: workers() >= before + 3, timeout=120)  # all three start with the job
+        wait_until(lambda: len(workers() - before) >= 3, timeout=120)  # all three start with the job
+        ours = workers() - before
     finally:
         gate.close()
     assert nexus.batch.jobs.wait_until_done(job_id, interval=1).status.items.delivered == 10
-    wait_until(lambda: workers() <= before, timeout=60)
+    wait_until(lambda: not workers() & ours, timeout=60)
 
 
 def test_a_template_deployment_and_memory_in_mb_name_the_instances(
