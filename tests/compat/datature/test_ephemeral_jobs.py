@@ -37,7 +37,7 @@ class Deployment:
 """
 
 
-#: Each item waits at a gate (a socket of the test's) until the test closes it.
+#: Each item waits at a gate (a socket of the test's, whose port is the item's `x`) until the test closes it.
 GATED = """
 import socket
 
@@ -48,7 +48,7 @@ class Deployment:
 
     def request(self, data):
         try:
-            with socket.create_connection(("127.0.0.1", data["gate"]), timeout=120) as gate:
+            with socket.create_connection(("127.0.0.1", data["x"]), timeout=120) as gate:
                 gate.recv(1)
         except OSError:  # closed: go on
             pass
@@ -117,7 +117,7 @@ def test_the_jobs_instances_stop_once_its_items_have_run(
     before = workers()  # of earlier tests on this server (they may stop meanwhile: the job's are told by pid)
     gate = socket.create_server(("127.0.0.1", 0), backlog=16)  # items wait on it: the job cannot end early
     port = gate.getsockname()[1]
-    dataset_id = make_dataset(nexus, tmp_path / "items.ndjson", [{"x": i, "gate": port} for i in range(10)])
+    dataset_id = make_dataset(nexus, tmp_path / "items.ndjson", [{"x": port}] * 10)
     webhook_id = nexus.batch.webhooks.create("results", webhook_spec(receiver)).id
     job_id = nexus.batch.jobs.create("brief", {
         "dataset_id": dataset_id, "webhook_id": webhook_id,
@@ -129,7 +129,8 @@ def test_the_jobs_instances_stop_once_its_items_have_run(
         ours = workers() - before
     finally:
         gate.close()
-    assert nexus.batch.jobs.wait_until_done(job_id, interval=1).status.items.delivered == 10
+    items = nexus.batch.jobs.wait_until_done(job_id, interval=1).status.items
+    assert (items.predicted, items.delivered) == (10, 10)  # each ran: it waited at the gate
     wait_until(lambda: not workers() & ours, timeout=60)
 
 
