@@ -265,8 +265,8 @@ class LocalRuntime:
         on_start: Callable[[], None] | None = None,
     ) -> CallOutcome:
         inst = self._own(instance)
-        if inst._state is InstanceState.STOPPED:
-            raise InstanceLost("The instance is not running.", await self._log_tail(inst))
+        if inst._state is InstanceState.STOPPED:  # it ended before this call got to it (one ahead of it ended it)
+            raise CallNotStarted()
         if inst._state is InstanceState.STARTING or len(inst._calls) >= self.depth:
             raise RuntimeError_(f"Instance {inst.id} is {inst._state.value} with {len(inst._calls)} calls sent; "
                                 f"it takes {self.depth} at most.")

@@ -28,7 +28,16 @@ from typing import Any, Protocol
 import ray
 
 from modelbay.runtime import wire
-from modelbay.runtime.base import Call, CallTimedOut, Code, Instance, InstanceLost, InstanceSpec, InstanceStartFailed
+from modelbay.runtime.base import (
+    Call,
+    CallNotStarted,
+    CallTimedOut,
+    Code,
+    Instance,
+    InstanceLost,
+    InstanceSpec,
+    InstanceStartFailed,
+)
 from modelbay.runtime.local import LocalRuntime
 from modelbay.runtime.sandbox import from_settings as sandbox_from_settings
 
@@ -125,6 +134,8 @@ class InstanceActor:
             reply = {"kind": "timed_out", "logs": exc.logs}
         except InstanceLost as exc:
             reply = {"kind": "lost", "message": exc.message, "logs": exc.logs}
+        except CallNotStarted:  # the worker had ended before the call: the actor's instance is lost
+            reply = {"kind": "lost", "message": "The instance is not running.", "logs": ""}
         writer.write(frame(reply))
         await writer.drain()
 

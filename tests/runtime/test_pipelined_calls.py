@@ -183,3 +183,16 @@ def test_a_withdrawn_call_that_the_worker_had_already_started_ends_the_instance_
         assert instance.state is expected
 
     asyncio.run(scenario())
+
+
+def test_a_call_sent_to_an_instance_that_already_ended_did_not_start(tmp_path: Path) -> None:
+    """E.g. given a seat behind a call whose caller then went away, which ended the instance."""
+    directory = package(tmp_path, COUNTING)
+
+    async def scenario(runtime: LocalRuntime) -> None:
+        instance = await runtime.start(spec_for(directory))
+        await runtime.stop(instance)
+        with pytest.raises(CallNotStarted):  # it may be sent to another instance
+            await runtime.call(instance, call("late"), 30)
+
+    with_runtime(tmp_path, scenario, depth=2)
