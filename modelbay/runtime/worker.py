@@ -48,7 +48,7 @@ if sys.path and os.path.abspath(sys.path[0] or os.curdir) == _HERE:
 
 GENERIC_ERROR = "An exception occurred in the request. See the logs for details."
 
-_READ_SIZE = 1 << 20  # the server's pipe holds 1 MiB
+_READ_SIZE = 1 << 16  # a read of 1 MiB would allocate (and map) 1 MiB per message: most are tiny
 
 _output = worker_output.Output()  # where stdout and stderr go
 _current_id: str | None = None  # the running request's id, if any
