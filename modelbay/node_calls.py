@@ -15,7 +15,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from modelbay.core.errors import NotFound, Unavailable
 from modelbay.core.instance_slots import NoCapacity
-from modelbay.core.peers import CALLS_PATH, TOKEN_HEADER, encode_error, encode_outcome
+from modelbay.core.peers import CALLS_PATH, STARTED_LINE, TOKEN_HEADER, encode_error, encode_outcome, encode_update
 from modelbay.runtime.base import Call, CallTimedOut, InstanceLost, InstanceStartFailed
 
 router = APIRouter(include_in_schema=False)
@@ -37,21 +37,22 @@ async def run_call(request: Request) -> Response:
         target = engine.pool_target(version_id, pool)
     except (NotFound, Unavailable):  # gone, or not served here (yet): the caller looks elsewhere
         return StreamingResponse(iter([encode_error(NoCapacity())]), media_type="application/x-ndjson")
-    queued: asyncio.Queue[str] = asyncio.Queue()  # the call's updates, until they are sent
+    queued: asyncio.Queue[bytes] = asyncio.Queue()  # the start and the updates, until they are sent
 
     async def lines() -> AsyncIterator[bytes]:
         # When the caller goes away, the server cancels this generator, and with it the call.
         run = asyncio.ensure_future(engine.scheduler.run(
-            target, call, timeout, priority, queued.put_nowait if updates else None, here_only=True))
+            target, call, timeout, priority, (lambda update: queued.put_nowait(encode_update(update))) if updates
+            else None, here_only=True, on_start=lambda: queued.put_nowait(STARTED_LINE)))
         try:
             while not run.done():
                 next_update = asyncio.ensure_future(queued.get())
                 await asyncio.wait([run, next_update], return_when=asyncio.FIRST_COMPLETED)
                 next_update.cancel()
                 if next_update.done() and not next_update.cancelled():
-                    yield orjson.dumps({"update": next_update.result()}) + b"\n"
+                    yield next_update.result()
             while not queued.empty():
-                yield orjson.dumps({"update": queued.get_nowait()}) + b"\n"
+                yield queued.get_nowait()
             try:
                 yield encode_outcome(run.result())
             except (NoCapacity, CallTimedOut, InstanceLost, InstanceStartFailed) as exc:

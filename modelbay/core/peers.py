@@ -2,9 +2,10 @@
 
 A node that may not start an instance of a pool (the cluster runs the pool's maximum) sends the
 call to a node that holds one: `POST /_node/calls` there (`modelbay.node_calls`), which runs it
-on its own instances as its own calls, and streams back the call's updates and then its outcome,
-one JSON line each. The request stays recorded by the node that accepted it. When the caller
-goes away (a cancel), the connection closes and the other node stops the call.
+on its own instances as its own calls, and streams back a line when the call starts running, the
+call's updates and then its outcome, one JSON line each. The request stays recorded by the node
+that accepted it. When the caller goes away (a cancel), the connection closes and the other node
+stops the call. When the other node goes away, a call that had not started there is sent again.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import orjson
 
 from modelbay.core.deployments import Target
 from modelbay.core.instance_slots import NoCapacity
-from modelbay.runtime.base import Call, CallOutcome, CallTimedOut, InstanceLost, InstanceStartFailed
+from modelbay.runtime.base import Call, CallNotStarted, CallOutcome, CallTimedOut, InstanceLost, InstanceStartFailed
 
 #: The header a node proves itself with to another.
 TOKEN_HEADER = "x-modelbay-node"
@@ -39,6 +40,14 @@ def encode_call(target: Target, call: Call, timeout: float, priority: int, updat
         "version_id": target.version_id, "pool": target.pool, "request_id": call.request_id, "data": call.data,
         "context": call.context, "timeout": timeout, "priority": priority, "updates": updates,
     })
+
+
+#: The line that says the call started running on an instance.
+STARTED_LINE = b'{"started":true}\n'
+
+
+def encode_update(update: str) -> bytes:
+    return orjson.dumps({"update": update}) + b"\n"
 
 
 def encode_outcome(outcome: CallOutcome) -> bytes:
@@ -88,10 +97,14 @@ class Peers:
         self._client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=5.0), transport=transport)
 
     async def run(self, address: str, target: Target, call: Call, timeout: float, priority: int,
-                  on_update: Callable[[str], None] | None) -> CallOutcome:
-        """Run a call on an instance the node at `address` holds. Raises what `Scheduler.run`
-        raises, and `NoCapacity` when that node has no instance of the pool (or is gone)."""
+                  on_update: Callable[[str], None] | None,
+                  on_start: Callable[[], None] | None = None) -> CallOutcome:
+        """Run a call on an instance the node at `address` holds; `on_start` is told when it starts
+        running there. Raises what `Scheduler.run` raises, `NoCapacity` when that node has no
+        instance of the pool (or is gone), and `CallNotStarted` when it went away before the call
+        started."""
         body = encode_call(target, call, timeout, priority, on_update is not None)
+        started = False
         try:
             async with self._client.stream("POST", address.rstrip("/") + CALLS_PATH, content=body,
                                            headers={TOKEN_HEADER: self._token}) as response:
@@ -101,6 +114,11 @@ class Peers:
                     if not line:
                         continue
                     message = orjson.loads(line)
+                    if "started" in message:
+                        started = True
+                        if on_start is not None:
+                            on_start()
+                        continue
                     if "update" in message:
                         if on_update is not None:
                             on_update(message["update"])
@@ -109,7 +127,11 @@ class Peers:
         except httpx.ConnectError:
             raise NoCapacity from None  # that node is gone: try another
         except httpx.TransportError as exc:
+            if not started:
+                raise CallNotStarted() from None
             raise InstanceLost(f"The node running this request stopped ({exc.__class__.__name__})") from None
+        if not started:
+            raise CallNotStarted()
         raise InstanceLost("The node running this request stopped")
 
     async def close(self) -> None:

@@ -188,7 +188,7 @@ class Scheduler:
 
         Raises `CallTimedOut`, `InstanceLost` or `InstanceStartFailed`; with `here_only` (a call
         another node sent), `NoCapacity` rather than sending it on. `on_start` is told when the call
-        starts running (it may wait in an instance first; one sent to another node: as it is sent).
+        starts running (it may wait in an instance first, here or on another node).
         """
         deadline = time.monotonic() + timeout
         while True:
@@ -404,10 +404,9 @@ class Scheduler:
                 raise CallTimedOut(timeout)
             try:
                 assert self._peers is not None and holder.address is not None
-                if on_start is not None:
-                    on_start()
-                return await self._peers.run(holder.address, pool.target, call, remaining, priority, on_update)
-            except NoCapacity:
+                return await self._peers.run(holder.address, pool.target, call, remaining, priority, on_update,
+                                             on_start)
+            except (NoCapacity, CallNotStarted):  # no instance there, or that node went away first
                 continue
         pool.holders, pool.full_until = [], 0.0  # the next look asks the store
         if time.monotonic() + RETRY_ELSEWHERE_S >= deadline:

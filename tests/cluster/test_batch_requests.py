@@ -100,28 +100,39 @@ def test_batches_accepted_by_one_node_are_drained_by_every_node_each_item_once(
 def test_a_node_killed_with_sigkill_mid_drain_loses_nothing_and_reruns_nothing_committed(
     cluster: Cluster, shared_path: Path
 ) -> None:
-    first, victim, _ = cluster.start(3)
+    first, *_ = cluster.start(3)
     project = first.create_project("work")
     source, marks = counting_deployment(shared_path, ms=60)
     with ubiops(first, project["token"]) as client:
         deploy(client, "work", "counter", source, plain=False, maximum_instances=6)  # in the whole cluster
 
     ids = submit(cluster, project["token"], batches=12, size=50)
-    assert victim.process is not None
 
-    def victim_ids() -> set[str]:
-        """The node ids the victim has had (on a loaded machine, a late heartbeat may have had it
-        declared dead: it then goes on under a new id)."""
-        return {node for node, pid in node_ids(cluster).items() if pid == victim.process.pid}
+    def held_by(pid: int, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """What the server `pid` holds of `rows`: those claimed under any id it has had (on a loaded
+        machine, a late heartbeat may have had it declared dead: it then goes on under a new id)."""
+        its_ids = {node for node, node_pid in node_ids(cluster).items() if node_pid == pid}
+        return [r for r in rows if r["owner"] in its_ids and r["status"] in ("pending", "processing")]
+
+    def busiest() -> Server | None:
+        """The node holding the most work once 100 items completed. Any node may be the one: the
+        first to start instances may take all six, and a node without one claims nothing."""
+        rows = requests(cluster)
+        if sum(r["status"] == "completed" for r in rows) < 100:
+            return None
+        held = [(len(held_by(node.process.pid, rows)), index) for index, node in enumerate(cluster.nodes)
+                if node.process is not None]
+        count, index = max(held)
+        return cluster.nodes[index] if count else None
+
+    victim: Server = wait_until(busiest, timeout=120)
+    assert victim.process is not None
+    dead = {node for node, pid in node_ids(cluster).items() if pid == victim.process.pid}
 
     def held_by_victim() -> list[dict[str, Any]]:
-        dead = victim_ids()
-        return [r for r in requests(cluster) if r["owner"] in dead and r["status"] in ("pending", "processing")]
+        return held_by(victim.process.pid, requests(cluster))
 
-    wait_until(lambda: sum(r["status"] == "completed" for r in requests(cluster)) >= 100 and held_by_victim(),
-               timeout=120)
     orphans = descendants(victim.process.pid)
-    dead = victim_ids()
     assert victim.stop(signal.SIGKILL) == -signal.SIGKILL
     killed_at = time.monotonic()
     kill_leftovers(orphans)  # its workers, as a crash of its machine would end them

@@ -346,12 +346,21 @@ class OtherNodes(LocalSlots):
 
 
 class RecordingPeers:
-    def __init__(self) -> None:
+    """Runs every call at once; the first `gone_before_start` calls find their node gone before they start."""
+
+    def __init__(self, gone_before_start: int = 0) -> None:
         self.sent: list[tuple[str, str]] = []
+        self.gone_before_start = gone_before_start
 
     async def run(self, address: str, target: Target, call: Call, timeout: float, priority: int,
-                  on_update: Callable[[str], None] | None) -> CallOutcome:
+                  on_update: Callable[[str], None] | None,
+                  on_start: Callable[[], None] | None = None) -> CallOutcome:
         self.sent.append((address, call.request_id))
+        if self.gone_before_start:
+            self.gone_before_start -= 1
+            raise CallNotStarted()
+        if on_start is not None:
+            on_start()
         return CallOutcome(ok=True, result={"by": address})
 
 
@@ -366,6 +375,17 @@ def test_a_node_whose_cluster_runs_the_maximum_elsewhere_sends_its_calls_there_a
         assert sched.capacity(t) == 0  # its batch queue leaves the work to the others
         with pytest.raises(NoCapacity):  # a call another node sent is never sent on
             await sched.run(t, call("sent"), 5, here_only=True)
+
+    asyncio.run(scenario())
+
+
+def test_a_call_sent_to_a_node_that_went_away_before_it_started_is_sent_again_and_started_once() -> None:
+    async def scenario() -> None:
+        peers = RecordingPeers(gone_before_start=1)
+        sched = Scheduler(FakeRuntime(), spec, slots=OtherNodes(held=2), peers=peers)
+        starts: list[str] = []
+        outcome = await sched.run(target(maximum_instances=2), call("c"), 5, on_start=lambda: starts.append("c"))
+        assert outcome.ok and peers.sent == [("http://other:8000", "c")] * 2 and starts == ["c"]
 
     asyncio.run(scenario())
 
