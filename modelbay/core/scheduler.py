@@ -213,8 +213,9 @@ class Scheduler:
             try:
                 outcome = await self._runtime.call(instance, call, max(deadline - time.monotonic(), 0.001),
                                                    on_update, on_start)
-            except CallNotStarted:
-                self._lose(pool, instance, None)  # it waited in an instance that ended: send it again
+            except CallNotStarted:  # it waited in an instance that ended: send it again
+                # It may learn of the end before the call that ended it: then it says so.
+                self._lose(pool, instance, "it ended with calls waiting in it")
                 continue
             except CallTimedOut:
                 self._end_call(pool, instance, "its call ran past its timeout")

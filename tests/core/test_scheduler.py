@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import dataclasses
 import itertools
 from collections.abc import Callable
@@ -526,7 +527,7 @@ def test_below_its_maximum_a_pool_starts_an_instance_rather_than_send_a_call_to_
     asyncio.run(scenario())
 
 
-def test_a_call_that_waited_in_an_instance_that_ended_is_sent_again() -> None:
+def test_a_call_that_waited_in_an_instance_that_ended_is_sent_again(caplog: pytest.LogCaptureFixture) -> None:
     async def scenario() -> None:
         runtime = PipelinedRuntime()
         runtime.not_started = {"again"}
@@ -535,7 +536,9 @@ def test_a_call_that_waited_in_an_instance_that_ended_is_sent_again() -> None:
         first, second = runtime.started
         assert outcome.result == {"by": second.id} and runtime.stopped == [first]
 
-    asyncio.run(scenario())
+    with caplog.at_level(logging.INFO, logger="modelbay.core.scheduler"):
+        asyncio.run(scenario())
+    assert [r.getMessage() for r in caplog.records if "ended with calls waiting" in r.getMessage()], caplog.text
 
 
 def test_a_call_withdrawn_while_it_waited_leaves_its_instance_in_service() -> None:
