@@ -210,6 +210,7 @@ class Engine:
 
     async def start(self) -> None:
         """Start the loops, then settle what a previous server left behind."""
+        self.db.committer.commit_on_loop()
         await self.bus.start()
         self.scheduler.start()
         self.nodes.register()  # gives back what the server before this one held

@@ -33,6 +33,13 @@ GROUP_COMMIT_MAX = 512
 #: How long a write nobody waits on may wait for others to share its commit, in seconds.
 LINGER_S = 0.01
 
+#: How often the log of what the event loop committed is copied into the database file, in seconds.
+CHECKPOINT_PERIOD_S = 1.0
+
+#: Most rows of an insert the event loop commits itself; a larger one would stall it, and goes to
+#: the committer's thread.
+LOOP_COMMIT_MAX_ROWS = 256
+
 #: How long a writer waits for SQLite's write lock before giving up, in milliseconds.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -208,21 +215,69 @@ Op = Write | Insert
 
 
 class GroupCommitter:
-    """Runs small writes from many callers in shared transactions, on one thread.
+    """Runs small writes from many callers in shared transactions.
 
     The hot path submits its writes here: one commit carries every write queued meanwhile,
     so many concurrent requests cost one commit, and each caller learns of its write only
     once it is durable. Writes get a Core connection, not an ORM session: the ORM's unit of
     work costs more than SQLite itself on this path.
+
+    A thread of its own commits them, while the event loop goes on. On SQLite, a write that the
+    server's event loop submits alone (`commit_on_loop`: nothing else is queued when its commit
+    is due) is committed by the loop itself: with WAL and synchronous=NORMAL such a commit costs
+    tens of microseconds, less than handing it to the thread and back (two threads taking turns
+    at the GIL). Writes that come together go to the thread, which commits them while the loop
+    serves on, and so does a write that would make the loop wait: for SQLite's lock, or on a large
+    insert. The loop's next writes follow those to the thread until they are committed, so the
+    loop's writes commit in the order it submitted them.
     """
 
     def __init__(self, db: Database) -> None:
         self._db = db
         self._queue: queue.SimpleQueue[tuple[Op, _Waiter, bool] | None] = queue.SimpleQueue()
-        #: How long each commit took (for the metrics); written on the committer's thread only.
+        #: How long each commit took (for the metrics).
         self.commit_seconds = Histogram(COMMIT_SECONDS_BUCKETS)
+        self._observing = threading.Lock()  # the loop and the thread both observe
+        # The loop's own commits (SQLite): its connection, its writes not yet committed, when it
+        # commits them next (`_due_now`: as soon as it can), and how many of its batches wait in
+        # the thread's queue.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._loop_conn: Connection | None = None
+        self._pending: list[tuple[Op, _Waiter, bool]] = []
+        self._due: asyncio.Handle | None = None
+        self._due_now = False
+        self._handed_over = 0
+        self._closed = threading.Event()
         self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
         self._thread.start()
+
+    def commit_on_loop(self) -> None:
+        """Commit the writes submitted on the running loop on it from now on, until `close` (SQLite
+        only: on PostgreSQL a commit is a round trip to the database server)."""
+        if not self._db.is_sqlite or self._loop is not None:
+            return
+        self._loop_conn = self._db.writer_connection()
+        raw = self._loop_conn.connection.dbapi_connection
+        assert raw is not None
+        # Never wait for the lock on the loop: a busy store hands the batch to the thread. Nor for
+        # the disk: the loop's commits leave checkpoints (which copy the log into the database file
+        # and sync both) to a thread of their own.
+        raw.execute("PRAGMA busy_timeout=0")
+        raw.execute("PRAGMA wal_autocheckpoint=0")
+        self._checkpoints = threading.Thread(target=self._checkpoint_every, args=(CHECKPOINT_PERIOD_S,),
+                                             name="wal-checkpoint", daemon=True)
+        self._checkpoints.start()
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+
+    def _checkpoint_every(self, period: float) -> None:
+        """Copy what the loop committed into the database file, every `period` seconds until closed."""
+        with self._db.engine.connect() as conn:
+            raw = conn.connection.dbapi_connection
+            assert raw is not None
+            while not self._closed.wait(period):
+                raw.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def submit(self, write: Op, *, linger: bool = False) -> Future[Any]:
         """Queue a write; the returned future resolves once it is committed.
@@ -231,30 +286,119 @@ class GroupCommitter:
         more writes to share it (a commit costs far more than a row).
         """
         future: Future[Any] = Future()
-        self._queue.put((write, future, linger))
+        self._put((write, future, linger))
         return future
 
     def submit_async(self, write: Op, *, linger: bool = False) -> asyncio.Future[Any]:
         """Like `submit`, for a caller on an event loop: resolved on that loop."""
-        future = asyncio.get_running_loop().create_future()
-        self._queue.put((write, future, linger))
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        if loop is self._loop:
+            self._put((write, future, linger))
+        else:
+            self._queue.put((write, future, linger))
         return future
 
     def flush(self) -> None:
         """Commit what is queued now, without waiting for lingering writes to find company."""
+        if self._on_loop():
+            self._schedule(now=True)
         self._queue.put((_nothing, Future(), False))
 
     def close(self) -> None:
+        self._closed.set()
+        if self._loop is not None:
+            pending, self._pending = self._pending, []
+            if self._due is not None:
+                self._due.cancel()
+            for item in pending:  # the thread commits them, waiting for the lock if it must
+                self._queue.put(item)
+            if self._loop_conn is not None:
+                raw = self._loop_conn.connection.dbapi_connection
+                assert raw is not None
+                raw.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+                raw.execute("PRAGMA wal_autocheckpoint=1000")  # SQLite's default, for the pool's next user
+                self._loop_conn.close()
+            self._checkpoints.join(timeout=30)
+            self._loop = self._loop_conn = None
         self._queue.put(None)
         self._thread.join(timeout=30)
+
+    def _on_loop(self) -> bool:
+        """Whether the caller runs on the loop that commits its own writes."""
+        return self._loop is not None and threading.get_ident() == self._loop_thread and self._loop.is_running()
+
+    def _put(self, item: tuple[Op, _Waiter, bool]) -> None:
+        if self._on_loop():
+            self._pending.append(item)
+            self._schedule(now=not item[2] or len(self._pending) >= GROUP_COMMIT_MAX)
+        else:
+            self._queue.put(item)
+
+    def _schedule(self, now: bool) -> None:
+        """Have the loop commit its writes as soon as it can (`now`), or once `LINGER_S` passed."""
+        assert self._loop is not None
+        if now and not self._due_now:
+            if self._due is not None:
+                self._due.cancel()
+            self._due, self._due_now = self._loop.call_soon(self._commit_pending), True
+        elif self._due is None:
+            self._due = self._loop.call_later(LINGER_S, self._commit_pending)
+
+    def _commit_pending(self) -> None:
+        self._due, self._due_now = None, False
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        conn = self._loop_conn
+        assert conn is not None
+        op = batch[0][0]
+        if self._handed_over or len(batch) > 1 or (isinstance(op, Insert) and len(op.rows) > LOOP_COMMIT_MAX_ROWS):
+            self._hand_over(batch)
+            return
+        began = time.monotonic()
+        try:
+            conn.begin()  # BEGIN IMMEDIATE: fails at once while another writer holds the lock
+        except OperationalError:
+            self._hand_over(batch)
+            return
+        try:
+            results = self._write(conn, batch)
+            conn.commit()
+        except Exception:
+            conn.rollback()
+            self._hand_over(batch)  # the thread finds the write that failed, and commits the others
+            return
+        self._observe(time.monotonic() - began)
+        for (_, waiter, _), result in zip(batch, results, strict=True):
+            if not waiter.done():  # an asyncio waiter may have given up (cancelled)
+                waiter.set_result(result)
+
+    def _hand_over(self, batch: list[tuple[Op, _Waiter, bool]]) -> None:
+        """Give a batch of the loop's writes to the thread; the loop's next writes follow it there
+        until it is committed."""
+        assert self._loop is not None
+        self._handed_over += 1
+        committed = self._loop.create_future()
+        committed.add_done_callback(self._handed_back)
+        for item in batch:
+            self._queue.put(item)
+        self._queue.put((_nothing, committed, False))  # committed with or after the batch: the queue is FIFO
+
+    def _handed_back(self, _: asyncio.Future[Any]) -> None:
+        self._handed_over -= 1
+
+    def _observe(self, seconds: float) -> None:
+        with self._observing:
+            self.commit_seconds.observe(seconds)
 
     def _run(self) -> None:
         # One connection for the thread's life: no pool checkout and reset per commit.
         with self._db.writer_connection() as conn:
             self._conn = conn
-            self._loop()
+            self._loop_forever()
 
-    def _loop(self) -> None:
+    def _loop_forever(self) -> None:
         while True:
             first = self._queue.get()
             if first is None:
@@ -278,27 +422,31 @@ class GroupCommitter:
                     deadline = 0.0
             began = time.monotonic()
             outcomes = self._commit(batch)
-            self.commit_seconds.observe(time.monotonic() - began)
+            self._observe(time.monotonic() - began)
             _settle(outcomes)
             if stop:
                 return
+
+    @staticmethod
+    def _write(conn: Connection, batch: list[tuple[Op, _Waiter, bool]]) -> list[Any]:
+        """Run a batch's writes in `conn`'s transaction; their results, in order."""
+        # Inserts first (they create what later writes in the batch may update).
+        rows: dict[tuple[Table, frozenset[str]], list[dict[str, Any]]] = {}
+        for op, _, _ in batch:
+            if isinstance(op, Insert):
+                for row in op.rows:
+                    rows.setdefault((op.table, frozenset(row)), []).append(row)
+        if rows:
+            cursor = driver_cursor(conn)
+            for (table, columns), table_rows in rows.items():
+                insert_statement(table, columns, conn.dialect).executemany(cursor, table_rows)
+        return [None if isinstance(op, Insert) else op(conn) for op, _, _ in batch]
 
     def _commit(self, batch: list[tuple[Op, _Waiter, bool]],
                 attempt: int = 1) -> list[tuple[_Waiter, Any, BaseException | None]]:
         try:
             with self._conn.begin():
-                conn = self._conn
-                # Inserts first (they create what later writes in the batch may update).
-                rows: dict[tuple[Table, frozenset[str]], list[dict[str, Any]]] = {}
-                for op, _, _ in batch:
-                    if isinstance(op, Insert):
-                        for row in op.rows:
-                            rows.setdefault((op.table, frozenset(row)), []).append(row)
-                if rows:
-                    cursor = driver_cursor(conn)
-                    for (table, columns), table_rows in rows.items():
-                        insert_statement(table, columns, conn.dialect).executemany(cursor, table_rows)
-                results = [None if isinstance(op, Insert) else op(conn) for op, _, _ in batch]
+                results = self._write(self._conn, batch)
         except Exception as exc:
             # The whole transaction rolled back; one bad write must not fail its neighbours.
             if len(batch) > 1:
