@@ -358,17 +358,19 @@ def bench_venv(venv: Path, *requirements: str) -> Path:
     return python
 
 
-def start_baseline(workdir: Path, procs: list[Proc]) -> Proc:
-    """bench/baseline_app.py under uvicorn (one process, same options as modelbay's server)."""
+def start_baseline(workdir: Path, procs: list[Proc], app: str = "bench.baseline_app:app",
+                   name: str = "baseline") -> Proc:
+    """bench/baseline_app.py (or another `app` of bench/) under uvicorn (one process, same options as
+    modelbay's server)."""
     port = free_port()
-    log(f"starting the baseline (bare uvicorn) on 127.0.0.1:{port}")
+    log(f"starting {name} ({app} under uvicorn) on 127.0.0.1:{port}")
     baseline = start_process(
-        "baseline",
+        name,
         [
             sys.executable,
             "-m",
             "uvicorn",
-            "bench.baseline_app:app",
+            app,
             "--host",
             "127.0.0.1",
             "--port",

@@ -1,12 +1,14 @@
 """Benchmark: modelbay beside its peers, BentoML and Ray Serve, on the same no-op, in one run.
 
 Run `.venv/bin/python bench/peers.py` (wrk installed: `make bench` installs it); see bench/README.md
-("Peers: BentoML and Ray Serve beside modelbay"). Four servers answer `{"x": 1}` with `{"x": 1}`:
+("Peers: BentoML and Ray Serve beside modelbay"). Five servers answer `{"x": 1}` with `{"x": 1}`:
 
 - modelbay: the UbiOps direct request to the no-op deployment (one instance), as
   bench/direct_requests.py sends it;
 - bare uvicorn: bench/baseline_app.py, a bare ASGI handler answering modelbay's JSON shape (no
   worker process, nothing recorded): the ceiling of one Python front on this machine;
+- the pipe design: bench/pipe_app.py, the same front handing each request to one worker process
+  over a pipe, several in flight (modelbay's design with nothing recorded): its ceiling;
 - BentoML 1.4 (one worker) and Ray Serve 2.60 (one replica), each in a virtualenv of its own under
   `.venv-bench/`, made on first use.
 
@@ -74,8 +76,9 @@ class Noop:
         return {"x": x}
 """
 
-SERVERS = ("modelbay", "bentoml", "ray-serve", "bare-uvicorn")
-LABELS = {"modelbay": "modelbay", "bentoml": "BentoML", "ray-serve": "Ray Serve", "bare-uvicorn": "bare uvicorn"}
+SERVERS = ("modelbay", "bentoml", "ray-serve", "pipe-design", "bare-uvicorn")
+LABELS = {"modelbay": "modelbay", "bentoml": "BentoML", "ray-serve": "Ray Serve", "pipe-design": "pipe design",
+          "bare-uvicorn": "bare uvicorn"}
 PEER_STARTUP_DEADLINE_S = 180.0  # Ray starts its own cluster; on a busy machine that takes a while
 
 
@@ -165,10 +168,20 @@ def start_bare_uvicorn_target(workdir: Path, procs: list[Proc]) -> Target:
     )
 
 
+def start_pipe_design_target(workdir: Path, procs: list[Proc]) -> Target:
+    phase = workdir / "pipe-design"
+    phase.mkdir(parents=True)
+    started = time.perf_counter()
+    server = start_baseline(phase, procs, app="bench.pipe_app:app", name="pipe-design")
+    return Target("pipe-design", server, request_path(PROJECT, DEPLOYMENT), "", time.perf_counter() - started,
+                  lambda body: body.get("result"))
+
+
 STARTERS: dict[str, Callable[[Path, list[Proc]], Target]] = {
     "modelbay": start_modelbay_target,
     "bentoml": start_bentoml_target,
     "ray-serve": start_ray_serve_target,
+    "pipe-design": start_pipe_design_target,
     "bare-uvicorn": start_bare_uvicorn_target,
 }
 
@@ -343,8 +356,8 @@ def report(results: dict[str, Any]) -> None:
     for line in errors:
         console.print(f"[red]{line}[/red]")
     console.print(
-        "The bare uvicorn baseline is a handler with no worker process: the ceiling of one Python "
-        "front on this machine, not of modelbay's design (a front handing each request to a worker).",
+        "The pipe design is modelbay's design with nothing recorded (a front handing each request to "
+        "one worker over a pipe); bare uvicorn is a handler with no worker: one Python front's ceiling.",
         highlight=False,
     )
 
@@ -400,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "versions": {
             "modelbay": packages["modelbay"],
+            "pipe-design": f"uvicorn {packages['uvicorn']}",
             "bare-uvicorn": f"uvicorn {packages['uvicorn']}",
             "bentoml": BENTOML_PIN.split("==")[1],
             "ray-serve": RAY_SERVE_PIN.split("==")[1],

@@ -149,10 +149,13 @@ def test_a_node_killed_with_sigkill_mid_drain_loses_nothing_and_reruns_nothing_c
     found = {r["id"]: r for r in requests(cluster)}
     assert sorted(found) == sorted(ids)  # nothing lost
     failed = [r for r in found.values() if r["status"] != "completed"]
-    for row in failed:  # only what was running on the killed node, failed with the reason
+    for row in failed:  # only what was running on the killed node, or behind one of its calls, failed with the reason
         ran_there = row["owner"] in dead and "server stopped" in row["error_message"]
         sent_there = row["error_message"].startswith("The node running this request stopped")  # by another node
-        assert row["status"] == "failed" and (ran_there or sent_there), row
+        # Next in an instance whose call from the killed node was abandoned (which ends the instance):
+        # when that call's answer was already on its way, the next call may have started.
+        behind_one = row["error_message"] == "The instance was stopped during the request."
+        assert row["status"] == "failed" and (ran_there or sent_there or behind_one), row
     assert len(failed) <= 2 * 6  # what its instances ran, its own items and the others' it ran
     runs = runs_of(marks)
     twice = [item for item, count in runs.items() if count > 1]
