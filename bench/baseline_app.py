@@ -48,6 +48,17 @@ def _deployment_name(path: str) -> str:
         return ""
 
 
+async def read_body(receive: Receive) -> bytes:
+    """The whole body of an HTTP request, from its ASGI messages."""
+    body = b""
+    more = True
+    while more:
+        message = await receive()
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+    return body
+
+
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] == "lifespan":
         while True:
@@ -59,12 +70,7 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
                 return
     if scope["type"] != "http":
         return
-    body = b""
-    more = True
-    while more:
-        message = await receive()
-        body += message.get("body", b"")
-        more = message.get("more_body", False)
+    body = await read_body(receive)
     status = 200
     if scope["method"] == "POST" and scope["path"].endswith("/requests/batch"):
         try:

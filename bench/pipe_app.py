@@ -15,15 +15,10 @@ import asyncio
 import sys
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 import orjson
 
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+from bench.baseline_app import HEALTH, Receive, Scope, Send, read_body
 
 #: The worker: one JSON line in, one JSON line out, in order.
 WORKER = """
@@ -84,16 +79,10 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
                 return
     if scope["type"] != "http":
         return
-    body = b""
-    more = True
-    while more:
-        message = await receive()
-        body += message.get("body", b"")
-        more = message.get("more_body", False)
     if scope["method"] != "POST":
-        out = b'{"status":"ok"}'
+        out = HEALTH
     else:
-        result = orjson.loads(await worker.call(body))
+        result = orjson.loads(await worker.call(await read_body(receive)))
         out = orjson.dumps({"id": str(uuid.uuid4()), "deployment": "noop", "version": "v1", "status": "completed",
                             "success": True, "result": result, "error_message": None, "timeout": 300})
     await send({"type": "http.response.start", "status": 200,
