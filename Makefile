@@ -57,21 +57,27 @@ RAY_SDK_FLOWS := tests/compat/ubiops/test_direct_requests.py tests/compat/ubiops
 # machine and over 30 s with all four groups at once. The tests mostly wait on servers and user
 # code, so together they take far less than one after the other.
 # tests/runtime opens no store, and the SDK flows meet PostgreSQL in the cluster group: neither runs
-# twice. The other groups' output follows the SQLite run's; any of them failing fails `make test`.
+# twice. The other groups' output follows the SQLite run's, then a recap of each group's failures and
+# last line (a CI log shows only its tail); any group failing fails `make test`.
 test: install-test
-	@pglog=$$(mktemp); clusterlog=$$(mktemp); raylog=$$(mktemp); \
+	@sqlitelog=$$(mktemp); pglog=$$(mktemp); clusterlog=$$(mktemp); raylog=$$(mktemp); \
 	MODELBAY_TEST_DATABASE=postgresql $(BIN)/python -m pytest -n 2 -q --ignore=tests/runtime \
 	  --ignore=tests/compat --ignore=tests/clients --ignore=tests/examples >$$pglog 2>&1 & pg=$$!; \
 	(MODELBAY_TEST_DATABASE=postgresql MODELBAY_TEST_CLUSTER=3 \
 	  $(BIN)/python -m pytest -n 1 -q tests/compat >$$clusterlog 2>&1; echo $$? >$$clusterlog.rc; \
 	 MODELBAY_TEST_RUNTIME=ray $(BIN)/python -m pytest -n 1 -q $(RAY_SDK_FLOWS) >$$raylog 2>&1; \
 	 echo $$? >$$raylog.rc) & chained=$$!; \
-	trap 'kill $$pg $$chained 2>/dev/null; rm -f $$pglog $$clusterlog* $$raylog*; exit 130' INT TERM; \
-	echo "== the suite on SQLite"; $(BIN)/python -m pytest -n 2 -q; sqlite=$$?; \
-	wait $$pg; postgres=$$?; wait $$chained; clustered=$$(cat $$clusterlog.rc); rayed=$$(cat $$raylog.rc); \
+	trap 'kill $$pg $$chained 2>/dev/null; rm -f $$sqlitelog* $$pglog $$clusterlog* $$raylog*; exit 130' INT TERM; \
+	echo "== the suite on SQLite"; ($(BIN)/python -m pytest -n 2 -q 2>&1; echo $$? >$$sqlitelog.rc) | tee $$sqlitelog; \
+	sqlite=$$(cat $$sqlitelog.rc); wait $$pg; postgres=$$?; wait $$chained; \
+	clustered=$$(cat $$clusterlog.rc); rayed=$$(cat $$raylog.rc); \
 	echo "== the store, the engine and the servers on PostgreSQL"; cat $$pglog; \
 	echo "== the SDK suites on a cluster of three servers"; cat $$clusterlog; \
-	echo "== the main SDK flows with instances on Ray"; cat $$raylog; rm -f $$pglog $$clusterlog* $$raylog*; \
+	echo "== the main SDK flows with instances on Ray"; cat $$raylog; \
+	echo "== in short (the failures and the last line of each group)"; \
+	for log in $$sqlitelog $$pglog $$clusterlog $$raylog; do \
+	  grep -E '^(FAILED|ERROR) ' $$log; tail -n 1 $$log; done; \
+	rm -f $$sqlitelog* $$pglog $$clusterlog* $$raylog*; \
 	[ $$sqlite = 0 ] && [ $$postgres = 0 ] && [ $$clustered = 0 ] && [ $$rayed = 0 ]
 
 bench: install-test
