@@ -4,12 +4,15 @@ A run is committed before its creator hears of it, then driven on the server's l
 `submitted` (accepted) -> `pending` (queued) -> `runnable` (has a slot of its version)
 -> `starting` (an instance is being made ready) -> `running` (the code runs) ->
 `succeeded` | `failed`. A failed attempt goes back to `runnable` while retries are left.
+Steps that follow each other at once share a commit: a run that finds a place goes from
+`submitted` to `starting` in one, and an attempt that ends within a moment goes from `starting`
+to its end in one (a longer one is written `running` meanwhile, as direct requests are).
 A run of a version whose code is still building stays `submitted` until the build ends (told by
 `Revisions.build_ended`), then goes on, or fails with the build's reason.
 Each attempt is one direct request, so it also shows in the version's request list.
 
 Any node of the cluster may run a run: the one that gets a slot of its version first claims it
-(`pending` -> `runnable` sets its `owner`, compare-and-set, so one node wins, and only while the
+(`runnable` sets its `owner`, compare-and-set, so one node wins, and only while the
 cluster runs fewer of the version's runs than its `maximum_instances`) and fences every later
 write by that claim. Runs a node accepts start there at once; a periodic pass of every node
 also drives the queued runs of the others. What a dead node held is given back by `_give_back`.
@@ -38,7 +41,7 @@ from modelbay.core.errors import InvalidInput, NotFound, StatusChanged, Unavaila
 from modelbay.core.fields import check_data
 from modelbay.core.journal import Journal, split_lines
 from modelbay.core.nodes import Nodes
-from modelbay.core.requests import Requests
+from modelbay.core.requests import RECORD_PROCESSING_AFTER_S, Requests
 from modelbay.core.revisions import build_failure
 from modelbay.core.scheduler import Scheduler
 from modelbay.core.states import RUN, RunStatus, VersionStatus, move
@@ -303,37 +306,52 @@ class Runs:
         self._closing = True
         await self._background.close(grace_s)
 
-    async def _move(self, run_id: str, old: RunStatus, new: RunStatus, lines: Iterable[str] = (), *,
+    async def _move(self, run_id: str, old: RunStatus, *new: RunStatus, lines: Iterable[str] = (),
                     fence: str | None = None, **values: Any) -> None:
-        """Change a run's status, with the log lines that tell of it in the same commit. `fence`:
-        the node that claimed the run; raises `StatusChanged` if it holds it no more."""
+        """Change a run's status through each of `new` in turn, in one commit with the log lines
+        that tell of it (`values` go with the last). `fence`: the node that claimed the run; raises
+        `StatusChanged` if it holds it no more."""
         rows = self._journal.rows(run_id, lines)
 
         def write(conn: Connection) -> None:
-            move(conn, RUN, run_id, old, new, fence=fence, **values)
+            for step, (before, after) in enumerate(zip((old, *new), new), 1):
+                move(conn, RUN, run_id, before, after, fence=fence, **(values if step == len(new) else {}))
             self._journal.write(conn, rows)
 
         await self._db.committer.submit_async(write)
-        self.status_changed(run_id, new)
+        for status in new:
+            self.status_changed(run_id, status)
 
-    async def _claim(self, run_id: str, old: RunStatus, target: Target, node_id: str) -> bool:
-        """Claim a queued run for this node, unless the cluster runs the version's maximum of runs
-        already; returns whether it claimed it. Raises `StatusChanged` when another node did."""
+    async def _claim(self, run_id: str, old: RunStatus, target: Target, node_id: str, total: int) -> int | None:
+        """Claim a queued run for this node and start its next attempt, in one commit; returns the
+        attempt's number, or None when the cluster runs the version's maximum of runs already (the
+        run is then `pending`). Raises `StatusChanged` when another node claimed it."""
         version_id = target.version_id
+        path = [RunStatus.PENDING] if old is RunStatus.SUBMITTED else []
 
-        def write(conn: Connection) -> bool:
+        def write(conn: Connection) -> int | None:
             lock_until_commit(conn, f"runs:{version_id}")
             running = conn.scalar(select(func.count()).select_from(RUNS).where(
                 RUNS.c.version_id == version_id, RUNS.c.status.in_([s.value for s in CLAIMED]))) or 0
             if running >= max(target.maximum_instances, 1):
-                return False
-            move(conn, RUN, run_id, old, RunStatus.RUNNABLE, owner=node_id)
-            return True
+                if path:
+                    move(conn, RUN, run_id, old, RunStatus.PENDING)
+                return None
+            before = old
+            for status in path:
+                move(conn, RUN, run_id, before, status)
+                before = status
+            move(conn, RUN, run_id, before, RunStatus.RUNNABLE, owner=node_id)
+            # Attempts made before it was given back to the queue count.
+            attempt = (conn.scalar(select(RUNS.c.attempts).where(RUNS.c.id == run_id)) or 0) + 1
+            move(conn, RUN, run_id, RunStatus.RUNNABLE, RunStatus.STARTING, fence=node_id, attempts=attempt)
+            self._journal.write(conn, self._journal.rows(run_id, [f"Attempt {attempt} of {total} is starting"]))
+            return attempt
 
-        claimed = await self._db.committer.submit_async(write)
-        if claimed:
-            self.status_changed(run_id, RunStatus.RUNNABLE)
-        return bool(claimed)
+        attempt = await self._db.committer.submit_async(write)
+        for status in path if attempt is None else [*path, RunStatus.RUNNABLE, RunStatus.STARTING]:
+            self.status_changed(run_id, status)
+        return attempt
 
     def _slot(self, target: Target) -> asyncio.Semaphore:
         """Runs of one version run at most `maximum_instances` at a time on this node; the rest wait `pending`."""
@@ -362,22 +380,23 @@ class Runs:
                 if failure is not None:
                     raise Unavailable(failure)
                 self._deployments.serving_target_check(target)  # raises: no built code
-            if status is RunStatus.SUBMITTED:
+            slot = self._slot(target)
+            if status is RunStatus.SUBMITTED and slot.locked():  # it waits for a place here: say so
                 await self._move(run_id, status, RunStatus.PENDING)
                 status = RunStatus.PENDING
-            async with self._slot(target):
+            async with slot:
                 if self._closing or self._full_until.get(target.version_id, 0.0) > time.monotonic():
-                    return  # still pending: another node, the next pass, or the next start runs it
+                    if status is RunStatus.SUBMITTED:
+                        await self._move(run_id, status, RunStatus.PENDING)
+                    return  # pending: another node, the next pass, or the next start runs it
                 # The claim: of the nodes that have a slot for it, the first one runs it.
                 node_id = self._nodes.id
-                if not await self._claim(run_id, status, target, node_id):
+                attempt = await self._claim(run_id, status, target, node_id, row.retry_count + 1)
+                if attempt is None:
                     self._full_until[target.version_id] = time.monotonic() + PICK_UP_PERIOD_S / 2
                     return
-                status = RunStatus.RUNNABLE
-                with self._db.read() as session:  # attempts made before it was given back to the queue
-                    row.attempts = session.scalar(select(RUNS.c.attempts).where(RUNS.c.id == run_id)) or 0
                 try:
-                    status = await self._attempts(row, status, node_id)
+                    status = await self._attempts(row, attempt, node_id)
                     if status in RUN.terminal:
                         self._ended(row, status)
                 finally:
@@ -410,7 +429,7 @@ class Runs:
         if current is None or RunStatus(current) in RUN.terminal:
             return False
         try:
-            await self._move(run_id, RunStatus(current), RunStatus.FAILED, [message], error_message=message,
+            await self._move(run_id, RunStatus(current), RunStatus.FAILED, lines=[message], error_message=message,
                              fence=node_id)
         except StatusChanged:
             return False
@@ -429,44 +448,65 @@ class Runs:
         with self._db.read() as session:
             return session.scalar(select(RUNS.c.error_message).where(RUNS.c.id == run_id))
 
-    async def _attempts(self, row: RunRow, status: RunStatus, node_id: str) -> RunStatus:
-        """Run attempts until one succeeds or the retries are used up; returns the final status.
-        Every write is fenced by the claim of `node_id`."""
-        run_id, attempt, total = row.id, row.attempts, row.retry_count + 1
+    async def _attempts(self, row: RunRow, attempt: int, node_id: str) -> RunStatus:
+        """Run attempts from number `attempt` (its run is `starting`) until one succeeds or the
+        retries are used up; returns the final status. Every write is fenced by the claim of `node_id`."""
+        run_id, total = row.id, row.retry_count + 1
         while True:
-            if self._closing:
-                return status  # still runnable: `Nodes.close` gives it back
             target = self._deployments.serving_target_check(self._deployments.target_of_version(row.version_id))
-            attempt += 1
-            await self._move(run_id, status, RunStatus.STARTING, [f"Attempt {attempt} of {total} is starting"],
-                             fence=node_id, attempts=attempt)
-            status = RunStatus.STARTING
             error: str | None
             printed: list[str] = []
+            ran: tuple[RunStatus, ...] = ()  # `running`, when the attempt ran and it is not written yet
+            status = RunStatus.STARTING
             try:
                 await self._scheduler.make_ready(target, START_TIMEOUT_S)
             except (InstanceStartFailed, CallTimedOut) as exc:
                 error = f"The code could not start: {getattr(exc, 'message', exc)}"
             else:
-                await self._move(run_id, status, RunStatus.RUNNING, fence=node_id)
-                status = RunStatus.RUNNING
-                error, printed = await self._attempt(run_id, row, target)
+                status, error, printed = await self._attempt(run_id, row, target, node_id)
+                ran = (RunStatus.RUNNING,) if status is RunStatus.STARTING else ()
             if error is None:
-                await self._move(run_id, status, RunStatus.SUCCEEDED,
-                                 [*printed, f"Attempt {attempt} of {total} succeeded"], fence=node_id)
+                await self._move(run_id, status, *ran, RunStatus.SUCCEEDED,
+                                 lines=[*printed, f"Attempt {attempt} of {total} succeeded"], fence=node_id)
                 return RunStatus.SUCCEEDED
-            if attempt < total:
-                await self._move(run_id, status, RunStatus.RUNNABLE,
-                                 [*printed, f"Attempt {attempt} of {total} failed: {error}; retrying"], fence=node_id)
-                status = RunStatus.RUNNABLE
-                continue
-            await self._move(run_id, status, RunStatus.FAILED,
-                             [*printed, f"Attempt {attempt} of {total} failed: {error}"], fence=node_id,
-                             error_message=error)
-            return RunStatus.FAILED
+            if attempt >= total:
+                await self._move(run_id, status, *ran, RunStatus.FAILED,
+                                 lines=[*printed, f"Attempt {attempt} of {total} failed: {error}"], fence=node_id,
+                                 error_message=error)
+                return RunStatus.FAILED
+            await self._move(run_id, status, *ran, RunStatus.RUNNABLE,
+                             lines=[*printed, f"Attempt {attempt} of {total} failed: {error}; retrying"],
+                             fence=node_id)
+            if self._closing:
+                return RunStatus.RUNNABLE  # `Nodes.close` gives it back
+            attempt += 1
+            await self._move(run_id, RunStatus.RUNNABLE, RunStatus.STARTING,
+                             lines=[f"Attempt {attempt} of {total} is starting"], fence=node_id, attempts=attempt)
 
-    async def _attempt(self, run_id: str, row: RunRow, target: Target) -> tuple[str | None, list[str]]:
-        """One execution: None on success, else why it failed; and the lines the code printed."""
+    async def _attempt(self, run_id: str, row: RunRow, target: Target,
+                       node_id: str) -> tuple[RunStatus, str | None, list[str]]:
+        """One execution of a `starting` run: the status written meanwhile (as for direct requests,
+        an attempt still running after a moment is written `running`; a quicker one goes from
+        `starting` to its end in one commit), None on success else why it failed, and the lines
+        the code printed."""
+        running: asyncio.Task[None] | None = None
+
+        def record_running() -> None:
+            nonlocal running
+            running = asyncio.ensure_future(self._move(run_id, RunStatus.STARTING, RunStatus.RUNNING, fence=node_id))
+
+        timer = asyncio.get_running_loop().call_later(RECORD_PROCESSING_AFTER_S, record_running)
+        try:
+            error, printed = await self._call(run_id, row, target)
+        finally:
+            timer.cancel()
+        if running is None:
+            return RunStatus.STARTING, error, printed
+        await running  # raises StatusChanged when the run is no longer this node's
+        return RunStatus.RUNNING, error, printed
+
+    async def _call(self, run_id: str, row: RunRow, target: Target) -> tuple[str | None, list[str]]:
+        """The attempt's request: None on success, else why it failed; and the lines the code printed."""
         data, context = call_input(target, row.input_data, dict(row.environment or {}))
         try:
             record = await self._requests.direct(
