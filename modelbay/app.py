@@ -21,6 +21,7 @@ from modelbay.dialects.abeja.runs import router as abeja_runs_router
 from modelbay.dialects.abeja.services import proxy_router as abeja_proxy_router
 from modelbay.dialects.abeja.services import router as abeja_services_router
 from modelbay.dialects.common.errors import unrouted_handler
+from modelbay.dialects.common.path_router import PathRouter
 from modelbay.dialects.datature import errors as datature_errors
 from modelbay.dialects.datature.jobs import item_result as datature_item_result
 from modelbay.dialects.datature.routes import routers as datature_routers
@@ -76,22 +77,16 @@ def create_app(settings: Settings) -> ASGIApp:
     # The ABEJA service proxy first: one path check costs the other routes next to nothing, and
     # the UbiOps hot path (direct requests) never reaches this router.
     app.include_router(abeja_proxy_router)
+    # Each dialect's routes under its own path prefix, so a request tries only its dialect's routes.
     # Direct requests, the hot path, are answered by `DirectRequests` before the app sees them.
     for prefix in UBIOPS_PREFIXES:  # request routes first: they are matched most often
-        app.include_router(ubiops_requests_router, prefix=prefix)
-        app.include_router(ubiops_streaming_router, prefix=prefix)
-    for prefix in UBIOPS_PREFIXES:
-        app.include_router(ubiops_router, prefix=prefix)
-        app.include_router(ubiops_logs_router, prefix=prefix)
-        app.include_router(ubiops_pipelines_router, prefix=prefix)
-        app.include_router(ubiops_pipeline_requests_router, prefix=prefix)
+        app.include_router(PathRouter(prefix, [
+            ubiops_requests_router, ubiops_streaming_router, ubiops_router, ubiops_logs_router,
+            ubiops_pipelines_router, ubiops_pipeline_requests_router]), prefix=prefix)
     app.include_router(node_calls_router)
-    app.include_router(abeja_runs_router)
-    app.include_router(abeja_services_router)
-    app.include_router(abeja_endpoints_router)
-    app.include_router(abeja_deployments_router)
-    for datature_router in datature_routers:
-        app.include_router(datature_router)
+    app.include_router(PathRouter("/organizations/", [
+        abeja_runs_router, abeja_services_router, abeja_endpoints_router, abeja_deployments_router]))
+    app.include_router(PathRouter("/projects/", datature_routers))
 
     install_console(app)
 
