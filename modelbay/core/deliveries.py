@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import httpx
 from sqlalchemy import Connection, Table, func, select, update
 
 from modelbay.core.activity import Activity
@@ -29,13 +28,12 @@ from modelbay.core.clock import as_utc, utcnow
 from modelbay.core.errors import StatusChanged
 from modelbay.core.nodes import Nodes
 from modelbay.core.states import DELIVERY, DeliveryStatus, move
+from modelbay.core.webhook_targets import WebhookClient
 from modelbay.core.webhooks import backoff_ms, post_signed
 from modelbay.store.db import Database
 from modelbay.store.tables import DeliveryRow, WebhookRow
 
 log = logging.getLogger(__name__)
-# One line per POST would drown the server log under a batch job.
-logging.getLogger("httpx").setLevel(logging.WARNING)
 
 DELIVERIES: Table = DeliveryRow.__table__  # type: ignore[assignment]
 WEBHOOKS: Table = WebhookRow.__table__  # type: ignore[assignment]
@@ -79,7 +77,7 @@ def new_delivery(webhook_id: str, body: bytes, *, job_id: str | None = None, ite
 class Deliveries:
     """The delivery worker. `wake()` after committing new deliveries."""
 
-    def __init__(self, db: Database, client: httpx.AsyncClient, nodes: Nodes, activity: Activity | None = None) -> None:
+    def __init__(self, db: Database, client: WebhookClient, nodes: Nodes, activity: Activity | None = None) -> None:
         self._db = db
         self._activity = activity or Activity()  # where the POSTs made here are counted
         self._client = client

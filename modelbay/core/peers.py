@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +23,9 @@ import orjson
 from modelbay.core.deployments import Target
 from modelbay.core.instance_slots import NoCapacity
 from modelbay.runtime.base import Call, CallNotStarted, CallOutcome, CallTimedOut, InstanceLost, InstanceStartFailed
+
+# One line per call sent to another node would drown the server log.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 #: The header a node proves itself with to another.
 TOKEN_HEADER = "x-modelbay-node"

@@ -17,12 +17,12 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import aiohttp
 from sqlalchemy import select, update
 
 from modelbay.core.clock import utcnow
 from modelbay.core.errors import InvalidInput, NotFound
-from modelbay.core.webhook_targets import RefusedTarget, check_endpoint
+from modelbay.core.webhook_targets import RefusedTarget, WebhookClient, check_endpoint
 from modelbay.store.db import Database
 from modelbay.store.tables import DeliveryRow, WebhookRow
 
@@ -105,18 +105,19 @@ class Attempt:
     refused: bool = False
 
 
-def connection_failure(exc: httpx.HTTPError) -> str:
-    """`ConnectError: Connection refused`: the operating system's word, from the innermost cause
-    (httpx says only "All connection attempts failed" for a refused or unreachable receiver)."""
-    detail, cause, seen = str(exc), exc.__cause__ or exc.__context__, 0
-    while cause is not None and seen < 10:
-        if isinstance(cause, OSError) and cause.errno:
-            detail = os.strerror(cause.errno)
-        cause, seen = cause.__cause__ or cause.__context__, seen + 1
+def connection_failure(exc: BaseException) -> str:
+    """What went wrong with a POST, in the words users know: `ConnectError: Connection refused` (the
+    operating system's word for a receiver that cannot be reached), `Timeout: …`, or the error's kind."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        error = exc.os_error  # a name that does not resolve has a negative errno (getaddrinfo's own)
+        return f"ConnectError: {os.strerror(error.errno) if error.errno and error.errno > 0 else error.strerror}"
+    if isinstance(exc, TimeoutError):
+        return f"Timeout: no answer within {DELIVERY_TIMEOUT_S:g} s"
+    detail = str(exc)
     return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
 
 
-async def post_signed(client: httpx.AsyncClient, endpoint: str, secret: str, body: bytes,
+async def post_signed(client: WebhookClient, endpoint: str, secret: str, body: bytes,
                       headers: dict[str, str] | None = None) -> Attempt:
     """POST `body` once, signed with `secret`; never raises for what the receiver does. The answer's
     status counts, its body is never kept (what a target answers is not shown to the project)."""
@@ -125,29 +126,30 @@ async def post_signed(client: httpx.AsyncClient, endpoint: str, secret: str, bod
             **(headers or {})}
     started = time.monotonic()
     try:
-        async with client.stream("POST", endpoint, content=body, headers=sent, timeout=DELIVERY_TIMEOUT_S) as answer:
+        async with client.post(endpoint, body, sent, DELIVERY_TIMEOUT_S) as answer:
             latency = int((time.monotonic() - started) * 1000)
             read = 0
-            async for chunk in answer.aiter_raw():
+            async for chunk in answer.content.iter_any():
                 read += len(chunk)
                 if read > MAX_ANSWER_BYTES:
-                    break  # the connection is closed rather than reused
+                    answer.close()  # the connection is closed rather than reused
+                    break
     except RefusedTarget as exc:
         return Attempt(False, 0, int((time.monotonic() - started) * 1000), exc.message, refused=True)
-    except httpx.InvalidURL as exc:  # stored before endpoints were parsed as the client does
-        return Attempt(False, 0, 0, f"The webhook endpoint is not a valid URL: {exc}", refused=True)
-    except httpx.HTTPError as exc:
+    except InvalidInput as exc:  # stored before endpoints were parsed as the client does
+        return Attempt(False, 0, 0, exc.message, refused=True)
+    except (aiohttp.ClientError, TimeoutError) as exc:
         latency = int((time.monotonic() - started) * 1000)
         return Attempt(False, 0, latency, connection_failure(exc))
-    ok = 200 <= answer.status_code < 300
-    return Attempt(ok, answer.status_code, latency, None if ok else f"The endpoint answered {answer.status_code}")
+    ok = 200 <= answer.status < 300
+    return Attempt(ok, answer.status, latency, None if ok else f"The endpoint answered {answer.status}")
 
 
 class Webhooks:
     """CRUD of webhooks, and the one-off test POST. `create` and `update` resolve the endpoint's host
     to check it (see `webhook_targets`), so they block: the routes run them in a thread."""
 
-    def __init__(self, db: Database, client: httpx.AsyncClient, *, allow_private_targets: bool = False) -> None:
+    def __init__(self, db: Database, client: WebhookClient, *, allow_private_targets: bool = False) -> None:
         self._db = db
         self._client = client
         self._allow_private_targets = allow_private_targets

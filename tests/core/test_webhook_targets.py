@@ -112,7 +112,7 @@ def test_an_endpoint_is_parsed_as_the_client_connects() -> None:
     ("https://10.0.0.1/", "host 10.0.0.1 is a private address"),
     ("http://[fd00::1]/", "is a private address"),
     ("http://[::ffff:127.0.0.1]/", "is a loopback address"),
-    ("http://[::ffff:a9fe:a9fe]/", "a link-local address ::ffff:169.254.169.254"),
+    ("http://[::ffff:a9fe:a9fe]/", "host ::ffff:a9fe:a9fe is a link-local address"),  # 169.254.169.254 mapped
 ])
 def test_refused_endpoints_say_why_and_name_the_setting(endpoint: str, said: str) -> None:
     with pytest.raises(RefusedTarget) as raised:
