@@ -43,7 +43,7 @@ from modelbay.core.revisions import Revisions, built_code
 from modelbay.core.runs import Runs
 from modelbay.core.scheduler import Scheduler
 from modelbay.core.services import Services
-from modelbay.core.webhook_targets import webhook_client
+from modelbay.core.webhook_targets import WebhookClient
 from modelbay.core.webhooks import Webhooks
 from modelbay.runtime.base import InstanceSpec, Runtime
 from modelbay.runtime.local import LocalRuntime
@@ -180,7 +180,7 @@ class Engine:
         self.url_signer = signed_urls.UrlSigner(signing_key)
         # One client for every webhook POST: pooled connections to receivers, each checked.
         allow_private = settings.webhook_allow_private_targets
-        self.http = webhook_client(allow_private=allow_private)
+        self.http = WebhookClient(allow_private=allow_private)
         self.webhooks = Webhooks(self.db, self.http, allow_private_targets=allow_private)
         self.deliveries = Deliveries(self.db, self.http, self.nodes, self.activity)
         self.datasets = Datasets(self.db, self.blobs, data / "spool")

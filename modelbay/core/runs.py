@@ -24,7 +24,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -114,6 +114,21 @@ def call_input(target: Target, body: Any, environment: dict[str, str]) -> tuple[
     if target.input_type == "structured":
         return body, context
     return (body if isinstance(body, str) else orjson.dumps(body).decode()), context
+
+
+def walk(conn: Connection, run_id: str, old: RunStatus, new: Sequence[RunStatus], *, fence: str | None = None,
+         **values: Any) -> None:
+    """Move a run from `old` through each of `new` in turn, in the caller's transaction (`values` go
+    with the last move)."""
+    before = old
+    for after in new[:-1]:
+        move(conn, RUN, run_id, before, after, fence=fence)
+        before = after
+    move(conn, RUN, run_id, before, new[-1], fence=fence, **values)
+
+
+def starting_line(attempt: int, total: int) -> str:
+    return f"Attempt {attempt} of {total} is starting"
 
 
 def is_building(target: Target) -> bool:
@@ -314,8 +329,7 @@ class Runs:
         rows = self._journal.rows(run_id, lines)
 
         def write(conn: Connection) -> None:
-            for step, (before, after) in enumerate(zip((old, *new), new), 1):
-                move(conn, RUN, run_id, before, after, fence=fence, **(values if step == len(new) else {}))
+            walk(conn, run_id, old, new, fence=fence, **values)
             self._journal.write(conn, rows)
 
         await self._db.committer.submit_async(write)
@@ -337,21 +351,22 @@ class Runs:
                 if path:
                     move(conn, RUN, run_id, old, RunStatus.PENDING)
                 return None
-            before = old
-            for status in path:
-                move(conn, RUN, run_id, before, status)
-                before = status
-            move(conn, RUN, run_id, before, RunStatus.RUNNABLE, owner=node_id)
+            walk(conn, run_id, old, [*path, RunStatus.RUNNABLE], owner=node_id)
             # Attempts made before it was given back to the queue count.
             attempt = (conn.scalar(select(RUNS.c.attempts).where(RUNS.c.id == run_id)) or 0) + 1
             move(conn, RUN, run_id, RunStatus.RUNNABLE, RunStatus.STARTING, fence=node_id, attempts=attempt)
-            self._journal.write(conn, self._journal.rows(run_id, [f"Attempt {attempt} of {total} is starting"]))
+            self._journal.write(conn, self._journal.rows(run_id, [starting_line(attempt, total)]))
             return attempt
 
         attempt = await self._db.committer.submit_async(write)
         for status in path if attempt is None else [*path, RunStatus.RUNNABLE, RunStatus.STARTING]:
             self.status_changed(run_id, status)
         return attempt
+
+    def _holding_back(self, target: Target) -> bool:
+        """Whether no run of the version is claimed here now: the server is stopping, or the cluster
+        ran the version's maximum of runs a moment ago."""
+        return self._closing or self._full_until.get(target.version_id, 0.0) > time.monotonic()
 
     def _slot(self, target: Target) -> asyncio.Semaphore:
         """Runs of one version run at most `maximum_instances` at a time on this node; the rest wait `pending`."""
@@ -381,13 +396,11 @@ class Runs:
                     raise Unavailable(failure)
                 self._deployments.serving_target_check(target)  # raises: no built code
             slot = self._slot(target)
-            if status is RunStatus.SUBMITTED and slot.locked():  # it waits for a place here: say so
-                await self._move(run_id, status, RunStatus.PENDING)
+            if status is RunStatus.SUBMITTED and (slot.locked() or self._holding_back(target)):
+                await self._move(run_id, status, RunStatus.PENDING)  # it waits for a place: say so
                 status = RunStatus.PENDING
-            async with slot:
-                if self._closing or self._full_until.get(target.version_id, 0.0) > time.monotonic():
-                    if status is RunStatus.SUBMITTED:
-                        await self._move(run_id, status, RunStatus.PENDING)
+            async with slot:  # taken at once when it was free: nothing changed since the check
+                if self._holding_back(target):
                     return  # pending: another node, the next pass, or the next start runs it
                 # The claim: of the nodes that have a slot for it, the first one runs it.
                 node_id = self._nodes.id
@@ -456,39 +469,37 @@ class Runs:
             target = self._deployments.serving_target_check(self._deployments.target_of_version(row.version_id))
             error: str | None
             printed: list[str] = []
-            ran: tuple[RunStatus, ...] = ()  # `running`, when the attempt ran and it is not written yet
-            status = RunStatus.STARTING
+            passed: tuple[RunStatus, ...] = (RunStatus.STARTING,)  # the statuses the end moves it from, in turn
             try:
                 await self._scheduler.make_ready(target, START_TIMEOUT_S)
             except (InstanceStartFailed, CallTimedOut) as exc:
                 error = f"The code could not start: {getattr(exc, 'message', exc)}"
             else:
-                status, error, printed = await self._attempt(run_id, row, target, node_id)
-                ran = (RunStatus.RUNNING,) if status is RunStatus.STARTING else ()
+                passed, error, printed = await self._attempt(run_id, row, target, node_id)
             if error is None:
-                await self._move(run_id, status, *ran, RunStatus.SUCCEEDED,
+                await self._move(run_id, *passed, RunStatus.SUCCEEDED,
                                  lines=[*printed, f"Attempt {attempt} of {total} succeeded"], fence=node_id)
                 return RunStatus.SUCCEEDED
             if attempt >= total:
-                await self._move(run_id, status, *ran, RunStatus.FAILED,
+                await self._move(run_id, *passed, RunStatus.FAILED,
                                  lines=[*printed, f"Attempt {attempt} of {total} failed: {error}"], fence=node_id,
                                  error_message=error)
                 return RunStatus.FAILED
-            await self._move(run_id, status, *ran, RunStatus.RUNNABLE,
+            await self._move(run_id, *passed, RunStatus.RUNNABLE,
                              lines=[*printed, f"Attempt {attempt} of {total} failed: {error}; retrying"],
                              fence=node_id)
             if self._closing:
                 return RunStatus.RUNNABLE  # `Nodes.close` gives it back
             attempt += 1
             await self._move(run_id, RunStatus.RUNNABLE, RunStatus.STARTING,
-                             lines=[f"Attempt {attempt} of {total} is starting"], fence=node_id, attempts=attempt)
+                             lines=[starting_line(attempt, total)], fence=node_id, attempts=attempt)
 
     async def _attempt(self, run_id: str, row: RunRow, target: Target,
-                       node_id: str) -> tuple[RunStatus, str | None, list[str]]:
-        """One execution of a `starting` run: the status written meanwhile (as for direct requests,
-        an attempt still running after a moment is written `running`; a quicker one goes from
-        `starting` to its end in one commit), None on success else why it failed, and the lines
-        the code printed."""
+                       node_id: str) -> tuple[tuple[RunStatus, ...], str | None, list[str]]:
+        """One execution of a `starting` run: the statuses its end moves it from (as for direct
+        requests, an attempt still running after a moment is written `running` meanwhile; a quicker
+        one goes from `starting` through `running` to its end in one commit), None on success else
+        why it failed, and the lines the code printed."""
         running: asyncio.Task[None] | None = None
 
         def record_running() -> None:
@@ -501,9 +512,9 @@ class Runs:
         finally:
             timer.cancel()
         if running is None:
-            return RunStatus.STARTING, error, printed
+            return (RunStatus.STARTING, RunStatus.RUNNING), error, printed
         await running  # raises StatusChanged when the run is no longer this node's
-        return RunStatus.RUNNING, error, printed
+        return (RunStatus.RUNNING,), error, printed
 
     async def _call(self, run_id: str, row: RunRow, target: Target) -> tuple[str | None, list[str]]:
         """The attempt's request: None on success, else why it failed; and the lines the code printed."""

@@ -77,6 +77,12 @@ def refusal(address: Address) -> str | None:
 
 def parse_endpoint(endpoint: Any) -> tuple[str, str, int]:
     """(scheme, host, port) of an http(s) URL with a host, as the client will connect; else `InvalidInput`."""
+    url, port = _endpoint_url(endpoint)
+    return url.scheme, url.raw_host, port
+
+
+def _endpoint_url(endpoint: Any) -> tuple[yarl.URL, int]:
+    """`endpoint` parsed as the client will connect to it, and its port; else `InvalidInput`."""
     if not isinstance(endpoint, str) or not endpoint or len(endpoint) > MAX_ENDPOINT_CHARS:
         raise InvalidInput(f"The webhook endpoint must be an http or https URL of at most {MAX_ENDPOINT_CHARS} "
                            "characters")
@@ -90,7 +96,7 @@ def parse_endpoint(endpoint: Any) -> tuple[str, str, int]:
     port = port or _DEFAULT_PORTS[url.scheme]
     if not 0 < port < 65536:
         raise InvalidInput(f"The webhook endpoint's port {port} is out of range")
-    return url.scheme, url.raw_host, port
+    return url, port
 
 
 def resolve(host: str, port: int) -> list[str]:
@@ -171,10 +177,10 @@ class WebhookClient:
     def post(self, endpoint: str, body: bytes, headers: dict[str, str], timeout_s: float) -> Any:
         """The POST, to use as `async with`. Raises `RefusedTarget` for an address webhooks may not
         reach, `InvalidInput` for an endpoint that is not an http(s) URL."""
-        _, host, port = parse_endpoint(endpoint)
-        if _literal(host) is not None:  # the connector resolves only names: an address is checked here
-            checked_addresses(host, port, allow_private=self._allow_private)
-        return self._connected().post(endpoint, data=body, headers=headers, allow_redirects=False,
+        url, port = _endpoint_url(endpoint)
+        if _literal(url.raw_host) is not None:  # the connector resolves only names: an address is checked here
+            checked_addresses(url.raw_host, port, allow_private=self._allow_private)
+        return self._connected().post(url, data=body, headers=headers, allow_redirects=False,
                                       timeout=aiohttp.ClientTimeout(total=timeout_s))
 
     def _connected(self) -> aiohttp.ClientSession:
@@ -193,7 +199,3 @@ class WebhookClient:
 
     async def __aexit__(self, *_: object) -> None:
         await self.aclose()
-
-
-def webhook_client(*, allow_private: bool) -> WebhookClient:
-    return WebhookClient(allow_private=allow_private)

@@ -193,9 +193,7 @@ def marks(directory: Path) -> dict[str, list[float]]:
 
 def ran_under(directory: Path, data_dir: Path) -> set[str]:
     """The items whose code ran (at least once) on an instance of the node with this data directory."""
-    return {path.name for path in directory.iterdir()
-            if any(line.split()[1:] and line.split()[1].startswith(f"{data_dir}/")
-                   for line in path.read_text().splitlines())}
+    return {path.name for path in directory.iterdir() if f" {data_dir}/" in path.read_text()}
 
 
 def ran_after_its_end(ran: dict[str, list[float]], ended: dict[str, float | None]) -> dict[str, list[float]]:

@@ -13,7 +13,7 @@ from sqlalchemy import insert, select
 from modelbay.core.clock import utcnow
 from modelbay.core.deliveries import DELIVERIES, Deliveries, new_delivery
 from modelbay.core.nodes import Nodes
-from modelbay.core.webhook_targets import webhook_client
+from modelbay.core.webhook_targets import WebhookClient
 from modelbay.core.webhooks import Webhooks, backoff_ms, sign, verify
 from modelbay.store.db import Database
 from modelbay.store.tables import DeliveryRow, ProjectRow
@@ -39,7 +39,7 @@ def open_store(tmp_path: Path) -> Database:
 
 async def deliver(db: Database, receiver: Receiver, bodies: list[bytes], *, max_retries: int,
                   until: str, timeout: float = 10.0) -> list[DeliveryRow]:
-    async with webhook_client(allow_private=True) as client:
+    async with WebhookClient(allow_private=True) as client:
         hook = Webhooks(db, client, allow_private_targets=True).create("p", "h", receiver.url, receiver.secret, max_retries, 50)
         with db.write() as session:
             session.execute(insert(DELIVERIES), [new_delivery(hook.id, body) for body in bodies])

@@ -13,7 +13,7 @@ from sqlalchemy import insert, select
 
 from modelbay.core.activity import Activity
 from modelbay.core.deliveries import DELIVERIES, Deliveries, new_delivery
-from modelbay.core.webhook_targets import webhook_client
+from modelbay.core.webhook_targets import WebhookClient
 from modelbay.core.webhooks import Webhooks
 from modelbay.store.tables import DeliveryRow
 from tests.compat.datature.receiver import running_receiver
@@ -31,7 +31,7 @@ def test_posts_are_counted_by_outcome_and_failures_logged(tmp_path: Path, caplog
             return session.scalar(select(DeliveryRow.finished_at)) is not None
 
     async def scenario(url: str, secret: str) -> None:
-        async with webhook_client(allow_private=True) as client:
+        async with WebhookClient(allow_private=True) as client:
             hook = Webhooks(db, client, allow_private_targets=True).create("p", "h", url, secret, 1, 50)
             with db.write() as session:
                 session.execute(insert(DELIVERIES), [new_delivery(hook.id, b"{}")])

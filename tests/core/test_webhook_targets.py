@@ -21,10 +21,10 @@ from modelbay.core.errors import InvalidInput
 from modelbay.core.webhook_targets import (
     ALLOW_SETTING,
     RefusedTarget,
+    WebhookClient,
     check_endpoint,
     parse_endpoint,
     refusal,
-    webhook_client,
 )
 from modelbay.core.webhooks import Webhooks, post_signed
 from modelbay.store.db import Database
@@ -158,7 +158,7 @@ def test_a_post_connects_to_the_address_resolved_once(monkeypatch: pytest.Monkey
     monkeypatch.setattr(webhook_targets, "resolve", resolve)
 
     async def post(port: int) -> tuple[int, str | None]:
-        async with webhook_client(allow_private=True) as client:
+        async with WebhookClient(allow_private=True) as client:
             attempt = await post_signed(client, f"http://receiver.test:{port}/hook", SECRET, b"{}")
             return attempt.status_code, attempt.error
 
@@ -184,7 +184,7 @@ def test_a_name_rebound_to_loopback_after_the_check_is_refused_when_sending(
 
 
 async def deliver_once(db: Database, endpoint: str, secret: str) -> list[DeliveryRow]:
-    async with webhook_client(allow_private=False) as client:
+    async with WebhookClient(allow_private=False) as client:
         hook = Webhooks(db, client).create("p", "h", endpoint, secret, 5, 50)
         with db.write() as session:
             session.execute(insert(DELIVERIES), [new_delivery(hook.id, b'{"n":1}')])
@@ -207,7 +207,7 @@ def test_a_redirect_is_not_followed() -> None:
     """A 3xx is a failed attempt: the client never goes where the receiver points."""
     with running_receiver() as elsewhere, running_receiver(redirect_to=elsewhere.url) as redirecting:
         async def post() -> tuple[bool, int, str | None]:
-            async with webhook_client(allow_private=True) as client:
+            async with WebhookClient(allow_private=True) as client:
                 attempt = await post_signed(client, redirecting.url, redirecting.secret, b"{}")
                 return attempt.ok, attempt.status_code, attempt.error
 
