@@ -20,7 +20,7 @@ from tests.integration.conftest import deploy, descendants, is_worker, kill_left
 pytestmark = pytest.mark.postgresql_only("a cluster is several servers on one PostgreSQL")
 
 #: Answers with the id of the instance that ran it (made when the instance loads); input "wait:<path>"
-#: writes to <path> every 20 ms until it is stopped.
+#: writes to <path> every 20 ms until it is stopped; input "big:<n>" adds n characters to the id.
 NAMES_ITS_INSTANCE = """
 import time
 import uuid
@@ -36,6 +36,8 @@ class Deployment:
                 with open(data[5:], "a") as out:
                     out.write("x")
                 time.sleep(0.02)
+        if data.startswith("big:"):
+            return self.id + "x" * int(data[4:])
         return self.id
 """
 
@@ -79,6 +81,20 @@ def test_one_instance_at_most_serves_a_version_with_a_maximum_of_one_through_eve
     # ... though each node accepted and recorded its share
     owners = Counter(row["owner"] for row in query(nodes[0].data_dir, "SELECT owner FROM requests"))
     assert len(owners) == 3 and sum(owners.values()) == 60
+
+
+def test_a_large_result_of_a_call_another_node_runs_comes_back_whole(cluster: Cluster) -> None:
+    a, b = cluster.start(2)
+    project = a.create_project("work")
+    with ubiops(a, project["token"]) as client:
+        deploy(client, "work", "who", NAMES_ITS_INSTANCE, maximum_instances=1)
+    instance = call(a, project["token"], "who").json()["result"]  # node A holds the one instance
+
+    answer = call(b, project["token"], "big:3000000")  # its outcome is one line of ~3 MB between the nodes
+
+    assert answer.status_code == 200 and answer.json()["status"] == "completed", answer.text[:300]
+    assert answer.json()["result"] == instance + "x" * 3_000_000
+    assert len(slots(cluster)) == 1
 
 
 def test_a_minimum_of_one_is_one_instance_in_the_cluster_and_comes_back_on_another_node_when_its_node_dies(
