@@ -8,6 +8,7 @@ import json
 import logging
 import signal
 import socket
+import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -18,9 +19,7 @@ import orjson
 
 import typer
 import uvicorn
-from rich.console import Console
 from pydantic import ValidationError
-from rich.markup import escape
 
 from modelbay.runtime import sandbox
 from modelbay.settings import Settings
@@ -31,7 +30,16 @@ if TYPE_CHECKING:
 app = typer.Typer(help="modelbay: a self-hosted platform that runs model code and serves requests to it.")
 project_app = typer.Typer(help="Manage projects.")
 app.add_typer(project_app, name="project")
-console = Console(stderr=True)
+
+
+def _say(line: str) -> None:
+    """A line on standard error; click drops the styles when it is not a terminal. (Not rich: the
+    server would keep it loaded, 2.4 MiB, for a few lines at its start.)"""
+    typer.echo(line, err=True)
+
+
+def _bold(value: object) -> str:
+    return typer.style(str(value), bold=True)
 
 #: Connections the kernel queues while the server starts (uvicorn's default).
 LISTEN_BACKLOG = 2048
@@ -129,7 +137,7 @@ def serve(
     except sandbox.SandboxUnavailable as exc:
         _fail(str(exc))
     if settings.sandbox == "none":
-        console.print("[yellow]warning:[/yellow] MODELBAY_SANDBOX=none: user code runs unsandboxed on this host")
+        _say(typer.style("warning:", fg="yellow") + " MODELBAY_SANDBOX=none: user code runs unsandboxed on this host")
     # The data dir, then the port, before anything reads the database: a second server on the
     # same data or port stops here, before recovery could touch the first one's requests.
     try:
@@ -149,29 +157,33 @@ def serve(
     from modelbay.app import create_app  # only now: a refused second server exits without loading it
     from modelbay.engine import admin_token, open_database
 
-    db = open_database(settings)  # migrated here, before the app: the admin token lives in the store
+    try:  # migrated here, before the app (the admin token lives in the store), in a child process
+        db = open_database(settings, migrate_in_child=True)
+    except subprocess.CalledProcessError:
+        _fail("could not bring the store's schema up to date (the migration's error is above)")
     try:
         token = admin_token(settings, db)
     finally:
         db.close()
     configure_logging(settings)
-    console.print(f"modelbay serving on [bold]{address}[/bold]")
-    console.print(f"data directory: {settings.data_dir.resolve()}")
+    _say(f"modelbay serving on {_bold(address)}")
+    _say(f"data directory: {settings.data_dir.resolve()}")
     if settings.database_url:
-        console.print(f"database: {_safe_url(settings.sqlalchemy_url)}")
+        _say(f"database: {_safe_url(settings.sqlalchemy_url)}")
     if token.new_token is not None:
-        console.print(f"admin token (shown once, kept in the data directory): [bold]{token.new_token}[/bold]")
+        _say(f"admin token (shown once, kept in the data directory): {_bold(token.new_token)}")
     elif settings.admin_token:
-        console.print("admin token: MODELBAY_ADMIN_TOKEN")
+        _say("admin token: MODELBAY_ADMIN_TOKEN")
     elif token.kept_in is not None:
-        console.print(f"admin token: kept in {token.kept_in.resolve()}")
+        _say(f"admin token: kept in {token.kept_in.resolve()}")
     else:
-        console.print("admin token: the one made by the first server on this database (kept in its data directory)")
+        _say("admin token: the one made by the first server on this database (kept in its data directory)")
     # uvicorn drains on SIGTERM, then re-raises it; exiting 0 tells supervisors it was clean.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     # No logging config of uvicorn's own: its lines go through the root logger, in the server's format.
+    # No WebSocket protocol: no route speaks it, and loading one costs the server 4 MiB.
     config = uvicorn.Config(create_app(settings), log_config=None, log_level=settings.log_level,
-                            access_log=settings.access_log, timeout_graceful_shutdown=30)
+                            access_log=settings.access_log, timeout_graceful_shutdown=30, ws="none")
     server = uvicorn.Server(config)
     with contextlib.suppress(KeyboardInterrupt):
         server.run(sockets=[sock])
@@ -212,7 +224,7 @@ def _join_ray(settings: Settings) -> None:
     from modelbay.runtime.ray_runtime import RuntimeUnavailable, connect
 
     cluster = f"the Ray cluster at {settings.ray_address}" if settings.ray_address else "a new local Ray instance"
-    console.print(f"joining {cluster}")
+    _say(f"joining {cluster}")
     try:
         connect(settings.ray_address, settings.ray_namespace)
     except RuntimeUnavailable as exc:
@@ -254,7 +266,7 @@ def _safe_url(url: str) -> str:
 
 def _fail(message: str) -> NoReturn:
     """One line on stderr (never wrapped), then exit 1."""
-    console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+    _say(typer.style("error:", fg="red") + f" {message}")
     raise typer.Exit(1)
 
 
@@ -307,7 +319,7 @@ def project_create(
         print(json.dumps(payload))
     else:
         for key, value in payload.items():
-            console.print(f"{key}: [bold]{value}[/bold]")
+            _say(f"{key}: {_bold(value)}")
 
 
 @contextlib.contextmanager
@@ -376,7 +388,7 @@ def project_delete(
             if not confirmed:
                 _fail("nothing deleted (pass --yes to delete without being asked)")
         projects.delete(Caller(project_id=None), name)
-    console.print(f"project [bold]{escape(name)}[/bold] deleted")
+    _say(f"project {_bold(name)} deleted")
 
 
 @project_app.command("token")

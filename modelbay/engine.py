@@ -125,11 +125,11 @@ def database_exists(settings: Settings) -> bool:
         engine.dispose()
 
 
-def open_database(settings: Settings) -> Database:
-    """Open the store and bring its schema up to date."""
+def open_database(settings: Settings, *, migrate_in_child: bool = False) -> Database:
+    """Open the store and bring its schema up to date (see `Database.migrate`)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.sqlalchemy_url)
-    db.migrate()
+    db.migrate(in_child=migrate_in_child)
     return db
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -12,12 +14,10 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import Connection, Engine, Table, create_engine, event, text
+from sqlalchemy import Connection, Engine, Table, create_engine, event, inspect, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -25,7 +25,15 @@ from modelbay.core.activity import COMMIT_SECONDS_BUCKETS, Histogram
 from modelbay.core.errors import Conflict
 from modelbay.store.driver import driver_cursor, insert_statement
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+#: The newest migration (tests/store/test_migrations.py holds it to alembic's head).
+HEAD_REVISION = "0013"
+
+_MIGRATE_URL_ON_STDIN = "import sys; from modelbay.store.db import Database; Database(sys.stdin.read()).migrate()"
 
 #: Most writes one group commit carries; bounds the latency of the last writer in a batch.
 GROUP_COMMIT_MAX = 512
@@ -138,12 +146,31 @@ class Database:
         self._writer = sessionmaker(writer_engine, expire_on_commit=False)
         self._committer: GroupCommitter | None = None
 
-    def migrate(self) -> None:
-        """Bring the schema to the newest migration."""
+    def revision(self) -> str | None:
+        """The migration the schema is at; None for an empty store."""
+        with self.engine.connect() as conn:
+            if not inspect(conn).has_table("alembic_version"):
+                return None
+            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one_or_none()
+
+    def migrate(self, *, in_child: bool = False) -> None:
+        """Bring the schema to the newest migration. Alembic is loaded only when there is one to
+        run, and with `in_child` in a child process: a server would keep it loaded (11 MiB) for
+        its whole life. Raises `subprocess.CalledProcessError` when the child fails (it has said why
+        on standard error)."""
+        if self.revision() == HEAD_REVISION:
+            return
+        if in_child:  # the URL on standard input: a password in the arguments would show in `ps`
+            subprocess.run([sys.executable, "-c", _MIGRATE_URL_ON_STDIN], input=self.url, text=True, check=True)
+            return
+        from alembic import command
+
         self.run_migrations(command.upgrade, "head")
 
     def run_migrations(self, step: Callable[[Config, str], None], revision: str) -> None:
         """Run an alembic command (`command.upgrade`, `command.downgrade`) to `revision`."""
+        from alembic.config import Config
+
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
         with self.engine.connect() as conn:

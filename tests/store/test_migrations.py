@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +21,7 @@ from modelbay.core.errors import Conflict
 from modelbay.core.projects import Caller, Projects
 from modelbay.dialects.abeja import ids as abeja_ids
 from modelbay.dialects.datature import ids as datature_ids
-from modelbay.store.db import MIGRATIONS_DIR, Database
+from modelbay.store.db import HEAD_REVISION, MIGRATIONS_DIR, Database
 from modelbay.store.tables import ProjectRow
 
 ORGANIZATION_ID = "4821093746512"
@@ -93,3 +95,37 @@ def test_0006_alters_the_table_in_place_on_postgresql() -> None:
         sql = out.getvalue()
         assert "CREATE TABLE" not in sql and "DROP TABLE" not in sql
         assert sql.count("ADD CONSTRAINT") == 2 and sql.count("DROP COLUMN") == 2
+
+
+def test_the_head_revision_the_store_checks_is_alembics() -> None:
+    assert ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head() == HEAD_REVISION
+
+
+def test_a_migration_in_a_child_process_brings_the_store_to_the_head(db: Database) -> None:
+    db.run_migrations(command.upgrade, "0005")
+    db.migrate(in_child=True)
+    assert db.revision() == HEAD_REVISION
+    with db.engine.connect() as conn:  # tables that later migrations made
+        tables = conn.execute(text("SELECT name FROM sqlite_master WHERE type = 'table'")).scalars().all()
+    assert {"server_secrets", "instance_slots", "environment_variables"} <= set(tables)
+
+
+def test_a_store_at_the_head_is_not_migrated_again_nor_is_alembic_loaded(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'test.db'}"
+    check = ("import sys; from modelbay.store.db import Database; db = Database(sys.argv[1]); db.migrate(); "
+             "print('alembic' in sys.modules)")
+    assert Database(url).revision() is None
+    runs = [subprocess.run([sys.executable, "-c", check, url], capture_output=True, text=True, check=True)
+            for _ in range(2)]
+    assert [run.stdout.strip() for run in runs] == ["True", "False"]
+    assert Database(url).revision() == HEAD_REVISION
+
+
+def test_a_failed_migration_in_a_child_process_raises(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'test.db'}")
+    with db.engine.begin() as conn:  # a store claiming a revision no migration knows
+        conn.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)"))
+        conn.execute(text("INSERT INTO alembic_version VALUES ('9999')"))
+    with pytest.raises(subprocess.CalledProcessError):
+        db.migrate(in_child=True)
+    db.close()
