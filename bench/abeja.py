@@ -131,6 +131,30 @@ def bench_runs(sdk: Any, org: str, d: str, v: str, n: int, db: Path) -> dict[str
     }
 
 
+def bench_runs_wrk(org: dict[str, str], d: str, v: str, server: Proc, duration: int, workdir: Path,
+                   db: Path) -> dict[str, Any]:
+    """Runs created by wrk at c=8 (the SDK's exact `create_run` request): what the server does when
+    the client is not the limit (8 SDK threads in one Python process are), up to every run done."""
+    script = workdir / "runs.lua"
+    script.write_text(WRK_LUA.format(body=_lua_string(json.dumps({"version_id": v, "retry_count": 0})),
+                                     host=_lua_string(f"localhost:{server.port}"),
+                                     auth=_lua_string(f"Bearer {org['token']}")))
+    before = runs_done(db)
+    url = f"{server.url}/organizations/{org['organization_id']}/deployments/{d}/runs"
+    log(f"create_run: wrk -c8 for {duration} s")
+    started = time.perf_counter()
+    done = subprocess.run(["wrk", "-t2", "-c8", f"-d{duration}s", "--latency", "-s", str(script), url],
+                          capture_output=True, text=True, timeout=duration + 60, check=True)
+    created_s = time.perf_counter() - started
+    parsed = parse_wrk(done.stdout)
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        created = int(conn.execute("SELECT count(*) FROM runs").fetchone()[0])
+    finished = wait_for_runs(db, created)
+    return {"created": created - before, "create_rps": parsed["rps"], "create_p50_ms": parsed["p50_ms"],
+            "create_p99_ms": parsed["p99_ms"], "non_2xx": parsed["non_2xx"], "create_s": created_s,
+            "all_done_s": finished - started, "runs_per_s": (created - before) / (finished - started)}
+
+
 def bench_service(sdk: Any, org: dict[str, str], d: str, v: str, server: Proc, duration: int,
                   workdir: Path) -> dict[str, Any]:
     services = sdk.services.APIClient()
@@ -195,6 +219,7 @@ def main() -> int:
         results = {
             "machine": machine(),
             "runs": bench_runs(sdk, org["organization_id"], d, v, args.runs, data_dir / "modelbay.db"),
+            "runs_wrk": bench_runs_wrk(org, d, v, server, args.duration, workdir, data_dir / "modelbay.db"),
             "request_service": bench_service(sdk, org, d, v, server, args.duration, workdir),
         }
     finally:
@@ -212,6 +237,10 @@ def main() -> int:
           f"after the first create)")
     print(f"runs completed, 8 clients creating at once: {r['burst_c8_runs_per_s']:.1f}/s ({r['runs']} runs done "
           f"{r['burst_c8_all_done_s']:.2f} s after the first create)")
+    w = results["runs_wrk"]
+    print(f"runs created by wrk c=8: {w['create_rps']:.0f}/s (p50 {w['create_p50_ms']:.1f} ms, p99 "
+          f"{w['create_p99_ms']:.1f} ms, non-2xx {w['non_2xx']}); completed {w['runs_per_s']:.0f}/s ({w['created']} "
+          f"runs done {w['all_done_s']:.2f} s after the first create)")
     for key in ("1_instances", "2_instances"):
         w = s[key]
         print(f"request_service c=8, {key.split('_')[0]} instance(s): {w['rps']:.0f} req/s, "

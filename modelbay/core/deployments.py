@@ -112,6 +112,12 @@ class Deployments:
         with self._db.read() as session:
             return DEPLOYMENTS.get(session, project.id, name)
 
+    def get_by_id(self, project: ProjectRow, deployment_id: str) -> DeploymentRow | None:
+        """The project's deployment with this core id; None when it has none."""
+        with self._db.read() as session:
+            row = session.get(DeploymentRow, deployment_id)
+        return row if row is not None and row.project_id == project.id else None
+
     def list_deployments(self, project: ProjectRow) -> list[DeploymentRow]:
         with self._db.read() as session:
             return DEPLOYMENTS.all(session, project.id)
@@ -176,6 +182,14 @@ class Deployments:
         with self._db.read() as session:
             deployment = DEPLOYMENTS.get(session, project.id, deployment_name)
             return VERSIONS.get(session, deployment.id, version)
+
+    def version_by_id_start(self, deployment_id: str, start: str) -> VersionRow | None:
+        """The version of the deployment with this core id whose own begins with `start`; None when
+        it has none."""
+        with self._db.read() as session:
+            return session.scalar(select(VersionRow).where(
+                VersionRow.deployment_id == deployment_id, VersionRow.id.startswith(start, autoescape=True),
+            ).order_by(VersionRow.created_at).limit(1))
 
     def list_versions(self, project: ProjectRow, deployment_name: str) -> list[VersionRow]:
         with self._db.read() as session:

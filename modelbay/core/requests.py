@@ -147,14 +147,17 @@ class Requests(StoredRequests):
         request_id: str | None = None,
         priority: int = PRIORITY_DIRECT,
         context: dict[str, Any] | None = None,
+        wait_recorded: bool = True,
     ) -> RequestRecord:
         """Run `data` on `target` now and return the finished request.
 
         `request_id`: the id to give it, for a caller that may cancel it while it runs (a
         pipeline step, see `cancel_running`); `priority`: its place among waiting work (a step
         of a batch pipeline request waits as batch work does); `context`: keys added to the
-        call's context (per-call environment, HTTP bodies: see `runtime/wire.py`). Raises
-        `InvalidInput` (nothing recorded) when `data` does not match the input definition.
+        call's context (per-call environment, HTTP bodies: see `runtime/wire.py`); `wait_recorded`
+        False: a quick request returns once its record is submitted, not committed (what the caller
+        submits next commits with it or later). Raises `InvalidInput` (nothing recorded) when `data`
+        does not match the input definition.
         """
         as_list = check_input(target, data)
         began = time.monotonic()
@@ -201,7 +204,11 @@ class Requests(StoredRequests):
                 status, error = await asyncio.to_thread(self._stored_end, request_id)
         else:
             status = outcome.status
-            await committer.submit_async(Insert(REQUESTS, [{**started, **finished, "status": status.value}]))
+            written = committer.submit_async(Insert(REQUESTS, [{**started, **finished, "status": status.value}]))
+            if wait_recorded:
+                await written
+            else:
+                written.add_done_callback(_log_failure)
         self._ended(target, request_id, origin_of("direct", origin), outcome, status, error, began)
         return RequestRecord(
             id=request_id,

@@ -212,8 +212,9 @@ class Runs:
             self._journal.write(conn, journal)
 
         await self._db.committer.submit_async(write)
-        self._drive_soon(row["id"])
-        return RunRow(**row)
+        created = RunRow(**row)
+        self._drive_soon(created.id, created)
+        return created
 
     # --- reading -----------------------------------------------------------------------------
 
@@ -309,11 +310,11 @@ class Runs:
         for run_id in waiting:
             self._drive_soon(run_id)
 
-    def _drive_soon(self, run_id: str) -> None:
-        """Start a task driving the run, unless one already does."""
+    def _drive_soon(self, run_id: str, row: RunRow | None = None) -> None:
+        """Start a task driving the run, unless one already does; `row`: the run as just committed."""
         if run_id not in self._driving and not self._closing:
             self._driving.add(run_id)
-            self._background.spawn(self._drive(run_id), name=f"run-{run_id}")
+            self._background.spawn(self._drive(run_id, row), name=f"run-{run_id}")
 
     async def close(self, grace_s: float = 30.0) -> None:
         """Let running attempts finish, for up to `grace_s`; runs that wait stay queued for any node
@@ -326,15 +327,26 @@ class Runs:
         """Change a run's status through each of `new` in turn, in one commit with the log lines
         that tell of it (`values` go with the last). `fence`: the node that claimed the run; raises
         `StatusChanged` if it holds it no more."""
+        await self._move_soon(run_id, old, *new, lines=lines, fence=fence, **values)
+
+    def _move_soon(self, run_id: str, old: RunStatus, *new: RunStatus, lines: Iterable[str] = (),
+                   fence: str | None = None, **values: Any) -> asyncio.Future[None]:
+        """`_move`, submitted now: what is submitted after it commits with it or later, so a caller
+        may go on before the returned future ends (it raises what `_move` raises)."""
         rows = self._journal.rows(run_id, lines)
 
         def write(conn: Connection) -> None:
             walk(conn, run_id, old, new, fence=fence, **values)
             self._journal.write(conn, rows)
 
-        await self._db.committer.submit_async(write)
-        for status in new:
-            self.status_changed(run_id, status)
+        def told(committed: asyncio.Future[None]) -> None:  # before the awaiting task goes on
+            if not committed.cancelled() and committed.exception() is None:
+                for status in new:
+                    self.status_changed(run_id, status)
+
+        committed: asyncio.Future[None] = self._db.committer.submit_async(write)
+        committed.add_done_callback(told)
+        return committed
 
     async def _claim(self, run_id: str, old: RunStatus, target: Target, node_id: str, total: int) -> int | None:
         """Claim a queued run for this node and start its next attempt, in one commit; returns the
@@ -375,13 +387,13 @@ class Runs:
             slot = self._slots[target.version_id] = asyncio.Semaphore(max(target.maximum_instances, 1))
         return slot
 
-    async def _drive(self, run_id: str) -> None:
+    async def _drive(self, run_id: str, row: RunRow | None = None) -> None:
         status = RunStatus.SUBMITTED
         node_id: str | None = None  # the node's id when it claimed the run
-        row: RunRow | None = None
         try:
-            with self._db.read() as session:
-                row = session.get(RunRow, run_id)
+            if row is None:
+                with self._db.read() as session:
+                    row = session.get(RunRow, run_id)
             if row is None or RunStatus(row.status) not in QUEUED:
                 return  # ended, or another node runs it
             status = RunStatus(row.status)
@@ -409,11 +421,14 @@ class Runs:
                     self._full_until[target.version_id] = time.monotonic() + PICK_UP_PERIOD_S / 2
                     return
                 try:
-                    status = await self._attempts(row, attempt, node_id)
-                    if status in RUN.terminal:
-                        self._ended(row, status)
+                    status, ending = await self._attempts(row, attempt, node_id)
                 finally:
                     self._full_until.pop(target.version_id, None)  # a place just came free: the next run here tries
+            # The last move is committed after the place is given up: the next run's claim, submitted
+            # after it, commits with it or later, and so never counts this run as still running.
+            await ending
+            if status in RUN.terminal:
+                self._ended(row, status)
         except asyncio.CancelledError:
             raise  # the server is stopping: what it holds, it gives back
         except StatusChanged:
@@ -461,9 +476,10 @@ class Runs:
         with self._db.read() as session:
             return session.scalar(select(RUNS.c.error_message).where(RUNS.c.id == run_id))
 
-    async def _attempts(self, row: RunRow, attempt: int, node_id: str) -> RunStatus:
+    async def _attempts(self, row: RunRow, attempt: int, node_id: str) -> tuple[RunStatus, asyncio.Future[None]]:
         """Run attempts from number `attempt` (its run is `starting`) until one succeeds or the
-        retries are used up; returns the final status. Every write is fenced by the claim of `node_id`."""
+        retries are used up; returns the final status, and its move, submitted (see `_move_soon`).
+        Every write is fenced by the claim of `node_id`."""
         run_id, total = row.id, row.retry_count + 1
         while True:
             target = self._deployments.serving_target_check(self._deployments.target_of_version(row.version_id))
@@ -477,19 +493,19 @@ class Runs:
             else:
                 passed, error, printed = await self._attempt(run_id, row, target, node_id)
             if error is None:
-                await self._move(run_id, *passed, RunStatus.SUCCEEDED,
-                                 lines=[*printed, f"Attempt {attempt} of {total} succeeded"], fence=node_id)
-                return RunStatus.SUCCEEDED
+                return RunStatus.SUCCEEDED, self._move_soon(
+                    run_id, *passed, RunStatus.SUCCEEDED, lines=[*printed, f"Attempt {attempt} of {total} succeeded"],
+                    fence=node_id)
             if attempt >= total:
-                await self._move(run_id, *passed, RunStatus.FAILED,
-                                 lines=[*printed, f"Attempt {attempt} of {total} failed: {error}"], fence=node_id,
-                                 error_message=error)
-                return RunStatus.FAILED
-            await self._move(run_id, *passed, RunStatus.RUNNABLE,
-                             lines=[*printed, f"Attempt {attempt} of {total} failed: {error}; retrying"],
-                             fence=node_id)
+                return RunStatus.FAILED, self._move_soon(
+                    run_id, *passed, RunStatus.FAILED, lines=[*printed, f"Attempt {attempt} of {total} failed: {error}"],
+                    fence=node_id, error_message=error)
+            retrying = self._move_soon(
+                run_id, *passed, RunStatus.RUNNABLE,
+                lines=[*printed, f"Attempt {attempt} of {total} failed: {error}; retrying"], fence=node_id)
             if self._closing:
-                return RunStatus.RUNNABLE  # `Nodes.close` gives it back
+                return RunStatus.RUNNABLE, retrying  # `Nodes.close` gives it back
+            await retrying
             attempt += 1
             await self._move(run_id, RunStatus.RUNNABLE, RunStatus.STARTING,
                              lines=[starting_line(attempt, total)], fence=node_id, attempts=attempt)
@@ -522,7 +538,7 @@ class Runs:
         try:
             record = await self._requests.direct(
                 target, data, timeout=ATTEMPT_TIMEOUT_S, origin={"created_by": "run", "run_id": run_id},
-                context=context,
+                context=context, wait_recorded=False,  # the attempt's end commits with its record
             )
         except InvalidInput as exc:
             return exc.message, []

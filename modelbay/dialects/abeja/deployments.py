@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import tempfile
 import time
@@ -17,7 +18,15 @@ from modelbay.core.errors import InvalidInput, NotFound
 from modelbay.core.projects import Caller
 from modelbay.core.runs import check_environment
 from modelbay.dialects.abeja import ids, schemas
-from modelbay.dialects.abeja.deps import DeploymentDep, EngineDep, JsonObject, OrganizationDep, find_deployment
+from modelbay.dialects.abeja.deps import (
+    DeploymentDep,
+    EngineDep,
+    JsonObject,
+    OrganizationDep,
+    core_deployment_id,
+    core_version_id,
+    find_deployment,
+)
 from modelbay.dialects.abeja.errors import AbejaRoute
 from modelbay.dialects.common.body import body_chunks
 from modelbay.store.tables import DeploymentRow, ProjectRow, VersionRow
@@ -48,21 +57,31 @@ def archive_url(engine: Any, request: Request, method: str, organization: Projec
 
 
 def find_version(engine: Any, project: ProjectRow, deployment: DeploymentRow, version_id: str) -> VersionRow:
-    """The version with this `ver-…` id; raises `NotFound`."""
-    for row in engine.deployments.list_versions(project, deployment.name):
-        if ids.version_id(row.id) == version_id:
-            return row  # type: ignore[no-any-return]
-    raise NotFound("version", version_id)
+    """The deployment's version with this `ver-…` id; raises `NotFound`."""
+    start = ids.version_core_prefix(version_id)
+    row = None if start is None else engine.deployments.version_by_id_start(deployment.id, start)
+    if row is None:
+        raise NotFound("version", version_id)
+    return row  # type: ignore[no-any-return]
 
 
-def version_target(engine: Any, project: ProjectRow, deployment: DeploymentRow, body: dict[str, Any]) -> Target:
-    """The target of the version a run or service body names by its `version_id`; raises
-    `InvalidInput` without one, `NotFound` for an unknown one."""
+def version_target(engine: Any, project: ProjectRow, deployment_id: str, body: dict[str, Any]) -> Target:
+    """The target of the version a run or service body names by its `version_id`, in the
+    deployment with this 13-digit id: from what is cached, the store read only for what is not
+    (a run's create is the hot path). Raises `NotFound` for an unknown deployment or version,
+    `InvalidInput` without a `version_id`."""
+    core_id = core_deployment_id(engine, project, deployment_id)
     version_id = body.get("version_id")
-    if not isinstance(version_id, str):
-        raise InvalidInput("version_id is required")
-    version = find_version(engine, project, deployment, version_id)
-    return engine.deployments.target(project, deployment.name, version.name)  # type: ignore[no-any-return]
+    target: Target | None = None
+    if isinstance(version_id, str) and (version_core_id := core_version_id(engine, core_id, version_id)):
+        with contextlib.suppress(NotFound):
+            target = engine.deployments.target_of_version(version_core_id)
+    if target is None or target.deployment_id != core_id:
+        find_deployment(engine, project, deployment_id)  # a deployment gone since its id was learnt: that one
+        if not isinstance(version_id, str):
+            raise InvalidInput("version_id is required")
+        raise NotFound("version", version_id)
+    return target
 
 
 def build_error(engine: Any, project: ProjectRow, deployment: DeploymentRow, row: VersionRow) -> str | None:

@@ -55,13 +55,49 @@ async def organization_of(organization_id: str, request: Request) -> ProjectRow:
     return ids.find_organization(engine.projects, caller, organization_id)
 
 
+#: The core id of each deployment found, by (project's core id, 13-digit id). The 13-digit id is a
+#: hash of the core id, so finding one scans the project's deployments (and remembers them all);
+#: neither id ever changes, and project ids are UUIDs.
+_core_deployment_ids: dict[tuple[str, str], str] = {}
+
+
+def core_deployment_id(engine: Engine, project: ProjectRow, deployment_id: str) -> str:
+    """The core id of the project's deployment with this 13-digit id, or of one it had (a deleted
+    one's stays known: callers read its row); raises `NotFound`."""
+    key = (project.id, deployment_id)
+    if key not in _core_deployment_ids and ids.DEPLOYMENT_ID.fullmatch(deployment_id):
+        for row in engine.deployments.list_deployments(project):
+            _core_deployment_ids[(project.id, ids.deployment_id(row.id))] = row.id
+    core_id = _core_deployment_ids.get(key)
+    if core_id is None:
+        raise NotFound("deployment", deployment_id)
+    return core_id
+
+
+#: The core id of each version found, by (its deployment's core id, `ver-` id): the `ver-` id is
+#: how the core id begins, found in the store once; neither id ever changes.
+_core_version_ids: dict[tuple[str, str], str] = {}
+
+
+def core_version_id(engine: Engine, deployment_core_id: str, version_id: str) -> str | None:
+    """The core id of the deployment's version with this `ver-` id, or of one it had; None when it
+    has none."""
+    key = (deployment_core_id, version_id)
+    core_id = _core_version_ids.get(key)
+    if core_id is None:
+        start = ids.version_core_prefix(version_id)
+        row = None if start is None else engine.deployments.version_by_id_start(deployment_core_id, start)
+        if row is not None:
+            core_id = _core_version_ids[key] = row.id
+    return core_id
+
+
 def find_deployment(engine: Engine, project: ProjectRow, deployment_id: str) -> DeploymentRow:
     """The deployment with this 13-digit id in the project; raises `NotFound`."""
-    if ids.DEPLOYMENT_ID.fullmatch(deployment_id):
-        for row in engine.deployments.list_deployments(project):
-            if ids.deployment_id(row.id) == deployment_id:
-                return row
-    raise NotFound("deployment", deployment_id)
+    row = engine.deployments.get_by_id(project, core_deployment_id(engine, project, deployment_id))
+    if row is None:
+        raise NotFound("deployment", deployment_id)
+    return row
 
 
 async def deployment_of(deployment_id: str, request: Request, organization: OrganizationDep) -> DeploymentRow:

@@ -3,7 +3,8 @@
 An organization is a project: its 13-digit id is the project's public number. A deployment's
 13-digit id is derived from its core id (a UUID); a version's `ver-` id is the first 16 hex digits
 of its UUID. Runs, services and endpoints have 16-hex core ids that get a prefix.
-Looking a derived id up means scanning a deployment's few siblings, never a table of aliases.
+Nothing stores the derived ids: a version is found by how its UUID begins, a deployment by a scan
+of its project's deployments once per process (`deps.core_deployment_id`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from modelbay.store.tables import ProjectRow
 DEPLOYMENT_ID = ORGANIZATION_ID = re.compile(r"[1-9][0-9]{12}")
 HEX16 = re.compile(r"[0-9a-f]{16}")  # fullmatch: `$` would let a trailing newline through
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+VERSION_ID = re.compile(r"ver-([0-9a-f]{16})")
 #: A core text's mention of a revision: ABEJA has no revisions, so its users never see their ids.
 REVISION_MENTION = re.compile(r" \(revision [0-9a-f-]{36}\)")
 
@@ -39,6 +41,16 @@ def deployment_id(core_id: str) -> str:
 
 def version_id(core_id: str) -> str:
     return "ver-" + core_id.replace("-", "")[:16]
+
+
+def version_core_prefix(value: str) -> str | None:
+    """How the UUID of the version whose `ver-` id is `value` begins (its first three groups and
+    their dash); None when `value` is no such id."""
+    match = VERSION_ID.fullmatch(value)
+    if match is None:
+        return None
+    digits = match.group(1)
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:]}-"
 
 
 def run_id(core_id: str) -> str:

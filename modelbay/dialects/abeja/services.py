@@ -24,7 +24,7 @@ from modelbay.dialects.abeja.deps import (
     JsonObject,
     OrganizationDep,
     caller_from_header,
-    find_deployment,
+    core_deployment_id,
 )
 from modelbay.dialects.abeja.errors import ERRORS, AbejaRoute
 from modelbay.dialects.abeja.logs import log_page, recent_log_page
@@ -32,7 +32,7 @@ from modelbay.dialects.abeja.runs import model_alias, target_or_none
 from modelbay.dialects.common.body import read_body
 from modelbay.engine import Engine
 from modelbay.runtime import wire
-from modelbay.store.tables import ProjectRow, ServiceRow
+from modelbay.store.tables import ServiceRow
 
 router = APIRouter(route_class=AbejaRoute, tags=["ABEJA · services"])
 proxy_router = APIRouter(route_class=AbejaRoute, tags=["ABEJA · service calls"])
@@ -88,7 +88,7 @@ ConsolePage = Annotated[str, Depends(console_page)]
 async def create_service(
     engine: EngineDep, organization: OrganizationDep, deployment: DeploymentDep, body: JsonObject, console: ConsolePage
 ) -> Response:
-    target = version_target(engine, organization, deployment, body)
+    target = version_target(engine, organization, ids.deployment_id(deployment.id), body)
     fields = {
         **scaling_fields(body),
         "instance_type": body.get("instance_type"),
@@ -191,19 +191,6 @@ def _http_answer(target: Any, record: Any) -> Response:
     return Response(content, status_code=status, media_type=content_type)
 
 
-#: The core id of each deployment the proxy has served, by (project's core id, 13-digit id): the hot
-#: path finds a deployment once per process. Neither id ever changes, and project ids are UUIDs.
-_core_deployment_ids: dict[tuple[str, str], str] = {}
-
-
-def _core_deployment_id(engine: Engine, project: ProjectRow, deployment_id: str) -> str:
-    key = (project.id, deployment_id)
-    core_id = _core_deployment_ids.get(key)
-    if core_id is None:
-        core_id = _core_deployment_ids[key] = find_deployment(engine, project, deployment_id).id
-    return core_id
-
-
 def organization_in_host(host: str, abeja_host: str) -> str | None:
     """The organization id of `Host: <organization_id>.<abeja_host>[:port]` (any host after the id
     when `abeja_host` is empty); None for another host."""
@@ -244,7 +231,7 @@ async def _serve(request: Request, engine: Engine, deployment_id: str, service_o
                                      f"http://{where}/deployments/{deployment_id})")
     caller = caller_from_header(engine, request.headers.get("authorization"))
     project = ids.find_organization(engine.projects, caller, organization_id)
-    deployment = _core_deployment_id(engine, project, deployment_id)
+    deployment = core_deployment_id(engine, project, deployment_id)
     row = engine.services.get(deployment, service_of(deployment))
     target = engine.services.target(row)
     content_type = request.headers.get("content-type") or "application/octet-stream"

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from abeja.exceptions import BadRequest
+from abeja.exceptions import BadRequest, NotFound
 
 from tests.fixtures.abeja_apps import GATED
 from tests.fixtures.server import Server, wait_until
@@ -131,6 +131,26 @@ def test_retry_count_out_of_range_is_a_400_and_creates_nothing(
     with pytest.raises(BadRequest):
         runs.create_run(o, d, v, environment={"X": {"nested": True}})
     assert runs.get_runs(o, d)["entries"] == []
+
+
+def test_a_run_of_a_deployment_deleted_since_or_of_another_deployments_version_is_a_404(
+    runs: Any, deployments: Any, org: dict[str, str], deploy: Callable[..., tuple[str, str]]
+) -> None:
+    o = org["organization_id"]
+    d, v = deploy(NOOP)
+    other, other_version = deploy(NOOP, name="other")
+    assert finished(runs, o, d, runs.create_run(o, d, v)["run_id"])["status"] == "SUCCEEDED"  # both ids known now
+
+    with pytest.raises(NotFound) as refused:
+        runs.create_run(o, d, other_version)
+    assert other_version in refused.value.error_description
+    with pytest.raises(BadRequest):
+        runs.create_run(o, d, None)
+    deployments.delete_deployment(o, d)
+    with pytest.raises(NotFound) as refused:
+        runs.create_run(o, d, v)
+    assert refused.value.error_description == f"Deployment '{d}' was not found"
+    assert runs.create_run(o, other, other_version)["status"] == "SUBMITTED"
 
 
 def test_statuses_follow_the_run_queued_running_and_finished(
