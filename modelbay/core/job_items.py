@@ -11,13 +11,14 @@ the runner halts.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Table, case, func, insert, select, update
+from sqlalchemy import Connection, Dialect, Table, bindparam, case, func, insert, select, update
 
 from modelbay.core.activity import Activity
 from modelbay.core.background import Coalescer
@@ -28,6 +29,7 @@ from modelbay.core.errors import InvalidInput, ModelbayError, StatusChanged
 from modelbay.core.requests import Requests
 from modelbay.core.states import JOB, ItemStatus, JobStatus, move
 from modelbay.store.db import Database
+from modelbay.store.driver import DriverStatement, driver_cursor, insert_rows
 from modelbay.store.tables import JobLogRow, JobRow
 
 JOBS: Table = JobRow.__table__  # type: ignore[assignment]
@@ -208,8 +210,9 @@ class JobRunner:
         def commit(conn: Connection) -> set[int] | None:
             indexes = [entry["item_index"] for entry, *_ in batch]
             # Committed before (a resumed runner): never twice. The unique (job, item) backs this.
-            seen = set(conn.scalars(select(LOGS.c.item_index).where(LOGS.c.job_id == job_id,
-                                                                   LOGS.c.item_index.in_(indexes))))
+            # (A range, not a list: one statement, compiled once; a batch spans at most the window.)
+            seen = {index for index, in _committed_statement(conn.dialect).rows(
+                driver_cursor(conn), {"job_id": job_id, "low": min(indexes), "high": max(indexes)})}
             fresh = [outcome for outcome in batch if outcome[0]["item_index"] not in seen]
             if not fresh:
                 return set()
@@ -224,8 +227,15 @@ class JobRunner:
                                                       JOBS.c.owner == owner).values(values))
             if not running.rowcount:  # type: ignore[attr-defined]
                 return None  # stopped meanwhile (the stop counted these items already), or not ours
-            conn.execute(insert(LOGS), [entry for entry, _, _ in fresh])
-            conn.execute(insert(DELIVERIES), [d for _, deliveries, _ in fresh for d in deliveries])
+            insert_rows(conn, LOGS, [entry for entry, _, _ in fresh])
+            insert_rows(conn, DELIVERIES, [d for _, deliveries, _ in fresh for d in deliveries])
             return {entry["item_index"] for entry, _, _ in fresh}
 
         return commit
+
+
+@functools.cache
+def _committed_statement(dialect: Dialect) -> DriverStatement:
+    """The indexes of a job's items from `low` to `high` that have a log entry (are committed)."""
+    return DriverStatement(select(LOGS.c.item_index).where(
+        LOGS.c.job_id == bindparam("job_id"), LOGS.c.item_index.between(bindparam("low"), bindparam("high"))), dialect)

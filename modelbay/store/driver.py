@@ -84,3 +84,9 @@ def insert_statement(table: Table, columns: frozenset[str], dialect: Dialect) ->
             defaults[column.key] = lambda make=default.arg: make(None)  # type: ignore[attr-defined]
     names = sorted(columns | defaults.keys())
     return DriverStatement(insert(table).values({name: bindparam(name) for name in names}), dialect, defaults)
+
+
+def insert_rows(conn: Connection, table: Table, rows: list[Mapping[str, Any]]) -> None:
+    """Insert rows that all have the same columns, in one executemany on the driver."""
+    if rows:
+        insert_statement(table, frozenset(rows[0]), conn.dialect).executemany(driver_cursor(conn), rows)
