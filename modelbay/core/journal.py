@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, delete, insert, select
+from sqlalchemy import Connection, Table, delete, select
 
 from modelbay.core.clock import as_utc, utcnow
 from modelbay.store.db import Database
+from modelbay.store.driver import insert_rows
 from modelbay.store.tables import LogLineRow, RunRow, ServiceRow
 
 LOG_LINES: Table = LogLineRow.__table__  # type: ignore[assignment]
@@ -60,8 +61,7 @@ class Journal:
     @staticmethod
     def write(conn: Connection, rows: list[dict[str, Any]]) -> None:
         """Insert rows from `rows` inside the caller's transaction (to share a commit with a status change)."""
-        if rows:
-            conn.execute(insert(LOG_LINES), rows)
+        insert_rows(conn, LOG_LINES, rows)
 
     def page(
         self,

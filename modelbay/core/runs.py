@@ -118,13 +118,9 @@ def call_input(target: Target, body: Any, environment: dict[str, str]) -> tuple[
 
 def walk(conn: Connection, run_id: str, old: RunStatus, new: Sequence[RunStatus], *, fence: str | None = None,
          **values: Any) -> None:
-    """Move a run from `old` through each of `new` in turn, in the caller's transaction (`values` go
-    with the last move)."""
-    before = old
-    for after in new[:-1]:
-        move(conn, RUN, run_id, before, after, fence=fence)
-        before = after
-    move(conn, RUN, run_id, before, new[-1], fence=fence, **values)
+    """Move a run from `old` through each of `new` in turn, in the caller's transaction, with one
+    statement (`values` are written with it)."""
+    move(conn, RUN, run_id, old, new[-1], via=new[:-1], fence=fence, **values)
 
 
 def starting_line(attempt: int, total: int) -> str:
@@ -363,10 +359,9 @@ class Runs:
                 if path:
                     move(conn, RUN, run_id, old, RunStatus.PENDING)
                 return None
-            walk(conn, run_id, old, [*path, RunStatus.RUNNABLE], owner=node_id)
             # Attempts made before it was given back to the queue count.
             attempt = (conn.scalar(select(RUNS.c.attempts).where(RUNS.c.id == run_id)) or 0) + 1
-            move(conn, RUN, run_id, RunStatus.RUNNABLE, RunStatus.STARTING, fence=node_id, attempts=attempt)
+            walk(conn, run_id, old, [*path, RunStatus.RUNNABLE, RunStatus.STARTING], owner=node_id, attempts=attempt)
             self._journal.write(conn, self._journal.rows(run_id, [starting_line(attempt, total)]))
             return attempt
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import enum
 import functools
-from collections.abc import Collection, Mapping
+import itertools
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -229,21 +230,24 @@ REVISION = Machine("revision", RevisionRow.__table__, ("id",), {  # type: ignore
 # --- the one writer --------------------------------------------------------------------------
 
 def move(conn: Connection | Session, machine: Machine, key: Any, old: Any, new: Any, *, fence: str | None = None,
-         **values: Any) -> int:
+         via: Sequence[Any] = (), **values: Any) -> int:
     """Move rows of `machine` from `old` to `new` compare-and-set, writing `values` with them.
 
     `key` names one row (a value, or a tuple of one per key column), or is a dict of columns to
     the value (or collection of values) each row must have. `old` is one status, and then a row
     that is no longer in it raises `StatusChanged`; or a collection of statuses, and then
-    whichever rows are still in one of them move. Returns how many rows moved. Raises
-    `IllegalMove` (and writes nothing) for a move the machine does not allow. `fence`: the node
-    that must own the rows (`core.nodes`); a row another node recovered since is not moved.
+    whichever rows are still in one of them move. `via`: statuses the rows pass through on the
+    way, in order (each step must be allowed; the rows are written once, in `new`). Returns how
+    many rows moved. Raises `IllegalMove` (and writes nothing) for a move the machine does not
+    allow. `fence`: the node that must own the rows (`core.nodes`); a row another node recovered
+    since is not moved.
     """
     single = isinstance(old, enum.Enum)
     olds = (old,) if single else tuple(old)
     for status in olds:
-        if new not in machine.allowed[status]:
-            raise IllegalMove(machine.name, status.value, new.value)
+        for before, after in itertools.pairwise((status, *via, new)):
+            if after not in machine.allowed[before]:
+                raise IllegalMove(machine.name, before.value, after.value)
     if machine.stamp is not None and machine.stamp not in values:
         values[machine.stamp] = utcnow()
     connection = conn.connection() if isinstance(conn, Session) else conn

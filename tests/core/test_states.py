@@ -149,6 +149,23 @@ def test_a_move_from_several_statuses_moves_whichever_rows_are_still_in_one(db: 
     assert [_status_of(db, request_id) for request_id in ids] == ["failed", "failed", "completed", "pending"]
 
 
+def test_a_move_via_statuses_checks_each_step_and_writes_once(db: Database) -> None:
+    [request_id] = _requests(db, "pending")
+    statements: list[str] = []
+    event.listen(db.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    with pytest.raises(IllegalMove, match="a request may not go from completed to failed"), db.write() as session:
+        move(session, REQUEST, request_id, RequestStatus.PENDING, RequestStatus.FAILED,
+             via=[RequestStatus.PROCESSING, RequestStatus.COMPLETED])
+    assert _status_of(db, request_id) == "pending" and not [s for s in statements if s.startswith("UPDATE")]
+    with db.write() as session:
+        conn = session.connection()
+        before = conn.connection.dbapi_connection.total_changes  # type: ignore[union-attr]
+        assert move(session, REQUEST, request_id, RequestStatus.PENDING, RequestStatus.COMPLETED,
+                    via=[RequestStatus.PROCESSING], started_at=utcnow()) == 1
+        assert conn.connection.dbapi_connection.total_changes - before == 1  # type: ignore[union-attr]  # one UPDATE
+    assert _status_of(db, request_id) == "completed"
+
+
 def test_a_move_by_a_key_of_two_columns(db: Database) -> None:
     with db.write() as session:
         session.add_all([JobLogRow(job_id="j", item_index=i, created_ms=i, kind="item", level="Info",
