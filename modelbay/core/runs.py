@@ -487,17 +487,17 @@ class Runs:
                 error = f"The code could not start: {getattr(exc, 'message', exc)}"
             else:
                 passed, error, printed = await self._attempt(run_id, row, target, node_id)
+            told = f"Attempt {attempt} of {total}"
             if error is None:
                 return RunStatus.SUCCEEDED, self._move_soon(
-                    run_id, *passed, RunStatus.SUCCEEDED, lines=[*printed, f"Attempt {attempt} of {total} succeeded"],
-                    fence=node_id)
+                    run_id, *passed, RunStatus.SUCCEEDED, lines=[*printed, f"{told} succeeded"], fence=node_id)
             if attempt >= total:
                 return RunStatus.FAILED, self._move_soon(
-                    run_id, *passed, RunStatus.FAILED, lines=[*printed, f"Attempt {attempt} of {total} failed: {error}"],
-                    fence=node_id, error_message=error)
+                    run_id, *passed, RunStatus.FAILED, lines=[*printed, f"{told} failed: {error}"], fence=node_id,
+                    error_message=error)
             retrying = self._move_soon(
                 run_id, *passed, RunStatus.RUNNABLE,
-                lines=[*printed, f"Attempt {attempt} of {total} failed: {error}; retrying"], fence=node_id)
+                lines=[*printed, f"{told} failed: {error}; retrying"], fence=node_id)
             if self._closing:
                 return RunStatus.RUNNABLE, retrying  # `Nodes.close` gives it back
             await retrying
