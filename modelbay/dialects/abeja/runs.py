@@ -47,7 +47,9 @@ def model_alias(body: dict[str, Any]) -> str | None:
 
 
 @router.post(R)
-async def create_run(engine: EngineDep, organization: OrganizationDep, deployment_id: str, body: JsonObject) -> Response:
+async def create_run(
+    engine: EngineDep, organization: OrganizationDep, deployment_id: str, body: JsonObject
+) -> Response:
     target = version_target(engine, organization, deployment_id, body)
     distribution = body.get("distribution")
     if distribution is not None and (isinstance(distribution, bool) or not isinstance(distribution, int)
