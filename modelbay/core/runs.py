@@ -21,6 +21,7 @@ also drives the queued runs of the others. What a dead node held is given back b
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 import time
@@ -30,7 +31,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Table, and_, func, insert, or_, select
+from sqlalchemy import Connection, Dialect, Table, and_, bindparam, func, insert, or_, select
 
 from modelbay.core.activity import Activity
 from modelbay.core.background import Background
@@ -48,6 +49,7 @@ from modelbay.core.states import RUN, RunStatus, VersionStatus, move
 from modelbay.runtime import wire
 from modelbay.runtime.base import CallTimedOut, InstanceStartFailed
 from modelbay.store.db import Database, lock_until_commit
+from modelbay.store.driver import DriverStatement, driver_cursor
 from modelbay.store.tables import RunRow
 
 log = logging.getLogger(__name__)
@@ -121,6 +123,21 @@ def walk(conn: Connection, run_id: str, old: RunStatus, new: Sequence[RunStatus]
     """Move a run from `old` through each of `new` in turn, in the caller's transaction, with one
     statement (`values` are written with it)."""
     move(conn, RUN, run_id, old, new[-1], via=new[:-1], fence=fence, **values)
+
+
+#: The statuses of `CLAIMED`, as `_claim_reads` takes them.
+CLAIMED_PARAMETERS = {f"claimed_{i}": status.value for i, status in enumerate(CLAIMED)}
+
+
+@functools.cache
+def _claim_reads(dialect: Dialect) -> DriverStatement:
+    """What a claim decides on, in one statement compiled once: how many runs of the version are
+    claimed, and how many attempts the run made."""
+    claimed = [bindparam(name) for name in CLAIMED_PARAMETERS]
+    running = select(func.count()).select_from(RUNS).where(
+        RUNS.c.version_id == bindparam("version_id"), RUNS.c.status.in_(claimed)).scalar_subquery()
+    attempts = select(RUNS.c.attempts).where(RUNS.c.id == bindparam("run_id")).scalar_subquery()
+    return DriverStatement(select(running, attempts), dialect)
 
 
 def starting_line(attempt: int, total: int) -> str:
@@ -353,14 +370,13 @@ class Runs:
 
         def write(conn: Connection) -> int | None:
             lock_until_commit(conn, f"runs:{version_id}")
-            running = conn.scalar(select(func.count()).select_from(RUNS).where(
-                RUNS.c.version_id == version_id, RUNS.c.status.in_([s.value for s in CLAIMED]))) or 0
+            [(running, attempts)] = _claim_reads(conn.dialect).rows(driver_cursor(conn), {
+                "version_id": version_id, "run_id": run_id, **CLAIMED_PARAMETERS})
             if running >= max(target.maximum_instances, 1):
                 if path:
                     move(conn, RUN, run_id, old, RunStatus.PENDING)
                 return None
-            # Attempts made before it was given back to the queue count.
-            attempt = (conn.scalar(select(RUNS.c.attempts).where(RUNS.c.id == run_id)) or 0) + 1
+            attempt = (attempts or 0) + 1  # attempts made before it was given back to the queue count
             walk(conn, run_id, old, [*path, RunStatus.RUNNABLE, RunStatus.STARTING], owner=node_id, attempts=attempt)
             self._journal.write(conn, self._journal.rows(run_id, [starting_line(attempt, total)]))
             return attempt
