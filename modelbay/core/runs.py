@@ -31,7 +31,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Dialect, Table, and_, bindparam, func, insert, or_, select
+from sqlalchemy import Connection, Dialect, Table, and_, bindparam, func, or_, select
 
 from modelbay.core.activity import Activity
 from modelbay.core.background import Background
@@ -49,7 +49,7 @@ from modelbay.core.states import RUN, RunStatus, VersionStatus, move
 from modelbay.runtime import wire
 from modelbay.runtime.base import CallTimedOut, InstanceStartFailed
 from modelbay.store.db import Database, lock_until_commit
-from modelbay.store.driver import DriverStatement, driver_cursor
+from modelbay.store.driver import DriverStatement, driver_cursor, insert_rows
 from modelbay.store.tables import RunRow
 
 log = logging.getLogger(__name__)
@@ -221,7 +221,7 @@ class Runs:
         journal = self._journal.rows(row["id"], lines)
 
         def write(conn: Connection) -> None:
-            conn.execute(insert(RUNS), [row])
+            insert_rows(conn, RUNS, [row])
             self._journal.write(conn, journal)
 
         await self._db.committer.submit_async(write)
