@@ -25,7 +25,7 @@ import functools
 import logging
 import secrets
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -116,13 +116,6 @@ def call_input(target: Target, body: Any, environment: dict[str, str]) -> tuple[
     if target.input_type == "structured":
         return body, context
     return (body if isinstance(body, str) else orjson.dumps(body).decode()), context
-
-
-def walk(conn: Connection, run_id: str, old: RunStatus, new: Sequence[RunStatus], *, fence: str | None = None,
-         **values: Any) -> None:
-    """Move a run from `old` through each of `new` in turn, in the caller's transaction, with one
-    statement (`values` are written with it)."""
-    move(conn, RUN, run_id, old, new[-1], via=new[:-1], fence=fence, **values)
 
 
 #: The statuses of `CLAIMED`, as `_claim_reads` takes them.
@@ -349,7 +342,7 @@ class Runs:
         rows = self._journal.rows(run_id, lines)
 
         def write(conn: Connection) -> None:
-            walk(conn, run_id, old, new, fence=fence, **values)
+            move(conn, RUN, run_id, old, new[-1], via=new[:-1], fence=fence, **values)
             self._journal.write(conn, rows)
 
         def told(committed: asyncio.Future[None]) -> None:  # before the awaiting task goes on
@@ -377,7 +370,8 @@ class Runs:
                     move(conn, RUN, run_id, old, RunStatus.PENDING)
                 return None
             attempt = (attempts or 0) + 1  # attempts made before it was given back to the queue count
-            walk(conn, run_id, old, [*path, RunStatus.RUNNABLE, RunStatus.STARTING], owner=node_id, attempts=attempt)
+            move(conn, RUN, run_id, old, RunStatus.STARTING, via=[*path, RunStatus.RUNNABLE], owner=node_id,
+                 attempts=attempt)
             self._journal.write(conn, self._journal.rows(run_id, [starting_line(attempt, total)]))
             return attempt
 

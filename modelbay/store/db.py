@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from modelbay.core.activity import COMMIT_SECONDS_BUCKETS, Histogram
 from modelbay.core.errors import Conflict
-from modelbay.store.driver import driver_cursor, insert_statement
+from modelbay.store.driver import insert_rows
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -463,10 +463,8 @@ class GroupCommitter:
             if isinstance(op, Insert):
                 for row in op.rows:
                     rows.setdefault((op.table, frozenset(row)), []).append(row)
-        if rows:
-            cursor = driver_cursor(conn)
-            for (table, columns), table_rows in rows.items():
-                insert_statement(table, columns, conn.dialect).executemany(cursor, table_rows)
+        for (table, _), table_rows in rows.items():
+            insert_rows(conn, table, table_rows)
         return [None if isinstance(op, Insert) else op(conn) for op, _, _ in batch]
 
     def _commit(self, batch: list[tuple[Op, _Waiter, bool]],

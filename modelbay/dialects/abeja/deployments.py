@@ -26,6 +26,7 @@ from modelbay.dialects.abeja.deps import (
     core_deployment_id,
     core_version_id,
     find_deployment,
+    version_row,
 )
 from modelbay.dialects.abeja.errors import AbejaRoute
 from modelbay.dialects.common.body import body_chunks
@@ -58,8 +59,7 @@ def archive_url(engine: Any, request: Request, method: str, organization: Projec
 
 def find_version(engine: Any, project: ProjectRow, deployment: DeploymentRow, version_id: str) -> VersionRow:
     """The deployment's version with this `ver-…` id; raises `NotFound`."""
-    start = ids.version_core_prefix(version_id)
-    row = None if start is None else engine.deployments.version_by_id_start(deployment.id, start)
+    row = version_row(engine, deployment.id, version_id)
     if row is None:
         raise NotFound("version", version_id)
     return row  # type: ignore[no-any-return]
@@ -76,7 +76,7 @@ def version_target(engine: Any, project: ProjectRow, deployment_id: str, body: d
     if isinstance(version_id, str) and (version_core_id := core_version_id(engine, core_id, version_id)):
         with contextlib.suppress(NotFound):
             target = engine.deployments.target_of_version(version_core_id)
-    if target is None or target.deployment_id != core_id:
+    if target is None:
         find_deployment(engine, project, deployment_id)  # a deployment gone since its id was learnt: that one
         if not isinstance(version_id, str):
             raise InvalidInput("version_id is required")

@@ -14,7 +14,7 @@ from modelbay.core.projects import Caller
 from modelbay.dialects.common.body import read_body
 from modelbay.dialects.abeja import ids
 from modelbay.engine import Engine
-from modelbay.store.tables import DeploymentRow, ProjectRow
+from modelbay.store.tables import DeploymentRow, ProjectRow, VersionRow
 
 #: Basic credentials: `user-<id>:<personal access token>` or `datasource-<id>:<secret>`.
 BASIC_PREFIXES = ("user-", "datasource-")
@@ -79,16 +79,19 @@ def core_deployment_id(engine: Engine, project: ProjectRow, deployment_id: str) 
 _core_version_ids: dict[tuple[str, str], str] = {}
 
 
+def version_row(engine: Engine, deployment_core_id: str, version_id: str) -> VersionRow | None:
+    """The version with this `ver-` id of the deployment with this core id; None when it has none."""
+    start = ids.version_core_prefix(version_id)
+    return None if start is None else engine.deployments.version_by_id_start(deployment_core_id, start)
+
+
 def core_version_id(engine: Engine, deployment_core_id: str, version_id: str) -> str | None:
     """The core id of the deployment's version with this `ver-` id, or of one it had; None when it
     has none."""
     key = (deployment_core_id, version_id)
     core_id = _core_version_ids.get(key)
-    if core_id is None:
-        start = ids.version_core_prefix(version_id)
-        row = None if start is None else engine.deployments.version_by_id_start(deployment_core_id, start)
-        if row is not None:
-            core_id = _core_version_ids[key] = row.id
+    if core_id is None and (row := version_row(engine, deployment_core_id, version_id)) is not None:
+        core_id = _core_version_ids[key] = row.id
     return core_id
 
 
