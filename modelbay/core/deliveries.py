@@ -5,6 +5,8 @@ restarts. The worker of every node claims due rows (sets their `owner`; they sta
 job still counts them open), POSTs them (a bounded number at a time) and records each try
 compare-and-set on `pending` and fenced by the owner, so a delivery given up elsewhere (a
 cancelled job) stays so, and one given back from a node declared dead is recorded by one node only.
+A job's runner inserts its new deliveries claimed already, as many as this node's worker has room
+for (`reserve`), and hands them over once committed (`take`): no claim, and no wait for one.
 A dead node's claimed deliveries go back unclaimed, due at once: delivery is at least once (a POST
 cut short by a kill may be made again), but one whose success was recorded is never made again.
 """
@@ -12,14 +14,16 @@ cut short by a kill may be made again), but one whose success was recorded is ne
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Table, func, select, update
+from sqlalchemy import Connection, Dialect, Table, bindparam, func, select, update
 
 from modelbay.core.activity import Activity
 from modelbay.core.background import Background, Coalescer
@@ -31,12 +35,16 @@ from modelbay.core.states import DELIVERY, DeliveryStatus, move
 from modelbay.core.webhook_targets import WebhookClient
 from modelbay.core.webhooks import backoff_ms, post_signed
 from modelbay.store.db import Database
+from modelbay.store.driver import DriverStatement, driver_cursor
 from modelbay.store.tables import DeliveryRow, WebhookRow
 
 log = logging.getLogger(__name__)
 
 DELIVERIES: Table = DeliveryRow.__table__  # type: ignore[assignment]
 WEBHOOKS: Table = WebhookRow.__table__  # type: ignore[assignment]
+
+#: A delivery settled only from pending; as a collection, a move that finds it settled moves nothing.
+_STILL_PENDING = (DeliveryStatus.PENDING,)
 
 #: Most POSTs in flight at once, over all webhooks.
 MAX_IN_FLIGHT = 64
@@ -47,6 +55,10 @@ REFILL_AT = MAX_IN_FLIGHT // 2
 
 #: Longest the worker sleeps with nothing due; a new delivery wakes it at once.
 IDLE_WAKE_S = 5.0
+
+#: Most deliveries handed to the worker as they are committed (see `reserve`) that may wait for a
+#: place among those in flight; past it, new deliveries wait in the store for a claim.
+MAX_HANDED = 256
 
 
 @dataclass(frozen=True)
@@ -66,12 +78,37 @@ class Due:
 
 
 def new_delivery(webhook_id: str, body: bytes, *, job_id: str | None = None, item_index: int | None = None,
-                 now: datetime | None = None) -> dict[str, Any]:
-    """A row to insert (in the caller's transaction) for one body to one webhook, due now."""
+                 now: datetime | None = None, owner: str | None = None) -> dict[str, Any]:
+    """A row to insert (in the caller's transaction) for one body to one webhook, due now; `owner`:
+    the node that claims it as it is inserted (see `Deliveries.reserve`)."""
     now = now or utcnow()
     return {"id": str(uuid.uuid4()), "webhook_id": webhook_id, "job_id": job_id, "item_index": item_index,
             "body": body, "status": DeliveryStatus.PENDING.value, "attempts": 0, "next_attempt_at": now,
-            "response_code": None, "last_error": None, "created_at": now, "finished_at": None}
+            "response_code": None, "last_error": None, "created_at": now, "finished_at": None, "owner": owner}
+
+
+def claimed_dues(conn: Connection, rows: list[dict[str, Any]]) -> list[Due]:
+    """The deliveries of `rows`, inserted claimed in `conn`'s transaction, with what their webhooks
+    say now (read once per webhook)."""
+    webhooks: dict[str, Any] = {}
+    statement = _webhook_statement(conn.dialect)
+    for webhook_id in {row["webhook_id"] for row in rows}:
+        found = statement.rows(driver_cursor(conn), {"id": webhook_id})
+        webhooks[webhook_id] = found[0] if found else (None, None, 0, 0, None)
+    dues = []
+    for row in rows:
+        endpoint, secret, max_retries, max_backoff_ms, project_id = webhooks[row["webhook_id"]]
+        dues.append(Due(row["id"], row["owner"], row["webhook_id"], row["job_id"], row["item_index"], row["body"], 0,
+                        endpoint, secret, max_retries or 0, max_backoff_ms or 0, project_id))
+    return dues
+
+
+@functools.cache
+def _webhook_statement(dialect: Dialect) -> DriverStatement:
+    """What a delivery needs of its webhook, compiled once."""
+    return DriverStatement(select(WEBHOOKS.c.endpoint, WEBHOOKS.c.secret, WEBHOOKS.c.max_retries,
+                                  WEBHOOKS.c.max_backoff_ms, WEBHOOKS.c.project_id)
+                           .where(WEBHOOKS.c.id == bindparam("id")), dialect)
 
 
 class Deliveries:
@@ -83,10 +120,13 @@ class Deliveries:
         self._client = client
         self._nodes = nodes
         self._in_flight: set[str] = set()
+        self._handed: deque[Due] = deque()  # claimed as they were committed, waiting for a place in flight
+        self._reserved = 0  # places promised by `reserve`, not yet handed over
         self._wake = asyncio.Event()
         self._background = Background("deliveries")
-        #: Deliveries of these (job id, item index) ended; its reactions write in the same commit.
-        self.items_settled: WriteHook[[list[tuple[str, int]]]] = WriteHook("deliveries: items settled")
+        #: Deliveries of these (job id, item index) ended, all delivered (True) or not; its reactions
+        #: write in the same commit.
+        self.items_settled: WriteHook[[list[tuple[str, int]], bool]] = WriteHook("deliveries: items settled")
         # Successes waiting for their commit: many go in one write (see `_record_delivered`).
         self._delivered: Coalescer[tuple[Due, int], None] = Coalescer(self._write_delivered)
         nodes.add_recoverer(self._give_back, "webhook deliveries")
@@ -98,6 +138,32 @@ class Deliveries:
     def wake(self) -> None:
         self._wake.set()
 
+    @property
+    def node_id(self) -> str:
+        return self._nodes.id
+
+    def reserve(self, wanted: int) -> int:
+        """How many of `wanted` new deliveries this node's worker takes as they are committed: the
+        caller inserts that many claimed by `node_id` (no claim of their own, and no wait for one),
+        then hands them over with `take`, or gives the places back with `take([], reserved)`."""
+        room = MAX_IN_FLIGHT + MAX_HANDED - len(self._in_flight) - len(self._handed) - self._reserved
+        reserved = max(0, min(wanted, room))
+        self._reserved += reserved
+        return reserved
+
+    def take(self, dues: list[Due], reserved: int) -> None:
+        """Make the committed deliveries `dues` (claimed by this node), within `reserved` places."""
+        self._reserved -= reserved
+        for due in dues:
+            if len(self._in_flight) < MAX_IN_FLIGHT:
+                self._start(due)
+            else:
+                self._handed.append(due)
+
+    def _start(self, due: Due) -> None:
+        self._in_flight.add(due.id)
+        self._background.spawn(self._attempt(due), name=f"delivery-{due.id}")
+
     async def close(self) -> None:
         await self._background.close()
 
@@ -107,8 +173,7 @@ class Deliveries:
         # Through the committer: the claim shares a commit with the job's writes instead of waiting for them.
         due = await self._db.committer.submit_async(self._claim_due(free)) if free > 0 else []
         for item in due:
-            self._in_flight.add(item.id)
-            self._background.spawn(self._attempt(item), name=f"delivery-{item.id}")
+            self._start(item)
         if free > 0 and len(due) < free:
             return await asyncio.to_thread(self._seconds_to_next_due)
         return IDLE_WAKE_S  # full: a finishing attempt wakes us
@@ -195,7 +260,9 @@ class Deliveries:
             log.exception("delivery %s failed to record", due.id)
         finally:
             self._in_flight.discard(due.id)
-            if len(self._in_flight) <= REFILL_AT:
+            if self._handed:
+                self._start(self._handed.popleft())
+            elif len(self._in_flight) <= REFILL_AT:
                 self._wake.set()
 
     def _ended(self, due: Due, outcome: str, attempts: int, answer: str | None) -> None:
@@ -219,28 +286,19 @@ class Deliveries:
 
     def _settle_delivered(self, batch: list[tuple[Due, int]]) -> Callable[[Connection], None]:
         def settle(conn: Connection) -> None:
-            ids = [due.id for due, _ in batch]
-            # Compare-and-set on `pending` and the claim, for the whole batch: one given up meanwhile
-            # stays so, and one given back (its node declared dead) is another node's to record.
-            # Locked until the commit, so what is read here is what the moves below find; in id
-            # order, as a job's stop locks them (`Jobs._settle_open`), so the two never deadlock.
-            owners = dict(conn.execute(select(DELIVERIES.c.id, DELIVERIES.c.owner).where(
-                DELIVERIES.c.id.in_(ids), DELIVERIES.c.status == DeliveryStatus.PENDING)
-                .order_by(DELIVERIES.c.id).with_for_update()).all())
-            pending = {due.id for due, _ in batch if owners.get(due.id, "") == due.owner}
             now = utcnow()
-            by_outcome: dict[tuple[int, str], list[str]] = {}
-            for due, code in batch:
-                if due.id in pending:
-                    by_outcome.setdefault((code, due.owner), []).append(due.id)
-            for (code, owner), code_ids in by_outcome.items():
-                move(conn, DELIVERY, {"id": code_ids}, {DeliveryStatus.PENDING}, DeliveryStatus.DELIVERED,
-                     fence=owner, attempts=DELIVERIES.c.attempts + 1, response_code=code, last_error=None,
-                     finished_at=now, body=None)
-            items = [(due.job_id, due.item_index) for due, _ in batch
-                     if due.id in pending and due.job_id is not None and due.item_index is not None]
+            items = []
+            # Compare-and-set on `pending` and the claim, row by row (a statement compiled once):
+            # one given up meanwhile stays so, and one given back (its node declared dead) is
+            # another node's to record. In id order, as a job's stop locks them
+            # (`Jobs._settle_open`), so the two never deadlock.
+            for due, code in sorted(batch, key=lambda done: done[0].id):
+                if (move(conn, DELIVERY, due.id, _STILL_PENDING, DeliveryStatus.DELIVERED, fence=due.owner,
+                         attempts=due.attempts + 1, response_code=code, last_error=None, finished_at=now, body=None)
+                        and due.job_id is not None and due.item_index is not None):
+                    items.append((due.job_id, due.item_index))
             if items:
-                self.items_settled(conn, items)  # type: ignore[arg-type]
+                self.items_settled(conn, items, True)
 
         return settle
 
@@ -253,7 +311,7 @@ class Deliveries:
             except StatusChanged:
                 return  # given up meanwhile (its job was stopped or deleted), or given back
             if due.job_id is not None and due.item_index is not None:
-                self.items_settled(conn, [(due.job_id, due.item_index)])
+                self.items_settled(conn, [(due.job_id, due.item_index)], status is DeliveryStatus.DELIVERED)
 
         return settle
 

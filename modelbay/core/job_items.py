@@ -23,7 +23,7 @@ from sqlalchemy import Connection, Dialect, Table, bindparam, case, func, insert
 from modelbay.core.activity import Activity
 from modelbay.core.background import Coalescer
 from modelbay.core.clock import utcnow
-from modelbay.core.deliveries import DELIVERIES, Deliveries, new_delivery
+from modelbay.core.deliveries import DELIVERIES, Deliveries, Due, claimed_dues, new_delivery
 from modelbay.core.deployments import Target
 from modelbay.core.errors import InvalidInput, ModelbayError, StatusChanged
 from modelbay.core.requests import Requests
@@ -196,18 +196,34 @@ class JobRunner:
         return await self._outbox.add((entry, deliveries, status))
 
     async def _write(self, batch: list[_Outcome]) -> list[bool]:
-        committed = await self._db.committer.submit_async(self._commit(batch, self._cursor))
+        # The deliveries this node's worker takes at once are inserted claimed, and handed to it
+        # once committed: no claim of their own. The others wait in the store for a claim.
+        reserved = self._deliveries.reserve(sum(len(deliveries) for _, deliveries, _ in batch))
+        claimed = 0
+        for _, deliveries, _ in batch:
+            for delivery in deliveries:
+                if claimed < reserved:
+                    delivery["owner"] = self._deliveries.node_id
+                    claimed += 1
+        dues: list[Due] = []
+        try:
+            committed = await self._db.committer.submit_async(self._commit(batch, self._cursor, dues))
+        finally:
+            self._deliveries.take(dues, reserved)
         if committed is None:
             self.stopping = True  # hand out no more items: they could not be recorded
             committed = set()
         return [entry["item_index"] in committed for entry, _, _ in batch]
 
-    def _commit(self, batch: list[_Outcome], cursor: int) -> Callable[[Connection], set[int] | None]:
+    def _commit(self, batch: list[_Outcome], cursor: int,
+                dues: list[Due]) -> Callable[[Connection], set[int] | None]:
         """The write of a batch of item outcomes: the item indexes it committed, or None when the
-        job is no longer running on this node (stopped, deleted, or taken over by another)."""
+        job is no longer running on this node (stopped, deleted, or taken over by another). The
+        deliveries it inserted claimed go to `dues` (only once committed: the write may run again)."""
         job_id, owner = self._job.id, self._owner
 
         def commit(conn: Connection) -> set[int] | None:
+            dues.clear()
             indexes = [entry["item_index"] for entry, *_ in batch]
             # Committed before (a resumed runner): never twice. The unique (job, item) backs this.
             # (A range, not a list: one statement, compiled once; a batch spans at most the window.)
@@ -216,22 +232,37 @@ class JobRunner:
             fresh = [outcome for outcome in batch if outcome[0]["item_index"] not in seen]
             if not fresh:
                 return set()
-            increments: dict[str, int] = {}
+            counts = {"_job_id": job_id, "_owner": owner, "_cursor": cursor, "_now": utcnow(),
+                      **dict.fromkeys(_COUNTED, 0)}
             for _, _, status in fresh:
                 for name in COUNTERS[status]:
-                    increments[name] = increments.get(name, 0) + 1
-            values: dict[Any, Any] = {JOBS.c[name]: JOBS.c[name] + n for name, n in increments.items()}
-            values[JOBS.c.next_item] = case((JOBS.c.next_item < cursor, cursor), else_=JOBS.c.next_item)
-            values[JOBS.c.updated_at] = utcnow()
-            running = conn.execute(update(JOBS).where(JOBS.c.id == job_id, JOBS.c.status == JobStatus.RUNNING,
-                                                      JOBS.c.owner == owner).values(values))
-            if not running.rowcount:  # type: ignore[attr-defined]
+                    counts[f"_{name}"] += 1
+            if not _count_items_statement(conn.dialect).execute(driver_cursor(conn), counts):
                 return None  # stopped meanwhile (the stop counted these items already), or not ours
             insert_rows(conn, LOGS, [entry for entry, _, _ in fresh])
-            insert_rows(conn, DELIVERIES, [d for _, deliveries, _ in fresh for d in deliveries])
+            rows = [d for _, deliveries, _ in fresh for d in deliveries]
+            insert_rows(conn, DELIVERIES, rows)
+            dues.extend(claimed_dues(conn, [row for row in rows if row["owner"] is not None]))
             return {entry["item_index"] for entry, _, _ in fresh}
 
         return commit
+
+
+#: The job counters an item's outcome adds to (see `COUNTERS`).
+_COUNTED = ("_gathered", "_preprocessed", "_failed_process", "_predicted", "_failed_predict")
+
+
+@functools.cache
+def _count_items_statement(dialect: Dialect) -> DriverStatement:
+    """The counters of committed items added to the job, and its cursor moved up, if it still runs
+    on this node; compiled once."""
+    counters = {name.removeprefix("_"): JOBS.c[name.removeprefix("_")] + bindparam(name) for name in _COUNTED}
+    return DriverStatement(
+        update(JOBS).where(JOBS.c.id == bindparam("_job_id"), JOBS.c.status == JobStatus.RUNNING.value,
+                           JOBS.c.owner == bindparam("_owner"))
+        .values(**counters, updated_at=bindparam("_now"),
+                next_item=case((JOBS.c.next_item < bindparam("_cursor"), bindparam("_cursor")),
+                               else_=JOBS.c.next_item)), dialect)
 
 
 @functools.cache

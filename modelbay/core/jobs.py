@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import uuid
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, select, update
+from sqlalchemy import Connection, Dialect, bindparam, delete, select, update
 
 from modelbay.core.activity import Activity
 from modelbay.core.background import Background
@@ -54,6 +55,7 @@ from modelbay.core.states import (
     move,
 )
 from modelbay.store.db import Database
+from modelbay.store.driver import DriverStatement, driver_cursor
 from modelbay.store.tables import DeploymentRow, JobLogRow, JobRow, ProjectRow, WebhookRow
 
 log = logging.getLogger(__name__)
@@ -116,6 +118,7 @@ class Jobs:
         self._background = Background("jobs")  # one runner task per job
         self._stops: dict[str, asyncio.Event] = {}  # set when a job's stop time changes or it is stopped
         self._live: dict[str, JobRunner] = {}
+        self._webhook_counts: dict[str, int] = {}  # job id -> how many webhooks it delivers to
         self._closing = False
         self._claimable = asyncio.Event()  # a node died: look for its jobs now
         #: Turns an item's outcome into the body its webhooks receive (the dialect's, given by the app).
@@ -263,6 +266,7 @@ class Jobs:
             conn.execute(delete(JOBS).where(JOBS.c.id == job_id))
 
         await self._db.committer.submit_async(remove)
+        self._webhook_counts.pop(job_id, None)
 
     def _halt(self, job_id: str) -> None:
         """Hand out no more items. Items in flight run to their end (cutting a request short would
@@ -479,13 +483,20 @@ class Jobs:
 
     # --- settling items (called in a delivery's transaction) --------------------------------
 
-    def _items_settled(self, conn: Connection, items: list[tuple[str, int]]) -> None:
-        """Deliveries of these items ended: count each item whose deliveries all have, and finish
-        a job whose items are all counted."""
+    def _items_settled(self, conn: Connection, items: list[tuple[str, int]], delivered: bool) -> None:
+        """Deliveries of these items ended (`delivered`: each of them was): count each item whose
+        deliveries all have, and finish a job whose items are all counted."""
         by_job: dict[str, list[int]] = {}
         for job_id, index in items:
             by_job.setdefault(job_id, []).append(index)
         for job_id, indexes in by_job.items():
+            if delivered and self._webhook_count(conn, job_id) == 1:
+                # The item's one delivery was made (the common case): row by row, statements compiled once.
+                moved = sum(move(conn, JOB_ITEM, (job_id, index), OPEN_ITEM, ItemStatus.DELIVERED)
+                            for index in indexes)
+                if moved:
+                    self._count_settled(conn, job_id, {"delivered": moved})
+                continue
             rows = conn.execute(
                 select(DELIVERIES.c.item_index, DELIVERIES.c.status, DELIVERIES.c.attempts, DELIVERIES.c.last_error)
                 .where(DELIVERIES.c.job_id == job_id, DELIVERIES.c.item_index.in_(indexes))
@@ -508,23 +519,33 @@ class Jobs:
                 moved = self._fail_delivery(conn, job_id, {index: failures[index] for index in failed})
                 if moved:
                     increments["failed_deliver"] = moved
-            if not increments:
-                continue
-            now = utcnow()
-            counted = conn.execute(update(JOBS).where(JOBS.c.id == job_id, JOBS.c.status == JobStatus.RUNNING).values(
-                delivered=JOBS.c.delivered + increments.get("delivered", 0),
-                failed_deliver=JOBS.c.failed_deliver + increments.get("failed_deliver", 0), updated_at=now,
-            )).rowcount
-            if not counted:
-                continue
-            job = conn.execute(select(JOBS.c.delivered, JOBS.c.failed_deliver, JOBS.c.item_count)
-                               .where(JOBS.c.id == job_id)).one()
-            if job.delivered + job.failed_deliver >= job.item_count and move(
-                    conn, JOB, job_id, JobStatus.RUNNING, JobStatus.FINISHED,
-                    message="Every item was delivered or failed to be", updated_at=now):
-                log.info("job %s finished: %d items delivered, %d failed", job_id, job.delivered, job.failed_deliver,
-                         extra={"job_id": job_id, "event": "job finished", "delivered": job.delivered,
-                                "failed": job.failed_deliver})
+            if increments:
+                self._count_settled(conn, job_id, increments)
+
+    def _webhook_count(self, conn: Connection, job_id: str) -> int:
+        """How many webhooks each item of the job is delivered to (a job's webhooks never change)."""
+        count = self._webhook_counts.get(job_id)
+        if count is None:
+            webhook_ids = conn.execute(select(JOBS.c.webhook_ids).where(JOBS.c.id == job_id)).scalar()
+            count = self._webhook_counts[job_id] = len(webhook_ids or ())
+        return count
+
+    @staticmethod
+    def _count_settled(conn: Connection, job_id: str, increments: dict[str, int]) -> None:
+        """Add settled items to a running job's counters, and finish it once every item is settled."""
+        now = utcnow()
+        counts = {"_job_id": job_id, "_delivered": increments.get("delivered", 0),
+                  "_failed_deliver": increments.get("failed_deliver", 0), "_now": now}
+        found = _count_settled_statement(conn.dialect).rows(driver_cursor(conn), counts)
+        if not found:
+            return  # no longer running (stopped: the stop counted what was open)
+        delivered, failed_deliver, item_count = found[0]
+        if delivered + failed_deliver >= item_count and move(
+                conn, JOB, job_id, JobStatus.RUNNING, JobStatus.FINISHED,
+                message="Every item was delivered or failed to be", updated_at=now):
+            log.info("job %s finished: %d items delivered, %d failed", job_id, delivered, failed_deliver,
+                     extra={"job_id": job_id, "event": "job finished", "delivered": delivered,
+                            "failed": failed_deliver})
 
     @staticmethod
     def _fail_delivery(conn: Connection, job_id: str, failures: dict[int, list[str]]) -> int:
@@ -539,6 +560,16 @@ class Jobs:
             moved += move(conn, JOB_ITEM, {"job_id": job_id, "item_index": [index]}, OPEN_ITEM,
                           ItemStatus.FAILED_DELIVER, reason=reason, level="Error")
         return moved
+
+
+@functools.cache
+def _count_settled_statement(dialect: Dialect) -> DriverStatement:
+    """The counters of settled items added to a running job, returning what they add up to; compiled once."""
+    return DriverStatement(
+        update(JOBS).where(JOBS.c.id == bindparam("_job_id"), JOBS.c.status == JobStatus.RUNNING.value)
+        .values(delivered=JOBS.c.delivered + bindparam("_delivered"),
+                failed_deliver=JOBS.c.failed_deliver + bindparam("_failed_deliver"), updated_at=bindparam("_now"))
+        .returning(JOBS.c.delivered, JOBS.c.failed_deliver, JOBS.c.item_count), dialect)
 
 
 def _delivery_failure(attempts: int, error: str | None) -> str:

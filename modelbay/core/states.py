@@ -15,7 +15,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Dialect, Table, bindparam, update
+from sqlalchemy import Connection, Dialect, Table, bindparam, or_, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ClauseElement, ColumnElement
 
@@ -251,20 +251,19 @@ def move(conn: Connection | Session, machine: Machine, key: Any, old: Any, new: 
     if machine.stamp is not None and machine.stamp not in values:
         values[machine.stamp] = utcnow()
     connection = conn.connection() if isinstance(conn, Session) else conn
-    if not single:
-        return _update(connection, machine, key, olds, new, values, fence)
     if type(key) is not dict and _plain(values):
         # One row, plain values: a statement compiled once, run on the driver (the hot path).
-        params = {**values, "status": new.value, "_old": old.value, "_fence": fence}
+        params = {**values, "status": new.value, "_fence": fence}
+        params.update(zip(_OLD_PARAMS, (status.value for status in olds), strict=False))
         if type(key) is tuple:
             params.update(zip(_KEY_PARAMS, key, strict=False))
         else:
             params["_key0"] = key
-        statement = _statement(machine, frozenset(values), fence is not None, connection.dialect)
+        statement = _statement(machine, frozenset(values), len(olds), fence is not None, connection.dialect)
         moved = statement.execute(driver_cursor(connection), params)
     else:
         moved = _update(connection, machine, key, olds, new, values, fence)
-    if moved == 0:
+    if moved == 0 and single:
         raise StatusChanged(str(key), old.value)
     return moved
 
@@ -297,14 +296,16 @@ def _is_collection(value: Any) -> bool:
 
 
 _KEY_PARAMS = ("_key0", "_key1", "_key2")  # one per key column: no machine has more
+_OLD_PARAMS = tuple(f"_old{i}" for i in range(8))  # one per status moved from: no machine has more
 
 
 @functools.cache
-def _statement(machine: Machine, columns: frozenset[str], fenced: bool, dialect: Dialect) -> DriverStatement:
-    """The compare-and-set UPDATE of one row writing `columns`, compiled once per dialect."""
+def _statement(machine: Machine, columns: frozenset[str], olds: int, fenced: bool, dialect: Dialect) -> DriverStatement:
+    """The compare-and-set UPDATE of one row from one of `olds` statuses writing `columns`, compiled
+    once per dialect."""
     table = machine.table
     where = [table.c[name] == bindparam(param) for name, param in zip(machine.key, _KEY_PARAMS, strict=False)]
-    where.append(table.c.status == bindparam("_old"))
+    where.append(or_(*(table.c.status == bindparam(param) for param in _OLD_PARAMS[:olds])))
     if fenced:
         where.append(table.c.owner == bindparam("_fence"))
     return DriverStatement(

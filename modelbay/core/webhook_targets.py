@@ -13,6 +13,7 @@ redirects are never followed (a 3xx is a failed delivery).
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 from ipaddress import IPv4Address, IPv6Address, IPv6Network, ip_address
 from typing import Any
@@ -123,6 +124,16 @@ def checked_addresses(host: str, port: int, *, allow_private: bool) -> list[str]
     return addresses
 
 
+@functools.lru_cache(maxsize=1024)
+def _checked_url(endpoint: str, allow_private: bool) -> yarl.URL:
+    """`endpoint` parsed, and checked when its host is an address (the connector resolves and checks
+    only names); remembered, as the same endpoint is POSTed to once per item of a job."""
+    url, port = _endpoint_url(endpoint)
+    if _literal(url.raw_host) is not None:
+        checked_addresses(url.raw_host, port, allow_private=allow_private)
+    return url
+
+
 def _literal(host: str) -> Address | None:
     """The address `host` spells, when it is an IP address rather than a name."""
     try:
@@ -177,9 +188,7 @@ class WebhookClient:
     def post(self, endpoint: str, body: bytes, headers: dict[str, str], timeout_s: float) -> Any:
         """The POST, to use as `async with`. Raises `RefusedTarget` for an address webhooks may not
         reach, `InvalidInput` for an endpoint that is not an http(s) URL."""
-        url, port = _endpoint_url(endpoint)
-        if _literal(url.raw_host) is not None:  # the connector resolves only names: an address is checked here
-            checked_addresses(url.raw_host, port, allow_private=self._allow_private)
+        url = _checked_url(endpoint, self._allow_private)
         return self._connected().post(url, data=body, headers=headers, allow_redirects=False,
                                       timeout=aiohttp.ClientTimeout(total=timeout_s))
 

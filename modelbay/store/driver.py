@@ -29,6 +29,9 @@ class DriverStatement:
         self._positional = compiled.positional
         names = list(compiled.positiontup or ()) if compiled.positional else list(compiled.binds)
         self._names = names
+        # Values written into the statement (`status == "running"`): sent with every row.
+        self._constants = {name: compiled.binds[name].effective_value for name in names
+                           if not compiled.binds[name].required}
         self._processors: list[tuple[str, Callable[[Any], Any]]] = []
         for name in names:
             bind = compiled.binds[name]
@@ -38,8 +41,8 @@ class DriverStatement:
 
     def parameters(self, row: Mapping[str, Any]) -> Any:
         """The row as the driver takes it: a tuple in order (qmark/format styles) or a dict."""
-        if self._processors or self._defaults:
-            row = dict(row)
+        if self._processors or self._defaults or self._constants:
+            row = {**self._constants, **row}
             for name, default in self._defaults.items():
                 row[name] = default()
             for name, processor in self._processors:

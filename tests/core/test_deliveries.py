@@ -100,3 +100,56 @@ def test_many_deliveries_each_arrive_once(tmp_path: Path, count: int) -> None:
         asyncio.run(deliver(db, receiver, bodies, max_retries=0, until="delivered"))
         assert sorted(r.json["n"] for r in receiver.delivered()) == list(range(count))
     db.close()
+
+
+def test_deliveries_handed_over_as_committed_are_made_without_a_claim_and_the_rest_wait_for_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelbay.core import deliveries
+    from modelbay.core.deliveries import claimed_dues
+
+    monkeypatch.setattr(deliveries, "MAX_IN_FLIGHT", 2)
+    monkeypatch.setattr(deliveries, "MAX_HANDED", 3)
+    db = open_store(tmp_path)
+
+    async def scenario(receiver: Receiver) -> list[DeliveryRow]:
+        async with WebhookClient(allow_private=True) as client:
+            hooks = Webhooks(db, client, allow_private_targets=True)
+            hook = hooks.create("p", "h", receiver.url, receiver.secret, 0, 50)
+            worker = Deliveries(db, client, a_node(db))
+            rows = [new_delivery(hook.id, f'{{"n":{i}}}'.encode()) for i in range(8)]
+            reserved = worker.reserve(len(rows))
+            assert reserved == 5  # two in flight and three waiting for a place
+            for row in rows[:reserved]:
+                row["owner"] = worker.node_id
+            with db.write() as session:
+                session.execute(insert(DELIVERIES), rows)
+                dues = claimed_dues(session.connection(), rows[:reserved])
+            worker.take(dues, reserved)  # no claim pass runs: these are made all the same
+            deadline = time.monotonic() + 10
+            try:
+                while len(receiver.delivered()) < reserved:
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.02)
+                with db.read() as session:
+                    unclaimed = session.scalars(select(DeliveryRow.status).where(DeliveryRow.owner.is_(None))).all()
+                assert unclaimed == ["pending"] * 3
+                worker.start()  # the claim pass makes the others
+                while len(receiver.delivered()) < len(rows):
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.02)
+                while True:
+                    with db.read() as session:
+                        stored = list(session.scalars(select(DeliveryRow)))
+                    if all(r.status == "delivered" for r in stored):
+                        return stored
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.02)
+            finally:
+                await worker.close()
+
+    with running_receiver() as receiver:
+        stored = asyncio.run(scenario(receiver))
+        assert sorted(r.json["n"] for r in receiver.delivered()) == list(range(8))
+    assert all(r.attempts == 1 and r.response_code == 200 for r in stored)
+    db.close()

@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 import ubiops
 from datature.nexus import error
+from datature.nexus.api.batch import models as batch_models
 
 from tests.compat.datature.conftest import deploy_with, make_dataset, webhook_spec
-from tests.compat.datature.receiver import Receiver
+from tests.compat.datature.receiver import Receiver, running_receiver
 from tests.compat.ubiops.conftest import sdk_client
 from tests.fixtures.packages import RAISES
 from tests.fixtures.server import Server, free_port
@@ -224,3 +225,35 @@ def test_delete_a_job(nexus: Any, deploy: Callable[..., str], receiver: Receiver
     assert nexus.batch.jobs.delete(job_id).deleted is True
     with pytest.raises(error.NotFoundError):
         nexus.batch.jobs.get(job_id)
+
+
+def test_an_item_with_two_destinations_is_delivered_once_both_took_it(
+    nexus: Any, deploy: Callable[..., str], receiver: Receiver, tmp_path: Path
+) -> None:
+    deployment_id = deploy("echo")
+    dataset_id = make_dataset(nexus, tmp_path / "items.ndjson", [{"x": i} for i in range(6)])
+    with running_receiver(fail_always=True) as down:
+        destinations = [nexus.batch.webhooks.create("up", webhook_spec(receiver)).id,
+                        nexus.batch.webhooks.create("down", webhook_spec(down, max_retries=1, max_backoff_ms=50)).id]
+        body = {"name": "both", "spec": {
+            "datasetId": dataset_id, "deployment": {"kind": "ExistingDeployment", "deploymentId": deployment_id},
+            "resultDelivery": {"destinations": [{"kind": "Webhook", "webhookId": w} for w in destinations]}}}
+        job = nexus.batch.jobs.requester.POST(f"/projects/{nexus.project_id}/batch/jobs", request_body=body,
+                                              response_type=batch_models.Job)
+        done = nexus.batch.jobs.wait_until_done(job.id, interval=1)
+        assert items_of(done) == {"gathered": 6, "failed_preprocess": 0, "predicted": 6, "failed_predict": 0,
+                                  "delivered": 0, "failed_deliver": 6}
+        assert sorted(r.json["itemIndex"] for r in receiver.delivered()) == list(range(6))
+        assert len(down.received) == 12  # each item: the first try and one retry
+    item_entries = [e for e in nexus.batch.jobs.get_all_log_entries(job.id) if e.kind == "ItemPredicted"]
+    assert [e.reason for e in item_entries] == ["Delivery failed after 2 attempts: The endpoint answered 500"] * 6
+
+    both_up = {**body, "name": "both up", "spec": {**body["spec"], "resultDelivery": {"destinations": [
+        {"kind": "Webhook", "webhookId": destinations[0]},
+        {"kind": "Webhook", "webhookId": nexus.batch.webhooks.create("up too", webhook_spec(receiver)).id}]}}}
+    job = nexus.batch.jobs.requester.POST(f"/projects/{nexus.project_id}/batch/jobs", request_body=both_up,
+                                          response_type=batch_models.Job)
+    done = nexus.batch.jobs.wait_until_done(job.id, interval=1)
+    assert items_of(done)["delivered"] == 6 and items_of(done)["failed_deliver"] == 0
+    mine = [r.json["itemIndex"] for r in receiver.delivered() if r.json["jobId"] == job.id]
+    assert sorted(mine) == sorted(list(range(6)) * 2)
