@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -115,8 +116,9 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 def _sqlite_begin(conn: Connection) -> None:
     # Writers take the lock up front (BEGIN IMMEDIATE) so a read-then-write never deadlocks.
+    # On the driver: SQLAlchemy's path for a statement costs more than the BEGIN (a commit begins one).
     mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
-    conn.exec_driver_sql(f"BEGIN {mode}")
+    conn.connection.driver_connection.execute(f"BEGIN {mode}")  # type: ignore[union-attr]
 
 
 class Database:
@@ -386,7 +388,7 @@ class GroupCommitter:
         began = time.monotonic()
         try:
             conn.begin()  # BEGIN IMMEDIATE: fails at once while another writer holds the lock
-        except OperationalError:
+        except sqlite3.OperationalError:  # raised by the driver (see `_sqlite_begin`)
             self._hand_over(batch)
             return
         try:
