@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(64 << 20, ge=1024, description="Largest request body accepted.")
     instance_start_timeout_s: float = Field(120.0, gt=0, description="How long an instance may take to load.")
     instance_call_depth: int = Field(
-        2, ge=1, le=16,
+        4, ge=1, le=16,
         description="How many calls a local instance is sent at once once its version runs its maximum of "
                     "instances: it runs one, the others wait in it, so the next starts as soon as one ends.")
     build_workers: int = Field(2, ge=1, description="Builds that run at the same time.")

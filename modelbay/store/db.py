@@ -45,9 +45,10 @@ LINGER_S = 0.01
 #: How often the log of what the event loop committed is copied into the database file, in seconds.
 CHECKPOINT_PERIOD_S = 1.0
 
-#: Most rows of an insert the event loop commits itself; a larger one would stall it, and goes to
-#: the committer's thread.
-LOOP_COMMIT_MAX_ROWS = 256
+#: Most writes of a batch (an insert counting one per row) the event loop commits itself. A few
+#: writes share a commit there; more (a job's outcomes of many items, a batch request's rows) would
+#: stall the loop, and go to the committer's thread, which commits them while the loop goes on.
+LOOP_COMMIT_MAX_ROWS = 8
 
 #: How long a writer waits for SQLite's write lock before giving up, in milliseconds.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -251,14 +252,14 @@ class GroupCommitter:
     once it is durable. Writes get a Core connection, not an ORM session: the ORM's unit of
     work costs more than SQLite itself on this path.
 
-    A thread of its own commits them, while the event loop goes on. On SQLite, a write that the
-    server's event loop submits alone (`commit_on_loop`: nothing else is queued when its commit
-    is due) is committed by the loop itself: with WAL and synchronous=NORMAL such a commit costs
-    tens of microseconds, less than handing it to the thread and back (two threads taking turns
-    at the GIL). Writes that come together go to the thread, which commits them while the loop
-    serves on, and so does a write that would make the loop wait: for SQLite's lock, or on a large
-    insert. The loop's next writes follow those to the thread until they are committed, so the
-    loop's writes commit in the order it submitted them.
+    A thread of its own commits them, while the event loop goes on. On SQLite, the few writes the
+    server's event loop has queued when their commit is due (`commit_on_loop`) are committed by the
+    loop itself: with WAL and synchronous=NORMAL such a commit costs tens of microseconds, less than
+    handing it to the thread and back, where each statement (the driver lets go of the GIL around
+    it) waits for the busy loop to hand the GIL back. Writes that would make the loop wait go to the
+    thread: many at once (`LOOP_COMMIT_MAX_ROWS`), or while another writer holds SQLite's lock. The
+    loop's next writes follow those to the thread until they are committed, so the loop's writes
+    commit in the order it submitted them.
     """
 
     def __init__(self, db: Database) -> None:
@@ -381,8 +382,8 @@ class GroupCommitter:
             return
         conn = self._loop_conn
         assert conn is not None
-        op = batch[0][0]
-        if self._handed_over or len(batch) > 1 or (isinstance(op, Insert) and len(op.rows) > LOOP_COMMIT_MAX_ROWS):
+        if self._handed_over or sum(len(op.rows) if isinstance(op, Insert) else 1
+                                    for op, _, _ in batch) > LOOP_COMMIT_MAX_ROWS:
             self._hand_over(batch)
             return
         began = time.monotonic()
