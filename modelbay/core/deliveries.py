@@ -57,8 +57,9 @@ REFILL_AT = MAX_IN_FLIGHT // 2
 IDLE_WAKE_S = 5.0
 
 #: Most deliveries handed to the worker as they are committed (see `reserve`) that may wait for a
-#: place among those in flight; past it, new deliveries wait in the store for a claim.
-MAX_HANDED = 256
+#: place among those in flight; past it, new deliveries wait in the store for a claim. (Few: a job
+#: stopped meanwhile still has these made.)
+MAX_HANDED = 64
 
 
 @dataclass(frozen=True)

@@ -208,6 +208,9 @@ class JobRunner:
         dues: list[Due] = []
         try:
             committed = await self._db.committer.submit_async(self._commit(batch, self._cursor, dues))
+        except BaseException:
+            dues.clear()  # not committed: nothing to make
+            raise
         finally:
             self._deliveries.take(dues, reserved)
         if committed is None:
