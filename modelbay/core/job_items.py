@@ -198,35 +198,29 @@ class JobRunner:
     async def _write(self, batch: list[_Outcome]) -> list[bool]:
         # The deliveries this node's worker takes at once are inserted claimed, and handed to it
         # once committed: no claim of their own. The others wait in the store for a claim.
-        reserved = self._deliveries.reserve(sum(len(deliveries) for _, deliveries, _ in batch))
-        claimed = 0
-        for _, deliveries, _ in batch:
-            for delivery in deliveries:
-                if claimed < reserved:
-                    delivery["owner"] = self._deliveries.node_id
-                    claimed += 1
-        dues: list[Due] = []
+        rows = [delivery for _, deliveries, _ in batch for delivery in deliveries]
+        reserved = self._deliveries.reserve(len(rows))
+        for delivery in rows[:reserved]:
+            delivery["owner"] = self._deliveries.node_id
         try:
-            committed = await self._db.committer.submit_async(self._commit(batch, self._cursor, dues))
+            written = await self._db.committer.submit_async(self._commit(batch, self._cursor))
         except BaseException:
-            dues.clear()  # not committed: nothing to make
+            self._deliveries.take([], reserved)  # not committed: nothing to make
             raise
-        finally:
-            self._deliveries.take(dues, reserved)
-        if committed is None:
+        committed, dues = written or (set(), [])
+        self._deliveries.take(dues, reserved)
+        if written is None:
             self.stopping = True  # hand out no more items: they could not be recorded
-            committed = set()
         return [entry["item_index"] in committed for entry, _, _ in batch]
 
-    def _commit(self, batch: list[_Outcome], cursor: int,
-                dues: list[Due]) -> Callable[[Connection], set[int] | None]:
-        """The write of a batch of item outcomes: the item indexes it committed, or None when the
-        job is no longer running on this node (stopped, deleted, or taken over by another). The
-        deliveries it inserted claimed go to `dues` (only once committed: the write may run again)."""
+    def _commit(self, batch: list[_Outcome],
+                cursor: int) -> Callable[[Connection], tuple[set[int], list[Due]] | None]:
+        """The write of a batch of item outcomes: the item indexes it committed and the deliveries
+        it inserted claimed, or None when the job is no longer running on this node (stopped,
+        deleted, or taken over by another)."""
         job_id, owner = self._job.id, self._owner
 
-        def commit(conn: Connection) -> set[int] | None:
-            dues.clear()
+        def commit(conn: Connection) -> tuple[set[int], list[Due]] | None:
             indexes = [entry["item_index"] for entry, *_ in batch]
             # Committed before (a resumed runner): never twice. The unique (job, item) backs this.
             # (A range, not a list: one statement, compiled once; a batch spans at most the window.)
@@ -234,7 +228,7 @@ class JobRunner:
                 driver_cursor(conn), {"job_id": job_id, "low": min(indexes), "high": max(indexes)})}
             fresh = [outcome for outcome in batch if outcome[0]["item_index"] not in seen]
             if not fresh:
-                return set()
+                return set(), []
             counts = {"_job_id": job_id, "_owner": owner, "_cursor": cursor, "_now": utcnow(),
                       **dict.fromkeys(_COUNTED, 0)}
             for _, _, status in fresh:
@@ -245,14 +239,14 @@ class JobRunner:
             insert_rows(conn, LOGS, [entry for entry, _, _ in fresh])
             rows = [d for _, deliveries, _ in fresh for d in deliveries]
             insert_rows(conn, DELIVERIES, rows)
-            dues.extend(claimed_dues(conn, [row for row in rows if row["owner"] is not None]))
-            return {entry["item_index"] for entry, _, _ in fresh}
+            dues = claimed_dues(conn, [row for row in rows if row["owner"] is not None])
+            return {entry["item_index"] for entry, _, _ in fresh}, dues
 
         return commit
 
 
-#: The job counters an item's outcome adds to (see `COUNTERS`).
-_COUNTED = ("_gathered", "_preprocessed", "_failed_process", "_predicted", "_failed_predict")
+#: Every job counter an item's outcome may add to, as `_count_items_statement` takes them.
+_COUNTED = tuple(dict.fromkeys(f"_{name}" for names in COUNTERS.values() for name in names))
 
 
 @functools.cache

@@ -48,7 +48,7 @@ CHECKPOINT_PERIOD_S = 1.0
 #: Most writes of a batch (an insert counting one per row) the event loop commits itself. A few
 #: writes share a commit there; more (a job's outcomes of many items, a batch request's rows) would
 #: stall the loop, and go to the committer's thread, which commits them while the loop goes on.
-LOOP_COMMIT_MAX_ROWS = 8
+LOOP_COMMIT_MAX_WRITES = 8
 
 #: How long a writer waits for SQLite's write lock before giving up, in milliseconds.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -257,7 +257,7 @@ class GroupCommitter:
     loop itself: with WAL and synchronous=NORMAL such a commit costs tens of microseconds, less than
     handing it to the thread and back, where each statement (the driver lets go of the GIL around
     it) waits for the busy loop to hand the GIL back. Writes that would make the loop wait go to the
-    thread: many at once (`LOOP_COMMIT_MAX_ROWS`), or while another writer holds SQLite's lock. The
+    thread: many at once (`LOOP_COMMIT_MAX_WRITES`), or while another writer holds SQLite's lock. The
     loop's next writes follow those to the thread until they are committed, so the loop's writes
     commit in the order it submitted them.
     """
@@ -382,8 +382,8 @@ class GroupCommitter:
             return
         conn = self._loop_conn
         assert conn is not None
-        if self._handed_over or sum(len(op.rows) if isinstance(op, Insert) else 1
-                                    for op, _, _ in batch) > LOOP_COMMIT_MAX_ROWS:
+        if self._handed_over or len(batch) > LOOP_COMMIT_MAX_WRITES or sum(
+                len(op.rows) if isinstance(op, Insert) else 1 for op, _, _ in batch) > LOOP_COMMIT_MAX_WRITES:
             self._hand_over(batch)
             return
         began = time.monotonic()

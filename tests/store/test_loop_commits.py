@@ -40,7 +40,7 @@ def test_a_few_writes_are_committed_by_the_loop_and_many_that_come_together_by_t
     db: Database,
 ) -> None:
     log: list[tuple[str, int]] = []
-    few, many = 3, store_db.LOOP_COMMIT_MAX_ROWS + 12
+    few, many = 3, store_db.LOOP_COMMIT_MAX_WRITES + 12
 
     async def scenario() -> list[Any]:
         db.committer.commit_on_loop()
@@ -114,14 +114,14 @@ def test_a_large_insert_is_left_to_the_thread(db: Database) -> None:
 
     async def scenario() -> None:
         db.committer.commit_on_loop()
-        rows = [_row(f"big{i}") for i in range(store_db.LOOP_COMMIT_MAX_ROWS + 1)]
+        rows = [_row(f"big{i}") for i in range(store_db.LOOP_COMMIT_MAX_WRITES + 1)]
         large = db.committer.submit_async(Insert(REQUESTS, rows))
         await asyncio.sleep(0)  # its commit begins
         after = db.committer.submit_async(lambda conn: threads.append(threading.get_ident()))
         await asyncio.gather(large, after)
 
     asyncio.run(scenario())
-    assert stored(db) == store_db.LOOP_COMMIT_MAX_ROWS + 1
+    assert stored(db) == store_db.LOOP_COMMIT_MAX_WRITES + 1
     assert threads and threads[0] != threading.get_ident()  # the write after it followed it to the thread
 
 
