@@ -12,7 +12,8 @@ The document FastAPI generates is finished once, on first use, and kept (`app.op
 - every `{param}` of a path is declared: many routes read theirs through a dependency or
   `request.path_params`, which FastAPI does not list, and OpenAPI tools refuse such a document;
 - each dialect's credential is a security scheme, required by its operations (the Authorize button);
-- the direct-request routes, answered in front of the framework (`ubiops.direct`), are listed.
+- the routes answered in front of the framework (`common.front`: UbiOps direct requests, an ABEJA
+  run's create) are listed.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from modelbay.core.requests import DIRECT_TIMEOUT_DEFAULT_S, DIRECT_TIMEOUT_MAX_S
+from modelbay.core.runs import RETRY_COUNT_MAX
+from modelbay.dialects.abeja import runs as abeja_runs
 from modelbay.dialects.ubiops import direct
 from modelbay.dialects.ubiops.routes import PREFIXES as UBIOPS_PREFIXES
 
@@ -173,7 +176,7 @@ def finish(schema: dict[str, Any]) -> dict[str, Any]:
         "One server, three APIs: UbiOps under `/v2.1` (and `/v2`), ABEJA under `/organizations` and "
         "`/deployments`, Datature under `/projects`. Each takes its own credential (Authorize)."
     )
-    for path, operations in direct_request_paths().items():
+    for path, operations in {**direct_request_paths(), **create_run_paths()}.items():
         schema["paths"].setdefault(path, {}).update(operations)
     dialect_of = {tag: dialect for dialect, tags in TAGS.items() for tag in tags}
     for path, item in schema["paths"].items():
@@ -227,7 +230,7 @@ _DIRECT_RESULT = {
 
 
 def direct_request_paths() -> dict[str, dict[str, Any]]:
-    """The operations `ubiops.direct.DirectRequests` answers (POST, under every UbiOps prefix)."""
+    """The operations `ubiops.direct` answers in front of the framework (POST, under every UbiOps prefix)."""
     paths = {}
     for prefix in UBIOPS_PREFIXES:
         for path in direct.PATHS:
@@ -270,3 +273,46 @@ def direct_request_paths() -> dict[str, dict[str, Any]]:
                 },
             }}
     return paths
+
+
+_ABEJA_ERROR = {
+    "content": {"application/json": {"schema": {
+        "type": "object", "properties": {"error": {"type": "string"}, "error_description": {"type": "string"}},
+        "required": ["error", "error_description"],
+    }}},
+}
+
+
+def create_run_paths() -> dict[str, dict[str, Any]]:
+    """The ABEJA run create `abeja.runs` answers in front of the framework."""
+    return {abeja_runs.R: {"post": {
+        "tags": ["ABEJA · runs"],
+        "summary": "Create Run",
+        "description": "Queues a run of the version `version_id` names and answers once it is stored, with "
+                       "its id and status; the run then starts as soon as an instance is free.",
+        "operationId": "create_run",
+        "requestBody": {
+            "required": False,
+            "content": {"application/json": {"schema": {
+                "type": "object",
+                "properties": {
+                    "version_id": {"type": "string"},
+                    "input_data": {"description": "What the run's code receives."},
+                    "output_template": {},
+                    "retry_count": {"type": "integer", "minimum": 0, "maximum": RETRY_COUNT_MAX},
+                    "distribution": {"type": "integer", "minimum": 0, "maximum": abeja_runs.MAX_DISTRIBUTION},
+                    "environment": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "models": {"type": "object", "properties": {"alias": {"type": "string"}}},
+                },
+                "required": ["version_id"],
+            }}},
+        },
+        "responses": {
+            "200": {"description": "The run, queued.", "content": {"application/json": {"schema": {"type": "object"}}}},
+            "400": {"description": "Invalid body.", **_ABEJA_ERROR},
+            "401": {"description": "No valid credential.", **_ABEJA_ERROR},
+            "403": {"description": "The credential may not use this organization.", **_ABEJA_ERROR},
+            "404": {"description": "No such deployment or version.", **_ABEJA_ERROR},
+            "413": {"description": "The body is larger than the server takes.", **_ABEJA_ERROR},
+        },
+    }}}

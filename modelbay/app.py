@@ -17,16 +17,18 @@ from modelbay.console import install_console
 from modelbay.dialects.abeja import errors as abeja_errors
 from modelbay.dialects.abeja.deployments import router as abeja_deployments_router
 from modelbay.dialects.abeja.endpoints import router as abeja_endpoints_router
+from modelbay.dialects.abeja import runs as abeja_runs
 from modelbay.dialects.abeja.runs import router as abeja_runs_router
 from modelbay.dialects.abeja.services import proxy_router as abeja_proxy_router
 from modelbay.dialects.abeja.services import router as abeja_services_router
 from modelbay.dialects.common.errors import unrouted_handler
+from modelbay.dialects.common.front import Front
 from modelbay.dialects.common.path_router import PathRouter
 from modelbay.dialects.datature import errors as datature_errors
 from modelbay.dialects.datature.jobs import item_result as datature_item_result
 from modelbay.dialects.datature.routes import routers as datature_routers
+from modelbay.dialects.ubiops import direct as ubiops_direct
 from modelbay.dialects.ubiops import errors as ubiops_errors
-from modelbay.dialects.ubiops.direct import DirectRequests
 from modelbay.dialects.ubiops.logs import router as ubiops_logs_router
 from modelbay.dialects.ubiops.pipeline_requests import router as ubiops_pipeline_requests_router
 from modelbay.dialects.ubiops.pipelines import router as ubiops_pipelines_router
@@ -78,7 +80,7 @@ def create_app(settings: Settings) -> ASGIApp:
     # the UbiOps hot path (direct requests) never reaches this router.
     app.include_router(abeja_proxy_router)
     # Each dialect's routes under its own path prefix, so a request tries only its dialect's routes.
-    # Direct requests, the hot path, are answered by `DirectRequests` before the app sees them.
+    # UbiOps direct requests and ABEJA run creates, the hot paths, are answered by `Front` before the app sees them.
     for prefix in UBIOPS_PREFIXES:  # request routes first: they are matched most often
         app.include_router(PathRouter(prefix, [
             ubiops_requests_router, ubiops_streaming_router, ubiops_router, ubiops_logs_router,
@@ -96,4 +98,4 @@ def create_app(settings: Settings) -> ASGIApp:
 
     install_api_reference(app)  # /docs, /redoc and /openapi.json
 
-    return DirectRequests(app, lambda: app.state.engine)
+    return Front(app, lambda: app.state.engine, [*ubiops_direct.ROUTES, *abeja_runs.FRONT_ROUTES])

@@ -1,6 +1,6 @@
 """The API reference: /docs and /redoc load nothing from the internet, and the OpenAPI document is one
 that OpenAPI tools take (every path parameter declared, one tag and the dialect's credential per
-operation, the direct-request routes listed). Raw HTTP against a real server, without a token."""
+operation, the routes answered before the framework listed). Raw HTTP against a real server, without a token."""
 
 from __future__ import annotations
 
@@ -132,11 +132,24 @@ def test_the_direct_request_routes_are_listed_as_served(server: Server, document
         result = operation["responses"]["200"]["content"]["application/json"]["schema"]
         assert {"id", "status", "result", "error_message"} <= set(result["required"])
         assert {"400", "401", "404"} <= operation["responses"].keys()
-        # served (by `DirectRequests`, in front of the framework): without a token, its UbiOps 401
+        # served (by `Front`, before the framework): without a token, its UbiOps 401
         served = httpx.post(server.url + path.format(project_name="p", deployment_name="d", version="v1"), json=1)
         assert served.status_code == 401 and set(served.json()) == {"error"}, served.text
     operation_ids = [operation["operationId"] for _, _, operation in operations(document)]
     assert len(operation_ids) == len(set(operation_ids))
+
+
+def test_the_abeja_run_create_is_listed_as_served(server: Server, document: dict[str, Any]) -> None:
+    path = "/organizations/{organization_id}/deployments/{deployment_id}/runs"
+    operation = document["paths"][path]["post"]
+    assert operation["tags"] == ["ABEJA · runs"]
+    assert operation["security"] == [{"AbejaBearer": []}, {"AbejaBasic": []}]
+    assert "version_id" in operation["requestBody"]["content"]["application/json"]["schema"]["required"]
+    assert {"400", "401", "404"} <= operation["responses"].keys()
+    assert "get" in document["paths"][path]  # the framework's routes on the same path are still listed
+    # served (by `Front`, before the framework): without a credential, its ABEJA 401
+    served = httpx.post(server.url + path.format(organization_id="1234567890123", deployment_id="1"), json={})
+    assert served.status_code == 401 and set(served.json()) == {"error", "error_description"}, served.text
 
 
 def test_the_document_is_made_once(tmp_path: Path) -> None:

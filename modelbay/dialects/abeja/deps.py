@@ -108,8 +108,11 @@ async def deployment_of(deployment_id: str, request: Request, organization: Orga
 
 
 async def json_object(request: Request) -> dict[str, Any]:
+    return parse_json_object(await read_body(request, _engine(request).settings.max_request_bytes))
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
     """The body as a JSON object; an empty body is an empty object (the SDK sends none for `payload=None`)."""
-    raw = await read_body(request, _engine(request).settings.max_request_bytes)
     if not raw.strip():
         return {}
     try:

@@ -1,20 +1,26 @@
-"""ABEJA runs: create (answered at once, after the commit), get, list in pages, and logs."""
+"""ABEJA runs: create (answered at once, after the commit, in front of the framework), get, list in pages,
+and logs."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+import orjson
 from fastapi import APIRouter
 from fastapi.responses import Response
+from starlette.types import Receive, Scope
 
 from modelbay.core.deployments import Target
 from modelbay.core.errors import InvalidInput, NotFound
 from modelbay.core.runs import NewRun, check_environment, check_retry_count
 from modelbay.dialects.abeja import ids, schemas
 from modelbay.dialects.abeja.deployments import ok, version_target
-from modelbay.dialects.abeja.deps import DeploymentDep, EngineDep, JsonObject, OrganizationDep
-from modelbay.dialects.abeja.errors import AbejaRoute
+from modelbay.dialects.abeja.deps import DeploymentDep, EngineDep, caller_from_header, parse_json_object
+from modelbay.dialects.abeja.errors import ERRORS, AbejaRoute
 from modelbay.dialects.abeja.logs import log_page, recent_log_page
+from modelbay.dialects.common.front import FrontRoute, header, path_pattern, read_body
+from modelbay.engine import Engine
 from modelbay.store.tables import RunRow
 
 router = APIRouter(route_class=AbejaRoute, tags=["ABEJA · runs"])
@@ -46,10 +52,11 @@ def model_alias(body: dict[str, Any]) -> str | None:
     return alias
 
 
-@router.post(R)
-async def create_run(
-    engine: EngineDep, organization: OrganizationDep, deployment_id: str, body: JsonObject
-) -> Response:
+async def create_run(scope: Scope, receive: Receive, engine: Engine, organization_id: str, deployment_id: str) -> bytes:
+    """`POST …/runs`: answered in front of the framework (`common.front`), once the run is committed."""
+    caller = caller_from_header(engine, header(scope, b"authorization"))
+    organization = ids.find_organization(engine.projects, caller, organization_id)
+    body = parse_json_object(await read_body(scope, receive, engine.settings.max_request_bytes))
     target = version_target(engine, organization, deployment_id, body)
     distribution = body.get("distribution")
     if distribution is not None and (isinstance(distribution, bool) or not isinstance(distribution, int)
@@ -64,7 +71,10 @@ async def create_run(
         model_alias=model_alias(body),
     )
     row = await engine.runs.create(target, new)
-    return ok(schemas.run(row, target))
+    return orjson.dumps(schemas.run(row, target))
+
+
+FRONT_ROUTES = [FrontRoute(re.compile(path_pattern(R)), create_run, ERRORS)]
 
 
 @router.get(R)
