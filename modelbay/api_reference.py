@@ -13,7 +13,7 @@ The document FastAPI generates is finished once, on first use, and kept (`app.op
   `request.path_params`, which FastAPI does not list, and OpenAPI tools refuse such a document;
 - each dialect's credential is a security scheme, required by its operations (the Authorize button);
 - the routes answered in front of the framework (`common.front`: UbiOps direct requests, an ABEJA
-  run's create) are listed.
+  run's create, calls to ABEJA services) are listed.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from fastapi.staticfiles import StaticFiles
 from modelbay.core.requests import DIRECT_TIMEOUT_DEFAULT_S, DIRECT_TIMEOUT_MAX_S
 from modelbay.core.runs import RETRY_COUNT_MAX
 from modelbay.dialects.abeja import runs as abeja_runs
+from modelbay.dialects.abeja import services as abeja_services
 from modelbay.dialects.ubiops import direct
 from modelbay.dialects.ubiops.routes import PREFIXES as UBIOPS_PREFIXES
 
@@ -176,7 +177,7 @@ def finish(schema: dict[str, Any]) -> dict[str, Any]:
         "One server, three APIs: UbiOps under `/v2.1` (and `/v2`), ABEJA under `/organizations` and "
         "`/deployments`, Datature under `/projects`. Each takes its own credential (Authorize)."
     )
-    for path, operations in {**direct_request_paths(), **create_run_paths()}.items():
+    for path, operations in {**direct_request_paths(), **create_run_paths(), **service_call_paths()}.items():
         schema["paths"].setdefault(path, {}).update(operations)
     dialect_of = {tag: dialect for dialect, tags in TAGS.items() for tag in tags}
     for path, item in schema["paths"].items():
@@ -316,3 +317,31 @@ def create_run_paths() -> dict[str, dict[str, Any]]:
             "413": {"description": "The body is larger than the server takes.", **_ABEJA_ERROR},
         },
     }}}
+
+
+def service_call_paths() -> dict[str, dict[str, Any]]:
+    """The calls to ABEJA services `abeja.services` answers in front of the framework."""
+    paths = {}
+    for path in abeja_services.PROXY_PATHS:
+        of_service = "{service_id}" in path
+        paths[path] = {"post": {
+            "tags": ["ABEJA · service calls"],
+            "summary": "Call a service" if of_service else "Call the deployment's default endpoint",
+            "description": (
+                "Sent to `http://<organization_id>.<ABEJA host>" + path + "`: the Host header names the "
+                "organization. The body goes to " + ("this service" if of_service else "the service the "
+                "deployment's `default` endpoint points at") + ", and its code's answer comes back as it gave it."
+            ),
+            "operationId": "call_service" if of_service else "call_default_endpoint",
+            "requestBody": {"required": False, "content": {"*/*": {"schema": {}}}},
+            "responses": {
+                "200": {"description": "The code's answer (a handler's status, type and body as it gave them)."},
+                "401": {"description": "No valid credential.", **_ABEJA_ERROR},
+                "403": {"description": "The credential may not use this organization.", **_ABEJA_ERROR},
+                "404": {"description": "No such organization in the Host header, deployment or service.",
+                        **_ABEJA_ERROR},
+                "413": {"description": "The body is larger than the server takes.", **_ABEJA_ERROR},
+                "500": {"description": "The service's code failed.", **_ABEJA_ERROR},
+            },
+        }}
+    return paths

@@ -19,7 +19,7 @@ from modelbay.dialects.abeja.deployments import router as abeja_deployments_rout
 from modelbay.dialects.abeja.endpoints import router as abeja_endpoints_router
 from modelbay.dialects.abeja import runs as abeja_runs
 from modelbay.dialects.abeja.runs import router as abeja_runs_router
-from modelbay.dialects.abeja.services import proxy_router as abeja_proxy_router
+from modelbay.dialects.abeja import services as abeja_services
 from modelbay.dialects.abeja.services import router as abeja_services_router
 from modelbay.dialects.common.errors import unrouted_handler
 from modelbay.dialects.common.front import Front
@@ -76,11 +76,9 @@ def create_app(settings: Settings) -> ASGIApp:
     async def health() -> Response:
         return Response(b'{"status":"ok"}', media_type="application/json")
 
-    # The ABEJA service proxy first: one path check costs the other routes next to nothing, and
-    # the UbiOps hot path (direct requests) never reaches this router.
-    app.include_router(abeja_proxy_router)
     # Each dialect's routes under its own path prefix, so a request tries only its dialect's routes.
-    # UbiOps direct requests and ABEJA run creates, the hot paths, are answered by `Front` before the app sees them.
+    # The hot paths (UbiOps direct requests, ABEJA run creates and service calls) are answered by
+    # `Front` before the app sees them.
     for prefix in UBIOPS_PREFIXES:  # request routes first: they are matched most often
         app.include_router(PathRouter(prefix, [
             ubiops_requests_router, ubiops_streaming_router, ubiops_router, ubiops_logs_router,
@@ -98,4 +96,4 @@ def create_app(settings: Settings) -> ASGIApp:
 
     install_api_reference(app)  # /docs, /redoc and /openapi.json
 
-    return Front(app, lambda: app.state.engine, [*ubiops_direct.ROUTES, *abeja_runs.FRONT_ROUTES])
+    return Front(app, lambda: app.state.engine, [*ubiops_direct.ROUTES, *abeja_runs.FRONT_ROUTES, *abeja_services.FRONT_ROUTES])

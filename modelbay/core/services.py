@@ -253,11 +253,10 @@ class Services:
 
     # --- serving -----------------------------------------------------------------------------
 
-    async def call(self, deployment_id: str, service_id: str, data: Any,
-                   context: dict[str, Any]) -> tuple[Target, RequestRecord]:
-        """Run one request on the service's instances. Raises `NotFound` for an unknown service,
+    async def call(self, row: ServiceRow, data: Any, context: dict[str, Any]) -> tuple[Target, RequestRecord]:
+        """Run one request on the instances of the service `row` (as `get` just read it). Raises
         `Unavailable` for a stopped one (at once: a caller never waits on a stopped service)."""
-        row = self.get(deployment_id, service_id)
+        service_id = row.id
         if row.status == ServiceStatus.STOPPED:
             raise Unavailable("The service is stopped")
         target = self._deployments.serving_target_check(self.target(row))

@@ -137,7 +137,7 @@ def test_a_call_that_outlives_the_deletion_of_its_service_leaves_no_pool_behind(
 
     stubs = Stubs()
     services = Services(Store(), stubs, stubs, pools, None, None, 0, Bus())  # type: ignore[arg-type]
-    asyncio.run(services.call("d", "s", {}, {}))
+    asyncio.run(services.call(services.get("d", "s"), {}, {}))
     # Then, once the call ends, that pool is retired too
     assert pools.live == set()
 

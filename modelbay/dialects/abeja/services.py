@@ -11,7 +11,7 @@ from urllib.parse import quote
 import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
-from starlette.convertors import StringConvertor, register_url_convertor
+from starlette.types import Receive, Scope
 
 from modelbay.core.decimals import is_decimal
 from modelbay.core.errors import InvalidInput, NotFound
@@ -29,13 +29,12 @@ from modelbay.dialects.abeja.deps import (
 from modelbay.dialects.abeja.errors import ERRORS, AbejaRoute
 from modelbay.dialects.abeja.logs import log_page, recent_log_page
 from modelbay.dialects.abeja.runs import model_alias, target_or_none
-from modelbay.dialects.common.body import read_body
+from modelbay.dialects.common.front import FrontRoute, header, read_body
 from modelbay.engine import Engine
 from modelbay.runtime import wire
 from modelbay.store.tables import ServiceRow
 
 router = APIRouter(route_class=AbejaRoute, tags=["ABEJA · services"])
-proxy_router = APIRouter(route_class=AbejaRoute, tags=["ABEJA · service calls"])
 
 S = "/organizations/{organization_id}/deployments/{deployment_id}/services"
 
@@ -153,7 +152,7 @@ async def get_service_recent_logs(
     return ok(recent_log_page(engine, row.id, next_forward_token, next_backward_token, start_time, end_time))
 
 
-# --- the proxy: POST {scheme}://{organization_id}.{host}/deployments/{d}/services/{s} ----------------
+# --- the proxy: POST {scheme}://{organization_id}.{host}/deployments/{d}[/services/{s}] ---------------
 
 
 def _body_as_input(target: Any, raw: bytes, content_type: str, headers: dict[str, str]) -> tuple[Any, dict[str, Any]]:
@@ -200,46 +199,46 @@ def organization_in_host(host: str, abeja_host: str) -> str | None:
     return match.group(1)
 
 
-class _DeploymentIdConvertor(StringConvertor):
-    """A 13-digit deployment id: the proxy's paths hold one, so `/deployments/<anything else>` is
-    no route of it (a 404, not a 405 for the wrong method)."""
-
-    regex = ids.DEPLOYMENT_ID.pattern
+async def request_service(scope: Scope, receive: Receive, engine: Engine, deployment_id: str,
+                          service_id: str) -> Response:
+    return await _serve(scope, receive, engine, deployment_id, lambda deployment: ids.core_service_id(service_id))
 
 
-register_url_convertor("abeja_deployment_id", _DeploymentIdConvertor())
-
-
-@proxy_router.post("/deployments/{deployment_id:abeja_deployment_id}/services/{service_id}")
-async def request_service(request: Request, engine: EngineDep, deployment_id: str, service_id: str) -> Response:
-    return await _serve(request, engine, deployment_id, lambda deployment: ids.core_service_id(service_id))
-
-
-@proxy_router.post("/deployments/{deployment_id:abeja_deployment_id}")
-async def request_default_endpoint(request: Request, engine: EngineDep, deployment_id: str) -> Response:
+async def request_default_endpoint(scope: Scope, receive: Receive, engine: Engine, deployment_id: str) -> Response:
     """The deployment's own URL: the service its `default` endpoint points at answers."""
-    return await _serve(request, engine, deployment_id, engine.endpoints.service_of)
+    return await _serve(scope, receive, engine, deployment_id, engine.endpoints.service_of)
 
 
-async def _serve(request: Request, engine: Engine, deployment_id: str, service_of: Callable[[str], str]) -> Response:
+async def _serve(scope: Scope, receive: Receive, engine: Engine, deployment_id: str,
+                 service_of: Callable[[str], str]) -> Response:
     """Hand the request to the service `service_of(core deployment id)` names, and its answer back."""
     abeja_host = engine.settings.abeja_host
-    organization_id = organization_in_host(request.headers.get("host", ""), abeja_host)
+    organization_id = organization_in_host(header(scope, b"host") or "", abeja_host)
     if organization_id is None:
         where = f"<organization_id>.{abeja_host}" if abeja_host else "<organization_id>.<host>"
         raise NotFound("deployment", f"{deployment_id} (the Host header names no organization: requests go to "
                                      f"http://{where}/deployments/{deployment_id})")
-    caller = caller_from_header(engine, request.headers.get("authorization"))
+    caller = caller_from_header(engine, header(scope, b"authorization"))
     project = ids.find_organization(engine.projects, caller, organization_id)
     deployment = core_deployment_id(engine, project, deployment_id)
     row = engine.services.get(deployment, service_of(deployment))
     target = engine.services.target(row)
-    content_type = request.headers.get("content-type") or "application/octet-stream"
-    headers = {name: request.headers[name] for name in FORWARDED_HEADERS if name in request.headers}
+    content_type = header(scope, b"content-type") or "application/octet-stream"
+    headers = {name: value for name in FORWARDED_HEADERS if (value := header(scope, name.encode())) is not None}
     headers.update({"x-abeja-deployment-id": deployment_id, "x-abeja-service-id": ids.service_id(row.id)})
     if row.model_alias:
         headers["x-abeja-model-id"] = row.model_alias
-    raw = await read_body(request, engine.settings.max_request_bytes)
+    raw = await read_body(scope, receive, engine.settings.max_request_bytes)
     data, context = _body_as_input(target, raw, content_type, headers)
-    target, record = await engine.services.call(deployment, row.id, data, context)
+    target, record = await engine.services.call(row, data, context)
     return _http_answer(target, record)
+
+
+#: The calls to a service, answered in front of the framework (`common.front`): the deployment's
+#: URL, and a service's own. The app serves no other method on these paths.
+_PROXY = rf"/deployments/(?P<deployment_id>{ids.DEPLOYMENT_ID.pattern})"
+PROXY_PATHS = ("/deployments/{deployment_id}/services/{service_id}", "/deployments/{deployment_id}")
+FRONT_ROUTES = [
+    FrontRoute(re.compile(_PROXY + "/services/(?P<service_id>[^/]+)"), request_service, ERRORS, sole=True),
+    FrontRoute(re.compile(_PROXY), request_default_endpoint, ERRORS, sole=True),
+]

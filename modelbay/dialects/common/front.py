@@ -1,11 +1,11 @@
 """The hot routes, answered in front of the framework.
 
-The calls clients make most (a UbiOps direct request, an ABEJA run's create) are served by the
-engine in a fraction of what FastAPI's middleware, routing, dependencies and response layers would
-add to them. So `Front` wraps the app: it answers the POSTs its `FrontRoute`s match itself, with
-the same credentials, checks, errors and answer as the dialect's other routes, and hands every
-other request to the app. (Being outside the framework, these routes are listed in /docs by
-`api_reference`.)
+The calls clients make most (a UbiOps direct request, an ABEJA run's create, a call to an ABEJA
+service) are served by the engine in a fraction of what FastAPI's middleware, routing, dependencies
+and response layers would add to them. So `Front` wraps the app: it answers the POSTs its
+`FrontRoute`s match itself, with the same credentials, checks, errors and answer as the dialect's
+other routes, and hands every other request to the app. (Being outside the framework, these routes
+are listed in /docs by `api_reference`.)
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelbay.core.errors import ModelbayError
@@ -26,8 +27,9 @@ log = logging.getLogger(__name__)
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
-#: Serves one request: (scope, receive, engine, **the path's parameters) -> the JSON body of a 200.
-Serve = Callable[..., Awaitable[bytes]]
+#: Serves one request: (scope, receive, engine, **the path's parameters) -> the JSON body of a 200,
+#: or the whole answer.
+Serve = Callable[..., Awaitable[bytes | Response]]
 
 
 def path_pattern(path: str) -> str:
@@ -38,11 +40,13 @@ def path_pattern(path: str) -> str:
 @dataclass(frozen=True)
 class FrontRoute:
     """A POST route `Front` answers: paths `pattern` matches whole, served by `serve`, its errors
-    answered in the dialect's shape."""
+    answered in the dialect's shape. `sole`: the app serves no other method on these paths (they
+    are answered 405 here)."""
 
     pattern: re.Pattern[str]
     serve: Serve
     errors: ErrorShape
+    sole: bool = False
 
 
 class ClientGone(Exception):
@@ -58,18 +62,25 @@ class Front:
         self._routes = tuple(routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
+        if scope["type"] == "http":
             path = scope["path"]
             for route in self._routes:
                 if match := route.pattern.fullmatch(path):
-                    await self._answer(route, scope, receive, send, match.groupdict())
-                    return
+                    if scope["method"] == "POST":
+                        await self._answer(route, scope, receive, send, match.groupdict())
+                        return
+                    if route.sole:
+                        refused = route.errors.response(405, "Method Not Allowed")
+                        refused.headers["allow"] = "POST"
+                        await refused(scope, receive, send)
+                        return
+                    break
         await self.app(scope, receive, send)
 
     async def _answer(self, route: FrontRoute, scope: Scope, receive: Receive, send: Send,
                       params: dict[str, str]) -> None:
         try:
-            body = await route.serve(scope, receive, self._engine_of(), **params)
+            answer = await route.serve(scope, receive, self._engine_of(), **params)
         except ClientGone:
             return
         except ModelbayError as exc:
@@ -79,9 +90,12 @@ class Front:
             log.exception("request to %s failed", scope["path"])
             await route.errors.response(500, "Internal server error")(scope, receive, send)
             return
-        headers = [*JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+        if not isinstance(answer, bytes):
+            await answer(scope, receive, send)
+            return
+        headers = [*JSON_HEADERS, (b"content-length", str(len(answer)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send({"type": "http.response.body", "body": answer})
 
 
 def header(scope: Scope, name: bytes) -> str | None:
