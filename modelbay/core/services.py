@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import dataclasses
+import functools
 import logging
 import secrets
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, select
+from sqlalchemy import Dialect, bindparam, delete, select
 from sqlalchemy.orm import Session
 
 from modelbay.core import bus as topics
@@ -37,11 +38,23 @@ from modelbay.core.scheduler import Scheduler
 from modelbay.core.states import SERVICE, ServiceStatus, VersionStatus, move
 from modelbay.runtime.base import Runtime
 from modelbay.store.db import Database
+from modelbay.store.driver import DriverStatement, driver_cursor
 from modelbay.store.tables import LogLineRow, ServiceRow
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: The columns of a service's row that change once it is made (`update`, `set_running`, and the
+#: status moves as its instances come and go): what a call reads of it (see `Services.serving`).
+CHANGING = ("status", "instance_number", "min_instance_number", "max_instance_number", "enable_autoscale")
+
+
+@functools.cache
+def _changing_statement(dialect: Dialect) -> DriverStatement:
+    table = ServiceRow.__table__
+    return DriverStatement(select(table.c.deployment_id, *(table.c[name] for name in CHANGING))
+                           .where(table.c.id == bindparam("id")), dialect)
 
 #: How often wanted and actual instances are compared while a service is coming up, and when all
 #: are settled (a change wakes the loop at once either way).
@@ -182,6 +195,19 @@ class Services:
             raise NotFound("service", service_id)
         return row
 
+    def serving(self, deployment_id: str, service_id: str) -> ServiceRow:
+        """The service a call goes to, as `get` reads it; a call reads only what changes of the row
+        (`CHANGING`), and takes the rest from the row last read while those are as it holds them.
+        (`True == 1`: a driver may give a boolean as either.)"""
+        cached = self._rows.get(service_id)
+        if cached is not None:
+            with self._db.engine.connect() as conn:
+                found = _changing_statement(conn.dialect).rows(driver_cursor(conn), {"id": service_id})
+            if found and found[0][0] == deployment_id and all(
+                    getattr(cached, name) == value for name, value in zip(CHANGING, found[0][1:], strict=True)):
+                return cached
+        return self.get(deployment_id, service_id)
+
     def list(self, deployment_id: str) -> builtins.list[ServiceRow]:
         with self._db.read() as session:
             return list(
@@ -254,7 +280,7 @@ class Services:
     # --- serving -----------------------------------------------------------------------------
 
     async def call(self, row: ServiceRow, data: Any, context: dict[str, Any]) -> tuple[Target, RequestRecord]:
-        """Run one request on the instances of the service `row` (as `get` just read it). Raises
+        """Run one request on the instances of the service `row` (as `serving` just read it). Raises
         `Unavailable` for a stopped one (at once: a caller never waits on a stopped service)."""
         service_id = row.id
         if row.status == ServiceStatus.STOPPED:

@@ -16,7 +16,7 @@ import pytest
 from modelbay.core.bus import Bus
 from modelbay.core.clock import utcnow
 from modelbay.core.deployments import Deployments, Target
-from modelbay.core.errors import InvalidInput
+from modelbay.core.errors import InvalidInput, NotFound
 from modelbay.core.projects import Caller, Projects
 from modelbay.core.services import Scaling, Services, check_scaling
 from modelbay.engine import Engine, open_database
@@ -206,5 +206,37 @@ def test_a_server_joining_running_servers_leaves_their_ready_services_ready(tmp_
         # Alone, the server brings the service back (ready once its instances are); joining
         # others, their instances serve it meanwhile.
         assert status == ("in_progress" if alone else "ready")
+    finally:
+        db.close()
+
+
+def test_a_call_serves_what_another_node_changed_in_the_store_and_the_row_it_holds_otherwise(tmp_path: Path) -> None:
+    db = open_database(Settings(data_dir=tmp_path / "data"))
+    projects, deployments = Projects(db, "admin", Bus()), Deployments(db, Bus())
+    try:
+        project = projects.get(Caller(None), projects.create("svc").name)
+        deployments.create(project, {"name": "d", "input_type": "plain", "output_type": "plain"})
+        version = deployments.create_version(project, "d", {"name": "1", "handler": "main:handler"})
+        d = version.deployment_id
+        with db.write() as session:
+            session.add(ServiceRow(id="s", project_id=project.id, deployment_id=d, version_id=version.id,
+                                   status="ready", instance_number=1, min_instance_number=1, max_instance_number=1,
+                                   instance_type="cpu-0.25", created_at=utcnow(), modified_at=utcnow()))
+        services = Services(db, deployments, None, None, None, None, 0, Bus())  # type: ignore[arg-type]
+
+        held = services.serving(d, "s")
+        assert services.serving(d, "s") is held  # nothing changed: the row it holds
+        for change in ({"max_instance_number": 3}, {"status": "stopped"}, {"enable_autoscale": True}):
+            with db.write() as session:  # as another node writes it, without a word to this one
+                session.query(ServiceRow).filter_by(id="s").update(change)
+            served = services.serving(d, "s")
+            assert served is not held and all(getattr(served, key) == value for key, value in change.items())
+            held = served
+        with pytest.raises(NotFound):
+            services.serving("another-deployment", "s")
+        with db.write() as session:
+            session.query(ServiceRow).filter_by(id="s").delete()
+        with pytest.raises(NotFound):
+            services.serving(d, "s")
     finally:
         db.close()

@@ -29,7 +29,7 @@ from modelbay.dialects.abeja.deps import (
 from modelbay.dialects.abeja.errors import ERRORS, AbejaRoute
 from modelbay.dialects.abeja.logs import log_page, recent_log_page
 from modelbay.dialects.abeja.runs import model_alias, target_or_none
-from modelbay.dialects.common.front import FrontRoute, header, read_body
+from modelbay.dialects.common.front import Answer, FrontRoute, header, read_body
 from modelbay.engine import Engine
 from modelbay.runtime import wire
 from modelbay.store.tables import ServiceRow
@@ -174,20 +174,26 @@ def _body_as_input(target: Any, raw: bytes, content_type: str, headers: dict[str
         raise InvalidInput("This service takes text (UTF-8)") from None
 
 
-def _http_answer(target: Any, record: Any) -> Response:
+def _http_answer(target: Any, record: Any) -> Answer:
     if record.status != "completed":
-        return ERRORS.response(500, record.error_message or "The service's code failed")
+        return _failed(record.error_message or "The service's code failed")
     if not target.handler:
-        return Response(orjson.dumps(record.result), media_type="application/json")
+        return Answer(200, orjson.dumps(record.result), "application/json")
     envelope = orjson.loads(record.result)
     status, content_type = int(envelope["status_code"]), str(envelope["content_type"])
     if not 200 <= status <= 599:
-        return ERRORS.response(500, f"The handler answered with status {status}, which is not an HTTP answer")
+        return _failed(f"The handler answered with status {status}, which is not an HTTP answer")
     if not content_type.isprintable():
-        return ERRORS.response(500, "The handler answered with a content_type that cannot be a header")
+        return _failed("The handler answered with a content_type that cannot be a header")
     body = envelope["body"]
     content = base64.b64decode(body) if envelope.get("encoding") == "base64" else body.encode("utf-8")
-    return Response(content, status_code=status, media_type=content_type)
+    if content_type.startswith("text/") and "charset=" not in content_type.lower():
+        content_type += "; charset=utf-8"  # as the framework's answers add it
+    return Answer(status, content, content_type)
+
+
+def _failed(message: str) -> Answer:
+    return Answer(500, orjson.dumps(ERRORS.body(500, message)), "application/json")
 
 
 def organization_in_host(host: str, abeja_host: str) -> str | None:
@@ -200,17 +206,17 @@ def organization_in_host(host: str, abeja_host: str) -> str | None:
 
 
 async def request_service(scope: Scope, receive: Receive, engine: Engine, deployment_id: str,
-                          service_id: str) -> Response:
+                          service_id: str) -> Answer:
     return await _serve(scope, receive, engine, deployment_id, lambda deployment: ids.core_service_id(service_id))
 
 
-async def request_default_endpoint(scope: Scope, receive: Receive, engine: Engine, deployment_id: str) -> Response:
+async def request_default_endpoint(scope: Scope, receive: Receive, engine: Engine, deployment_id: str) -> Answer:
     """The deployment's own URL: the service its `default` endpoint points at answers."""
     return await _serve(scope, receive, engine, deployment_id, engine.endpoints.service_of)
 
 
 async def _serve(scope: Scope, receive: Receive, engine: Engine, deployment_id: str,
-                 service_of: Callable[[str], str]) -> Response:
+                 service_of: Callable[[str], str]) -> Answer:
     """Hand the request to the service `service_of(core deployment id)` names, and its answer back."""
     abeja_host = engine.settings.abeja_host
     organization_id = organization_in_host(header(scope, b"host") or "", abeja_host)
@@ -221,7 +227,7 @@ async def _serve(scope: Scope, receive: Receive, engine: Engine, deployment_id: 
     caller = caller_from_header(engine, header(scope, b"authorization"))
     project = ids.find_organization(engine.projects, caller, organization_id)
     deployment = core_deployment_id(engine, project, deployment_id)
-    row = engine.services.get(deployment, service_of(deployment))
+    row = engine.services.serving(deployment, service_of(deployment))
     target = engine.services.target(row)
     content_type = header(scope, b"content-type") or "application/octet-stream"
     headers = {name: value for name in FORWARDED_HEADERS if (value := header(scope, name.encode())) is not None}

@@ -14,8 +14,8 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
-from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelbay.core.errors import ModelbayError
@@ -27,9 +27,17 @@ log = logging.getLogger(__name__)
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
+class Answer(NamedTuple):
+    """An answer other than JSON with a 200."""
+
+    status: int
+    body: bytes
+    content_type: str  # as sent
+
+
 #: Serves one request: (scope, receive, engine, **the path's parameters) -> the JSON body of a 200,
-#: or the whole answer.
-Serve = Callable[..., Awaitable[bytes | Response]]
+#: or another answer.
+Serve = Callable[..., Awaitable[bytes | Answer]]
 
 
 def path_pattern(path: str) -> str:
@@ -90,12 +98,14 @@ class Front:
             log.exception("request to %s failed", scope["path"])
             await route.errors.response(500, "Internal server error")(scope, receive, send)
             return
-        if not isinstance(answer, bytes):
-            await answer(scope, receive, send)
-            return
-        headers = [*JSON_HEADERS, (b"content-length", str(len(answer)).encode())]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": answer})
+        if isinstance(answer, bytes):
+            status, body, headers = 200, answer, [*JSON_HEADERS]
+        else:
+            status, body = answer.status, answer.body
+            headers = [(b"content-type", answer.content_type.encode("latin-1"))]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
 
 def header(scope: Scope, name: bytes) -> str | None:
