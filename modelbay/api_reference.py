@@ -336,6 +336,8 @@ def service_call_paths() -> dict[str, dict[str, Any]]:
             "requestBody": {"required": False, "content": {"*/*": {"schema": {}}}},
             "responses": {
                 "200": {"description": "The code's answer (a handler's status, type and body as it gave them)."},
+                "400": {"description": "The service is stopped, or the body is not what its code takes.",
+                        **_ABEJA_ERROR},
                 "401": {"description": "No valid credential.", **_ABEJA_ERROR},
                 "403": {"description": "The credential may not use this organization.", **_ABEJA_ERROR},
                 "404": {"description": "No such organization in the Host header, deployment or service.",

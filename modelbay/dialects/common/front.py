@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
+
 class Answer(NamedTuple):
     """An answer other than JSON with a 200."""
 
