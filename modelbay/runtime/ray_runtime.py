@@ -327,7 +327,9 @@ class RayRuntime:
         self._stop_task(inst)
         if kind == "timed_out":
             raise CallTimedOut(timeout, reply["logs"])
-        raise InstanceLost(reply["message"], reply["logs"])
+        # Named with its node, as an actor lost with its worker is: when Ray kills an actor, the
+        # worker inside it may be seen to die first, and the actor report that.
+        raise InstanceLost(f"On Ray node {inst._node}: {reply['message']}", reply["logs"])
 
     async def _why_gone(self, inst: RayInstance) -> str:
         """What Ray says of an actor whose connection closed (it died, or its node was lost)."""

@@ -154,7 +154,9 @@ def test_under_load_a_kill_reruns_only_results_not_yet_committed(
     first = own_server()
     with deploy_reporter(first, recorder) as client:
         ids: list[str] = []
-        for _ in range(4):  # 4 x 250 quick items back to back
+        # 8 x 250 quick items back to back: once 500 have completed, plenty are left for the kill
+        # to land in the middle of the drain, however fast the machine drains them.
+        for _ in range(8):
             ids += batch(client, "rerun", "reporter", [{"x": 0}] * 250)
     # Killed in the middle of the drain: some results committed, some ended but not yet.
     wait_until(lambda: statuses(first.data_dir, ids).count("completed") >= 500, timeout=30, interval=0.002)
