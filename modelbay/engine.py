@@ -43,7 +43,7 @@ from modelbay.core.revisions import Revisions, built_code
 from modelbay.core.runs import Runs
 from modelbay.core.scheduler import Scheduler
 from modelbay.core.services import Services
-from modelbay.core.webhook_targets import WebhookClient
+from modelbay.core.webhook_client import WebhookClient
 from modelbay.core.webhooks import Webhooks
 from modelbay.runtime.base import InstanceSpec, Runtime
 from modelbay.runtime.local import LocalRuntime

@@ -32,7 +32,7 @@ from modelbay.core.clock import as_utc, utcnow
 from modelbay.core.errors import StatusChanged
 from modelbay.core.nodes import Nodes
 from modelbay.core.states import DELIVERY, DeliveryStatus, move
-from modelbay.core.webhook_targets import WebhookClient
+from modelbay.core.webhook_client import WebhookClient
 from modelbay.core.webhooks import backoff_ms, post_signed
 from modelbay.store.db import Database
 from modelbay.store.driver import DriverStatement, driver_cursor

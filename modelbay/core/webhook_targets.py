@@ -5,21 +5,18 @@ project could make the server reach its own loopback, the cloud metadata service
 network behind it (server-side request forgery). The rule is checked when an endpoint is set and
 again on every new connection: the host is resolved once, every address it resolves to is
 checked, and the connection is made to a checked address. A name that resolves elsewhere by the
-time of sending (DNS rebinding) is therefore caught where it matters. The check sits in the
-resolver of the webhook client's connector, so every POST (deliveries and `:test`) goes through it;
-redirects are never followed (a 3xx is a failed delivery).
+time of sending (DNS rebinding) is therefore caught where it matters. The webhook client
+(`webhook_client`) makes that check for each connection it opens, so every POST (deliveries and
+`:test`) goes through it; redirects are never followed (a 3xx is a failed delivery).
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import socket
 from ipaddress import IPv4Address, IPv6Address, IPv6Network, ip_address
 from typing import Any
 
-import aiohttp
-import aiohttp.abc
 import yarl
 
 from modelbay.core.errors import InvalidInput
@@ -125,13 +122,10 @@ def checked_addresses(host: str, port: int, *, allow_private: bool) -> list[str]
 
 
 @functools.lru_cache(maxsize=1024)
-def _checked_url(endpoint: str, allow_private: bool) -> yarl.URL:
-    """`endpoint` parsed, and checked when its host is an address (the connector resolves and checks
-    only names); remembered, as the same endpoint is POSTed to once per item of a job."""
-    url, port = _endpoint_url(endpoint)
-    if _literal(url.raw_host) is not None:
-        checked_addresses(url.raw_host, port, allow_private=allow_private)
-    return url
+def parsed_endpoint(endpoint: str) -> tuple[yarl.URL, int]:
+    """`endpoint` parsed as the client connects to it, and its port; remembered, as the same endpoint
+    is POSTed to once per item of a job. Raises `InvalidInput`."""
+    return _endpoint_url(endpoint)
 
 
 def _literal(host: str) -> Address | None:
@@ -155,56 +149,3 @@ def check_endpoint(endpoint: Any, *, allow_private: bool) -> str:
     return endpoint
 
 
-class CheckedResolver(aiohttp.abc.AbstractResolver):
-    """Resolves and checks a host itself, so connections go only to addresses it checked (the
-    connector never resolves a name on its own)."""
-
-    def __init__(self, *, allow_private: bool) -> None:
-        self._allow_private = allow_private
-
-    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[Any]:
-        # In a thread: getaddrinfo blocks, and the event loop must not. Raises `RefusedTarget`.
-        addresses = await asyncio.to_thread(checked_addresses, host, port, allow_private=self._allow_private)
-        return [{"hostname": host, "host": address, "port": port, "proto": 0, "flags": socket.AI_NUMERICHOST,
-                 "family": socket.AF_INET6 if ":" in address else socket.AF_INET} for address in addresses]
-
-    async def close(self) -> None:
-        pass
-
-
-class WebhookClient:
-    """The client every webhook POST goes through: checked connections (`CheckedResolver`), no
-    redirects, and no proxy from the environment (a proxy would connect where the check cannot see).
-
-    aiohttp, not httpx: an httpx POST cost ~1 ms of the event loop's CPU (its pool checks every
-    connection for each request), an aiohttp one ~0.1 ms, and a job POSTs once per item. The session
-    is made on first use, on the loop that uses it.
-    """
-
-    def __init__(self, *, allow_private: bool) -> None:
-        self._allow_private = allow_private
-        self._session: aiohttp.ClientSession | None = None
-
-    def post(self, endpoint: str, body: bytes, headers: dict[str, str], timeout_s: float) -> Any:
-        """The POST, to use as `async with`. Raises `RefusedTarget` for an address webhooks may not
-        reach, `InvalidInput` for an endpoint that is not an http(s) URL."""
-        url = _checked_url(endpoint, self._allow_private)
-        return self._connected().post(url, data=body, headers=headers, allow_redirects=False,
-                                      timeout=aiohttp.ClientTimeout(total=timeout_s))
-
-    def _connected(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(resolver=CheckedResolver(allow_private=self._allow_private),
-                                             use_dns_cache=False)
-            self._session = aiohttp.ClientSession(connector=connector, trust_env=False, auto_decompress=False)
-        return self._session
-
-    async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-
-    async def __aenter__(self) -> WebhookClient:
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        await self.aclose()

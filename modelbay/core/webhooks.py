@@ -17,12 +17,12 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 from sqlalchemy import select, update
 
 from modelbay.core.clock import utcnow
 from modelbay.core.errors import InvalidInput, NotFound
-from modelbay.core.webhook_targets import RefusedTarget, WebhookClient, check_endpoint
+from modelbay.core.webhook_client import ConnectError, PostError, WebhookClient
+from modelbay.core.webhook_targets import RefusedTarget, check_endpoint
 from modelbay.store.db import Database
 from modelbay.store.tables import DeliveryRow, WebhookRow
 
@@ -42,9 +42,6 @@ DELIVERY_TIMEOUT_S = 10.0
 
 #: How old a signature a receiver should still accept, in milliseconds (a suggestion for receivers).
 SIGNATURE_TOLERANCE_MS = 5 * 60 * 1000
-
-#: Most bytes of a receiver's answer read (and dropped: it is never shown), so the connection can be reused.
-MAX_ANSWER_BYTES = 64 * 1024
 
 
 def decode_secret(contents: Any) -> bytes:
@@ -108,7 +105,7 @@ class Attempt:
 def connection_failure(exc: BaseException) -> str:
     """What went wrong with a POST, in the words users know: `ConnectError: Connection refused` (the
     operating system's word for a receiver that cannot be reached), `Timeout: …`, or the error's kind."""
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, ConnectError):
         error = exc.os_error  # a name that does not resolve has a negative errno (getaddrinfo's own)
         return f"ConnectError: {os.strerror(error.errno) if error.errno and error.errno > 0 else error.strerror}"
     if isinstance(exc, TimeoutError):
@@ -126,23 +123,16 @@ async def post_signed(client: WebhookClient, endpoint: str, secret: str, body: b
             **(headers or {})}
     started = time.monotonic()
     try:
-        async with client.post(endpoint, body, sent, DELIVERY_TIMEOUT_S) as answer:
-            latency = int((time.monotonic() - started) * 1000)
-            read = 0
-            async for chunk in answer.content.iter_any():
-                read += len(chunk)
-                if read > MAX_ANSWER_BYTES:
-                    answer.close()  # the connection is closed rather than reused
-                    break
+        status = await client.post(endpoint, body, sent, DELIVERY_TIMEOUT_S)
     except RefusedTarget as exc:
         return Attempt(False, 0, int((time.monotonic() - started) * 1000), exc.message, refused=True)
     except InvalidInput as exc:  # stored before endpoints were parsed as the client does
         return Attempt(False, 0, 0, exc.message, refused=True)
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        latency = int((time.monotonic() - started) * 1000)
-        return Attempt(False, 0, latency, connection_failure(exc))
-    ok = 200 <= answer.status < 300
-    return Attempt(ok, answer.status, latency, None if ok else f"The endpoint answered {answer.status}")
+    except (PostError, TimeoutError) as exc:
+        return Attempt(False, 0, int((time.monotonic() - started) * 1000), connection_failure(exc))
+    latency = int((time.monotonic() - started) * 1000)
+    ok = 200 <= status < 300
+    return Attempt(ok, status, latency, None if ok else f"The endpoint answered {status}")
 
 
 class Webhooks:

@@ -13,7 +13,7 @@ from sqlalchemy import insert, select
 from modelbay.core.clock import utcnow
 from modelbay.core.deliveries import DELIVERIES, Deliveries, new_delivery
 from modelbay.core.nodes import Nodes
-from modelbay.core.webhook_targets import WebhookClient
+from modelbay.core.webhook_client import WebhookClient
 from modelbay.core.webhooks import Webhooks, backoff_ms, sign, verify
 from modelbay.store.db import Database
 from modelbay.store.tables import DeliveryRow, ProjectRow

@@ -13,7 +13,7 @@ from sqlalchemy import insert, select
 
 from modelbay.core.activity import Activity
 from modelbay.core.deliveries import DELIVERIES, Deliveries, new_delivery
-from modelbay.core.webhook_targets import WebhookClient
+from modelbay.core.webhook_client import WebhookClient
 from modelbay.core.webhooks import Webhooks
 from modelbay.store.tables import DeliveryRow
 from tests.compat.datature.receiver import running_receiver

@@ -18,10 +18,10 @@ from sqlalchemy import insert, select
 from modelbay.core import webhook_targets
 from modelbay.core.deliveries import DELIVERIES, Deliveries, new_delivery
 from modelbay.core.errors import InvalidInput
+from modelbay.core.webhook_client import WebhookClient
 from modelbay.core.webhook_targets import (
     ALLOW_SETTING,
     RefusedTarget,
-    WebhookClient,
     check_endpoint,
     parse_endpoint,
     refusal,
