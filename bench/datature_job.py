@@ -37,8 +37,10 @@ from bench.common import (  # noqa: E402
     RESULTS_DIR,
     Proc,
     _mib,
+    cpu_seconds,
     create_noop_deployment,
     create_noop_version,
+    descendants,
     log,
     machine,
     process_tree_rss,
@@ -148,6 +150,9 @@ def run(items: int, instances: int, workdir: Path) -> dict[str, Any]:
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         log(f"job of {items} items on {instances} instance(s)")
+        # CPU of the server, its workers (those started for the job count from their start) and this process.
+        workers_before = {pid: cpu_seconds(pid) for pid in descendants(server.process.pid)}
+        cpu_before = (cpu_seconds(server.process.pid), 0.0, time.process_time())
         started = time.perf_counter()
         job = nexus.batch.jobs.create("bench", {"dataset_id": dataset.id, "webhook_id": webhook.id,
                                                 "deployment_id": deployment.id})
@@ -161,6 +166,10 @@ def run(items: int, instances: int, workdir: Path) -> dict[str, Any]:
                 break
             time.sleep(0.25)
         elapsed = time.perf_counter() - started
+        workers_cpu = sum(cpu_seconds(pid) - workers_before.get(pid, 0.0) for pid in descendants(server.process.pid))
+        cpu_after = (cpu_seconds(server.process.pid), workers_cpu, time.process_time())
+        server_ms, workers_ms, bench_ms = ((after - before) * 1000 / items for before, after in zip(cpu_before,
+                                                                                                   cpu_after))
         sampling.set()
         sampler.join()
         return {
@@ -176,6 +185,9 @@ def run(items: int, instances: int, workdir: Path) -> dict[str, Any]:
             "received_posts": receiver.posts,
             "received_duplicates": receiver.duplicates,
             "bad_signatures": receiver.bad_signatures,
+            "server_cpu_ms_per_item": round(server_ms, 3),
+            "workers_cpu_ms_per_item": round(workers_ms, 3),
+            "bench_cpu_ms_per_item": round(bench_ms, 3),
             "server_rss_idle_kib": idle_kib,
             "server_rss_peak_kib": peak["server_kib"],
             "tree_rss_peak_kib": peak["tree_kib"],
@@ -207,6 +219,9 @@ def main() -> int:
     print(f"delivered:          {result['delivered']:,}  failed to deliver: {result['failed_deliver']:,}  "
           f"received: {result['received_posts']:,} POSTs, {result['received_distinct']:,} distinct, {result['received_duplicates']} duplicates, "
           f"{result['bad_signatures']} bad signatures")
+    print(f"CPU per item:       server {result['server_cpu_ms_per_item']} ms, workers "
+          f"{result['workers_cpu_ms_per_item']} ms, this process (the receiver, the SDK's polls) "
+          f"{result['bench_cpu_ms_per_item']} ms")
     print(f"server RSS:         idle {_mib(result['server_rss_idle_kib'])}, peak {_mib(result['server_rss_peak_kib'])}"
           f"  (with workers: peak {_mib(result['tree_rss_peak_kib'])})")
     RESULTS_DIR.mkdir(exist_ok=True)

@@ -123,6 +123,9 @@ class Deliveries:
         self._in_flight: set[str] = set()
         self._handed: deque[Due] = deque()  # claimed as they were committed, waiting for a place in flight
         self._reserved = 0  # places promised by `reserve`, not yet handed over
+        # Whether the store may hold due deliveries no node holds: finishing POSTs claim more only then
+        # (the timed passes find the others, retries among them).
+        self._unclaimed = True
         self._wake = asyncio.Event()
         self._background = Background("deliveries")
         #: Deliveries of these (job id, item index) ended, all delivered (True) or not; its reactions
@@ -137,6 +140,8 @@ class Deliveries:
         self._background.every(IDLE_WAKE_S, self._pass, "pass", wake=self._wake)
 
     def wake(self) -> None:
+        """Deliveries no node holds were committed (or given back): claim them now."""
+        self._unclaimed = True
         self._wake.set()
 
     @property
@@ -171,8 +176,12 @@ class Deliveries:
     async def _pass(self) -> float:
         """Start attempts of due deliveries; returns how long to wait before the next pass."""
         free = MAX_IN_FLIGHT - len(self._in_flight)
+        if free > 0:
+            self._unclaimed = False  # a wake during the claim sets it again
         # Through the committer: the claim shares a commit with the job's writes instead of waiting for them.
         due = await self._db.committer.submit_async(self._claim_due(free)) if free > 0 else []
+        if free > 0 and len(due) == free:
+            self._unclaimed = True  # there may be more
         for item in due:
             self._start(item)
         if free > 0 and len(due) < free:
@@ -249,12 +258,14 @@ class Deliveries:
             # A refused target (see `webhook_targets`) is final: retrying would only be refused again.
             if attempts > due.max_retries or outcome.refused:
                 self._ended(due, "failed", attempts, outcome.error)
-                op = self._settle(due, DeliveryStatus.FAILED, outcome.status_code or None, outcome.error, attempts)
-            else:
-                self._ended(due, "retried", attempts, outcome.error)
-                retry_at = utcnow() + timedelta(milliseconds=backoff_ms(attempts, due.max_backoff_ms))
-                op = self._retry_later(due, attempts, retry_at, outcome.status_code or None, outcome.error)
-            await self._db.committer.submit_async(op)
+                await self._db.committer.submit_async(
+                    self._settle(due, DeliveryStatus.FAILED, outcome.status_code or None, outcome.error, attempts))
+                return
+            self._ended(due, "retried", attempts, outcome.error)
+            retry_at = utcnow() + timedelta(milliseconds=backoff_ms(attempts, due.max_backoff_ms))
+            await self._db.committer.submit_async(
+                self._retry_later(due, attempts, retry_at, outcome.status_code or None, outcome.error))
+            self.wake()  # unclaimed again: the next pass times itself by when it is due
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -263,7 +274,7 @@ class Deliveries:
             self._in_flight.discard(due.id)
             if self._handed:
                 self._start(self._handed.popleft())
-            elif len(self._in_flight) <= REFILL_AT:
+            elif len(self._in_flight) <= REFILL_AT and self._unclaimed:
                 self._wake.set()
 
     def _ended(self, due: Due, outcome: str, attempts: int, answer: str | None) -> None:

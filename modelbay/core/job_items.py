@@ -163,8 +163,9 @@ class JobRunner:
         data: Any = orjson.loads(line)
         result, error = None, None
         try:
+            # Not waiting for the request's record: the outcome's commit, submitted after it, commits with it or later.
             record = await self._requests.direct(
-                target, data, timeout=ITEM_TIMEOUT_S, origin={"created_by": f"batch job {job.id}"})
+                target, data, timeout=ITEM_TIMEOUT_S, origin={"created_by": f"batch job {job.id}"}, wait_recorded=False)
         except InvalidInput as exc:
             status, error = ItemStatus.FAILED_PROCESS, exc.message
         except ModelbayError as exc:
@@ -184,7 +185,6 @@ class JobRunner:
                       for webhook_id in job.webhook_ids]
         if await self._record(entry, deliveries, status):
             self._activity.count("job_items", target.version_id, status)
-            self._deliveries.wake()
         self._mark_done(index)
 
     async def _record(self, entry: dict[str, Any], deliveries: list[dict[str, Any]], status: str) -> bool:
@@ -209,6 +209,8 @@ class JobRunner:
             raise
         committed, dues = written or (set(), [])
         self._deliveries.take(dues, reserved)
+        if committed and len(rows) > reserved:
+            self._deliveries.wake()  # some went in unclaimed
         if written is None:
             self.stopping = True  # hand out no more items: they could not be recorded
         return [entry["item_index"] in committed for entry, _, _ in batch]

@@ -23,7 +23,8 @@ from modelbay.core.webhook_targets import checked_addresses, parsed_endpoint
 #: Most bytes of a receiver's answer read (and dropped: it is never shown), so the connection can be reused.
 MAX_ANSWER_BYTES = 64 * 1024
 
-#: How long a connection is kept open unused before it is closed (aiohttp's default).
+#: How long a connection is kept unused before it is closed (aiohttp's default); checked when its
+#: receiver is POSTed to again.
 KEEP_ALIVE_S = 15.0
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -83,7 +84,7 @@ class _Connection(asyncio.Protocol):
         self._begun = False
         self.reusable = False
         self.closed = False
-        self.idle_timer: asyncio.TimerHandle | None = None
+        self.idle_since = 0.0  # loop time it was last put back in its pool
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -136,6 +137,10 @@ class _Connection(asyncio.Protocol):
         self._transport.write(request)
         return self._waiter
 
+    def time_out(self) -> None:
+        self._fail(TimeoutError())
+        self.close()
+
     def close(self) -> None:
         self.reusable = False
         if self._transport is not None:
@@ -168,40 +173,43 @@ class WebhookClient:
         url, port = parsed_endpoint(endpoint)
         origin = _Origin(url.scheme, url.raw_host or "", port)
         request = _request_bytes(url, origin, body, headers)
-        async with asyncio.timeout(timeout_s):
-            pool = self._pools.setdefault(origin, _Pool())
-            while pool.idle:  # a kept connection the receiver may have closed since: try it, once
-                connection = pool.idle.pop()
-                if connection.idle_timer is not None:
-                    connection.idle_timer.cancel()
-                if connection.closed:
-                    continue
-                try:
-                    return await self._exchange(pool, connection, request)
-                except ServerDisconnected:
-                    if connection.answered_anything:
-                        raise
-            return await self._exchange(pool, await self._connect(origin), request)
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        deadline = now + timeout_s
+        pool = self._pools.setdefault(origin, _Pool())
+        while pool.idle and pool.idle[0].idle_since < now - KEEP_ALIVE_S:
+            pool.idle.pop(0).close()  # unused too long: the receiver may be about to close it
+        while pool.idle:  # a kept connection the receiver may have closed since: try it, once
+            connection = pool.idle.pop()
+            if connection.closed:
+                continue
+            try:
+                return await self._exchange(pool, connection, request, deadline)
+            except ServerDisconnected:
+                if connection.answered_anything:
+                    raise
+        async with asyncio.timeout_at(deadline):
+            connection = await self._connect(origin)
+        return await self._exchange(pool, connection, request, deadline)
 
-    async def _exchange(self, pool: _Pool, connection: _Connection, request: bytes) -> int:
+    @staticmethod
+    async def _exchange(pool: _Pool, connection: _Connection, request: bytes, deadline: float) -> int:
+        loop = asyncio.get_running_loop()
+        waiter = connection.send(request)
+        timer = loop.call_at(deadline, connection.time_out)  # cheaper than a timeout context
         try:
-            status = await connection.send(request)
+            status = await waiter
         except BaseException:
             connection.close()
             raise
+        finally:
+            timer.cancel()
         if connection.reusable and not connection.closed:
-            connection.idle_timer = asyncio.get_running_loop().call_later(KEEP_ALIVE_S, self._expire, pool,
-                                                                           connection)
+            connection.idle_since = loop.time()
             pool.idle.append(connection)
         else:
             connection.close()
         return status
-
-    @staticmethod
-    def _expire(pool: _Pool, connection: _Connection) -> None:
-        if connection in pool.idle:
-            pool.idle.remove(connection)
-        connection.close()
 
     async def _connect(self, origin: _Origin) -> _Connection:
         """A new connection to the first of the host's checked addresses that accepts one."""
@@ -235,8 +243,6 @@ class WebhookClient:
     async def aclose(self) -> None:
         for pool in self._pools.values():
             for connection in pool.idle:
-                if connection.idle_timer is not None:
-                    connection.idle_timer.cancel()
                 connection.close()
         self._pools.clear()
 
