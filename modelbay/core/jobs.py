@@ -348,12 +348,14 @@ class Jobs:
         job waiting for its start time stays scheduled), so the claim is a compare-and-set of the
         owner alone; SKIP LOCKED lets nodes claiming at once take different jobs (PostgreSQL).
         A job whose runner here has not ended yet (this node was declared dead) waits for it."""
+        unowned = select(JOBS.c.id).where(JOBS.c.owner.is_(None), JOBS.c.status.in_(ACTIVE),
+                                          JOBS.c.id.not_in(running_here))
+        if not self._db.has_rows(unowned):
+            return []
         with self._db.write() as session:
             conn = session.connection()
             free = list(conn.scalars(
-                select(JOBS.c.id).where(JOBS.c.owner.is_(None), JOBS.c.status.in_(ACTIVE),
-                                        JOBS.c.id.not_in(running_here))
-                .order_by(JOBS.c.created_at, JOBS.c.id).limit(CLAIM_BATCH).with_for_update(skip_locked=True)))
+                unowned.order_by(JOBS.c.created_at, JOBS.c.id).limit(CLAIM_BATCH).with_for_update(skip_locked=True)))
             if not free:
                 return []
             return list(conn.scalars(update(JOBS).where(JOBS.c.id.in_(free), JOBS.c.owner.is_(None))

@@ -16,6 +16,7 @@ Clocks of the servers are assumed to agree within a small part of the lease (NTP
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
@@ -24,16 +25,16 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-
 from typing import Any
 
-from sqlalchemy import Connection, or_, select, text, update
+from sqlalchemy import Connection, Dialect, bindparam, or_, select, text, update
 from sqlalchemy.sql import ColumnElement
 
 from modelbay.core.background import Background
 from modelbay.core.clock import as_utc, utcnow
 from modelbay.core.hooks import Hook
 from modelbay.store.db import Database
+from modelbay.store.driver import DriverStatement
 from modelbay.store.tables import NodeRow
 
 log = logging.getLogger(__name__)
@@ -174,10 +175,17 @@ class Nodes:
         if conn is None:
             with self._db.writer_connection() as own:
                 return self._beat(own)
-        with conn.begin():
-            beat = conn.execute(update(NODES).where(NODES.c.id == self.id, NODES.c.end.is_(None))
-                                .values(heartbeat_at=utcnow()))
-        if beat.rowcount == 0 and not self._stopping:
+        if conn.dialect.name == "sqlite":
+            # One statement outside a transaction: SQLite holds the write lock only while it runs it,
+            # with no Python in between (a thread holding it waits for the GIL, while a busy event
+            # loop's commits are refused).
+            beaten = _beat_statement(conn.dialect).execute(conn.connection.dbapi_connection.cursor(),
+                                                           {"id": self.id, "now": utcnow()})
+        else:
+            with conn.begin():
+                beaten = conn.execute(update(NODES).where(NODES.c.id == self.id, NODES.c.end.is_(None))
+                                      .values(heartbeat_at=utcnow())).rowcount
+        if beaten == 0 and not self._stopping:
             # Declared dead (a pause longer than the lease): our work went to others. Go on as a
             # new node; what we still finish under the old id is refused by the fences.
             old, self.id = self.id, str(uuid.uuid4())
@@ -248,3 +256,10 @@ class Nodes:
         for recoverer, what in self._recoverers:
             given[what] = given.get(what, 0) + recoverer(conn, node_ids)
         return given
+
+
+@functools.cache
+def _beat_statement(dialect: Dialect) -> DriverStatement:
+    """A live node's heartbeat, compiled once."""
+    return DriverStatement(update(NODES).where(NODES.c.id == bindparam("id"), NODES.c.end.is_(None))
+                           .values(heartbeat_at=bindparam("now")), dialect)

@@ -412,11 +412,13 @@ class PipelineRequests(StoredRequests):
         stay pending until a slot runs them, so the claim is a compare-and-set of the owner alone;
         SKIP LOCKED lets nodes claiming at once take different rows (PostgreSQL)."""
         table = PIPELINE_REQUESTS
+        unowned = select(table.c.id).where(table.c.owner.is_(None), table.c.status == Status.PENDING.value)
+        if not self._db.has_rows(unowned):
+            return []
         with self._db.write() as session:
             conn = session.connection()
             free = list(conn.scalars(
-                select(table.c.id).where(table.c.owner.is_(None), table.c.status == Status.PENDING.value)
-                .order_by(table.c.created_at, table.c.id).limit(limit).with_for_update(skip_locked=True)))
+                unowned.order_by(table.c.created_at, table.c.id).limit(limit).with_for_update(skip_locked=True)))
             if not free:
                 return []
             claimed = conn.execute(

@@ -223,6 +223,8 @@ class Revisions:
             if free <= 0 or self._closed:
                 return
             node_id = self._nodes.id
+            if not self._db.has_rows(select(RevisionRow.id).where(RevisionRow.status == RevisionStatus.QUEUED)):
+                return
             with self._db.write() as session:
                 # Only while this node is alive (its row locked: a recovery of it waits for this claim
                 # and then gives the claimed builds back); a node declared dead learns it on its next beat.

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from sqlalchemy import Connection, Engine, Table, create_engine, event, inspect, text
+from sqlalchemy import Connection, Engine, Select, Table, create_engine, event, inspect, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -212,6 +212,13 @@ class Database:
             if (conflict := as_conflict(exc)) is not None:
                 raise conflict from exc
             raise
+
+    def has_rows(self, query: Select[Any]) -> bool:
+        """Whether `query` finds a row, read without taking the write lock. Periodic claims look
+        first: on SQLite one writer holds the whole store, and a thread holding it waits for the GIL
+        between its statements while a busy event loop's commits are refused."""
+        with self.read() as session:
+            return session.execute(query.limit(1)).first() is not None
 
     def writer_connection(self) -> Connection:
         """A Core connection whose transactions take the write lock up front (no ORM)."""
