@@ -136,7 +136,9 @@ def read_store(url: str, job_id: str) -> Store:
                       " JOIN deployments d ON d.id = r.deployment_id WHERE d.name = 'counter'")
         runs = units("SELECT id, status, owner, extract(epoch FROM modified_at)::float FROM runs")
         (job,) = units("SELECT id, status, owner, NULL::float FROM jobs WHERE id = %s", job_id).values()
-        job_items = units("SELECT item_index, status, NULL, created_ms / 1000.0 FROM job_logs"
+        # A log entry's time is the millisecond its outcome was known in, floored: a no-op item can
+        # begin in that same millisecond, so its end is taken as the millisecond's end.
+        job_items = units("SELECT item_index, status, NULL, (created_ms + 1) / 1000.0 FROM job_logs"
                           " WHERE job_id = %s AND item_index IS NOT NULL", job_id)
         deliveries = units("SELECT item_index, status, owner, extract(epoch FROM finished_at)::float"
                            " FROM deliveries WHERE job_id = %s", job_id)
