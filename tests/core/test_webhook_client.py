@@ -65,6 +65,16 @@ def answering(status: int = 200, body: bytes = b"ok") -> Handler:
     return handle
 
 
+def posted_in_turn(handler: Handler, count: int) -> tuple[Receiver, list[int]]:
+    """`count` POSTs one after another to a receiver answering with `handler`: it, and their statuses."""
+    async def run() -> tuple[Receiver, list[int]]:
+        async with receiving(handler) as receiver, WebhookClient(allow_private=True) as client:
+            url = f"http://127.0.0.1:{receiver.port}/"
+            return receiver, [await client.post(url, b"{}", {}, 5) for _ in range(count)]
+
+    return asyncio.run(run())
+
+
 def test_posts_to_one_receiver_share_a_kept_connection_and_send_what_was_given() -> None:
     async def run() -> tuple[Receiver, list[int]]:
         async with receiving(answering(201)) as receiver, WebhookClient(allow_private=True) as client:
@@ -108,12 +118,7 @@ def test_a_kept_connection_the_receiver_closed_is_replaced_without_a_failure() -
         if n == 0:
             writer.transport.abort()  # closes without saying so in the answer: the client still holds it
 
-    async def run() -> tuple[Receiver, list[int]]:
-        async with receiving(handle) as receiver, WebhookClient(allow_private=True) as client:
-            url = f"http://127.0.0.1:{receiver.port}/"
-            return receiver, [await client.post(url, b"{}", {}, 5) for _ in range(3)]
-
-    receiver, statuses = asyncio.run(run())
+    receiver, statuses = posted_in_turn(handle, 3)
     assert statuses == [200, 200, 200]
     assert (len(receiver.requests), receiver.connections) == (4, 3)
 
@@ -126,17 +131,12 @@ def test_answers_without_a_length_chunked_or_too_long_give_their_status() -> Non
             writer.write(b"HTTP/1.1 200 X\r\nContent-Length: %d\r\n\r\n" % (4 * MAX_ANSWER_BYTES))
             writer.write(b"x" * (2 * MAX_ANSWER_BYTES))
         else:  # no length: read until the connection closes
-            writer.write(b"HTTP/1.1 204 X\r\nConnection: close\r\n\r\n")
+            writer.write(b"HTTP/1.1 201 X\r\nConnection: close\r\n\r\nall of it")
             writer.close()
         await writer.drain()
 
-    async def run() -> tuple[Receiver, list[int]]:
-        async with receiving(handle) as receiver, WebhookClient(allow_private=True) as client:
-            url = f"http://127.0.0.1:{receiver.port}/"
-            return receiver, [await client.post(url, b"{}", {}, 5) for _ in range(3)]
-
-    receiver, statuses = asyncio.run(run())
-    assert statuses == [202, 200, 204]
+    receiver, statuses = posted_in_turn(handle, 3)
+    assert statuses == [202, 200, 201]
     assert receiver.connections == 2  # the too long answer's connection was not kept
 
 
