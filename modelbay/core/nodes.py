@@ -34,7 +34,7 @@ from modelbay.core.background import Background
 from modelbay.core.clock import as_utc, utcnow
 from modelbay.core.hooks import Hook
 from modelbay.store.db import Database
-from modelbay.store.driver import DriverStatement
+from modelbay.store.driver import DriverStatement, driver_cursor
 from modelbay.store.tables import NodeRow
 
 log = logging.getLogger(__name__)
@@ -175,16 +175,15 @@ class Nodes:
         if conn is None:
             with self._db.writer_connection() as own:
                 return self._beat(own)
+        beat, values = _beat_statement(conn.dialect), {"id": self.id, "now": utcnow()}
         if conn.dialect.name == "sqlite":
             # One statement outside a transaction: SQLite holds the write lock only while it runs it,
             # with no Python in between (a thread holding it waits for the GIL, while a busy event
             # loop's commits are refused).
-            beaten = _beat_statement(conn.dialect).execute(conn.connection.dbapi_connection.cursor(),
-                                                           {"id": self.id, "now": utcnow()})
+            beaten = beat.execute(conn.connection.dbapi_connection.cursor(), values)
         else:
             with conn.begin():
-                beaten = conn.execute(update(NODES).where(NODES.c.id == self.id, NODES.c.end.is_(None))
-                                      .values(heartbeat_at=utcnow())).rowcount
+                beaten = beat.execute(driver_cursor(conn), values)
         if beaten == 0 and not self._stopping:
             # Declared dead (a pause longer than the lease): our work went to others. Go on as a
             # new node; what we still finish under the old id is refused by the fences.

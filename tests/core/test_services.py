@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -21,6 +22,7 @@ from modelbay.core.projects import Caller, Projects
 from modelbay.core.services import Scaling, Services, check_scaling
 from modelbay.engine import Engine, open_database
 from modelbay.settings import Settings
+from modelbay.store.db import Database
 from modelbay.store.tables import ServiceRow
 from tests.core.test_runs import BASE, build_result, building_version
 from tests.core.test_scheduler import FakeRuntime
@@ -70,21 +72,32 @@ def test_bad_scaling_is_refused(fields: dict[str, object]) -> None:
         check_scaling(fields)
 
 
-def test_a_service_changed_since_its_readiness_was_seen_is_not_marked_ready(tmp_path: Path) -> None:
-    # Given a service in progress, as a reconcile pass read it
+@contextlib.contextmanager
+def one_service(tmp_path: Path, status: str, at: datetime | None = None) -> Iterator[tuple[Database, Services, str]]:
+    """A store holding deployment `d`, its version `1` and its service `s` in `status` (made and
+    modified `at`, by default now), and the `Services` over it: (store, services, deployment id)."""
     db = open_database(Settings(data_dir=tmp_path / "data"))
     projects, deployments = Projects(db, "admin", Bus()), Deployments(db, Bus())
     try:
         project = projects.get(Caller(None), projects.create("svc").name)
         deployments.create(project, {"name": "d", "input_type": "plain", "output_type": "plain"})
         version = deployments.create_version(project, "d", {"name": "1", "handler": "main:handler"})
-        seen = utcnow()
+        at = at or utcnow()
         with db.write() as session:
             session.add(ServiceRow(id="s", project_id=project.id, deployment_id=version.deployment_id,
-                                   version_id=version.id, status="in_progress", instance_number=1,
+                                   version_id=version.id, status=status, instance_number=1,
                                    min_instance_number=1, max_instance_number=1, instance_type="cpu-0.25",
-                                   created_at=seen, modified_at=seen))
+                                   created_at=at, modified_at=at))
         services = Services(db, deployments, None, None, None, None, 0, Bus())  # type: ignore[arg-type]
+        yield db, services, version.deployment_id
+    finally:
+        db.close()
+
+
+def test_a_service_changed_since_its_readiness_was_seen_is_not_marked_ready(tmp_path: Path) -> None:
+    # Given a service in progress, as a reconcile pass read it
+    seen = utcnow()
+    with one_service(tmp_path, "in_progress", seen) as (db, services, _):
         # When a scaling change lands before the pass marks it ready, the mark is refused
         with db.write() as session:
             session.get(ServiceRow, "s").modified_at = utcnow()  # type: ignore[union-attr]
@@ -96,8 +109,6 @@ def test_a_service_changed_since_its_readiness_was_seen_is_not_marked_ready(tmp_
         assert services._mark_ready("s", changed.modified_at)
         with db.read() as session:
             assert session.get(ServiceRow, "s").status == "ready"  # type: ignore[union-attr]
-    finally:
-        db.close()
 
 
 class _Pools:
@@ -183,19 +194,7 @@ def test_a_service_created_while_its_code_builds_stops_with_the_builds_reason_wh
 
 @pytest.mark.parametrize("alone", [True, False])
 def test_a_server_joining_running_servers_leaves_their_ready_services_ready(tmp_path: Path, alone: bool) -> None:
-    db = open_database(Settings(data_dir=tmp_path / "data"))
-    projects, deployments = Projects(db, "admin", Bus()), Deployments(db, Bus())
-    try:
-        project = projects.get(Caller(None), projects.create("svc").name)
-        deployments.create(project, {"name": "d", "input_type": "plain", "output_type": "plain"})
-        version = deployments.create_version(project, "d", {"name": "1", "handler": "main:handler"})
-        with db.write() as session:
-            session.add(ServiceRow(id="s", project_id=project.id, deployment_id=version.deployment_id,
-                                   version_id=version.id, status="ready", instance_number=1,
-                                   min_instance_number=1, max_instance_number=1, instance_type="cpu-0.25",
-                                   created_at=utcnow(), modified_at=utcnow()))
-        services = Services(db, deployments, None, None, None, None, 0, Bus())  # type: ignore[arg-type]
-
+    with one_service(tmp_path, "ready") as (db, services, _):
         async def start_and_close() -> None:
             services.start(alone=alone)
             await services.close()
@@ -206,24 +205,10 @@ def test_a_server_joining_running_servers_leaves_their_ready_services_ready(tmp_
         # Alone, the server brings the service back (ready once its instances are); joining
         # others, their instances serve it meanwhile.
         assert status == ("in_progress" if alone else "ready")
-    finally:
-        db.close()
 
 
 def test_a_call_serves_what_another_node_changed_in_the_store_and_the_row_it_holds_otherwise(tmp_path: Path) -> None:
-    db = open_database(Settings(data_dir=tmp_path / "data"))
-    projects, deployments = Projects(db, "admin", Bus()), Deployments(db, Bus())
-    try:
-        project = projects.get(Caller(None), projects.create("svc").name)
-        deployments.create(project, {"name": "d", "input_type": "plain", "output_type": "plain"})
-        version = deployments.create_version(project, "d", {"name": "1", "handler": "main:handler"})
-        d = version.deployment_id
-        with db.write() as session:
-            session.add(ServiceRow(id="s", project_id=project.id, deployment_id=d, version_id=version.id,
-                                   status="ready", instance_number=1, min_instance_number=1, max_instance_number=1,
-                                   instance_type="cpu-0.25", created_at=utcnow(), modified_at=utcnow()))
-        services = Services(db, deployments, None, None, None, None, 0, Bus())  # type: ignore[arg-type]
-
+    with one_service(tmp_path, "ready") as (db, services, d):
         held = services.serving(d, "s")
         assert services.serving(d, "s") is held  # nothing changed: the row it holds
         for change in ({"max_instance_number": 3}, {"status": "stopped"}, {"enable_autoscale": True}):
@@ -238,5 +223,3 @@ def test_a_call_serves_what_another_node_changed_in_the_store_and_the_row_it_hol
             session.query(ServiceRow).filter_by(id="s").delete()
         with pytest.raises(NotFound):
             services.serving(d, "s")
-    finally:
-        db.close()
