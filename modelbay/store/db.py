@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from modelbay.core.activity import COMMIT_SECONDS_BUCKETS, Histogram
 from modelbay.core.errors import Conflict
-from modelbay.store.driver import insert_rows
+from modelbay.store.driver import driver_cursor, insert_statement
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -118,8 +118,11 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 def _sqlite_begin(conn: Connection) -> None:
     # Writers take the lock up front (BEGIN IMMEDIATE) so a read-then-write never deadlocks.
     # On the driver: SQLAlchemy's path for a statement costs more than the BEGIN (a commit begins one).
-    mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
-    conn.connection.driver_connection.execute(f"BEGIN {mode}")  # type: ignore[union-attr]
+    # A transaction the loop's committer began on the driver is joined (see `_commit_pending`).
+    raw = conn.connection.driver_connection
+    if not raw.in_transaction:  # type: ignore[union-attr]
+        mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+        raw.execute(f"BEGIN {mode}")  # type: ignore[union-attr]
 
 
 class Database:
@@ -281,6 +284,7 @@ class GroupCommitter:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._loop_conn: Connection | None = None
+        self._loop_raw: Any = None  # its driver connection
         self._pending: list[tuple[Op, _Waiter, bool]] = []
         self._due: asyncio.Handle | None = None
         self._due_now = False
@@ -295,7 +299,7 @@ class GroupCommitter:
         if not self._db.is_sqlite or self._loop is not None:
             return
         self._loop_conn = self._db.writer_connection()
-        raw = self._loop_conn.connection.dbapi_connection
+        raw = self._loop_raw = self._loop_conn.connection.dbapi_connection
         assert raw is not None
         # Never wait for the lock on the loop: a busy store hands the batch to the thread. Nor for
         # the disk: the loop's commits leave checkpoints (which copy the log into the database file
@@ -394,16 +398,26 @@ class GroupCommitter:
             self._hand_over(batch)
             return
         began = time.monotonic()
+        # The transaction is begun and ended on the driver: SQLAlchemy's begin and commit cost more
+        # than SQLite's. A write that uses `conn` joins it (`_sqlite_begin`), and is then ended by
+        # SQLAlchemy, which commits or rolls back the driver's transaction.
+        raw = self._loop_raw
         try:
-            conn.begin()  # BEGIN IMMEDIATE: fails at once while another writer holds the lock
-        except sqlite3.OperationalError:  # raised by the driver (see `_sqlite_begin`)
+            raw.execute("BEGIN IMMEDIATE")  # fails at once while another writer holds the lock
+        except sqlite3.OperationalError:
             self._hand_over(batch)
             return
         try:
-            results = self._write(conn, batch)
-            conn.commit()
+            results = self._write(conn, batch, raw.cursor())
+            if conn.in_transaction():
+                conn.commit()
+            else:
+                raw.commit()
         except Exception:
-            conn.rollback()
+            if conn.in_transaction():
+                conn.rollback()
+            else:
+                raw.rollback()
             self._hand_over(batch)  # the thread finds the write that failed, and commits the others
             return
         self._observe(time.monotonic() - began)
@@ -465,16 +479,17 @@ class GroupCommitter:
                 return
 
     @staticmethod
-    def _write(conn: Connection, batch: list[tuple[Op, _Waiter, bool]]) -> list[Any]:
-        """Run a batch's writes in `conn`'s transaction; their results, in order."""
+    def _write(conn: Connection, batch: list[tuple[Op, _Waiter, bool]], cursor: Any = None) -> list[Any]:
+        """Run a batch's writes in `conn`'s transaction (the inserts on `cursor` when given: the
+        driver's, in a transaction begun on it); their results, in order."""
         # Inserts first (they create what later writes in the batch may update).
         rows: dict[tuple[Table, frozenset[str]], list[dict[str, Any]]] = {}
         for op, _, _ in batch:
             if isinstance(op, Insert):
                 for row in op.rows:
                     rows.setdefault((op.table, frozenset(row)), []).append(row)
-        for (table, _), table_rows in rows.items():
-            insert_rows(conn, table, table_rows)
+        for (table, columns), table_rows in rows.items():
+            insert_statement(table, columns, conn.dialect).executemany(cursor or driver_cursor(conn), table_rows)
         return [None if isinstance(op, Insert) else op(conn) for op, _, _ in batch]
 
     def _commit(self, batch: list[tuple[Op, _Waiter, bool]],

@@ -47,3 +47,29 @@ def test_inserts_of_one_commit_with_different_columns_all_land(db: Database) -> 
     with db.read() as session:
         priorities = dict(session.execute(select(RequestRow.id, RequestRow.priority)).all())
     assert priorities == {"a": 1, "b": 0}
+
+
+def test_times_and_bytes_are_stored_as_the_same_text_as_sqlalchemy_writes(db: Database) -> None:
+    # Given rows with times of every shape (no microseconds, a small year, no time zone), written once
+    # through SQLAlchemy and once through a driver statement
+    times = [CREATED, datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), datetime(999, 12, 31, 23, 59, 59, 1),
+             datetime(2026, 6, 1)]
+    for n, when in enumerate(times):
+        values = {"created_at": when, "started_at": when, "data": bytearray(b"[1]"), "result": b"2"}
+        with db.write() as session:
+            session.execute(insert(REQUESTS), [_row(f"sqlalchemy-{n}", **values)])
+        with db.writer_connection() as conn, conn.begin():
+            statement = insert_statement(REQUESTS, frozenset(_row("x", **values)), conn.dialect)
+            statement.executemany(driver_cursor(conn), [_row(f"driver-{n}", **values)])
+
+    # Then the store holds the same text and bytes for both, column by column
+    with db.writer_connection() as conn:
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
+        stored = {row[0]: row[1:] for row in raw.execute(
+            "SELECT id, created_at, started_at, finished_at, typeof(data), data, result FROM requests")}
+    for n in range(len(times)):
+        assert stored[f"driver-{n}"] == stored[f"sqlalchemy-{n}"]
+    assert stored["driver-1"][0] == "2026-01-02 03:04:05.000000"
+    assert stored["driver-2"][0] == "0999-12-31 23:59:59.000001"
+    assert stored["driver-0"][3] == "blob"
