@@ -23,6 +23,7 @@ from sqlalchemy import Connection, Dialect, bindparam, literal_column, select, u
 
 from modelbay.core.activity import Activity, origin_of
 from modelbay.core.clock import utcnow
+from modelbay.core.delayed_calls import DelayedCalls
 from modelbay.core.deployments import Deployments, Target
 from modelbay.core.errors import InvalidInput, NotFound, StatusChanged, last_line
 from modelbay.core.fields import check_data
@@ -133,6 +134,8 @@ class Requests(StoredRequests):
         self._running: dict[str, asyncio.Task[Any]] = {}  # request id -> its call, for cancels
         self._cancelling: set[str] = set()
         self._uncommitted: deque[asyncio.Future[Any]] = deque()  # batch results being written, oldest first
+        #: What is done for work still running after `RECORD_PROCESSING_AFTER_S` (record it as running).
+        self.after_a_moment = DelayedCalls(RECORD_PROCESSING_AFTER_S)
 
     # --- direct ----------------------------------------------------------------------------
 
@@ -190,11 +193,11 @@ class Requests(StoredRequests):
 
         # Most direct requests finish within milliseconds: they are written once, finished.
         # One still running after a moment is recorded as processing, so it can be seen.
-        timer = asyncio.get_running_loop().call_later(RECORD_PROCESSING_AFTER_S, record_processing)
+        delayed = self.after_a_moment.add(record_processing)
         try:
             outcome = await self._execute(target, call, timeout, priority, on_update)
         finally:
-            timer.cancel()
+            self.after_a_moment.cancel(delayed)
         finished = await self._finished_values(request_id, target, outcome)
         error = outcome.error
         if recorded:
@@ -299,7 +302,7 @@ class Requests(StoredRequests):
         # instance, or in one, runs again). A cancel or delete of an item that runs unclaimed stops
         # its call (see `_cancel`); its finish then finds it gone.
         running_from = Status.PENDING
-        timer: asyncio.TimerHandle | None = None
+        delayed: int | None = None
 
         def claim() -> None:
             nonlocal running_from
@@ -307,17 +310,17 @@ class Requests(StoredRequests):
             committer.submit(self._mark_processing(item.request_id, started_at, node)).add_done_callback(_log_failure)
 
         def started() -> None:
-            nonlocal timer
-            if timer is None:  # once: a call that waited in an instance that ended starts again elsewhere
-                timer = asyncio.get_running_loop().call_later(RECORD_PROCESSING_AFTER_S, claim)
+            nonlocal delayed
+            if delayed is None:  # once: a call that waited in an instance that ended starts again elsewhere
+                delayed = self.after_a_moment.add(claim)
 
         call = Call(item.request_id, item.data, {"id": item.request_id, "request_mode": "batch"})
         try:
             outcome = await self._execute(target, call, item.timeout, PRIORITY_BATCH + item.priority,
                                           on_start=started)
         finally:
-            if timer is not None:
-                timer.cancel()
+            if delayed is not None:
+                self.after_a_moment.cancel(delayed)
         values = await self._finished_values(item.request_id, target, outcome)
         if running_from is Status.PENDING:
             values["started_at"] = started_at

@@ -42,7 +42,7 @@ from modelbay.core.errors import InvalidInput, NotFound, StatusChanged, Unavaila
 from modelbay.core.fields import check_data
 from modelbay.core.journal import Journal, split_lines
 from modelbay.core.nodes import Nodes
-from modelbay.core.requests import RECORD_PROCESSING_AFTER_S, Requests
+from modelbay.core.requests import Requests
 from modelbay.core.revisions import build_failure
 from modelbay.core.scheduler import Scheduler
 from modelbay.core.states import RUN, RunStatus, VersionStatus, move
@@ -527,11 +527,11 @@ class Runs:
             nonlocal running
             running = asyncio.ensure_future(self._move(run_id, RunStatus.STARTING, RunStatus.RUNNING, fence=node_id))
 
-        timer = asyncio.get_running_loop().call_later(RECORD_PROCESSING_AFTER_S, record_running)
+        delayed = self._requests.after_a_moment.add(record_running)
         try:
             error, printed = await self._call(run_id, row, target)
         finally:
-            timer.cancel()
+            self._requests.after_a_moment.cancel(delayed)
         if running is None:
             return (RunStatus.STARTING, RunStatus.RUNNING), error, printed
         await running  # raises StatusChanged when the run is no longer this node's

@@ -126,6 +126,16 @@ class _Pool:
     def waiting(self) -> int:
         return sum(1 for queue in self.waiters for fut in queue if not fut.done())
 
+    def waits_beyond(self, n: int) -> bool:
+        """Whether more than `n` callers wait (counted only as far as needed: many may wait)."""
+        for queue in self.waiters:
+            for fut in queue:
+                if not fut.done():
+                    n -= 1
+                    if n < 0:
+                        return True
+        return False
+
     def next_waiter(self) -> asyncio.Future[Instance] | None:
         for queue in self.waiters:
             while queue:
@@ -340,7 +350,7 @@ class Scheduler:
     def _take_idle(self, pool: _Pool) -> Instance | None:
         """An idle instance, else a seat in a busy one when no more may start; none when there is
         neither or others wait ahead of us."""
-        if pool.waiting():
+        if pool.waits_beyond(0):
             return None
         while pool.idle:
             instance, _ = pool.idle.pop()
@@ -363,12 +373,14 @@ class Scheduler:
         instance, calls = min(pool.busy.items(), key=lambda item: item[1], default=(None, self._depth))
         return instance if calls < self._depth and instance.state is not InstanceState.STOPPED else None
 
-    def _shares_seats(self, pool: _Pool, wanting: int) -> bool:
-        """Whether calls (`wanting` of them) go to wait in busy instances: only when no instance may
-        start for them and none is starting that will take them (one waiting in an instance may wait
-        for a long call ahead of it; a new instance would serve it at once)."""
-        return (self._depth > 1 and wanting > pool.starting
-                and not (pool.size < pool.target.maximum_instances and pool.full_until <= time.monotonic()))
+    def _shares_seats(self, pool: _Pool, wanting: int | None = None) -> bool:
+        """Whether calls (`wanting` of them; None: those waiting in the pool) go to wait in busy
+        instances: only when no instance may start for them and none is starting that will take them
+        (one waiting in an instance may wait for a long call ahead of it; a new instance would serve
+        it at once)."""
+        if self._depth <= 1 or (pool.size < pool.target.maximum_instances and pool.full_until <= time.monotonic()):
+            return False
+        return pool.waits_beyond(pool.starting) if wanting is None else wanting > pool.starting
 
     async def _acquire(self, pool: _Pool, priority: int) -> Instance:
         instance = self._take_idle(pool)
@@ -438,7 +450,7 @@ class Scheduler:
             return
         while True:
             calls = pool.busy.get(instance, 0)
-            if calls and (calls >= self._depth or not self._shares_seats(pool, wanting=pool.waiting())):
+            if calls and (calls >= self._depth or not self._shares_seats(pool)):
                 break
             waiter = pool.next_waiter()
             if waiter is None:
@@ -467,7 +479,7 @@ class Scheduler:
         """Start instances for waiters nobody will serve soon, up to the version's maximum; while the
         cluster runs the maximum elsewhere and this node has none left, send the waiters there."""
         full = pool.full_until > time.monotonic()
-        while (not pool.retired and pool.waiting() > pool.starting and pool.size < pool.target.maximum_instances
+        while (not pool.retired and pool.waits_beyond(pool.starting) and pool.size < pool.target.maximum_instances
                and not full):
             pool.starting += 1
             self._background.spawn(self._start_instance(pool))
