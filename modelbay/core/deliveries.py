@@ -176,17 +176,17 @@ class Deliveries:
     async def _pass(self) -> float:
         """Start attempts of due deliveries; returns how long to wait before the next pass."""
         free = MAX_IN_FLIGHT - len(self._in_flight)
-        if free > 0:
-            self._unclaimed = False  # a wake during the claim sets it again
+        if free <= 0:
+            return IDLE_WAKE_S  # full: a finishing attempt wakes us
+        self._unclaimed = False  # a wake during the claim sets it again
         # Through the committer: the claim shares a commit with the job's writes instead of waiting for them.
-        due = await self._db.committer.submit_async(self._claim_due(free)) if free > 0 else []
-        if free > 0 and len(due) == free:
-            self._unclaimed = True  # there may be more
+        due = await self._db.committer.submit_async(self._claim_due(free))
         for item in due:
             self._start(item)
-        if free > 0 and len(due) < free:
-            return await asyncio.to_thread(self._seconds_to_next_due)
-        return IDLE_WAKE_S  # full: a finishing attempt wakes us
+        if len(due) == free:
+            self._unclaimed = True  # there may be more
+            return IDLE_WAKE_S  # full: a finishing attempt wakes us
+        return await asyncio.to_thread(self._seconds_to_next_due)
 
     def _claim_due(self, limit: int) -> Callable[[Connection], list[Due]]:
         """The claim of up to `limit` due deliveries no node holds.

@@ -223,7 +223,8 @@ class Revisions:
             if free <= 0 or self._closed:
                 return
             node_id = self._nodes.id
-            if not self._db.has_rows(select(RevisionRow.id).where(RevisionRow.status == RevisionStatus.QUEUED)):
+            queued = select(RevisionRow.id).where(RevisionRow.status == RevisionStatus.QUEUED)
+            if not self._db.has_rows(queued):
                 return
             with self._db.write() as session:
                 # Only while this node is alive (its row locked: a recovery of it waits for this claim
@@ -233,8 +234,7 @@ class Revisions:
                     return
                 # SKIP LOCKED: nodes claiming at once take different rows (SQLite writes one at a time).
                 claimed = list(session.scalars(
-                    select(RevisionRow.id).where(RevisionRow.status == RevisionStatus.QUEUED)
-                    .order_by(RevisionRow.created_at, RevisionRow.id).limit(free)
+                    queued.order_by(RevisionRow.created_at, RevisionRow.id).limit(free)
                     .with_for_update(skip_locked=True)))
                 for revision_id in claimed:
                     move(session, REVISION, revision_id, RevisionStatus.QUEUED, RevisionStatus.BUILDING,

@@ -409,15 +409,9 @@ class GroupCommitter:
             return
         try:
             results = self._write(conn, batch, raw.cursor())
-            if conn.in_transaction():
-                conn.commit()
-            else:
-                raw.commit()
+            (conn if conn.in_transaction() else raw).commit()
         except Exception:
-            if conn.in_transaction():
-                conn.rollback()
-            else:
-                raw.rollback()
+            (conn if conn.in_transaction() else raw).rollback()
             self._hand_over(batch)  # the thread finds the write that failed, and commits the others
             return
         self._observe(time.monotonic() - began)

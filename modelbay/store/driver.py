@@ -10,13 +10,14 @@ to the DBAPI cursor, inside the transaction the SQLAlchemy connection already ho
 from __future__ import annotations
 
 import functools
-from datetime import datetime
 from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, DateTime, Dialect, LargeBinary, Table, bindparam, insert
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import Compiled
 from sqlalchemy.types import TypeEngine
 
 
@@ -27,43 +28,8 @@ class DriverStatement:
         self, statement: ClauseElement, dialect: Dialect, defaults: Mapping[str, Callable[[], Any]] | None = None
     ) -> None:
         compiled = statement.compile(dialect=dialect)
-        self._defaults = dict(defaults or {})
         self.sql = compiled.string
-        self._positional = compiled.positional
-        names = list(compiled.positiontup or ()) if compiled.positional else list(compiled.binds)
-        self._names = names
-        # Values written into the statement (`status == "running"`): sent with every row.
-        self._constants = {name: compiled.binds[name].effective_value for name in names
-                           if not compiled.binds[name].required}
-        self._processors: list[tuple[str, Callable[[Any], Any]]] = []
-        for name in names:
-            processor = _bind_processor(compiled.binds[name].type, dialect)
-            if processor is not None:
-                self._processors.append((name, processor))
-        self.parameters = self._parameters_function()
-
-    def _parameters_function(self) -> Callable[[Mapping[str, Any]], Any]:
-        """`parameters(row)`: the row as the driver takes it, a tuple in order (qmark/format styles)
-        or a dict. Generated as one expression over the statement's parameters: this runs for every
-        row of the hot path, where a loop over the names costs more than the driver's insert."""
-        processors = dict(self._processors)
-        scope: dict[str, Any] = {}
-        values = []
-        for i, name in enumerate(self._names):
-            if name in self._defaults:
-                scope[f"d{i}"] = self._defaults[name]
-                value = f"d{i}()"
-            elif name in self._constants:
-                scope[f"c{i}"] = self._constants[name]
-                value = f"row.get({name!r}, c{i})"
-            else:
-                value = f"row.get({name!r})"
-            if name in processors:
-                scope[f"p{i}"] = processors[name]
-                value = f"p{i}({value})"
-            values.append(value if self._positional else f"{name!r}: {value}")
-        body = f"({', '.join(values)},)" if self._positional else f"{{{', '.join(values)}}}"
-        return eval(f"lambda row: {body}", scope)  # noqa: S307 - text made above from compiled names
+        self.parameters = _parameters_function(compiled, dialect, defaults or {})
 
     def execute(self, cursor: Any, row: Mapping[str, Any]) -> int:
         """Run it for one row; returns the driver's rowcount."""
@@ -80,23 +46,48 @@ class DriverStatement:
         cursor.executemany(self.sql, [self.parameters(row) for row in rows])
 
 
+def _parameters_function(compiled: Compiled, dialect: Dialect,
+                         defaults: Mapping[str, Callable[[], Any]]) -> Callable[[Mapping[str, Any]], Any]:
+    """`parameters(row)`: the row as the driver takes it, a tuple in order (qmark/format styles) or a
+    dict, with `defaults` made for their names, the values written into the statement (`status ==
+    "running"`) filled in, and each value through its bind processor. Generated as one expression
+    over the statement's parameters: it runs for every row of the hot path, where a loop over the
+    names costs more than the driver's insert."""
+    names = list(compiled.positiontup or ()) if compiled.positional else list(compiled.binds)
+    scope: dict[str, Any] = {}
+    values = []
+    for i, name in enumerate(names):
+        bind = compiled.binds[name]
+        if name in defaults:
+            scope[f"d{i}"] = defaults[name]
+            value = f"d{i}()"
+        elif not bind.required:
+            scope[f"c{i}"] = bind.effective_value
+            value = f"row.get({name!r}, c{i})"
+        else:
+            value = f"row.get({name!r})"
+        if (processor := _bind_processor(bind.type, dialect)) is not None:
+            scope[f"p{i}"] = processor
+            value = f"p{i}({value})"
+        values.append(value if compiled.positional else f"{name!r}: {value}")
+    body = f"({', '.join(values)},)" if compiled.positional else f"{{{', '.join(values)}}}"
+    return eval(f"lambda row: {body}", scope)  # noqa: S307 - text made above from compiled names
+
+
 def _bind_processor(type_: TypeEngine[Any], dialect: Dialect) -> Callable[[Any], Any] | None:
     """The type's bind processor on `dialect`; on SQLite, bytes as they are and times formatted in C
     (the same text as SQLAlchemy's own processors write)."""
-    processor = type_.dialect_impl(dialect).bind_processor(dialect)
+    impl = type_.dialect_impl(dialect)
+    processor = impl.bind_processor(dialect)
     if dialect.name == "sqlite" and processor is not None:
         if isinstance(type_, LargeBinary):
             return lambda value, wrap=processor: value if type(value) is bytes else wrap(value)
-        if isinstance(type_, DateTime) and _is_sqlalchemy_format(type_.dialect_impl(dialect)):
+        # Only where SQLite's DateTime writes its default text, `YYYY-MM-DD HH:MM:SS.ffffff`.
+        if isinstance(type_, DateTime) and getattr(impl, "_storage_format", None) == sqlite.DATETIME._storage_format:
             # isoformat leaves out a zero fraction, and with a timespec costs twice as much
             return lambda value, wrap=processor: (value.isoformat(" ")[:26] if type(value) is datetime
                                                   and value.microsecond else wrap(value))
     return processor
-
-
-def _is_sqlalchemy_format(impl: Any) -> bool:
-    """Whether SQLite's DateTime writes its default text, `YYYY-MM-DD HH:MM:SS.ffffff`."""
-    return getattr(impl, "_storage_format", None) == sqlite.DATETIME._storage_format
 
 
 def driver_cursor(conn: Connection) -> Any:
