@@ -45,6 +45,16 @@ LINGER_S = 0.01
 #: How often the log of what the event loop committed is copied into the database file, in seconds.
 CHECKPOINT_PERIOD_S = 1.0
 
+#: Pages in the log past which a checkpoint has the next writer start the log again from its start
+#: (256 MiB at SQLite's 4 KiB pages). Under steady writes a passive checkpoint never finds every page
+#: copied when a writer begins, so without a restart the log file would grow for as long as they
+#: last. A restart holds writers off while it copies the last pages and syncs (5-20 ms here): rare
+#: restarts of a large log cost the tail less than frequent ones of a small log.
+RESTART_LOG_PAGES = 65_536
+
+#: How many times a checkpoint tries to restart the log, a moment apart, while a writer or reader is in its way.
+RESTART_TRIES = 20
+
 #: Most writes of a batch (an insert counting one per row) the event loop commits itself. A few
 #: writes share a commit there; more (a job's outcomes of many items, a batch request's rows) would
 #: stall the loop, and go to the committer's thread, which commits them while the loop goes on.
@@ -112,6 +122,10 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    # No commit copies the log into the database file itself (that would sync both within it): the
+    # server's committer has a thread for it (`GroupCommitter._checkpoint_every`), and the last
+    # connection to close does it for any other process.
+    cur.execute("PRAGMA wal_autocheckpoint=0")
     cur.close()
 
 
@@ -302,10 +316,9 @@ class GroupCommitter:
         raw = self._loop_raw = self._loop_conn.connection.dbapi_connection
         assert raw is not None
         # Never wait for the lock on the loop: a busy store hands the batch to the thread. Nor for
-        # the disk: the loop's commits leave checkpoints (which copy the log into the database file
-        # and sync both) to a thread of their own.
+        # the disk: checkpoints (which copy the log into the database file and sync both) have a
+        # thread of their own.
         raw.execute("PRAGMA busy_timeout=0")
-        raw.execute("PRAGMA wal_autocheckpoint=0")
         self._checkpoints = threading.Thread(target=self._checkpoint_every, args=(CHECKPOINT_PERIOD_S,),
                                              name="wal-checkpoint", daemon=True)
         self._checkpoints.start()
@@ -313,12 +326,23 @@ class GroupCommitter:
         self._loop_thread = threading.get_ident()
 
     def _checkpoint_every(self, period: float) -> None:
-        """Copy what the loop committed into the database file, every `period` seconds until closed."""
+        """Copy what was committed into the database file, every `period` seconds until closed; once
+        the log holds `RESTART_LOG_PAGES`, have it start again from its start."""
         with self._db.engine.connect() as conn:
             raw = conn.connection.dbapi_connection
             assert raw is not None
-            while not self._closed.wait(period):
-                raw.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            # A restart holds writers off from when it has the write lock until no reader uses the log:
+            # it waits for neither (SQLite's busy handler would sleep in between), and is tried again.
+            raw.execute("PRAGMA busy_timeout=0")
+            try:
+                while not self._closed.wait(period):
+                    _, pages, _ = raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    for _ in range(RESTART_TRIES if pages >= RESTART_LOG_PAGES else 0):
+                        busy, _, _ = raw.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+                        if not busy or self._closed.wait(0.001):
+                            break
+            finally:
+                raw.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
 
     def submit(self, write: Op, *, linger: bool = False) -> Future[Any]:
         """Queue a write; the returned future resolves once it is committed.
@@ -358,7 +382,6 @@ class GroupCommitter:
                 raw = self._loop_conn.connection.dbapi_connection
                 assert raw is not None
                 raw.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-                raw.execute("PRAGMA wal_autocheckpoint=1000")  # SQLite's default, for the pool's next user
                 self._loop_conn.close()
             self._checkpoints.join(timeout=30)
             self._loop = self._loop_conn = None

@@ -154,3 +154,27 @@ def test_what_the_loop_commits_reaches_the_database_file_without_the_loop_syncin
 
     asyncio.run(scenario())
     assert stored(db) == 1000
+
+
+def test_under_steady_writes_the_log_is_restarted_rather_than_grown(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_db, "CHECKPOINT_PERIOD_S", 0.02)
+    monkeypatch.setattr(store_db, "RESTART_LOG_PAGES", 64)
+    log = Path(db.url.removeprefix("sqlite:///") + "-wal")
+    commits = 10_000
+
+    def write(number: int) -> Any:
+        return lambda conn: conn.exec_driver_sql(f"PRAGMA user_version = {number}")  # one page: the header
+
+    async def scenario() -> None:
+        db.committer.commit_on_loop()
+        # One commit after another, no pause: a passive checkpoint never finds the whole log copied
+        # when the next begins, so only a restart keeps the log from growing by a page each (40 MiB).
+        for number in range(1, commits + 1):
+            await db.committer.submit_async(write(number))
+
+    asyncio.run(scenario())
+    with db.read() as session:
+        assert session.connection().exec_driver_sql("PRAGMA user_version").scalar() == commits
+    assert log.stat().st_size < 10 * 2**20
