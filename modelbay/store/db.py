@@ -60,6 +60,9 @@ RESTART_TRIES = 20
 #: stall the loop, and go to the committer's thread, which commits them while the loop goes on.
 LOOP_COMMIT_MAX_WRITES = 8
 
+#: How soon the event loop tries its commit again when another writer holds SQLite's lock, in seconds.
+LOCKED_RETRY_S = 0.001
+
 #: How long a writer waits for SQLite's write lock before giving up, in milliseconds.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -281,9 +284,10 @@ class GroupCommitter:
     loop itself: with WAL and synchronous=NORMAL such a commit costs tens of microseconds, less than
     handing it to the thread and back, where each statement (the driver lets go of the GIL around
     it) waits for the busy loop to hand the GIL back. Writes that would make the loop wait go to the
-    thread: many at once (`LOOP_COMMIT_MAX_WRITES`), or while another writer holds SQLite's lock. The
-    loop's next writes follow those to the thread until they are committed, so the loop's writes
-    commit in the order it submitted them.
+    thread: many at once (`LOOP_COMMIT_MAX_WRITES`). The loop's next writes follow those to the
+    thread until they are committed, so the loop's writes commit in the order it submitted them.
+    While another writer holds SQLite's lock (a checkpoint restarting the log, the thread), the loop
+    goes on and tries again a moment later, with what was submitted meanwhile.
     """
 
     def __init__(self, db: Database) -> None:
@@ -427,8 +431,14 @@ class GroupCommitter:
         raw = self._loop_raw
         try:
             raw.execute("BEGIN IMMEDIATE")  # fails at once while another writer holds the lock
-        except sqlite3.OperationalError:
-            self._hand_over(batch)
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+                self._hand_over(batch)  # the thread meets the error too, and fails the writes
+                return
+            self._pending[:0] = batch
+            if self._due is None:
+                assert self._loop is not None
+                self._due = self._loop.call_later(LOCKED_RETRY_S, self._commit_pending)
             return
         try:
             results = self._write(conn, batch, raw.cursor())
