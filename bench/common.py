@@ -318,7 +318,8 @@ def start_modelbay(
 ) -> tuple[Proc, str, Path]:
     """`modelbay serve` on a free port with its data in `workdir/data`, and project `bench` made
     with the CLI: (server, project token, data dir). The server is appended to `procs` at once.
-    `env` is added to this process's environment for the server (e.g. `MODELBAY_SANDBOX`)."""
+    `env` is added to this process's environment for the server and the CLI (e.g. `MODELBAY_SANDBOX`,
+    `MODELBAY_DATABASE_URL`)."""
     data_dir = workdir / "data"
     port = free_port()
     log(f"starting {name} on 127.0.0.1:{port} (data in {data_dir})")
@@ -336,6 +337,7 @@ def start_modelbay(
         capture_output=True,
         text=True,
         timeout=120,
+        env=dict(os.environ) | (env or {}),
     )
     if created.returncode != 0:
         raise RuntimeError(f"project create failed: {created.stderr}")

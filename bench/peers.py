@@ -1,10 +1,11 @@
 """Benchmark: modelbay beside its peers, BentoML and Ray Serve, on the same no-op, in one run.
 
 Run `.venv/bin/python bench/peers.py` (wrk installed: `make bench` installs it); see bench/README.md
-("Peers: BentoML and Ray Serve beside modelbay"). Five servers answer `{"x": 1}` with `{"x": 1}`:
+("Peers: BentoML and Ray Serve beside modelbay"). Six servers answer `{"x": 1}` with `{"x": 1}`:
 
 - modelbay: the UbiOps direct request to the no-op deployment (one instance), as
-  bench/direct_requests.py sends it;
+  bench/direct_requests.py sends it; modelbay-postgres: the same, the server on a PostgreSQL of the
+  run's own (tests/fixtures/postgres.py, from Debian's package), a fresh database each round;
 - bare uvicorn: bench/baseline_app.py, a bare ASGI handler answering modelbay's JSON shape (no
   worker process, nothing recorded): the ceiling of one Python front on this machine;
 - the pipe design: bench/pipe_app.py, the same front handing each request to one worker process
@@ -12,10 +13,11 @@ Run `.venv/bin/python bench/peers.py` (wrk installed: `make bench` installs it);
 - BentoML 1.4 (one worker) and Ray Serve 2.60 (one replica), each in a virtualenv of its own under
   `.venv-bench/`, made on first use.
 
-In each of `--rounds` rounds, every server in turn is started (alone on the machine), answers
-`--requests` requests one after another and wrk at each `--concurrency`, and is stopped: the rounds
-are interleaved so that the machine's noise spreads over every server. A figure is the median of
-the rounds (max: the highest of them). The ratios are modelbay's throughput over each other server's.
+`--only` picks some (modelbay-postgres is not among the default ones). In each of `--rounds`
+rounds, every server in turn is started (alone on the machine), answers `--requests` requests one
+after another and wrk at each `--concurrency`, and is stopped: the rounds are interleaved so that
+the machine's noise spreads over every server. A figure is the median of the rounds (max: the
+highest of them). The ratios are modelbay's throughput (on each database) over each other server's.
 """
 
 from __future__ import annotations
@@ -76,9 +78,10 @@ class Noop:
         return {"x": x}
 """
 
-SERVERS = ("modelbay", "bentoml", "ray-serve", "pipe-design", "bare-uvicorn")
-LABELS = {"modelbay": "modelbay", "bentoml": "BentoML", "ray-serve": "Ray Serve", "pipe-design": "pipe design",
-          "bare-uvicorn": "bare uvicorn"}
+SERVERS = ("modelbay", "modelbay-postgres", "bentoml", "ray-serve", "pipe-design", "bare-uvicorn")
+DEFAULT_SERVERS = [name for name in SERVERS if name != "modelbay-postgres"]
+LABELS = {"modelbay": "modelbay", "modelbay-postgres": "modelbay on PostgreSQL", "bentoml": "BentoML",
+          "ray-serve": "Ray Serve", "pipe-design": "pipe design", "bare-uvicorn": "bare uvicorn"}
 PEER_STARTUP_DEADLINE_S = 180.0  # Ray starts its own cluster; on a busy machine that takes a while
 
 
@@ -101,16 +104,44 @@ class Target:
 # --- the servers -----------------------------------------------------------------------------
 
 
-def start_modelbay_target(workdir: Path, procs: list[Proc]) -> Target:
-    phase = workdir / "modelbay"
+#: A database that survives a crash of the machine, as a user's would (the tests' turns this off);
+#: a commit does not wait for its log to reach the disk, as SQLite's does not in WAL mode with
+#: synchronous=NORMAL (a crash may lose the last commits, never the database).
+POSTGRES_SETTINGS = {"fsync": "on", "full_page_writes": "on", "autovacuum": "on", "synchronous_commit": "off"}
+
+
+class Postgres:
+    """The run's PostgreSQL, started when a round first needs it."""
+
+    cluster: Any = None
+
+    @classmethod
+    def database_url(cls) -> str:
+        if cls.cluster is None:
+            from tests.fixtures.postgres import Cluster
+
+            log("starting PostgreSQL")
+            cls.cluster = Cluster(POSTGRES_SETTINGS).start()
+        return str(cls.cluster.url(cls.cluster.database()))
+
+    @classmethod
+    def stop(cls) -> None:
+        if cls.cluster is not None:
+            cls.cluster.stop()
+            cls.cluster = None
+
+
+def start_modelbay_target(workdir: Path, procs: list[Proc], name: str = "modelbay") -> Target:
+    phase = workdir / name
     phase.mkdir(parents=True)
     started = time.perf_counter()
-    server, token, _ = start_modelbay(phase, procs)
+    env = {"MODELBAY_DATABASE_URL": Postgres.database_url()} if name == "modelbay-postgres" else None
+    server, token, _ = start_modelbay(phase, procs, name, env)
     with ubiops_api(server.url, token) as api:
         create_noop_deployment(api)
         create_noop_version(api, phase, "v1", 0.05, maximum_instances=1)
     return Target(
-        "modelbay",
+        name,
         server,
         request_path(PROJECT, DEPLOYMENT),
         token,
@@ -179,6 +210,7 @@ def start_pipe_design_target(workdir: Path, procs: list[Proc]) -> Target:
 
 STARTERS: dict[str, Callable[[Path, list[Proc]], Target]] = {
     "modelbay": start_modelbay_target,
+    "modelbay-postgres": lambda workdir, procs: start_modelbay_target(workdir, procs, "modelbay-postgres"),
     "bentoml": start_bentoml_target,
     "ray-serve": start_ray_serve_target,
     "pipe-design": start_pipe_design_target,
@@ -276,17 +308,16 @@ def summarize(rounds: list[dict[str, Any]], names: list[str], concurrency: list[
 
 
 def ratios(summary: dict[str, Any], concurrency: list[int]) -> dict[str, dict[str, float]]:
-    """modelbay's req/s over each other server's: above 1, modelbay serves more."""
-    if "modelbay" not in summary:
-        return {}
-    mb = summary["modelbay"]
+    """modelbay's req/s (on each database run) over each other server's: above 1, modelbay serves more."""
     out: dict[str, dict[str, float]] = {}
-    for name, other in summary.items():
-        if name == "modelbay":
-            continue
-        runs = {"sequential": (mb["sequential"]["rps"], other["sequential"]["rps"])}
-        runs |= {f"c{c}": (mb["wrk"][c]["rps"], other["wrk"][c]["rps"]) for c in concurrency}
-        out[f"modelbay/{name}"] = {run: a / b for run, (a, b) in runs.items() if a and b}
+    for ours in (name for name in ("modelbay", "modelbay-postgres") if name in summary):
+        mb = summary[ours]
+        for name, other in summary.items():
+            if name.startswith("modelbay"):
+                continue
+            runs = {"sequential": (mb["sequential"]["rps"], other["sequential"]["rps"])}
+            runs |= {f"c{c}": (mb["wrk"][c]["rps"], other["wrk"][c]["rps"]) for c in concurrency}
+            out[f"{ours}/{name}"] = {run: a / b for run, (a, b) in runs.items() if a and b}
     return out
 
 
@@ -334,7 +365,8 @@ def report(results: dict[str, Any]) -> None:
         ratio_table = Table(title="modelbay's req/s over each server's (above 1: modelbay serves more)")
         ratio_table.add_column("run")
         for pair in results["ratios"]:
-            ratio_table.add_column(f"modelbay / {LABELS[pair.split('/', 1)[1]]}", justify="right")
+            ours, other = pair.split("/", 1)
+            ratio_table.add_column(f"{LABELS[ours]} / {LABELS[other]}", justify="right")
         runs = ["sequential", *(f"c{c}" for c in settings["concurrency"])]
         for run in runs:
             ratio_table.add_row(
@@ -380,8 +412,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         type=lambda s: [name.strip() for name in s.split(",")],
-        default=list(SERVERS),
-        help=f"the servers to run, comma-separated, among {','.join(SERVERS)} (default all)",
+        default=DEFAULT_SERVERS,
+        help=f"the servers to run, comma-separated, among {','.join(SERVERS)} (default all but modelbay-postgres)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (server logs)")
     args = parser.parse_args(argv)
@@ -413,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "versions": {
             "modelbay": packages["modelbay"],
+            "modelbay-postgres": packages["modelbay"],
             "pipe-design": f"uvicorn {packages['uvicorn']}",
             "bare-uvicorn": f"uvicorn {packages['uvicorn']}",
             "bentoml": BENTOML_PIN.split("==")[1],
@@ -420,7 +453,10 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     with bench_run("modelbay-bench-peers-", args.keep) as (workdir, procs):
-        rounds = [run_round(n, args, workdir, procs) for n in range(1, args.rounds + 1)]
+        try:
+            rounds = [run_round(n, args, workdir, procs) for n in range(1, args.rounds + 1)]
+        finally:
+            Postgres.stop()
     results["rounds"] = rounds
     results["summary"] = summarize(rounds, args.only, args.concurrency)
     results["ratios"] = ratios(results["summary"], args.concurrency)

@@ -113,6 +113,10 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, OperationalError) and getattr(exc.orig, "sqlstate", None) in TRANSIENT_SQLSTATES
 
 
+#: Flushes a file's data to disk (macOS has no fdatasync; its fsync does the same there).
+_sync_data = getattr(os, "fdatasync", os.fsync)
+
+
 def _json_text(value: Any) -> str:
     return orjson.dumps(value).decode()
 
@@ -320,7 +324,7 @@ class GroupCommitter:
         self._loop_conn = self._db.writer_connection()
         raw = self._loop_raw = self._loop_conn.connection.dbapi_connection
         assert raw is not None
-        # Never wait for the lock on the loop: a busy store hands the batch to the thread. Nor for
+        # Never wait for the lock on the loop: with the store busy it tries again a moment later. Nor for
         # the disk: checkpoints (which copy the log into the database file and sync both) have a
         # thread of their own.
         raw.execute("PRAGMA busy_timeout=0")
@@ -347,7 +351,7 @@ class GroupCommitter:
             try:
                 while not self._closed.wait(period):
                     _, pages, _ = raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                    os.fdatasync(database_file)
+                    _sync_data(database_file)
                     for _ in range(RESTART_TRIES if pages >= RESTART_LOG_PAGES else 0):
                         busy, _, _ = raw.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
                         if not busy or self._closed.wait(0.001):
