@@ -5,7 +5,9 @@ checkout's own `bench/` starts its server (no-op deployment, one instance, as
 `bench/direct_requests.py`) in a temporary directory; all stay up, and each round runs wrk on each
 in turn, so a change is measured against its base in the same minutes (this machine's speed
 drifts by up to 2x between hours). Per round: req/s, p99, the server's CPU per request (from
-/proc) and how many requests shared each of its store commits. Needs `wrk`.
+/proc) and how many requests shared each of its store commits. Needs `wrk`. With `--postgres`, the
+servers store their data in databases of their own on one PostgreSQL the run starts (as
+`bench/peers.py` does for modelbay-postgres).
 """
 
 from __future__ import annotations
@@ -59,16 +61,26 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--postgres", action="store_true", help="each server on a database of a PostgreSQL")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="modelbay-alternate-") as tmp:
         servers = []
+        postgres = None
         try:
+            if args.postgres:
+                sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+                from bench.peers import POSTGRES_SETTINGS
+                from tests.fixtures.postgres import Cluster
+
+                postgres = Cluster(POSTGRES_SETTINGS).start()
             for n, checkout in enumerate(args.checkouts):
                 tree = str(checkout.resolve())
                 workdir = Path(tmp) / str(n)
                 workdir.mkdir()
-                child = subprocess.Popen([sys.executable, "-c", SERVE, str(workdir)], cwd=tree, text=True,
-                                         env={**os.environ, "PYTHONPATH": tree},
+                env = {**os.environ, "PYTHONPATH": tree}
+                if postgres is not None:
+                    env["MODELBAY_DATABASE_URL"] = postgres.url(postgres.database())
+                child = subprocess.Popen([sys.executable, "-c", SERVE, str(workdir)], cwd=tree, text=True, env=env,
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE)
                 servers.append((tree, child, json.loads(child.stdout.readline())))
             figures: dict[str, list[tuple[float, float]]] = {tree: [] for tree, _, _ in servers}
@@ -80,8 +92,8 @@ def main() -> None:
                                       f'wrk.headers["Authorization"] = "Token {server["token"]}"\n')
                     cpu, committed = cpu_seconds(server["pid"]), commits(server["port"])
                     out = subprocess.run(
-                        ["wrk", "-t2", f"-c{args.connections}", f"-d{args.duration}", "--latency", "-s", str(script),
-                         f"http://127.0.0.1:{server['port']}{server['path']}"],
+                        ["wrk", f"-t{min(2, args.connections)}", f"-c{args.connections}", f"-d{args.duration}",
+                         "--latency", "-s", str(script), f"http://127.0.0.1:{server['port']}{server['path']}"],
                         capture_output=True, text=True, check=True).stdout
                     cpu, committed = cpu_seconds(server["pid"]) - cpu, commits(server["port"]) - committed
                     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -98,6 +110,8 @@ def main() -> None:
             for _, child, _ in servers:
                 child.stdin.close()
                 child.wait(timeout=60)
+            if postgres is not None:
+                postgres.stop()
 
 
 if __name__ == "__main__":

@@ -81,12 +81,13 @@ TRANSIENT_ATTEMPTS = 3
 #: The first key of the advisory locks `lock_until_commit` takes ("mb").
 LOCK_CLASS = 0x6D62
 
-def as_conflict(exc: IntegrityError) -> Conflict | None:
-    """The `Conflict` a unique violation means (two writers made the same name at once), else None.
+def as_conflict(exc: BaseException) -> Conflict | None:
+    """The `Conflict` a unique violation means (two writers made the same name at once), else None;
+    `exc` is SQLAlchemy's error or the driver's (the committer's inserts run on the driver).
 
     Call sites check for a duplicate before they insert; this catches the one that raced past
     that check, on either database, so it answers 409 like the check does."""
-    orig = exc.orig
+    orig = exc.orig if isinstance(exc, IntegrityError) else exc
     table: str | None
     if getattr(orig, "sqlstate", None) == "23505":  # psycopg: unique_violation
         table = orig.diag.table_name  # type: ignore[union-attr]
@@ -533,6 +534,13 @@ class GroupCommitter:
 
     def _commit(self, batch: list[tuple[Op, _Waiter, bool]],
                 attempt: int = 1) -> list[tuple[_Waiter, Any, BaseException | None]]:
+        if attempt == 1 and not self._db.is_sqlite and len(batch) == 1 and isinstance(op := batch[0][0], Insert) \
+                and len(op.rows) == 1:
+            try:
+                self._insert_alone(op.table, op.rows[0])
+                return [(batch[0][1], None, None)]
+            except Exception:  # noqa: BLE001 - nothing written; SQLAlchemy's way below says what failed, and how
+                pass
         try:
             with self._conn.begin():
                 results = self._write(self._conn, batch)
@@ -542,11 +550,23 @@ class GroupCommitter:
                 return [outcome for item in batch for outcome in self._commit([item])]
             if is_transient(exc) and attempt < TRANSIENT_ATTEMPTS:
                 return self._commit(batch, attempt + 1)  # another node's transaction won: once more
-            if isinstance(exc, IntegrityError) and (conflict := as_conflict(exc)) is not None:
+            if (conflict := as_conflict(exc)) is not None:
                 conflict.__cause__ = exc
                 return [(batch[0][1], None, conflict)]
             return [(batch[0][1], None, exc)]
         return [(waiter, result, None) for (_, waiter, _), result in zip(batch, results, strict=True)]
+
+    def _insert_alone(self, table: Table, row: dict[str, Any]) -> None:
+        """Insert one row on PostgreSQL as a transaction of its own, one round trip: a transaction
+        begun and ended by SQLAlchemy waits for the server at its statement and again at its commit.
+        Errors are the driver's."""
+        raw = self._conn.connection.driver_connection
+        assert raw is not None
+        raw.autocommit = True
+        try:
+            insert_statement(table, frozenset(row), self._conn.dialect).execute(raw.cursor(), row)
+        finally:
+            raw.autocommit = False
 
 
 _Waiter = Future[Any] | asyncio.Future[Any]

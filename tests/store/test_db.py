@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 from sqlalchemy import func, insert, inspect, select, text, update
 
-from modelbay.core.errors import StatusChanged
+from modelbay.core.errors import Conflict, StatusChanged
 from modelbay.core.states import REQUEST, REQUESTS, move
 from modelbay.core.states import RequestStatus as Status
 from modelbay.settings import Settings
 from modelbay.store import db as store_db
-from modelbay.store.db import Database
+from modelbay.store.db import Database, Insert
 from modelbay.store.tables import RequestRow, ServerSecretRow
 from tests.fixtures.server import wait_until
 
@@ -84,6 +84,20 @@ def test_group_commit_makes_every_write_durable_and_isolates_a_failing_one(db: D
         assert session.scalar(select(func.count()).select_from(RequestRow)) == 200
 
 
+def test_an_insert_of_a_row_that_exists_fails_with_a_conflict_alone_or_among_others(db: Database) -> None:
+    # Alone (on PostgreSQL, a row inserted alone is a transaction of its own, in one round trip).
+    db.committer.submit(Insert(REQUESTS, [_row("first")])).result(timeout=30)
+    assert isinstance(db.committer.submit(Insert(REQUESTS, [_row("first")])).exception(timeout=30), Conflict)
+    # Lingering, they wait for each other and share a commit: the others are committed.
+    inserts = [db.committer.submit(Insert(REQUESTS, [_row(f"i{i}")]), linger=True) for i in range(50)]
+    duplicate = db.committer.submit(Insert(REQUESTS, [_row("first")]), linger=True)
+    wait(inserts + [duplicate], timeout=30)
+    assert all(f.exception() is None for f in inserts)
+    assert isinstance(duplicate.exception(), Conflict)
+    with db.read() as session:
+        assert session.scalar(select(func.count()).select_from(RequestRow)) == 51
+
+
 def test_a_transition_is_decided_exactly_once(db: Database) -> None:
     with db.write() as session:
         session.add(_request("r1", "processing"))
@@ -102,7 +116,7 @@ def test_a_transition_that_is_not_allowed_is_refused(db: Database) -> None:
 
 @pytest.mark.postgresql_only("on SQLite the data dir's lock lets one server at a time open the store")
 def test_servers_migrating_one_empty_database_at_once_all_succeed(database_url: str) -> None:
-    migrate = "import sys; from modelbay.store.db import Database; Database(sys.argv[1]).migrate()"
+    migrate = "import sys; from modelbay.store.db import Database, Insert; Database(sys.argv[1]).migrate()"
     processes = [
         subprocess.Popen([sys.executable, "-c", migrate, database_url], stderr=subprocess.PIPE, text=True)
         for _ in range(3)
