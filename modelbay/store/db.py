@@ -534,11 +534,10 @@ class GroupCommitter:
 
     def _commit(self, batch: list[tuple[Op, _Waiter, bool]],
                 attempt: int = 1) -> list[tuple[_Waiter, Any, BaseException | None]]:
-        if attempt == 1 and not self._db.is_sqlite and len(batch) == 1 and isinstance(op := batch[0][0], Insert) \
-                and len(op.rows) == 1:
+        if attempt == 1 and not self._db.is_sqlite and (inserted := _rows_of_one_insert(batch)) is not None:
             try:
-                self._insert_alone(op.table, op.rows[0])
-                return [(batch[0][1], None, None)]
+                self._insert_in_one_statement(*inserted)
+                return [(waiter, None, None) for _, waiter, _ in batch]
             except Exception:  # noqa: BLE001 - nothing written; SQLAlchemy's way below says what failed, and how
                 pass
         try:
@@ -556,20 +555,41 @@ class GroupCommitter:
             return [(batch[0][1], None, exc)]
         return [(waiter, result, None) for (_, waiter, _), result in zip(batch, results, strict=True)]
 
-    def _insert_alone(self, table: Table, row: dict[str, Any]) -> None:
-        """Insert one row on PostgreSQL as a transaction of its own, one round trip: a transaction
-        begun and ended by SQLAlchemy waits for the server at its statement and again at its commit.
-        Errors are the driver's."""
+    def _insert_in_one_statement(self, table: Table, rows: list[dict[str, Any]]) -> None:
+        """Insert rows on PostgreSQL with one statement, a transaction of its own: one round trip,
+        where a transaction begun and ended by SQLAlchemy waits for the server at its first
+        statement and again at its commit. Errors are the driver's."""
         raw = self._conn.connection.driver_connection
         assert raw is not None
         raw.autocommit = True
         try:
-            insert_statement(table, frozenset(row), self._conn.dialect).execute(raw.cursor(), row)
+            insert_statement(table, frozenset(rows[0]), self._conn.dialect).insert_in_one_statement(raw.cursor(), rows)
         finally:
             raw.autocommit = False
 
 
 _Waiter = Future[Any] | asyncio.Future[Any]
+
+#: Most rows one INSERT statement carries (PostgreSQL takes up to 65,535 parameters in a statement;
+#: the widest table has 26 columns).
+ONE_STATEMENT_MAX_ROWS = 1000
+
+
+def _rows_of_one_insert(batch: list[tuple[Op, _Waiter, bool]]) -> tuple[Table, list[dict[str, Any]]] | None:
+    """The table and rows of a batch that only inserts rows of the same columns into one table, no
+    more than one statement takes; else None."""
+    first = batch[0][0]
+    if not isinstance(first, Insert) or not first.rows:
+        return None
+    columns = first.rows[0].keys()
+    rows: list[dict[str, Any]] = []
+    for op, _, _ in batch:
+        if not isinstance(op, Insert) or op.table is not first.table:
+            return None
+        rows.extend(op.rows)
+    if len(rows) > ONE_STATEMENT_MAX_ROWS or any(row.keys() != columns for row in rows):
+        return None
+    return first.table, rows
 
 
 def _nothing(_conn: Connection) -> None:

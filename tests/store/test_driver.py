@@ -40,6 +40,34 @@ def test_a_row_written_on_the_driver_reads_back_as_one_written_by_sqlalchemy(db:
     assert b.priority == 1 and b.input_size == 0 and b.output_size == 0  # the columns' defaults
 
 
+@pytest.mark.postgresql_only("the committer inserts with one statement of many rows on PostgreSQL")
+def test_rows_inserted_with_one_statement_read_back_as_ones_written_by_sqlalchemy(db: Database) -> None:
+    # Given the same rows, once through SQLAlchemy and once as one INSERT of many rows on the driver
+    rows = [_row(f"{n}", priority=n % 3, started_at=datetime(2026, 1, 2, 3, 4, n, tzinfo=UTC)) for n in range(7)]
+    with db.write() as session:
+        session.execute(insert(REQUESTS), [{**row, "id": f"sqlalchemy-{row['id']}"} for row in rows])
+    with db.writer_connection() as conn, conn.begin():
+        statement = insert_statement(REQUESTS, frozenset(rows[0]), conn.dialect)
+        statement.insert_in_one_statement(driver_cursor(conn), [{**row, "id": f"driver-{row['id']}"} for row in rows])
+
+    # Then each reads back the same, column by column, defaults applied
+    columns = [c.key for c in REQUESTS.columns if c.key != "id"]
+    with db.read() as session:
+        for n in range(7):
+            a, b = session.get(RequestRow, f"sqlalchemy-{n}"), session.get(RequestRow, f"driver-{n}")
+            assert a is not None and b is not None
+            assert {c: getattr(b, c) for c in columns} == {c: getattr(a, c) for c in columns}
+            assert b.priority == n % 3 and b.input_size == 0 and b.data == b'{"x": 1}'
+
+
+def test_inserts_sharing_a_commit_all_land(db: Database) -> None:
+    futures = [db.committer.submit(Insert(REQUESTS, [_row(f"r{n}"), _row(f"s{n}")]), linger=True) for n in range(40)]
+    for future in futures:
+        future.result(timeout=10)
+    with db.read() as session:
+        assert len(session.scalars(select(RequestRow.id)).all()) == 80
+
+
 def test_inserts_of_one_commit_with_different_columns_all_land(db: Database) -> None:
     committer = db.committer
     futures = [committer.submit(Insert(REQUESTS, [_row("a")])), committer.submit(Insert(REQUESTS, [_row("b", priority=0)]))]
