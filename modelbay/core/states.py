@@ -15,7 +15,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Dialect, Table, bindparam, or_, update
+from sqlalchemy import Connection, Dialect, Table, bindparam, or_, true, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ClauseElement, ColumnElement
 
@@ -305,7 +305,11 @@ def _statement(machine: Machine, columns: frozenset[str], olds: int, fenced: boo
     once per dialect."""
     table = machine.table
     where = [table.c[name] == bindparam(param) for name, param in zip(machine.key, _KEY_PARAMS, strict=False)]
-    where.append(or_(*(table.c.status == bindparam(param) for param in _OLD_PARAMS[:olds])))
+    # The key finds the row, the status only checks it: `IS TRUE` keeps the status out of the
+    # planner's choice of index. Without statistics (a table that grew since PostgreSQL last
+    # analysed it) the planner took an index on the status and walked every row in that status, a
+    # backlog of pending requests for each one moved.
+    where.append(or_(*(table.c.status == bindparam(param) for param in _OLD_PARAMS[:olds])).is_(true()))
     if fenced:
         where.append(table.c.owner == bindparam("_fence"))
     return DriverStatement(

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import func, insert, inspect, select, text, update
 
 from modelbay.core.errors import Conflict, StatusChanged
+from modelbay.core import states
 from modelbay.core.states import REQUEST, REQUESTS, move
 from modelbay.core.states import RequestStatus as Status
 from modelbay.settings import Settings
@@ -96,6 +97,23 @@ def test_an_insert_of_a_row_that_exists_fails_with_a_conflict_alone_or_among_oth
     assert isinstance(duplicate.exception(), Conflict)
     with db.read() as session:
         assert session.scalar(select(func.count()).select_from(RequestRow)) == 51
+
+
+@pytest.mark.postgresql_only("the plans of PostgreSQL's planner")
+def test_a_move_by_key_looks_the_key_up_in_a_table_not_analysed_since_it_grew(db: Database) -> None:
+    # Given a backlog of pending requests inserted since the table was last analysed (the tests' server
+    # runs no autovacuum)
+    db.committer.submit(Insert(REQUESTS, [_row(f"r{i}") for i in range(3000)])).result(timeout=30)
+    # When the statement that moves one of them by its key is planned
+    statement = states._statement(REQUEST, frozenset({"started_at"}), 1, False, db.engine.dialect)
+    params = statement.parameters({"_key0": "r7", "_old0": "pending", "status": "processing",
+                                   "started_at": datetime.now(UTC)})
+    with db.writer_connection() as conn:
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        plan = "\n".join(row[0] for row in raw.execute("EXPLAIN " + statement.sql, params))
+    # Then it looks the key up, rather than walk every pending row of an index on the status
+    assert "Index Scan using requests_pkey" in plan, plan
 
 
 def test_a_transition_is_decided_exactly_once(db: Database) -> None:
