@@ -40,6 +40,10 @@ _MIGRATE_URL_ON_STDIN = "import sys; from modelbay.store.db import Database; Dat
 #: Most writes one group commit carries; bounds the latency of the last writer in a batch.
 GROUP_COMMIT_MAX = 512
 
+#: Most rows the committer inserts with one statement on PostgreSQL (which takes up to 65,535
+#: parameters in a statement; the widest table has 26 columns).
+ONE_STATEMENT_MAX_ROWS = 1000
+
 #: How long a write nobody waits on may wait for others to share its commit, in seconds.
 LINGER_S = 0.01
 
@@ -569,10 +573,6 @@ class GroupCommitter:
 
 
 _Waiter = Future[Any] | asyncio.Future[Any]
-
-#: Most rows one INSERT statement carries (PostgreSQL takes up to 65,535 parameters in a statement;
-#: the widest table has 26 columns).
-ONE_STATEMENT_MAX_ROWS = 1000
 
 
 def _rows_of_one_insert(batch: list[tuple[Op, _Waiter, bool]]) -> tuple[Table, list[dict[str, Any]]] | None:

@@ -61,7 +61,7 @@ class DriverStatement:
 _NAMED_PARAMETER = re.compile(r"%\((\w+)\)s")
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=64)
 def _many_rows(sql: str, count: int) -> tuple[str, list[str]]:
     """`INSERT ... VALUES (%(a)s, %(b)s)` as `INSERT ... VALUES (%s, %s), (%s, %s), ...` for `count`
     rows, and the parameter names in the order of each row's placeholders."""
