@@ -104,7 +104,7 @@ class Target:
 # --- the servers -----------------------------------------------------------------------------
 
 
-#: A database that survives a crash of the machine, as a user's would (the tests' turns this off);
+#: A database that survives a crash of the machine, as a user's would (the tests' cluster does not);
 #: a commit does not wait for its log to reach the disk, as SQLite's does not in WAL mode with
 #: synchronous=NORMAL (a crash may lose the last commits, never the database).
 POSTGRES_SETTINGS = {"fsync": "on", "full_page_writes": "on", "autovacuum": "on", "synchronous_commit": "off"}
