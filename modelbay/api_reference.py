@@ -25,7 +25,8 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from modelbay.core.requests import DIRECT_TIMEOUT_DEFAULT_S, DIRECT_TIMEOUT_MAX_S
@@ -35,6 +36,7 @@ from modelbay.dialects.abeja import services as abeja_services
 from modelbay.dialects.ubiops import direct
 from modelbay.dialects.ubiops.routes import PREFIXES as UBIOPS_PREFIXES
 
+OPENAPI_URL = "/openapi.json"
 DOCS_URL = "/docs"
 REDOC_URL = "/redoc"
 ASSETS_URL = "/docs/assets"
@@ -115,7 +117,8 @@ _METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 def install_api_reference(app: FastAPI) -> None:
     """Serve `/docs` and `/redoc` with local assets and the finished OpenAPI document.
 
-    The app is made with `docs_url=None, redoc_url=None` (FastAPI's own pages load from a CDN)."""
+    The app is made with `docs_url=None, redoc_url=None` (FastAPI's own pages load from a CDN) and
+    `openapi_url=None` (FastAPI's own route makes the document on the event loop)."""
     app.openapi_tags = [
         {"name": tag, "description": description} for tags in TAGS.values() for tag, description in tags.items()
     ]
@@ -129,6 +132,13 @@ def install_api_reference(app: FastAPI) -> None:
 
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to change the document
 
+    async def openapi_document(request: Request) -> JSONResponse:
+        # Made on a worker thread: generating it takes a third of a second of CPU, which would
+        # hold every request the event loop serves meanwhile.
+        return JSONResponse(await run_in_threadpool(app.openapi))
+
+    app.add_route(OPENAPI_URL, openapi_document, include_in_schema=False)
+
     async def redoc_js(request: Request) -> Response:
         return Response(redoc_script(), media_type="text/javascript; charset=utf-8")
 
@@ -139,7 +149,7 @@ def install_api_reference(app: FastAPI) -> None:
     async def swagger_ui(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "").rstrip("/")
         return get_swagger_ui_html(
-            openapi_url=f"{root}{app.openapi_url}",
+            openapi_url=f"{root}{OPENAPI_URL}",
             title=f"{app.title} - Swagger UI",
             swagger_js_url=f"{root}{ASSETS_URL}/swagger-ui-bundle.js",
             swagger_css_url=f"{root}{ASSETS_URL}/swagger-ui.css",
@@ -151,7 +161,7 @@ def install_api_reference(app: FastAPI) -> None:
     async def redoc(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "").rstrip("/")
         return get_redoc_html(
-            openapi_url=f"{root}{app.openapi_url}",
+            openapi_url=f"{root}{OPENAPI_URL}",
             title=f"{app.title} - ReDoc",
             redoc_js_url=f"{root}{ASSETS_URL}/{REDOC_JS}",
             redoc_favicon_url=f"{root}{ASSETS_URL}/favicon.png",

@@ -68,7 +68,7 @@ def create_app(settings: Settings) -> ASGIApp:
             await engine.close()
 
     # FastAPI's own /docs and /redoc load their assets from a CDN: `install_api_reference` serves them.
-    app = FastAPI(title="modelbay", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(title="modelbay", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     # What reaches the app unanswered by a route: a path no route serves.
     app.add_exception_handler(HTTPException, unrouted_handler(MOUNTED_ERRORS, default=ubiops_errors.ERRORS))
 

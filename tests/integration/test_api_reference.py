@@ -27,7 +27,8 @@ DIRECT_REQUEST_PATHS = [
 
 @pytest.fixture(scope="module")
 def document(server: Server) -> dict[str, Any]:
-    response = httpx.get(f"{server.url}/openapi.json")  # no credential: the reference is public
+    # No credential: the reference is public. A long timeout: made on first use, on a loaded machine.
+    response = httpx.get(f"{server.url}/openapi.json", timeout=60)
     assert response.status_code == 200, response.text
     return dict(response.json())
 

@@ -155,7 +155,7 @@ def test_a_restart_on_the_same_data_dir_keeps_the_admin_token_projects_and_built
 
 def test_docs_answers_200(server: Server) -> None:
     docs = httpx.get(f"{server.url}/docs")
-    spec = httpx.get(f"{server.url}/openapi.json")
+    spec = httpx.get(f"{server.url}/openapi.json", timeout=60)  # made on first use
 
     assert docs.status_code == 200
     assert "text/html" in docs.headers["content-type"]
