@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from modelbay.core.activity import COMMIT_SECONDS_BUCKETS, Histogram
 from modelbay.core.errors import Conflict
-from modelbay.store.driver import driver_cursor, insert_statement
+from modelbay.store.driver import DriverStatement, driver_cursor, insert_statement
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -39,10 +39,6 @@ _MIGRATE_URL_ON_STDIN = "import sys; from modelbay.store.db import Database; Dat
 
 #: Most writes one group commit carries; bounds the latency of the last writer in a batch.
 GROUP_COMMIT_MAX = 512
-
-#: Most rows the committer inserts with one statement on PostgreSQL (which takes up to 65,535
-#: parameters in a statement; the widest table has 26 columns).
-ONE_STATEMENT_MAX_ROWS = 1000
 
 #: How long a write nobody waits on may wait for others to share its commit, in seconds.
 LINGER_S = 0.01
@@ -527,20 +523,15 @@ class GroupCommitter:
         """Run a batch's writes in `conn`'s transaction (the inserts on `cursor` when given: the
         driver's, in a transaction begun on it); their results, in order."""
         # Inserts first (they create what later writes in the batch may update).
-        rows: dict[tuple[Table, frozenset[str]], list[dict[str, Any]]] = {}
-        for op, _, _ in batch:
-            if isinstance(op, Insert):
-                for row in op.rows:
-                    rows.setdefault((op.table, frozenset(row)), []).append(row)
-        for (table, columns), table_rows in rows.items():
-            insert_statement(table, columns, conn.dialect).executemany(cursor or driver_cursor(conn), table_rows)
+        for (table, columns), rows in _rows_by_insert(batch).items():
+            insert_statement(table, columns, conn.dialect).executemany(cursor or driver_cursor(conn), rows)
         return [None if isinstance(op, Insert) else op(conn) for op, _, _ in batch]
 
     def _commit(self, batch: list[tuple[Op, _Waiter, bool]],
                 attempt: int = 1) -> list[tuple[_Waiter, Any, BaseException | None]]:
-        if attempt == 1 and not self._db.is_sqlite and (inserted := _rows_of_one_insert(batch)) is not None:
+        if attempt == 1 and (insert := self._one_statement(batch)) is not None:
             try:
-                self._insert_in_one_statement(*inserted)
+                self._insert_on_its_own(*insert)
                 return [(waiter, None, None) for _, waiter, _ in batch]
             except Exception:  # noqa: BLE001 - nothing written; SQLAlchemy's way below says what failed, and how
                 pass
@@ -559,15 +550,28 @@ class GroupCommitter:
             return [(batch[0][1], None, exc)]
         return [(waiter, result, None) for (_, waiter, _), result in zip(batch, results, strict=True)]
 
-    def _insert_in_one_statement(self, table: Table, rows: list[dict[str, Any]]) -> None:
-        """Insert rows on PostgreSQL with one statement, a transaction of its own: one round trip,
-        where a transaction begun and ended by SQLAlchemy waits for the server at its first
-        statement and again at its commit. Errors are the driver's."""
+    def _one_statement(self, batch: list[tuple[Op, _Waiter, bool]]
+                       ) -> tuple[DriverStatement, list[dict[str, Any]]] | None:
+        """The insert and its rows when the batch is inserts that PostgreSQL takes as one statement
+        (rows of the same columns into one table, no more than a statement holds); else None."""
+        if self._db.is_sqlite or not all(isinstance(op, Insert) for op, _, _ in batch):
+            return None
+        inserts = _rows_by_insert(batch)
+        if len(inserts) != 1:
+            return None
+        [((table, columns), rows)] = inserts.items()
+        statement = insert_statement(table, columns, self._conn.dialect)
+        return (statement, rows) if len(rows) <= statement.rows_per_statement else None
+
+    def _insert_on_its_own(self, statement: DriverStatement, rows: list[dict[str, Any]]) -> None:
+        """Run one INSERT statement as a transaction of its own: one round trip, where a transaction
+        begun and ended by SQLAlchemy waits for the server at its BEGIN, its statement and its
+        COMMIT. Errors are the driver's."""
         raw = self._conn.connection.driver_connection
         assert raw is not None
         raw.autocommit = True
         try:
-            insert_statement(table, frozenset(rows[0]), self._conn.dialect).insert_in_one_statement(raw.cursor(), rows)
+            statement.executemany(raw.cursor(), rows)
         finally:
             raw.autocommit = False
 
@@ -575,21 +579,14 @@ class GroupCommitter:
 _Waiter = Future[Any] | asyncio.Future[Any]
 
 
-def _rows_of_one_insert(batch: list[tuple[Op, _Waiter, bool]]) -> tuple[Table, list[dict[str, Any]]] | None:
-    """The table and rows of a batch that only inserts rows of the same columns into one table, no
-    more than one statement takes; else None."""
-    first = batch[0][0]
-    if not isinstance(first, Insert) or not first.rows:
-        return None
-    columns = first.rows[0].keys()
-    rows: list[dict[str, Any]] = []
+def _rows_by_insert(batch: list[tuple[Op, _Waiter, bool]]) -> dict[tuple[Table, frozenset[str]], list[dict[str, Any]]]:
+    """The rows a batch inserts, by table and columns: all rows of one statement."""
+    rows: dict[tuple[Table, frozenset[str]], list[dict[str, Any]]] = {}
     for op, _, _ in batch:
-        if not isinstance(op, Insert) or op.table is not first.table:
-            return None
-        rows.extend(op.rows)
-    if len(rows) > ONE_STATEMENT_MAX_ROWS or any(row.keys() != columns for row in rows):
-        return None
-    return first.table, rows
+        if isinstance(op, Insert):
+            for row in op.rows:
+                rows.setdefault((op.table, frozenset(row)), []).append(row)
+    return rows
 
 
 def _nothing(_conn: Connection) -> None:

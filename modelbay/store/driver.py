@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -31,6 +31,10 @@ class DriverStatement:
         compiled = statement.compile(dialect=dialect)
         self.sql = compiled.string
         self.parameters = _parameters_function(compiled, dialect, defaults or {})
+        #: Rows `executemany` puts in one statement: an INSERT on a driver with named parameters
+        #: (psycopg) takes as many as PostgreSQL's parameter limit allows; else each row is its own.
+        self.rows_per_statement = PARAMETERS_MAX // max(len(compiled.binds), 1) \
+            if compiled.isinsert and not compiled.positional and not compiled.effective_returning else 1
 
     def execute(self, cursor: Any, row: Mapping[str, Any]) -> int:
         """Run it for one row; returns the driver's rowcount."""
@@ -43,20 +47,25 @@ class DriverStatement:
         cursor.execute(self.sql, self.parameters(row))
         return list(cursor.fetchall())
 
-    def executemany(self, cursor: Any, rows: Iterable[Mapping[str, Any]]) -> None:
-        cursor.executemany(self.sql, [self.parameters(row) for row in rows])
+    def executemany(self, cursor: Any, rows: list[Mapping[str, Any]]) -> None:
+        """Run it for each row; an INSERT on psycopg as statements of `rows_per_statement` rows each
+        (psycopg's executemany costs more Python than PostgreSQL spends on the rows, and a
+        statement is one round trip)."""
+        if self.rows_per_statement == 1:
+            cursor.executemany(self.sql, [self.parameters(row) for row in rows])
+            return
+        for start in range(0, len(rows), self.rows_per_statement):
+            part = rows[start:start + self.rows_per_statement]
+            sql, names = _many_rows(self.sql, len(part))
+            values: list[Any] = []
+            for row in part:
+                parameters = self.parameters(row)
+                values.extend([parameters[name] for name in names])
+            cursor.execute(sql, values)
 
-    def insert_in_one_statement(self, cursor: Any, rows: list[Mapping[str, Any]]) -> None:
-        """Run an INSERT of one row for every row, as one statement of many rows (a driver with
-        named parameters: psycopg). psycopg's executemany costs more Python than PostgreSQL spends
-        on the rows, and a statement is one round trip."""
-        sql, names = _many_rows(self.sql, len(rows))
-        values: list[Any] = []
-        for row in rows:
-            parameters = self.parameters(row)
-            values.extend([parameters[name] for name in names])
-        cursor.execute(sql, values)
 
+#: Most parameters one PostgreSQL statement takes.
+PARAMETERS_MAX = 65_535
 
 _NAMED_PARAMETER = re.compile(r"%\((\w+)\)s")
 
@@ -134,7 +143,8 @@ def insert_statement(table: Table, columns: frozenset[str], dialect: Dialect) ->
         elif default.is_callable:
             defaults[column.key] = lambda make=default.arg: make(None)  # type: ignore[attr-defined]
     names = sorted(columns | defaults.keys())
-    return DriverStatement(insert(table).values({name: bindparam(name) for name in names}), dialect, defaults)
+    # inline(): no `RETURNING id` for an autoincrement key on PostgreSQL, which nobody here reads.
+    return DriverStatement(insert(table).inline().values({name: bindparam(name) for name in names}), dialect, defaults)
 
 
 def insert_rows(conn: Connection, table: Table, rows: list[Mapping[str, Any]]) -> None:

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from sqlalchemy import func, insert, inspect, select, text, update
 
-from modelbay.core.errors import Conflict, StatusChanged
 from modelbay.core import states
+from modelbay.core.errors import Conflict, StatusChanged
 from modelbay.core.states import REQUEST, REQUESTS, move
 from modelbay.core.states import RequestStatus as Status
 from modelbay.settings import Settings
@@ -134,7 +134,7 @@ def test_a_transition_that_is_not_allowed_is_refused(db: Database) -> None:
 
 @pytest.mark.postgresql_only("on SQLite the data dir's lock lets one server at a time open the store")
 def test_servers_migrating_one_empty_database_at_once_all_succeed(database_url: str) -> None:
-    migrate = "import sys; from modelbay.store.db import Database, Insert; Database(sys.argv[1]).migrate()"
+    migrate = "import sys; from modelbay.store.db import Database; Database(sys.argv[1]).migrate()"
     processes = [
         subprocess.Popen([sys.executable, "-c", migrate, database_url], stderr=subprocess.PIPE, text=True)
         for _ in range(3)

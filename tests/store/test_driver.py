@@ -6,8 +6,8 @@ from sqlalchemy import insert, select
 from modelbay.core.clock import as_utc
 from modelbay.core.states import REQUESTS
 from modelbay.store.db import Database, Insert
-from modelbay.store.driver import driver_cursor, insert_statement
-from modelbay.store.tables import RequestRow
+from modelbay.store.driver import driver_cursor, insert_rows, insert_statement
+from modelbay.store.tables import LogLineRow, RequestRow
 
 
 CREATED = datetime(2026, 11, 22, 10, 30, 15, 123456, tzinfo=UTC)
@@ -40,7 +40,7 @@ def test_a_row_written_on_the_driver_reads_back_as_one_written_by_sqlalchemy(db:
     assert b.priority == 1 and b.input_size == 0 and b.output_size == 0  # the columns' defaults
 
 
-@pytest.mark.postgresql_only("the committer inserts with one statement of many rows on PostgreSQL")
+@pytest.mark.postgresql_only("an INSERT runs as statements of many rows on PostgreSQL, of one row on SQLite")
 def test_rows_inserted_with_one_statement_read_back_as_ones_written_by_sqlalchemy(db: Database) -> None:
     # Given the same rows, once through SQLAlchemy and once as one INSERT of many rows on the driver
     rows = [_row(f"{n}", priority=n % 3, started_at=datetime(2026, 1, 2, 3, 4, n, tzinfo=UTC)) for n in range(7)]
@@ -48,7 +48,7 @@ def test_rows_inserted_with_one_statement_read_back_as_ones_written_by_sqlalchem
         session.execute(insert(REQUESTS), [{**row, "id": f"sqlalchemy-{row['id']}"} for row in rows])
     with db.writer_connection() as conn, conn.begin():
         statement = insert_statement(REQUESTS, frozenset(rows[0]), conn.dialect)
-        statement.insert_in_one_statement(driver_cursor(conn), [{**row, "id": f"driver-{row['id']}"} for row in rows])
+        statement.executemany(driver_cursor(conn), [{**row, "id": f"driver-{row['id']}"} for row in rows])
 
     # Then each reads back the same, column by column, defaults applied
     columns = [c.key for c in REQUESTS.columns if c.key != "id"]
@@ -58,6 +58,22 @@ def test_rows_inserted_with_one_statement_read_back_as_ones_written_by_sqlalchem
             assert a is not None and b is not None
             assert {c: getattr(b, c) for c in columns} == {c: getattr(a, c) for c in columns}
             assert b.priority == n % 3 and b.input_size == 0 and b.data == b'{"x": 1}'
+
+
+def test_rows_into_a_table_with_an_autoincrement_key_land_in_order_over_several_statements(db: Database) -> None:
+    # Given more log lines than one statement holds (the key is the database's: no RETURNING read)
+    with db.writer_connection() as conn:
+        per_statement = insert_statement(LogLineRow.__table__, frozenset({"owner_id", "time", "message"}),
+                                         conn.dialect).rows_per_statement
+    count = 2 * per_statement + 1 if per_statement > 1 else 3
+    lines = [{"owner_id": "run", "time": CREATED, "message": f"line {n}"} for n in range(count)]
+    with db.writer_connection() as conn, conn.begin():
+        insert_rows(conn, LogLineRow.__table__, lines)
+
+    # Then every line is there, its key in the order written
+    with db.read() as session:
+        messages = session.scalars(select(LogLineRow.message).order_by(LogLineRow.id)).all()
+    assert messages == [f"line {n}" for n in range(count)]
 
 
 def test_inserts_sharing_a_commit_all_land(db: Database) -> None:
