@@ -518,7 +518,9 @@ def _claim_statement(dialect: Dialect) -> DriverStatement:
     claim = (update(table).where(table.c.id.in_(oldest.scalar_subquery())).values(owner=bindparam("owner"))
              .returning(table.c.id, table.c.data, table.c.data_key, table.c.timeout, table.c.priority,
                         table.c.created_at))
-    return DriverStatement(claim, dialect)
+    # Planned at each run: a plan kept from the first claims, on a table then nearly empty, sorted
+    # every pending row by a walk of the index on the status (~17 ms a claim at a 20,000 backlog).
+    return DriverStatement(claim, dialect, planned_each_run=True)
 
 
 def _log_failure(future: Any) -> None:

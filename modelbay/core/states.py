@@ -11,11 +11,11 @@ from __future__ import annotations
 import enum
 import functools
 import itertools
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Dialect, Table, bindparam, or_, true, update
+from sqlalchemy import Connection, Dialect, Table, bindparam, cast, column, or_, true, update, values
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ClauseElement, ColumnElement
 
@@ -244,10 +244,7 @@ def move(conn: Connection | Session, machine: Machine, key: Any, old: Any, new: 
     """
     single = isinstance(old, enum.Enum)
     olds = (old,) if single else tuple(old)
-    for status in olds:
-        for before, after in itertools.pairwise((status, *via, new)):
-            if after not in machine.allowed[before]:
-                raise IllegalMove(machine.name, before.value, after.value)
+    _check_allowed(machine, olds, via, new)
     if machine.stamp is not None and machine.stamp not in values:
         values[machine.stamp] = utcnow()
     connection = conn.connection() if isinstance(conn, Session) else conn
@@ -266,6 +263,62 @@ def move(conn: Connection | Session, machine: Machine, key: Any, old: Any, new: 
     if moved == 0 and single:
         raise StatusChanged(str(key), old.value)
     return moved
+
+
+def _check_allowed(machine: Machine, olds: tuple[Any, ...], via: Sequence[Any], new: Any) -> None:
+    for status in olds:
+        for before, after in itertools.pairwise((status, *via, new)):
+            if after not in machine.allowed[before]:
+                raise IllegalMove(machine.name, before.value, after.value)
+
+
+class Move:
+    """One row's compare-and-set move from `old` to `new`, as a write for the committer
+    (`store.db.GroupCommitter`).
+
+    Alone it is `move()`; when the row is no longer in `old` its result is `otherwise`'s (run in
+    the same transaction), or it raises `StatusChanged`. Its result is `new` when the row moved.
+    On PostgreSQL, moves next to each other in a batch with the same `joins` (machine, statuses,
+    columns written, fenced or not) run as one statement for all their rows (`run_joined`): one
+    round trip, where each alone is one."""
+
+    __slots__ = ("machine", "key", "old", "new", "values", "fence", "otherwise", "joins")
+
+    def __init__(self, machine: Machine, key: Any, old: Any, new: Any, values: dict[str, Any], *,
+                 fence: str | None = None, otherwise: Callable[[Connection], Any] | None = None) -> None:
+        self.machine, self.key, self.old, self.new, self.values = machine, key, old, new, values
+        self.fence, self.otherwise = fence, otherwise
+        joinable = len(machine.key) == 1 and type(key) is not dict and _plain(values)
+        self.joins = (machine, old, new, frozenset(values), fence is not None) if joinable else None
+
+    def __call__(self, conn: Connection) -> Any:
+        try:
+            move(conn, self.machine, self.key, self.old, self.new, fence=self.fence, **self.values)
+        except StatusChanged:
+            return self._not_moved(conn)
+        return self.new
+
+    def _not_moved(self, conn: Connection) -> Any:
+        if self.otherwise is None:
+            raise StatusChanged(str(self.key), self.old.value)
+        return self.otherwise(conn)
+
+    @staticmethod
+    def run_joined(conn: Connection, moves: list[Move]) -> list[Any]:
+        """Run moves of one `joins` as statements of many rows; each move's result, in order."""
+        if len({m.key for m in moves}) < len(moves):  # a row moved twice: the second sees the first
+            return [m(conn) for m in moves]
+        machine, old, new, columns, fenced = moves[0].joins  # type: ignore[misc]
+        _check_allowed(machine, (old,), (), new)
+        stamp = {machine.stamp: utcnow()} if machine.stamp is not None and machine.stamp not in columns else {}
+        statement = _joined_statement(machine, columns | frozenset(stamp), fenced, conn.dialect)
+        cursor = driver_cursor(conn)
+        moved: set[Any] = set()
+        for start in range(0, len(moves), statement.rows_max):
+            rows = [{**stamp, **m.values, "_key0": m.key, "_old0": old.value, "status": new.value, "_fence": m.fence}
+                    for m in moves[start:start + statement.rows_max]]
+            moved.update(row[0] for row in statement.fetch_many(cursor, rows))
+        return [new if m.key in moved else m._not_moved(conn) for m in moves]
 
 
 def _plain(values: dict[str, Any]) -> bool:
@@ -289,6 +342,30 @@ def _update(connection: Connection, machine: Machine, key: Any, olds: tuple[Any,
     if fence is not None:
         where.append(table.c.owner == fence)
     return int(connection.execute(update(table).where(*where).values(status=new.value, **values)).rowcount)
+
+
+@functools.cache
+def _joined_statement(machine: Machine, columns: frozenset[str], fenced: bool, dialect: Dialect) -> DriverStatement:
+    """The compare-and-set UPDATE on PostgreSQL of many rows of a one-column key, each from its
+    `_old0` status, writing `columns`: `UPDATE … FROM (VALUES (…)) AS v … RETURNING key`, with one
+    row of VALUES (`DriverStatement.fetch_many` repeats it), compiled once."""
+    table = machine.table
+    [key] = machine.key
+    names = ["_key0", "_old0", "status", *sorted(columns), *(["_fence"] if fenced else [])]
+    types = {"_key0": table.c[key].type, "_old0": table.c.status.type, "_fence": table.c.owner.type}
+    types |= {name: table.c[name].type for name in names if name not in types}
+    # PostgreSQL types a VALUES column by its values (a NULL one as text): each is cast to its column's.
+    row = [cast(bindparam(name, type_=types[name]), types[name]) for name in names]
+    given = values(*(column(name, types[name]) for name in names), name="v").data([tuple(row)])
+    where = [table.c[key] == given.c._key0, (table.c.status == given.c._old0).is_(true())]
+    if fenced:
+        where.append(table.c.owner == given.c._fence)
+    return DriverStatement(
+        update(table).where(*where)
+        .values(status=given.c.status, **{name: given.c[name] for name in sorted(columns)})
+        .returning(table.c[key]),
+        dialect,
+    )
 
 
 def _is_collection(value: Any) -> bool:

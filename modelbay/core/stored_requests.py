@@ -24,9 +24,9 @@ from modelbay.core.errors import InvalidInput, NotFound, StatusChanged
 from modelbay.core.nodes import NODES, owned_by
 from modelbay.core.payloads import Payloads, named_keys
 from modelbay.core.states import REQUEST_TERMINAL as TERMINAL
-from modelbay.core.states import Machine, move
+from modelbay.core.states import Machine, Move, move
 from modelbay.core.states import RequestStatus as Status
-from modelbay.store.db import Database
+from modelbay.store.db import Database, Write
 
 #: Most requests one batch call may create, collect, cancel or delete.
 MAX_BATCH = 250
@@ -213,33 +213,30 @@ class StoredRequests:
     # --- status ----------------------------------------------------------------------------
 
     def _finish(self, request_id: str, running: Status, status: Status, values: dict[str, Any],
-                fence: str | None = None) -> Callable[[Connection], Status | None]:
+                fence: str | None = None) -> Write:
         """The write that ends a request that was `running` with `status` and `values`; a cancel that
         came first wins (then its times and logs are written, not its result). Returns the status
         written, or None when the request is gone (deleted meanwhile, or given back: `fence` is
         the node that must still own it)."""
 
-        def finish(conn: Connection) -> Status | None:
-            if status is not Status.CANCELLED:
-                try:
-                    move(conn, self.machine, request_id, running, status, fence=fence, **values)
-                    return status
-                except StatusChanged:
-                    pass
-            elif running is Status.PROCESSING:  # stopped before its cancel was recorded
+        def cancelled(conn: Connection) -> Status | None:
+            if status is Status.CANCELLED and running is Status.PROCESSING:  # stopped before its cancel was recorded
                 with contextlib.suppress(StatusChanged):
                     move(conn, self.machine, request_id, running, Status.CANCELLED_PENDING, fence=fence)
-            cancelled = {"finished_at": utcnow(), **values, "error_message": None}
-            cancelled.pop("result", None)
-            cancelled.pop("result_key", None)
+            written = {"finished_at": utcnow(), **values, "error_message": None}
+            written.pop("result", None)
+            written.pop("result_key", None)
             try:
                 move(conn, self.machine, request_id, Status.CANCELLED_PENDING, Status.CANCELLED, fence=fence,
-                     **cancelled)
+                     **written)
                 return Status.CANCELLED
             except StatusChanged:
                 return None  # deleted meanwhile, or cancelled while still pending
 
-        return finish
+        if status is Status.CANCELLED:
+            return cancelled
+        # A finish of many requests at once is one statement (the committer joins their moves).
+        return Move(self.machine, request_id, running, status, values, fence=fence, otherwise=cancelled)
 
     # --- reading ---------------------------------------------------------------------------
 

@@ -11,12 +11,12 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from sqlalchemy import Connection, Engine, Select, Table, create_engine, event, inspect, text
@@ -274,7 +274,20 @@ class Insert:
     rows: list[dict[str, Any]]
 
 
-Op = Write | Insert
+class Joinable(Protocol):
+    """A write the committer runs together with the writes next to it in a batch that have the same
+    `joins` (not None): one statement for all, where each alone would be one (`core.states.Move`)."""
+
+    joins: Hashable | None
+
+    def __call__(self, conn: Connection) -> Any: ...
+
+    @staticmethod
+    def run_joined(conn: Connection, writes: list[Any]) -> list[Any]:
+        """Run `writes` (of one `joins`) in `conn`'s transaction; their results, in order."""
+
+
+Op = Write | Insert | Joinable
 
 
 class GroupCommitter:
@@ -525,7 +538,23 @@ class GroupCommitter:
         # Inserts first (they create what later writes in the batch may update).
         for (table, columns), rows in _rows_by_insert(batch).items():
             insert_statement(table, columns, conn.dialect).executemany(cursor or driver_cursor(conn), rows)
-        return [None if isinstance(op, Insert) else op(conn) for op, _, _ in batch]
+        # On PostgreSQL, writes that join run as one statement (one round trip); on SQLite, where a
+        # statement is no round trip, each runs alone.
+        sqlite = conn.dialect.name == "sqlite"
+        results: list[Any] = []
+        start = 0
+        while start < len(batch):
+            op = batch[start][0]
+            end = start + 1
+            if not sqlite and (joins := getattr(op, "joins", None)) is not None:
+                while end < len(batch) and getattr(batch[end][0], "joins", None) == joins:
+                    end += 1
+            if end - start > 1:
+                results += op.run_joined(conn, [item[0] for item in batch[start:end]])  # type: ignore[union-attr]
+            else:
+                results.append(None if isinstance(op, Insert) else op(conn))
+            start = end
+        return results
 
     def _commit(self, batch: list[tuple[Op, _Waiter, bool]],
                 attempt: int = 1) -> list[tuple[_Waiter, Any, BaseException | None]]:

@@ -10,6 +10,7 @@ to the DBAPI cursor, inside the transaction the SQLAlchemy connection already ho
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -23,28 +24,39 @@ from sqlalchemy.types import TypeEngine
 
 
 class DriverStatement:
-    """One statement, compiled for one dialect; `execute` takes rows as mappings of parameter names."""
+    """One statement, compiled for one dialect; `execute` takes rows as mappings of parameter names.
+
+    `planned_each_run`: PostgreSQL plans it anew at each run, never from a plan kept since an earlier
+    one. psycopg prepares a statement run a few times, and PostgreSQL may then keep a plan made
+    while its tables were nearly empty (unanalysed: before autovacuum's first pass), which a
+    statement whose best plan depends on their size (a claim over a growing backlog) must not."""
 
     def __init__(
-        self, statement: ClauseElement, dialect: Dialect, defaults: Mapping[str, Callable[[], Any]] | None = None
+        self, statement: ClauseElement, dialect: Dialect, defaults: Mapping[str, Callable[[], Any]] | None = None,
+        *, planned_each_run: bool = False,
     ) -> None:
         compiled = statement.compile(dialect=dialect)
         self.sql = compiled.string
         self.parameters = _parameters_function(compiled, dialect, defaults or {})
+        self._positional = compiled.positional
+        self._options = {"prepare": False} if planned_each_run and dialect.name == "postgresql" else {}
+        #: Most rows a statement of many rows (`fetch_many`, `executemany`) takes: the driver's
+        #: limit of parameters in a statement, shared among each row's.
+        self.rows_max = PARAMETERS_MAX[dialect.name] // max(len(compiled.binds), 1)
         #: Rows `executemany` puts in one statement: an INSERT on a driver with named parameters
-        #: (psycopg) takes as many as PostgreSQL's parameter limit allows; else each row is its own.
-        self.rows_per_statement = PARAMETERS_MAX // max(len(compiled.binds), 1) \
+        #: (psycopg) as many as a statement takes; else each row is its own.
+        self.rows_per_statement = self.rows_max \
             if compiled.isinsert and not compiled.positional and not compiled.effective_returning else 1
 
     def execute(self, cursor: Any, row: Mapping[str, Any]) -> int:
         """Run it for one row; returns the driver's rowcount."""
-        cursor.execute(self.sql, self.parameters(row))
+        cursor.execute(self.sql, self.parameters(row), **self._options)
         return int(cursor.rowcount)
 
     def rows(self, cursor: Any, row: Mapping[str, Any]) -> list[Any]:
         """Run it for one row and fetch what it returns (a SELECT, or a statement with RETURNING),
         as the driver gives it: no result processing (SQLite's times stay text)."""
-        cursor.execute(self.sql, self.parameters(row))
+        cursor.execute(self.sql, self.parameters(row), **self._options)
         return list(cursor.fetchall())
 
     def executemany(self, cursor: Any, rows: list[Mapping[str, Any]]) -> None:
@@ -55,28 +67,63 @@ class DriverStatement:
             cursor.executemany(self.sql, [self.parameters(row) for row in rows])
             return
         for start in range(0, len(rows), self.rows_per_statement):
-            part = rows[start:start + self.rows_per_statement]
-            sql, names = _many_rows(self.sql, len(part))
-            values: list[Any] = []
-            for row in part:
-                parameters = self.parameters(row)
-                values.extend([parameters[name] for name in names])
+            self._execute_many(cursor, rows[start:start + self.rows_per_statement])
+
+    def fetch_many(self, cursor: Any, rows: list[Mapping[str, Any]]) -> list[Any]:
+        """Run it once for all `rows` (no more than `rows_max`), its one row of VALUES repeated for
+        each, and fetch what it returns as the driver gives it."""
+        return list(self._execute_many(cursor, rows).fetchall())
+
+    def _execute_many(self, cursor: Any, rows: list[Mapping[str, Any]]) -> Any:
+        """Run it once for all `rows`; the cursor it ran on."""
+        sql, names = _many_rows(self.sql, len(rows))
+        values: list[Any] = []
+        if self._positional:
+            for row in rows:
+                values.extend(self.parameters(row))
             cursor.execute(sql, values)
+            return cursor
+        for row in rows:
+            parameters = self.parameters(row)
+            values.extend([parameters[name] for name in names])
+        # psycopg: a raw cursor takes PostgreSQL's own `$n` placeholders as they are, where a cursor
+        # parses the text for its `%s` (in Python, for every statement this long).
+        raw = _raw_cursor(cursor.connection)
+        raw.execute(sql, values)
+        return raw
 
 
-#: Most parameters one PostgreSQL statement takes.
-PARAMETERS_MAX = 65_535
+def _raw_cursor(connection: Any) -> Any:
+    from psycopg import RawCursor  # the postgres extra: only a store on PostgreSQL gets here
+
+    return RawCursor(connection)
+
+
+#: Most parameters one statement takes: PostgreSQL's limit, and SQLite's (SQLITE_MAX_VARIABLE_NUMBER
+#: as built by default since 3.32).
+PARAMETERS_MAX = {"postgresql": 65_535, "sqlite": 32_766}
 
 _NAMED_PARAMETER = re.compile(r"%\((\w+)\)s")
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=1024)
 def _many_rows(sql: str, count: int) -> tuple[str, list[str]]:
-    """`INSERT ... VALUES (%(a)s, %(b)s)` as `INSERT ... VALUES (%s, %s), (%s, %s), ...` for `count`
-    rows, and the parameter names in the order of each row's placeholders."""
-    head, values = sql.split(" VALUES ", 1)
-    row = _NAMED_PARAMETER.sub("%s", values)
-    return f"{head} VALUES {', '.join([row] * count)}", _NAMED_PARAMETER.findall(values)
+    """`... VALUES (%(a)s, %(b)s) ...` as `... VALUES ($1, $2), ($3, $4), ... ...` for `count` rows,
+    and the parameter names in the order of each row's placeholders (`?` placeholders stay as
+    they are, and there are no names)."""
+    head, rest = sql.split("VALUES ", 1)
+    depth = 0
+    for end, char in enumerate(rest):  # the row ends where its parentheses close (casts nest)
+        depth += (char == "(") - (char == ")")
+        if depth == 0:
+            break
+    row, tail = rest[:end + 1], rest[end + 1:]
+    names = _NAMED_PARAMETER.findall(row)
+    if not names:
+        return f"{head}VALUES {', '.join([row] * count)}{tail}", names
+    numbers = itertools.count(1)
+    rows = ", ".join(_NAMED_PARAMETER.sub(lambda _: f"${next(numbers)}", row) for _ in range(count))
+    return f"{head}VALUES {rows}{tail}", names
 
 
 def _parameters_function(compiled: Compiled, dialect: Dialect,

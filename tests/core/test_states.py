@@ -196,7 +196,8 @@ class StatusWrites:
             return
         table, where = match[1], match[3] or ""
         self.tables.append(table)
-        from_move = any(frame.filename == str(STATES) and frame.name == "move" for frame in traceback.extract_stack())
+        from_move = any(frame.filename == str(STATES) and frame.name in ("move", "run_joined")
+                        for frame in traceback.extract_stack())
         compares = re.search(rf"\b{table}\.status\s*(=|IN\b)", where, re.IGNORECASE)
         if not (from_move and compares):
             self.stray.append(sql)
@@ -219,8 +220,15 @@ def status_writes(monkeypatch: pytest.MonkeyPatch) -> Iterator[StatusWrites]:
         writes.seen(self.sql)
         executemany(self, cursor, rows)
 
+    fetch_many = driver.DriverStatement.fetch_many
+
+    def driver_fetch_many(self: driver.DriverStatement, cursor: Any, rows: Any) -> list[Any]:
+        writes.seen(self.sql)
+        return fetch_many(self, cursor, rows)
+
     monkeypatch.setattr(driver.DriverStatement, "execute", driver_execute)
     monkeypatch.setattr(driver.DriverStatement, "executemany", driver_executemany)
+    monkeypatch.setattr(driver.DriverStatement, "fetch_many", driver_fetch_many)
     event.listen(SqlEngine, "before_cursor_execute", on_execute)
     try:
         yield writes

@@ -4,7 +4,10 @@ import pytest
 from sqlalchemy import insert, select
 
 from modelbay.core.clock import as_utc
-from modelbay.core.states import REQUESTS
+from modelbay.core.errors import StatusChanged
+from modelbay.core.requests import _claim_statement
+from modelbay.core.states import REQUEST, REQUESTS, move
+from modelbay.core.states import RequestStatus as Status
 from modelbay.store.db import Database, Insert
 from modelbay.store.driver import driver_cursor, insert_rows, insert_statement
 from modelbay.store.tables import LogLineRow, RequestRow
@@ -119,3 +122,21 @@ def test_times_and_bytes_are_stored_as_the_same_text_as_sqlalchemy_writes(db: Da
     assert stored["driver-1"][0] == "2026-01-02 03:04:05.000000"
     assert stored["driver-2"][0] == "0999-12-31 23:59:59.000001"
     assert stored["driver-0"][3] == "blob"
+
+
+@pytest.mark.postgresql_only("psycopg prepares statements on PostgreSQL; SQLite plans each anyway")
+def test_a_claim_is_planned_at_each_run_where_other_statements_are_prepared(db: Database) -> None:
+    # Given a claim of pending requests and a move by key, each run more often than psycopg takes
+    # to prepare a statement
+    with db.writer_connection() as conn, conn.begin():
+        for _ in range(8):
+            _claim_statement(conn.dialect).rows(driver_cursor(conn), {"owner": "n", "version_id": "v", "limit": 8,
+                                                                      "offset": 0})
+            with pytest.raises(StatusChanged):
+                move(conn, REQUEST, "none", Status.PENDING, Status.PROCESSING, fence="n")
+        prepared = conn.exec_driver_sql("SELECT statement FROM pg_prepared_statements").scalars().all()
+
+    # Then the move runs a plan PostgreSQL keeps, and the claim never does: its best plan changes
+    # as the backlog grows
+    assert any(statement.startswith("UPDATE requests SET status") for statement in prepared), prepared
+    assert not any("SKIP LOCKED" in statement for statement in prepared), prepared

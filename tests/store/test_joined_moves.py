@@ -1,0 +1,135 @@
+"""Moves of many rows joined into one statement on PostgreSQL (`states.Move.run_joined`), where it
+saves a round trip per row; the committer joins them there, and runs each alone on SQLite."""
+
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import insert, select
+
+from modelbay.core.clock import as_utc
+from modelbay.core.errors import IllegalMove
+from modelbay.core.states import REQUEST, REQUESTS, Move
+from modelbay.core.states import RequestStatus as Status
+from modelbay.store import driver
+from modelbay.store.db import Database
+from modelbay.store.tables import RequestRow
+
+FINISHED = datetime(2026, 12, 2, 8, 30, 15, 123456, tzinfo=UTC)
+
+
+def _requests(db: Database, rows: dict[str, tuple[str, str]]) -> None:
+    """Requests by id: (status, owner)."""
+    with db.write() as session:
+        session.execute(insert(REQUESTS), [
+            {"id": request_id, "project_id": "p", "deployment_id": "d", "version_id": "v", "mode": "batch",
+             "status": status, "owner": owner, "timeout": 60, "created_at": FINISHED}
+            for request_id, (status, owner) in rows.items()])
+
+
+def _read(db: Database) -> dict[str, RequestRow]:
+    with db.read() as session:
+        return {row.id: row for row in session.scalars(select(RequestRow))}
+
+
+class Statements:
+    """Counts the driver statements run: one joined for many rows, or one per row."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.alone = self.joined = 0
+        execute, fetch_many = driver.DriverStatement.execute, driver.DriverStatement.fetch_many
+
+        def counted_execute(statement: driver.DriverStatement, cursor: Any, row: Any) -> int:
+            self.alone += 1
+            return execute(statement, cursor, row)
+
+        def counted_fetch_many(statement: driver.DriverStatement, cursor: Any, rows: Any) -> list[Any]:
+            self.joined += 1
+            return fetch_many(statement, cursor, rows)
+
+        monkeypatch.setattr(driver.DriverStatement, "execute", counted_execute)
+        monkeypatch.setattr(driver.DriverStatement, "fetch_many", counted_fetch_many)
+
+
+def _finish(request_id: str, result: bytes | None, fence: str = "here") -> Move:
+    return Move(REQUEST, request_id, Status.PROCESSING, Status.COMPLETED,
+                {"result": result, "output_size": len(result or b""), "finished_at": FINISHED, "error_message": None},
+                fence=fence, otherwise=lambda _conn: f"not moved: {request_id}")
+
+
+@pytest.mark.postgresql_only("moves are joined on PostgreSQL, where each statement is a round trip")
+def test_joined_moves_write_each_row_in_one_statement_and_the_rows_not_moved_take_their_other_way(
+        db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given requests this node runs, one cancelled meanwhile and one given back to another node
+    _requests(db, {"a": ("processing", "here"), "b": ("processing", "here"), "c": ("processing", "here"),
+                   "cancelled": ("cancelled_pending", "here"), "given-back": ("processing", "other")})
+    statements = Statements(monkeypatch)
+    moves = [_finish("a", b'{"y": 1}'), _finish("cancelled", b"2"), _finish("b", None), _finish("given-back", b"3"),
+             _finish("c", b"")]
+
+    with db.writer_connection() as conn, conn.begin():
+        results = Move.run_joined(conn, moves)
+
+    # Then the rows still running here moved in one statement, each with its own values
+    assert results == [Status.COMPLETED, "not moved: cancelled", Status.COMPLETED, "not moved: given-back",
+                       Status.COMPLETED]
+    assert (statements.joined, statements.alone) == (1, 0)
+    rows = _read(db)
+    assert {request_id: row.status for request_id, row in rows.items()} == {
+        "a": "completed", "b": "completed", "c": "completed", "cancelled": "cancelled_pending",
+        "given-back": "processing"}
+    assert (rows["a"].result, rows["b"].result, rows["c"].result) == (b'{"y": 1}', None, b"")
+    assert (rows["a"].output_size, rows["b"].output_size) == (8, 0)
+    assert as_utc(rows["a"].finished_at) == FINISHED and rows["given-back"].finished_at is None
+
+
+@pytest.mark.postgresql_only("moves are joined on PostgreSQL, where each statement is a round trip")
+def test_joined_moves_of_only_empty_values_write_them(db: Database) -> None:
+    # Given finishes whose result is NULL in every row (PostgreSQL types such a VALUES column as text)
+    _requests(db, {"a": ("processing", "here"), "b": ("processing", "here")})
+    with db.writer_connection() as conn, conn.begin():
+        assert Move.run_joined(conn, [_finish("a", None), _finish("b", None)]) == [Status.COMPLETED] * 2
+    assert [(row.status, row.result) for row in _read(db).values()] == [("completed", None)] * 2
+
+
+@pytest.mark.postgresql_only("moves are joined on PostgreSQL, where each statement is a round trip")
+def test_a_row_moved_twice_among_joined_moves_moves_once_and_the_second_sees_the_first(db: Database) -> None:
+    _requests(db, {"a": ("processing", "here"), "b": ("processing", "here")})
+    with db.writer_connection() as conn, conn.begin():
+        results = Move.run_joined(conn, [_finish("a", b"1"), _finish("b", b"2"), _finish("a", b"3")])
+    assert results == [Status.COMPLETED, Status.COMPLETED, "not moved: a"]
+    assert _read(db)["a"].result == b"1"
+
+
+@pytest.mark.postgresql_only("moves are joined on PostgreSQL, where each statement is a round trip")
+def test_joined_moves_the_machine_does_not_allow_write_nothing(db: Database) -> None:
+    _requests(db, {"a": ("completed", "here"), "b": ("completed", "here")})
+    moves = [Move(REQUEST, key, Status.COMPLETED, Status.PROCESSING, {}) for key in ("a", "b")]
+    with pytest.raises(IllegalMove), db.writer_connection() as conn, conn.begin():
+        Move.run_joined(conn, moves)
+    assert {row.status for row in _read(db).values()} == {"completed"}
+
+
+def test_the_committer_joins_the_moves_next_to_each_other_in_a_commit_on_postgresql(
+        db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given 40 finishes queued at once, with a write of another kind among them
+    _requests(db, {f"r{n}": ("processing", "here") for n in range(40)})
+    statements = Statements(monkeypatch)
+    committer = db.committer
+    release = threading.Event()
+    busy = committer.submit(lambda _conn: release.wait(10))  # the committer busy while the rest is queued
+    finishes = [committer.submit(_finish(f"r{n}", f"{n}".encode()), linger=True) for n in range(20)]
+    other = committer.submit(lambda _conn: "other", linger=True)
+    finishes += [committer.submit(_finish(f"r{n}", f"{n}".encode()), linger=True) for n in range(20, 40)]
+    committer.flush()
+    release.set()
+
+    # Then each learns its own result, and each row has its own values: on PostgreSQL in one
+    # statement per run of moves, on SQLite one per move
+    assert busy.result(timeout=10) is True
+    assert [future.result(timeout=10) for future in finishes] == [Status.COMPLETED] * 40
+    assert other.result(timeout=10) == "other"
+    rows = _read(db)
+    assert all(rows[f"r{n}"].status == "completed" and rows[f"r{n}"].result == f"{n}".encode() for n in range(40))
+    assert (statements.joined, statements.alone) == ((0, 40) if db.is_sqlite else (2, 0))
