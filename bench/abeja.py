@@ -2,9 +2,10 @@
 
 Measures `create_run` latency (p50/p99, one SDK call after another), runs completed per second
 for a no-op handler, and `request_service` requests per second at concurrency 8 (wrk sending
-the SDK's exact request, Host header included) with 1 and then 2 instances.
+the SDK's exact request, Host header included) with 1 and then 2 instances. With `--postgres`, the
+server's store is a database of a PostgreSQL of the run's own (`bench.common.POSTGRES_SETTINGS`).
 
-    .venv/bin/python bench/abeja.py [--runs 300] [--duration 10] [--keep]
+    .venv/bin/python bench/abeja.py [--runs 300] [--duration 10] [--postgres] [--keep]
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import json
 import os
 import shutil
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -28,7 +28,16 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
-from bench.common import RESULTS_DIR, Proc, log, machine, percentile, start_modelbay  # noqa: E402
+from bench.common import (  # noqa: E402
+    RESULTS_DIR,
+    Proc,
+    log,
+    machine,
+    percentile,
+    read_store,
+    start_modelbay,
+    start_postgres,
+)
 from bench.direct_requests import _lua_string, parse_wrk  # noqa: E402
 
 NOOP_HANDLER = '''
@@ -54,10 +63,10 @@ def _getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
     return _real_getaddrinfo(host, *args, **kwargs)
 
 
-def create_org(data_dir: Path) -> dict[str, str]:
+def create_org(data_dir: Path, env: dict[str, str]) -> dict[str, str]:
     done = subprocess.run(
         [sys.executable, "-m", "modelbay.cli", "project", "create", "abeja-bench", "--data-dir", str(data_dir),
-         "--json"], capture_output=True, text=True, timeout=120, check=True,
+         "--json"], capture_output=True, text=True, timeout=120, check=True, env=os.environ | env,
     )
     return dict(json.loads(done.stdout))
 
@@ -82,12 +91,11 @@ def deploy(sdk: Any, org: str, workdir: Path) -> tuple[str, str]:
     return d, version["version_id"]
 
 
-def runs_done(db: Path) -> int:
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-        return int(conn.execute("SELECT count(*) FROM runs WHERE status = 'succeeded'").fetchone()[0])
+def runs_done(db: Path | str) -> int:
+    return int(read_store(db, "SELECT count(*) FROM runs WHERE status = 'succeeded'"))
 
 
-def wait_for_runs(db: Path, count: int, timeout: float = 300) -> float:
+def wait_for_runs(db: Path | str, count: int, timeout: float = 300) -> float:
     """Poll until `count` runs have succeeded; returns the `perf_counter` time they had."""
     deadline = time.perf_counter() + timeout
     while runs_done(db) < count:
@@ -97,7 +105,7 @@ def wait_for_runs(db: Path, count: int, timeout: float = 300) -> float:
     return time.perf_counter()
 
 
-def bench_runs(sdk: Any, org: str, d: str, v: str, n: int, db: Path) -> dict[str, Any]:
+def bench_runs(sdk: Any, org: str, d: str, v: str, n: int, db: Path | str) -> dict[str, Any]:
     runs = sdk.runs.APIClient()
     runs.create_run(org, d, v)  # warm: the version's first instance starts here
     wait_for_runs(db, 1, timeout=120)
@@ -132,7 +140,7 @@ def bench_runs(sdk: Any, org: str, d: str, v: str, n: int, db: Path) -> dict[str
 
 
 def bench_runs_wrk(org: dict[str, str], d: str, v: str, server: Proc, duration: int, workdir: Path,
-                   db: Path) -> dict[str, Any]:
+                   db: Path | str) -> dict[str, Any]:
     """Runs created by wrk at c=8 (the SDK's exact `create_run` request): what the server does when
     the client is not the limit (8 SDK threads in one Python process are), up to every run done."""
     script = workdir / "runs.lua"
@@ -147,8 +155,7 @@ def bench_runs_wrk(org: dict[str, str], d: str, v: str, server: Proc, duration: 
                           capture_output=True, text=True, timeout=duration + 60, check=True)
     created_s = time.perf_counter() - started
     parsed = parse_wrk(done.stdout)
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-        created = int(conn.execute("SELECT count(*) FROM runs").fetchone()[0])
+    created = int(read_store(db, "SELECT count(*) FROM runs"))
     finished = wait_for_runs(db, created)
     return {"created": created - before, "create_rps": parsed["rps"], "create_p50_ms": parsed["p50_ms"],
             "create_p99_ms": parsed["p99_ms"], "non_2xx": parsed["non_2xx"], "create_s": created_s,
@@ -196,15 +203,19 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=300, help="runs created for the run figures")
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--postgres", action="store_true", help="the server's store on a PostgreSQL")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         log("wrk is missing: apt-get install -y wrk")
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="modelbay-bench-abeja-"))
     procs: list[Proc] = []
+    postgres = start_postgres() if args.postgres else None
     try:
-        server, _, data_dir = start_modelbay(workdir, procs)
-        org = create_org(data_dir)
+        env = {"MODELBAY_DATABASE_URL": postgres.url(postgres.database())} if postgres else {}
+        server, _, data_dir = start_modelbay(workdir, procs, env=env)
+        store = env.get("MODELBAY_DATABASE_URL") or data_dir / "modelbay.db"
+        org = create_org(data_dir, env)
         # The SDK reads these once, at import: set them first.
         os.environ["ABEJA_API_URL"] = f"http://localhost:{server.port}"
         os.environ["PLATFORM_AUTH_TOKEN"] = org["token"]
@@ -218,19 +229,23 @@ def main() -> int:
         log(f"create_run x {args.runs}, one after another")
         results = {
             "machine": machine(),
-            "runs": bench_runs(sdk, org["organization_id"], d, v, args.runs, data_dir / "modelbay.db"),
-            "runs_wrk": bench_runs_wrk(org, d, v, server, args.duration, workdir, data_dir / "modelbay.db"),
+            "store": "postgresql" if postgres else "sqlite",
+            "runs": bench_runs(sdk, org["organization_id"], d, v, args.runs, store),
+            "runs_wrk": bench_runs_wrk(org, d, v, server, args.duration, workdir, store),
             "request_service": bench_service(sdk, org, d, v, server, args.duration, workdir),
         }
     finally:
         for proc in procs:
             proc.stop()
+        if postgres is not None:
+            postgres.stop()
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     RESULTS_DIR.mkdir(exist_ok=True)
     out = RESULTS_DIR / f"abeja-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(results, indent=2, default=str))
     r, s = results["runs"], results["request_service"]
+    print(f"store: {results['store']}")
     print(f"create_run: p50 {r['create_p50_ms']:.1f} ms, p99 {r['create_p99_ms']:.1f} ms "
           f"({r['runs']} runs, one after another)")
     print(f"runs completed: {r['runs_per_s']:.1f}/s ({r['runs']} no-op runs done {r['all_done_s']:.2f} s "

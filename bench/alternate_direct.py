@@ -69,10 +69,9 @@ def main() -> None:
         try:
             if args.postgres:
                 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-                from bench.peers import POSTGRES_SETTINGS
-                from tests.fixtures.postgres import Cluster
+                from bench.common import start_postgres
 
-                postgres = Cluster(POSTGRES_SETTINGS).start()
+                postgres = start_postgres()
             for n, checkout in enumerate(args.checkouts):
                 tree = str(checkout.resolve())
                 workdir = Path(tmp) / str(n)

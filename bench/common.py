@@ -18,6 +18,7 @@ import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -342,6 +343,41 @@ def start_modelbay(
     if created.returncode != 0:
         raise RuntimeError(f"project create failed: {created.stderr}")
     return server, json.loads(created.stdout)["token"], data_dir
+
+
+_POSTGRES_READERS: dict[str, Any] = {}
+
+
+def read_store(store: Path | str, sql: str) -> Any:
+    """The first column of the first row `sql` reads from a server's store: its SQLite file (read-only,
+    while the server runs), or a PostgreSQL database by its URL."""
+    if isinstance(store, str):
+        conn = _POSTGRES_READERS.get(store)
+        if conn is None:  # one connection per database for the run: polls read many times a second
+            import psycopg
+
+            conn = _POSTGRES_READERS[store] = psycopg.connect(
+                store.replace("postgresql+psycopg://", "postgresql://"), autocommit=True)
+        row = conn.execute(sql).fetchone()
+    else:
+        with contextlib.closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True)) as conn:
+            row = conn.execute(sql).fetchone()
+    assert row is not None
+    return row[0]
+
+
+#: A database that survives a crash of the machine, as a user's would (the tests' cluster does not);
+#: a commit does not wait for its log to reach the disk, as SQLite's does not in WAL mode with
+#: synchronous=NORMAL (a crash may lose the last commits, never the database).
+POSTGRES_SETTINGS = {"fsync": "on", "full_page_writes": "on", "autovacuum": "on", "synchronous_commit": "off"}
+
+
+def start_postgres() -> Any:
+    """A PostgreSQL of the run's own, with `POSTGRES_SETTINGS`, in a temporary directory (stop it after)."""
+    from tests.fixtures.postgres import Cluster
+
+    log("starting PostgreSQL")
+    return Cluster(POSTGRES_SETTINGS).start()
 
 
 def bench_venv(venv: Path, *requirements: str) -> Path:

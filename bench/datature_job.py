@@ -5,7 +5,8 @@ Run `.venv/bin/python bench/datature_job.py [--items 10000] [--instances 2]`; se
 items `{"x": i}`, creates a webhook pointing at a loopback receiver in this process (which checks
 every signature and counts deliveries), and a job over the structured no-op deployment (made with
 the `ubiops` SDK). It polls the job every 0.25 s until Delivered + FailedDeliver equals the item
-count, while sampling the server's RSS (and its workers') every 0.1 s.
+count, while sampling the server's RSS (and its workers') every 0.1 s. With `--postgres`, the
+server's store is a database of a PostgreSQL of the run's own (`bench.common.POSTGRES_SETTINGS`).
 
 Everything runs on loopback, on ports picked by binding port 0, in a temporary directory removed at
 the end; the server is stopped (SIGTERM, then SIGKILL, then leftover workers by pid) even when
@@ -21,7 +22,6 @@ import hmac
 import json
 import os
 import shutil
-import sqlite3
 import sys
 import tempfile
 import threading
@@ -44,8 +44,10 @@ from bench.common import (  # noqa: E402
     log,
     machine,
     process_tree_rss,
+    read_store,
     rss_kib,
     start_modelbay,
+    start_postgres,
     ubiops_api,
 )
 
@@ -103,25 +105,22 @@ def serve_receiver(receiver: Receiver) -> ThreadingHTTPServer:
     return server
 
 
-def datature_project_id(data_dir: Path) -> str:
-    with sqlite3.connect(data_dir / "modelbay.db") as conn:
-        return "proj_" + str(conn.execute("SELECT handle FROM projects").fetchone()[0])
-
-
-def run(items: int, instances: int, workdir: Path) -> dict[str, Any]:
+def run(items: int, instances: int, workdir: Path, database_url: str | None = None) -> dict[str, Any]:
     procs: list[Proc] = []
     receiver = Receiver()
     hook_server = serve_receiver(receiver)
     # The receiver listens on loopback, which webhooks may reach only when the operator allows it.
     os.environ["MODELBAY_WEBHOOK_ALLOW_PRIVATE_TARGETS"] = "true"
     try:
-        server, token, data_dir = start_modelbay(workdir, procs)
+        env = {"MODELBAY_DATABASE_URL": database_url} if database_url else {}
+        server, token, data_dir = start_modelbay(workdir, procs, env=env)
         with ubiops_api(server.url, token) as api:
             create_noop_deployment(api)
             create_noop_version(api, workdir, "v1", poll_s=0.2, maximum_instances=instances)
         from datature.nexus import Client
 
-        nexus = Client(token, endpoint=server.url).get_project(datature_project_id(data_dir))
+        handle = read_store(database_url or data_dir / "modelbay.db", "SELECT handle FROM projects")
+        nexus = Client(token, endpoint=server.url).get_project(f"proj_{handle}")
         [deployment] = nexus.deployments.list()
         dataset_path = workdir / "items.ndjson"
         with open(dataset_path, "w") as out:
@@ -175,6 +174,7 @@ def run(items: int, instances: int, workdir: Path) -> dict[str, Any]:
         return {
             "items": items,
             "instances": instances,
+            "store": "postgresql" if database_url else "sqlite",
             "upload_s": round(upload_s, 2),
             "elapsed_s": round(elapsed, 2),
             "items_per_s": round(items / elapsed, 1),
@@ -205,14 +205,18 @@ def main() -> int:
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--instances", type=int, default=2, help="maximum_instances of the no-op version")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--postgres", action="store_true", help="the server's store on a PostgreSQL")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-datature-"))
+    postgres = start_postgres() if args.postgres else None
     try:
-        result = run(args.items, args.instances, workdir)
+        result = run(args.items, args.instances, workdir, postgres.url(postgres.database()) if postgres else None)
     finally:
+        if postgres is not None:
+            postgres.stop()
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    print(f"items:              {result['items']:,} on {result['instances']} instance(s)")
+    print(f"items:              {result['items']:,} on {result['instances']} instance(s), store on {result['store']}")
     print(f"dataset upload:     {result['upload_s']} s")
     print(f"job end to end:     {result['elapsed_s']} s  ->  {result['items_per_s']} items/s "
           f"(first delivery after {result['first_delivery_s']} s)")

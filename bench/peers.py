@@ -55,6 +55,7 @@ from bench.common import (  # noqa: E402
     save_results,
     start_baseline,
     start_modelbay,
+    start_postgres,
     start_process,
     system_busy_seconds,
     tree_cpu,
@@ -104,12 +105,6 @@ class Target:
 # --- the servers -----------------------------------------------------------------------------
 
 
-#: A database that survives a crash of the machine, as a user's would (the tests' cluster does not);
-#: a commit does not wait for its log to reach the disk, as SQLite's does not in WAL mode with
-#: synchronous=NORMAL (a crash may lose the last commits, never the database).
-POSTGRES_SETTINGS = {"fsync": "on", "full_page_writes": "on", "autovacuum": "on", "synchronous_commit": "off"}
-
-
 class Postgres:
     """The run's PostgreSQL, started when a round first needs it."""
 
@@ -118,10 +113,7 @@ class Postgres:
     @classmethod
     def database_url(cls) -> str:
         if cls.cluster is None:
-            from tests.fixtures.postgres import Cluster
-
-            log("starting PostgreSQL")
-            cls.cluster = Cluster(POSTGRES_SETTINGS).start()
+            cls.cluster = start_postgres()
         return str(cls.cluster.url(cls.cluster.database()))
 
     @classmethod
