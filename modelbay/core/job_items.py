@@ -266,6 +266,8 @@ def _count_items_statement(dialect: Dialect) -> DriverStatement:
 
 @functools.cache
 def _committed_statement(dialect: Dialect) -> DriverStatement:
-    """The indexes of a job's items from `low` to `high` that have a log entry (are committed)."""
+    """The indexes of a job's items from `low` to `high` that have a log entry (are committed).
+    Planned at each run, as a move by (job, item) is (`states._statement`)."""
     return DriverStatement(select(LOGS.c.item_index).where(
-        LOGS.c.job_id == bindparam("job_id"), LOGS.c.item_index.between(bindparam("low"), bindparam("high"))), dialect)
+        LOGS.c.job_id == bindparam("job_id"), LOGS.c.item_index.between(bindparam("low"), bindparam("high"))), dialect,
+        planned_each_run=True)

@@ -5,8 +5,9 @@ from sqlalchemy import insert, select
 
 from modelbay.core.clock import as_utc
 from modelbay.core.errors import StatusChanged
+from modelbay.core.job_items import _committed_statement
 from modelbay.core.requests import _claim_statement
-from modelbay.core.states import REQUEST, REQUESTS, move
+from modelbay.core.states import JOB_ITEM, REQUEST, REQUESTS, ItemStatus, move
 from modelbay.core.states import RequestStatus as Status
 from modelbay.store.db import Database, Insert
 from modelbay.store.driver import driver_cursor, insert_rows, insert_statement
@@ -125,18 +126,21 @@ def test_times_and_bytes_are_stored_as_the_same_text_as_sqlalchemy_writes(db: Da
 
 
 @pytest.mark.postgresql_only("psycopg prepares statements on PostgreSQL; SQLite plans each anyway")
-def test_a_claim_is_planned_at_each_run_where_other_statements_are_prepared(db: Database) -> None:
-    # Given a claim of pending requests and a move by key, each run more often than psycopg takes
-    # to prepare a statement
+def test_statements_whose_best_plan_changes_as_tables_grow_are_planned_at_each_run(db: Database) -> None:
+    # Given a claim of pending requests, a move of a job's item, a read of a job's committed items
+    # and a move of a request by its key, each run more often than psycopg takes to prepare one
     with db.writer_connection() as conn, conn.begin():
         for _ in range(8):
             _claim_statement(conn.dialect).rows(driver_cursor(conn), {"owner": "n", "version_id": "v", "limit": 8,
                                                                       "offset": 0})
             with pytest.raises(StatusChanged):
+                move(conn, JOB_ITEM, ("job", 1), ItemStatus.PREDICTED, ItemStatus.DELIVERED)
+            _committed_statement(conn.dialect).rows(driver_cursor(conn), {"job_id": "job", "low": 0, "high": 9})
+            with pytest.raises(StatusChanged):
                 move(conn, REQUEST, "none", Status.PENDING, Status.PROCESSING, fence="n")
         prepared = conn.exec_driver_sql("SELECT statement FROM pg_prepared_statements").scalars().all()
 
-    # Then the move runs a plan PostgreSQL keeps, and the claim never does: its best plan changes
-    # as the backlog grows
+    # Then the request's move runs a plan PostgreSQL keeps; the others never do: a plan kept from
+    # a nearly empty table walks the backlog, or the job's every item, once the table has grown
     assert any(statement.startswith("UPDATE requests SET status") for statement in prepared), prepared
-    assert not any("SKIP LOCKED" in statement for statement in prepared), prepared
+    assert not any("SKIP LOCKED" in statement or "job_logs" in statement for statement in prepared), prepared
