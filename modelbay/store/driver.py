@@ -38,15 +38,14 @@ class DriverStatement:
         compiled = statement.compile(dialect=dialect)
         self.sql = compiled.string
         self.parameters = _parameters_function(compiled, dialect, defaults or {})
-        self._positional = compiled.positional
         self._options = {"prepare": False} if planned_each_run and dialect.name == "postgresql" else {}
-        #: Most rows a statement of many rows (`fetch_many`, `executemany`) takes: the driver's
+        #: Most rows a statement of many rows (`fetch_many`, `executemany`: PostgreSQL) takes: its
         #: limit of parameters in a statement, shared among each row's.
-        self.rows_max = PARAMETERS_MAX[dialect.name] // max(len(compiled.binds), 1)
-        #: Rows `executemany` puts in one statement: an INSERT on a driver with named parameters
-        #: (psycopg) as many as a statement takes; else each row is its own.
+        self.rows_max = PARAMETERS_MAX // max(len(compiled.binds), 1)
+        #: Rows `executemany` puts in one statement: an INSERT on PostgreSQL as many as a statement
+        #: takes; else each row is its own.
         self.rows_per_statement = self.rows_max \
-            if compiled.isinsert and not compiled.positional and not compiled.effective_returning else 1
+            if compiled.isinsert and dialect.name == "postgresql" and not compiled.effective_returning else 1
 
     def execute(self, cursor: Any, row: Mapping[str, Any]) -> int:
         """Run it for one row; returns the driver's rowcount."""
@@ -70,19 +69,14 @@ class DriverStatement:
             self._execute_many(cursor, rows[start:start + self.rows_per_statement])
 
     def fetch_many(self, cursor: Any, rows: list[Mapping[str, Any]]) -> list[Any]:
-        """Run it once for all `rows` (no more than `rows_max`), its one row of VALUES repeated for
-        each, and fetch what it returns as the driver gives it."""
+        """Run it on PostgreSQL once for all `rows` (no more than `rows_max`), its one row of VALUES
+        repeated for each, and fetch what it returns as the driver gives it."""
         return list(self._execute_many(cursor, rows).fetchall())
 
     def _execute_many(self, cursor: Any, rows: list[Mapping[str, Any]]) -> Any:
-        """Run it once for all `rows`; the cursor it ran on."""
+        """Run it on PostgreSQL once for all `rows`; the cursor it ran on."""
         sql, names = _many_rows(self.sql, len(rows))
         values: list[Any] = []
-        if self._positional:
-            for row in rows:
-                values.extend(self.parameters(row))
-            cursor.execute(sql, values)
-            return cursor
         for row in rows:
             parameters = self.parameters(row)
             values.extend([parameters[name] for name in names])
@@ -99,9 +93,8 @@ def _raw_cursor(connection: Any) -> Any:
     return RawCursor(connection)
 
 
-#: Most parameters one statement takes: PostgreSQL's limit, and SQLite's (SQLITE_MAX_VARIABLE_NUMBER
-#: as built by default since 3.32).
-PARAMETERS_MAX = {"postgresql": 65_535, "sqlite": 32_766}
+#: Most parameters one PostgreSQL statement takes.
+PARAMETERS_MAX = 65_535
 
 _NAMED_PARAMETER = re.compile(r"%\((\w+)\)s")
 
@@ -109,8 +102,7 @@ _NAMED_PARAMETER = re.compile(r"%\((\w+)\)s")
 @functools.lru_cache(maxsize=1024)
 def _many_rows(sql: str, count: int) -> tuple[str, list[str]]:
     """`... VALUES (%(a)s, %(b)s) ...` as `... VALUES ($1, $2), ($3, $4), ... ...` for `count` rows,
-    and the parameter names in the order of each row's placeholders (`?` placeholders stay as
-    they are, and there are no names)."""
+    and the parameter names in the order of each row's placeholders."""
     head, rest = sql.split("VALUES ", 1)
     depth = 0
     for end, char in enumerate(rest):  # the row ends where its parentheses close (casts nest)
@@ -118,12 +110,9 @@ def _many_rows(sql: str, count: int) -> tuple[str, list[str]]:
         if depth == 0:
             break
     row, tail = rest[:end + 1], rest[end + 1:]
-    names = _NAMED_PARAMETER.findall(row)
-    if not names:
-        return f"{head}VALUES {', '.join([row] * count)}{tail}", names
     numbers = itertools.count(1)
     rows = ", ".join(_NAMED_PARAMETER.sub(lambda _: f"${next(numbers)}", row) for _ in range(count))
-    return f"{head}VALUES {rows}{tail}", names
+    return f"{head}VALUES {rows}{tail}", _NAMED_PARAMETER.findall(row)
 
 
 def _parameters_function(compiled: Compiled, dialect: Dialect,
