@@ -538,15 +538,15 @@ class GroupCommitter:
         # Inserts first (they create what later writes in the batch may update).
         for (table, columns), rows in _rows_by_insert(batch).items():
             insert_statement(table, columns, conn.dialect).executemany(cursor or driver_cursor(conn), rows)
-        # On PostgreSQL, writes that join run as one statement (one round trip); on SQLite, where a
-        # statement is no round trip, each runs alone.
-        sqlite = conn.dialect.name == "sqlite"
+        if conn.dialect.name == "sqlite":  # a statement is no round trip: each write runs alone
+            return [None if isinstance(op, Insert) else op(conn) for op, _, _ in batch]
+        # On PostgreSQL, writes next to each other that join run as one statement (one round trip).
         results: list[Any] = []
         start = 0
         while start < len(batch):
             op = batch[start][0]
             end = start + 1
-            if not sqlite and (joins := getattr(op, "joins", None)) is not None:
+            if (joins := getattr(op, "joins", None)) is not None:
                 while end < len(batch) and getattr(batch[end][0], "joins", None) == joins:
                     end += 1
             if end - start > 1:
