@@ -10,8 +10,7 @@ from typing import Any
 from sqlalchemy import Connection, Table, delete, select
 
 from modelbay.core.clock import as_utc, utcnow
-from modelbay.store.db import Database
-from modelbay.store.driver import insert_rows
+from modelbay.store.db import Database, insert_at_commit
 from modelbay.store.tables import LogLineRow, RunRow, ServiceRow
 
 LOG_LINES: Table = LogLineRow.__table__  # type: ignore[assignment]
@@ -60,8 +59,10 @@ class Journal:
 
     @staticmethod
     def write(conn: Connection, rows: list[dict[str, Any]]) -> None:
-        """Insert rows from `rows` inside the caller's transaction (to share a commit with a status change)."""
-        insert_rows(conn, LOG_LINES, rows)
+        """Insert rows from `rows` inside the caller's transaction (to share a commit with a status
+        change); in a batch of the committer, with the batch's other lines at its end."""
+        if rows:
+            insert_at_commit(conn, LOG_LINES, rows)
 
     def page(
         self,

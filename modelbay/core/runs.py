@@ -40,15 +40,15 @@ from modelbay.core.clock import utcnow
 from modelbay.core.deployments import Deployments, Target
 from modelbay.core.errors import InvalidInput, NotFound, StatusChanged, Unavailable, last_line
 from modelbay.core.fields import check_data
-from modelbay.core.journal import Journal, split_lines
+from modelbay.core.journal import LOG_LINES, Journal, split_lines
 from modelbay.core.nodes import Nodes
 from modelbay.core.requests import Requests
 from modelbay.core.revisions import build_failure
 from modelbay.core.scheduler import Scheduler
-from modelbay.core.states import RUN, RunStatus, VersionStatus, move
+from modelbay.core.states import RUN, Move, RunStatus, VersionStatus, move
 from modelbay.runtime import wire
 from modelbay.runtime.base import CallTimedOut, InstanceStartFailed
-from modelbay.store.db import Database, lock_until_commit
+from modelbay.store.db import Database, Insert, lock_until_commit
 from modelbay.store.driver import DriverStatement, driver_cursor, insert_rows
 from modelbay.store.tables import RunRow
 
@@ -130,7 +130,8 @@ def _claim_reads(dialect: Dialect) -> DriverStatement:
     running = select(func.count()).select_from(RUNS).where(
         RUNS.c.version_id == bindparam("version_id"), RUNS.c.status.in_(claimed)).scalar_subquery()
     attempts = select(RUNS.c.attempts).where(RUNS.c.id == bindparam("run_id")).scalar_subquery()
-    return DriverStatement(select(running, attempts), dialect)
+    # Planned at each run: a plan kept from when the table was nearly empty scans every run.
+    return DriverStatement(select(running, attempts), dialect, planned_each_run=True)
 
 
 def starting_line(attempt: int, total: int) -> str:
@@ -210,14 +211,17 @@ class Runs:
             "created_at": now,
             "modified_at": now,
         }
-        lines = ["The version's code is still building; the run starts when the build ends"] if building else []
-        journal = self._journal.rows(row["id"], lines)
+        if building:
+            journal = self._journal.rows(row["id"], [
+                "The version's code is still building; the run starts when the build ends"])
 
-        def write(conn: Connection) -> None:
-            insert_rows(conn, RUNS, [row])
-            self._journal.write(conn, journal)
+            def write(conn: Connection) -> None:
+                insert_rows(conn, RUNS, [row])
+                self._journal.write(conn, journal)
 
-        await self._db.committer.submit_async(write)
+            await self._db.committer.submit_async(write)
+        else:  # with the batch's other inserts into runs: one statement for all
+            await self._db.committer.submit_async(Insert(RUNS, [row]))
         created = RunRow(**row)
         self._drive_soon(created.id, created)
         return created
@@ -340,10 +344,8 @@ class Runs:
         """`_move`, submitted now: what is submitted after it commits with it or later, so a caller
         may go on before the returned future ends (it raises what `_move` raises)."""
         rows = self._journal.rows(run_id, lines)
-
-        def write(conn: Connection) -> None:
-            move(conn, RUN, run_id, old, new[-1], via=new[:-1], fence=fence, **values)
-            self._journal.write(conn, rows)
+        write = Move(RUN, run_id, old, new[-1], values, via=new[:-1], fence=fence,
+                     inserts=Insert(LOG_LINES, rows) if rows else None)
 
         def told(committed: asyncio.Future[None]) -> None:  # before the awaiting task goes on
             if not committed.cancelled() and committed.exception() is None:

@@ -21,6 +21,7 @@ from sqlalchemy.sql import ClauseElement, ColumnElement
 
 from modelbay.core.clock import utcnow
 from modelbay.core.errors import IllegalMove, StatusChanged
+from modelbay.store.db import Insert, insert_at_commit
 from modelbay.store.driver import DriverStatement, driver_cursor
 from modelbay.store.tables import (
     DatasetRow,
@@ -273,29 +274,36 @@ def _check_allowed(machine: Machine, olds: tuple[Any, ...], via: Sequence[Any], 
 
 
 class Move:
-    """One row's compare-and-set move from `old` to `new`, as a write for the committer
-    (`store.db.GroupCommitter`).
+    """One row's compare-and-set move from `old` to `new` (through the statuses of `via`), as a
+    write for the committer (`store.db.GroupCommitter`).
 
     Alone it is `move()`; when the row is no longer in `old` its result is `otherwise`'s (run in
-    the same transaction), or it raises `StatusChanged`. Its result is `new` when the row moved.
+    the same transaction), or it raises `StatusChanged`. Its result is `new` when the row moved,
+    and then the rows of `inserts` (log lines that tell of it) are inserted with it.
     On PostgreSQL, moves next to each other in a batch with the same `joins` (machine, statuses,
     columns written, fenced or not) run as one statement for all their rows (`run_joined`): one
     round trip, where each alone is one."""
 
-    __slots__ = ("machine", "key", "old", "new", "values", "fence", "otherwise", "joins")
+    __slots__ = ("machine", "key", "old", "new", "values", "via", "fence", "otherwise", "inserts", "joins")
 
     def __init__(self, machine: Machine, key: Any, old: Any, new: Any, values: dict[str, Any], *,
-                 fence: str | None = None, otherwise: Callable[[Connection], Any] | None = None) -> None:
+                 via: tuple[Any, ...] = (), fence: str | None = None,
+                 otherwise: Callable[[Connection], Any] | None = None, inserts: Insert | None = None) -> None:
         self.machine, self.key, self.old, self.new, self.values = machine, key, old, new, values
-        self.fence, self.otherwise = fence, otherwise
+        self.via, self.fence, self.otherwise, self.inserts = via, fence, otherwise, inserts
         joinable = len(machine.key) == 1 and type(key) is not dict and _plain(values)
-        self.joins = (machine, old, new, frozenset(values), fence is not None) if joinable else None
+        self.joins = (machine, old, via, new, frozenset(values), fence is not None) if joinable else None
 
     def __call__(self, conn: Connection) -> Any:
         try:
-            move(conn, self.machine, self.key, self.old, self.new, fence=self.fence, **self.values)
+            move(conn, self.machine, self.key, self.old, self.new, via=self.via, fence=self.fence, **self.values)
         except StatusChanged:
             return self._not_moved(conn)
+        return self._moved(conn)
+
+    def _moved(self, conn: Connection) -> Any:
+        if self.inserts is not None:
+            insert_at_commit(conn, self.inserts.table, self.inserts.rows)
         return self.new
 
     def _not_moved(self, conn: Connection) -> Any:
@@ -308,8 +316,8 @@ class Move:
         """Run moves of one `joins` as statements of many rows; each move's result, in order."""
         if len({m.key for m in moves}) < len(moves):  # a row moved twice: the second sees the first
             return [m(conn) for m in moves]
-        machine, old, new, columns, fenced = moves[0].joins  # type: ignore[misc]
-        _check_allowed(machine, (old,), (), new)
+        machine, old, via, new, columns, fenced = moves[0].joins  # type: ignore[misc]
+        _check_allowed(machine, (old,), via, new)
         stamp = {machine.stamp: utcnow()} if machine.stamp is not None and machine.stamp not in columns else {}
         statement = _joined_statement(machine, columns | frozenset(stamp), fenced, conn.dialect)
         cursor = driver_cursor(conn)
@@ -318,7 +326,7 @@ class Move:
             rows = [{**stamp, **m.values, "_key0": m.key, "_old0": old.value, "status": new.value, "_fence": m.fence}
                     for m in moves[start:start + statement.rows_max]]
             moved.update(row[0] for row in statement.fetch_many(cursor, rows))
-        return [new if m.key in moved else m._not_moved(conn) for m in moves]
+        return [m._moved(conn) if m.key in moved else m._not_moved(conn) for m in moves]
 
 
 def _plain(values: dict[str, Any]) -> bool:

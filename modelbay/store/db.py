@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from modelbay.core.activity import COMMIT_SECONDS_BUCKETS, Histogram
 from modelbay.core.errors import Conflict
-from modelbay.store.driver import DriverStatement, driver_cursor, insert_statement
+from modelbay.store.driver import DriverStatement, driver_cursor, insert_rows, insert_statement
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -289,6 +289,22 @@ class Joinable(Protocol):
 
 Op = Write | Insert | Joinable
 
+#: Where `insert_at_commit` keeps the rows of a batch the committer is writing (in `Connection.info`).
+_AT_COMMIT = "modelbay.rows_at_commit"
+
+
+def insert_at_commit(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Insert `rows` in `conn`'s transaction, for rows no other write of the transaction reads or
+    changes (log lines). In a batch of the committer they are inserted at its end, with the batch's
+    other such rows of the same table and columns: one statement for all on PostgreSQL, where each
+    write's own would be a round trip. Elsewhere, now."""
+    pending = conn.info.get(_AT_COMMIT)
+    if pending is None:
+        insert_rows(conn, table, rows)
+        return
+    for row in rows:
+        pending.setdefault((table, frozenset(row)), []).append(row)
+
 
 class GroupCommitter:
     """Runs small writes from many callers in shared transactions.
@@ -531,13 +547,22 @@ class GroupCommitter:
             if stop:
                 return
 
-    @staticmethod
-    def _write(conn: Connection, batch: list[tuple[Op, _Waiter, bool]], cursor: Any = None) -> list[Any]:
+    @classmethod
+    def _write(cls, conn: Connection, batch: list[tuple[Op, _Waiter, bool]], cursor: Any = None) -> list[Any]:
         """Run a batch's writes in `conn`'s transaction (the inserts on `cursor` when given: the
         driver's, in a transaction begun on it); their results, in order."""
-        # Inserts first (they create what later writes in the batch may update).
-        for (table, columns), rows in _rows_by_insert(batch).items():
-            insert_statement(table, columns, conn.dialect).executemany(cursor or driver_cursor(conn), rows)
+        conn.info[_AT_COMMIT] = at_commit = {}
+        try:
+            # Inserts first (they create what later writes in the batch may update).
+            _insert(conn, _rows_by_insert(batch), cursor)
+            results = cls._run_writes(conn, batch)
+            _insert(conn, at_commit, cursor)
+            return results
+        finally:
+            del conn.info[_AT_COMMIT]
+
+    @staticmethod
+    def _run_writes(conn: Connection, batch: list[tuple[Op, _Waiter, bool]]) -> list[Any]:
         if conn.dialect.name == "sqlite":  # a statement is no round trip: each write runs alone
             return [None if isinstance(op, Insert) else op(conn) for op, _, _ in batch]
         # On PostgreSQL, writes next to each other that join run as one statement (one round trip).
@@ -606,6 +631,12 @@ class GroupCommitter:
 
 
 _Waiter = Future[Any] | asyncio.Future[Any]
+
+
+def _insert(conn: Connection, rows_by_insert: dict[tuple[Table, frozenset[str]], list[dict[str, Any]]],
+            cursor: Any = None) -> None:
+    for (table, columns), rows in rows_by_insert.items():
+        insert_statement(table, columns, conn.dialect).executemany(cursor or driver_cursor(conn), rows)
 
 
 def _rows_by_insert(batch: list[tuple[Op, _Waiter, bool]]) -> dict[tuple[Table, frozenset[str]], list[dict[str, Any]]]:
