@@ -31,7 +31,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Dialect, Table, and_, bindparam, func, or_, select
+from sqlalchemy import ARRAY, Connection, Dialect, String, Table, and_, any_, bindparam, func, or_, select
 
 from modelbay.core.activity import Activity
 from modelbay.core.background import Background
@@ -45,7 +45,7 @@ from modelbay.core.nodes import Nodes
 from modelbay.core.requests import Requests
 from modelbay.core.revisions import build_failure
 from modelbay.core.scheduler import Scheduler
-from modelbay.core.states import RUN, Move, RunStatus, VersionStatus, move
+from modelbay.core.states import RUN, Move, RunStatus, VersionStatus, move, run_moves
 from modelbay.runtime import wire
 from modelbay.runtime.base import CallTimedOut, InstanceStartFailed
 from modelbay.store.db import Database, Insert, lock_until_commit
@@ -134,8 +134,77 @@ def _claim_reads(dialect: Dialect) -> DriverStatement:
     return DriverStatement(select(running, attempts), dialect, planned_each_run=True)
 
 
+@functools.cache
+def _joined_claim_reads(dialect: Dialect) -> DriverStatement:
+    """`_claim_reads` for several runs (PostgreSQL): each one's attempts, with the count of claimed runs."""
+    claimed = [bindparam(name) for name in CLAIMED_PARAMETERS]
+    running = select(func.count()).select_from(RUNS).where(
+        RUNS.c.version_id == bindparam("version_id"), RUNS.c.status.in_(claimed)).scalar_subquery()
+    return DriverStatement(
+        select(RUNS.c.id, RUNS.c.attempts, running).where(RUNS.c.id == any_(bindparam("run_ids", type_=ARRAY(String)))),
+        dialect, planned_each_run=True)
+
+
 def starting_line(attempt: int, total: int) -> str:
     return f"Attempt {attempt} of {total} is starting"
+
+
+class Claim:
+    """A queued run claimed for a node, with its next attempt started (`Runs._claim`): a write for
+    the committer whose result is the attempt's number, or None when the cluster runs the version's
+    maximum of runs already (the run is then `pending`).
+
+    Claims of one version take turns across nodes (a lock until the commit, then a count of its
+    claimed runs). On PostgreSQL the claims of one version in a batch join (`run_joined`): one
+    lock, one read and one statement of moves for all, decided in turn; they run after the batch's
+    other moves next to them, which may end runs of the version (`store.db.Joinable`)."""
+
+    __slots__ = ("run_id", "old", "version_id", "maximum", "node_id", "total", "joins", "row")
+    last = True
+
+    def __init__(self, run_id: str, old: RunStatus, version_id: str, maximum: int, node_id: str, total: int) -> None:
+        self.run_id, self.old, self.version_id, self.maximum = run_id, old, version_id, maximum
+        self.node_id, self.total = node_id, total
+        self.joins = ("claim", version_id, maximum, node_id)
+        self.row = (RUN.name, run_id)
+
+    def __call__(self, conn: Connection) -> int | None:
+        lock_until_commit(conn, f"runs:{self.version_id}")
+        [(running, attempts)] = _claim_reads(conn.dialect).rows(driver_cursor(conn), {
+            "version_id": self.version_id, "run_id": self.run_id, **CLAIMED_PARAMETERS})
+        [attempt] = _claimed(conn, [self], running, {self.run_id: attempts})
+        return attempt
+
+    @staticmethod
+    def run_joined(conn: Connection, claims: list[Claim]) -> list[int | None]:
+        version_id = claims[0].version_id
+        lock_until_commit(conn, f"runs:{version_id}")
+        rows = _joined_claim_reads(conn.dialect).rows(driver_cursor(conn), {
+            "version_id": version_id, "run_ids": [claim.run_id for claim in claims], **CLAIMED_PARAMETERS})
+        return _claimed(conn, claims, rows[0][2] if rows else 0, {run_id: attempts for run_id, attempts, _ in rows})
+
+
+def _claimed(conn: Connection, claims: list[Claim], running: int, attempts: dict[str, int | None]) -> list[int | None]:
+    """Each claim decided in turn while fewer than its maximum of runs are claimed, and written:
+    the attempts started, or None for the runs that wait."""
+    results: list[int | None] = []
+    moves: list[Move] = []
+    for claim in claims:
+        path = (RunStatus.PENDING,) if claim.old is RunStatus.SUBMITTED else ()
+        if running >= claim.maximum:
+            if path:
+                moves.append(Move(RUN, claim.run_id, claim.old, RunStatus.PENDING, {}))
+            results.append(None)
+            continue
+        running += 1
+        attempt = (attempts.get(claim.run_id) or 0) + 1  # attempts made before it was given back to the queue count
+        lines = Journal.rows(claim.run_id, [starting_line(attempt, claim.total)])
+        moves.append(Move(RUN, claim.run_id, claim.old, RunStatus.STARTING,
+                          {"owner": claim.node_id, "attempts": attempt}, via=(*path, RunStatus.RUNNABLE),
+                          inserts=Insert(LOG_LINES, lines)))
+        results.append(attempt)
+    run_moves(conn, moves)
+    return results
 
 
 def is_building(target: Target) -> bool:
@@ -360,24 +429,9 @@ class Runs:
         """Claim a queued run for this node and start its next attempt, in one commit; returns the
         attempt's number, or None when the cluster runs the version's maximum of runs already (the
         run is then `pending`). Raises `StatusChanged` when another node claimed it."""
-        version_id = target.version_id
         path = [RunStatus.PENDING] if old is RunStatus.SUBMITTED else []
-
-        def write(conn: Connection) -> int | None:
-            lock_until_commit(conn, f"runs:{version_id}")
-            [(running, attempts)] = _claim_reads(conn.dialect).rows(driver_cursor(conn), {
-                "version_id": version_id, "run_id": run_id, **CLAIMED_PARAMETERS})
-            if running >= max(target.maximum_instances, 1):
-                if path:
-                    move(conn, RUN, run_id, old, RunStatus.PENDING)
-                return None
-            attempt = (attempts or 0) + 1  # attempts made before it was given back to the queue count
-            move(conn, RUN, run_id, old, RunStatus.STARTING, via=[*path, RunStatus.RUNNABLE], owner=node_id,
-                 attempts=attempt)
-            self._journal.write(conn, self._journal.rows(run_id, [starting_line(attempt, total)]))
-            return attempt
-
-        attempt = await self._db.committer.submit_async(write)
+        attempt = await self._db.committer.submit_async(
+            Claim(run_id, old, target.version_id, max(target.maximum_instances, 1), node_id, total))
         for status in path if attempt is None else [*path, RunStatus.RUNNABLE, RunStatus.STARTING]:
             self.status_changed(run_id, status)
         return attempt

@@ -284,7 +284,8 @@ class Move:
     columns written, fenced or not) run as one statement for all their rows (`run_joined`): one
     round trip, where each alone is one."""
 
-    __slots__ = ("machine", "key", "old", "new", "values", "via", "fence", "otherwise", "inserts", "joins")
+    __slots__ = ("machine", "key", "old", "new", "values", "via", "fence", "otherwise", "inserts", "joins", "row")
+    last = False  # runs with the other joinable writes next to it, in their order (`store.db.Joinable`)
 
     def __init__(self, machine: Machine, key: Any, old: Any, new: Any, values: dict[str, Any], *,
                  via: tuple[Any, ...] = (), fence: str | None = None,
@@ -293,6 +294,7 @@ class Move:
         self.via, self.fence, self.otherwise, self.inserts = via, fence, otherwise, inserts
         joinable = len(machine.key) == 1 and type(key) is not dict and _plain(values)
         self.joins = (machine, old, via, new, frozenset(values), fence is not None) if joinable else None
+        self.row = (machine.name, key) if joinable else None
 
     def __call__(self, conn: Connection) -> Any:
         try:
@@ -327,6 +329,22 @@ class Move:
                     for m in moves[start:start + statement.rows_max]]
             moved.update(row[0] for row in statement.fetch_many(cursor, rows))
         return [m._moved(conn) if m.key in moved else m._not_moved(conn) for m in moves]
+
+
+def run_moves(conn: Connection, moves: list[Move]) -> list[Any]:
+    """Run moves in `conn`'s transaction, those of one `joins` as one statement on PostgreSQL; their
+    results, in order."""
+    if conn.dialect.name == "sqlite" or len(moves) < 2:
+        return [m(conn) for m in moves]
+    groups: dict[Any, list[int]] = {}
+    for i, m in enumerate(moves):
+        groups.setdefault(m.joins if m.joins is not None else ("alone", i), []).append(i)
+    results: list[Any] = [None] * len(moves)
+    for indices in groups.values():
+        group = [moves[i] for i in indices]
+        for i, result in zip(indices, Move.run_joined(conn, group) if len(group) > 1 else [group[0](conn)], strict=True):
+            results[i] = result
+    return results
 
 
 def _plain(values: dict[str, Any]) -> bool:
@@ -368,11 +386,13 @@ def _joined_statement(machine: Machine, columns: frozenset[str], fenced: bool, d
     where = [table.c[key] == given.c._key0, (table.c.status == given.c._old0).is_(true())]
     if fenced:
         where.append(table.c.owner == given.c._fence)
+    # Planned at each run: a plan kept from when the table was nearly empty joins by scanning it.
     return DriverStatement(
         update(table).where(*where)
         .values(status=given.c.status, **{name: given.c[name] for name in sorted(columns)})
         .returning(table.c[key]),
         dialect,
+        planned_each_run=True,
     )
 
 

@@ -275,10 +275,15 @@ class Insert:
 
 
 class Joinable(Protocol):
-    """A write the committer runs together with the writes next to it in a batch that have the same
-    `joins` (not None): one statement for all, where each alone would be one (`core.states.Move`)."""
+    """A write of one row the committer runs together with the others of the same `joins` (not None)
+    among the joinable writes next to it in a batch: one statement for all, where each alone would
+    be one (`core.states.Move`). Those writes run in groups, in the order each group's first write
+    has, but the groups that are `last` after the others: they read what the others change (a
+    claim counts the runs they end). A row written twice ends the run of writes taken together."""
 
     joins: Hashable | None
+    row: Hashable  # the row it writes
+    last: bool
 
     def __call__(self, conn: Connection) -> Any: ...
 
@@ -565,20 +570,34 @@ class GroupCommitter:
     def _run_writes(conn: Connection, batch: list[tuple[Op, _Waiter, bool]]) -> list[Any]:
         if conn.dialect.name == "sqlite":  # a statement is no round trip: each write runs alone
             return [None if isinstance(op, Insert) else op(conn) for op, _, _ in batch]
-        # On PostgreSQL, writes next to each other that join run as one statement (one round trip).
-        results: list[Any] = []
-        start = 0
-        while start < len(batch):
-            op = batch[start][0]
-            end = start + 1
-            if (joins := getattr(op, "joins", None)) is not None:
-                while end < len(batch) and getattr(batch[end][0], "joins", None) == joins:
-                    end += 1
-            if end - start > 1:
-                results += op.run_joined(conn, [item[0] for item in batch[start:end]])  # type: ignore[union-attr]
-            else:
-                results.append(None if isinstance(op, Insert) else op(conn))
-            start = end
+        # On PostgreSQL, joinable writes next to each other (inserts, done first, in between) run in
+        # groups of the same `joins`, each group as one statement: one round trip (see `Joinable`).
+        ops = [op for op, _, _ in batch]
+        results: list[Any] = [None] * len(ops)
+        groups: dict[Hashable, list[int]] = {}  # joins -> the indices of its writes
+        rows: set[Hashable] = set()
+
+        def run_groups() -> None:
+            for joins, indices in sorted(groups.items(), key=lambda group: getattr(ops[group[1][0]], "last", False)):
+                first = ops[indices[0]]
+                outcomes = first.run_joined(conn, [ops[i] for i in indices]) if len(indices) > 1 else [first(conn)]
+                for i, outcome in zip(indices, outcomes, strict=True):
+                    results[i] = outcome
+            groups.clear()
+            rows.clear()
+
+        for i, op in enumerate(ops):
+            if isinstance(op, Insert):
+                continue
+            if (joins := getattr(op, "joins", None)) is None:
+                run_groups()
+                results[i] = op(conn)
+                continue
+            if op.row in rows:
+                run_groups()
+            rows.add(op.row)
+            groups.setdefault(joins, []).append(i)
+        run_groups()
         return results
 
     def _commit(self, batch: list[tuple[Op, _Waiter, bool]],

@@ -83,7 +83,7 @@ class DriverStatement:
         # psycopg: a raw cursor takes PostgreSQL's own `$n` placeholders as they are, where a cursor
         # parses the text for its `%s` (in Python, for every statement this long).
         raw = _raw_cursor(cursor.connection)
-        raw.execute(sql, values)
+        raw.execute(sql, values, **self._options)
         return raw
 
 

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import json
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,9 @@ from modelbay.core.deployments import Deployments, Target
 from modelbay.core.errors import InvalidInput
 from modelbay.core.journal import MAX_LINE_CHARS, MAX_LINES_PER_CALL, Journal, split_lines
 from modelbay.core.projects import Caller, Projects
-from modelbay.core.runs import NewRun, call_input, check_environment, check_retry_count
-from modelbay.core.states import REVISION, RUN, VERSION, RevisionStatus, RunStatus, VersionStatus, move
+from modelbay.core import runs as runs_module
+from modelbay.core.runs import Claim, NewRun, call_input, check_environment, check_retry_count
+from modelbay.core.states import REVISION, RUN, VERSION, Move, RevisionStatus, RunStatus, VersionStatus, move
 from modelbay.engine import Engine, open_database
 from modelbay.runtime import wire
 from modelbay.runtime.base import Call, CallOutcome
@@ -343,3 +345,62 @@ def test_a_run_that_waited_for_a_build_that_ended_while_the_server_was_down_goes
     assert row.status == ("succeeded" if ok else "failed")
     if not ok:
         assert row.error_message is not None and "no wheel for torch" in row.error_message
+
+
+# --- claims queued together -------------------------------------------------------------------
+
+
+def test_claims_queued_together_are_decided_in_turn_after_the_moves_next_to_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a version that runs at most 2 runs, one of them running here, and three queued runs
+    settings = Settings(data_dir=tmp_path / "data")
+
+    async def version() -> Target:
+        engine = Engine(settings, runtime=ScriptedRuntime([]))
+        await engine.start()
+        try:
+            return handler_version(engine, tmp_path, maximum_instances=2)
+        finally:
+            await engine.close()
+
+    target = asyncio.run(version())
+    db = open_database(settings)
+    now = utcnow()
+    runs = {"running": ("starting", "here", 1), "a": ("pending", None, 0), "b": ("pending", None, 1),
+            "c": ("submitted", None, 0)}
+    with db.write() as session:
+        session.add_all(RunRow(id=run_id, project_id=target.project_id, deployment_id=target.deployment_id,
+                               version_id=target.version_id, status=status, owner=owner, retry_count=2,
+                               attempts=attempts, environment={}, created_at=now, modified_at=now)
+                        for run_id, (status, owner, attempts) in runs.items())
+    locks: list[str] = []
+    monkeypatch.setattr(runs_module, "lock_until_commit", lambda _conn, scope: locks.append(scope))
+
+    # When a claim, the running run's end, and two more claims share a commit
+    def claim(run_id: str, old: RunStatus) -> Claim:
+        return Claim(run_id, old, target.version_id, 2, "here", 3)
+
+    release = threading.Event()
+    busy = db.committer.submit(lambda _conn: release.wait(10))
+    futures = [db.committer.submit(write, linger=True) for write in (
+        claim("a", RunStatus.PENDING),
+        Move(RUN, "running", RunStatus.STARTING, RunStatus.SUCCEEDED, {}, via=(RunStatus.RUNNING,), fence="here"),
+        claim("b", RunStatus.PENDING), claim("c", RunStatus.SUBMITTED))]
+    db.committer.flush()
+    release.set()
+    assert busy.result(timeout=10) is True
+
+    # Then the end freed its place first: a and b start their next attempts, c waits pending
+    assert [future.result(timeout=10) for future in futures] == [1, RunStatus.SUCCEEDED, 2, None]
+    with db.read() as session:
+        rows = {row.id: row for row in session.query(RunRow)}
+    assert {run_id: (row.status, row.owner, row.attempts) for run_id, row in rows.items()} == {
+        "running": ("succeeded", "here", 1), "a": ("starting", "here", 1), "b": ("starting", "here", 2),
+        "c": ("pending", None, 0)}
+    journal = Journal(db)
+    assert [line.message for line in journal.page("a")] == ["Attempt 1 of 3 is starting"]
+    assert [line.message for line in journal.page("b")] == ["Attempt 2 of 3 is starting"]
+    assert journal.page("c") == []
+    # On PostgreSQL the claims joined: one turn of the version's lock for all three
+    assert len(locks) == (3 if db.is_sqlite else 1)
+    db.close()

@@ -7,7 +7,8 @@ from modelbay.core.clock import as_utc
 from modelbay.core.errors import StatusChanged
 from modelbay.core.job_items import _committed_statement
 from modelbay.core.requests import _claim_statement
-from modelbay.core.states import JOB_ITEM, REQUEST, REQUESTS, ItemStatus, move
+from modelbay.core.runs import CLAIMED_PARAMETERS, _joined_claim_reads
+from modelbay.core.states import JOB_ITEM, REQUEST, REQUESTS, ItemStatus, Move, move
 from modelbay.core.states import RequestStatus as Status
 from modelbay.store.db import Database, Insert
 from modelbay.store.driver import driver_cursor, insert_rows, insert_statement
@@ -127,10 +128,15 @@ def test_times_and_bytes_are_stored_as_the_same_text_as_sqlalchemy_writes(db: Da
 
 @pytest.mark.postgresql_only("psycopg prepares statements on PostgreSQL; SQLite plans each anyway")
 def test_statements_whose_best_plan_changes_as_tables_grow_are_planned_at_each_run(db: Database) -> None:
-    # Given a claim of pending requests, a move of a job's item, a read of a job's committed items
-    # and a move of a request by its key, each run more often than psycopg takes to prepare one
+    # Given a claim of pending requests, a move of a job's item, a read of a job's committed items,
+    # moves of many requests joined, the reads of joined claims of runs, and a move of a request by
+    # its key, each run more often than psycopg takes to prepare one
     with db.writer_connection() as conn, conn.begin():
         for _ in range(8):
+            assert Move.run_joined(conn, [Move(REQUEST, key, Status.PENDING, Status.PROCESSING, {},
+                                               otherwise=lambda _conn: None) for key in ("a", "b")]) == [None, None]
+            _joined_claim_reads(conn.dialect).rows(driver_cursor(conn), {
+                "version_id": "v", "run_ids": ["a", "b"], **CLAIMED_PARAMETERS})
             _claim_statement(conn.dialect).rows(driver_cursor(conn), {"owner": "n", "version_id": "v", "limit": 8,
                                                                       "offset": 0})
             with pytest.raises(StatusChanged):
@@ -143,4 +149,5 @@ def test_statements_whose_best_plan_changes_as_tables_grow_are_planned_at_each_r
     # Then the request's move runs a plan PostgreSQL keeps; the others never do: a plan kept from
     # a nearly empty table walks the backlog, or the job's every item, once the table has grown
     assert any(statement.startswith("UPDATE requests SET status") for statement in prepared), prepared
-    assert not any("SKIP LOCKED" in statement or "job_logs" in statement for statement in prepared), prepared
+    assert not any("SKIP LOCKED" in statement or "job_logs" in statement or "VALUES" in statement
+                   or "FROM runs" in statement for statement in prepared), prepared
