@@ -13,7 +13,7 @@ from modelbay.core.errors import IllegalMove
 from modelbay.core.states import REQUEST, REQUESTS, Move
 from modelbay.core.states import RequestStatus as Status
 from modelbay.store import driver
-from modelbay.store.db import Database
+from modelbay.store.db import Database, GroupCommitter
 from modelbay.store.tables import RequestRow
 
 FINISHED = datetime(2026, 12, 2, 8, 30, 15, 123456, tzinfo=UTC)
@@ -133,3 +133,39 @@ def test_the_committer_joins_the_moves_next_to_each_other_in_a_commit_on_postgre
     rows = _read(db)
     assert all(rows[f"r{n}"].status == "completed" and rows[f"r{n}"].result == f"{n}".encode() for n in range(40))
     assert (statements.joined, statements.alone) == ((0, 40) if db.is_sqlite else (2, 0))
+
+
+class Recorded:
+    """A joinable write that records how it ran: alone, or joined with others."""
+
+    def __init__(self, runs: list[tuple[str, ...]], name: str, joins: str, row: int, last: bool = False) -> None:
+        self.runs, self.name, self.joins, self.row, self.last = runs, name, joins, row, last
+
+    def __call__(self, _conn: Any) -> str:
+        self.runs.append((self.name,))
+        return self.name
+
+    @staticmethod
+    def run_joined(_conn: Any, writes: list[Any]) -> list[str]:
+        writes[0].runs.append(tuple(write.name for write in writes))
+        return [write.name for write in writes]
+
+
+@pytest.mark.postgresql_only("writes are joined on PostgreSQL, where each statement is a round trip")
+def test_the_committer_groups_joinable_writes_up_to_a_write_it_cannot_join_or_a_row_written_again(
+        db: Database) -> None:
+    runs: list[tuple[str, ...]] = []
+
+    def opaque(_conn: Any) -> str:
+        runs.append(("opaque",))
+        return "opaque"
+
+    batch = [Recorded(runs, "a1", "a", 1), Recorded(runs, "last1", "l", 2, last=True), Recorded(runs, "a2", "a", 3),
+             opaque, Recorded(runs, "a3", "a", 4), Recorded(runs, "a4", "a", 4), Recorded(runs, "b1", "b", 5)]
+    with db.writer_connection() as conn, conn.begin():
+        results = GroupCommitter._run_writes(conn, [(write, None, False) for write in batch])  # type: ignore[misc]
+
+    # Then each group ran once, in the order of its first write, the `last` one after the others; a
+    # write that cannot join, and a row written again, end the writes taken together
+    assert runs == [("a1", "a2"), ("last1",), ("opaque",), ("a3",), ("a4",), ("b1",)]
+    assert results == ["a1", "last1", "a2", "opaque", "a3", "a4", "b1"]
