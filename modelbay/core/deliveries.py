@@ -31,7 +31,7 @@ from modelbay.core.hooks import WriteHook
 from modelbay.core.clock import as_utc, utcnow
 from modelbay.core.errors import StatusChanged
 from modelbay.core.nodes import Nodes
-from modelbay.core.states import DELIVERY, DeliveryStatus, move
+from modelbay.core.states import DELIVERY, DeliveryStatus, Move, move, none, run_moves
 from modelbay.core.webhook_client import WebhookClient
 from modelbay.core.webhooks import backoff_ms, post_signed
 from modelbay.store.db import Database
@@ -43,8 +43,6 @@ log = logging.getLogger(__name__)
 DELIVERIES: Table = DeliveryRow.__table__  # type: ignore[assignment]
 WEBHOOKS: Table = WebhookRow.__table__  # type: ignore[assignment]
 
-#: A delivery settled only from pending; as a collection, a move that finds it settled moves nothing.
-_STILL_PENDING = (DeliveryStatus.PENDING,)
 
 #: Most POSTs in flight at once, over all webhooks.
 MAX_IN_FLIGHT = 64
@@ -299,16 +297,18 @@ class Deliveries:
     def _settle_delivered(self, batch: list[tuple[Due, int]]) -> Callable[[Connection], None]:
         def settle(conn: Connection) -> None:
             now = utcnow()
-            items = []
-            # Compare-and-set on `pending` and the claim, row by row (a statement compiled once):
-            # one given up meanwhile stays so, and one given back (its node declared dead) is
+            # Compare-and-set on `pending` and the claim (joined on PostgreSQL: one statement for
+            # all): one given up meanwhile stays so, and one given back (its node declared dead) is
             # another node's to record. In id order, as a job's stop locks them
             # (`Jobs._settle_open`), so the two never deadlock.
-            for due, code in sorted(batch, key=lambda done: done[0].id):
-                if (move(conn, DELIVERY, due.id, _STILL_PENDING, DeliveryStatus.DELIVERED, fence=due.owner,
-                         attempts=due.attempts + 1, response_code=code, last_error=None, finished_at=now, body=None)
-                        and due.job_id is not None and due.item_index is not None):
-                    items.append((due.job_id, due.item_index))
+            done = sorted(batch, key=lambda item: item[0].id)
+            moved = run_moves(conn, [
+                Move(DELIVERY, due.id, DeliveryStatus.PENDING, DeliveryStatus.DELIVERED,
+                     {"attempts": due.attempts + 1, "response_code": code, "last_error": None, "finished_at": now,
+                      "body": None}, fence=due.owner, otherwise=none)
+                for due, code in done])
+            items = [(due.job_id, due.item_index) for (due, _), status in zip(done, moved, strict=True)
+                     if status is not None and due.job_id is not None and due.item_index is not None]
             if items:
                 self.items_settled(conn, items, True)
 

@@ -52,7 +52,10 @@ from modelbay.core.states import (
     DeliveryStatus,
     ItemStatus,
     JobStatus,
+    Move,
     move,
+    none,
+    run_moves,
 )
 from modelbay.store.db import Database
 from modelbay.store.driver import DriverStatement, driver_cursor
@@ -493,9 +496,11 @@ class Jobs:
             by_job.setdefault(job_id, []).append(index)
         for job_id, indexes in by_job.items():
             if delivered and self._webhook_count(conn, job_id) == 1:
-                # The item's one delivery was made (the common case): row by row, statements compiled once.
-                moved = sum(move(conn, JOB_ITEM, (job_id, index), OPEN_ITEM, ItemStatus.DELIVERED)
-                            for index in indexes)
+                # The item's one delivery was made (the common case): by the item's key (joined on
+                # PostgreSQL: one statement for all; on SQLite row by row, statements compiled once).
+                moved = sum(status is not None for status in run_moves(conn, [
+                    Move(JOB_ITEM, (job_id, index), OPEN_ITEM, ItemStatus.DELIVERED, {}, otherwise=none)
+                    for index in indexes]))
                 if moved:
                     self._count_settled(conn, job_id, {"delivered": moved})
                 continue

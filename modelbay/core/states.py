@@ -292,16 +292,17 @@ class Move:
                  otherwise: Callable[[Connection], Any] | None = None, inserts: Insert | None = None) -> None:
         self.machine, self.key, self.old, self.new, self.values = machine, key, old, new, values
         self.via, self.fence, self.otherwise, self.inserts = via, fence, otherwise, inserts
-        joinable = len(machine.key) == 1 and type(key) is not dict and _plain(values)
+        joinable = type(key) is not dict and _plain(values)
         self.joins = (machine, old, via, new, frozenset(values), fence is not None) if joinable else None
         self.row = (machine.name, key) if joinable else None
 
     def __call__(self, conn: Connection) -> Any:
         try:
-            move(conn, self.machine, self.key, self.old, self.new, via=self.via, fence=self.fence, **self.values)
+            moved = move(conn, self.machine, self.key, self.old, self.new, via=self.via, fence=self.fence,
+                         **self.values)
         except StatusChanged:
             return self._not_moved(conn)
-        return self._moved(conn)
+        return self._moved(conn) if moved else self._not_moved(conn)
 
     def _moved(self, conn: Connection) -> Any:
         if self.inserts is not None:
@@ -310,7 +311,8 @@ class Move:
 
     def _not_moved(self, conn: Connection) -> Any:
         if self.otherwise is None:
-            raise StatusChanged(str(self.key), self.old.value)
+            olds = (self.old,) if isinstance(self.old, enum.Enum) else self.old
+            raise StatusChanged(str(self.key), " or ".join(status.value for status in olds))
         return self.otherwise(conn)
 
     @staticmethod
@@ -319,16 +321,25 @@ class Move:
         if len({m.key for m in moves}) < len(moves):  # a row moved twice: the second sees the first
             return [m(conn) for m in moves]
         machine, old, via, new, columns, fenced = moves[0].joins  # type: ignore[misc]
-        _check_allowed(machine, (old,), via, new)
+        olds = (old,) if isinstance(old, enum.Enum) else tuple(old)
+        _check_allowed(machine, olds, via, new)
         stamp = {machine.stamp: utcnow()} if machine.stamp is not None and machine.stamp not in columns else {}
-        statement = _joined_statement(machine, columns | frozenset(stamp), fenced, conn.dialect)
+        statement = _joined_statement(machine, columns | frozenset(stamp), len(olds), fenced, conn.dialect)
+        common = {**stamp, **dict(zip(_OLD_PARAMS, (status.value for status in olds), strict=False)),
+                  "status": new.value}
+        single = len(machine.key) == 1
         cursor = driver_cursor(conn)
         moved: set[Any] = set()
         for start in range(0, len(moves), statement.rows_max):
-            rows = [{**stamp, **m.values, "_key0": m.key, "_old0": old.value, "status": new.value, "_fence": m.fence}
-                    for m in moves[start:start + statement.rows_max]]
-            moved.update(row[0] for row in statement.fetch_many(cursor, rows))
+            rows = [{**common, **m.values, **dict(zip(_KEY_PARAMS, (m.key,) if single else m.key, strict=False)),
+                     "_fence": m.fence} for m in moves[start:start + statement.rows_max]]
+            moved.update(row[0] if single else tuple(row) for row in statement.fetch_many(cursor, rows))
         return [m._moved(conn) if m.key in moved else m._not_moved(conn) for m in moves]
+
+
+def none(_conn: Connection) -> None:
+    """A move's `otherwise` when a row that moved on meanwhile is left as it is: its result is None."""
+    return None
 
 
 def run_moves(conn: Connection, moves: list[Move]) -> list[Any]:
@@ -371,26 +382,30 @@ def _update(connection: Connection, machine: Machine, key: Any, olds: tuple[Any,
 
 
 @functools.cache
-def _joined_statement(machine: Machine, columns: frozenset[str], fenced: bool, dialect: Dialect) -> DriverStatement:
-    """The compare-and-set UPDATE on PostgreSQL of many rows of a one-column key, each from its
-    `_old0` status, writing `columns`: `UPDATE … FROM (VALUES (…)) AS v … RETURNING key`, with one
+def _joined_statement(machine: Machine, columns: frozenset[str], olds: int, fenced: bool,
+                      dialect: Dialect) -> DriverStatement:
+    """The compare-and-set UPDATE on PostgreSQL of many rows by their key, each from one of its
+    `olds` statuses, writing `columns`: `UPDATE … FROM (VALUES (…)) AS v … RETURNING key`, with one
     row of VALUES (`DriverStatement.fetch_many` repeats it), compiled once."""
     table = machine.table
-    [key] = machine.key
-    names = ["_key0", "_old0", "status", *sorted(columns), *(["_fence"] if fenced else [])]
-    types = {"_key0": table.c[key].type, "_old0": table.c.status.type, "_fence": table.c.owner.type}
-    types |= {name: table.c[name].type for name in names if name not in types}
+    keys = dict(zip(_KEY_PARAMS, machine.key, strict=False))
+    old_names = list(_OLD_PARAMS[:olds])
+    names = [*keys, *old_names, "status", *sorted(columns), *(["_fence"] if fenced else [])]
+    types = {param: table.c[key].type for param, key in keys.items()}
+    types |= {name: table.c.status.type for name in old_names}
+    types |= {name: table.c["owner" if name == "_fence" else name].type for name in names if name not in types}
     # PostgreSQL types a VALUES column by its values (a NULL one as text): each is cast to its column's.
     row = [cast(bindparam(name, type_=types[name]), types[name]) for name in names]
     given = values(*(column(name, types[name]) for name in names), name="v").data([tuple(row)])
-    where = [table.c[key] == given.c._key0, (table.c.status == given.c._old0).is_(true())]
+    where = [table.c[key] == given.c[param] for param, key in keys.items()]
+    where.append(or_(*(table.c.status == given.c[name] for name in old_names)).is_(true()))
     if fenced:
         where.append(table.c.owner == given.c._fence)
     # Planned at each run: a plan kept from when the table was nearly empty joins by scanning it.
     return DriverStatement(
         update(table).where(*where)
         .values(status=given.c.status, **{name: given.c[name] for name in sorted(columns)})
-        .returning(table.c[key]),
+        .returning(*(table.c[key] for key in machine.key)),
         dialect,
         planned_each_run=True,
     )

@@ -10,11 +10,13 @@ from sqlalchemy import insert, select
 
 from modelbay.core.clock import as_utc
 from modelbay.core.errors import IllegalMove
-from modelbay.core.states import REQUEST, REQUESTS, Move
+from modelbay.core.states import JOB_ITEM, REQUEST, REQUESTS, ItemStatus, Move
 from modelbay.core.states import RequestStatus as Status
 from modelbay.store import driver
 from modelbay.store.db import Database, GroupCommitter
-from modelbay.store.tables import RequestRow
+from modelbay.store.tables import JobLogRow, RequestRow
+
+JOB_LOGS = JobLogRow.__table__
 
 FINISHED = datetime(2026, 12, 2, 8, 30, 15, 123456, tzinfo=UTC)
 
@@ -169,3 +171,23 @@ def test_the_committer_groups_joinable_writes_up_to_a_write_it_cannot_join_or_a_
     # write that cannot join, and a row written again, end the writes taken together
     assert runs == [("a1", "a2"), ("last1",), ("opaque",), ("a3",), ("a4",), ("b1",)]
     assert results == ["a1", "last1", "a2", "opaque", "a3", "a4", "b1"]
+
+
+@pytest.mark.postgresql_only("moves are joined on PostgreSQL, where each statement is a round trip")
+def test_joined_moves_by_a_key_of_two_columns_from_any_of_several_statuses(db: Database) -> None:
+    # Given a job's items awaiting delivery in different statuses, one delivered already
+    statuses = {0: ItemStatus.PREDICTED, 1: ItemStatus.FAILED_PREDICT, 2: ItemStatus.DELIVERED, 3: ItemStatus.PREDICTED}
+    with db.write() as session:
+        session.execute(insert(JOB_LOGS), [
+            {"job_id": "job", "item_index": index, "created_ms": index, "kind": "item", "level": "info",
+             "status": status.value} for index, status in statuses.items()])
+    open_item = (ItemStatus.FAILED_PROCESS, ItemStatus.PREDICTED, ItemStatus.FAILED_PREDICT)
+
+    with db.writer_connection() as conn, conn.begin():
+        results = Move.run_joined(conn, [Move(JOB_ITEM, ("job", index), open_item, ItemStatus.DELIVERED, {},
+                                              otherwise=lambda _conn: "not moved") for index in (3, 2, 0, 1)])
+
+    assert results == [ItemStatus.DELIVERED, "not moved", ItemStatus.DELIVERED, ItemStatus.DELIVERED]
+    with db.read() as session:
+        stored = dict(session.execute(select(JOB_LOGS.c.item_index, JOB_LOGS.c.status)).all())
+    assert stored == {index: "delivered" for index in statuses}
