@@ -300,7 +300,7 @@ class Deliveries:
             # Compare-and-set on `pending` and the claim (joined on PostgreSQL: one statement for
             # all): one given up meanwhile stays so, and one given back (its node declared dead) is
             # another node's to record. In id order, as a job's stop locks them
-            # (`Jobs._settle_open`), so the two never deadlock.
+            # (`Jobs._settle_open`), so the two seldom deadlock (a deadlock's loser is run again).
             done = sorted(batch, key=lambda item: item[0].id)
             moved = run_moves(conn, [
                 Move(DELIVERY, due.id, DeliveryStatus.PENDING, DeliveryStatus.DELIVERED,

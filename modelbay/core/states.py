@@ -343,8 +343,8 @@ def none(_conn: Connection) -> None:
 
 
 def run_moves(conn: Connection, moves: list[Move]) -> list[Any]:
-    """Run moves in `conn`'s transaction, those of one `joins` as one statement on PostgreSQL; their
-    results, in order."""
+    """Run moves of different rows in `conn`'s transaction, those of one `joins` as one statement on
+    PostgreSQL; their results, in order."""
     if conn.dialect.name == "sqlite" or len(moves) < 2:
         return [m(conn) for m in moves]
     groups: dict[Any, list[int]] = {}

@@ -578,7 +578,7 @@ class GroupCommitter:
         rows: set[Hashable] = set()
 
         def run_groups() -> None:
-            for joins, indices in sorted(groups.items(), key=lambda group: getattr(ops[group[1][0]], "last", False)):
+            for indices in sorted(groups.values(), key=lambda group: getattr(ops[group[0]], "last", False)):
                 first = ops[indices[0]]
                 outcomes = first.run_joined(conn, [ops[i] for i in indices]) if len(indices) > 1 else [first(conn)]
                 for i, outcome in zip(indices, outcomes, strict=True):
