@@ -14,14 +14,16 @@ import asyncio
 import hashlib
 import hmac
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import orjson
 
 from modelbay.core.deployments import Target
 from modelbay.core.instance_slots import NoCapacity
 from modelbay.runtime.base import Call, CallNotStarted, CallOutcome, CallTimedOut, InstanceLost, InstanceStartFailed
+
+if TYPE_CHECKING:
+    import aiohttp
 
 #: The header a node proves itself with to another.
 TOKEN_HEADER = "x-modelbay-node"
@@ -87,10 +89,10 @@ def decode_end(message: dict[str, Any]) -> CallOutcome:
 class Peers:
     """Sends calls to other nodes (see the module's docstring).
 
-    aiohttp, as the webhook POSTs: an httpx request cost ~1 ms of the event loop's CPU, an aiohttp
-    one ~0.1 ms. Its connections are TCP_NODELAY (a call's headers and body go in two writes, and
-    the second would otherwise wait for the other node's delayed ACK). The session is made on first
-    use, on the loop that uses it.
+    aiohttp: an httpx request cost ~1 ms of the event loop's CPU, an aiohttp one ~0.1 ms. Its
+    connections are TCP_NODELAY (a call's headers and body go in two writes, and the second would
+    otherwise wait for the other node's delayed ACK). aiohttp is loaded and the session made on
+    first use, on the loop that uses it: a server alone never sends calls.
     """
 
     def __init__(self, token: str) -> None:
@@ -104,6 +106,8 @@ class Peers:
         running there. Raises what `Scheduler.run` raises, `NoCapacity` when that node has no
         instance of the pool (or is gone), and `CallNotStarted` when it went away before the call
         started."""
+        import aiohttp  # only a node of a cluster sends calls: a server alone never loads it (~9.5 MiB)
+
         body = encode_call(target, call, timeout, priority, on_update is not None)
         started = False
         try:
@@ -135,6 +139,8 @@ class Peers:
 
     def _connected(self) -> aiohttp.ClientSession:
         if self._session is None:
+            import aiohttp
+
             # No limit on connections (each call holds one for as long as it runs) and no read
             # timeout: a call takes as long as its own timeout, which the other node enforces.
             self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), trust_env=False,
