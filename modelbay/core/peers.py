@@ -92,7 +92,8 @@ class Peers:
     aiohttp: an httpx request cost ~1 ms of the event loop's CPU, an aiohttp one ~0.1 ms. Its
     connections are TCP_NODELAY (a call's headers and body go in two writes, and the second would
     otherwise wait for the other node's delayed ACK). aiohttp is loaded and the session made on
-    first use, on the loop that uses it: a server alone never sends calls.
+    first use, on the loop that uses it: a server alone never sends calls (and the first call pays
+    the import, ~0.1 s, once).
     """
 
     def __init__(self, token: str) -> None:
