@@ -31,10 +31,10 @@ from modelbay.core.hooks import WriteHook
 from modelbay.core.clock import as_utc, utcnow
 from modelbay.core.errors import StatusChanged
 from modelbay.core.nodes import Nodes
-from modelbay.core.states import DELIVERY, DeliveryStatus, Move, move, none, run_moves
+from modelbay.core.states import DELIVERY, DeliveryStatus, Move, move
 from modelbay.core.webhook_client import WebhookClient
 from modelbay.core.webhooks import backoff_ms, post_signed
-from modelbay.store.db import Database
+from modelbay.store.db import Database, nothing, run_writes
 from modelbay.store.driver import DriverStatement, driver_cursor
 from modelbay.store.tables import DeliveryRow, WebhookRow
 
@@ -302,10 +302,10 @@ class Deliveries:
             # another node's to record. In id order, as a job's stop locks them
             # (`Jobs._settle_open`), so the two seldom deadlock (a deadlock's loser is run again).
             done = sorted(batch, key=lambda item: item[0].id)
-            moved = run_moves(conn, [
+            moved = run_writes(conn, [
                 Move(DELIVERY, due.id, DeliveryStatus.PENDING, DeliveryStatus.DELIVERED,
                      {"attempts": due.attempts + 1, "response_code": code, "last_error": None, "finished_at": now,
-                      "body": None}, fence=due.owner, otherwise=none)
+                      "body": None}, fence=due.owner, otherwise=nothing)
                 for due, code in done])
             items = [(due.job_id, due.item_index) for (due, _), status in zip(done, moved, strict=True)
                      if status is not None and due.job_id is not None and due.item_index is not None]

@@ -54,10 +54,8 @@ from modelbay.core.states import (
     JobStatus,
     Move,
     move,
-    none,
-    run_moves,
 )
-from modelbay.store.db import Database
+from modelbay.store.db import Database, nothing, run_writes
 from modelbay.store.driver import DriverStatement, driver_cursor
 from modelbay.store.tables import DeploymentRow, JobLogRow, JobRow, ProjectRow, WebhookRow
 
@@ -498,8 +496,8 @@ class Jobs:
             if delivered and self._webhook_count(conn, job_id) == 1:
                 # The item's one delivery was made (the common case): by the item's key (joined on
                 # PostgreSQL: one statement for all; on SQLite row by row, statements compiled once).
-                moved = sum(status is not None for status in run_moves(conn, [
-                    Move(JOB_ITEM, (job_id, index), OPEN_ITEM, ItemStatus.DELIVERED, {}, otherwise=none)
+                moved = sum(status is not None for status in run_writes(conn, [
+                    Move(JOB_ITEM, (job_id, index), OPEN_ITEM, ItemStatus.DELIVERED, {}, otherwise=nothing)
                     for index in indexes]))
                 if moved:
                     self._count_settled(conn, job_id, {"delivered": moved})

@@ -61,8 +61,7 @@ class Journal:
     def write(conn: Connection, rows: list[dict[str, Any]]) -> None:
         """Insert rows from `rows` inside the caller's transaction (to share a commit with a status
         change); in a batch of the committer, with the batch's other lines at its end."""
-        if rows:
-            insert_at_commit(conn, LOG_LINES, rows)
+        insert_at_commit(conn, LOG_LINES, rows)
 
     def page(
         self,

@@ -45,10 +45,10 @@ from modelbay.core.nodes import Nodes
 from modelbay.core.requests import Requests
 from modelbay.core.revisions import build_failure
 from modelbay.core.scheduler import Scheduler
-from modelbay.core.states import RUN, Move, RunStatus, VersionStatus, move, run_moves
+from modelbay.core.states import RUN, Move, RunStatus, VersionStatus, move
 from modelbay.runtime import wire
 from modelbay.runtime.base import CallTimedOut, InstanceStartFailed
-from modelbay.store.db import Database, Insert, lock_until_commit
+from modelbay.store.db import Database, Insert, lock_until_commit, run_writes
 from modelbay.store.driver import DriverStatement, driver_cursor, insert_rows
 from modelbay.store.tables import RunRow
 
@@ -122,26 +122,29 @@ def call_input(target: Target, body: Any, environment: dict[str, str]) -> tuple[
 CLAIMED_PARAMETERS = {f"claimed_{i}": status.value for i, status in enumerate(CLAIMED)}
 
 
+def _claimed_count() -> Any:
+    """How many runs of the version `version_id` are claimed (`CLAIMED_PARAMETERS` give the statuses)."""
+    claimed = [bindparam(name) for name in CLAIMED_PARAMETERS]
+    return select(func.count()).select_from(RUNS).where(
+        RUNS.c.version_id == bindparam("version_id"), RUNS.c.status.in_(claimed)).scalar_subquery()
+
+
+# The claims' reads are planned at each run: a plan kept from when the table was nearly empty scans every run.
+
 @functools.cache
 def _claim_reads(dialect: Dialect) -> DriverStatement:
     """What a claim decides on, in one statement compiled once: how many runs of the version are
     claimed, and how many attempts the run made."""
-    claimed = [bindparam(name) for name in CLAIMED_PARAMETERS]
-    running = select(func.count()).select_from(RUNS).where(
-        RUNS.c.version_id == bindparam("version_id"), RUNS.c.status.in_(claimed)).scalar_subquery()
     attempts = select(RUNS.c.attempts).where(RUNS.c.id == bindparam("run_id")).scalar_subquery()
-    # Planned at each run: a plan kept from when the table was nearly empty scans every run.
-    return DriverStatement(select(running, attempts), dialect, planned_each_run=True)
+    return DriverStatement(select(_claimed_count(), attempts), dialect, planned_each_run=True)
 
 
 @functools.cache
 def _joined_claim_reads(dialect: Dialect) -> DriverStatement:
     """`_claim_reads` for several runs (PostgreSQL): each one's attempts, with the count of claimed runs."""
-    claimed = [bindparam(name) for name in CLAIMED_PARAMETERS]
-    running = select(func.count()).select_from(RUNS).where(
-        RUNS.c.version_id == bindparam("version_id"), RUNS.c.status.in_(claimed)).scalar_subquery()
     return DriverStatement(
-        select(RUNS.c.id, RUNS.c.attempts, running).where(RUNS.c.id == any_(bindparam("run_ids", type_=ARRAY(String)))),
+        select(RUNS.c.id, RUNS.c.attempts, _claimed_count())
+        .where(RUNS.c.id == any_(bindparam("run_ids", type_=ARRAY(String)))),
         dialect, planned_each_run=True)
 
 
@@ -203,7 +206,7 @@ def _claimed(conn: Connection, claims: list[Claim], running: int, attempts: dict
                           {"owner": claim.node_id, "attempts": attempt}, via=(*path, RunStatus.RUNNABLE),
                           inserts=Insert(LOG_LINES, lines)))
         results.append(attempt)
-    run_moves(conn, moves)
+    run_writes(conn, moves)
     return results
 
 

@@ -337,27 +337,6 @@ class Move:
         return [m._moved(conn) if m.key in moved else m._not_moved(conn) for m in moves]
 
 
-def none(_conn: Connection) -> None:
-    """A move's `otherwise` when a row that moved on meanwhile is left as it is: its result is None."""
-    return None
-
-
-def run_moves(conn: Connection, moves: list[Move]) -> list[Any]:
-    """Run moves of different rows in `conn`'s transaction, those of one `joins` as one statement on
-    PostgreSQL; their results, in order."""
-    if conn.dialect.name == "sqlite" or len(moves) < 2:
-        return [m(conn) for m in moves]
-    groups: dict[Any, list[int]] = {}
-    for i, m in enumerate(moves):
-        groups.setdefault(m.joins if m.joins is not None else ("alone", i), []).append(i)
-    results: list[Any] = [None] * len(moves)
-    for indices in groups.values():
-        group = [moves[i] for i in indices]
-        for i, result in zip(indices, Move.run_joined(conn, group) if len(group) > 1 else [group[0](conn)], strict=True):
-            results[i] = result
-    return results
-
-
 def _plain(values: dict[str, Any]) -> bool:
     """Whether every value is data (not an SQL expression such as `attempts + 1`)."""
     for value in values.values():

@@ -419,7 +419,7 @@ class GroupCommitter:
         """Commit what is queued now, without waiting for lingering writes to find company."""
         if self._on_loop():
             self._schedule(now=True)
-        self._queue.put((_nothing, Future(), False))
+        self._queue.put((nothing, Future(), False))
 
     def close(self) -> None:
         self._closed.set()
@@ -508,7 +508,7 @@ class GroupCommitter:
         committed.add_done_callback(self._handed_back)
         for item in batch:
             self._queue.put(item)
-        self._queue.put((_nothing, committed, False))  # committed with or after the batch: the queue is FIFO
+        self._queue.put((nothing, committed, False))  # committed with or after the batch: the queue is FIFO
 
     def _handed_back(self, _: asyncio.Future[Any]) -> None:
         self._handed_over -= 1
@@ -552,53 +552,19 @@ class GroupCommitter:
             if stop:
                 return
 
-    @classmethod
-    def _write(cls, conn: Connection, batch: list[tuple[Op, _Waiter, bool]], cursor: Any = None) -> list[Any]:
+    @staticmethod
+    def _write(conn: Connection, batch: list[tuple[Op, _Waiter, bool]], cursor: Any = None) -> list[Any]:
         """Run a batch's writes in `conn`'s transaction (the inserts on `cursor` when given: the
         driver's, in a transaction begun on it); their results, in order."""
         conn.info[_AT_COMMIT] = at_commit = {}
         try:
             # Inserts first (they create what later writes in the batch may update).
             _insert(conn, _rows_by_insert(batch), cursor)
-            results = cls._run_writes(conn, batch)
+            results = run_writes(conn, [op for op, _, _ in batch])
             _insert(conn, at_commit, cursor)
             return results
         finally:
             del conn.info[_AT_COMMIT]
-
-    @staticmethod
-    def _run_writes(conn: Connection, batch: list[tuple[Op, _Waiter, bool]]) -> list[Any]:
-        if conn.dialect.name == "sqlite":  # a statement is no round trip: each write runs alone
-            return [None if isinstance(op, Insert) else op(conn) for op, _, _ in batch]
-        # On PostgreSQL, joinable writes next to each other (inserts, done first, in between) run in
-        # groups of the same `joins`, each group as one statement: one round trip (see `Joinable`).
-        ops = [op for op, _, _ in batch]
-        results: list[Any] = [None] * len(ops)
-        groups: dict[Hashable, list[int]] = {}  # joins -> the indices of its writes
-        rows: set[Hashable] = set()
-
-        def run_groups() -> None:
-            for indices in sorted(groups.values(), key=lambda group: getattr(ops[group[0]], "last", False)):
-                first = ops[indices[0]]
-                outcomes = first.run_joined(conn, [ops[i] for i in indices]) if len(indices) > 1 else [first(conn)]
-                for i, outcome in zip(indices, outcomes, strict=True):
-                    results[i] = outcome
-            groups.clear()
-            rows.clear()
-
-        for i, op in enumerate(ops):
-            if isinstance(op, Insert):
-                continue
-            if (joins := getattr(op, "joins", None)) is None:
-                run_groups()
-                results[i] = op(conn)
-                continue
-            if op.row in rows:
-                run_groups()
-            rows.add(op.row)
-            groups.setdefault(joins, []).append(i)
-        run_groups()
-        return results
 
     def _commit(self, batch: list[tuple[Op, _Waiter, bool]],
                 attempt: int = 1) -> list[tuple[_Waiter, Any, BaseException | None]]:
@@ -668,8 +634,44 @@ def _rows_by_insert(batch: list[tuple[Op, _Waiter, bool]]) -> dict[tuple[Table, 
     return rows
 
 
-def _nothing(_conn: Connection) -> None:
-    """The write of `flush`: it only ends the linger of those queued before it."""
+def run_writes(conn: Connection, writes: list[Op]) -> list[Any]:
+    """Run writes in `conn`'s transaction; their results, in order (an `Insert`'s is None: the
+    committer inserts those rows first). On SQLite, where a statement is no round trip, each runs
+    alone. On PostgreSQL joinable writes next to each other (inserts in between) run in groups of
+    the same `joins`, each group as one statement: one round trip (see `Joinable`)."""
+    if conn.dialect.name == "sqlite":
+        return [None if isinstance(write, Insert) else write(conn) for write in writes]
+    results: list[Any] = [None] * len(writes)
+    groups: dict[Hashable, list[int]] = {}  # joins -> the indices of its writes
+    rows: set[Hashable] = set()
+
+    def run_groups() -> None:
+        for indices in sorted(groups.values(), key=lambda group: writes[group[0]].last):  # type: ignore[union-attr]
+            first: Any = writes[indices[0]]
+            outcomes = first.run_joined(conn, [writes[i] for i in indices]) if len(indices) > 1 else [first(conn)]
+            for i, outcome in zip(indices, outcomes, strict=True):
+                results[i] = outcome
+        groups.clear()
+        rows.clear()
+
+    for i, write in enumerate(writes):
+        if isinstance(write, Insert):
+            continue
+        if (joins := getattr(write, "joins", None)) is None:
+            run_groups()
+            results[i] = write(conn)
+            continue
+        if write.row in rows:  # type: ignore[union-attr]
+            run_groups()
+        rows.add(write.row)  # type: ignore[union-attr]
+        groups.setdefault(joins, []).append(i)
+    run_groups()
+    return results
+
+
+def nothing(_conn: Connection) -> None:
+    """A write that writes nothing: the write of `flush` (it only ends the linger of those queued
+    before it), and the `otherwise` of a move whose row, moved on meanwhile, is left as it is."""
 
 
 def _settle(outcomes: list[tuple[_Waiter, Any, BaseException | None]]) -> None:

@@ -13,7 +13,7 @@ from modelbay.core.errors import IllegalMove
 from modelbay.core.states import JOB_ITEM, REQUEST, REQUESTS, ItemStatus, Move
 from modelbay.core.states import RequestStatus as Status
 from modelbay.store import driver
-from modelbay.store.db import Database, GroupCommitter
+from modelbay.store.db import Database, run_writes
 from modelbay.store.tables import JobLogRow, RequestRow
 
 JOB_LOGS = JobLogRow.__table__
@@ -165,7 +165,7 @@ def test_the_committer_groups_joinable_writes_up_to_a_write_it_cannot_join_or_a_
     batch = [Recorded(runs, "a1", "a", 1), Recorded(runs, "last1", "l", 2, last=True), Recorded(runs, "a2", "a", 3),
              opaque, Recorded(runs, "a3", "a", 4), Recorded(runs, "a4", "a", 4), Recorded(runs, "b1", "b", 5)]
     with db.writer_connection() as conn, conn.begin():
-        results = GroupCommitter._run_writes(conn, [(write, None, False) for write in batch])  # type: ignore[misc]
+        results = run_writes(conn, batch)  # type: ignore[arg-type]
 
     # Then each group ran once, in the order of its first write, the `last` one after the others; a
     # write that cannot join, and a row written again, end the writes taken together
