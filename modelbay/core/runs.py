@@ -180,6 +180,8 @@ class Claim:
 
     @staticmethod
     def run_joined(conn: Connection, claims: list[Claim]) -> list[int | None]:
+        if conn.dialect.name == "sqlite":  # no lock to share, and each read costs no round trip
+            return [claim(conn) for claim in claims]
         version_id = claims[0].version_id
         lock_until_commit(conn, f"runs:{version_id}")
         rows = _joined_claim_reads(conn.dialect).rows(driver_cursor(conn), {

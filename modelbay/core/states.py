@@ -273,6 +273,10 @@ def _check_allowed(machine: Machine, olds: tuple[Any, ...], via: Sequence[Any], 
                 raise IllegalMove(machine.name, before.value, after.value)
 
 
+#: Fewest moves SQLite runs together (`Move.run_joined`): fewer cost no less alone.
+SQLITE_JOINED_MOVES_MIN = 4
+
+
 class Move:
     """One row's compare-and-set move from `old` to `new` (through the statuses of `via`), as a
     write for the committer (`store.db.GroupCommitter`).
@@ -280,9 +284,10 @@ class Move:
     Alone it is `move()`; when the row is no longer in `old` its result is `otherwise`'s (run in
     the same transaction), or it raises `StatusChanged`. Its result is `new` when the row moved,
     and then the rows of `inserts` (log lines that tell of it) are inserted with it.
-    On PostgreSQL, moves next to each other in a batch with the same `joins` (machine, statuses,
-    columns written, fenced or not) run as one statement for all their rows (`run_joined`): one
-    round trip, where each alone is one."""
+    Moves next to each other in a batch with the same `joins` (machine, statuses, columns written,
+    fenced or not) run together (`run_joined`): on PostgreSQL as one statement for all their rows,
+    one round trip where each alone is one; on SQLite as one call to the driver, which runs the
+    statement of one row for each, where each alone costs more Python than SQLite spends on it."""
 
     __slots__ = ("machine", "key", "old", "new", "values", "via", "fence", "otherwise", "inserts", "joins", "row")
     last = False  # runs with the other joinable writes next to it, in their order (`store.db.Joinable`)
@@ -324,17 +329,38 @@ class Move:
         olds = (old,) if isinstance(old, enum.Enum) else tuple(old)
         _check_allowed(machine, olds, via, new)
         stamp = {machine.stamp: utcnow()} if machine.stamp is not None and machine.stamp not in columns else {}
-        statement = _joined_statement(machine, columns | frozenset(stamp), len(olds), fenced, conn.dialect)
         common = {**stamp, **dict(zip(_OLD_PARAMS, (status.value for status in olds), strict=False)),
                   "status": new.value}
         single = len(machine.key) == 1
+        rows = [{**common, **m.values, **dict(zip(_KEY_PARAMS, (m.key,) if single else m.key, strict=False)),
+                 "_fence": m.fence} for m in moves]
         cursor = driver_cursor(conn)
+        if conn.dialect.name == "sqlite":
+            if len(moves) < SQLITE_JOINED_MOVES_MIN:
+                return [m(conn) for m in moves]
+            statement = _statement(machine, columns | frozenset(stamp), len(olds), fenced, conn.dialect)
+            return Move._run_each(conn, cursor, statement, moves, rows)
+        statement = _joined_statement(machine, columns | frozenset(stamp), len(olds), fenced, conn.dialect)
         moved: set[Any] = set()
-        for start in range(0, len(moves), statement.rows_max):
-            rows = [{**common, **m.values, **dict(zip(_KEY_PARAMS, (m.key,) if single else m.key, strict=False)),
-                     "_fence": m.fence} for m in moves[start:start + statement.rows_max]]
-            moved.update(row[0] if single else tuple(row) for row in statement.fetch_many(cursor, rows))
+        for start in range(0, len(rows), statement.rows_max):
+            returned = statement.fetch_many(cursor, rows[start:start + statement.rows_max])
+            moved.update(row[0] if single else tuple(row) for row in returned)
         return [m._moved(conn) if m.key in moved else m._not_moved(conn) for m in moves]
+
+    @staticmethod
+    def _run_each(conn: Connection, cursor: Any, statement: DriverStatement, moves: list[Move],
+                  rows: list[dict[str, Any]]) -> list[Any]:
+        """SQLite: the moves' one-row statement run for every row in one call to the driver (prepared
+        once, each row bound in C). It tells only how many rows moved: when some did not, which ones
+        is unknown, so the moves are undone and each runs alone."""
+        cursor.execute("SAVEPOINT joined_moves")
+        moved = statement.execute_each(cursor, rows)
+        if moved == len(moves):
+            cursor.execute("RELEASE joined_moves")
+            return [m._moved(conn) for m in moves]
+        cursor.execute("ROLLBACK TO joined_moves")
+        cursor.execute("RELEASE joined_moves")
+        return [m(conn) for m in moves]
 
 
 def _plain(values: dict[str, Any]) -> bool:

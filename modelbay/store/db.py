@@ -276,8 +276,8 @@ class Insert:
 
 class Joinable(Protocol):
     """A write of one row the committer runs together with the others of the same `joins` (not None)
-    among the joinable writes next to it in a batch: one statement for all, where each alone would
-    be one (`core.states.Move`). Those writes run in groups, in the order each group's first write
+    among the joinable writes next to it in a batch: on PostgreSQL one statement for all, where each
+    alone would be one (`core.states.Move`). Those writes run in groups, in the order each group's first write
     has, but the groups that are `last` after the others: they read what the others change (a
     claim counts the runs they end). A row written twice ends the run of writes taken together."""
 
@@ -636,11 +636,8 @@ def _rows_by_insert(batch: list[tuple[Op, _Waiter, bool]]) -> dict[tuple[Table, 
 
 def run_writes(conn: Connection, writes: list[Op]) -> list[Any]:
     """Run writes in `conn`'s transaction; their results, in order (an `Insert`'s is None: the
-    committer inserts those rows first). On SQLite, where a statement is no round trip, each runs
-    alone. On PostgreSQL joinable writes next to each other (inserts in between) run in groups of
-    the same `joins`, each group as one statement: one round trip (see `Joinable`)."""
-    if conn.dialect.name == "sqlite":
-        return [None if isinstance(write, Insert) else write(conn) for write in writes]
+    committer inserts those rows first). Joinable writes next to each other (inserts in between) run
+    in groups of the same `joins`, each group at once (see `Joinable`)."""
     results: list[Any] = [None] * len(writes)
     groups: dict[Hashable, list[int]] = {}  # joins -> the indices of its writes
     rows: set[Hashable] = set()

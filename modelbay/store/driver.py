@@ -68,6 +68,11 @@ class DriverStatement:
         for start in range(0, len(rows), self.rows_per_statement):
             self._execute_many(cursor, rows[start:start + self.rows_per_statement])
 
+    def execute_each(self, cursor: Any, rows: list[Mapping[str, Any]]) -> int:
+        """Run it for each row in one call to the driver; returns the rows changed, summed."""
+        cursor.executemany(self.sql, [self.parameters(row) for row in rows])
+        return int(cursor.rowcount)
+
     def fetch_many(self, cursor: Any, rows: list[Mapping[str, Any]]) -> list[Any]:
         """Run it on PostgreSQL once for all `rows` (no more than `rows_max`), its one row of VALUES
         repeated for each, and fetch what it returns as the driver gives it."""

@@ -127,7 +127,6 @@ def test_moves_write_their_lines_only_for_the_rows_that_moved(db: Database) -> N
     assert _lines(db) == [("a", "completed"), ("b", "completed")]
 
 
-@pytest.mark.postgresql_only("moves are joined on PostgreSQL, where each statement is a round trip")
 def test_joined_moves_through_a_status_write_the_lines_of_the_rows_that_moved(db: Database) -> None:
     _requests(db, {"a": "pending", "b": "processing", "c": "pending"})
     with db.writer_connection() as conn, conn.begin():
