@@ -145,7 +145,7 @@ class RequestRow(Base):
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    project_id: Mapped[str] = mapped_column(String(36), index=True)
+    project_id: Mapped[str] = mapped_column(String(36))  # ix_requests_project_created leads with it
     deployment_id: Mapped[str] = mapped_column(String(36))
     version_id: Mapped[str] = mapped_column(String(36))
     mode: Mapped[str] = mapped_column(String(8))  # direct / batch

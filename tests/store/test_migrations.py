@@ -14,7 +14,7 @@ from alembic import command
 from alembic.operations import Operations
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import select, text
+from sqlalchemy import inspect, select, text
 
 from modelbay.core.bus import Bus
 from modelbay.core.errors import Conflict
@@ -129,3 +129,17 @@ def test_a_failed_migration_in_a_child_process_raises(tmp_path: Path) -> None:
     with pytest.raises(subprocess.CalledProcessError):
         db.migrate(in_child=True)
     db.close()
+
+
+def _request_indexes(db: Database) -> set[str]:
+    return {index["name"] for index in inspect(db.engine).get_indexes("requests")}
+
+
+def test_0014_drops_the_index_of_project_id_alone_that_the_index_by_project_and_time_covers(db: Database) -> None:
+    db.run_migrations(command.upgrade, "0013")
+    assert {"ix_requests_project_id", "ix_requests_project_created"} <= _request_indexes(db)
+    db.migrate()
+    assert "ix_requests_project_id" not in _request_indexes(db)
+    assert "ix_requests_project_created" in _request_indexes(db)  # what serves a project's requests
+    db.run_migrations(command.downgrade, "0013")
+    assert "ix_requests_project_id" in _request_indexes(db)
