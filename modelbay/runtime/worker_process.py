@@ -84,7 +84,6 @@ class LocalInstance:
         self._call_output = 0  # bytes the running call wrote to fd 1/2
         self._reader: asyncio.ReadTransport | None = None
         self._writer: asyncio.WriteTransport | None = None
-        self._outbox: list[bytes] = []  # frames for the worker, written together at the end of the loop's turn
         self._waiter: asyncio.Future[Any] | None = None  # the answer to the init message
         self._calls: deque[PendingCall] = deque()  # sent, not yet answered, in the order sent
         self._grace: asyncio.TimerHandle | None = None  # for a call given up that became the first
@@ -103,21 +102,6 @@ class LocalInstance:
 
     def __repr__(self) -> str:
         return f"<LocalInstance {self._id} {self._state.value}>"
-
-    def send(self, frame: bytes) -> None:
-        """Queue a frame for the worker; the frames queued in one turn of the loop go in one write after
-        it. Each write wakes a waiting worker, which costs the server more than the frame itself (and
-        under the GIL): a drain sends calls several at a time."""
-        if not self._outbox:
-            asyncio.get_running_loop().call_soon(self.flush)
-        self._outbox.append(frame)
-
-    def flush(self) -> None:
-        """Write the queued frames now (before a frame written to the worker directly)."""
-        frames, self._outbox = self._outbox, []
-        writer = self._writer
-        if frames and writer is not None and not writer.is_closing():
-            writer.write(b"".join(frames))
 
     # --- called from the channel protocol ---
 
