@@ -323,8 +323,9 @@ class Move:
     @staticmethod
     def run_joined(conn: Connection, moves: list[Move]) -> list[Any]:
         """Run moves of one `joins` as statements of many rows; each move's result, in order."""
-        if len({m.key for m in moves}) < len(moves):  # a row moved twice: the second sees the first
-            return [m(conn) for m in moves]
+        sqlite = conn.dialect.name == "sqlite"
+        if len({m.key for m in moves}) < len(moves) or (sqlite and len(moves) < SQLITE_JOINED_MOVES_MIN):
+            return [m(conn) for m in moves]  # a row moved twice (the second sees the first), or a few on SQLite
         machine, old, via, new, columns, fenced = moves[0].joins  # type: ignore[misc]
         olds = (old,) if isinstance(old, enum.Enum) else tuple(old)
         _check_allowed(machine, olds, via, new)
@@ -335,9 +336,7 @@ class Move:
         rows = [{**common, **m.values, **dict(zip(_KEY_PARAMS, (m.key,) if single else m.key, strict=False)),
                  "_fence": m.fence} for m in moves]
         cursor = driver_cursor(conn)
-        if conn.dialect.name == "sqlite":
-            if len(moves) < SQLITE_JOINED_MOVES_MIN:
-                return [m(conn) for m in moves]
+        if sqlite:
             statement = _statement(machine, columns | frozenset(stamp), len(olds), fenced, conn.dialect)
             return Move._run_each(conn, cursor, statement, moves, rows)
         statement = _joined_statement(machine, columns | frozenset(stamp), len(olds), fenced, conn.dialect)

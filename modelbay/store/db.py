@@ -276,10 +276,11 @@ class Insert:
 
 class Joinable(Protocol):
     """A write of one row the committer runs together with the others of the same `joins` (not None)
-    among the joinable writes next to it in a batch: on PostgreSQL one statement for all, where each
-    alone would be one (`core.states.Move`). Those writes run in groups, in the order each group's first write
-    has, but the groups that are `last` after the others: they read what the others change (a
-    claim counts the runs they end). A row written twice ends the run of writes taken together."""
+    among the joinable writes next to it in a batch: at once (on PostgreSQL one statement for all,
+    where each alone would be one: `core.states.Move`). Those writes run in groups, in the order
+    each group's first write has, but the groups that are `last` after the others: they read what
+    the others change (a claim counts the runs they end). A row written twice ends the run of
+    writes taken together."""
 
     joins: Hashable | None
     row: Hashable  # the row it writes
