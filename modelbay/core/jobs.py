@@ -494,8 +494,8 @@ class Jobs:
             by_job.setdefault(job_id, []).append(index)
         for job_id, indexes in by_job.items():
             if delivered and self._webhook_count(conn, job_id) == 1:
-                # The item's one delivery was made (the common case): by the item's key (joined on
-                # PostgreSQL: one statement for all; on SQLite row by row, statements compiled once).
+                # The item's one delivery was made (the common case): by the item's key, the moves
+                # joined (`Move.run_joined`).
                 moved = sum(status is not None for status in run_writes(conn, [
                     Move(JOB_ITEM, (job_id, index), OPEN_ITEM, ItemStatus.DELIVERED, {}, otherwise=nothing)
                     for index in indexes]))

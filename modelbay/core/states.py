@@ -322,7 +322,7 @@ class Move:
 
     @staticmethod
     def run_joined(conn: Connection, moves: list[Move]) -> list[Any]:
-        """Run moves of one `joins` as statements of many rows; each move's result, in order."""
+        """Run moves of one `joins` together (see the class); each move's result, in order."""
         sqlite = conn.dialect.name == "sqlite"
         if len({m.key for m in moves}) < len(moves) or (sqlite and len(moves) < SQLITE_JOINED_MOVES_MIN):
             return [m(conn) for m in moves]  # a row moved twice (the second sees the first), or a few on SQLite
@@ -349,11 +349,11 @@ class Move:
     @staticmethod
     def _run_each(conn: Connection, cursor: Any, statement: DriverStatement, moves: list[Move],
                   rows: list[dict[str, Any]]) -> list[Any]:
-        """SQLite: the moves' one-row statement run for every row in one call to the driver (prepared
-        once, each row bound in C). It tells only how many rows moved: when some did not, which ones
-        is unknown, so the moves are undone and each runs alone."""
+        """SQLite: the moves' one-row statement run for every row in one call to the driver. It tells
+        only how many rows moved: when some did not, which ones is unknown, so the moves are undone
+        and each runs alone."""
         cursor.execute("SAVEPOINT joined_moves")
-        moved = statement.execute_each(cursor, rows)
+        moved = statement.executemany(cursor, rows)
         if moved == len(moves):
             cursor.execute("RELEASE joined_moves")
             return [m._moved(conn) for m in moves]

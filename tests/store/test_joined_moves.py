@@ -42,7 +42,7 @@ class Statements:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.alone = self.joined = 0
         execute, fetch_many = driver.DriverStatement.execute, driver.DriverStatement.fetch_many
-        execute_each = driver.DriverStatement.execute_each
+        executemany = driver.DriverStatement.executemany
 
         def counted_execute(statement: driver.DriverStatement, cursor: Any, row: Any) -> int:
             self.alone += 1
@@ -52,12 +52,12 @@ class Statements:
             self.joined += 1
             return fetch_many(statement, cursor, rows)
 
-        def counted_execute_each(statement: driver.DriverStatement, cursor: Any, rows: Any) -> int:
+        def counted_executemany(statement: driver.DriverStatement, cursor: Any, rows: Any) -> int:
             self.joined += 1
-            return execute_each(statement, cursor, rows)
+            return executemany(statement, cursor, rows)
 
         monkeypatch.setattr(driver.DriverStatement, "execute", counted_execute)
-        monkeypatch.setattr(driver.DriverStatement, "execute_each", counted_execute_each)
+        monkeypatch.setattr(driver.DriverStatement, "executemany", counted_executemany)
         monkeypatch.setattr(driver.DriverStatement, "fetch_many", counted_fetch_many)
 
 
