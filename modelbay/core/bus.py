@@ -10,8 +10,8 @@ change (the store is the truth). Messages can be missed while a node's listener 
 queue polls).
 
 On PostgreSQL a message is a `NOTIFY` on one channel (sent after the caller's commit, in a commit
-of the group committer), and each node `LISTEN`s on a dedicated psycopg connection, reconnecting
-with backoff. On SQLite one server holds the data: messages go to this process's subscribers only.
+of the group committer; a change of settings is out before its handler answers: `AWAITED`), and
+each node `LISTEN`s on a dedicated psycopg connection, reconnecting with backoff. On SQLite one server holds the data: messages go to this process's subscribers only.
 Callbacks run on the server's event loop; one that fails is logged.
 
 The topics, and what their payloads say, are the constants below. Payloads stay small:
@@ -21,6 +21,7 @@ PostgreSQL refuses a notification of 8000 bytes or more.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import inspect
 import logging
 import uuid
@@ -50,6 +51,13 @@ PIPELINES = "pipelines"
 SERVICES = "services"
 #: "<project id>": that project changed (its token, say); cached callers and project rows go.
 PROJECTS = "projects"
+
+#: The topics of changes a client's next call may meet on another node (settings, tokens, plans):
+#: published off the event loop (by a request's handler), they are out before the handler returns.
+AWAITED = frozenset({DEPLOYMENTS, VERSION, PIPELINES, SERVICES, PROJECTS})
+
+#: How long a handler waits for an `AWAITED` message to go out before answering all the same.
+SEND_WAIT_S = 5.0
 
 #: The PostgreSQL channel every message goes on.
 CHANNEL = "modelbay"
@@ -105,8 +113,9 @@ class Bus:
     # --- the API ---------------------------------------------------------------------------
 
     def publish(self, topic: str, payload: str = "") -> None:
-        """Tell every node (this one included); call it once the change is committed. Thread-safe;
-        it does not wait for the message to go out."""
+        """Tell every node (this one included); call it once the change is committed. Thread-safe.
+        It waits for the message to go out only for an `AWAITED` topic off the event loop: the
+        client that made the change may call another node next, and that node must know of it."""
         sender = self.node_id
         wire = f"{sender} {topic} {payload}"
         if " " in topic or " " in sender or len(wire.encode()) > MAX_MESSAGE_BYTES:
@@ -123,8 +132,16 @@ class Bus:
         def notify(conn: Connection) -> None:
             conn.execute(text("SELECT pg_notify(:channel, :payload)"), {"channel": CHANNEL, "payload": wire})
 
-        # The committer sends it in a commit of its own, after the caller's; nobody waits on it.
-        self._postgres.committer.submit(notify).add_done_callback(_log_failure)
+        # The committer sends it in a commit of its own, after the caller's.
+        sent = self._postgres.committer.submit(notify)
+        sent.add_done_callback(_log_failure)
+        if topic in AWAITED and not _on_an_event_loop():
+            try:
+                sent.result(SEND_WAIT_S)
+            except concurrent.futures.TimeoutError:
+                log.warning("bus: a %s message is not out after %.0fs; other nodes learn of it late", topic, SEND_WAIT_S)
+            except Exception:  # logged by _log_failure
+                pass
 
     def subscribe(self, topic: str, callback: Subscriber) -> None:
         """Call `callback(message)` on the event loop for every message of `topic`."""
@@ -208,6 +225,14 @@ class Bus:
                 log.warning("the bus lost its database connection (%s); reconnecting in %.1fs", exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_LAST_S)
+
+
+def _on_an_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _log_failure(future: Any) -> None:

@@ -97,6 +97,29 @@ def test_a_listener_whose_connection_dies_reconnects_and_asks_for_a_resync(datab
     on_two_nodes(database_url, scenario)
 
 
+@pytest.mark.postgresql_only("NOTIFY sent by a node's committer")
+def test_a_handler_publishing_a_settings_change_returns_once_the_message_is_out(database_url: str) -> None:
+    async def scenario(a: Bus, b: Bus) -> None:
+        seen_b = collector(b, "version")
+        # Given node A's committer busy with a write
+        released = threading.Event()
+        assert a._postgres is not None
+        a._postgres.committer.submit(lambda _conn: released.wait(DEADLINE_S))
+        try:
+            # When a handler's thread publishes work, it returns at once (nothing to wait for)
+            await asyncio.wait_for(asyncio.to_thread(a.publish, "work", "version-1"), DEADLINE_S)
+            # But a version change waits for its message to go out: the client's next call may go to B
+            publishing = asyncio.ensure_future(asyncio.to_thread(a.publish, "version", "version-1"))
+            done, _ = await asyncio.wait([publishing], timeout=0.3)
+            assert not done, "publish returned before the committer sent the message"
+        finally:
+            released.set()
+        await asyncio.wait_for(publishing, DEADLINE_S)
+        await eventually(lambda: [m.payload for m in seen_b] == ["version-1"], "node B got the change")
+
+    on_two_nodes(database_url, scenario)
+
+
 def test_in_one_process_every_subscriber_of_the_topic_gets_it_on_the_loop(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
