@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from modelbay.core.hooks import WriteHook
 from modelbay.core.clock import as_utc, utcnow
 from modelbay.core.errors import StatusChanged
 from modelbay.core.nodes import Nodes
+from modelbay.core.row_ids import time_ordered_id
 from modelbay.core.states import DELIVERY, DeliveryStatus, Move, move
 from modelbay.core.webhook_client import WebhookClient
 from modelbay.core.webhooks import backoff_ms, post_signed
@@ -81,7 +81,7 @@ def new_delivery(webhook_id: str, body: bytes, *, job_id: str | None = None, ite
     """A row to insert (in the caller's transaction) for one body to one webhook, due now; `owner`:
     the node that claims it as it is inserted (see `Deliveries.reserve`)."""
     now = now or utcnow()
-    return {"id": str(uuid.uuid4()), "webhook_id": webhook_id, "job_id": job_id, "item_index": item_index,
+    return {"id": time_ordered_id(), "webhook_id": webhook_id, "job_id": job_id, "item_index": item_index,
             "body": body, "status": DeliveryStatus.PENDING.value, "attempts": 0, "next_attempt_at": now,
             "response_code": None, "last_error": None, "created_at": now, "finished_at": None, "owner": owner}
 

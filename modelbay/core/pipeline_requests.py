@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -47,6 +46,7 @@ from modelbay.core.pipeline_walk import (
 )
 from modelbay.core.pipelines import Pipelines, Plan
 from modelbay.core.requests import Requests
+from modelbay.core.row_ids import time_ordered_id
 from modelbay.core.scheduler import PRIORITY_BATCH, PRIORITY_DIRECT
 from modelbay.core.stored_requests import MAX_BATCH, StoredRequests, check_batch, chunks
 from modelbay.core.states import PIPELINE_REQUEST, REQUESTS, move
@@ -188,7 +188,7 @@ class PipelineRequests(StoredRequests):
 
     async def _new_row(self, plan: Plan, mode: str, timeout: int, data: Any, origin: dict[str, str], status: Status,
                        owner: str, parent_id: str | None = None) -> dict[str, Any]:
-        request_id = str(uuid.uuid4())
+        request_id = time_ordered_id()
         encoded = orjson.dumps(data)
         # a batch request keeps its input until it has run, whatever the retention
         kept = encoded if mode == "batch" or plan.retention_mode == "full" else None

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +31,7 @@ from modelbay.core.pipeline_graph import END, START, Source
 from modelbay.core.pipeline_objects import PipelineObject
 from modelbay.core.pipelines import Plan
 from modelbay.core.requests import Requests
+from modelbay.core.row_ids import time_ordered_id
 from modelbay.core.scheduler import PRIORITY_DIRECT
 from modelbay.core.states import RequestStatus as Status
 from modelbay.store.db import Database, Insert
@@ -216,7 +216,7 @@ class Walker:
 
     async def _deployment_step(self, run: Run, obj: PipelineObject, item: Any) -> Any:
         timeout = time_left(run, obj)
-        request_id = str(uuid.uuid4())
+        request_id = time_ordered_id()
         entry = {"kind": "deployment", "id": request_id, "pipeline_object": obj.name,
                  "deployment": obj.reference_name, "version": obj.version, "sequence_id": next_sequence_id(),
                  "status": "processing", "error_message": None, "input_size": len(orjson.dumps(item)),
@@ -241,7 +241,7 @@ class Walker:
         return step_result(run, obj, entry, record.status, record.result, record.error_message, timed=True)
 
     async def _operator_step(self, run: Run, obj: PipelineObject, data: Any, *, group: bool) -> Any:
-        request_id = str(uuid.uuid4())
+        request_id = time_ordered_id()
         sequence_id = next_sequence_id()
         encoded = orjson.dumps(data)
         status, result, error = Status.COMPLETED, None, None

@@ -11,7 +11,6 @@ import asyncio
 import functools
 import logging
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from modelbay.core import bus as topics
 from modelbay.core.background import Background
 from modelbay.core.bus import Bus, Message
 from modelbay.core.queue import CLAIM_PER_DRAINER, CLAIM_PER_DRAINER_POSTGRESQL, BatchQueue, QueuedItem
+from modelbay.core.row_ids import time_ordered_id
 from modelbay.core.scheduler import PRIORITY_BATCH, PRIORITY_DIRECT, Scheduler
 from modelbay.core.stored_requests import StoredRequests, check_batch
 from modelbay.core.states import REQUEST, REQUESTS, move
@@ -172,7 +172,7 @@ class Requests(StoredRequests):
         """
         as_list = check_input(target, data)
         began = time.monotonic()
-        request_id = request_id or str(uuid.uuid4())
+        request_id = request_id or time_ordered_id()
         encoded = orjson.dumps(data)
         created_at = utcnow()
         node = self._nodes.id
@@ -257,7 +257,7 @@ class Requests(StoredRequests):
             # A microsecond apart: the queue runs a version's requests in order of creation.
             created_at = now + timedelta(microseconds=index)
             row = await self._new_row(
-                target, str(uuid.uuid4()), "batch", priority, timeout, orjson.dumps(item), origin, created_at
+                target, time_ordered_id(), "batch", priority, timeout, orjson.dumps(item), origin, created_at
             )
             rows.append({**row, "status": Status.PENDING.value})
         await self._db.committer.submit_async(Insert(REQUESTS, rows))
