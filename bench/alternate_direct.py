@@ -4,7 +4,7 @@ Run `.venv/bin/python bench/alternate_direct.py /path/to/before /path/to/after -
 checkout's own `bench/` starts its server (no-op deployment, one instance, as
 `bench/direct_requests.py`) in a temporary directory; all stay up, and each round runs wrk on each
 in turn, so a change is measured against its base in the same minutes (this machine's speed
-drifts by up to 2x between hours). Per round: req/s, p99, the server's CPU per request (from
+drifts by up to 2x between hours). Per round: req/s, p50 and p99, the server's CPU per request (from
 /proc) and how many requests shared each of its store commits. Needs `wrk`. With `--postgres`, the
 servers store their data in databases of their own on one PostgreSQL the run starts (as
 `bench/peers.py` does for modelbay-postgres).
@@ -97,9 +97,9 @@ def main() -> None:
                     cpu, committed = cpu_seconds(server["pid"]) - cpu, commits(server["port"]) - committed
                     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
                     answered = int(re.search(r"(\d+) requests in", out).group(1))
-                    p99 = re.search(r"\n\s+99%\s+(\S+)", out).group(1)
+                    p50, p99 = (re.search(rf"\n\s+{q}%\s+(\S+)", out).group(1) for q in (50, 99))
                     figures[tree].append((rate, cpu / answered * 1000))
-                    print(f"round {round_}  {tree}  {rate:,.0f} req/s  p99 {p99}  server CPU "
+                    print(f"round {round_}  {tree}  {rate:,.0f} req/s  p50 {p50}  p99 {p99}  server CPU "
                           f"{cpu / answered * 1000:.3f} ms/request  {answered / max(committed, 1):.2f} requests/commit",
                           flush=True)
             for tree, rounds in figures.items():
