@@ -5,7 +5,8 @@ Run `.venv/bin/python bench/datature_job.py [--items 10000] [--instances 2]`; se
 items `{"x": i}`, creates a webhook pointing at a loopback receiver in this process (which checks
 every signature and counts deliveries), and a job over the structured no-op deployment (made with
 the `ubiops` SDK). It polls the job every 0.25 s until Delivered + FailedDeliver equals the item
-count, while sampling the server's RSS (and its workers') every 0.1 s. With `--postgres`, the
+count (and reports when the receiver had every item, which that poll rounds up by up to 0.25 s),
+while sampling the server's RSS (and its workers') every 0.1 s. With `--postgres`, the
 server's store is a database of a PostgreSQL of the run's own (`bench.common.POSTGRES_SETTINGS`).
 
 Everything runs on loopback, on ports picked by binding port 0, in a temporary directory removed at
@@ -64,6 +65,7 @@ class Receiver:
         self.duplicates = 0
         self.bad_signatures = 0
         self.posts = 0
+        self.last_new_at = 0.0  # perf_counter when the latest item not seen before arrived
 
     def handle(self, body: bytes, signature: str) -> int:
         with self.lock:
@@ -78,6 +80,8 @@ class Receiver:
         with self.lock:
             if index in self.seen:
                 self.duplicates += 1
+            else:
+                self.last_new_at = time.perf_counter()
             self.seen.add(index)
         return 200
 
@@ -178,6 +182,8 @@ def run(items: int, instances: int, workdir: Path, database_url: str | None = No
             "upload_s": round(upload_s, 2),
             "elapsed_s": round(elapsed, 2),
             "items_per_s": round(items / elapsed, 1),
+            "received_s": round(receiver.last_new_at - started, 3),
+            "received_items_per_s": round(len(receiver.seen) / (receiver.last_new_at - started), 1),
             "first_delivery_s": round(first_delivery_s or 0, 2),
             "delivered": counts.delivered,
             "failed_deliver": counts.failed_deliver,
@@ -220,6 +226,8 @@ def main() -> int:
     print(f"dataset upload:     {result['upload_s']} s")
     print(f"job end to end:     {result['elapsed_s']} s  ->  {result['items_per_s']} items/s "
           f"(first delivery after {result['first_delivery_s']} s)")
+    print(f"all received:       {result['received_s']} s  ->  {result['received_items_per_s']} items/s "
+          "(the receiver's last new item: not rounded up to the SDK's next poll)")
     print(f"delivered:          {result['delivered']:,}  failed to deliver: {result['failed_deliver']:,}  "
           f"received: {result['received_posts']:,} POSTs, {result['received_distinct']:,} distinct, {result['received_duplicates']} duplicates, "
           f"{result['bad_signatures']} bad signatures")

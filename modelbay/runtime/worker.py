@@ -22,6 +22,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -49,6 +50,15 @@ if sys.path and os.path.abspath(sys.path[0] or os.curdir) == _HERE:
 GENERIC_ERROR = "An exception occurred in the request. See the logs for details."
 
 _READ_SIZE = 1 << 16  # a read of 1 MiB would allocate (and map) 1 MiB per message: most are tiny
+
+#: How long a worker with no call to run polls its channel before it sleeps in `read`. A call
+#: written to a worker that polls wakes no process: at one client at a time that wake-up cost the
+#: server's loop more than the rest of passing the call (bench/README.md, session 23).
+_POLL_S = 0.0005
+#: A worker polls only while tasks waited for a CPU less than this share of the time lately: its
+#: polling must not take a core from the server, another worker or the store. (When it does, they
+#: wait, and it stops.)
+_POLL_UNDER_PRESSURE = 0.08
 
 _output = worker_output.Output()  # where stdout and stderr go
 _current_id: str | None = None  # the running request's id, if any
@@ -80,6 +90,12 @@ class _Channel:
                 return None
             self._read()
         return self._inbox.popleft()
+
+    def poll(self, seconds: float) -> None:
+        """Wait up to `seconds` for a message by polling, not sleeping."""
+        deadline = time.monotonic() + seconds
+        while not self._inbox and not self._ended and not self._poller.poll(0) and time.monotonic() < deadline:
+            pass
 
     def arrived(self) -> list[dict[str, Any]]:
         """The messages that have arrived, without waiting (a frame still arriving stays for later)."""
@@ -455,6 +471,30 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+class _CpuPressure:
+    """The share of the last `period` seconds (or more) in which some task of the machine was ready
+    to run and waited for a CPU (Linux's pressure stall information); 1.0 where it is not told."""
+
+    def __init__(self, period: float = 0.1, path: str = "/proc/pressure/cpu") -> None:
+        self._period, self._path = period, path
+        self._last: tuple[float, int] | None = None  # when, and the stall time then (µs)
+        self.share = 1.0
+
+    def update(self) -> None:
+        now = time.monotonic()
+        if self._last is not None and now - self._last[0] < self._period:
+            return
+        try:
+            with open(self._path, "rb") as pressure:  # some avg10=… avg60=… avg300=… total=<µs>
+                stalled = int(pressure.readline().rsplit(b"total=", 1)[1])
+        except (OSError, ValueError, IndexError):  # no such figures here (not Linux, or too old a kernel)
+            self._last, self.share = (now, -1), 1.0
+            return
+        if self._last is not None and self._last[1] >= 0:
+            self.share = (stalled - self._last[1]) / 1e6 / (now - self._last[0])
+        self._last = (now, stalled)
+
+
 def _serve_calls(channel: _Channel, runner: Any, log_limit: int, memory_mib: int | None) -> None:
     """Run the calls in the order they came, until the server says stop or goes away. The server may
     send the next calls while one runs (they wait here), and withdraw one that has not started: its
@@ -470,8 +510,12 @@ def _serve_calls(channel: _Channel, runner: Any, log_limit: int, memory_mib: int
             withdrawn.add(message["id"])  # of one already run: nothing to do
         return kind != "stop"
 
+    pressure = _CpuPressure()
     while True:
         if not waiting:
+            pressure.update()
+            if pressure.share < _POLL_UNDER_PRESSURE:
+                channel.poll(_POLL_S)
             message = channel.receive()
             if message is None or not take(message):
                 return
