@@ -477,22 +477,24 @@ class _CpuPressure:
 
     def __init__(self, period: float = 0.1, path: str = "/proc/pressure/cpu") -> None:
         self._period, self._path = period, path
-        self._last: tuple[float, int] | None = None  # when, and the stall time then (µs)
+        self._read_at = -period  # when the stall time was last read
+        self._stalled: int | None = None  # the stall time then (µs); None: not read, or not told
         self.share = 1.0
 
     def update(self) -> None:
         now = time.monotonic()
-        if self._last is not None and now - self._last[0] < self._period:
+        if now - self._read_at < self._period:
             return
         try:
             with open(self._path, "rb") as pressure:  # some avg10=… avg60=… avg300=… total=<µs>
-                stalled = int(pressure.readline().rsplit(b"total=", 1)[1])
+                stalled: int | None = int(pressure.readline().rsplit(b"total=", 1)[1])
         except (OSError, ValueError, IndexError):  # no such figures here (not Linux, or too old a kernel)
-            self._last, self.share = (now, -1), 1.0
-            return
-        if self._last is not None and self._last[1] >= 0:
-            self.share = (stalled - self._last[1]) / 1e6 / (now - self._last[0])
-        self._last = (now, stalled)
+            stalled = None
+        if stalled is None or self._stalled is None:
+            self.share = 1.0
+        else:
+            self.share = (stalled - self._stalled) / 1e6 / (now - self._read_at)
+        self._read_at, self._stalled = now, stalled
 
 
 def _serve_calls(channel: _Channel, runner: Any, log_limit: int, memory_mib: int | None) -> None:
