@@ -530,10 +530,11 @@ class Runs:
         return True
 
     def _ended(self, row: RunRow, status: RunStatus, why: str | None = None) -> None:
-        """Count a run that ended here, and log it."""
+        """Count a run that ended here, and log it (a success at DEBUG: like a request's, it is
+        counted in the metrics, not worth an operator's look)."""
         self._activity.count("runs", row.version_id, status.value)
         if status is RunStatus.SUCCEEDED:
-            log.info("run %s succeeded", row.id, extra={"run_id": row.id, "event": "run succeeded"})
+            log.debug("run %s succeeded", row.id, extra={"run_id": row.id, "event": "run succeeded"})
         else:
             log.warning("run %s failed: %s", row.id, last_line(why or self._error_of(row.id)),
                         extra={"run_id": row.id, "event": "run failed"})

@@ -201,7 +201,7 @@ class Services:
         (`True == 1`: a driver may give a boolean as either.)"""
         cached = self._rows.get(service_id)
         if cached is not None:
-            with self._db.engine.connect() as conn:
+            with self._db.reader_engine.connect() as conn:
                 found = _changing_statement(conn.dialect).rows(driver_cursor(conn), {"id": service_id})
             if found and found[0][0] == deployment_id and all(
                     getattr(cached, name) == value for name, value in zip(CHANGING, found[0][1:], strict=True)):

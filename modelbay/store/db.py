@@ -171,7 +171,12 @@ class Database:
         else:
             writer_engine = self.engine
         self._writer_engine = writer_engine
-        self._reader = sessionmaker(self.engine, expire_on_commit=False)
+        #: Reads on PostgreSQL run outside a transaction: at its default isolation (read committed)
+        #: each statement takes its own snapshot anyway, and a transaction of reads costs two more
+        #: round trips to the database server (BEGIN, and the ROLLBACK or COMMIT at its end).
+        self.reader_engine: Engine = self.engine if self.is_sqlite \
+            else self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._reader = sessionmaker(self.reader_engine, expire_on_commit=False)
         self._writer = sessionmaker(writer_engine, expire_on_commit=False)
         self._committer: GroupCommitter | None = None
 
@@ -223,6 +228,7 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[Session]:
+        """A session for reads: each statement sees what was committed when it began."""
         with self._reader() as session, session.begin():
             yield session
 

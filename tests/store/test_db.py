@@ -188,3 +188,17 @@ def test_a_write_that_loses_a_deadlock_to_another_nodes_transaction_is_run_again
     # Run again until it wins: twice, or more when the retry takes "a" again before the other
     # transaction (woken by the abort) does, which a loaded machine sometimes lets happen.
     assert len(runs) >= 2
+
+
+@pytest.mark.postgresql_only("a transaction of reads costs round trips to the server")
+def test_reads_on_postgresql_run_outside_a_transaction(db: Database) -> None:
+    from psycopg.pq import TransactionStatus
+
+    with db.read() as session:
+        assert session.scalar(select(func.count()).select_from(RequestRow)) == 0
+        driver = session.connection().connection.driver_connection
+        assert driver.info.transaction_status is TransactionStatus.IDLE  # no BEGIN was sent
+    with db.write() as session:
+        session.add(_request("written"))
+    with db.read() as session:
+        assert session.get(RequestRow, "written") is not None
