@@ -31,7 +31,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import ARRAY, Connection, Dialect, String, Table, and_, any_, bindparam, func, or_, select
+from sqlalchemy import ARRAY, Connection, Dialect, String, Table, and_, any_, bindparam, func, or_, select, text
 
 from modelbay.core.activity import Activity
 from modelbay.core.background import Background
@@ -50,7 +50,7 @@ from modelbay.runtime import wire
 from modelbay.runtime.base import CallTimedOut, InstanceStartFailed
 from modelbay.store.db import Database, Insert, lock_until_commit, run_writes
 from modelbay.store.driver import DriverStatement, driver_cursor, insert_rows
-from modelbay.store.tables import RunRow
+from modelbay.store.tables import RUNS_CLAIMED, RunRow
 
 log = logging.getLogger(__name__)
 
@@ -118,15 +118,13 @@ def call_input(target: Target, body: Any, environment: dict[str, str]) -> tuple[
     return (body if isinstance(body, str) else orjson.dumps(body).decode()), context
 
 
-#: The statuses of `CLAIMED`, as `_claim_reads` takes them.
-CLAIMED_PARAMETERS = {f"claimed_{i}": status.value for i, status in enumerate(CLAIMED)}
-
-
 def _claimed_count() -> Any:
-    """How many runs of the version `version_id` are claimed (`CLAIMED_PARAMETERS` give the statuses)."""
-    claimed = [bindparam(name) for name in CLAIMED_PARAMETERS]
+    """How many runs of the version `version_id` are claimed: counted in the partial index of claimed
+    runs (a few entries per version), which the statuses written out as its condition let the
+    database use. Through the index of all statuses, a count walked every version's claimed runs,
+    and the entries of runs claimed since the last vacuum: thousands at 1,000 runs/s."""
     return select(func.count()).select_from(RUNS).where(
-        RUNS.c.version_id == bindparam("version_id"), RUNS.c.status.in_(claimed)).scalar_subquery()
+        RUNS.c.version_id == bindparam("version_id"), text(RUNS_CLAIMED)).scalar_subquery()
 
 
 # The claims' reads are planned at each run: a plan kept from when the table was nearly empty scans every run.
@@ -174,7 +172,7 @@ class Claim:
     def __call__(self, conn: Connection) -> int | None:
         lock_until_commit(conn, f"runs:{self.version_id}")
         [(running, attempts)] = _claim_reads(conn.dialect).rows(driver_cursor(conn), {
-            "version_id": self.version_id, "run_id": self.run_id, **CLAIMED_PARAMETERS})
+            "version_id": self.version_id, "run_id": self.run_id})
         [attempt] = _claimed(conn, [self], running, {self.run_id: attempts})
         return attempt
 
@@ -185,7 +183,7 @@ class Claim:
         version_id = claims[0].version_id
         lock_until_commit(conn, f"runs:{version_id}")
         rows = _joined_claim_reads(conn.dialect).rows(driver_cursor(conn), {
-            "version_id": version_id, "run_ids": [claim.run_id for claim in claims], **CLAIMED_PARAMETERS})
+            "version_id": version_id, "run_ids": [claim.run_id for claim in claims]})
         return _claimed(conn, claims, rows[0][2] if rows else 0, {run_id: attempts for run_id, attempts, _ in rows})
 
 

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 #: The newest migration (tests/store/test_migrations.py holds it to alembic's head).
-HEAD_REVISION = "0014"
+HEAD_REVISION = "0015"
 
 _MIGRATE_URL_ON_STDIN = "import sys; from modelbay.store.db import Database; Database(sys.stdin.read()).migrate()"
 

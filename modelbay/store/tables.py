@@ -260,6 +260,11 @@ class OperatorRequestRow(Base):
     finished_at: Mapped[datetime | None]
 
 
+#: The condition of a claimed run (runnable, starting or running: `core.runs.CLAIMED`), written out
+#: for the partial index of such runs: a query is served by that index only when it says the same.
+RUNS_CLAIMED = "status IN ('runnable', 'starting', 'running')"
+
+
 class RunRow(Base):
     """An asynchronous execution of a version with retries: each attempt is a request."""
 
@@ -267,6 +272,8 @@ class RunRow(Base):
     __table_args__ = (
         Index("ix_runs_deployment_created", "deployment_id", "created_at", "id"),
         Index("ix_runs_status", "status"),
+        # A version's claimed runs, which each claim counts (`core.runs`): a few entries per version.
+        Index("ix_runs_claimed", "version_id", postgresql_where=text(RUNS_CLAIMED), sqlite_where=text(RUNS_CLAIMED)),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)

@@ -404,3 +404,25 @@ def test_claims_queued_together_are_decided_in_turn_after_the_moves_next_to_them
     # On PostgreSQL the claims joined: one turn of the version's lock for all three
     assert len(locks) == (3 if db.is_sqlite else 1)
     db.close()
+
+
+def test_the_statuses_of_the_claimed_runs_index_are_those_of_a_claimed_run() -> None:
+    from modelbay.store.tables import RUNS_CLAIMED
+
+    assert RUNS_CLAIMED == "status IN ({})".format(", ".join(f"'{status.value}'" for status in runs_module.CLAIMED))
+
+
+def test_a_claim_counts_its_versions_claimed_runs_in_the_partial_index_of_them(db: Any) -> None:
+    from sqlalchemy import text
+
+    # The claims' reads of each database (PostgreSQL joins a batch's claims into one).
+    reads = runs_module._claim_reads if db.is_sqlite else runs_module._joined_claim_reads
+    statement = reads(db.engine.dialect)
+    parameters = statement.parameters({"version_id": "v", "run_id": "a", "run_ids": ["a"]})
+    with db.writer_connection() as conn, conn.begin():
+        if not db.is_sqlite:
+            conn.execute(text("SET LOCAL enable_seqscan = off"))  # an empty table: the planner's choice of index
+        cursor = conn.connection.driver_connection.cursor()
+        cursor.execute(("EXPLAIN QUERY PLAN " if db.is_sqlite else "EXPLAIN ") + statement.sql, parameters)
+        plan = str(cursor.fetchall())
+    assert "ix_runs_claimed" in plan

@@ -143,3 +143,16 @@ def test_0014_drops_the_index_of_project_id_alone_that_the_index_by_project_and_
     assert "ix_requests_project_created" in _request_indexes(db)  # what serves a project's requests
     db.run_migrations(command.downgrade, "0013")
     assert "ix_requests_project_id" in _request_indexes(db)
+
+
+def _run_indexes(db: Database) -> set[str]:
+    return {index["name"] for index in inspect(db.engine).get_indexes("runs")}
+
+
+def test_0015_adds_the_partial_index_of_claimed_runs(db: Database) -> None:
+    db.run_migrations(command.upgrade, "0014")
+    assert "ix_runs_claimed" not in _run_indexes(db)
+    db.migrate()
+    assert "ix_runs_claimed" in _run_indexes(db)
+    db.run_migrations(command.downgrade, "0014")
+    assert "ix_runs_claimed" not in _run_indexes(db)
