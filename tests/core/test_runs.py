@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from modelbay.core.builds import BuildResult
 from modelbay.core.bus import Bus
@@ -26,7 +27,7 @@ from modelbay.engine import Engine, open_database
 from modelbay.runtime import wire
 from modelbay.runtime.base import Call, CallOutcome
 from modelbay.settings import Settings
-from modelbay.store.tables import RevisionRow, RunRow, VersionRow
+from modelbay.store.tables import RUNS_CLAIMED, RevisionRow, RunRow, VersionRow
 from tests.core.test_scheduler import FakeRuntime
 
 ALLOWED, TERMINAL = RUN.allowed, RUN.terminal
@@ -407,14 +408,10 @@ def test_claims_queued_together_are_decided_in_turn_after_the_moves_next_to_them
 
 
 def test_the_statuses_of_the_claimed_runs_index_are_those_of_a_claimed_run() -> None:
-    from modelbay.store.tables import RUNS_CLAIMED
-
     assert RUNS_CLAIMED == "status IN ({})".format(", ".join(f"'{status.value}'" for status in runs_module.CLAIMED))
 
 
 def test_a_claim_counts_its_versions_claimed_runs_in_the_partial_index_of_them(db: Any) -> None:
-    from sqlalchemy import text
-
     # The claims' reads of each database (PostgreSQL joins a batch's claims into one).
     reads = runs_module._claim_reads if db.is_sqlite else runs_module._joined_claim_reads
     statement = reads(db.engine.dialect)
