@@ -6,7 +6,7 @@ checkouts, the first pair before-then-after, the next after-then-before, and so 
 read from the script's output with `--figure` (a regular expression whose first group is the
 number). Prints every run, then each checkout's median and the ratio of the medians.
 
-    .venv/bin/python bench/pairs.py /tmp/before /work/main --pairs 4 \\
+    .venv/bin/python bench/pairs.py ../before . --pairs 4 \\
         --figure 'completed ([\\d,.]+)/s' -- bench/abeja.py --duration 5 --postgres
 
 Each checkout runs with its own `.venv/bin/python` when it has one (else this Python), from its

@@ -349,7 +349,7 @@ class Runs:
 
     def _give_back_where(self, conn: Connection, owned: Any) -> int:
         rows = conn.execute(select(RUNS.c.id, RUNS.c.status, RUNS.c.attempts, RUNS.c.retry_count).where(
-            owned, RUNS.c.status.in_([s.value for s in CLAIMED]))).all()
+            owned, text(RUNS_CLAIMED))).all()
         given_back = 0
         for run_id, status, attempts, retry_count in rows:
             old = RunStatus(status)
