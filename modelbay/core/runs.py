@@ -15,7 +15,11 @@ Any node of the cluster may run a run: the one that gets a slot of its version f
 (`runnable` sets its `owner`, compare-and-set, so one node wins, and only while the
 cluster runs fewer of the version's runs than its `maximum_instances`) and fences every later
 write by that claim. Runs a node accepts start there at once; a periodic pass of every node
-also drives the queued runs of the others. What a dead node held is given back by `_give_back`.
+also drives the queued runs of the others. A run that waits for a place on the node that accepted
+it is held there (`pending` with its `owner`): when a run of its version ends, its place goes
+straight to the one held longest, whose attempt starts in a write submitted before the end's and
+runs at once, without waiting for a claim's commit (`_hand_over`). What a dead node held is given
+back by `_give_back`.
 """
 
 from __future__ import annotations
@@ -25,13 +29,13 @@ import functools
 import logging
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import ARRAY, Connection, Dialect, String, Table, and_, any_, bindparam, func, or_, select, text
+from sqlalchemy import ARRAY, Connection, Dialect, String, Table, and_, any_, bindparam, func, or_, select, text, update
 
 from modelbay.core.activity import Activity
 from modelbay.core.background import Background
@@ -44,6 +48,7 @@ from modelbay.core.journal import LOG_LINES, Journal, split_lines
 from modelbay.core.nodes import Nodes
 from modelbay.core.requests import Requests
 from modelbay.core.revisions import build_failure
+from modelbay.core.run_places import RunPlaces
 from modelbay.core.scheduler import Scheduler
 from modelbay.core.states import RUN, Move, RunStatus, VersionStatus, move
 from modelbay.runtime import wire
@@ -239,7 +244,7 @@ class Runs:
         self._requests = requests
         self._scheduler = scheduler
         self._journal = journal
-        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._places: dict[str, RunPlaces] = {}  # version -> the places its runs take on this node
         self._full_until: dict[str, float] = {}  # version -> no claim tried before then: the cluster runs its maximum
         self._background = Background("runs")  # one task per run driven, and journal writes
         self._closing = False  # the server is stopping: no new attempt starts
@@ -344,8 +349,11 @@ class Runs:
 
     def _give_back(self, conn: Connection, node_ids: list[str]) -> int:
         """A recoverer (`Nodes`): the runs dead nodes held are queued again, or fail when their
-        last attempt was under way (its instance went with the node)."""
-        return self._give_back_where(conn, RUNS.c.owner.in_(node_ids))
+        last attempt was under way (its instance went with the node); those they held pending, any
+        node may run."""
+        held = conn.execute(update(RUNS).where(RUNS.c.owner.in_(node_ids), RUNS.c.status == RunStatus.PENDING.value)
+                            .values(owner=None)).rowcount
+        return held + self._give_back_where(conn, RUNS.c.owner.in_(node_ids))
 
     def _give_back_where(self, conn: Connection, owned: Any) -> int:
         rows = conn.execute(select(RUNS.c.id, RUNS.c.status, RUNS.c.attempts, RUNS.c.retry_count).where(
@@ -374,9 +382,13 @@ class Runs:
 
     def _queued(self) -> list[str]:
         with self._db.read() as session:
-            ids = session.scalars(select(RUNS.c.id).where(RUNS.c.status.in_([s.value for s in QUEUED]))
-                                  .order_by(RUNS.c.created_at)).all()
+            ids = session.scalars(select(RUNS.c.id).where(
+                RUNS.c.status.in_([s.value for s in QUEUED]), self._ours()).order_by(RUNS.c.created_at)).all()
         return [run_id for run_id in ids if run_id not in self._driving]
+
+    def _ours(self) -> Any:
+        """Of queued runs: those no other node holds (`_drive`)."""
+        return or_(RUNS.c.owner.is_(None), RUNS.c.owner == self._nodes.id)
 
     def build_ended(self, version_id: str) -> None:
         """A reaction to `Revisions.build_ended` (on the build's thread): drive the runs that waited."""
@@ -387,7 +399,7 @@ class Runs:
         with self._db.read() as session:
             waiting = session.scalars(select(RUNS.c.id).where(
                 RUNS.c.version_id == version_id,
-                RUNS.c.status.in_([RunStatus.SUBMITTED.value, RunStatus.PENDING.value]),
+                RUNS.c.status.in_([RunStatus.SUBMITTED.value, RunStatus.PENDING.value]), self._ours(),
             )).all()
         for run_id in waiting:
             self._drive_soon(run_id)
@@ -444,12 +456,27 @@ class Runs:
         ran the version's maximum of runs a moment ago."""
         return self._closing or self._full_until.get(target.version_id, 0.0) > time.monotonic()
 
-    def _slot(self, target: Target) -> asyncio.Semaphore:
+    def _places_of(self, target: Target) -> RunPlaces:
         """Runs of one version run at most `maximum_instances` at a time on this node; the rest wait `pending`."""
-        slot = self._slots.get(target.version_id)
-        if slot is None:
-            slot = self._slots[target.version_id] = asyncio.Semaphore(max(target.maximum_instances, 1))
-        return slot
+        places = self._places.get(target.version_id)
+        if places is None:
+            places = self._places[target.version_id] = RunPlaces(max(target.maximum_instances, 1))
+        return places
+
+    def _hand_over(self, places: RunPlaces, node_id: str) -> bool:
+        """Give the place of a run that ends to the first run waiting for one, when this node holds
+        that run `pending` (`_drive`): its attempt starts in a write submitted now, before the ending
+        run's last one, so that no commit counts one run fewer than the version runs (another node
+        could claim the place meanwhile; one more, for a moment, when they land in two commits). The
+        run starts at once, while the write commits. Returns whether it did."""
+        waiting: RunRow | None = places.first_waiting()
+        if waiting is None or self._closing:
+            return False
+        attempt, total = (waiting.attempts or 0) + 1, waiting.retry_count + 1
+        places.hand_over((attempt, self._move_soon(
+            waiting.id, RunStatus.PENDING, RunStatus.RUNNABLE, RunStatus.STARTING,
+            lines=[starting_line(attempt, total)], fence=node_id, attempts=attempt)))
+        return True
 
     async def _drive(self, run_id: str, row: RunRow | None = None) -> None:
         status = RunStatus.SUBMITTED
@@ -458,8 +485,8 @@ class Runs:
             if row is None:
                 with self._db.read() as session:
                     row = session.get(RunRow, run_id)
-            if row is None or RunStatus(row.status) not in QUEUED:
-                return  # ended, or another node runs it
+            if row is None or RunStatus(row.status) not in QUEUED or row.owner not in (None, self._nodes.id):
+                return  # ended, or another node runs it or holds it
             status = RunStatus(row.status)
             target = self._deployments.target_of_version(row.version_id)
             if target.revision_id is None:
@@ -471,25 +498,44 @@ class Runs:
                 if failure is not None:
                     raise Unavailable(failure)
                 self._deployments.serving_target_check(target)  # raises: no built code
-            slot = self._slot(target)
-            if status is RunStatus.SUBMITTED and (slot.locked() or self._holding_back(target)):
-                await self._move(run_id, status, RunStatus.PENDING)  # it waits for a place: say so
-                status = RunStatus.PENDING
-            async with slot:  # taken at once when it was free: nothing changed since the check
-                if self._holding_back(target):
+            places = self._places_of(target)
+            here = self._nodes.id
+            held = status is RunStatus.PENDING and row.owner == here  # by this node, for `_hand_over`
+            if status is RunStatus.SUBMITTED and (places.full() or self._holding_back(target)):
+                # It waits for a place: say so, and hold it here (no other node claims it meanwhile).
+                await self._move(run_id, status, RunStatus.PENDING, owner=here)
+                status, held = RunStatus.PENDING, True
+            handed = await places.take(row if held else None)  # at once when one was free: nothing changed
+            handed_over = False
+            started: asyncio.Future[None] | None = None  # the write that started the attempt handed over
+
+            def hand_over() -> None:
+                nonlocal handed_over
+                handed_over = self._hand_over(places, here)
+
+            try:
+                node_id = here
+                if handed is not None:
+                    attempt, started = handed
+                elif self._holding_back(target):
                     return  # pending: another node, the next pass, or the next start runs it
-                # The claim: of the nodes that have a slot for it, the first one runs it.
-                node_id = self._nodes.id
-                attempt = await self._claim(run_id, status, target, node_id, row.retry_count + 1)
-                if attempt is None:
-                    self._full_until[target.version_id] = time.monotonic() + PICK_UP_PERIOD_S / 2
-                    return
+                else:
+                    # The claim: of the nodes that have a place for it, the first one runs it.
+                    attempt = await self._claim(run_id, status, target, node_id, row.retry_count + 1)
+                    if attempt is None:
+                        self._full_until[target.version_id] = time.monotonic() + PICK_UP_PERIOD_S / 2
+                        return
                 try:
-                    status, ending = await self._attempts(row, attempt, node_id)
+                    status, ending = await self._attempts(row, attempt, node_id, hand_over)
                 finally:
                     self._full_until.pop(target.version_id, None)  # a place just came free: the next run here tries
-            # The last move is committed after the place is given up: the next run's claim, submitted
-            # after it, commits with it or later, and so never counts this run as still running.
+            finally:
+                if not handed_over:
+                    # The last move was submitted before the place is given up: the next run's claim,
+                    # submitted after it, commits with it or later, and so never counts this run as running.
+                    places.give_back()
+            if started is not None:
+                await started  # raises StatusChanged when the run is not this node's to run
             await ending
             if status in RUN.terminal:
                 self._ended(row, status)
@@ -541,10 +587,11 @@ class Runs:
         with self._db.read() as session:
             return session.scalar(select(RUNS.c.error_message).where(RUNS.c.id == run_id))
 
-    async def _attempts(self, row: RunRow, attempt: int, node_id: str) -> tuple[RunStatus, asyncio.Future[None]]:
+    async def _attempts(self, row: RunRow, attempt: int, node_id: str,
+                        before_end: Callable[[], None]) -> tuple[RunStatus, asyncio.Future[None]]:
         """Run attempts from number `attempt` (its run is `starting`) until one succeeds or the
-        retries are used up; returns the final status, and its move, submitted (see `_move_soon`).
-        Every write is fenced by the claim of `node_id`."""
+        retries are used up; returns the final status, and its move, submitted (see `_move_soon`)
+        right after `before_end` ran. Every write is fenced by the claim of `node_id`."""
         run_id, total = row.id, row.retry_count + 1
         while True:
             target = self._deployments.serving_target_check(self._deployments.target_of_version(row.version_id))
@@ -558,6 +605,8 @@ class Runs:
             else:
                 passed, error, printed = await self._attempt(run_id, row, target, node_id)
             told = f"Attempt {attempt} of {total}"
+            if error is None or attempt >= total:
+                before_end()
             if error is None:
                 return RunStatus.SUCCEEDED, self._move_soon(
                     run_id, *passed, RunStatus.SUCCEEDED, lines=[*printed, f"{told} succeeded"], fence=node_id)

@@ -238,6 +238,103 @@ def test_a_run_left_claimed_by_a_server_from_before_nodes_is_queued_again_at_sta
     assert lines[0] == "The server restarted; the run is queued again"
 
 
+
+class GatedRuntime(ScriptedRuntime):
+    """Succeeds every call once `gate` is set; counts the calls under way at once."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.gate = asyncio.Event()
+        self.under_way = self.most_at_once = 0
+
+    async def call(self, instance: Any, call: Call, timeout: float, on_update: Any = None,
+                   on_start: Any = None) -> CallOutcome:
+        self.under_way += 1
+        self.most_at_once = max(self.most_at_once, self.under_way)
+        try:
+            await self.gate.wait()
+            self.script.append(True)
+            return await super().call(instance, call, timeout)
+        finally:
+            self.under_way -= 1
+
+
+def test_runs_waiting_for_a_place_are_held_by_their_node_and_each_starts_as_the_one_before_ends(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runtime = GatedRuntime()
+    locks: list[str] = []
+    monkeypatch.setattr(runs_module, "lock_until_commit", lambda _conn, scope: locks.append(scope))
+
+    async def scenario() -> tuple[list[tuple[str, str | None]], dict[str, list[str]], list[Any], str]:
+        engine = Engine(Settings(data_dir=tmp_path / "data"), runtime=runtime)
+        await engine.start()
+        try:
+            # Given a version that runs one run at a time, and four runs of it, the first one running
+            target = handler_version(engine, tmp_path, maximum_instances=1)
+            ended: list[str] = []
+            all_ended = asyncio.Event()
+
+            def seen(run_id: str, status: RunStatus) -> None:
+                if status in TERMINAL:
+                    ended.append(run_id)
+                    if len(ended) == 4:
+                        all_ended.set()
+
+            engine.runs.status_changed.add(seen)
+            ids = [(await engine.runs.create(target, NewRun({"n": n}, None, 0, None, {}, None))).id for n in range(4)]
+            waiting = f"SELECT status, owner FROM runs WHERE id IN ({', '.join(repr(i) for i in ids[1:])})"
+            deadline = asyncio.get_running_loop().time() + 10
+            while True:
+                with engine.db.read() as session:
+                    held = [tuple(row) for row in session.execute(text(waiting))]
+                if runtime.under_way == 1 and held == [("pending", engine.nodes.id)] * 3:
+                    break
+                assert asyncio.get_running_loop().time() < deadline, (runtime.under_way, held)
+                await asyncio.sleep(0.01)
+            # When the first one's call ends
+            runtime.gate.set()
+            await asyncio.wait_for(all_ended.wait(), 10)
+            lines = {run_id: [line.message for line in engine.journal.page(run_id)] for run_id in ids}
+            rows = [engine.runs.get(target.deployment_id, run_id) for run_id in ids]
+            return held, lines, [(row.status, row.attempts) for row in rows], engine.nodes.id
+        finally:
+            await engine.close()
+
+    held, lines, rows, node_id = asyncio.run(scenario())
+    # Then the other three ran one after another, in the order they came, each in the place of the one before
+    assert held == [("pending", node_id)] * 3  # held by this node while they waited
+    assert runtime.most_at_once == 1
+    assert [json.loads(call.data)["n"] for call in runtime.calls] == [0, 1, 2, 3]
+    assert rows == [("succeeded", 1)] * 4
+    assert all(log == ["Attempt 1 of 1 is starting", "all good", "Attempt 1 of 1 succeeded"] for log in lines.values())
+    assert len(locks) == 1  # only the first run claimed a place; each of the others was handed one
+
+
+def test_a_run_another_node_holds_pending_is_left_to_it_until_that_node_is_dead(tmp_path: Path) -> None:
+    async def scenario() -> tuple[list[str], int, list[str], tuple[str, str | None]]:
+        engine = Engine(Settings(data_dir=tmp_path / "data"), runtime=ScriptedRuntime([]))
+        await engine.start()
+        try:
+            target = handler_version(engine, tmp_path)
+            now = utcnow()
+            with engine.db.write() as session:
+                session.add(RunRow(id="theirs", project_id=target.project_id, deployment_id=target.deployment_id,
+                                   version_id=target.version_id, status="pending", owner="other", retry_count=0,
+                                   attempts=0, environment={}, created_at=now, modified_at=now))
+            before = engine.runs._queued()  # what this node's pass picks up
+            with engine.db.write() as session:
+                given_back = engine.runs._give_back(session.connection(), ["other"])
+            after = engine.runs._queued()
+            row = engine.runs.get(target.deployment_id, "theirs")
+            return before, given_back, after, (row.status, row.owner)
+        finally:
+            await engine.close()
+
+    before, given_back, after, theirs = asyncio.run(scenario())
+    assert before == []
+    assert given_back == 1 and theirs == ("pending", None)
+    assert after == ["theirs"]
+
 # --- runs of a version whose code is still building ----------------------------------------
 
 
