@@ -16,8 +16,13 @@ class RunPlaces:
     """Like `asyncio.Semaphore` (first come, first served), with places handed from run to run."""
 
     def __init__(self, places: int) -> None:
-        self._free = places
+        self._places = self._free = places
         self._waiting: deque[tuple[asyncio.Future[Any], Any]] = deque()
+
+    @property
+    def taken(self) -> int:
+        """How many places runs hold now."""
+        return self._places - self._free
 
     def full(self) -> bool:
         """Whether a run that comes now waits for a place."""

@@ -124,27 +124,30 @@ def call_input(target: Target, body: Any, environment: dict[str, str]) -> tuple[
 
 
 def _claimed_count() -> Any:
-    """How many runs of the version `version_id` are claimed: counted in the partial index of claimed
-    runs (a few entries per version), which the statuses written out as its condition let the
-    database use. Through the index of all statuses, a count walked every version's claimed runs,
-    and the entries of runs claimed since the last vacuum: thousands at 1,000 runs/s."""
+    """How many runs of the version `version_id` nodes other than `node_id` claimed: counted in the
+    partial index of claimed runs (a few entries per version), which the statuses written out as its
+    condition let the database use. Through the index of all statuses, a count walked every
+    version's claimed runs, and the entries of runs claimed since the last vacuum: thousands at
+    1,000 runs/s."""
     return select(func.count()).select_from(RUNS).where(
-        RUNS.c.version_id == bindparam("version_id"), text(RUNS_CLAIMED)).scalar_subquery()
+        RUNS.c.version_id == bindparam("version_id"), text(RUNS_CLAIMED),
+        RUNS.c.owner != bindparam("node_id")).scalar_subquery()
 
 
 # The claims' reads are planned at each run: a plan kept from when the table was nearly empty scans every run.
 
 @functools.cache
 def _claim_reads(dialect: Dialect) -> DriverStatement:
-    """What a claim decides on, in one statement compiled once: how many runs of the version are
-    claimed, and how many attempts the run made."""
+    """What a claim decides on, in one statement compiled once: how many runs of the version other
+    nodes claimed, and how many attempts the run made."""
     attempts = select(RUNS.c.attempts).where(RUNS.c.id == bindparam("run_id")).scalar_subquery()
     return DriverStatement(select(_claimed_count(), attempts), dialect, planned_each_run=True)
 
 
 @functools.cache
 def _joined_claim_reads(dialect: Dialect) -> DriverStatement:
-    """`_claim_reads` for several runs (PostgreSQL): each one's attempts, with the count of claimed runs."""
+    """`_claim_reads` for several runs (PostgreSQL): each one's attempts, with the count of the runs
+    other nodes claimed."""
     return DriverStatement(
         select(RUNS.c.id, RUNS.c.attempts, _claimed_count())
         .where(RUNS.c.id == any_(bindparam("run_ids", type_=ARRAY(String)))),
@@ -160,25 +163,26 @@ class Claim:
     the committer whose result is the attempt's number, or None when the cluster runs the version's
     maximum of runs already (the run is then `pending`).
 
-    Claims of one version take turns across nodes (a lock until the commit, then a count of its
-    claimed runs). On PostgreSQL the claims of one version in a batch join (`run_joined`): one
-    lock, one read and one statement of moves for all, decided in turn; they run after the batch's
-    other moves next to them, which may end runs of the version (`store.db.Joinable`)."""
+    Claims of one version take turns across nodes (a lock until the commit, then a count of the
+    runs other nodes claimed). A node counts its own by the places it holds (`held`, this run's
+    included): in the store, a run of its own that just ended, or just started in another's place
+    (`Runs._hand_over`), may not be written yet. On PostgreSQL the claims of one version in a
+    batch join (`run_joined`): one lock, one read and one statement of moves for all."""
 
-    __slots__ = ("run_id", "old", "version_id", "maximum", "node_id", "total", "joins", "row")
-    last = True
+    __slots__ = ("run_id", "old", "version_id", "maximum", "node_id", "total", "held", "joins", "row")
 
-    def __init__(self, run_id: str, old: RunStatus, version_id: str, maximum: int, node_id: str, total: int) -> None:
+    def __init__(self, run_id: str, old: RunStatus, version_id: str, maximum: int, node_id: str, total: int,
+                 held: int) -> None:
         self.run_id, self.old, self.version_id, self.maximum = run_id, old, version_id, maximum
-        self.node_id, self.total = node_id, total
+        self.node_id, self.total, self.held = node_id, total, held
         self.joins = ("claim", version_id, maximum, node_id)
         self.row = (RUN.name, run_id)
 
     def __call__(self, conn: Connection) -> int | None:
         lock_until_commit(conn, f"runs:{self.version_id}")
-        [(running, attempts)] = _claim_reads(conn.dialect).rows(driver_cursor(conn), {
-            "version_id": self.version_id, "run_id": self.run_id})
-        [attempt] = _claimed(conn, [self], running, {self.run_id: attempts})
+        [(others, attempts)] = _claim_reads(conn.dialect).rows(driver_cursor(conn), {
+            "version_id": self.version_id, "node_id": self.node_id, "run_id": self.run_id})
+        [attempt] = _claimed(conn, [self], others, {self.run_id: attempts})
         return attempt
 
     @staticmethod
@@ -188,23 +192,22 @@ class Claim:
         version_id = claims[0].version_id
         lock_until_commit(conn, f"runs:{version_id}")
         rows = _joined_claim_reads(conn.dialect).rows(driver_cursor(conn), {
-            "version_id": version_id, "run_ids": [claim.run_id for claim in claims]})
+            "version_id": version_id, "node_id": claims[0].node_id, "run_ids": [claim.run_id for claim in claims]})
         return _claimed(conn, claims, rows[0][2] if rows else 0, {run_id: attempts for run_id, attempts, _ in rows})
 
 
-def _claimed(conn: Connection, claims: list[Claim], running: int, attempts: dict[str, int | None]) -> list[int | None]:
-    """Each claim decided in turn while fewer than its maximum of runs are claimed, and written:
-    the attempts started, or None for the runs that wait."""
+def _claimed(conn: Connection, claims: list[Claim], others: int, attempts: dict[str, int | None]) -> list[int | None]:
+    """Each claim decided, and written: the attempts started, or None for the runs that wait (the
+    runs other nodes claimed and the places its node holds are more than the maximum)."""
     results: list[int | None] = []
     moves: list[Move] = []
     for claim in claims:
         path = (RunStatus.PENDING,) if claim.old is RunStatus.SUBMITTED else ()
-        if running >= claim.maximum:
+        if others + claim.held > claim.maximum:
             if path:
                 moves.append(Move(RUN, claim.run_id, claim.old, RunStatus.PENDING, {}))
             results.append(None)
             continue
-        running += 1
         attempt = (attempts.get(claim.run_id) or 0) + 1  # attempts made before it was given back to the queue count
         lines = Journal.rows(claim.run_id, [starting_line(attempt, claim.total)])
         moves.append(Move(RUN, claim.run_id, claim.old, RunStatus.STARTING,
@@ -440,13 +443,14 @@ class Runs:
         committed.add_done_callback(told)
         return committed
 
-    async def _claim(self, run_id: str, old: RunStatus, target: Target, node_id: str, total: int) -> int | None:
+    async def _claim(self, run_id: str, old: RunStatus, target: Target, node_id: str, total: int,
+                     held: int) -> int | None:
         """Claim a queued run for this node and start its next attempt, in one commit; returns the
         attempt's number, or None when the cluster runs the version's maximum of runs already (the
         run is then `pending`). Raises `StatusChanged` when another node claimed it."""
         path = [RunStatus.PENDING] if old is RunStatus.SUBMITTED else []
         attempt = await self._db.committer.submit_async(
-            Claim(run_id, old, target.version_id, max(target.maximum_instances, 1), node_id, total))
+            Claim(run_id, old, target.version_id, max(target.maximum_instances, 1), node_id, total, held))
         for status in path if attempt is None else [*path, RunStatus.RUNNABLE, RunStatus.STARTING]:
             self.status_changed(run_id, status)
         return attempt
@@ -521,7 +525,7 @@ class Runs:
                     return  # pending: another node, the next pass, or the next start runs it
                 else:
                     # The claim: of the nodes that have a place for it, the first one runs it.
-                    attempt = await self._claim(run_id, status, target, node_id, row.retry_count + 1)
+                    attempt = await self._claim(run_id, status, target, node_id, row.retry_count + 1, places.taken)
                     if attempt is None:
                         self._full_until[target.version_id] = time.monotonic() + PICK_UP_PERIOD_S / 2
                         return

@@ -290,7 +290,6 @@ class Move:
     statement of one row for each, where each alone costs more Python than SQLite spends on it."""
 
     __slots__ = ("machine", "key", "old", "new", "values", "via", "fence", "otherwise", "inserts", "joins", "row")
-    last = False  # runs with the other joinable writes next to it, in their order (`store.db.Joinable`)
 
     def __init__(self, machine: Machine, key: Any, old: Any, new: Any, values: dict[str, Any], *,
                  via: tuple[Any, ...] = (), fence: str | None = None,

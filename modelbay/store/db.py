@@ -284,13 +284,10 @@ class Joinable(Protocol):
     """A write of one row the committer runs together with the others of the same `joins` (not None)
     among the joinable writes next to it in a batch: at once (on PostgreSQL one statement for all,
     where each alone would be one: `core.states.Move`). Those writes run in groups, in the order
-    each group's first write has, but the groups that are `last` after the others: they read what
-    the others change (a claim counts the runs they end). A row written twice ends the run of
-    writes taken together."""
+    each group's first write has. A row written twice ends the run of writes taken together."""
 
     joins: Hashable | None
     row: Hashable  # the row it writes
-    last: bool
 
     def __call__(self, conn: Connection) -> Any: ...
 
@@ -650,7 +647,7 @@ def run_writes(conn: Connection, writes: list[Op]) -> list[Any]:
     rows: set[Hashable] = set()
 
     def run_groups() -> None:
-        for indices in sorted(groups.values(), key=lambda group: writes[group[0]].last):  # type: ignore[union-attr]
+        for indices in groups.values():
             first: Any = writes[indices[0]]
             outcomes = first.run_joined(conn, [writes[i] for i in indices]) if len(indices) > 1 else [first(conn)]
             for i, outcome in zip(indices, outcomes, strict=True):

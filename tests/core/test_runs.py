@@ -22,7 +22,7 @@ from modelbay.core.journal import MAX_LINE_CHARS, MAX_LINES_PER_CALL, Journal, s
 from modelbay.core.projects import Caller, Projects
 from modelbay.core import runs as runs_module
 from modelbay.core.runs import Claim, NewRun, call_input, check_environment, check_retry_count
-from modelbay.core.states import REVISION, RUN, VERSION, Move, RevisionStatus, RunStatus, VersionStatus, move
+from modelbay.core.states import REVISION, RUN, VERSION, RevisionStatus, RunStatus, VersionStatus, move
 from modelbay.engine import Engine, open_database
 from modelbay.runtime import wire
 from modelbay.runtime.base import Call, CallOutcome
@@ -448,24 +448,25 @@ def test_a_run_that_waited_for_a_build_that_ended_while_the_server_was_down_goes
 # --- claims queued together -------------------------------------------------------------------
 
 
-def test_claims_queued_together_are_decided_in_turn_after_the_moves_next_to_them(
+def test_a_claim_counts_the_runs_other_nodes_claimed_and_the_places_its_own_node_holds(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Given a version that runs at most 2 runs, one of them running here, and three queued runs
+    # Given a version that runs at most 3 runs, one claimed by another node, one by this node (whose
+    # end is not written yet), and three queued runs
     settings = Settings(data_dir=tmp_path / "data")
 
     async def version() -> Target:
         engine = Engine(settings, runtime=ScriptedRuntime([]))
         await engine.start()
         try:
-            return handler_version(engine, tmp_path, maximum_instances=2)
+            return handler_version(engine, tmp_path, maximum_instances=3)
         finally:
             await engine.close()
 
     target = asyncio.run(version())
     db = open_database(settings)
     now = utcnow()
-    runs = {"running": ("starting", "here", 1), "a": ("pending", None, 0), "b": ("pending", None, 1),
-            "c": ("submitted", None, 0)}
+    runs = {"theirs": ("starting", "there", 1), "mine": ("running", "here", 1), "a": ("pending", None, 0),
+            "b": ("pending", None, 1), "c": ("submitted", None, 0)}
     with db.write() as session:
         session.add_all(RunRow(id=run_id, project_id=target.project_id, deployment_id=target.deployment_id,
                                version_id=target.version_id, status=status, owner=owner, retry_count=2,
@@ -474,27 +475,26 @@ def test_claims_queued_together_are_decided_in_turn_after_the_moves_next_to_them
     locks: list[str] = []
     monkeypatch.setattr(runs_module, "lock_until_commit", lambda _conn, scope: locks.append(scope))
 
-    # When a claim, the running run's end, and two more claims share a commit
-    def claim(run_id: str, old: RunStatus) -> Claim:
-        return Claim(run_id, old, target.version_id, 2, "here", 3)
+    # When this node claims three runs in one commit, holding one, two, then three places
+    def claim(run_id: str, old: RunStatus, held: int) -> Claim:
+        return Claim(run_id, old, target.version_id, 3, "here", 3, held)
 
     release = threading.Event()
     busy = db.committer.submit(lambda _conn: release.wait(10))
     futures = [db.committer.submit(write, linger=True) for write in (
-        claim("a", RunStatus.PENDING),
-        Move(RUN, "running", RunStatus.STARTING, RunStatus.SUCCEEDED, {}, via=(RunStatus.RUNNING,), fence="here"),
-        claim("b", RunStatus.PENDING), claim("c", RunStatus.SUBMITTED))]
+        claim("a", RunStatus.PENDING, 1), claim("b", RunStatus.PENDING, 2), claim("c", RunStatus.SUBMITTED, 3))]
     db.committer.flush()
     release.set()
     assert busy.result(timeout=10) is True
 
-    # Then the end freed its place first: a and b start their next attempts, c waits pending
-    assert [future.result(timeout=10) for future in futures] == [1, RunStatus.SUCCEEDED, 2, None]
+    # Then a and b start their next attempts (the other node's run and this node's places make 3),
+    # and c waits pending
+    assert [future.result(timeout=10) for future in futures] == [1, 2, None]
     with db.read() as session:
         rows = {row.id: row for row in session.query(RunRow)}
     assert {run_id: (row.status, row.owner, row.attempts) for run_id, row in rows.items()} == {
-        "running": ("succeeded", "here", 1), "a": ("starting", "here", 1), "b": ("starting", "here", 2),
-        "c": ("pending", None, 0)}
+        "theirs": ("starting", "there", 1), "mine": ("running", "here", 1), "a": ("starting", "here", 1),
+        "b": ("starting", "here", 2), "c": ("pending", None, 0)}
     journal = Journal(db)
     assert [line.message for line in journal.page("a")] == ["Attempt 1 of 3 is starting"]
     assert [line.message for line in journal.page("b")] == ["Attempt 2 of 3 is starting"]
@@ -512,7 +512,7 @@ def test_a_claim_counts_its_versions_claimed_runs_in_the_partial_index_of_them(d
     # The claims' reads of each database (PostgreSQL joins a batch's claims into one).
     reads = runs_module._claim_reads if db.is_sqlite else runs_module._joined_claim_reads
     statement = reads(db.engine.dialect)
-    parameters = statement.parameters({"version_id": "v", "run_id": "a", "run_ids": ["a"]})
+    parameters = statement.parameters({"version_id": "v", "node_id": "n", "run_id": "a", "run_ids": ["a"]})
     with db.writer_connection() as conn, conn.begin():
         if not db.is_sqlite:
             conn.execute(text("SET LOCAL enable_seqscan = off"))  # an empty table: the planner's choice of index

@@ -136,7 +136,7 @@ def test_statements_whose_best_plan_changes_as_tables_grow_are_planned_at_each_r
             assert Move.run_joined(conn, [Move(REQUEST, key, Status.PENDING, Status.PROCESSING, {},
                                                otherwise=lambda _conn: None) for key in ("a", "b")]) == [None, None]
             _joined_claim_reads(conn.dialect).rows(driver_cursor(conn), {
-                "version_id": "v", "run_ids": ["a", "b"]})
+                "version_id": "v", "node_id": "n", "run_ids": ["a", "b"]})
             _claim_statement(conn.dialect).rows(driver_cursor(conn), {"owner": "n", "version_id": "v", "limit": 8,
                                                                       "offset": 0})
             with pytest.raises(StatusChanged):

@@ -144,8 +144,8 @@ def test_the_committer_joins_the_moves_next_to_each_other_in_a_commit(
 class Recorded:
     """A joinable write that records how it ran: alone, or joined with others."""
 
-    def __init__(self, runs: list[tuple[str, ...]], name: str, joins: str, row: int, last: bool = False) -> None:
-        self.runs, self.name, self.joins, self.row, self.last = runs, name, joins, row, last
+    def __init__(self, runs: list[tuple[str, ...]], name: str, joins: str, row: int) -> None:
+        self.runs, self.name, self.joins, self.row = runs, name, joins, row
 
     def __call__(self, _conn: Any) -> str:
         self.runs.append((self.name,))
@@ -165,15 +165,15 @@ def test_the_committer_groups_joinable_writes_up_to_a_write_it_cannot_join_or_a_
         runs.append(("opaque",))
         return "opaque"
 
-    batch = [Recorded(runs, "a1", "a", 1), Recorded(runs, "last1", "l", 2, last=True), Recorded(runs, "a2", "a", 3),
+    batch = [Recorded(runs, "a1", "a", 1), Recorded(runs, "l1", "l", 2), Recorded(runs, "a2", "a", 3),
              opaque, Recorded(runs, "a3", "a", 4), Recorded(runs, "a4", "a", 4), Recorded(runs, "b1", "b", 5)]
     with db.writer_connection() as conn, conn.begin():
         results = run_writes(conn, batch)  # type: ignore[arg-type]
 
-    # Then each group ran once, in the order of its first write, the `last` one after the others; a
-    # write that cannot join, and a row written again, end the writes taken together
-    assert runs == [("a1", "a2"), ("last1",), ("opaque",), ("a3",), ("a4",), ("b1",)]
-    assert results == ["a1", "last1", "a2", "opaque", "a3", "a4", "b1"]
+    # Then each group ran once, in the order of its first write; a write that cannot join, and a row
+    # written again, end the writes taken together
+    assert runs == [("a1", "a2"), ("l1",), ("opaque",), ("a3",), ("a4",), ("b1",)]
+    assert results == ["a1", "l1", "a2", "opaque", "a3", "a4", "b1"]
 
 
 def test_joined_moves_by_a_key_of_two_columns_from_any_of_several_statuses(db: Database) -> None:
