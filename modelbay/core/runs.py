@@ -301,7 +301,7 @@ class Runs:
 
             await self._db.committer.submit_async(write)
         else:  # with the batch's other inserts into runs: one statement for all
-            await self._db.committer.submit_async(Insert(RUNS, [row]))
+            await self._db.insert_committer.submit_async(Insert(RUNS, [row]))
         created = RunRow(**row)
         self._drive_soon(created.id, created)
         return created

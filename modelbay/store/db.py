@@ -179,6 +179,7 @@ class Database:
         self._reader = sessionmaker(self.reader_engine, expire_on_commit=False)
         self._writer = sessionmaker(writer_engine, expire_on_commit=False)
         self._committer: GroupCommitter | None = None
+        self._insert_committer: GroupCommitter | None = None
 
     def revision(self) -> str | None:
         """The migration the schema is at; None for an empty store."""
@@ -262,7 +263,20 @@ class Database:
             self._committer = GroupCommitter(self)
         return self._committer
 
+    @property
+    def insert_committer(self) -> GroupCommitter:
+        """The committer of new rows that no write in flight refers to (a new run). On PostgreSQL a
+        second one, with a connection of its own: they commit while a round of the first is under
+        way, rather than after it. SQLite writes one transaction at a time: the same committer."""
+        if self.is_sqlite:
+            return self.committer
+        if self._insert_committer is None:
+            self._insert_committer = GroupCommitter(self, shares_metrics_with=self.committer)
+        return self._insert_committer
+
     def close(self) -> None:
+        if self._insert_committer is not None:
+            self._insert_committer.close()
         if self._committer is not None:
             self._committer.close()
         self.engine.dispose()
@@ -334,12 +348,14 @@ class GroupCommitter:
     goes on and tries again a moment later, with what was submitted meanwhile.
     """
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, shares_metrics_with: GroupCommitter | None = None) -> None:
         self._db = db
         self._queue: queue.SimpleQueue[tuple[Op, _Waiter, bool] | None] = queue.SimpleQueue()
-        #: How long each commit took (for the metrics).
-        self.commit_seconds = Histogram(COMMIT_SECONDS_BUCKETS)
-        self._observing = threading.Lock()  # the loop and the thread both observe
+        #: How long each commit took (for the metrics; one histogram for the committers of a store).
+        self.commit_seconds = Histogram(COMMIT_SECONDS_BUCKETS) if shares_metrics_with is None \
+            else shares_metrics_with.commit_seconds
+        # The loop and the threads all observe.
+        self._observing = threading.Lock() if shares_metrics_with is None else shares_metrics_with._observing
         # The loop's own commits (SQLite): its connection, its writes not yet committed, when it
         # commits them next (`_due_now`: as soon as it can), and how many of its batches wait in
         # the thread's queue.

@@ -202,3 +202,23 @@ def test_reads_on_postgresql_run_outside_a_transaction(db: Database) -> None:
         session.add(_request("written"))
     with db.read() as session:
         assert session.get(RequestRow, "written") is not None
+
+
+@pytest.mark.postgresql_only("SQLite writes one transaction at a time: new rows go through the one committer")
+def test_new_rows_on_postgresql_commit_while_a_round_of_the_committer_is_under_way(db: Database) -> None:
+    # Given the committer in the middle of a round
+    release = threading.Event()
+    busy = db.committer.submit(lambda _conn: release.wait(10))
+    # When a new row is submitted to the committer of new rows
+    inserted = db.insert_committer.submit(Insert(REQUESTS, [_row("new")]))
+    # Then it is committed before that round ends, and counted in the store's commit times
+    try:
+        inserted.result(timeout=10)
+        assert not busy.done()
+    finally:
+        release.set()
+    assert busy.result(timeout=10) is True
+    with db.read() as session:
+        assert session.get(RequestRow, "new") is not None
+    assert sum(db.committer.commit_seconds.counts) == 2
+
