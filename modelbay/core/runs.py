@@ -535,9 +535,7 @@ class Runs:
                     self._full_until.pop(target.version_id, None)  # a place just came free: the next run here tries
             finally:
                 if not handed_over:
-                    # The last move was submitted before the place is given up: the next run's claim,
-                    # submitted after it, commits with it or later, and so never counts this run as running.
-                    places.give_back()
+                    places.give_back()  # the next run waiting here claims it
             if started is not None:
                 await started  # raises StatusChanged when the run is not this node's to run
             await ending
