@@ -86,6 +86,8 @@ class Nodes:
         self._stopping = False
         #: Whether no other node lived when this one registered (what the others run goes on meanwhile).
         self.alone = True
+        #: Whether another node lives, as of the last recovery pass.
+        self.others_live = False
 
     def add_recoverer(self, recoverer: Recoverer, what: str = "items") -> None:
         """Have `recoverer` give back the work of dead nodes; `what` names it in the log ("requests")."""
@@ -108,6 +110,7 @@ class Nodes:
         if self._db.is_sqlite:  # one server holds a SQLite store: every node that did not stop is gone
             gone = [node_id for node_id, _ in others]
         self.alone = not any(as_utc(beat) >= cutoff for node_id, beat in others if node_id not in gone)
+        self.others_live = not self.alone
         if self.alone:
             gone.append(None)  # no node lives: rows without an owner (claimed before nodes existed) are free
         if self._recover(gone, at_start=True):
@@ -207,8 +210,9 @@ class Nodes:
         """Recover the nodes whose heartbeat is older than the lease; returns how many."""
         cutoff = utcnow() - timedelta(seconds=self.lease_s)
         with self._db.read() as session:
-            lapsed = list(session.scalars(select(NODES.c.id).where(NODES.c.end.is_(None),
-                                                                   NODES.c.heartbeat_at < cutoff)))
+            live = session.execute(select(NODES.c.id, NODES.c.heartbeat_at).where(NODES.c.end.is_(None))).all()
+        lapsed = [node_id for node_id, beat in live if as_utc(beat) < cutoff]
+        self.others_live = any(node_id != self.id and node_id not in lapsed for node_id, _ in live)
         return self._recover(lapsed, cutoff) if lapsed else 0
 
     def _recover(self, node_ids: list[str | None], cutoff: datetime | None = None, *, at_start: bool = False) -> int:

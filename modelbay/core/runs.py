@@ -15,11 +15,11 @@ Any node of the cluster may run a run: the one that gets a slot of its version f
 (`runnable` sets its `owner`, compare-and-set, so one node wins, and only while the
 cluster runs fewer of the version's runs than its `maximum_instances`) and fences every later
 write by that claim. Runs a node accepts start there at once; a periodic pass of every node
-also drives the queued runs of the others. A run that waits for a place on the node that accepted
-it is held there (`pending` with its `owner`): when a run of its version ends, its place goes
-straight to the one held longest, whose attempt starts in a write submitted before the end's and
-runs at once, without waiting for a claim's commit (`_hand_over`). What a dead node held is given
-back by `_give_back`.
+also drives the queued runs of the others. On a node no other node lives beside, a run that waits
+for a place is held there (`pending` with its `owner`): when a run of its version ends, its place
+goes straight to the one held longest, whose attempt starts in a write submitted before the end's
+and runs at once, without waiting for a claim's commit (`_hand_over`). What a dead node held is
+given back by `_give_back`.
 """
 
 from __future__ import annotations
@@ -472,9 +472,12 @@ class Runs:
         that run `pending` (`_drive`): its attempt starts in a write submitted now, before the ending
         run's last one, so that no commit counts one run fewer than the version runs (another node
         could claim the place meanwhile; one more, for a moment, when they land in two commits). The
-        run starts at once, while the write commits. Returns whether it did."""
+        run starts at once, while the write commits. Returns whether it did.
+
+        Only while no other node lives: a node handing its places on would keep them as long as it
+        has runs waiting, and the runs other nodes accepted would wait behind all of those."""
         waiting: RunRow | None = places.first_waiting()
-        if waiting is None or self._closing:
+        if waiting is None or self._closing or self._nodes.others_live:
             return False
         attempt, total = (waiting.attempts or 0) + 1, waiting.retry_count + 1
         places.hand_over((attempt, self._move_soon(
@@ -506,9 +509,10 @@ class Runs:
             here = self._nodes.id
             held = status is RunStatus.PENDING and row.owner == here  # by this node, for `_hand_over`
             if status is RunStatus.SUBMITTED and (places.full() or self._holding_back(target)):
-                # It waits for a place: say so, and hold it here (no other node claims it meanwhile).
-                await self._move(run_id, status, RunStatus.PENDING, owner=here)
-                status, held = RunStatus.PENDING, True
+                # It waits for a place: say so, and on a node alone, hold it here (`_hand_over`).
+                held = not self._nodes.others_live
+                await self._move(run_id, status, RunStatus.PENDING, owner=here if held else None)
+                status = RunStatus.PENDING
             handed = await places.take(row if held else None)  # at once when one was free: nothing changed
             handed_over = False
             started: asyncio.Future[None] | None = None  # the write that started the attempt handed over

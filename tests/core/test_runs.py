@@ -19,6 +19,7 @@ from modelbay.core.clock import utcnow
 from modelbay.core.deployments import Deployments, Target
 from modelbay.core.errors import InvalidInput
 from modelbay.core.journal import MAX_LINE_CHARS, MAX_LINES_PER_CALL, Journal, split_lines
+from modelbay.core.nodes import NODES
 from modelbay.core.projects import Caller, Projects
 from modelbay.core import runs as runs_module
 from modelbay.core.runs import Claim, NewRun, call_input, check_environment, check_retry_count
@@ -259,8 +260,9 @@ class GatedRuntime(ScriptedRuntime):
             self.under_way -= 1
 
 
-def test_runs_waiting_for_a_place_are_held_by_their_node_and_each_starts_as_the_one_before_ends(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("another_node", [False, True])
+def test_runs_waiting_for_a_place_on_a_node_alone_are_held_there_and_each_starts_as_the_one_before_ends(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, another_node: bool) -> None:
     runtime = GatedRuntime()
     locks: list[str] = []
     monkeypatch.setattr(runs_module, "lock_until_commit", lambda _conn, scope: locks.append(scope))
@@ -269,8 +271,14 @@ def test_runs_waiting_for_a_place_are_held_by_their_node_and_each_starts_as_the_
         engine = Engine(Settings(data_dir=tmp_path / "data"), runtime=runtime)
         await engine.start()
         try:
-            # Given a version that runs one run at a time, and four runs of it, the first one running
+            # Given a version that runs one run at a time (with or without another node alive beside
+            # this one), and four runs of it, the first one running
             target = handler_version(engine, tmp_path, maximum_instances=1)
+            if another_node:
+                with engine.db.write() as session:
+                    session.execute(NODES.insert().values(id="other", name="other", started_at=utcnow(),
+                                                          heartbeat_at=utcnow()))
+                engine.nodes.recover_lapsed()  # a recovery pass: it sees the other node live
             ended: list[str] = []
             all_ended = asyncio.Event()
 
@@ -287,7 +295,7 @@ def test_runs_waiting_for_a_place_are_held_by_their_node_and_each_starts_as_the_
             while True:
                 with engine.db.read() as session:
                     held = [tuple(row) for row in session.execute(text(waiting))]
-                if runtime.under_way == 1 and held == [("pending", engine.nodes.id)] * 3:
+                if runtime.under_way == 1 and len(held) == 3 and all(status == "pending" for status, _ in held):
                     break
                 assert asyncio.get_running_loop().time() < deadline, (runtime.under_way, held)
                 await asyncio.sleep(0.01)
@@ -301,13 +309,15 @@ def test_runs_waiting_for_a_place_are_held_by_their_node_and_each_starts_as_the_
             await engine.close()
 
     held, lines, rows, node_id = asyncio.run(scenario())
-    # Then the other three ran one after another, in the order they came, each in the place of the one before
-    assert held == [("pending", node_id)] * 3  # held by this node while they waited
+    # Then the other three ran one after another, in the order they came: on a node alone, each held
+    # there while it waited, then started in the place of the one before; beside another node, each
+    # claimed a place (a node handing places on would keep them while it has runs waiting)
+    assert held == [("pending", None if another_node else node_id)] * 3
     assert runtime.most_at_once == 1
     assert [json.loads(call.data)["n"] for call in runtime.calls] == [0, 1, 2, 3]
     assert rows == [("succeeded", 1)] * 4
     assert all(log == ["Attempt 1 of 1 is starting", "all good", "Attempt 1 of 1 succeeded"] for log in lines.values())
-    assert len(locks) == 1  # only the first run claimed a place; each of the others was handed one
+    assert len(locks) == (4 if another_node else 1)
 
 
 def test_a_run_another_node_holds_pending_is_left_to_it_until_that_node_is_dead(tmp_path: Path) -> None:
