@@ -267,8 +267,11 @@ class LocalRuntime:
         inst = self._own(instance)
         if inst._state is InstanceState.STOPPED:  # it ended before this call got to it (one ahead of it ended it)
             raise CallNotStarted()
-        if inst._state is InstanceState.STARTING or len(inst._calls) >= self.depth:
-            raise RuntimeError_(f"Instance {inst.id} is {inst._state.value} with {len(inst._calls)} calls sent; "
+        # A withdrawn call stays sent until the worker answers that it skipped it (after the call that
+        # runs): its caller, and the scheduler's count of the instance's calls, have let it go.
+        sent = sum(not pending.given_up for pending in inst._calls)
+        if inst._state is InstanceState.STARTING or sent >= self.depth:
+            raise RuntimeError_(f"Instance {inst.id} is {inst._state.value} with {sent} calls sent; "
                                 f"it takes {self.depth} at most.")
         message = {"type": "call", "id": call.request_id, "data": call.data, "context": call.context}
         try:

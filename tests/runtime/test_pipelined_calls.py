@@ -107,6 +107,26 @@ def test_a_waiting_call_whose_caller_goes_away_is_withdrawn_and_the_instance_goe
     with_runtime(tmp_path, scenario, depth=2)
 
 
+def test_a_withdrawn_call_frees_its_place_in_the_instance_at_once(tmp_path: Path) -> None:
+    directory = package(tmp_path, COUNTING)
+    gate = directory / "open"
+
+    async def scenario(runtime: LocalRuntime) -> None:
+        instance = await runtime.start(spec_for(directory))
+        running, waiting = await sent(runtime, instance, (call("a", gate=str(gate)), 30), (call("b"), 30))
+        waiting.cancel()  # its caller went away: the scheduler gives its place to another call
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        # The worker learns of the withdrawal only after the call that runs; the next call goes in meanwhile
+        after = asyncio.create_task(runtime.call(instance, call("c"), 30))
+        await asyncio.sleep(0)
+        gate.touch()
+        assert (await running).result == {"name": "a", "ran": 1}
+        assert (await after).result == {"name": "c", "ran": 2}
+
+    with_runtime(tmp_path, scenario, depth=2)
+
+
 def test_when_the_running_call_times_out_the_calls_waiting_behind_it_did_not_start(tmp_path: Path) -> None:
     directory = package(tmp_path, COUNTING)
 
