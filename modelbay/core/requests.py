@@ -326,6 +326,9 @@ class Requests(StoredRequests):
         try:
             outcome = await self._execute(target, call, item.timeout, PRIORITY_BATCH + item.priority,
                                           on_start=started)
+        except Exception as exc:  # a fault of this server's: the item fails, rather than stay claimed here
+            log.exception("running queued request %s failed", item.request_id)
+            outcome = Outcome(Status.FAILED, error=f"The request could not be run: {exc}")
         finally:
             if delayed is not None:
                 self.after_a_moment.cancel(delayed)

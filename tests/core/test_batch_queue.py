@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 from modelbay.core.queue import CLAIM_PER_DRAINER, CLAIM_PER_DRAINER_POSTGRESQL, BatchQueue, QueuedItem
 from modelbay.core.requests import MAX_UNCOMMITTED_RESULTS, MAX_UNCOMMITTED_RESULTS_POSTGRESQL
 from modelbay.engine import Engine
+from modelbay.runtime.base import Call, CallOutcome, RuntimeError_
 from modelbay.settings import Settings
+from modelbay.store.tables import RequestRow
+from tests.core.test_runs import handler_version
 from tests.core.test_scheduler import FakeRuntime
 
 
@@ -48,3 +52,32 @@ def test_on_postgresql_a_drainer_claims_more_rows_and_more_results_wait_for_a_co
         assert (requests.queue._claim_per_drainer, requests.max_uncommitted) == expected
     finally:
         engine.db.close()
+
+
+class FaultyRuntime(FakeRuntime):
+    """A runtime that refuses every call: a fault of the server's own, not of the code."""
+
+    async def call(self, instance: Any, call: Call, timeout: float, on_update: Any = None,
+                   on_start: Any = None) -> CallOutcome:
+        raise RuntimeError_("the runtime lost count of its calls")
+
+
+def test_a_queued_request_the_runtime_cannot_run_fails_rather_than_stay_claimed(tmp_path: Path) -> None:
+    async def scenario() -> tuple[str, str | None]:
+        engine = Engine(Settings(data_dir=tmp_path / "data"), runtime=FaultyRuntime())
+        await engine.start()
+        try:
+            target = handler_version(engine, tmp_path)
+            [record] = await engine.requests.create_batch(target, ["x"], timeout=60, priority=0, origin={})
+            deadline = asyncio.get_running_loop().time() + 10
+            while True:
+                with engine.db.read() as session:
+                    row = session.get(RequestRow, record.id)
+                    assert row is not None
+                if row.status != "pending" or asyncio.get_running_loop().time() > deadline:
+                    return row.status, row.error_message
+                await asyncio.sleep(0.01)
+        finally:
+            await engine.close()
+
+    assert asyncio.run(scenario()) == ("failed", "The request could not be run: the runtime lost count of its calls")
