@@ -160,10 +160,11 @@ def test_under_load_a_kill_reruns_only_results_not_yet_committed(
     first = own_server()
     with deploy_reporter(first, recorder) as client:
         ids: list[str] = []
-        # 8 x 250 quick items back to back: once 500 have completed, plenty are left for the kill
-        # to land in the middle of the drain, however fast the machine drains them.
+        # 8 x 250 items of 1 ms back to back: once 500 have completed, plenty are left for the kill
+        # to land in the middle of the drain (some 2 s long), however fast the machine drains them
+        # and however slowly a busy one polls their statuses.
         for _ in range(8):
-            ids += batch(client, "rerun", "reporter", [{"x": 0}] * 250)
+            ids += batch(client, "rerun", "reporter", [{"x": 1}] * 250)
     # Killed in the middle of the drain: some results committed, some ended but not yet.
     wait_until(lambda: statuses(first.data_dir, ids).count("completed") >= 500, timeout=30, interval=0.002)
     killed_at = kill(first, own_server)
