@@ -45,7 +45,7 @@ from modelbay.core.deployments import Deployments, Target
 from modelbay.core.errors import InvalidInput, NotFound, StatusChanged, Unavailable, last_line
 from modelbay.core.fields import check_data
 from modelbay.core.journal import LOG_LINES, Journal, split_lines
-from modelbay.core.nodes import Nodes
+from modelbay.core.nodes import Nodes, owned_by
 from modelbay.core.requests import Requests
 from modelbay.core.revisions import build_failure
 from modelbay.core.run_places import RunPlaces
@@ -391,7 +391,7 @@ class Runs:
 
     def _ours(self) -> Any:
         """Of queued runs: those no other node holds (`_drive`)."""
-        return or_(RUNS.c.owner.is_(None), RUNS.c.owner == self._nodes.id)
+        return owned_by(RUNS.c.owner, [None, self._nodes.id])
 
     def build_ended(self, version_id: str) -> None:
         """A reaction to `Revisions.build_ended` (on the build's thread): drive the runs that waited."""

@@ -267,9 +267,11 @@ class LocalRuntime:
         inst = self._own(instance)
         if inst._state is InstanceState.STOPPED:  # it ended before this call got to it (one ahead of it ended it)
             raise CallNotStarted()
-        # A withdrawn call stays sent until the worker answers that it skipped it (after the call that
-        # runs): its caller, and the scheduler's count of the instance's calls, have let it go.
-        sent = sum(not pending.given_up for pending in inst._calls)
+        sent = len(inst._calls)
+        if sent >= self.depth:
+            # A withdrawn call stays sent until the worker answers that it skipped it (after the call
+            # that runs): its caller, and the scheduler's count of the instance's calls, let it go.
+            sent = sum(not pending.given_up for pending in inst._calls)
         if inst._state is InstanceState.STARTING or sent >= self.depth:
             raise RuntimeError_(f"Instance {inst.id} is {inst._state.value} with {sent} calls sent; "
                                 f"it takes {self.depth} at most.")

@@ -14,6 +14,7 @@ from modelbay.settings import Settings
 from modelbay.store.tables import RequestRow
 from tests.core.test_runs import handler_version
 from tests.core.test_scheduler import FakeRuntime
+from tests.runtime.test_local import wait_for_async
 
 
 def test_a_drain_claims_its_drainers_times_the_rows_per_drainer_and_runs_each_once_in_claim_order() -> None:
@@ -69,14 +70,14 @@ def test_a_queued_request_the_runtime_cannot_run_fails_rather_than_stay_claimed(
         try:
             target = handler_version(engine, tmp_path)
             [record] = await engine.requests.create_batch(target, ["x"], timeout=60, priority=0, origin={})
-            deadline = asyncio.get_running_loop().time() + 10
-            while True:
+
+            def ended() -> tuple[str, str | None] | None:
                 with engine.db.read() as session:
                     row = session.get(RequestRow, record.id)
-                    assert row is not None
-                if row.status != "pending" or asyncio.get_running_loop().time() > deadline:
-                    return row.status, row.error_message
-                await asyncio.sleep(0.01)
+                assert row is not None
+                return None if row.status == "pending" else (row.status, row.error_message)
+
+            return await wait_for_async(ended)
         finally:
             await engine.close()
 

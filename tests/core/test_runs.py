@@ -30,6 +30,7 @@ from modelbay.runtime.base import Call, CallOutcome
 from modelbay.settings import Settings
 from modelbay.store.tables import RUNS_CLAIMED, RevisionRow, RunRow, VersionRow
 from tests.core.test_scheduler import FakeRuntime
+from tests.runtime.test_local import wait_for_async
 
 ALLOWED, TERMINAL = RUN.allowed, RUN.terminal
 
@@ -291,14 +292,13 @@ def test_runs_waiting_for_a_place_on_a_node_alone_are_held_there_and_each_starts
             engine.runs.status_changed.add(seen)
             ids = [(await engine.runs.create(target, NewRun({"n": n}, None, 0, None, {}, None))).id for n in range(4)]
             waiting = f"SELECT status, owner FROM runs WHERE id IN ({', '.join(repr(i) for i in ids[1:])})"
-            deadline = asyncio.get_running_loop().time() + 10
-            while True:
+
+            def all_waiting() -> list[tuple[str, str | None]] | None:
                 with engine.db.read() as session:
                     held = [tuple(row) for row in session.execute(text(waiting))]
-                if runtime.under_way == 1 and len(held) == 3 and all(status == "pending" for status, _ in held):
-                    break
-                assert asyncio.get_running_loop().time() < deadline, (runtime.under_way, held)
-                await asyncio.sleep(0.01)
+                return held if runtime.under_way == 1 and [status for status, _ in held] == ["pending"] * 3 else None
+
+            held = await wait_for_async(all_waiting)
             # When the first one's call ends
             runtime.gate.set()
             await asyncio.wait_for(all_ended.wait(), 10)

@@ -90,24 +90,8 @@ def test_a_call_waiting_past_its_timeout_is_withdrawn_and_the_instance_goes_on(t
     with_runtime(tmp_path, scenario, depth=2)
 
 
-def test_a_waiting_call_whose_caller_goes_away_is_withdrawn_and_the_instance_goes_on(tmp_path: Path) -> None:
-    directory = package(tmp_path, COUNTING)
-    gate = directory / "open"
-
-    async def scenario(runtime: LocalRuntime) -> None:
-        instance = await runtime.start(spec_for(directory))
-        running, waiting = await sent(runtime, instance, (call("a", gate=str(gate)), 30), (call("b"), 30))
-        waiting.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await waiting
-        gate.touch()
-        assert (await running).result == {"name": "a", "ran": 1}
-        assert (await runtime.call(instance, call("c"), 30)).result == {"name": "c", "ran": 2}
-
-    with_runtime(tmp_path, scenario, depth=2)
-
-
-def test_a_withdrawn_call_frees_its_place_in_the_instance_at_once(tmp_path: Path) -> None:
+def test_a_waiting_call_whose_caller_goes_away_is_withdrawn_and_frees_its_place_in_the_instance_at_once(
+        tmp_path: Path) -> None:
     directory = package(tmp_path, COUNTING)
     gate = directory / "open"
 
