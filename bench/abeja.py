@@ -31,10 +31,10 @@ sys.path.insert(0, str(_HERE.parent))
 from bench.common import (  # noqa: E402
     RESULTS_DIR,
     Proc,
-    all_process_cpu,
     log,
     machine,
     percentile,
+    postgres_cpu_seconds,
     read_store,
     start_modelbay,
     start_postgres,
@@ -152,7 +152,7 @@ def bench_runs_wrk(org: dict[str, str], d: str, v: str, server: Proc, duration: 
     before = runs_done(db)
     url = f"{server.url}/organizations/{org['organization_id']}/deployments/{d}/runs"
     log(f"create_run: wrk -c8 for {duration} s")
-    cpu_before, postgres_before = tree_cpu(server.process.pid), _postgres_cpu()
+    cpu_before, postgres_before = tree_cpu(server.process.pid), postgres_cpu_seconds()
     started = time.perf_counter()
     done = subprocess.run(["wrk", "-t2", "-c8", f"-d{duration}s", "--latency", "-s", str(script), url],
                           capture_output=True, text=True, timeout=duration + 60, check=True)
@@ -160,18 +160,13 @@ def bench_runs_wrk(org: dict[str, str], d: str, v: str, server: Proc, duration: 
     parsed = parse_wrk(done.stdout)
     created = int(read_store(db, "SELECT count(*) FROM runs"))
     finished = wait_for_runs(db, created)
-    cpu_after, postgres_after = tree_cpu(server.process.pid), _postgres_cpu()
+    cpu_after, postgres_after = tree_cpu(server.process.pid), postgres_cpu_seconds()
     runs = created - before
     return {"created": runs, "create_rps": parsed["rps"], "create_p50_ms": parsed["p50_ms"],
             "create_p99_ms": parsed["p99_ms"], "non_2xx": parsed["non_2xx"], "create_s": created_s,
             "all_done_s": finished - started, "runs_per_s": runs / (finished - started),
             "server_cpu_ms_per_run": 1000 * (cpu_after["server"] - cpu_before["server"]) / runs,
             "postgres_cpu_ms_per_run": 1000 * (postgres_after - postgres_before) / runs}
-
-
-def _postgres_cpu() -> float:
-    """CPU seconds PostgreSQL's processes have used so far (0 with the store on SQLite)."""
-    return sum(cpu for name, cpu in all_process_cpu().values() if name.startswith("postgres"))
 
 
 def bench_service(sdk: Any, org: dict[str, str], d: str, v: str, server: Proc, duration: int,

@@ -146,6 +146,11 @@ def all_process_cpu() -> dict[int, tuple[str, float]]:
     return out
 
 
+def postgres_cpu_seconds() -> float:
+    """CPU seconds PostgreSQL's processes have used so far (0 with the store on SQLite)."""
+    return sum(cpu for name, cpu in all_process_cpu().values() if name.startswith("postgres"))
+
+
 def top_others(
     before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], ours: set[int], elapsed: float
 ) -> list[str]:

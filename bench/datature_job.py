@@ -44,11 +44,13 @@ from bench.common import (  # noqa: E402
     descendants,
     log,
     machine,
+    postgres_cpu_seconds,
     process_tree_rss,
     read_store,
     rss_kib,
     start_modelbay,
     start_postgres,
+    system_busy_seconds,
     ubiops_api,
 )
 
@@ -155,7 +157,8 @@ def run(items: int, instances: int, workdir: Path, database_url: str | None = No
         log(f"job of {items} items on {instances} instance(s)")
         # CPU of the server, its workers (those started for the job count from their start) and this process.
         workers_before = {pid: cpu_seconds(pid) for pid in descendants(server.process.pid)}
-        cpu_before = (cpu_seconds(server.process.pid), 0.0, time.process_time())
+        cpu_before = (cpu_seconds(server.process.pid), 0.0, time.process_time(), postgres_cpu_seconds())
+        busy_before = system_busy_seconds()
         started = time.perf_counter()
         job = nexus.batch.jobs.create("bench", {"dataset_id": dataset.id, "webhook_id": webhook.id,
                                                 "deployment_id": deployment.id})
@@ -169,10 +172,11 @@ def run(items: int, instances: int, workdir: Path, database_url: str | None = No
                 break
             time.sleep(0.25)
         elapsed = time.perf_counter() - started
+        busy = system_busy_seconds() - busy_before
         workers_cpu = sum(cpu_seconds(pid) - workers_before.get(pid, 0.0) for pid in descendants(server.process.pid))
-        cpu_after = (cpu_seconds(server.process.pid), workers_cpu, time.process_time())
-        server_ms, workers_ms, bench_ms = ((after - before) * 1000 / items for before, after in zip(cpu_before,
-                                                                                                   cpu_after))
+        cpu_after = (cpu_seconds(server.process.pid), workers_cpu, time.process_time(), postgres_cpu_seconds())
+        server_ms, workers_ms, bench_ms, postgres_ms = (
+            (after - before) * 1000 / items for before, after in zip(cpu_before, cpu_after, strict=True))
         sampling.set()
         sampler.join()
         return {
@@ -194,6 +198,8 @@ def run(items: int, instances: int, workdir: Path, database_url: str | None = No
             "server_cpu_ms_per_item": round(server_ms, 3),
             "workers_cpu_ms_per_item": round(workers_ms, 3),
             "bench_cpu_ms_per_item": round(bench_ms, 3),
+            "postgres_cpu_ms_per_item": round(postgres_ms, 3),
+            "machine_busy_cores": round(busy / elapsed, 2),
             "server_rss_idle_kib": idle_kib,
             "server_rss_peak_kib": peak["server_kib"],
             "tree_rss_peak_kib": peak["tree_kib"],
@@ -233,7 +239,9 @@ def main() -> int:
           f"{result['bad_signatures']} bad signatures")
     print(f"CPU per item:       server {result['server_cpu_ms_per_item']} ms, workers "
           f"{result['workers_cpu_ms_per_item']} ms, this process (the receiver, the SDK's polls) "
-          f"{result['bench_cpu_ms_per_item']} ms")
+          f"{result['bench_cpu_ms_per_item']} ms"
+          + (f", PostgreSQL {result['postgres_cpu_ms_per_item']} ms" if result["store"] == "postgresql" else ""))
+    print(f"machine busy:       {result['machine_busy_cores']} of {os.cpu_count()} cores during the job")
     print(f"server RSS:         idle {_mib(result['server_rss_idle_kib'])}, peak {_mib(result['server_rss_peak_kib'])}"
           f"  (with workers: peak {_mib(result['tree_rss_peak_kib'])})")
     RESULTS_DIR.mkdir(exist_ok=True)
