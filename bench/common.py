@@ -151,6 +151,17 @@ def postgres_cpu_seconds() -> float:
     return sum(cpu for name, cpu in all_process_cpu().values() if name.startswith("postgres"))
 
 
+def segments_to_port(port: int) -> int:
+    """TCP segments sent so far to `port` on loopback over the connections open now (`ss`'s
+    `segs_out`). To PostgreSQL: how many times its clients sent and waited; a pipeline of statements
+    goes as one. 0 when `ss` (iproute2) is missing."""
+    if shutil.which("ss") is None:
+        return 0
+    listed = subprocess.run(["ss", "-tinH", "state", "established", f"dport = :{port}"],
+                            capture_output=True, text=True, check=False).stdout
+    return sum(int(found) for found in re.findall(r"\bsegs_out:(\d+)", listed))
+
+
 def top_others(
     before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], ours: set[int], elapsed: float
 ) -> list[str]:

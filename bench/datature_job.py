@@ -48,6 +48,7 @@ from bench.common import (  # noqa: E402
     process_tree_rss,
     read_store,
     rss_kib,
+    segments_to_port,
     start_modelbay,
     start_postgres,
     system_busy_seconds,
@@ -111,7 +112,8 @@ def serve_receiver(receiver: Receiver) -> ThreadingHTTPServer:
     return server
 
 
-def run(items: int, instances: int, workdir: Path, database_url: str | None = None) -> dict[str, Any]:
+def run(items: int, instances: int, workdir: Path, database_url: str | None = None,
+        postgres_port: int | None = None) -> dict[str, Any]:
     procs: list[Proc] = []
     receiver = Receiver()
     hook_server = serve_receiver(receiver)
@@ -159,6 +161,7 @@ def run(items: int, instances: int, workdir: Path, database_url: str | None = No
         workers_before = {pid: cpu_seconds(pid) for pid in descendants(server.process.pid)}
         cpu_before = (cpu_seconds(server.process.pid), 0.0, time.process_time(), postgres_cpu_seconds())
         busy_before = system_busy_seconds()
+        sent_before = segments_to_port(postgres_port) if postgres_port else 0
         started = time.perf_counter()
         job = nexus.batch.jobs.create("bench", {"dataset_id": dataset.id, "webhook_id": webhook.id,
                                                 "deployment_id": deployment.id})
@@ -173,6 +176,7 @@ def run(items: int, instances: int, workdir: Path, database_url: str | None = No
             time.sleep(0.25)
         elapsed = time.perf_counter() - started
         busy = system_busy_seconds() - busy_before
+        sent = segments_to_port(postgres_port) - sent_before if postgres_port else 0
         workers_cpu = sum(cpu_seconds(pid) - workers_before.get(pid, 0.0) for pid in descendants(server.process.pid))
         cpu_after = (cpu_seconds(server.process.pid), workers_cpu, time.process_time(), postgres_cpu_seconds())
         server_ms, workers_ms, bench_ms, postgres_ms = (
@@ -200,6 +204,7 @@ def run(items: int, instances: int, workdir: Path, database_url: str | None = No
             "bench_cpu_ms_per_item": round(bench_ms, 3),
             "postgres_cpu_ms_per_item": round(postgres_ms, 3),
             "machine_busy_cores": round(busy / elapsed, 2),
+            "postgres_sends_per_item": round(sent / items, 2),
             "server_rss_idle_kib": idle_kib,
             "server_rss_peak_kib": peak["server_kib"],
             "tree_rss_peak_kib": peak["tree_kib"],
@@ -222,7 +227,8 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bench-datature-"))
     postgres = start_postgres() if args.postgres else None
     try:
-        result = run(args.items, args.instances, workdir, postgres.url(postgres.database()) if postgres else None)
+        result = run(args.items, args.instances, workdir, postgres.url(postgres.database()) if postgres else None,
+                     postgres.port if postgres else None)
     finally:
         if postgres is not None:
             postgres.stop()
@@ -242,6 +248,9 @@ def main() -> int:
           f"{result['bench_cpu_ms_per_item']} ms"
           + (f", PostgreSQL {result['postgres_cpu_ms_per_item']} ms" if result["store"] == "postgresql" else ""))
     print(f"machine busy:       {result['machine_busy_cores']} of {os.cpu_count()} cores during the job")
+    if result["store"] == "postgresql":
+        print(f"sends to PostgreSQL: {result['postgres_sends_per_item']} per item (TCP segments from the server: "
+              "each statement or pipeline of statements it waited for)")
     print(f"server RSS:         idle {_mib(result['server_rss_idle_kib'])}, peak {_mib(result['server_rss_peak_kib'])}"
           f"  (with workers: peak {_mib(result['tree_rss_peak_kib'])})")
     RESULTS_DIR.mkdir(exist_ok=True)

@@ -47,6 +47,11 @@ WEBHOOKS: Table = WebhookRow.__table__  # type: ignore[assignment]
 #: Most POSTs in flight at once, over all webhooks.
 MAX_IN_FLIGHT = 64
 
+#: Most delivered POSTs that wait for the commit recording them without holding a place in flight;
+#: past it, a delivered POST keeps its place until recorded. A place held through that commit (a
+#: round of the committer) would bound the POSTs made per second, not those in flight.
+MAX_SETTLING = 2 * MAX_IN_FLIGHT
+
 #: Finishing POSTs wake the worker to claim more once no more than this many are in flight: one
 #: claim for many deliveries under a job, not one claim per POST.
 REFILL_AT = MAX_IN_FLIGHT // 2
@@ -119,6 +124,7 @@ class Deliveries:
         self._client = client
         self._nodes = nodes
         self._in_flight: set[str] = set()
+        self._settling = 0  # delivered, waiting for their commit, their place given up (`MAX_SETTLING`)
         self._handed: deque[Due] = deque()  # claimed as they were committed, waiting for a place in flight
         self._reserved = 0  # places promised by `reserve`, not yet handed over
         # Whether the store may hold due deliveries no node holds: finishing POSTs claim more only then
@@ -251,7 +257,15 @@ class Deliveries:
             attempts = due.attempts + 1
             if outcome.ok:
                 self._activity.count("deliveries", due.project_id or "", "delivered")
-                await self._record_delivered(due, outcome.status_code)
+                settling = self._settling < MAX_SETTLING
+                if settling:  # its place goes to the next POST now
+                    self._settling += 1
+                    self._land(due)
+                try:
+                    await self._record_delivered(due, outcome.status_code)
+                finally:
+                    if settling:
+                        self._settling -= 1
                 return
             # A refused target (see `webhook_targets`) is final: retrying would only be refused again.
             if attempts > due.max_retries or outcome.refused:
@@ -269,6 +283,11 @@ class Deliveries:
         except Exception:
             log.exception("delivery %s failed to record", due.id)
         finally:
+            self._land(due)
+
+    def _land(self, due: Due) -> None:
+        """`due`'s POST ended: its place in flight goes to the next one (once)."""
+        if due.id in self._in_flight:
             self._in_flight.discard(due.id)
             if self._handed:
                 self._start(self._handed.popleft())

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import insert, select
@@ -151,5 +153,63 @@ def test_deliveries_handed_over_as_committed_are_made_without_a_claim_and_the_re
     with running_receiver() as receiver:
         stored = asyncio.run(scenario(receiver))
         assert sorted(r.json["n"] for r in receiver.delivered()) == list(range(8))
+    assert all(r.attempts == 1 and r.response_code == 200 for r in stored)
+    db.close()
+
+
+def test_a_delivered_post_gives_its_place_to_the_next_before_its_commit_up_to_max_settling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelbay.core import deliveries
+    from modelbay.core.deliveries import claimed_dues
+
+    monkeypatch.setattr(deliveries, "MAX_IN_FLIGHT", 1)
+    monkeypatch.setattr(deliveries, "MAX_SETTLING", 1)
+    db = open_store(tmp_path)
+    committing = threading.Event()
+
+    async def until(condition: Any, deadline: float) -> None:
+        while not condition():
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+
+    async def scenario(receiver: Receiver) -> list[DeliveryRow]:
+        async with WebhookClient(allow_private=True) as client:
+            hooks = Webhooks(db, client, allow_private_targets=True)
+            hook = hooks.create("p", "h", receiver.url, receiver.secret, 0, 50)
+            worker = Deliveries(db, client, a_node(db))
+            rows = [new_delivery(hook.id, f'{{"n":{i}}}'.encode()) for i in range(3)]
+            reserved = worker.reserve(len(rows))
+            for row in rows:
+                row["owner"] = worker.node_id
+            with db.write() as session:
+                session.execute(insert(DELIVERIES), rows)
+                dues = claimed_dues(session.connection(), rows)
+            busy = db.committer.submit(lambda _conn: committing.wait(10))  # no commit until it is set
+            worker.take(dues, reserved)
+            deadline = time.monotonic() + 10
+            try:
+                # The first POST was made and waits for its commit without its place: the second was
+                # made; it keeps its place (one settling at most), so the third waits for a commit
+                await until(lambda: len(receiver.delivered()) == 2 and worker._settling == 1
+                            and worker._in_flight == {dues[1].id}, deadline)
+                assert len(receiver.delivered()) == 2
+                committing.set()
+                assert busy.result(timeout=10) is True
+                await until(lambda: len(receiver.delivered()) == 3, deadline)
+                while True:
+                    with db.read() as session:
+                        stored = list(session.scalars(select(DeliveryRow)))
+                    if all(r.status == "delivered" for r in stored):
+                        return stored
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.02)
+            finally:
+                committing.set()
+                await worker.close()
+
+    with running_receiver() as receiver:
+        stored = asyncio.run(scenario(receiver))
+        assert sorted(r.json["n"] for r in receiver.delivered()) == [0, 1, 2]
     assert all(r.attempts == 1 and r.response_code == 200 for r in stored)
     db.close()
