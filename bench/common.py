@@ -153,8 +153,8 @@ def postgres_cpu_seconds() -> float:
 
 def segments_to_port(port: int) -> int:
     """TCP segments sent so far to `port` on loopback over the connections open now (`ss`'s
-    `segs_out`). To PostgreSQL: how many times its clients sent and waited; a pipeline of statements
-    goes as one. 0 when `ss` (iproute2) is missing."""
+    `segs_out`). To PostgreSQL: about one per statement or commit its clients sent. 0 when `ss`
+    (iproute2) is missing."""
     if shutil.which("ss") is None:
         return 0
     listed = subprocess.run(["ss", "-tinH", "state", "established", f"dport = :{port}"],

@@ -250,7 +250,7 @@ def main() -> int:
     print(f"machine busy:       {result['machine_busy_cores']} of {os.cpu_count()} cores during the job")
     if result["store"] == "postgresql":
         print(f"sends to PostgreSQL: {result['postgres_sends_per_item']} per item (TCP segments from the server: "
-              "each statement or pipeline of statements it waited for)")
+              "about one per statement or commit)")
     print(f"server RSS:         idle {_mib(result['server_rss_idle_kib'])}, peak {_mib(result['server_rss_peak_kib'])}"
           f"  (with workers: peak {_mib(result['tree_rss_peak_kib'])})")
     RESULTS_DIR.mkdir(exist_ok=True)
