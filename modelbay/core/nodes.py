@@ -84,10 +84,13 @@ class Nodes:
         self._beater: threading.Thread | None = None
         self._stop_beats = threading.Event()
         self._stopping = False
-        #: Whether no other node lived when this one registered (what the others run goes on meanwhile).
-        self.alone = True
-        #: Whether another node lives, as of the last recovery pass.
+        #: Whether another node lives, as of registering or the last recovery pass since.
         self.others_live = False
+
+    @property
+    def alone(self) -> bool:
+        """Whether no other node lives (at start: what the others run goes on meanwhile)."""
+        return not self.others_live
 
     def add_recoverer(self, recoverer: Recoverer, what: str = "items") -> None:
         """Have `recoverer` give back the work of dead nodes; `what` names it in the log ("requests")."""
@@ -109,8 +112,7 @@ class Nodes:
                                      .where(NODES.c.end.is_(None), NODES.c.id != self.id)).all()
         if self._db.is_sqlite:  # one server holds a SQLite store: every node that did not stop is gone
             gone = [node_id for node_id, _ in others]
-        self.alone = not any(as_utc(beat) >= cutoff for node_id, beat in others if node_id not in gone)
-        self.others_live = not self.alone
+        self.others_live = any(as_utc(beat) >= cutoff for node_id, beat in others if node_id not in gone)
         if self.alone:
             gone.append(None)  # no node lives: rows without an owner (claimed before nodes existed) are free
         if self._recover(gone, at_start=True):

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,35 @@ async def deliver(db: Database, receiver: Receiver, bodies: list[bytes], *, max_
             await worker.close()
 
 
+async def poll(condition: Callable[[], Any], deadline: float) -> Any:
+    """Poll `condition` until it is truthy (its value); fail once `deadline` (monotonic) passed."""
+    while not (value := condition()):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    return value
+
+
+def all_delivered(db: Database) -> list[DeliveryRow] | None:
+    """The stored deliveries once all are delivered, else None."""
+    with db.read() as session:
+        stored = list(session.scalars(select(DeliveryRow)))
+    return stored if all(r.status == "delivered" for r in stored) else None
+
+
+def insert_as_a_job_does(db: Database, worker: Deliveries, hook_id: str, count: int) -> tuple[list[Any], int]:
+    """`count` new deliveries, inserted as a job's outcomes insert theirs: those `worker` reserves
+    claimed by its node (their dues returned, for `take`), the others unclaimed; and how many it reserved."""
+    from modelbay.core.deliveries import claimed_dues
+
+    rows = [new_delivery(hook_id, f'{{"n":{i}}}'.encode()) for i in range(count)]
+    reserved = worker.reserve(count)
+    for row in rows[:reserved]:
+        row["owner"] = worker.node_id
+    with db.write() as session:
+        session.execute(insert(DELIVERIES), rows)
+        return claimed_dues(session.connection(), rows[:reserved]), reserved
+
+
 def test_signatures_verify_and_reject_tampering_and_replays() -> None:
     key = b"k" * 32
     header = sign(key, b'{"a":1}', 1_000_000)
@@ -108,7 +138,6 @@ def test_deliveries_handed_over_as_committed_are_made_without_a_claim_and_the_re
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from modelbay.core import deliveries
-    from modelbay.core.deliveries import claimed_dues
 
     monkeypatch.setattr(deliveries, "MAX_IN_FLIGHT", 2)
     monkeypatch.setattr(deliveries, "MAX_HANDED", 3)
@@ -116,37 +145,21 @@ def test_deliveries_handed_over_as_committed_are_made_without_a_claim_and_the_re
 
     async def scenario(receiver: Receiver) -> list[DeliveryRow]:
         async with WebhookClient(allow_private=True) as client:
-            hooks = Webhooks(db, client, allow_private_targets=True)
-            hook = hooks.create("p", "h", receiver.url, receiver.secret, 0, 50)
+            hook = Webhooks(db, client, allow_private_targets=True).create(
+                "p", "h", receiver.url, receiver.secret, 0, 50)
             worker = Deliveries(db, client, a_node(db))
-            rows = [new_delivery(hook.id, f'{{"n":{i}}}'.encode()) for i in range(8)]
-            reserved = worker.reserve(len(rows))
+            dues, reserved = insert_as_a_job_does(db, worker, hook.id, 8)
             assert reserved == 5  # two in flight and three waiting for a place
-            for row in rows[:reserved]:
-                row["owner"] = worker.node_id
-            with db.write() as session:
-                session.execute(insert(DELIVERIES), rows)
-                dues = claimed_dues(session.connection(), rows[:reserved])
             worker.take(dues, reserved)  # no claim pass runs: these are made all the same
             deadline = time.monotonic() + 10
             try:
-                while len(receiver.delivered()) < reserved:
-                    assert time.monotonic() < deadline
-                    await asyncio.sleep(0.02)
+                await poll(lambda: len(receiver.delivered()) >= reserved, deadline)
                 with db.read() as session:
                     unclaimed = session.scalars(select(DeliveryRow.status).where(DeliveryRow.owner.is_(None))).all()
                 assert unclaimed == ["pending"] * 3
                 worker.start()  # the claim pass makes the others
-                while len(receiver.delivered()) < len(rows):
-                    assert time.monotonic() < deadline
-                    await asyncio.sleep(0.02)
-                while True:
-                    with db.read() as session:
-                        stored = list(session.scalars(select(DeliveryRow)))
-                    if all(r.status == "delivered" for r in stored):
-                        return stored
-                    assert time.monotonic() < deadline
-                    await asyncio.sleep(0.02)
+                await poll(lambda: len(receiver.delivered()) >= 8, deadline)
+                return await poll(lambda: all_delivered(db), deadline)
             finally:
                 await worker.close()
 
@@ -161,49 +174,31 @@ def test_a_delivered_post_gives_its_place_to_the_next_before_its_commit_up_to_ma
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from modelbay.core import deliveries
-    from modelbay.core.deliveries import claimed_dues
 
     monkeypatch.setattr(deliveries, "MAX_IN_FLIGHT", 1)
     monkeypatch.setattr(deliveries, "MAX_SETTLING", 1)
     db = open_store(tmp_path)
     committing = threading.Event()
 
-    async def until(condition: Any, deadline: float) -> None:
-        while not condition():
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.01)
-
     async def scenario(receiver: Receiver) -> list[DeliveryRow]:
         async with WebhookClient(allow_private=True) as client:
-            hooks = Webhooks(db, client, allow_private_targets=True)
-            hook = hooks.create("p", "h", receiver.url, receiver.secret, 0, 50)
+            hook = Webhooks(db, client, allow_private_targets=True).create(
+                "p", "h", receiver.url, receiver.secret, 0, 50)
             worker = Deliveries(db, client, a_node(db))
-            rows = [new_delivery(hook.id, f'{{"n":{i}}}'.encode()) for i in range(3)]
-            reserved = worker.reserve(len(rows))
-            for row in rows:
-                row["owner"] = worker.node_id
-            with db.write() as session:
-                session.execute(insert(DELIVERIES), rows)
-                dues = claimed_dues(session.connection(), rows)
+            dues, reserved = insert_as_a_job_does(db, worker, hook.id, 3)
             busy = db.committer.submit(lambda _conn: committing.wait(10))  # no commit until it is set
             worker.take(dues, reserved)
             deadline = time.monotonic() + 10
             try:
                 # The first POST was made and waits for its commit without its place: the second was
                 # made; it keeps its place (one settling at most), so the third waits for a commit
-                await until(lambda: len(receiver.delivered()) == 2 and worker._settling == 1
-                            and worker._in_flight == {dues[1].id}, deadline)
+                await poll(lambda: len(receiver.delivered()) == 2 and worker._settling == 1
+                           and worker._in_flight == {dues[1].id}, deadline)
                 assert len(receiver.delivered()) == 2
                 committing.set()
                 assert busy.result(timeout=10) is True
-                await until(lambda: len(receiver.delivered()) == 3, deadline)
-                while True:
-                    with db.read() as session:
-                        stored = list(session.scalars(select(DeliveryRow)))
-                    if all(r.status == "delivered" for r in stored):
-                        return stored
-                    assert time.monotonic() < deadline
-                    await asyncio.sleep(0.02)
+                await poll(lambda: len(receiver.delivered()) == 3, deadline)
+                return await poll(lambda: all_delivered(db), deadline)
             finally:
                 committing.set()
                 await worker.close()
