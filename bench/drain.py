@@ -12,6 +12,7 @@ all of them as completed.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -27,8 +28,10 @@ from bench.common import (  # noqa: E402
     create_noop_version,
     log,
     post_once,
+    postgres_cpu_seconds,
     read_store,
     start_modelbay,
+    system_busy_seconds,
     start_postgres,
     tree_cpu,
     ubiops_api,
@@ -61,6 +64,7 @@ def main() -> int:
         done_before = int(read_store(store, COMPLETED))
         log(f"drain of {len(bodies) * BATCH_SIZE} items on {'PostgreSQL' if postgres else 'SQLite'}")
         cpu_before = tree_cpu(server.process.pid)
+        postgres_before, busy_before = postgres_cpu_seconds(), system_busy_seconds()
         started = time.perf_counter()
         for body_bytes in bodies:
             status, raw, _ = client.post(batch_path("drain"), body_bytes)
@@ -74,6 +78,7 @@ def main() -> int:
             time.sleep(0.05)
         elapsed = time.perf_counter() - started
         cpu_after = tree_cpu(server.process.pid)
+        postgres_s, busy_s = postgres_cpu_seconds() - postgres_before, system_busy_seconds() - busy_before
         client.close()
     finally:
         for proc in procs:
@@ -84,7 +89,9 @@ def main() -> int:
     print(f"store: {'postgresql' if postgres else 'sqlite'}")
     print(f"drain: {items} items in {elapsed:.2f} s -> {items / elapsed:,.0f} items/s (all posted after {posted_s:.2f} s)")
     print(f"CPU per item: server {1000 * (cpu_after['server'] - cpu_before['server']) / items:.3f} ms, "
-          f"workers {1000 * (cpu_after['workers'] - cpu_before['workers']) / items:.3f} ms")
+          f"workers {1000 * (cpu_after['workers'] - cpu_before['workers']) / items:.3f} ms"
+          + (f", PostgreSQL {1000 * postgres_s / items:.3f} ms" if postgres else ""))
+    print(f"the machine was busy {busy_s / elapsed:.2f} cores of its {os.cpu_count()}")
     return 0
 
 

@@ -7,6 +7,11 @@ instances. It holds only the rows it claimed, a few per drainer, so a backlog of
 in the store. A node learns of pending work from its own batch creations, from other nodes'
 messages and from a slow poll; work it claimed but had not started when it stopped or died goes
 back to the queue (`StoredRequests.give_back`).
+
+A node that no other node lives beside claims the batches it creates as it stores them (their rows
+written with its id as `owner`) and holds their items (`hold`), up to `HOLD_MAX_BYTES`, as long as
+the store holds none of the version's unclaimed rows for all it knows: a claim is a write of every
+row again, and the only node to claim them would be this one.
 """
 
 from __future__ import annotations
@@ -30,6 +35,11 @@ CLAIM_PER_DRAINER = 8
 #: several more: four times fewer claims drain a backlog a quarter faster.
 CLAIM_PER_DRAINER_POSTGRESQL = 32
 
+#: What the items a node holds without a claim (`BatchQueue.hold`) may take of its memory, counted
+#: as their encoded input plus `HELD_ITEM_OVERHEAD` each; past it a batch stays in the store.
+HOLD_MAX_BYTES = 32 << 20
+HELD_ITEM_OVERHEAD = 512
+
 
 @dataclass(frozen=True)
 class QueuedItem:
@@ -41,6 +51,7 @@ class QueuedItem:
     timeout: int
     priority: int  # 0 high, 1 standard
     owner: str  # the node id it was claimed under: its writes are fenced by it
+    held_bytes: int = 0  # what it counts against `HOLD_MAX_BYTES` (held without a claim)
 
 
 #: Claims up to n pending rows of a version for this node, in queue order.
@@ -62,14 +73,34 @@ class BatchQueue:
         self._drainers: dict[str, int] = {}
         self._claims: dict[str, asyncio.Task[int]] = {}  # version -> its claim under way
         self._woken: set[str] = set()  # versions woken since their last claim began
+        self._unclaimed: set[str] = set()  # versions whose store may hold rows nobody claimed
+        self._held_bytes = 0
         self._background = Background("batch queue")
         self._closing = False
 
     def wake(self, version_id: str) -> None:
         """There may be pending work for `version_id`: start a drainer for it unless one runs."""
         self._woken.add(version_id)  # a claim under way may have missed it: claim once more
+        self._unclaimed.add(version_id)
         if not self._closing and not self._drainers.get(version_id):
             self._add_drainer(version_id)
+
+    def may_hold(self, version_id: str, size: int) -> bool:
+        """Whether items of `size` bytes (with their overhead) may be held without a claim: the
+        store holds none of the version's unclaimed rows (they came first), and memory allows."""
+        return version_id not in self._unclaimed and self._held_bytes + size <= HOLD_MAX_BYTES
+
+    def hold(self, version_id: str, items: list[QueuedItem]) -> None:
+        """Queue items this node stored as claimed by itself, as if it had claimed them (`may_hold`)."""
+        self._held_bytes += sum(item.held_bytes for item in items)
+        claimed = self._claimed.setdefault(version_id, deque())
+        if claimed and items and items[0].priority < claimed[-1].priority:
+            claimed.extend(items)  # a higher priority than some waiting: they go first (a stable sort)
+            self._claimed[version_id] = claimed = deque(sorted(claimed, key=lambda item: item.priority))
+        else:
+            claimed.extend(items)
+        if not self._closing and not self._drainers.get(version_id):
+            self._add_drainer(version_id)  # it starts the others as it takes items (`_next`)
 
     def draining(self) -> set[str]:
         """The versions this node is draining now."""
@@ -98,7 +129,11 @@ class BatchQueue:
             claimed = self._claimed.get(version_id)
             if claimed:
                 item = claimed.popleft()
-                if len(claimed) <= self._wanted(version_id) * self._claim_per_drainer // 2:
+                self._held_bytes -= item.held_bytes
+                if claimed and self._drainers[version_id] < len(claimed):  # more to run: more drainers
+                    self._add_drainers(version_id, self._wanted(version_id), claimed)
+                if (version_id in self._unclaimed
+                        and len(claimed) <= self._wanted(version_id) * self._claim_per_drainer // 2):
                     self._refill(version_id)  # half gone: claim the next ones while these run
                 return item
             # Shielded: a drainer cancelled while it waits must not cancel the claim others wait on.
@@ -117,15 +152,21 @@ class BatchQueue:
         try:
             wanted = self._wanted(version_id)
             self._woken.discard(version_id)
-            items = await self._claim(version_id, wanted * self._claim_per_drainer) if wanted else []
+            asked = wanted * self._claim_per_drainer
+            items = await self._claim(version_id, asked) if wanted else []
         finally:
             del self._claims[version_id]
+        if wanted and len(items) < asked and version_id not in self._woken:
+            self._unclaimed.discard(version_id)  # it claimed the last of them
         if items:
             claimed = self._claimed.setdefault(version_id, deque())
             claimed.extend(items)
-            while not self._closing and self._drainers.get(version_id, 0) < min(wanted, len(claimed)):
-                self._add_drainer(version_id)
+            self._add_drainers(version_id, wanted, claimed)
         return len(items)
+
+    def _add_drainers(self, version_id: str, wanted: int, claimed: deque[QueuedItem]) -> None:
+        while not self._closing and self._drainers.get(version_id, 0) < min(wanted, len(claimed)):
+            self._add_drainer(version_id)
 
     def _wanted(self, version_id: str) -> int:
         try:

@@ -296,8 +296,7 @@ class LocalRuntime:
             pending.started()
         timer = loop.call_later(timeout, _expire, pending.reply)
         try:
-            assert inst._writer is not None
-            inst._writer.write(wire.frame(body))
+            inst._send(wire.frame(body))
             reply = await pending.reply
         except asyncio.CancelledError:
             if inst._running is pending:
@@ -346,9 +345,7 @@ class LocalRuntime:
     def _withdraw(inst: LocalInstance, pending: PendingCall) -> None:
         """Withdraw a call that waits in the worker: it is skipped there, and answered as withdrawn."""
         pending.given_up = True
-        writer = inst._writer
-        if writer is not None and not writer.is_closing():
-            writer.write(wire.frame(orjson.dumps({"type": "withdraw", "id": pending.id})))
+        inst._send(wire.frame(orjson.dumps({"type": "withdraw", "id": pending.id})))  # after the call's own
 
     async def _logs_so_far(self, inst: LocalInstance) -> str:
         """Ask a timed-out worker for what its request printed; it may be unable to answer."""
