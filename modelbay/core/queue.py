@@ -130,8 +130,8 @@ class BatchQueue:
             if claimed:
                 item = claimed.popleft()
                 self._held_bytes -= item.held_bytes
-                if claimed and self._drainers[version_id] < len(claimed):  # more to run: more drainers
-                    self._add_drainers(version_id, self._wanted(version_id), claimed)
+                if claimed and self._drainers[version_id] <= len(claimed):  # more to run: more drainers
+                    self._add_drainers(version_id, min(self._wanted(version_id), len(claimed) + 1))
                 if (version_id in self._unclaimed
                         and len(claimed) <= self._wanted(version_id) * self._claim_per_drainer // 2):
                     self._refill(version_id)  # half gone: claim the next ones while these run
@@ -161,11 +161,12 @@ class BatchQueue:
         if items:
             claimed = self._claimed.setdefault(version_id, deque())
             claimed.extend(items)
-            self._add_drainers(version_id, wanted, claimed)
+            self._add_drainers(version_id, min(wanted, len(claimed)))
         return len(items)
 
-    def _add_drainers(self, version_id: str, wanted: int, claimed: deque[QueuedItem]) -> None:
-        while not self._closing and self._drainers.get(version_id, 0) < min(wanted, len(claimed)):
+    def _add_drainers(self, version_id: str, drainers: int) -> None:
+        """Start drainers until the version has `drainers`."""
+        while not self._closing and self._drainers.get(version_id, 0) < drainers:
             self._add_drainer(version_id)
 
     def _wanted(self, version_id: str) -> int:

@@ -122,6 +122,29 @@ def test_held_items_run_without_a_claim_in_order_and_a_higher_priority_held_late
     assert claimed_when and set(claimed_when) == {9}  # only once all had started: the store may hold more
 
 
+def test_held_items_run_on_as_many_drainers_as_the_version_takes() -> None:
+    started: list[str] = []
+    gate = asyncio.Event()
+
+    async def claim(_version_id: str, _limit: int) -> list[QueuedItem]:
+        return []
+
+    async def run(item: QueuedItem) -> None:
+        started.append(item.request_id)
+        await gate.wait()
+
+    async def scenario() -> None:
+        queue = BatchQueue(claim, run, lambda _version_id: 2, claim_per_drainer=3)
+        queue.hold("v", [QueuedItem(f"r{n}", "v", None, 60, 1, "node", held_bytes=100) for n in range(2)])
+        await wait_for_async(lambda: len(started) == 2)  # at once, not one after the other
+        queue.hold("v", [QueuedItem("r2", "v", None, 60, 1, "node", held_bytes=100)])
+        assert queue.depth("v") == 1  # it waits for one of them
+        gate.set()
+        await wait_for_async(lambda: len(started) == 3 and not queue.draining())
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))
+
+
 def test_a_version_is_held_only_while_its_store_holds_no_unclaimed_rows_and_memory_allows() -> None:
     backlog = [QueuedItem(f"r{n}", "v", n, 60, 1, "node") for n in range(4)]
 
