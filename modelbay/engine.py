@@ -41,7 +41,7 @@ from modelbay.core.projects import Projects, hash_token
 from modelbay.core.requests import Requests
 from modelbay.core.revisions import Revisions, built_code
 from modelbay.core.runs import Runs
-from modelbay.core.scheduler import Scheduler
+from modelbay.core.scheduler import QUICK_BATCH_DEPTH_FACTOR, Scheduler
 from modelbay.core.services import Services
 from modelbay.core.webhook_client import WebhookClient
 from modelbay.core.webhooks import Webhooks
@@ -90,7 +90,7 @@ def make_runtime(settings: Settings, sandbox: Sandbox, archive_path: Callable[[s
             scratch_dir=settings.data_dir / "scratch",
             network=settings.sandbox_network,
             shared_dirs=settings.shared_dirs,
-            depth=settings.instance_call_depth,
+            depth=settings.instance_call_depth * QUICK_BATCH_DEPTH_FACTOR,  # quick batch calls go deeper
         )
     from modelbay.runtime import ray_runtime
     from modelbay.runtime.ray_instance import NodeSetup
@@ -156,7 +156,7 @@ class Engine:
         self.peers = None if self.db.is_sqlite else Peers(self.node_token)
         self.scheduler = Scheduler(self.runtime, self._instance_spec, self._serving_target,
                                    slots=LocalSlots() if self.db.is_sqlite else InstanceSlots(self.db, self.nodes),
-                                   peers=self.peers)
+                                   peers=self.peers, depth=min(settings.instance_call_depth, self.runtime.depth))
         self.projects = Projects(self.db, admin_token(settings, self.db).hash, self.bus)
         self.deployments = Deployments(self.db, self.bus, self.scheduler.version_changed)
         self.environment_variables = EnvironmentVariables(self.db, self.deployments.version_changed)

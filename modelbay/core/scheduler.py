@@ -44,6 +44,14 @@ PRIORITY_DIRECT = 0
 PRIORITY_BATCH = 1  # + the batch request's own priority
 
 
+#: Batch calls of a pool whose calls are quick (its last `QUICK_SAMPLE` calls each answered within
+#: `QUICK_CALL_S` per call it was sent behind or with) may wait in an instance this many times its
+#: depth: more calls in flight, one wake-up of the worker for several, and the wait behind them still
+#: short. Direct calls never do: they keep the depth, and their wait behind slow calls bounded.
+QUICK_BATCH_DEPTH_FACTOR = 4
+QUICK_CALL_S = 0.001
+QUICK_SAMPLE = 64
+
 #: How long a pool whose instance failed to start waits before it starts its minimum again.
 START_RETRY_S = 5.0
 
@@ -118,6 +126,7 @@ class _Pool:
     full_until: float = 0.0  # the cluster runs the maximum: no start tried before then (monotonic)
     minimum_met_until: float = 0.0  # the cluster runs the minimum: no start for it tried before then
     holders: list[Holder] = field(default_factory=list)  # where the others run, while full
+    quick_answers: int = 0  # quick answers (`QUICK_CALL_S`) since the last slow one
 
     @property
     def size(self) -> int:
@@ -136,13 +145,24 @@ class _Pool:
                         return True
         return False
 
-    def next_waiter(self) -> asyncio.Future[Instance] | None:
-        for queue in self.waiters:
+    def next_waiter(self, calls: int = 0, depths: tuple[int, int] = (1, 1)) -> asyncio.Future[Instance] | None:
+        """The first waiter, in priority order, if an instance with `calls` sent takes its call
+        (`depths`: what it takes of direct calls, of batch calls); None if none waits or it does not."""
+        for level, queue in enumerate(self.waiters):
             while queue:
-                fut = queue.popleft()
-                if not fut.done():
-                    return fut
+                if queue[0].done():
+                    queue.popleft()
+                    continue
+                return queue.popleft() if calls < depths[level > 0] else None
         return None
+
+    @property
+    def quick(self) -> bool:
+        return self.quick_answers >= QUICK_SAMPLE
+
+    def answered(self, seconds: float, calls: int) -> None:
+        """A call sent to an instance that then had `calls` (its own included) was answered after `seconds`."""
+        self.quick_answers = self.quick_answers + 1 if seconds < calls * QUICK_CALL_S else 0
 
 
 class Scheduler:
@@ -156,9 +176,13 @@ class Scheduler:
         serving_target: Callable[[str], Target | None] = lambda _version_id: None,
         slots: Slots | None = None,
         peers: Peers | None = None,
+        depth: int | None = None,
     ) -> None:
         self._runtime = runtime
-        self._depth = max(runtime.depth, 1)  # calls an instance takes at once (one runs, the others wait in it)
+        # Calls an instance takes at once (one runs, the others wait in it): `depth` (or what the
+        # runtime takes), and up to what the runtime takes for quick batch calls.
+        self._depth = max(depth or runtime.depth, 1)
+        self._quick_depth = max(min(runtime.depth, self._depth * QUICK_BATCH_DEPTH_FACTOR), self._depth)
         self._make_spec = make_spec
         self._serving_target = serving_target  # a version's current target, None unless it has code
         self._slots: Slots = slots or LocalSlots()
@@ -203,7 +227,7 @@ class Scheduler:
         deadline = time.monotonic() + timeout
         while True:
             pool = self._pool(target)
-            instance = self._take_idle(pool)
+            instance = self._take_idle(pool, priority)
             if instance is None:  # the common case is an idle instance: no wait, so no timer to set
                 try:
                     async with asyncio.timeout(deadline - time.monotonic()):
@@ -220,9 +244,10 @@ class Scheduler:
                     if outcome is None:
                         continue  # the instances moved: look again
                     return outcome
+            calls = pool.busy.get(instance, 1)
+            sent = time.monotonic()
             try:
-                outcome = await self._runtime.call(instance, call, max(deadline - time.monotonic(), 0.001),
-                                                   on_update, on_start)
+                outcome = await self._runtime.call(instance, call, max(deadline - sent, 0.001), on_update, on_start)
             except CallNotStarted:  # it waited in an instance that ended: send it again
                 # It may learn of the end before the call that ended it: then it says so.
                 self._lose(pool, instance, "it ended with calls waiting in it")
@@ -238,6 +263,7 @@ class Scheduler:
                 # Our caller went away mid-call (cancelled): a call that ran left the instance's state unknown.
                 self._end_call(pool, instance, "its call was abandoned")
                 raise
+            pool.answered(time.monotonic() - sent, calls)
             self._release(pool, instance)
             return outcome
 
@@ -247,8 +273,8 @@ class Scheduler:
         the others)."""
         pool = self._pools.get(pool_key(target))
         if pool is not None and pool.full_until > time.monotonic():
-            return pool.size * self._depth
-        return target.maximum_instances * self._depth
+            return pool.size * self._batch_depth(pool)
+        return target.maximum_instances * (self._depth if pool is None else self._batch_depth(pool))
 
     def warm(self, target: Target) -> None:
         """Start the version's `minimum_instances` now, rather than at its first request."""
@@ -347,7 +373,10 @@ class Scheduler:
             pool = self._pools[key] = _Pool(target)
         return pool
 
-    def _take_idle(self, pool: _Pool) -> Instance | None:
+    def _batch_depth(self, pool: _Pool) -> int:
+        return self._quick_depth if pool.quick else self._depth
+
+    def _take_idle(self, pool: _Pool, priority: int) -> Instance | None:
         """An idle instance, else a seat in a busy one when no more may start; none when there is
         neither or others wait ahead of us."""
         if pool.waits_beyond(0):
@@ -360,18 +389,18 @@ class Scheduler:
                 continue
             pool.busy[instance] = 1
             return instance
-        instance = self._free_seat(pool)
+        instance = self._free_seat(pool, self._depth if priority == PRIORITY_DIRECT else self._batch_depth(pool))
         if instance is not None:
             pool.busy[instance] += 1
         return instance
 
-    def _free_seat(self, pool: _Pool) -> Instance | None:
+    def _free_seat(self, pool: _Pool, depth: int) -> Instance | None:
         """For a call that finds no idle instance and no waiter ahead: the busy instance with the
-        fewest calls, if it takes one more and the call would otherwise wait."""
+        fewest calls, if it takes one more (of `depth`) and the call would otherwise wait."""
         if not self._shares_seats(pool, wanting=1):
             return None
-        instance, calls = min(pool.busy.items(), key=lambda item: item[1], default=(None, self._depth))
-        return instance if calls < self._depth and instance.state is not InstanceState.STOPPED else None
+        instance, calls = min(pool.busy.items(), key=lambda item: item[1], default=(None, depth))
+        return instance if calls < depth and instance.state is not InstanceState.STOPPED else None
 
     def _shares_seats(self, pool: _Pool, wanting: int | None = None) -> bool:
         """Whether calls (`wanting` of them; None: those waiting in the pool) go to wait in busy
@@ -383,7 +412,7 @@ class Scheduler:
         return pool.waits_beyond(pool.starting) if wanting is None else wanting > pool.starting
 
     async def _acquire(self, pool: _Pool, priority: int) -> Instance:
-        instance = self._take_idle(pool)
+        instance = self._take_idle(pool, priority)
         if instance is not None:
             return instance
         if not pool.size and pool.full_until > time.monotonic():
@@ -450,9 +479,9 @@ class Scheduler:
             return
         while True:
             calls = pool.busy.get(instance, 0)
-            if calls and (calls >= self._depth or not self._shares_seats(pool)):
+            if calls and not self._shares_seats(pool):
                 break
-            waiter = pool.next_waiter()
+            waiter = pool.next_waiter(calls, (self._depth, self._batch_depth(pool)))
             if waiter is None:
                 break
             pool.busy[instance] = calls + 1
@@ -556,7 +585,7 @@ class Scheduler:
         """Stop an idle instance if the cluster runs more than `floor` of the pool without it; else
         keep it (idle from now). It counts as busy while the cluster's ledger decides."""
         pool.idle = [item for item in pool.idle if item[0] is not instance]
-        pool.busy[instance] = self._depth  # no seat free meanwhile
+        pool.busy[instance] = self._quick_depth  # no seat free meanwhile
         self._background.spawn(self._stop_if_above_now(pool, instance, floor))
 
     async def _stop_if_above_now(self, pool: _Pool, instance: Instance, floor: int) -> None:

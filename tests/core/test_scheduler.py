@@ -14,6 +14,7 @@ import pytest
 
 from modelbay.core.deployments import Target
 from modelbay.core.instance_slots import Holder, LocalSlots, NoCapacity
+from modelbay.core import scheduler
 from modelbay.core.scheduler import PRIORITY_BATCH, PRIORITY_DIRECT, Scheduler
 from modelbay.runtime.base import (
     Call,
@@ -474,12 +475,14 @@ class PipelinedRuntime(FakeRuntime):
         super().__init__(depth=2)
         self.held: dict[str, int] = {}
         self.most: dict[str, int] = {}
+        self.behind: dict[str, int] = {}  # call -> the calls its instance held when it was sent
         self.not_started: set[str] = set()
         self.withdrawn: set[str] = set()
 
     async def call(self, instance: Any, call: Call, timeout: float, on_update: Callable[[str], None] | None = None,
                    on_start: Callable[[], None] | None = None) -> CallOutcome:
         held = self.held[instance.id] = self.held.get(instance.id, 0) + 1
+        self.behind[call.request_id] = held - 1
         self.most[instance.id] = max(self.most.get(instance.id, 0), held)
         assert held <= self.depth, "more calls sent to an instance than it takes"
         try:
@@ -509,6 +512,37 @@ def test_at_its_maximum_a_pool_sends_a_call_to_wait_in_a_busy_instance_as_deep_a
         runtime.gate.set()
         await asyncio.gather(*tasks)
         assert runtime.most == {instance.id: 2} and runtime.order == [str(i) for i in range(5)]
+
+    asyncio.run(scenario())
+
+
+def test_quick_batch_calls_wait_in_an_instance_deeper_than_direct_ones_until_one_is_slow(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    async def scenario() -> None:
+        runtime = PipelinedRuntime()
+        runtime.depth = 8  # what the runtime takes; the scheduler's own depth is 2
+        sched = Scheduler(runtime, spec, depth=2)
+        t = target(maximum_instances=1)
+        assert sched.capacity(t) == 2
+        monkeypatch.setattr(scheduler, "QUICK_CALL_S", 60.0)  # every answer is quick
+        for i in range(scheduler.QUICK_SAMPLE):
+            await sched.run(t, call(i), 5, PRIORITY_BATCH)
+        assert sched.capacity(t) == 8  # min(what the runtime takes, 2 x QUICK_BATCH_DEPTH_FACTOR)
+        runtime.gate = asyncio.Event()
+        batch = [asyncio.create_task(sched.run(t, call(f"b{i}"), 5, PRIORITY_BATCH)) for i in range(10)]
+        await settle()
+        (instance,) = runtime.started
+        assert runtime.held == {instance.id: 8}  # the other two wait here
+        direct = asyncio.create_task(sched.run(t, call("d"), 5, PRIORITY_DIRECT))
+        await settle()
+        monkeypatch.setattr(scheduler, "QUICK_CALL_S", 0.0)  # every answer from now on is slow
+        runtime.gate.set()
+        await asyncio.gather(*batch, direct)
+        # The direct call went ahead of the two batch calls still waiting, once the instance held
+        # fewer than 2 (not 8) calls: it was sent behind one at most.
+        assert runtime.behind["b7"] == 7 and runtime.behind["d"] <= 1
+        assert runtime.order.index("d") < min(runtime.order.index("b8"), runtime.order.index("b9"))
+        assert sched.capacity(t) == 2
 
     asyncio.run(scenario())
 
