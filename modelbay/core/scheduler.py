@@ -44,7 +44,7 @@ PRIORITY_DIRECT = 0
 PRIORITY_BATCH = 1  # + the batch request's own priority
 
 
-#: Batch calls of a pool whose calls are quick (its last `QUICK_SAMPLE` calls each answered within
+#: Batch calls of a pool whose calls are quick (its last `QUICK_SAMPLE` batch calls each answered within
 #: `QUICK_CALL_S` per call it was sent behind or with) may wait in an instance this many times its
 #: depth: more calls in flight, one wake-up of the worker for several, and the wait behind them still
 #: short. Direct calls never do: they keep the depth, and their wait behind slow calls bounded.
@@ -245,9 +245,10 @@ class Scheduler:
                         continue  # the instances moved: look again
                     return outcome
             calls = pool.busy.get(instance, 1)
-            sent = time.monotonic()
+            sent = time.monotonic() if priority != PRIORITY_DIRECT else 0.0  # batch calls are timed (`quick`)
             try:
-                outcome = await self._runtime.call(instance, call, max(deadline - sent, 0.001), on_update, on_start)
+                outcome = await self._runtime.call(instance, call, max(deadline - time.monotonic(), 0.001),
+                                                   on_update, on_start)
             except CallNotStarted:  # it waited in an instance that ended: send it again
                 # It may learn of the end before the call that ended it: then it says so.
                 self._lose(pool, instance, "it ended with calls waiting in it")
@@ -263,7 +264,8 @@ class Scheduler:
                 # Our caller went away mid-call (cancelled): a call that ran left the instance's state unknown.
                 self._end_call(pool, instance, "its call was abandoned")
                 raise
-            pool.answered(time.monotonic() - sent, calls)
+            if sent:
+                pool.answered(time.monotonic() - sent, calls)
             self._release(pool, instance)
             return outcome
 
