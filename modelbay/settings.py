@@ -63,7 +63,8 @@ class Settings(BaseSettings):
     instance_call_depth: int = Field(
         4, ge=1, le=16,
         description="How many calls a local instance is sent at once once its version runs its maximum of "
-                    "instances: it runs one, the others wait in it, so the next starts as soon as one ends.")
+                    "instances: it runs one, the others wait in it, so the next starts as soon as one ends. Quick "
+                    "batch calls may wait up to four times as deep (see `core.scheduler`).")
     build_workers: int = Field(2, ge=1, description="Builds that run at the same time.")
     service_scale_down_idle_s: float = Field(
         60.0, gt=0, description="How long an autoscaled service keeps an idle instance above its minimum."
