@@ -296,7 +296,8 @@ class LocalRuntime:
             pending.started()
         timer = loop.call_later(timeout, _expire, pending.reply)
         try:
-            inst._send(wire.frame(body))
+            assert inst._writer is not None
+            inst._writer.write(wire.frame(body))
             reply = await pending.reply
         except asyncio.CancelledError:
             if inst._running is pending:
@@ -345,7 +346,9 @@ class LocalRuntime:
     def _withdraw(inst: LocalInstance, pending: PendingCall) -> None:
         """Withdraw a call that waits in the worker: it is skipped there, and answered as withdrawn."""
         pending.given_up = True
-        inst._send(wire.frame(orjson.dumps({"type": "withdraw", "id": pending.id})))  # after the call's own
+        writer = inst._writer
+        if writer is not None and not writer.is_closing():
+            writer.write(wire.frame(orjson.dumps({"type": "withdraw", "id": pending.id})))
 
     async def _logs_so_far(self, inst: LocalInstance) -> str:
         """Ask a timed-out worker for what its request printed; it may be unable to answer."""

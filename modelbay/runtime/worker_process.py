@@ -91,22 +91,6 @@ class LocalInstance:
         self._channel_lost = False  # the worker's end of the channel is gone
         self._broken: str | None = None  # why the channel was declared unusable, if we did
         self._stopping: asyncio.Future[None] | None = None
-        self._outbox: list[bytes] | None = None  # frames to send at the end of this turn of the loop
-
-    def _send(self, frame: bytes) -> None:
-        """Write `frame` to the worker with the others sent in this turn of the loop: one write
-        (and one wake-up of a sleeping worker) for the calls several tasks send at once."""
-        if self._outbox is None:
-            self._outbox = [frame]
-            asyncio.get_running_loop().call_soon(self._flush)
-        else:
-            self._outbox.append(frame)
-
-    def _flush(self) -> None:
-        frames, self._outbox = self._outbox or [], None
-        writer = self._writer
-        if frames and writer is not None and not writer.is_closing():
-            writer.write(frames[0] if len(frames) == 1 else b"".join(frames))
 
     @property
     def id(self) -> str:

@@ -72,23 +72,6 @@ def test_calls_sent_ahead_run_one_at_a_time_in_the_order_sent_each_with_its_own_
     with_runtime(tmp_path, scenario, depth=3)
 
 
-def test_calls_sent_in_one_turn_of_the_loop_reach_the_worker_in_one_write_and_run_in_the_order_sent(
-        tmp_path: Path) -> None:
-    directory = package(tmp_path, COUNTING)
-
-    async def scenario(runtime: LocalRuntime) -> None:
-        instance = await runtime.start(spec_for(directory))
-        writes: list[bytes] = []
-        transport = instance._writer
-        write = transport.write
-        transport.write = lambda data: (writes.append(data), write(data))[1]  # counted, then written
-        outcomes = await asyncio.gather(*(runtime.call(instance, call(name), 30) for name in "abc"))
-        assert [o.result for o in outcomes] == [{"name": n, "ran": i} for i, n in enumerate("abc", 1)]
-        assert len(writes) == 1  # one write, one wake-up of the worker, for the three
-
-    with_runtime(tmp_path, scenario, depth=3)
-
-
 def test_a_call_waiting_past_its_timeout_is_withdrawn_and_the_instance_goes_on(tmp_path: Path) -> None:
     directory = package(tmp_path, COUNTING)
     gate = directory / "open"
