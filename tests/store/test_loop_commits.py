@@ -181,4 +181,7 @@ def test_under_steady_writes_the_log_is_restarted_rather_than_grown(
     asyncio.run(scenario())
     with db.read() as session:
         assert session.connection().exec_driver_sql("PRAGMA user_version").scalar() == commits
-    assert log.stat().st_size < 10 * 2**20
+    # Never restarted, it would hold a page a commit (40 MiB). Restarts that a busy machine's commits
+    # keep failing leave it larger than on a quiet one (10-16 MiB seen under `make test`), still far
+    # below that: half of it is the bound.
+    assert log.stat().st_size < commits * 4096 // 2
