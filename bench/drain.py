@@ -31,8 +31,8 @@ from bench.common import (  # noqa: E402
     postgres_cpu_seconds,
     read_store,
     start_modelbay,
-    system_busy_seconds,
     start_postgres,
+    system_busy_seconds,
     tree_cpu,
     ubiops_api,
 )

@@ -130,11 +130,11 @@ class BatchQueue:
             if claimed:
                 item = claimed.popleft()
                 self._held_bytes -= item.held_bytes
-                if claimed and self._drainers[version_id] <= len(claimed):  # more to run: more drainers
-                    self._add_drainers(version_id, min(self._wanted(version_id), len(claimed) + 1))
-                if (version_id in self._unclaimed
-                        and len(claimed) <= self._wanted(version_id) * self._claim_per_drainer // 2):
-                    self._refill(version_id)  # half gone: claim the next ones while these run
+                if claimed or version_id in self._unclaimed:
+                    wanted = self._wanted(version_id)
+                    self._add_drainers(version_id, min(wanted, len(claimed) + 1))  # more to run: more drainers
+                    if version_id in self._unclaimed and len(claimed) <= wanted * self._claim_per_drainer // 2:
+                        self._refill(version_id)  # half gone: claim the next ones while these run
                 return item
             # Shielded: a drainer cancelled while it waits must not cancel the claim others wait on.
             if not await asyncio.shield(self._refill(version_id)) and version_id not in self._woken:

@@ -244,8 +244,8 @@ class Scheduler:
                     if outcome is None:
                         continue  # the instances moved: look again
                     return outcome
-            calls = pool.busy.get(instance, 1)
             sent = time.monotonic() if priority != PRIORITY_DIRECT else 0.0  # batch calls are timed (`quick`)
+            calls = pool.busy.get(instance, 1) if sent else 0
             try:
                 outcome = await self._runtime.call(instance, call, max(deadline - time.monotonic(), 0.001),
                                                    on_update, on_start)

@@ -6,7 +6,7 @@ import asyncio
 import base64
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,24 @@ def insert_as_a_job_does(db: Database, worker: Deliveries, hook_id: str, count: 
         return claimed_dues(session.connection(), rows[:reserved]), reserved
 
 
+def a_job_worker(db: Database, client: WebhookClient, receiver: Receiver,
+                 count: int) -> tuple[Deliveries, list[Any], int]:
+    """A worker of deliveries to a webhook of `receiver` (no retries), and `count` deliveries
+    inserted as a job's are (`insert_as_a_job_does`)."""
+    hook = Webhooks(db, client, allow_private_targets=True).create("p", "h", receiver.url, receiver.secret, 0, 50)
+    worker = Deliveries(db, client, a_node(db))
+    return (worker, *insert_as_a_job_does(db, worker, hook.id, count))
+
+
+def each_delivered_once(scenario: Callable[[Receiver], Awaitable[list[DeliveryRow]]], count: int) -> None:
+    """Run `scenario` against a receiver: deliveries 0 to `count` - 1 arrived, each stored as
+    delivered at its first attempt."""
+    with running_receiver() as receiver:
+        stored = asyncio.run(scenario(receiver))
+        assert sorted(r.json["n"] for r in receiver.delivered()) == list(range(count))
+    assert all(r.attempts == 1 and r.response_code == 200 for r in stored)
+
+
 def test_signatures_verify_and_reject_tampering_and_replays() -> None:
     key = b"k" * 32
     header = sign(key, b'{"a":1}', 1_000_000)
@@ -145,10 +163,7 @@ def test_deliveries_handed_over_as_committed_are_made_without_a_claim_and_the_re
 
     async def scenario(receiver: Receiver) -> list[DeliveryRow]:
         async with WebhookClient(allow_private=True) as client:
-            hook = Webhooks(db, client, allow_private_targets=True).create(
-                "p", "h", receiver.url, receiver.secret, 0, 50)
-            worker = Deliveries(db, client, a_node(db))
-            dues, reserved = insert_as_a_job_does(db, worker, hook.id, 8)
+            worker, dues, reserved = a_job_worker(db, client, receiver, 8)
             assert reserved == 5  # two in flight and three waiting for a place
             worker.take(dues, reserved)  # no claim pass runs: these are made all the same
             deadline = time.monotonic() + 10
@@ -163,10 +178,7 @@ def test_deliveries_handed_over_as_committed_are_made_without_a_claim_and_the_re
             finally:
                 await worker.close()
 
-    with running_receiver() as receiver:
-        stored = asyncio.run(scenario(receiver))
-        assert sorted(r.json["n"] for r in receiver.delivered()) == list(range(8))
-    assert all(r.attempts == 1 and r.response_code == 200 for r in stored)
+    each_delivered_once(scenario, 8)
     db.close()
 
 
@@ -182,10 +194,7 @@ def test_a_delivered_post_gives_its_place_to_the_next_before_its_commit_up_to_ma
 
     async def scenario(receiver: Receiver) -> list[DeliveryRow]:
         async with WebhookClient(allow_private=True) as client:
-            hook = Webhooks(db, client, allow_private_targets=True).create(
-                "p", "h", receiver.url, receiver.secret, 0, 50)
-            worker = Deliveries(db, client, a_node(db))
-            dues, reserved = insert_as_a_job_does(db, worker, hook.id, 3)
+            worker, dues, reserved = a_job_worker(db, client, receiver, 3)
             busy = db.committer.submit(lambda _conn: committing.wait(10))  # no commit until it is set
             worker.take(dues, reserved)
             deadline = time.monotonic() + 10
@@ -203,8 +212,5 @@ def test_a_delivered_post_gives_its_place_to_the_next_before_its_commit_up_to_ma
                 committing.set()
                 await worker.close()
 
-    with running_receiver() as receiver:
-        stored = asyncio.run(scenario(receiver))
-        assert sorted(r.json["n"] for r in receiver.delivered()) == [0, 1, 2]
-    assert all(r.attempts == 1 and r.response_code == 200 for r in stored)
+    each_delivered_once(scenario, 3)
     db.close()
