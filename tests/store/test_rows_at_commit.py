@@ -55,8 +55,16 @@ class LogInserts:
 def _queued_together(db: Database, writes: list[Any]) -> list[Any]:
     """Submit `writes` while the committer is busy, so that they share one batch; their futures."""
     committer = db.committer
-    release = threading.Event()
-    busy = committer.submit(lambda _conn: release.wait(10))
+    holding, release = threading.Event(), threading.Event()
+
+    def hold(_conn: Any) -> bool:
+        holding.set()
+        return release.wait(10)
+
+    busy = committer.submit(hold)
+    # Inside its batch before the others are queued: a thread that took them with it (a busy
+    # machine can queue them before it starts) would commit them in two batches.
+    assert holding.wait(10)
     futures = [committer.submit(write, linger=True) for write in writes]
     committer.flush()
     release.set()
