@@ -61,6 +61,12 @@ RESTART_TRIES = 20
 #: stall the loop, and go to the committer's thread, which commits them while the loop goes on.
 LOOP_COMMIT_MAX_WRITES = 8
 
+#: Longest the event loop puts off a commit of its writes while each of its turns brings more, in
+#: seconds. Under load the results of several requests come in over a few turns: one commit for them
+#: all costs the loop about what one commit costs (SQLite writes each page an insert touches, once per
+#: commit), and leaves it time for the requests themselves.
+LOOP_COMMIT_GATHER_S = 0.0005
+
 #: How soon the event loop tries its commit again when another writer holds SQLite's lock, in seconds.
 LOCKED_RETRY_S = 0.001
 
@@ -341,7 +347,9 @@ class GroupCommitter:
     server's event loop has queued when their commit is due (`commit_on_loop`) are committed by the
     loop itself: with WAL and synchronous=NORMAL such a commit costs tens of microseconds, less than
     handing it to the thread and back, where each statement (the driver lets go of the GIL around
-    it) waits for the busy loop to hand the GIL back. Writes that would make the loop wait go to the
+    it) waits for the busy loop to hand the GIL back. The loop puts its commit off turn by turn while
+    each turn brings more writes, up to `LOOP_COMMIT_MAX_WRITES` or `LOOP_COMMIT_GATHER_S`: a turn
+    without new writes commits them. Writes that would make the loop wait go to the
     thread: many at once (`LOOP_COMMIT_MAX_WRITES`). The loop's next writes follow those to the
     thread until they are committed, so the loop's writes commit in the order it submitted them.
     While another writer holds SQLite's lock (a checkpoint restarting the log, the thread), the loop
@@ -366,6 +374,8 @@ class GroupCommitter:
         self._pending: list[tuple[Op, _Waiter, bool]] = []
         self._due: asyncio.Handle | None = None
         self._due_now = False
+        self._gathered = 0  # how many of them the loop had seen at its last turn (0: none yet)
+        self._gathering_since = 0.0
         self._handed_over = 0
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
@@ -482,15 +492,19 @@ class GroupCommitter:
 
     def _commit_pending(self) -> None:
         self._due, self._due_now = None, False
+        if not self._pending:
+            return
+        size = len(self._pending)
+        large = self._handed_over or size > LOOP_COMMIT_MAX_WRITES or sum(
+            len(op.rows) if isinstance(op, Insert) else 1 for op, _, _ in self._pending) > LOOP_COMMIT_MAX_WRITES
+        if not large and self._gather(size):
+            return
         batch, self._pending = self._pending, []
-        if not batch:
+        if large:
+            self._hand_over(batch)
             return
         conn = self._loop_conn
         assert conn is not None
-        if self._handed_over or len(batch) > LOOP_COMMIT_MAX_WRITES or sum(
-                len(op.rows) if isinstance(op, Insert) else 1 for op, _, _ in batch) > LOOP_COMMIT_MAX_WRITES:
-            self._hand_over(batch)
-            return
         began = time.monotonic()
         # The transaction is begun and ended on the driver: SQLAlchemy's begin and commit cost more
         # than SQLite's. A write that uses `conn` joins it (`_sqlite_begin`), and is then ended by
@@ -518,6 +532,21 @@ class GroupCommitter:
         for (_, waiter, _), result in zip(batch, results, strict=True):
             if not waiter.done():  # an asyncio waiter may have given up (cancelled)
                 waiter.set_result(result)
+
+    def _gather(self, size: int) -> bool:
+        """Whether to put the commit of the loop's `size` writes off to its next turn: yes while each
+        turn brings more of them, for up to `LOOP_COMMIT_GATHER_S`."""
+        assert self._loop is not None
+        now = time.monotonic()
+        if not self._gathered:
+            self._gathering_since = now
+        more = self._gathered < size < LOOP_COMMIT_MAX_WRITES
+        if more and now - self._gathering_since < LOOP_COMMIT_GATHER_S:
+            self._gathered = size
+            self._due, self._due_now = self._loop.call_soon(self._commit_pending), True
+            return True
+        self._gathered = 0
+        return False
 
     def _hand_over(self, batch: list[tuple[Op, _Waiter, bool]]) -> None:
         """Give a batch of the loop's writes to the thread; the loop's next writes follow it there

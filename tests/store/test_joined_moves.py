@@ -123,8 +123,14 @@ def test_the_committer_joins_the_moves_next_to_each_other_in_a_commit(
     _requests(db, {f"r{n}": ("processing", "here") for n in range(40)})
     statements = Statements(monkeypatch)
     committer = db.committer
-    release = threading.Event()
-    busy = committer.submit(lambda _conn: release.wait(10))  # the committer busy while the rest is queued
+    entered, release = threading.Event(), threading.Event()
+
+    def hold(_conn: Any) -> bool:
+        entered.set()
+        return release.wait(10)
+
+    busy = committer.submit(hold)  # the committer busy while the rest is queued
+    assert entered.wait(10)  # (queued before, some would share its commit)
     finishes = [committer.submit(_finish(f"r{n}", f"{n}".encode()), linger=True) for n in range(20)]
     other = committer.submit(lambda _conn: "other", linger=True)
     finishes += [committer.submit(_finish(f"r{n}", f"{n}".encode()), linger=True) for n in range(20, 40)]

@@ -60,6 +60,51 @@ def test_a_few_writes_are_committed_by_the_loop_and_many_that_come_together_by_t
     assert stored(db) == 3 + few + many
 
 
+def commits(db: Database) -> int:
+    return sum(db.committer.commit_seconds.counts)
+
+
+def test_writes_that_come_over_successive_turns_of_the_loop_share_one_commit(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_db, "LOOP_COMMIT_GATHER_S", 60.0)
+    log: list[tuple[str, int]] = []
+
+    async def scenario() -> tuple[int, int]:
+        db.committer.commit_on_loop()
+        await db.committer.submit_async(recorded("alone", log))  # a turn without more writes commits it
+        before = commits(db)
+        written = []
+        for i in range(store_db.LOOP_COMMIT_MAX_WRITES - 1):
+            written.append(db.committer.submit_async(recorded(f"w{i}", log)))
+            await asyncio.sleep(0)  # a turn of the loop
+        await asyncio.wait_for(asyncio.gather(*written), 10)
+        return before, commits(db)
+
+    before, after = asyncio.run(scenario())
+    assert before == 1 and after == 2
+    assert {thread for _, thread in log} == {threading.get_ident()}
+    assert stored(db) == store_db.LOOP_COMMIT_MAX_WRITES
+
+
+def test_the_loop_puts_a_commit_off_for_a_moment_at_most(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_db, "LOOP_COMMIT_GATHER_S", 0.015)
+    log: list[tuple[str, int]] = []
+
+    async def scenario() -> int:
+        db.committer.commit_on_loop()
+        written = []
+        for i in range(store_db.LOOP_COMMIT_MAX_WRITES - 1):
+            written.append(db.committer.submit_async(recorded(f"w{i}", log)))
+            await asyncio.sleep(0)
+            time.sleep(0.01)  # a turn busy with other work
+        await asyncio.wait_for(asyncio.gather(*written), 10)
+        return commits(db)
+
+    assert asyncio.run(scenario()) >= 2
+    assert stored(db) == store_db.LOOP_COMMIT_MAX_WRITES - 1
+
+
 def test_while_another_writer_holds_the_lock_the_loop_goes_on_and_its_writes_commit_in_order_after(
     db: Database,
 ) -> None:
