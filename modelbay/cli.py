@@ -21,6 +21,7 @@ import typer
 import uvicorn
 from pydantic import ValidationError
 
+from modelbay.http_protocol import HttpProtocol
 from modelbay.runtime import sandbox
 from modelbay.settings import Settings
 
@@ -183,7 +184,8 @@ def serve(
     # No logging config of uvicorn's own: its lines go through the root logger, in the server's format.
     # No WebSocket protocol: no route speaks it, and loading one costs the server 4 MiB.
     config = uvicorn.Config(create_app(settings), log_config=None, log_level=settings.log_level,
-                            access_log=settings.access_log, timeout_graceful_shutdown=30, ws="none")
+                            access_log=settings.access_log, timeout_graceful_shutdown=30, ws="none",
+                            http=HttpProtocol)
     server = uvicorn.Server(config)
     with contextlib.suppress(KeyboardInterrupt):
         server.run(sockets=[sock])

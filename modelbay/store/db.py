@@ -499,6 +499,7 @@ class GroupCommitter:
             len(op.rows) if isinstance(op, Insert) else 1 for op, _, _ in self._pending) > LOOP_COMMIT_MAX_WRITES
         if not large and self._gather(size):
             return
+        self._gathered = 0
         batch, self._pending = self._pending, []
         if large:
             self._hand_over(batch)
@@ -545,7 +546,6 @@ class GroupCommitter:
             self._gathered = size
             self._due, self._due_now = self._loop.call_soon(self._commit_pending), True
             return True
-        self._gathered = 0
         return False
 
     def _hand_over(self, batch: list[tuple[Op, _Waiter, bool]]) -> None:
